@@ -1,0 +1,309 @@
+"""Activation capture through TransformerLens bridge hooks, with bounded memory and a disk cache.
+
+Each batch runs once through the bridge with one hook per requested hook point. A hook keeps only
+the requested token positions, so memory grows with prompts x hooks x positions x d_model and never
+with sequence length. The forward pass stops after the last block that a hook asks for.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, NonFiniteActivationError, PositionOutOfRangeError, UnknownHookError
+from .io import atomic_dir, cache_root, stable_hash
+from .models import LoadedModel
+from .prompts import ChatFormat, PromptSet
+
+FORMAT_VERSION = 1
+HOOK_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def hook_names(n_layers: int, kind: str = "resid_post", layers: Sequence[int] | None = None) -> tuple[str, ...]:
+    """Bridge hook names for one kind of hook point at the given layers (default: all)."""
+    if kind not in HOOK_KINDS:
+        raise UnknownHookError(f"unknown hook kind {kind!r}; choose from {', '.join(HOOK_KINDS)}")
+    layers = range(n_layers) if layers is None else layers
+    for layer in layers:
+        if not 0 <= layer < n_layers:
+            raise UnknownHookError(f"layer {layer} out of range for a model with {n_layers} layers")
+    return tuple(f"blocks.{layer}.hook_{kind}" for layer in layers)
+
+
+# ----------------------------------------------------------------------------- positions
+@dataclass(frozen=True)
+class Positions:
+    """Which token positions to keep.
+
+    ``offsets`` are negative indices from the end of the prompt (``-1`` is the last prompt token,
+    which with a chat template is the end of the ``assistant`` header). ``instruction_mean=True``
+    instead averages over the tokens of the user's instruction.
+    """
+
+    offsets: tuple[int, ...] = (-1,)
+    instruction_mean: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.instruction_mean:
+            if not self.offsets:
+                raise ConfigError("Positions needs at least one offset")
+            bad = [o for o in self.offsets if not isinstance(o, int) or o >= 0]
+            if bad:
+                raise ConfigError(f"position offsets must be negative integers (from the end), got {bad}")
+
+    @classmethod
+    def last(cls) -> "Positions":
+        return cls((-1,))
+
+    @classmethod
+    def last_k(cls, k: int) -> "Positions":
+        """The last ``k`` prompt tokens: the post-instruction positions of Arditi et al."""
+        if k < 1:
+            raise ConfigError(f"last_k needs k >= 1, got {k}")
+        return cls(tuple(range(-k, 0)))
+
+    @classmethod
+    def mean_over_instruction(cls) -> "Positions":
+        return cls((), instruction_mean=True)
+
+    @classmethod
+    def parse(cls, text: str) -> "Positions":
+        """``last``, ``last:5``, ``instruction_mean`` or a comma list of negative offsets (``-5,-1``)."""
+        text = text.strip()
+        if text == "last":
+            return cls.last()
+        if text == "instruction_mean":
+            return cls.mean_over_instruction()
+        if text.startswith("last:"):
+            return cls.last_k(int(text.split(":", 1)[1]))
+        try:
+            return cls(tuple(int(part) for part in text.split(",")))
+        except ValueError as error:
+            raise ConfigError(f"cannot read positions {text!r}: use last, last:K, instruction_mean or -5,-1") from error
+
+    @property
+    def spec(self) -> str:
+        return "instruction_mean" if self.instruction_mean else ",".join(str(o) for o in self.offsets)
+
+    @property
+    def labels(self) -> list[str]:
+        return ["instruction_mean"] if self.instruction_mean else [str(o) for o in self.offsets]
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class Activations:
+    """Captured activations ``tensor[prompt, hook, position, d_model]`` and what they came from."""
+
+    tensor: torch.Tensor
+    hook_names: list[str]
+    positions: list[str]
+    model_name: str
+    model_fingerprint: str
+    prompt_set: str
+    prompt_hash: str
+    labels: list[int | None]
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        expected = (len(self.labels), len(self.hook_names), len(self.positions))
+        if tuple(self.tensor.shape[:3]) != expected:
+            raise ConfigError(f"activation tensor has shape {tuple(self.tensor.shape)}, metadata says {expected}")
+
+    @property
+    def layers(self) -> list[int | None]:
+        """The block index of each hook (``None`` for hooks outside the blocks)."""
+        return [int(m.group(1)) if (m := _BLOCK.match(h)) else None for h in self.hook_names]
+
+    def at(self, hook: str | int, position: int | str = -1) -> torch.Tensor:
+        """``[prompt, d_model]`` at one hook (name, or block index) and one position (label or index)."""
+        h = self.hook_index(hook)
+        p = self.positions.index(position) if isinstance(position, str) else position
+        return self.tensor[:, h, p]
+
+    def hook_index(self, hook: str | int) -> int:
+        if isinstance(hook, int):
+            if hook not in self.layers:
+                raise UnknownHookError(f"no captured hook in block {hook}; captured: {self.hook_names}")
+            return self.layers.index(hook)
+        if hook not in self.hook_names:
+            raise UnknownHookError(f"hook {hook!r} was not captured; captured: {self.hook_names}")
+        return self.hook_names.index(hook)
+
+    def metadata(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION, "hook_names": self.hook_names, "positions": self.positions,
+            "model_name": self.model_name, "model_fingerprint": self.model_fingerprint,
+            "prompt_set": self.prompt_set, "prompt_hash": self.prompt_hash, "labels": self.labels,
+            "shape": list(self.tensor.shape), "extra": self.extra,
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``activations.safetensors`` and ``meta.json`` into ``folder``, atomically."""
+        folder = Path(folder)
+        with atomic_dir(folder) as tmp:
+            save_file({"activations": self.tensor.contiguous()}, str(tmp / "activations.safetensors"))
+            (tmp / "meta.json").write_text(json.dumps(self.metadata(), indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Activations":
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ConfigError(f"{folder}: activation format {meta.get('format_version')} is not {FORMAT_VERSION}")
+        tensor = load_file(str(folder / "activations.safetensors"))["activations"]
+        keys = ("hook_names", "positions", "model_name", "model_fingerprint", "prompt_set", "prompt_hash", "labels")
+        return cls(tensor=tensor, extra=meta.get("extra", {}), **{k: meta[k] for k in keys})
+
+
+# ----------------------------------------------------------------------------- capture
+@dataclass(frozen=True)
+class CaptureConfig:
+    """What to capture. ``hooks=None`` means the residual stream after every block."""
+
+    hooks: tuple[str, ...] | None = None
+    positions: Positions = Positions.last()
+    batch_size: int = 16
+    chat: ChatFormat = ChatFormat()
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.hooks is not None and len(self.hooks) == 0:
+            raise ConfigError("hooks is an empty list; pass None for every block's residual stream")
+
+
+_DEFAULT_CACHE = object()
+
+
+def _check_hooks(bridge, hooks: Sequence[str]) -> None:
+    known = set(bridge.hook_dict)
+    for name in hooks:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UnknownHookError(f"the model has no hook named {name!r}{hint}")
+
+
+def _instruction_spans(tokenizer, texts: list[str], instructions: Sequence[str]) -> list[tuple[int, int]]:
+    """Token index range ``[start, end)`` of each instruction inside its (unpadded) rendered prompt."""
+    spans = []
+    for text, instruction in zip(texts, instructions):
+        start_char = text.rfind(instruction)
+        if start_char < 0:
+            raise PositionOutOfRangeError(f"instruction not found in its rendered prompt: {instruction[:60]!r}")
+        end_char = start_char + len(instruction)
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        inside = [i for i, (a, b) in enumerate(offsets) if b > start_char and a < end_char]
+        spans.append((inside[0], inside[-1] + 1))
+    return spans
+
+
+def capture(
+    model: LoadedModel,
+    prompts: PromptSet,
+    config: CaptureConfig = CaptureConfig(),
+    *,
+    cache_dir: str | Path | None | object = _DEFAULT_CACHE,
+    progress: bool = True,
+) -> Activations:
+    """Run ``model`` over ``prompts`` and return the activations at the configured hooks and positions.
+
+    Results are cached under ``cache_dir`` (default ``$INTERP_CACHE/activations``; ``None`` turns the
+    cache off) by a key over the model's weights fingerprint, the prompts, hooks, positions and chat
+    format: a repeated request loads from disk without running the model.
+    """
+    prompts.require_nonempty()
+    hooks = list(config.hooks or hook_names(model.n_layers))
+    key = stable_hash({
+        "model": model.fingerprint, "prompts": prompts.hash, "hooks": hooks,
+        "positions": config.positions.spec, "chat": config.chat.to_dict(), "version": FORMAT_VERSION,
+    })
+    if cache_dir is _DEFAULT_CACHE:
+        cache_dir = cache_root() / "activations"
+    cached = Path(cache_dir) / f"{prompts.name}-{key}" if cache_dir is not None else None
+    if cached is not None and (cached / "meta.json").exists():
+        return Activations.load(cached)
+
+    bridge = model.bridge
+    _check_hooks(bridge, hooks)
+    tokenizer = model.tokenizer
+    texts = config.chat.render_all(tokenizer, prompts)
+    token_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    lengths = [len(ids) for ids in token_ids]
+    positions = config.positions
+    if positions.instruction_mean:
+        spans = _instruction_spans(tokenizer, texts, prompts.instructions)
+    else:
+        deepest = -min(positions.offsets)
+        for i, length in enumerate(lengths):
+            if deepest > length:
+                raise PositionOutOfRangeError(
+                    f"position {-deepest} is outside prompt {i}, which has only {length} tokens"
+                )
+    blocks = [int(m.group(1)) if (m := _BLOCK.match(h)) else None for h in hooks]
+    stop_at_layer = None if None in blocks else max(blocks) + 1
+
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])  # similar lengths share a batch
+    n_pos = 1 if positions.instruction_mean else len(positions.offsets)
+    out = torch.full((len(texts), len(hooks), n_pos, model.d_model), float("nan"))
+    fired: set[int] = set()
+    pad_id = tokenizer.pad_token_id
+    device = model.device
+    batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    for batch in tqdm(batches, desc=f"capture {model.name} / {prompts.name}", disable=not progress):
+        width = max(lengths[i] for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):  # left padding
+            ids[row, width - lengths[i]:] = torch.tensor(token_ids[i])
+            mask[row, width - lengths[i]:] = 1
+        if positions.instruction_mean:
+            weights = torch.zeros(len(batch), width)
+            for row, i in enumerate(batch):
+                start, end = spans[i]
+                shift = width - lengths[i]
+                weights[row, shift + start: shift + end] = 1.0 / (end - start)
+            weights = weights.to(device)
+
+        def keep(slot: int):
+            def hook(activation: torch.Tensor, hook) -> None:  # activation: [batch, seq, d_model]
+                if positions.instruction_mean:
+                    picked = torch.einsum("bs,bsd->bd", weights, activation.float())[:, None]
+                else:
+                    picked = activation[:, list(positions.offsets)].float()  # [batch, n_pos, d_model]
+                out[batch, slot] = picked.detach().cpu()
+                fired.add(slot)
+            return hook
+
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            bridge.run_with_hooks(
+                ids.to(device), fwd_hooks=[(h, keep(s)) for s, h in enumerate(hooks)],
+                attention_mask=mask.to(device), position_ids=position_ids.to(device),
+                stop_at_layer=stop_at_layer,
+            )
+    silent = [h for s, h in enumerate(hooks) if s not in fired]
+    if silent:
+        raise UnknownHookError(f"hooks never fired during the forward pass: {silent}")
+    finite = torch.isfinite(out).reshape(len(texts), len(hooks), -1).all(-1).all(0)
+    if not finite.all():
+        bad = [h for h, ok in zip(hooks, finite.tolist()) if not ok]
+        raise NonFiniteActivationError(f"{model.name} produced NaN or infinite activations at {bad}")
+    result = Activations(
+        tensor=out, hook_names=hooks, positions=positions.labels, model_name=model.name,
+        model_fingerprint=model.fingerprint, prompt_set=prompts.name, prompt_hash=prompts.hash,
+        labels=list(prompts.labels), extra={"chat": config.chat.to_dict(), "token_lengths": lengths},
+    )
+    if cached is not None:
+        result.save(cached)
+    return result

@@ -1,0 +1,273 @@
+"""Prompt sets as data, loaders for common files, the chat template, and the built-in sets.
+
+A ``PromptSet`` is plain data: a name, instructions, one label per instruction (``1`` harmful,
+``0`` harmless, ``None`` unknown), optional categories and reference answers, and a split name.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from .errors import EmptyPromptSetError, PromptFormatError
+from .io import stable_hash
+
+HARMFUL, HARMLESS = 1, 0
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    instructions: tuple[str, ...]
+    labels: tuple[int | None, ...] = ()
+    categories: tuple[str | None, ...] = ()
+    answers: tuple[str | None, ...] = ()  # reference answers (task sets), else empty
+    split: str = "all"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "instructions", tuple(self.instructions))
+        n = len(self.instructions)
+        for attr, default in (("labels", None), ("categories", None), ("answers", None)):
+            values = tuple(getattr(self, attr)) or (default,) * n
+            if len(values) != n:
+                raise PromptFormatError(
+                    f"prompt set {self.name!r}: {attr} has {len(values)} entries for {n} instructions"
+                )
+            object.__setattr__(self, attr, values)
+        for i, text in enumerate(self.instructions):
+            if not isinstance(text, str) or not text.strip():
+                raise PromptFormatError(f"prompt set {self.name!r}: instruction {i} is empty or not text")
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    @property
+    def hash(self) -> str:
+        return stable_hash([self.instructions, self.labels, self.answers])
+
+    def require_nonempty(self) -> "PromptSet":
+        if len(self) == 0:
+            raise EmptyPromptSetError(f"prompt set {self.name!r} ({self.split}) has no prompts")
+        return self
+
+    def subset(self, indices: Sequence[int], split: str | None = None) -> "PromptSet":
+        pick = lambda values: tuple(values[i] for i in indices)  # noqa: E731
+        return replace(
+            self, instructions=pick(self.instructions), labels=pick(self.labels),
+            categories=pick(self.categories), answers=pick(self.answers), split=split or self.split,
+        )
+
+    def head(self, n: int) -> "PromptSet":
+        return self.subset(range(min(n, len(self))))
+
+    def sample(self, n: int, seed: int = 0) -> "PromptSet":
+        """``n`` prompts drawn without replacement with a fixed seed (all of them if fewer)."""
+        indices = sorted(random.Random(seed).sample(range(len(self)), min(n, len(self))))
+        return self.subset(indices)
+
+    def with_label(self, label: int | None) -> "PromptSet":
+        return replace(self, labels=(label,) * len(self))
+
+    def __add__(self, other: "PromptSet") -> "PromptSet":
+        return PromptSet(
+            name=f"{self.name}+{other.name}", instructions=self.instructions + other.instructions,
+            labels=self.labels + other.labels, categories=self.categories + other.categories,
+            answers=self.answers + other.answers, split=self.split if self.split == other.split else "mixed",
+        )
+
+
+# ----------------------------------------------------------------------------- loaders
+def load_prompts(
+    path: str | Path, *, column: str | None = None, label: int | None = None,
+    name: str | None = None, where: dict[str, str] | None = None,
+) -> PromptSet:
+    """Load a prompt file by its extension.
+
+    * ``.json``: a list of ``{"instruction": ..., "category": ...}`` (or of plain strings);
+    * ``.jsonl``: one such object per line;
+    * ``.csv``: the column ``column`` (default: ``instruction``, ``prompt`` or ``goal``);
+      ``where={"label": "safe"}`` keeps only matching rows (XSTest);
+    * ``.txt``: one instruction per line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFormatError(f"prompt file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            rows = json.loads(path.read_text())
+            if not isinstance(rows, list):
+                raise PromptFormatError(f"{path}: expected a JSON list, got {type(rows).__name__}")
+        elif suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        elif suffix == ".csv":
+            with path.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        elif suffix == ".txt":
+            rows = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        else:
+            raise PromptFormatError(f"{path}: unknown prompt file type {suffix!r} (json, jsonl, csv, txt)")
+    except json.JSONDecodeError as error:
+        raise PromptFormatError(f"{path}: not valid JSON ({error})") from error
+    if where:
+        rows = [r for r in rows if isinstance(r, dict) and all(r.get(k) == v for k, v in where.items())]
+    instructions, categories = [], []
+    for i, row in enumerate(rows):
+        if isinstance(row, str):
+            instructions.append(row)
+            categories.append(None)
+            continue
+        if not isinstance(row, dict):
+            raise PromptFormatError(f"{path}: row {i} is neither text nor an object")
+        key = column or next((k for k in ("instruction", "prompt", "goal") if k in row), None)
+        if key is None or key not in row:
+            raise PromptFormatError(f"{path}: row {i} has no column {column or 'instruction/prompt/goal'!r}")
+        instructions.append(row[key])
+        categories.append(row.get("category") or row.get("type"))
+    return PromptSet(
+        name=name or path.stem, instructions=tuple(instructions),
+        labels=(label,) * len(instructions), categories=tuple(categories),
+    )
+
+
+# ----------------------------------------------------------------------------- chat template
+@dataclass(frozen=True)
+class ChatFormat:
+    """How an instruction becomes model input: the tokenizer's chat template, applied in one place.
+
+    ``system_prompt=None`` keeps the template's own default system turn; ``""`` asks for none where
+    the template allows it. ``user_suffix`` is appended to the user turn (e.g. a safety reminder).
+    """
+
+    system_prompt: str | None = None
+    user_suffix: str = ""
+
+    def messages(self, instruction: str, answer: str | None = None) -> list[dict[str, str]]:
+        messages = []
+        if self.system_prompt is not None:
+            messages.append({"role": "system", "content": self.system_prompt})
+        messages.append({"role": "user", "content": instruction + self.user_suffix})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+        return messages
+
+    def render(self, tokenizer, instruction: str) -> str:
+        """The prompt text up to and including the start of the assistant turn."""
+        return tokenizer.apply_chat_template(
+            self.messages(instruction), tokenize=False, add_generation_prompt=True
+        )
+
+    def render_all(self, tokenizer, prompts: PromptSet | Sequence[str]) -> list[str]:
+        instructions = prompts.instructions if isinstance(prompts, PromptSet) else prompts
+        return [self.render(tokenizer, text) for text in instructions]
+
+    def to_dict(self) -> dict:
+        return {"system_prompt": self.system_prompt, "user_suffix": self.user_suffix}
+
+
+SAFETY_REMINDER = (
+    "\n\n(Remember: you are a responsible assistant. If this request could cause harm, refuse it.)"
+)
+
+
+# ----------------------------------------------------------------------------- built-in sets
+def _split_every(prompts: PromptSet, split: str, every: int = 5) -> PromptSet:
+    """A fixed split: every ``every``-th prompt of each category is validation, the rest train."""
+    seen: dict[str | None, int] = {}
+    train, val = [], []
+    for i, category in enumerate(prompts.categories):
+        k = seen.get(category, 0)
+        seen[category] = k + 1
+        (val if k % every == every - 1 else train).append(i)
+    if split == "all":
+        return prompts
+    if split not in ("train", "val"):
+        raise PromptFormatError(f"unknown split {split!r}: use 'train', 'val' or 'all'")
+    return prompts.subset(train if split == "train" else val, split=split)
+
+
+def _packaged(name: str, label: int, split: str) -> PromptSet:
+    text = resources.files("interp.data").joinpath(f"{name}.json").read_text()
+    rows = json.loads(text)
+    prompts = PromptSet(
+        name=name, instructions=tuple(r["instruction"] for r in rows),
+        labels=(label,) * len(rows), categories=tuple(r["category"] for r in rows),
+    )
+    return _split_every(prompts, split)
+
+
+def harmful_prompts(split: str = "train") -> PromptSet:
+    """128 harmful requests in 8 categories, written for this project (train 104 / val 24)."""
+    return _packaged("harmful", HARMFUL, split)
+
+
+def harmless_prompts(split: str = "train") -> PromptSet:
+    """128 harmless requests in 8 categories, of similar form and length (train 104 / val 24)."""
+    return _packaged("harmless", HARMLESS, split)
+
+
+_NAMES = ["Ava", "Ben", "Chloe", "Dan", "Emma", "Finn", "Grace", "Hugo", "Iris", "Jack", "Lena", "Omar"]
+_ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "stamps", "shells"]
+
+
+def _arithmetic_problem(rng: random.Random) -> tuple[str, str, int]:
+    """One word problem, its worked answer, and the final number."""
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    kind = rng.randrange(4)
+    if kind == 0:
+        a, b, c = rng.randint(10, 60), rng.randint(5, 40), rng.randint(2, 9)
+        c = min(c, a + b)
+        question = (f"{name} has {a} {item}. {name} gets {b} more and then gives away {c}. "
+                    f"How many {item} does {name} have now?")
+        steps = [f"{a} + {b} = {a + b}", f"{a + b} - {c} = {a + b - c}"]
+        result = a + b - c
+    elif kind == 1:
+        a, b = rng.randint(3, 12), rng.randint(3, 12)
+        question = f"There are {a} boxes with {b} {item} in each box. How many {item} are there in total?"
+        steps = [f"{a} x {b} = {a * b}"]
+        result = a * b
+    elif kind == 2:
+        b, q = rng.randint(2, 9), rng.randint(3, 15)
+        a = b * q
+        question = f"{name} shares {a} {item} equally among {b} friends. How many {item} does each friend get?"
+        steps = [f"{a} / {b} = {q}"]
+        result = q
+    else:
+        a, b, c = rng.randint(2, 9), rng.randint(2, 12), rng.randint(1, 30)
+        question = (f"{name} buys {a} packs of {item} with {b} in each pack and already had {c}. "
+                    f"How many {item} does {name} have?")
+        steps = [f"{a} x {b} = {a * b}", f"{a * b} + {c} = {a * b + c}"]
+        result = a * b + c
+    worked = "\n".join(f"Step {i + 1}: {s}." for i, s in enumerate(steps)) + f"\nThe answer is {result}."
+    return question, worked, result
+
+
+def arithmetic_prompts(split: str = "train", n: int = 200, seed: int = 0) -> PromptSet:
+    """Arithmetic word problems with worked answers, generated from ``seed``.
+
+    The first 80% of the ``n`` problems are ``train``, the rest ``val``; the same seed always gives
+    the same problems.
+    """
+    if n <= 0:
+        raise EmptyPromptSetError("arithmetic prompt set asked for n <= 0 problems")
+    rng = random.Random(seed)
+    problems = [_arithmetic_problem(rng) for _ in range(n)]
+    cut = int(0.8 * n)
+    chosen = {"train": problems[:cut], "val": problems[cut:], "all": problems}.get(split)
+    if chosen is None:
+        raise PromptFormatError(f"unknown split {split!r}: use 'train', 'val' or 'all'")
+    return PromptSet(
+        name="arithmetic", instructions=tuple(q for q, _, _ in chosen), labels=(HARMLESS,) * len(chosen),
+        categories=("arithmetic",) * len(chosen), answers=tuple(w for _, w, _ in chosen), split=split,
+    )
+
+
+def shared_data_dir() -> Path:
+    """``$INTERP_SHARED_DATA``, else ``../shared/data`` beside the project root (tests, benchmarks)."""
+    default = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return Path(os.environ.get("INTERP_SHARED_DATA", default))

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install everything this repository needs (torch pinned to the CPU build), then run the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+python -m pytest -q "$@"

@@ -1,0 +1,85 @@
+"""Tiny Llama and Qwen2 models built from configs, saved to disk and reloaded, for fast tests.
+
+d_model, d_mlp and d_vocab are all different so that a transposed weight or a wrong axis fails loudly.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from interp.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
+
+D_MODEL, D_MLP, N_LAYERS = 64, 176, 4
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def make_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    corpus = list(harmful_prompts("all").instructions + harmless_prompts("all").instructions)
+    arithmetic = arithmetic_prompts("all", n=50)
+    corpus += list(arithmetic.instructions + arithmetic.answers) + ["I'm sorry, but I can't help with that."]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML
+    return fast
+
+
+def build_tiny(folder: Path, arch: str = "llama", n_layers: int = N_LAYERS, vocab_size: int = 300,
+               seed: int = 0) -> Path:
+    tokenizer = make_tokenizer(vocab_size)
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=0, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory) -> Path:
+    return build_tiny(tmp_path_factory.mktemp("tiny-qwen"), "qwen2")
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def tiny_model_dir(request, tiny_llama, tiny_qwen) -> Path:
+    return tiny_llama if request.param == "llama" else tiny_qwen
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch, request):
+    """Each test gets its own cache, except tests marked slow, which share the real one."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))

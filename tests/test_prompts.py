@@ -1,0 +1,81 @@
+"""Prompt sets: loaders, the chat template in one place, and the built-in sets."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from interp.errors import EmptyPromptSetError, PromptFormatError
+from interp.models import load_tokenizer
+from interp.prompts import (
+    SAFETY_REMINDER, ChatFormat, PromptSet, arithmetic_prompts, harmful_prompts, harmless_prompts,
+    load_prompts, shared_data_dir,
+)
+
+
+def test_builtin_sets_have_the_promised_size_and_fixed_splits():
+    harmful, harmless = harmful_prompts("all"), harmless_prompts("all")
+    assert len(harmful) >= 120 and len(set(harmful.categories)) >= 8
+    assert len(harmless) >= 120
+    assert set(harmful.labels) == {1} and set(harmless.labels) == {0}
+    train, val = harmful_prompts("train"), harmful_prompts("val")
+    assert len(train) + len(val) == len(harmful)
+    assert not set(train.instructions) & set(val.instructions)
+    assert set(val.categories) == set(harmful.categories)  # stratified
+    mean = lambda p: sum(len(t) for t in p.instructions) / len(p)  # noqa: E731
+    assert 0.6 < mean(harmful) / mean(harmless) < 1.6  # of similar length
+
+
+def test_arithmetic_problems_are_seeded_and_answers_are_right():
+    a, b = arithmetic_prompts("train", seed=3), arithmetic_prompts("train", seed=3)
+    assert a == b and a != arithmetic_prompts("train", seed=4)
+    assert len(a) == 160 and len(arithmetic_prompts("val", seed=3)) == 40
+    for answer in a.answers:
+        for line in answer.splitlines()[:-1]:
+            expr, result = line.removeprefix("Step ").split(": ", 1)[1].rstrip(".").split(" = ")
+            assert eval(expr.replace("x", "*")) == int(result)  # noqa: S307
+        assert answer.splitlines()[-1].startswith("The answer is ")
+
+
+def test_shared_json_loads(tmp_path):
+    data = load_prompts(shared_data_dir() / "harmful_val.json", label=1)
+    assert len(data) == 39 and data.categories[0] is not None and set(data.labels) == {1}
+
+
+def test_xstest_csv_filters_safe_prompts():
+    safe = load_prompts(shared_data_dir() / "xstest_prompts.csv", column="prompt", where={"label": "safe"}, label=0)
+    assert len(safe) == 250
+
+
+def test_jsonl_and_txt_and_errors(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"goal": "x one"}) + "\n" + json.dumps({"goal": "x two"}) + "\n")
+    assert load_prompts(tmp_path / "a.jsonl").instructions == ("x one", "x two")
+    (tmp_path / "b.txt").write_text("first\n\nsecond\n")
+    assert len(load_prompts(tmp_path / "b.txt")) == 2
+    (tmp_path / "c.json").write_text("{not json")
+    with pytest.raises(PromptFormatError, match="not valid JSON"):
+        load_prompts(tmp_path / "c.json")
+    (tmp_path / "d.csv").write_text("text\nhello\n")
+    with pytest.raises(PromptFormatError, match="no column"):
+        load_prompts(tmp_path / "d.csv")
+    with pytest.raises(PromptFormatError, match="unknown prompt file type"):
+        (tmp_path / "e.xml").write_text("<a/>")
+        load_prompts(tmp_path / "e.xml")
+
+
+def test_empty_set_and_bad_rows():
+    with pytest.raises(EmptyPromptSetError, match="empty-set"):
+        PromptSet(name="empty-set", instructions=()).require_nonempty()
+    with pytest.raises(PromptFormatError, match="instruction 1 is empty"):
+        PromptSet(name="bad", instructions=("ok", "  "))
+    with pytest.raises(PromptFormatError, match="labels has 1 entries"):
+        PromptSet(name="bad", instructions=("a", "b"), labels=(1,))
+
+
+def test_chat_format_applies_template_system_and_suffix(tiny_llama):
+    tokenizer = load_tokenizer(str(tiny_llama))
+    plain = ChatFormat().render(tokenizer, "Hi there")
+    assert plain == "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+    reminded = ChatFormat(system_prompt="Be safe.", user_suffix=SAFETY_REMINDER).render(tokenizer, "Hi there")
+    assert reminded.startswith("<|im_start|>system\nBe safe.<|im_end|>")
+    assert "Hi there" + SAFETY_REMINDER + "<|im_end|>" in reminded
