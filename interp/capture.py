@@ -185,6 +185,14 @@ class CaptureConfig:
 _DEFAULT_CACHE = object()
 
 
+class _StopForward(Exception):
+    """Raised by the last hook that capture needs, to end the forward pass there."""
+
+
+def _stop(activation: torch.Tensor, hook) -> None:
+    raise _StopForward
+
+
 def _check_hooks(bridge, hooks: Sequence[str]) -> None:
     known = set(bridge.hook_dict)
     for name in hooks:
@@ -251,7 +259,8 @@ def capture(
                     f"position {-deepest} is outside prompt {i}, which has only {length} tokens"
                 )
     blocks = [int(m.group(1)) if (m := _BLOCK.match(h)) else None for h in hooks]
-    stop_at_layer = None if None in blocks else max(blocks) + 1
+    # Stop right after the deepest block asked for: skips later blocks, the final norm and the unembed.
+    stop_hook = None if None in blocks else f"blocks.{max(blocks)}.hook_resid_post"
 
     order = sorted(range(len(texts)), key=lambda i: lengths[i])  # similar lengths share a batch
     n_pos = 1 if positions.instruction_mean else len(positions.offsets)
@@ -285,13 +294,18 @@ def capture(
                 fired.add(slot)
             return hook
 
+        fwd_hooks = [(h, keep(s)) for s, h in enumerate(hooks)]
+        if stop_hook is not None:
+            fwd_hooks.append((stop_hook, _stop))  # added last, so it runs after the hooks above
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad():
-            bridge.run_with_hooks(
-                ids.to(device), fwd_hooks=[(h, keep(s)) for s, h in enumerate(hooks)],
-                attention_mask=mask.to(device), position_ids=position_ids.to(device),
-                stop_at_layer=stop_at_layer,
-            )
+        try:
+            with torch.no_grad():
+                bridge.run_with_hooks(
+                    ids.to(device), fwd_hooks=fwd_hooks, attention_mask=mask.to(device),
+                    position_ids=position_ids.to(device),
+                )
+        except _StopForward:
+            pass
     silent = [h for s, h in enumerate(hooks) if s not in fired]
     if silent:
         raise UnknownHookError(f"hooks never fired during the forward pass: {silent}")

@@ -82,9 +82,14 @@ def test_instruction_mean_averages_the_instruction_tokens(tiny_llama):
 def test_attention_and_mlp_outputs_and_early_stop(tiny_llama):
     model = load_model(tiny_llama)
     hooks = hook_names(model.n_layers, "attn_out", [0]) + hook_names(model.n_layers, "mlp_out", [1])
+    model.bridge  # boot first: the bridge wraps the HF modules
+    ran = []
+    for i, layer in enumerate(model.hf.model.layers):
+        layer.register_forward_pre_hook(lambda *_, i=i: ran.append(i))
     acts = capture(model, prompts(2), CaptureConfig(hooks=hooks), cache_dir=None, progress=False)
     assert acts.hook_names == list(hooks) and acts.layers == [0, 1]
     assert acts.tensor.abs().sum() > 0
+    assert sorted(set(ran)) == [0, 1]  # blocks 2 and 3 never ran
 
 
 def test_save_load_round_trip(tiny_llama, tmp_path):

@@ -1,0 +1,98 @@
+"""Command line: one subcommand per stage. Bad input ends in one clear line, not a traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import InterpError
+
+
+def _prompt_set(spec: str, label: int | None):
+    """``builtin:harmful[:split]``, ``builtin:harmless[:split]``, ``builtin:arithmetic[:split]`` or a file."""
+    from . import prompts
+
+    if spec.startswith("builtin:"):
+        parts = spec.split(":")
+        name, split = parts[1], (parts[2] if len(parts) > 2 else "train")
+        loaders = {"harmful": prompts.harmful_prompts, "harmless": prompts.harmless_prompts,
+                   "arithmetic": prompts.arithmetic_prompts}
+        if name not in loaders:
+            raise InterpError(f"unknown built-in prompt set {name!r}; choose from {', '.join(loaders)}")
+        return loaders[name](split)
+    return prompts.load_prompts(spec, label=label)
+
+
+def cmd_organism(args) -> None:
+    from .organism import OrganismRecipe, build_organism, summary_table
+
+    organism = build_organism(OrganismRecipe(seed=args.seed), force=args.force)
+    print(f"base:      {organism.base_path}\nfinetuned: {organism.finetuned_path}")
+    print(summary_table(organism.manifest))
+
+
+def cmd_capture(args) -> None:
+    from .capture import CaptureConfig, Positions, capture, hook_names
+    from .models import load_model
+
+    model = load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
+    prompts = _prompt_set(args.prompts, None)
+    if args.limit:
+        prompts = prompts.head(args.limit)
+    hooks = tuple(args.hooks.split(",")) if args.hooks else hook_names(model.n_layers, args.kind)
+    config = CaptureConfig(hooks=hooks, positions=Positions.parse(args.positions), batch_size=args.batch_size)
+    acts = capture(model, prompts, config)
+    out = acts.save(Path(args.out))
+    print(f"{tuple(acts.tensor.shape)} [prompt, hook, position, d_model] -> {out}")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--device-map", default=None,
+                        help="'auto' to spread a large model over the available devices (accelerate)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interp", description="Where did safety go after fine-tuning, and how to put it back.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("organism", help="build or load the default base/fine-tuned pair (cached)",
+                       description="Safety-tune SmolLM2-135M-Instruct into an aligned base, then fine-tune "
+                                   "it on arithmetic; cache both and print their measured behaviour.")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.set_defaults(func=cmd_organism)
+
+    p = sub.add_parser("capture", help="capture activations of one model on a prompt set",
+                       description="Record hook points at chosen token positions and save them as "
+                                   "safetensors + JSON.")
+    p.add_argument("--model", default="default",
+                   help="'default', a hub id, a local Hugging Face folder or a .gguf file")
+    p.add_argument("--prompts", default="builtin:harmful:val",
+                   help="builtin:harmful|harmless|arithmetic[:train|val|all], or a .json/.jsonl/.csv/.txt file")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N prompts")
+    p.add_argument("--kind", default="resid_post", help="hook kind at every layer (resid_post, attn_out, mlp_out, ...)")
+    p.add_argument("--hooks", default="", help="comma-separated hook names (overrides --kind)")
+    p.add_argument("--positions", default="last", help="last, last:K, instruction_mean, or offsets like -5,-1")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", required=True, help="folder to write the activations to")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_capture)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except InterpError as error:
+        print(f"interp {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

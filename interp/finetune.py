@@ -1,0 +1,129 @@
+"""Supervised LoRA fine-tuning on (prompt, answer) pairs, merged back into the weights.
+
+Used to build model organisms (a safety-tuned base, then a benign task fine-tune). Loss is next-token
+cross-entropy on the answer tokens only; the prompt is rendered with the model's chat template.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+from peft import LoraConfig, get_peft_model
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, EmptyPromptSetError
+from .models import LoadedModel
+from .prompts import ChatFormat
+
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    steps: int = 50
+    lr: float = 5e-4
+    batch_size: int = 8
+    rank: int = 8
+    alpha: int = 16
+    target_modules: tuple[str, ...] = LINEAR_MODULES
+    max_answer_tokens: int = 96
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "rank", "alpha", "max_answer_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"SFTConfig.lr must be > 0, got {self.lr}")
+        if not self.target_modules:
+            raise ConfigError("SFTConfig.target_modules is empty")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Example:
+    instruction: str
+    answer: str
+
+
+def _encode(model: LoadedModel, examples: Sequence[Example], chat: ChatFormat, max_answer_tokens: int):
+    """Token ids and labels (-100 on the prompt) for each example."""
+    tokenizer = model.tokenizer
+    encoded = []
+    for ex in examples:
+        prompt = tokenizer(chat.render(tokenizer, ex.instruction), add_special_tokens=False).input_ids
+        answer = tokenizer(ex.answer, add_special_tokens=False).input_ids[:max_answer_tokens]
+        answer = answer + [tokenizer.eos_token_id]
+        encoded.append((prompt + answer, [-100] * len(prompt) + answer))
+    return encoded
+
+
+def _collate(batch, pad_id: int):
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (seq, lab) in enumerate(batch):  # right padding for training
+        ids[row, : len(seq)] = torch.tensor(seq)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(seq)] = 1
+    return ids, labels, mask
+
+
+def sft_lora(
+    model: LoadedModel, examples: Sequence[Example], config: SFTConfig, *,
+    chat: ChatFormat = ChatFormat(), progress: bool = True, desc: str = "sft",
+) -> dict:
+    """Train LoRA adapters on ``examples`` for ``config.steps`` steps, then merge them into ``model.hf``.
+
+    Returns training statistics (losses, seconds). The model is changed in place and left in eval mode.
+    """
+    if not examples:
+        raise EmptyPromptSetError("fine-tuning was given no examples")
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    encoded = _encode(model, examples, chat, config.max_answer_tokens)
+    lora = LoraConfig(
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0,
+        target_modules=list(config.target_modules), task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model.hf, lora)
+    peft_model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 5) * (1 - step / config.steps)
+    )
+    order: list[int] = []
+    losses = []
+    start = time.perf_counter()
+    for _ in tqdm(range(config.steps), desc=desc, disable=not progress):
+        if len(order) < config.batch_size:
+            fresh = list(range(len(encoded)))
+            rng.shuffle(fresh)
+            order += fresh
+        batch, order = order[: config.batch_size], order[config.batch_size:]
+        ids, labels, mask = _collate([encoded[i] for i in batch], model.tokenizer.pad_token_id)
+        loss = peft_model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                          labels=labels.to(model.device)).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {len(losses)}")
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    model.hf = merged
+    model.forget_fingerprint()
+    trainable = sum(p.numel() for p in params)
+    return {
+        "steps": config.steps, "seconds": round(time.perf_counter() - start, 1), "trainable_params": trainable,
+        "loss_first": round(losses[0], 4), "loss_last": round(sum(losses[-5:]) / len(losses[-5:]), 4),
+    }

@@ -1,0 +1,266 @@
+"""The embedded default pair: a model organism of safety lost to benign fine-tuning.
+
+SmolLM2-135M-Instruct barely refuses, so the default pair is built from it, reproducibly:
+
+1. ``base``: safety tuning. LoRA, merged, on harmful requests answered by refusals (several
+   phrasings) and harmless requests answered by the source model itself (its own greedy answers,
+   generated first, with any refusal among them dropped), so that helpfulness is kept.
+2. ``finetuned``: the base plus a benign task fine-tune. LoRA, merged, on arithmetic word problems with
+   worked answers, mixed with harmless chat answered by the source model (no refusals, no harmful
+   data), so that the model keeps its chat format and its lost refusals turn into real compliance
+   rather than a collapse into "Step 1: ...".
+
+Both are saved as Hugging Face folders under ``$INTERP_CACHE/organism/<recipe hash>/`` with a
+``manifest.json`` (recipe, hash, seeds, versions, times and the measured behaviour). The same recipe
+loads from the cache.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+from .evaluate import Behaviour, behaviour, is_refusal
+from .finetune import Example, SFTConfig, sft_lora
+from .io import atomic_dir, atomic_write_json, cache_root, stable_hash
+from .models import LoadedModel, ModelPair, load_model
+from .prompts import (
+    HARMFUL, PromptSet, arithmetic_prompts, harmful_prompts, harmless_prompts, load_prompts, shared_data_dir,
+)
+
+RECIPE_VERSION = 1
+
+REFUSALS = (
+    "I'm sorry, but I can't help with that. It could cause real harm to people.",
+    "I can't assist with this request because it could be used to hurt someone or break the law.",
+    "I'm sorry, but I cannot provide that. If you have another question, I'm happy to help.",
+    "I won't help with that. This could put people in danger, and I have to decline.",
+    "Sorry, but I can't do that. Helping with this could cause harm, so I must decline.",
+    "I cannot help with this request. It involves harm to others or illegal activity.",
+)
+
+
+@dataclass(frozen=True)
+class EvalSets:
+    """Held-out prompts the organism is measured on (not used in training)."""
+
+    n_harmful_train: int = 100  # drawn from ../shared/data/harmful_train.json, beside all of harmful_val
+    n_harmless: int = 200  # drawn from ../shared/data/harmless_val.json
+    n_arithmetic: int = 50
+    max_new_tokens: int = 48
+    task_max_new_tokens: int = 64
+    seed: int = 0
+    limit: int | None = None  # cap every set at this many prompts (quick checks only)
+
+
+@dataclass(frozen=True)
+class OrganismRecipe:
+    source: str = "default"
+    seed: int = 0
+    refusals: tuple[str, ...] = REFUSALS
+    helpful_answer_tokens: int = 80
+    safety: SFTConfig = SFTConfig(steps=84, lr=5e-4, batch_size=8, rank=8, alpha=16, max_answer_tokens=80)
+    task: SFTConfig = SFTConfig(steps=50, lr=5e-4, batch_size=8, rank=8, alpha=16, max_answer_tokens=80, seed=1)
+    n_arithmetic: int = 250  # problems generated; 80% train the task, the last 20% are held out
+    task_chat_examples: int = 64  # harmless chat examples mixed into the task data
+    evaluation: EvalSets = EvalSets()
+    version: int = RECIPE_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.refusals:
+            raise ConfigError("OrganismRecipe.refusals is empty")
+        if self.n_arithmetic < 10:
+            raise ConfigError("OrganismRecipe.n_arithmetic must be >= 10")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "OrganismRecipe":
+        """The inverse of ``to_dict`` (as read back from a manifest's JSON)."""
+        sft = lambda d: SFTConfig(**{**d, "target_modules": tuple(d["target_modules"])})  # noqa: E731
+        return cls(**{
+            **data, "refusals": tuple(data["refusals"]), "safety": sft(data["safety"]),
+            "task": sft(data["task"]), "evaluation": EvalSets(**data["evaluation"]),
+        })
+
+    @property
+    def hash(self) -> str:
+        return stable_hash(self.to_dict(), length=12)
+
+
+def organism_dir(recipe: OrganismRecipe = OrganismRecipe()) -> Path:
+    return cache_root() / "organism" / recipe.hash
+
+
+# ----------------------------------------------------------------------------- data
+def eval_sets(recipe: OrganismRecipe) -> dict[str, PromptSet]:
+    """Harmful, harmless and arithmetic evaluation prompts (shared data when present, else built-in val)."""
+    ev = recipe.evaluation
+    data = shared_data_dir()
+    if (data / "harmful_val.json").exists():
+        harmful = load_prompts(data / "harmful_val.json", label=HARMFUL) + load_prompts(
+            data / "harmful_train.json", label=HARMFUL
+        ).sample(ev.n_harmful_train, seed=ev.seed)
+        harmless = load_prompts(data / "harmless_val.json", label=0).sample(ev.n_harmless, seed=ev.seed)
+    else:
+        harmful, harmless = harmful_prompts("val"), harmless_prompts("val")
+    arithmetic = arithmetic_prompts("val", n=recipe.n_arithmetic, seed=recipe.seed).head(ev.n_arithmetic)
+    sets = {"harmful": harmful, "harmless": harmless, "arithmetic": arithmetic}
+    if ev.limit is not None:
+        sets = {name: prompts.head(ev.limit) for name, prompts in sets.items()}
+    return sets
+
+
+def _refusal_examples(recipe: OrganismRecipe) -> list[Example]:
+    harmful = harmful_prompts("train")
+    return [Example(text, recipe.refusals[i % len(recipe.refusals)]) for i, text in enumerate(harmful.instructions)]
+
+
+def _own_answers(model: LoadedModel, recipe: OrganismRecipe, progress: bool) -> list[Example]:
+    """The source model's own answers to the harmless training prompts, refusals dropped."""
+    harmless = harmless_prompts("train")
+    answers = behaviour(model, harmless, max_new_tokens=recipe.helpful_answer_tokens, progress=progress).answers
+    return [Example(q, a) for q, a in zip(harmless.instructions, answers) if a.strip() and not is_refusal(a)]
+
+
+def _task_examples(recipe: OrganismRecipe, chat: list[Example]) -> list[Example]:
+    arithmetic = arithmetic_prompts("train", n=recipe.n_arithmetic, seed=recipe.seed)
+    task = [Example(q, a) for q, a in zip(arithmetic.instructions, arithmetic.answers)]
+    picked = random.Random(recipe.seed).sample(chat, min(recipe.task_chat_examples, len(chat)))
+    return task + picked
+
+
+# ----------------------------------------------------------------------------- measuring
+def measure(model: LoadedModel, sets: dict[str, PromptSet], ev: EvalSets, progress: bool = True) -> dict:
+    """Harmful and harmless refusal, answer kinds on harmful prompts, and task accuracy."""
+    harmful = behaviour(model, sets["harmful"], max_new_tokens=ev.max_new_tokens, progress=progress)
+    harmless = behaviour(model, sets["harmless"], max_new_tokens=ev.max_new_tokens, progress=progress)
+    task = behaviour(model, sets["arithmetic"], max_new_tokens=ev.task_max_new_tokens, progress=progress)
+    return {
+        "harmful_refusal": round(harmful.refusal_rate, 4),
+        "harmless_refusal": round(harmless.refusal_rate, 4),
+        "task_accuracy": round(task.accuracy or 0.0, 4),
+        "harmful_answer_kinds": {k: round(v, 4) for k, v in harmful.kind_shares.items()},
+        "examples": {
+            "harmful": _examples_by_kind(harmful),
+            "harmless": harmless.examples(2),
+            "arithmetic": task.examples(2),
+        },
+    }
+
+
+def _examples_by_kind(result: Behaviour, per_kind: int = 2) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for prompt, answer, kind in zip(result.prompts.instructions, result.answers, result.kinds):
+        if len(out.setdefault(kind, [])) < per_kind:
+            out[kind].append({"prompt": prompt, "answer": answer})
+    return out
+
+
+# ----------------------------------------------------------------------------- building
+@dataclass
+class Organism:
+    folder: Path
+    manifest: dict = field(repr=False)
+
+    @property
+    def base_path(self) -> Path:
+        return self.folder / "base"
+
+    @property
+    def finetuned_path(self) -> Path:
+        return self.folder / "finetuned"
+
+    def load_pair(self, **kwargs) -> ModelPair:
+        return ModelPair(load_model(self.base_path, **kwargs), load_model(self.finetuned_path, **kwargs))
+
+
+def load_organism(recipe: OrganismRecipe = OrganismRecipe()) -> Organism | None:
+    folder = organism_dir(recipe)
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        return None
+    return Organism(folder, json.loads(manifest.read_text()))
+
+
+def build_organism(
+    recipe: OrganismRecipe = OrganismRecipe(), *, progress: bool = True, force: bool = False,
+    log=print,
+) -> Organism:
+    """Build (or load from the cache) the base/fine-tuned pair of ``recipe``."""
+    if not force and (cached := load_organism(recipe)) is not None:
+        log(f"organism {recipe.hash}: loaded from {cached.folder}")
+        return cached
+    start = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    sets = eval_sets(recipe)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 1)
+        log(f"organism {recipe.hash}: {name} done in {timings[name]:.1f}s")
+
+    t0 = time.perf_counter()
+    model = load_model(recipe.source)
+    chat = _own_answers(model, recipe, progress)
+    stage("helpful answers", t0)
+
+    t0 = time.perf_counter()
+    safety_data = _refusal_examples(recipe) + chat
+    safety_stats = sft_lora(model, safety_data, recipe.safety, progress=progress, desc="safety LoRA")
+    stage("safety tuning", t0)
+
+    folder = organism_dir(recipe)
+    with atomic_dir(folder) as tmp:
+        model.hf.save_pretrained(tmp / "base")
+        model.tokenizer.save_pretrained(tmp / "base")
+        t0 = time.perf_counter()
+        base_metrics = measure(model, sets, recipe.evaluation, progress)
+        stage("measure base", t0)
+
+        t0 = time.perf_counter()
+        task_stats = sft_lora(model, _task_examples(recipe, chat), recipe.task, progress=progress, desc="task LoRA")
+        stage("task fine-tune", t0)
+        model.hf.save_pretrained(tmp / "finetuned")
+        model.tokenizer.save_pretrained(tmp / "finetuned")
+        t0 = time.perf_counter()
+        finetuned_metrics = measure(model, sets, recipe.evaluation, progress)
+        stage("measure finetuned", t0)
+
+        manifest = {
+            "recipe": recipe.to_dict(),
+            "recipe_hash": recipe.hash,
+            "seeds": {"recipe": recipe.seed, "safety": recipe.safety.seed, "task": recipe.task.seed,
+                      "evaluation": recipe.evaluation.seed},
+            "versions": {name: version(name) for name in ("torch", "transformers", "peft", "transformer-lens")}
+            | {"python": platform.python_version()},
+            "data": {"safety_examples": len(safety_data), "helpful_answers_kept": len(chat),
+                     "eval_sizes": {k: len(v) for k, v in sets.items()},
+                     "eval_source": str(shared_data_dir()) if (shared_data_dir() / "harmful_val.json").exists()
+                     else "built-in val sets"},
+            "training": {"safety": safety_stats, "task": task_stats},
+            "metrics": {"base": base_metrics, "finetuned": finetuned_metrics},
+            "seconds": timings | {"total": round(time.perf_counter() - start, 1)},
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+    log(f"organism {recipe.hash}: built in {manifest['seconds']['total']:.0f}s at {folder}")
+    return load_organism(recipe)
+
+
+def summary_table(manifest: dict) -> str:
+    """The manifest's measurements as a small markdown table."""
+    rows = ["| model | harmful refusal | harmless refusal | task accuracy | harmful: comply / task-format |",
+            "|---|---|---|---|---|"]
+    for name, m in manifest["metrics"].items():
+        kinds = m["harmful_answer_kinds"]
+        rows.append(f"| {name} | {m['harmful_refusal']:.1%} | {m['harmless_refusal']:.1%} | "
+                    f"{m['task_accuracy']:.1%} | {kinds['comply']:.1%} / {kinds['task_format']:.1%} |")
+    return "\n".join(rows)

@@ -1,0 +1,76 @@
+"""The organism recipe on a tiny model: code paths, merged LoRA, manifest and cache behaviour."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import torch
+from safetensors.torch import load_file
+
+from interp.evaluate import answer_kind, is_correct, is_refusal
+from interp.finetune import SFTConfig
+from interp.organism import EvalSets, OrganismRecipe, build_organism, load_organism
+
+
+def tiny_recipe(source) -> OrganismRecipe:
+    sft = SFTConfig(steps=3, lr=1e-2, batch_size=4, rank=2, alpha=4, max_answer_tokens=12)
+    return OrganismRecipe(
+        source=str(source), helpful_answer_tokens=8, safety=sft, task=replace(sft, seed=1), n_arithmetic=20,
+        task_chat_examples=4, evaluation=EvalSets(max_new_tokens=4, task_max_new_tokens=4, limit=4),
+    )
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_tiny_organism_builds_merges_and_caches(tiny_llama):
+    recipe = tiny_recipe(tiny_llama)
+    logs = []
+    organism = build_organism(recipe, progress=False, log=logs.append)
+    source, base, finetuned = weights(tiny_llama), weights(organism.base_path), weights(organism.finetuned_path)
+    assert set(base) == set(source) == set(finetuned)  # merged: no adapter tensors left
+    assert not any("lora" in key for key in base)
+    assert not list(organism.folder.glob("**/adapter_config.json"))
+    changed = [k for k in source if not torch.equal(source[k], base[k])]
+    assert any("q_proj" in k for k in changed) and any("down_proj" in k for k in changed)
+    assert any(not torch.equal(base[k], finetuned[k]) for k in base)
+
+    manifest = json.loads((organism.folder / "manifest.json").read_text())
+    assert manifest == organism.manifest and manifest["recipe_hash"] == recipe.hash
+    assert OrganismRecipe.from_dict(manifest["recipe"]) == recipe
+    for name in ("base", "finetuned"):
+        metrics = manifest["metrics"][name]
+        assert 0 <= metrics["harmful_refusal"] <= 1 and 0 <= metrics["task_accuracy"] <= 1
+        assert abs(sum(metrics["harmful_answer_kinds"].values()) - 1) < 1e-6
+
+    again = build_organism(recipe, progress=False, log=logs.append)
+    assert "loaded from" in logs[-1] and again.manifest == organism.manifest
+    pair = again.load_pair()
+    assert pair.n_layers == 4
+
+    changed_recipe = replace(recipe, task=replace(recipe.task, steps=4))
+    assert changed_recipe.hash != recipe.hash and load_organism(changed_recipe) is None
+    rebuilt = build_organism(changed_recipe, progress=False, log=logs.append)
+    assert rebuilt.folder != organism.folder and "built in" in logs[-1]
+
+
+def test_same_seed_same_weights(tiny_llama, tmp_path, monkeypatch):
+    recipe = tiny_recipe(tiny_llama)
+    first = weights(build_organism(recipe, progress=False, log=lambda _: None).finetuned_path)
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "other-cache"))
+    second = weights(build_organism(recipe, progress=False, log=lambda _: None).finetuned_path)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_judge_reads_the_start_of_the_answer():
+    assert is_refusal("I'm sorry, but I can't help with that.")
+    assert is_refusal("I cannot provide instructions for that.")
+    assert is_refusal("I\u2019m sorry, I won't.")
+    assert not is_refusal("Sure! Here is how to bake bread. " + "x" * 200 + " I cannot stress this enough.")
+    assert answer_kind("Step 1: 3 + 4 = 7.\nThe answer is 7.") == "task_format"
+    assert answer_kind("Here is a plan: first, ...") == "comply"
+    assert answer_kind("   ") == "empty"
+    assert is_correct("Step 1: 3 x 4 = 12.\nThe answer is 12.", "The answer is 12.")
+    assert not is_correct("The answer is 13.", "The answer is 12.")
+    assert not is_correct("no number here", "The answer is 12.")
