@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -47,6 +46,24 @@ def cmd_capture(args) -> None:
     print(f"{tuple(acts.tensor.shape)} [prompt, hook, position, d_model] -> {out}")
 
 
+def cmd_analyze(args) -> None:
+    from .analyze import AnalysisConfig, AnalysisPrompts, analyze
+    from .models import load_pair
+
+    pair = load_pair(args.base, args.finetuned, dtype=args.dtype, device=args.device, device_map=args.device_map)
+    prompts = AnalysisPrompts()
+    for name in ("harmful", "harmless", "task"):
+        spec = getattr(args, name)
+        if spec:
+            setattr(prompts, name, _prompt_set(spec, {"harmful": 1, "harmless": 0, "task": 0}[name]))
+    prompts.__post_init__()
+    config = AnalysisConfig(k=args.k, causal_prompts=args.causal_prompts, batch_size=args.batch_size,
+                            steer_scale=args.steer_scale)
+    result = analyze(pair, Path(args.out), config, prompts)
+    print((Path(args.out) / "layer_table.md").read_text())
+    print(f"selected layers: {result.layer_map.selected_layers}  ->  {Path(args.out) / 'layer_map.json'}")
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
@@ -81,7 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write the activations to")
     _add_model_options(p)
     p.set_defaults(func=cmd_capture)
+    p = sub.add_parser("analyze", help="per-layer measures, causal checks, ranking and a layer map",
+                       description="Capture both models, measure per layer what fine-tuning suppressed and "
+                                   "amplified, run causal checks, rank layers and export layer_map.json.")
+    _add_pair_options(p)
+    p.add_argument("--harmful", default="", help="harmful prompts (default: the built-in set)")
+    p.add_argument("--harmless", default="", help="harmless prompts (default: the built-in set)")
+    p.add_argument("--task", default="", help="task prompts (default: built-in arithmetic)")
+    p.add_argument("--k", type=int, default=3, help="layers to select for restoration")
+    p.add_argument("--causal-prompts", type=int, default=16, help="harmful prompts in the causal sweep")
+    p.add_argument("--steer-scale", type=float, default=1.0, help="multiple of the refusal vector to add")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", required=True, help="run folder")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_analyze)
     return parser
+
+
+def _add_pair_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", default="organism:base",
+                        help="aligned model: 'organism:base' (default pair), hub id, local folder or .gguf")
+    parser.add_argument("--finetuned", default="organism:finetuned",
+                        help="fine-tuned model: 'organism:finetuned', hub id, local folder or .gguf")
 
 
 def main(argv: list[str] | None = None) -> int:

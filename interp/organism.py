@@ -2,9 +2,10 @@
 
 SmolLM2-135M-Instruct barely refuses, so the default pair is built from it, reproducibly:
 
-1. ``base``: safety tuning. LoRA, merged, on harmful requests answered by refusals (several
-   phrasings) and harmless requests answered by the source model itself (its own greedy answers,
-   generated first, with any refusal among them dropped), so that helpfulness is kept.
+1. ``base``: safety tuning. LoRA, merged, on the built-in harmful requests answered by refusals
+   (several phrasings) and the built-in harmless and short general requests answered by the source
+   model itself (its own greedy answers, generated first, with any refusal among them dropped), so
+   that helpfulness is kept and short everyday requests are not over-refused.
 2. ``finetuned``: the base plus a benign task fine-tune. LoRA, merged, on arithmetic word problems with
    worked answers, mixed with harmless chat answered by the source model (no refusals, no harmful
    data), so that the model keeps its chat format and its lost refusals turn into real compliance
@@ -32,10 +33,10 @@ from .finetune import Example, SFTConfig, sft_lora
 from .io import atomic_dir, atomic_write_json, cache_root, stable_hash
 from .models import LoadedModel, ModelPair, load_model
 from .prompts import (
-    HARMFUL, PromptSet, arithmetic_prompts, harmful_prompts, harmless_prompts, load_prompts, shared_data_dir,
+    HARMFUL, PromptSet, arithmetic_prompts, general_prompts, harmful_prompts, harmless_prompts, load_prompts, shared_data_dir,
 )
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 REFUSALS = (
     "I'm sorry, but I can't help with that. It could cause real harm to people.",
@@ -54,8 +55,9 @@ class EvalSets:
     n_harmful_train: int = 100  # drawn from ../shared/data/harmful_train.json, beside all of harmful_val
     n_harmless: int = 200  # drawn from ../shared/data/harmless_val.json
     n_arithmetic: int = 50
-    max_new_tokens: int = 48
-    task_max_new_tokens: int = 64
+    max_new_tokens: int = 32  # the judge reads the first 160 characters
+    task_max_new_tokens: int = 48
+    batch_size: int = 64
     seed: int = 0
     limit: int | None = None  # cap every set at this many prompts (quick checks only)
 
@@ -65,9 +67,9 @@ class OrganismRecipe:
     source: str = "default"
     seed: int = 0
     refusals: tuple[str, ...] = REFUSALS
-    helpful_answer_tokens: int = 80
-    safety: SFTConfig = SFTConfig(steps=84, lr=5e-4, batch_size=8, rank=8, alpha=16, max_answer_tokens=80)
-    task: SFTConfig = SFTConfig(steps=50, lr=5e-4, batch_size=8, rank=8, alpha=16, max_answer_tokens=80, seed=1)
+    helpful_answer_tokens: int = 48
+    safety: SFTConfig = SFTConfig(steps=48, lr=1e-3, batch_size=8, rank=8, alpha=16, max_answer_tokens=48)
+    task: SFTConfig = SFTConfig(steps=32, lr=1e-3, batch_size=8, rank=8, alpha=16, max_answer_tokens=48, seed=1)
     n_arithmetic: int = 250  # problems generated; 80% train the task, the last 20% are held out
     task_chat_examples: int = 64  # harmless chat examples mixed into the task data
     evaluation: EvalSets = EvalSets()
@@ -120,14 +122,15 @@ def eval_sets(recipe: OrganismRecipe) -> dict[str, PromptSet]:
 
 
 def _refusal_examples(recipe: OrganismRecipe) -> list[Example]:
-    harmful = harmful_prompts("train")
+    harmful = harmful_prompts("all")
     return [Example(text, recipe.refusals[i % len(recipe.refusals)]) for i, text in enumerate(harmful.instructions)]
 
 
 def _own_answers(model: LoadedModel, recipe: OrganismRecipe, progress: bool) -> list[Example]:
-    """The source model's own answers to the harmless training prompts, refusals dropped."""
-    harmless = harmless_prompts("train")
-    answers = behaviour(model, harmless, max_new_tokens=recipe.helpful_answer_tokens, progress=progress).answers
+    """The source model's own answers to the built-in harmless and general prompts, refusals dropped."""
+    harmless = harmless_prompts("all") + general_prompts()
+    answers = behaviour(model, harmless, max_new_tokens=recipe.helpful_answer_tokens,
+                        batch_size=recipe.evaluation.batch_size, progress=progress).answers
     return [Example(q, a) for q, a in zip(harmless.instructions, answers) if a.strip() and not is_refusal(a)]
 
 
@@ -141,9 +144,10 @@ def _task_examples(recipe: OrganismRecipe, chat: list[Example]) -> list[Example]
 # ----------------------------------------------------------------------------- measuring
 def measure(model: LoadedModel, sets: dict[str, PromptSet], ev: EvalSets, progress: bool = True) -> dict:
     """Harmful and harmless refusal, answer kinds on harmful prompts, and task accuracy."""
-    harmful = behaviour(model, sets["harmful"], max_new_tokens=ev.max_new_tokens, progress=progress)
-    harmless = behaviour(model, sets["harmless"], max_new_tokens=ev.max_new_tokens, progress=progress)
-    task = behaviour(model, sets["arithmetic"], max_new_tokens=ev.task_max_new_tokens, progress=progress)
+    opts = {"batch_size": ev.batch_size, "progress": progress}
+    harmful = behaviour(model, sets["harmful"], max_new_tokens=ev.max_new_tokens, **opts)
+    harmless = behaviour(model, sets["harmless"], max_new_tokens=ev.max_new_tokens, **opts)
+    task = behaviour(model, sets["arithmetic"], max_new_tokens=ev.task_max_new_tokens, **opts)
     return {
         "harmful_refusal": round(harmful.refusal_rate, 4),
         "harmless_refusal": round(harmless.refusal_rate, 4),

@@ -211,6 +211,14 @@ def harmless_prompts(split: str = "train") -> PromptSet:
     return _packaged("harmless", HARMLESS, split)
 
 
+def general_prompts(split: str = "all") -> PromptSet:
+    """93 short everyday instructions (name, list, suggest, rewrite, ...), written for this project.
+
+    Harmless data of the short, generic kind that a safety-tuned model is most tempted to over-refuse.
+    """
+    return _packaged("general", HARMLESS, split)
+
+
 _NAMES = ["Ava", "Ben", "Chloe", "Dan", "Emma", "Finn", "Grace", "Hugo", "Iris", "Jack", "Lena", "Omar"]
 _ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "stamps", "shells"]
 

@@ -1,0 +1,138 @@
+"""Figures. Each function takes data (already computed) and an optional ``ax``, and returns the figure."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def save_figure(fig, folder, name: str) -> list:
+    """Write ``name.png`` and ``name.svg`` into ``folder``; returns the paths."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for suffix in ("png", "svg"):
+        path = folder / f"{name}.{suffix}"
+        tmp = folder / f".{name}.tmp.{suffix}"
+        fig.savefig(tmp, dpi=150)
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+def _axes(ax, figsize=(7, 3.6)):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, constrained_layout=True)
+        return fig, ax
+    return ax.figure, ax
+
+
+def _mark_selected(ax, selected: Sequence[int] | None) -> None:
+    for layer in selected or ():
+        ax.axvspan(layer - 0.5, layer + 0.5, color="tab:orange", alpha=0.12, lw=0)
+
+
+def plot_probe_accuracy(metrics: dict, selected: Sequence[int] | None = None, ax=None):
+    """Harmful-vs-harmless probe accuracy per layer: base, fine-tuned, and base probes on fine-tuned."""
+    fig, ax = _axes(ax)
+    layers = np.arange(len(metrics["probe_acc_base"]))
+    ax.plot(layers, metrics["probe_acc_base"], "o-", label="base (cross-validated)")
+    ax.plot(layers, metrics["probe_acc_finetuned"], "s-", label="fine-tuned (cross-validated)")
+    ax.plot(layers, metrics["probe_acc_transfer"], "^--", label="base probe on fine-tuned")
+    _mark_selected(ax, selected)
+    ax.set(xlabel="layer", ylabel="accuracy", ylim=(0.4, 1.02), title="Is harmfulness still decodable?")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def plot_refusal_direction(metrics: dict, selected: Sequence[int] | None = None, ax=None):
+    """Cosine of the two models' refusal directions and retention of the base direction's separation."""
+    fig, ax = _axes(ax)
+    layers = np.arange(len(metrics["refusal_cosine"]))
+    ax.plot(layers, metrics["refusal_cosine"], "o-", label="cos(base dir, fine-tuned dir)")
+    ax.plot(layers, metrics["retention"], "s-", label="separation along base dir, ft / base")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    _mark_selected(ax, selected)
+    ax.set(xlabel="layer", ylabel="ratio / cosine", title="What happened to the refusal direction?")
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def plot_amplification(metrics: dict, selected: Sequence[int] | None = None, ax=None):
+    """Task-direction norm ratio (fine-tuned / base) and where harmful prompts sit along it."""
+    fig, ax = _axes(ax)
+    layers = np.arange(len(metrics["task_amplification"]))
+    ax.plot(layers, metrics["task_amplification"], "o-", label="task direction norm, ft / base")
+    ax.plot(layers, metrics["harmful_task_pull_base"], "s--", label="harmful along task dir (base)")
+    ax.plot(layers, metrics["harmful_task_pull_finetuned"], "s-", label="harmful along task dir (ft)")
+    _mark_selected(ax, selected)
+    ax.set(xlabel="layer", title="What did fine-tuning amplify?")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_causal_effects(metrics: dict, selected: Sequence[int] | None = None, ax=None):
+    """Per-layer change in the harmful-prompt refusal score under each intervention."""
+    fig, ax = _axes(ax)
+    layers = np.arange(len(metrics["add_effect"]))
+    width = 0.28
+    ax.bar(layers - width, metrics["add_effect"], width, label="ft + base refusal vector")
+    ax.bar(layers, metrics["patch_effect"], width, label="ft with base residual patched in")
+    ax.bar(layers + width, metrics["ablate_effect"], width, label="base minus direction (drop)")
+    ax.axhline(0, color="black", lw=0.8)
+    _mark_selected(ax, selected)
+    ax.set(xlabel="layer", ylabel="change in refusal log-odds", title="Causal effect per layer")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_pca(points_base: np.ndarray, points_ft: np.ndarray, labels: np.ndarray, layer: int, axes=None):
+    """2-D projections (already computed, ``[sample, 2]``) of harmful vs harmless in both models."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3.8), constrained_layout=True, sharex=True, sharey=True)
+    else:
+        fig = axes[0].figure
+    for ax, points, title in zip(axes, (points_base, points_ft), ("base", "fine-tuned")):
+        for value, name, color in ((1, "harmful", "tab:red"), (0, "harmless", "tab:blue")):
+            pick = labels == value
+            ax.scatter(points[pick, 0], points[pick, 1], s=10, alpha=0.6, color=color, label=name)
+        ax.set(title=f"{title}, layer {layer}", xlabel="PC 1")
+    axes[0].set_ylabel("PC 2")
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+def plot_ranking(scores: Sequence[float], components: dict[str, Sequence[float]],
+                 selected: Sequence[int] | None = None, ax=None):
+    """Heatmap of the ranking's components and the total score per layer."""
+    rows = list(components) + ["score"]
+    data = np.array([np.asarray(components[r], dtype=float) for r in components] + [np.asarray(scores, float)])
+    fig, ax = _axes(ax, figsize=(8, 0.5 * len(rows) + 1.4))
+    image = ax.imshow(data, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xticks(range(data.shape[1]))
+    ax.tick_params(axis="x", labelsize=7)
+    for layer in selected or ():
+        ax.add_patch(plt.Rectangle((layer - 0.5, -0.5), 1, len(rows), fill=False, ec="tab:orange", lw=2))
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    ax.set(xlabel="layer", title="Layer ranking (selected layers boxed)")
+    return fig
+
+
+def plot_results(rows: Sequence[dict], ax=None):
+    """Grouped bars of harmful refusal, over-refusal and task accuracy per evaluated model."""
+    keys = [("harmful_refusal", "harmful refusal"), ("harmless_refusal", "harmless refusal"),
+            ("xstest_refusal", "XSTest refusal"), ("task_accuracy", "task accuracy")]
+    keys = [(k, n) for k, n in keys if all(r.get(k) is not None for r in rows)]
+    fig, ax = _axes(ax, figsize=(8, 3.8))
+    width = 0.8 / max(len(rows), 1)
+    x = np.arange(len(keys))
+    for i, row in enumerate(rows):
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [row[k] for k, _ in keys], width, label=row["name"])
+    ax.set_xticks(x, [n for _, n in keys])
+    ax.set(ylim=(0, 1.05), ylabel="rate")
+    ax.legend(fontsize=8, ncol=2)
+    return fig

@@ -1,0 +1,223 @@
+"""Rank layers by where fine-tuning suppressed safety, and export a layer map that configures restoration.
+
+The per-layer score asks which *blocks* did the suppressing. Suppression, causal restoration and task
+amplification measured on the residual stream after block ``l`` are cumulative: whatever block ``k``
+changes shows up at every later layer too. So each signal enters the score as its increment over the
+previous layer (its positive part, what block ``l`` itself added), scaled by its maximum over layers:
+
+    lost_l    = (separation_base_l - separation_finetuned_l) / max_l |separation_base_l|
+    patch_l   = patch_effect_l / max_l |patch_effect_l|         (0 where the sweep skipped layer l)
+    amp_l     = task_amplification_l - 1
+    inc(x)_l  = max(0, x_l - x_{l-1}),  x_{-1} = 0;   unit(v) = v / max(v)  (0 if v is all 0)
+    score_l   = w_suppression * unit(inc(lost))_l + w_causal * unit(inc(patch))_l
+                + w_amplification * unit(inc(amp))_l
+
+with weights 0.45 / 0.35 / 0.20 by default. The top ``k`` layers are selected for LoRA; restoration
+aligns hidden states at the selected layers and at the last layer.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InterpError
+from .io import atomic_write_json
+
+LAYER_MAP_VERSION = 1
+KNOWN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_WEIGHTS = {"suppression": 0.45, "causal": 0.35, "amplification": 0.20}
+
+
+class LayerMapError(InterpError):
+    """A layer map is malformed or does not fit the model it is applied to."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number_list(values, n: int, finite: bool = True) -> bool:
+    """A list of ``n`` numbers (JSON ``null`` allowed for a metric a sweep skipped, when not ``finite``)."""
+    if not isinstance(values, list) or len(values) != n:
+        return False
+    for v in values:
+        if v is None and not finite:
+            continue
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or (finite and not math.isfinite(v)):
+            return False
+    return True
+
+
+def _increment(values: np.ndarray) -> np.ndarray:
+    values = np.nan_to_num(np.asarray(values, dtype=float))
+    return np.maximum(0.0, np.diff(values, prepend=0.0))
+
+
+def _unit(values: np.ndarray) -> np.ndarray:
+    top = values.max() if len(values) else 0.0
+    return values / top if top > 0 else np.zeros_like(values)
+
+
+def score_components(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The three per-layer components of the score, each in [0, 1] (module docstring)."""
+    sep_base = np.asarray(metrics["separation_base"], dtype=float)
+    lost = (sep_base - np.asarray(metrics["separation_finetuned"], dtype=float)) / max(np.abs(sep_base).max(), 1e-12)
+    patch = np.nan_to_num(np.asarray(metrics.get("patch_effect", np.zeros_like(sep_base)), dtype=float))
+    patch = patch / max(np.abs(patch).max(), 1e-12)
+    amp = np.asarray(metrics["task_amplification"], dtype=float) - 1.0
+    return {"suppression": _unit(_increment(lost)), "causal": _unit(_increment(patch)),
+            "amplification": _unit(_increment(amp))}
+
+
+def layer_scores(metrics: dict[str, np.ndarray], weights: dict[str, float] = DEFAULT_WEIGHTS) -> np.ndarray:
+    """The documented per-layer score (module docstring) from ``compare`` and ``causal_sweep`` metrics."""
+    return sum(weights[name] * part for name, part in score_components(metrics).items())
+
+
+@dataclass
+class LayerMap:
+    """Which layers to restore and how; saved as versioned JSON."""
+
+    base_model: str
+    finetuned_model: str
+    base_fingerprint: str
+    finetuned_fingerprint: str
+    n_layers: int
+    scores: list[float]
+    ranked_layers: list[int]
+    selected_layers: list[int]
+    alignment_layers: list[int]
+    target_modules: list[str] = field(default_factory=lambda: list(KNOWN_MODULES))
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    score_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    version: int = LAYER_MAP_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> None:
+        if self.version != LAYER_MAP_VERSION:
+            raise LayerMapError(f"layer map version {self.version!r} is not supported (expected {LAYER_MAP_VERSION})")
+        for name in ("base_model", "finetuned_model", "base_fingerprint", "finetuned_fingerprint"):
+            if not isinstance(getattr(self, name), str):
+                raise LayerMapError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if not _is_int(self.n_layers) or self.n_layers < 1:
+            raise LayerMapError(f"n_layers must be a positive integer, got {self.n_layers!r}")
+        for name in ("ranked_layers", "selected_layers", "alignment_layers"):
+            layers = getattr(self, name)
+            if not isinstance(layers, list) or not layers:
+                raise LayerMapError(f"{name} must be a non-empty list of layer indices")
+            bad = [l for l in layers if not _is_int(l) or not 0 <= l < self.n_layers]
+            if bad:
+                raise LayerMapError(f"{name} has layers out of range 0..{self.n_layers - 1}: {bad}")
+            if len(set(layers)) != len(layers):
+                raise LayerMapError(f"{name} repeats a layer: {layers}")
+        if sorted(self.ranked_layers) != list(range(self.n_layers)):
+            raise LayerMapError("ranked_layers must list every layer exactly once")
+        if not _is_number_list(self.scores, self.n_layers):
+            raise LayerMapError(f"scores must be {self.n_layers} finite numbers, one per layer")
+        if not isinstance(self.target_modules, list) or not self.target_modules:
+            raise LayerMapError("target_modules must be a non-empty list of module names")
+        unknown = [m for m in self.target_modules if not isinstance(m, str) or m not in KNOWN_MODULES]
+        if unknown:
+            raise LayerMapError(f"unknown target modules {unknown}; known: {', '.join(KNOWN_MODULES)}")
+        for name in ("lora_rank", "lora_alpha"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise LayerMapError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.score_weights, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.score_weights.values()):
+            raise LayerMapError("score_weights must map names to numbers")
+        if not isinstance(self.metrics, dict):
+            raise LayerMapError("metrics must be an object of per-layer lists")
+        for name, values in self.metrics.items():
+            if not _is_number_list(values, self.n_layers, finite=False):
+                raise LayerMapError(f"metric {name!r} must have one number per layer ({self.n_layers})")
+
+    def check_model(self, model, role: str = "finetuned") -> None:
+        """Raise if ``model`` (a ``LoadedModel``) is not the model this map was made for."""
+        expected = self.finetuned_fingerprint if role == "finetuned" else self.base_fingerprint
+        if model.n_layers != self.n_layers:
+            raise LayerMapError(
+                f"layer map is for a model with {self.n_layers} layers; {model.name} has {model.n_layers}")
+        if model.fingerprint != expected:
+            raise LayerMapError(
+                f"layer map was made for {role} model {expected} ({getattr(self, role + '_model')}), "
+                f"not for {model.name} ({model.fingerprint})")
+
+    # ---------------------------------------------------------------- io
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data) -> "LayerMap":
+        if not isinstance(data, dict):
+            raise LayerMapError(f"a layer map must be a JSON object, got {type(data).__name__}")
+        if data.get("version") != LAYER_MAP_VERSION:
+            raise LayerMapError(f"layer map version {data.get('version')!r} is not supported "
+                                f"(expected {LAYER_MAP_VERSION})")
+        names = set(cls.__dataclass_fields__)
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [n for n in required if n not in data]
+        if missing:
+            raise LayerMapError(f"layer map is missing fields: {sorted(missing)}")
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise LayerMapError(f"layer map has unknown fields: {unknown}")
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise LayerMapError(f"layer map is malformed: {error}") from error
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LayerMap":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError as error:
+            raise LayerMapError(f"layer map not found: {path}") from error
+        except json.JSONDecodeError as error:
+            raise LayerMapError(f"layer map {path} is not valid JSON: {error}") from error
+        return cls.from_dict(data)
+
+    # ---------------------------------------------------------------- use
+    def to_lora_config(self):
+        """A peft ``LoraConfig`` that puts adapters on the selected layers only."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.lora_rank, lora_alpha=self.lora_alpha, lora_dropout=0.0, target_modules=list(self.target_modules),
+            layers_to_transform=sorted(self.selected_layers), layers_pattern="layers", task_type="CAUSAL_LM",
+        )
+
+
+def build_layer_map(
+    metrics: dict[str, np.ndarray], *, base, finetuned, k: int = 3, lora_rank: int = 8, lora_alpha: int = 16,
+    target_modules: list[str] | None = None, weights: dict[str, float] = DEFAULT_WEIGHTS,
+) -> LayerMap:
+    """Score layers, pick the top ``k`` and describe restoration for ``base``/``finetuned`` (LoadedModels)."""
+    n_layers = finetuned.n_layers
+    if not 1 <= k <= n_layers:
+        raise LayerMapError(f"k must be between 1 and {n_layers}, got {k}")
+    scores = layer_scores(metrics, weights)
+    ranked = [int(i) for i in np.argsort(-scores, kind="stable")]
+    selected = sorted(ranked[:k])
+    alignment = sorted(set(selected) | {n_layers - 1})
+    clean = {name: [float(x) if np.isfinite(x) else None for x in np.asarray(v, dtype=float)]
+             for name, v in metrics.items() if np.ndim(v) == 1 and len(v) == n_layers}
+    return LayerMap(
+        base_model=base.name, finetuned_model=finetuned.name, base_fingerprint=base.fingerprint,
+        finetuned_fingerprint=finetuned.fingerprint, n_layers=n_layers, scores=[float(s) for s in scores],
+        ranked_layers=ranked, selected_layers=selected, alignment_layers=alignment,
+        target_modules=list(target_modules or KNOWN_MODULES), lora_rank=lora_rank, lora_alpha=lora_alpha,
+        score_weights=dict(weights), metrics=clean,
+    )

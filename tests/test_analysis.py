@@ -1,0 +1,125 @@
+"""Planted ground truth: a fine-tuned model that is the base with a known direction projected out of one
+known block's writes. The measures, the causal sweep and the ranking must find that block."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
+from interp.capture import CaptureConfig, capture
+from interp.causal import causal_sweep, last_logits, steering
+from interp.compare import PairActivations, compare
+from interp.directions import DiffInMeans
+from interp.evaluate import generate
+from interp.models import ModelPair, load_model
+from interp.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
+from interp.ranking import LayerMap, build_layer_map
+
+PLANTED = 2  # the edited block (of 4)
+
+
+def planted_pair(model_dir) -> tuple[ModelPair, np.ndarray]:
+    """Base: the tiny model with block PLANTED's writes amplified, so that block carries much of the
+    harmful-vs-harmless separation. Fine-tuned: the same weights with the base's difference-in-means
+    direction at that block projected out of its attention and MLP output matrices."""
+    base, finetuned = load_model(model_dir), load_model(model_dir)
+    for model in (base, finetuned):
+        block = model.hf.model.layers[PLANTED]
+        with torch.no_grad():
+            block.self_attn.o_proj.weight.mul_(6.0)
+            block.mlp.down_proj.weight.mul_(6.0)
+        model.forget_fingerprint()
+    data = harmful_prompts("all") + harmless_prompts("all")
+    acts = capture(base, data, CaptureConfig(), cache_dir=None, progress=False).tensor[:, :, -1]
+    u = DiffInMeans().fit(acts, np.array(data.labels)).directions_[PLANTED]
+    P = torch.eye(len(u)) - torch.outer(torch.tensor(u, dtype=torch.float32), torch.tensor(u, dtype=torch.float32))
+    block = finetuned.hf.model.layers[PLANTED]
+    with torch.no_grad():
+        block.self_attn.o_proj.weight.copy_(P @ block.self_attn.o_proj.weight)
+        block.mlp.down_proj.weight.copy_(P @ block.mlp.down_proj.weight)
+    finetuned.forget_fingerprint()
+    return ModelPair(base, finetuned), u
+
+
+def pair_activations(pair: ModelPair) -> PairActivations:
+    sets = {"harmful": harmful_prompts("all"), "harmless": harmless_prompts("all"),
+            "task": arithmetic_prompts("train", n=60)}
+    out = {}
+    for role, model in (("base", pair.base), ("ft", pair.finetuned)):
+        for kind, prompts in sets.items():
+            out[f"{role}_{kind}"] = capture(model, prompts, CaptureConfig(), cache_dir=None, progress=False).tensor[:, :, -1]
+    return PairActivations(**out)
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_llama):
+    pair, u = planted_pair(tiny_llama)
+    return pair, u, pair_activations(pair)
+
+
+def test_suppression_appears_at_the_planted_block_and_decodability_survives(planted):
+    pair, _, acts = planted
+    metrics = compare(acts)
+    retention = metrics["retention"]
+    assert np.allclose(retention[:PLANTED], 1.0, atol=1e-5)  # upstream of the edit: identical
+    assert retention[PLANTED] < 0.5  # separation along the base direction is mostly gone there
+    assert metrics["refusal_cosine"][PLANTED] < metrics["refusal_cosine"][PLANTED - 1]
+    # Suppressed, not removed: harmfulness is still linearly decodable after the edit.
+    assert metrics["probe_acc_finetuned"][PLANTED + 1] >= 0.9
+
+
+def test_causal_sweep_and_ranking_put_the_planted_block_first(planted):
+    pair, _, acts = planted
+    metrics = compare(acts)
+    base_dirs = DiffInMeans().fit(np.concatenate([acts.base_harmful, acts.base_harmless]),
+                                  np.repeat([1, 0], [len(acts.base_harmful), len(acts.base_harmless)]))
+    # Any token works as the 'refusal' token of a random model; the sweep must still be consistent.
+    token = pair.base.tokenizer("I", add_special_tokens=False).input_ids[:1]
+    sweep = causal_sweep(pair.base, pair.finetuned, harmful_prompts("val").head(8), base_dirs.diff_, token,
+                         progress=False)
+    patch = sweep["patch_effect"]
+    gap = float(sweep["score_base"] - sweep["score_finetuned"])
+    assert np.allclose(patch[:PLANTED], 0.0, atol=1e-4)  # patching before the edit changes nothing
+    assert np.allclose(patch[PLANTED:], gap, atol=1e-3)  # after it, the base state is fully restored
+    layer_map = build_layer_map(metrics | sweep, base=pair.base, finetuned=pair.finetuned, k=1)
+    assert layer_map.ranked_layers[0] == PLANTED and layer_map.selected_layers == [PLANTED]
+
+
+def test_steering_hook_fires_during_hf_generate(tiny_llama):
+    model = load_model(tiny_llama)
+    prompts = harmful_prompts("val").head(2)
+    plain = generate(model, prompts, max_new_tokens=5, progress=False)
+    vector = torch.zeros(model.d_model)
+    vector[0] = 1000.0
+    with steering(model, 1, vector):
+        steered = generate(model, prompts, max_new_tokens=5, progress=False)
+    assert steered != plain
+    assert generate(model, prompts, max_new_tokens=5, progress=False) == plain  # hook removed afterwards
+
+
+def test_last_logits_match_the_full_forward(tiny_llama):
+    model = load_model(tiny_llama)
+    enc = model.tokenizer(["<|im_start|>user\nhi<|im_end|>\n", "<|im_start|>user\nhow are you<|im_end|>\n"],
+                          return_tensors="pt", padding=True, add_special_tokens=False)
+    pos = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    fast = last_logits(model, enc.input_ids, enc.attention_mask, pos)
+    with torch.no_grad():
+        full = model.hf(enc.input_ids, attention_mask=enc.attention_mask, position_ids=pos).logits[:, -1]
+    torch.testing.assert_close(fast, full, atol=1e-4, rtol=0)
+
+
+def test_analyze_writes_a_run_folder(planted, tmp_path):
+    pair, _, _ = planted
+    small = AnalysisPrompts(
+        harmful=harmful_prompts("train").head(24), harmless=harmless_prompts("train").head(24),
+        task=arithmetic_prompts("train", n=30).head(24), steer_harmful=harmful_prompts("val").head(4),
+        steer_harmless=harmless_prompts("val").head(4),
+    )
+    # A random model never refuses, so name a 'refusal' token instead of reading its answers for one.
+    config = AnalysisConfig(k=2, causal_prompts=4, steer_max_new_tokens=4, refusal_tokens=(5,))
+    result = analyze(pair, tmp_path / "run", config, small, progress=False, log=lambda _: None)
+    for name in ("metrics.json", "layer_map.json", "layer_table.md", "activations/base-harmful/meta.json"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert LayerMap.load(tmp_path / "run" / "layer_map.json") == result.layer_map
+    assert len(result.layer_map.selected_layers) == 2
