@@ -8,8 +8,7 @@ from interp.plots import plot_pca, save_figure
 
 run, out = run_from_args(__doc__)
 layer = run.layer_map.ranked_layers[0]
-acts = {role: np.concatenate([run.activations(role, kind).at(layer).numpy() for kind in ("harmful", "harmless")])
-        for role in ("base", "ft")}
-labels = np.concatenate([run.activations("base", kind).labels for kind in ("harmful", "harmless")]).astype(int)
-base_2d, ft_2d = pca_2d(acts["base"], acts["ft"])
-print(*save_figure(plot_pca(base_2d, ft_2d, labels, layer), out, "pca"), sep="\n")
+kinds = ("harmful", "harmless")
+acts = {role: np.concatenate([run.activations(role, k).at(layer).numpy() for k in kinds]) for role in ("base", "ft")}
+labels = np.concatenate([run.activations("base", k).labels for k in kinds]).astype(int)
+print(*save_figure(plot_pca(*pca_2d(acts["base"], acts["ft"]), labels, layer), out, "pca"), sep="\n")

@@ -185,3 +185,31 @@ def load_run(folder: str | Path) -> RunData:
     data = json.loads((folder / "metrics.json").read_text())
     metrics = {k: np.array([np.nan if x is None else x for x in v], dtype=float) for k, v in data["per_layer"].items()}
     return RunData(folder, metrics, LayerMap.load(folder / "layer_map.json"), data["steering"])
+
+
+def write_figures(run: RunData, out: str | Path) -> list[Path]:
+    """Every analysis figure of ``run`` as PNG and SVG in ``out``."""
+    import matplotlib.pyplot as plt
+
+    from . import plots
+    from .compare import pca_2d
+    from .ranking import score_components
+
+    selected = run.layer_map.selected_layers
+    figures = {
+        "probe_accuracy": plots.plot_probe_accuracy(run.metrics, selected),
+        "refusal_direction": plots.plot_refusal_direction(run.metrics, selected),
+        "amplification": plots.plot_amplification(run.metrics, selected),
+        "causal_effects": plots.plot_causal_effects(run.metrics, selected),
+        "ranking": plots.plot_ranking(run.layer_map.scores, score_components(run.metrics), selected),
+    }
+    layer = run.layer_map.ranked_layers[0]
+    kinds = ("harmful", "harmless")
+    acts = {role: np.concatenate([run.activations(role, k).at(layer).numpy() for k in kinds]) for role in ("base", "ft")}
+    labels = np.concatenate([run.activations("base", k).labels for k in kinds]).astype(int)
+    figures["pca"] = plots.plot_pca(*pca_2d(acts["base"], acts["ft"]), labels, layer)
+    paths = []
+    for name, fig in figures.items():
+        paths += plots.save_figure(fig, out, name)
+        plt.close(fig)
+    return paths

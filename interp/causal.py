@@ -86,8 +86,8 @@ def refusal_score(
     for ids, mask, pos in _batches(model, prompts, chat, batch_size):
         hooks = hooks_for_batch(start, ids) if hooks_for_batch else ()
         logp = torch.log_softmax(last_logits(model, ids, mask, pos, hooks), -1)
-        p_refuse = torch.logsumexp(logp[:, list(token_ids)], -1)
-        scores.append((p_refuse - torch.log1p(-p_refuse.exp().clamp(max=1 - 1e-6))).cpu().numpy())
+        log_p = torch.logsumexp(logp[:, list(token_ids)], -1)  # log p(refusal token)
+        scores.append((log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))).cpu().numpy())
         start += len(ids)
     return np.concatenate(scores)
 

@@ -64,6 +64,24 @@ def cmd_analyze(args) -> None:
     print(f"selected layers: {result.layer_map.selected_layers}  ->  {Path(args.out) / 'layer_map.json'}")
 
 
+def cmd_run(args) -> None:
+    """The study on the default pair, as far as it is built today: organism -> analysis -> figures."""
+    import time
+
+    from .analyze import AnalysisConfig, analyze, load_run, write_figures
+    from .organism import build_organism, summary_table
+
+    out = Path(args.out)
+    start = time.perf_counter()
+    organism = build_organism()
+    print(summary_table(organism.manifest))
+    pair = organism.load_pair()
+    analyze(pair, out, AnalysisConfig(k=args.k))
+    paths = write_figures(load_run(out), out / "figures")
+    print((out / "layer_table.md").read_text())
+    print(f"figures: {out / 'figures'} ({len(paths)} files); total {time.perf_counter() - start:.0f}s")
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
@@ -98,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write the activations to")
     _add_model_options(p)
     p.set_defaults(func=cmd_capture)
+    p = sub.add_parser("run", help="the study on the embedded default pair (organism, analysis, figures)",
+                       description="Build or load the default pair, analyze it, export the layer map and "
+                                   "figures into one run folder.")
+    p.add_argument("--out", default="runs/default", help="run folder")
+    p.add_argument("--k", type=int, default=3, help="layers to select for restoration")
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("analyze", help="per-layer measures, causal checks, ranking and a layer map",
                        description="Capture both models, measure per layer what fine-tuning suppressed and "
                                    "amplified, run causal checks, rank layers and export layer_map.json.")

@@ -213,6 +213,9 @@ def boot_bridge(hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    from ._compat import patch_bridge_kv_cache
+
+    patch_bridge_kv_cache()
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         bridge_tokenizer = AutoTokenizer.from_pretrained(tmp)

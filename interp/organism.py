@@ -3,7 +3,7 @@
 SmolLM2-135M-Instruct barely refuses, so the default pair is built from it, reproducibly:
 
 1. ``base``: safety tuning. LoRA, merged, on the built-in harmful requests answered by refusals
-   (several phrasings) and the built-in harmless and short general requests answered by the source
+   (each twice, with different phrasings) and the built-in harmless and short general requests answered by the source
    model itself (its own greedy answers, generated first, with any refusal among them dropped), so
    that helpfulness is kept and short everyday requests are not over-refused.
 2. ``finetuned``: the base plus a benign task fine-tune. LoRA, merged, on arithmetic word problems with
@@ -36,7 +36,7 @@ from .prompts import (
     HARMFUL, PromptSet, arithmetic_prompts, general_prompts, harmful_prompts, harmless_prompts, load_prompts, shared_data_dir,
 )
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 REFUSALS = (
     "I'm sorry, but I can't help with that. It could cause real harm to people.",
@@ -68,7 +68,9 @@ class OrganismRecipe:
     seed: int = 0
     refusals: tuple[str, ...] = REFUSALS
     helpful_answer_tokens: int = 48
-    safety: SFTConfig = SFTConfig(steps=48, lr=1e-3, batch_size=8, rank=8, alpha=16, max_answer_tokens=48)
+    max_chat_prompts: int | None = None  # cap on harmless prompts answered by the source (quick checks)
+    refusals_per_prompt: int = 2  # each harmful request appears this often, with different refusals
+    safety: SFTConfig = SFTConfig(steps=60, lr=1e-3, batch_size=8, rank=8, alpha=16, max_answer_tokens=48)
     task: SFTConfig = SFTConfig(steps=32, lr=1e-3, batch_size=8, rank=8, alpha=16, max_answer_tokens=48, seed=1)
     n_arithmetic: int = 250  # problems generated; 80% train the task, the last 20% are held out
     task_chat_examples: int = 64  # harmless chat examples mixed into the task data
@@ -122,15 +124,29 @@ def eval_sets(recipe: OrganismRecipe) -> dict[str, PromptSet]:
 
 
 def _refusal_examples(recipe: OrganismRecipe) -> list[Example]:
-    harmful = harmful_prompts("all")
-    return [Example(text, recipe.refusals[i % len(recipe.refusals)]) for i, text in enumerate(harmful.instructions)]
+    """Each built-in harmful request ``refusals_per_prompt`` times, with different refusal phrasings."""
+    harmful = harmful_prompts("all").instructions
+    n = len(recipe.refusals)
+    return [Example(text, recipe.refusals[(i + j * (n // 2 + 1)) % n])
+            for j in range(recipe.refusals_per_prompt) for i, text in enumerate(harmful)]
 
 
 def _own_answers(model: LoadedModel, recipe: OrganismRecipe, progress: bool) -> list[Example]:
-    """The source model's own answers to the built-in harmless and general prompts, refusals dropped."""
+    """The source model's own answers to the built-in harmless and general prompts, refusals dropped.
+
+    Cached by source weights, prompts and answer length, so recipes that differ only in training reuse them.
+    """
     harmless = harmless_prompts("all") + general_prompts()
-    answers = behaviour(model, harmless, max_new_tokens=recipe.helpful_answer_tokens,
-                        batch_size=recipe.evaluation.batch_size, progress=progress).answers
+    if recipe.max_chat_prompts is not None:
+        harmless = harmless.sample(recipe.max_chat_prompts, seed=recipe.seed)
+    key = stable_hash({"model": model.fingerprint, "prompts": harmless.hash, "tokens": recipe.helpful_answer_tokens})
+    cached = cache_root() / "organism" / "answers" / f"{key}.json"
+    if cached.exists():
+        answers = json.loads(cached.read_text())
+    else:
+        answers = behaviour(model, harmless, max_new_tokens=recipe.helpful_answer_tokens,
+                            batch_size=recipe.evaluation.batch_size, progress=progress).answers
+        atomic_write_json(cached, answers)
     return [Example(q, a) for q, a in zip(harmless.instructions, answers) if a.strip() and not is_refusal(a)]
 
 

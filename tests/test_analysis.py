@@ -65,8 +65,11 @@ def test_suppression_appears_at_the_planted_block_and_decodability_survives(plan
     assert np.allclose(retention[:PLANTED], 1.0, atol=1e-5)  # upstream of the edit: identical
     assert retention[PLANTED] < 0.5  # separation along the base direction is mostly gone there
     assert metrics["refusal_cosine"][PLANTED] < metrics["refusal_cosine"][PLANTED - 1]
-    # Suppressed, not removed: harmfulness is still linearly decodable after the edit.
-    assert metrics["probe_acc_finetuned"][PLANTED + 1] >= 0.9
+    # Suppressed, not removed: downstream of the edit, harmfulness is as decodable as in the base (a random
+    # tiny model decodes it at about 0.75 from the last token), while the base's own probe no longer reads it.
+    after = PLANTED + 1
+    assert metrics["probe_acc_finetuned"][after] >= max(0.65, metrics["probe_acc_base"][after] - 0.05)
+    assert metrics["probe_acc_transfer"][after] < metrics["probe_acc_finetuned"][after] - 0.1
 
 
 def test_causal_sweep_and_ranking_put_the_planted_block_first(planted):
@@ -84,6 +87,14 @@ def test_causal_sweep_and_ranking_put_the_planted_block_first(planted):
     assert np.allclose(patch[PLANTED:], gap, atol=1e-3)  # after it, the base state is fully restored
     layer_map = build_layer_map(metrics | sweep, base=pair.base, finetuned=pair.finetuned, k=1)
     assert layer_map.ranked_layers[0] == PLANTED and layer_map.selected_layers == [PLANTED]
+
+
+def test_cached_generation_is_unchanged_by_booting_the_bridge(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    prompts = harmful_prompts("val").head(3)
+    before = generate(model, prompts, max_new_tokens=6, progress=False)
+    model.bridge
+    assert generate(model, prompts, max_new_tokens=6, progress=False) == before
 
 
 def test_steering_hook_fires_during_hf_generate(tiny_llama):
