@@ -1,10 +1,11 @@
 """Benchmark: activation capture on the default model against a plain HF forward and run_with_cache.
 
 64 prompts (32 harmful + 32 harmless from ../shared/data), every layer's residual stream at the last 5
-prompt positions, batch size 16, float32 on CPU. Each mode runs in its own process; peak memory is the
-highest resident set size sampled every 2 ms during the first (cold) run, minus the resident size just
-before it (model loaded, bridge booted), so it counts activations and workspace, not weights; wall time
-is the best of the warm runs. ``run_with_cache`` frees each batch's cache after taking the same
+prompt positions, batch size 16, float32 on CPU. Each mode runs in its own process. Peak memory is the
+highest number of heap bytes in use (glibc ``mallinfo2``: ``uordblks + hblkhd``, which is where torch's
+CPU tensors live), sampled every 2 ms during a warm run, minus the bytes in use just before it (model
+loaded, bridge booted): it counts activations and workspace, not weights, and unlike the resident set
+size it does not include memory the allocator keeps cached. Wall time is the best of the warm runs. ``run_with_cache`` frees each batch's cache after taking the same
 positions out of it (a careful user); ``run_with_cache_keep`` keeps every batch's cache (no filter, and
 index later). Prints a table and the ratios.
 
@@ -13,6 +14,7 @@ index later). Prints a table and the ratios.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -31,15 +33,26 @@ def _prompts():
     return harmful + harmless
 
 
-class PeakRSS:
-    def __init__(self):
-        import psutil
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
-        self.proc = psutil.Process()
+
+_libc = ctypes.CDLL("libc.so.6")
+_libc.mallinfo2.restype = _MallInfo2
+
+
+def heap_in_use() -> int:
+    info = _libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+class PeakHeap:
+    def __init__(self):
         self.stop = threading.Event()
 
     def __enter__(self):
-        self.base = self.proc.memory_info().rss
+        self.base = heap_in_use()
         self.peak = self.base
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
@@ -47,7 +60,7 @@ class PeakRSS:
 
     def _sample(self):
         while not self.stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.peak = max(self.peak, heap_in_use())
             time.sleep(0.002)
 
     def __exit__(self, *exc):
@@ -113,7 +126,8 @@ def run_mode(mode: str, repeats: int) -> dict:
           "run_with_cache_keep": lambda: run_with_cache(keep_caches=True)}[mode]
     if mode != "hf_forward":
         model.bridge  # boot outside the measured region
-    with PeakRSS() as peak:  # cold run: memory
+    fn()  # warm-up
+    with PeakHeap() as peak:
         fn()
     times = []
     for _ in range(repeats):

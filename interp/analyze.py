@@ -22,7 +22,9 @@ from .errors import ConfigError
 from .evaluate import behaviour
 from .io import atomic_write_json, atomic_write_text
 from .models import ModelPair
-from .prompts import ChatFormat, PromptSet, arithmetic_prompts, harmful_prompts, harmless_prompts
+from .prompts import (
+    ChatFormat, PromptSet, arithmetic_prompts, harmful_prompts, harmless_prompts, load_prompts, shared_data_dir,
+)
 from .ranking import LayerMap, build_layer_map
 
 
@@ -35,7 +37,7 @@ class AnalysisConfig:
     causal_layers: tuple[int, ...] | None = None  # None: every layer
     refusal_probe_prompts: int = 16  # base answers read to find the refusal tokens
     refusal_tokens: tuple[int, ...] | None = None  # explicit refusal token ids (skips reading answers)
-    steer_scale: float = 1.0  # multiple of the base refusal vector added when checking by generation
+    steer_scales: tuple[float, ...] = (1.0, 2.0)  # multiples of the base refusal vector tried by generation
     steer_max_new_tokens: int = 32
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -55,6 +57,17 @@ class AnalysisPrompts:
     task: PromptSet = field(default_factory=lambda: arithmetic_prompts("train", n=160))
     steer_harmful: PromptSet = field(default_factory=lambda: harmful_prompts("val"))
     steer_harmless: PromptSet = field(default_factory=lambda: harmless_prompts("val"))
+
+    @classmethod
+    def held_out_for_organism(cls) -> "AnalysisPrompts":
+        """For the default pair: the organism was safety-tuned on every built-in harmful request, so the
+        behavioural check uses public prompts it never saw (``../shared/data``: all 39 of
+        ``harmful_val``, 50 of ``harmless_val``) when they are present, else the built-in val sets."""
+        data = shared_data_dir()
+        if not (data / "harmful_val.json").exists():
+            return cls()
+        return cls(steer_harmful=load_prompts(data / "harmful_val.json", label=1),
+                   steer_harmless=load_prompts(data / "harmless_val.json", label=0).sample(50, seed=0))
 
     def __post_init__(self) -> None:
         for name in ("harmful", "harmless", "task", "steer_harmful", "steer_harmless"):
@@ -132,19 +145,22 @@ def analyze(
     plain_h = behaviour(pair.finetuned, prompts.steer_harmful, **gen)
     plain_n = behaviour(pair.finetuned, prompts.steer_harmless, **gen)
     vector = refusal.diff_[best]
-    steered_h = steered_behaviour(pair.finetuned, prompts.steer_harmful, best, vector, config.steer_scale, **gen)
-    steered_n = steered_behaviour(pair.finetuned, prompts.steer_harmless, best, vector, config.steer_scale, **gen)
+    by_scale = []
+    for scale in config.steer_scales:
+        steered_h = steered_behaviour(pair.finetuned, prompts.steer_harmful, best, vector, scale, **gen)
+        steered_n = steered_behaviour(pair.finetuned, prompts.steer_harmless, best, vector, scale, **gen)
+        by_scale.append({"scale": scale, "harmful_refusal": steered_h.refusal_rate,
+                         "harmless_refusal": steered_n.refusal_rate, "examples": steered_h.examples(3)})
+        log(f"analyze: steering at layer {best} x{scale}: harmful refusal {plain_h.refusal_rate:.0%} -> "
+            f"{steered_h.refusal_rate:.0%}, harmless {plain_n.refusal_rate:.0%} -> {steered_n.refusal_rate:.0%}")
     steering = {
-        "layer": best, "scale": config.steer_scale, "refusal_tokens": token_ids,
+        "layer": best, "refusal_tokens": token_ids,
         "refusal_tokens_text": [pair.base.tokenizer.decode([t]) for t in token_ids],
-        "finetuned_harmful_refusal": plain_h.refusal_rate, "steered_harmful_refusal": steered_h.refusal_rate,
-        "finetuned_harmless_refusal": plain_n.refusal_rate, "steered_harmless_refusal": steered_n.refusal_rate,
-        "n_harmful": len(prompts.steer_harmful), "n_harmless": len(prompts.steer_harmless),
-        "examples": steered_h.examples(3),
+        "finetuned_harmful_refusal": plain_h.refusal_rate, "finetuned_harmless_refusal": plain_n.refusal_rate,
+        "steered": by_scale, "n_harmful": len(prompts.steer_harmful), "n_harmless": len(prompts.steer_harmless),
+        "prompts": {"harmful": prompts.steer_harmful.name, "harmless": prompts.steer_harmless.name},
     }
     timings["steering_check"] = time.perf_counter() - t0
-    log(f"analyze: steering check at layer {best}: harmful refusal {plain_h.refusal_rate:.0%} -> "
-        f"{steered_h.refusal_rate:.0%}, harmless {plain_n.refusal_rate:.0%} -> {steered_n.refusal_rate:.0%}")
 
     layer_map = build_layer_map(metrics, base=pair.base, finetuned=pair.finetuned, k=config.k,
                                 lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)

@@ -21,6 +21,7 @@ from .errors import ConfigError, NonFiniteActivationError, PositionOutOfRangeErr
 from .io import atomic_dir, cache_root, stable_hash
 from .models import LoadedModel
 from .prompts import ChatFormat, PromptSet
+from .tokens import left_pad, position_ids
 
 FORMAT_VERSION = 1
 HOOK_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -270,12 +271,8 @@ def capture(
     device = model.device
     batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     for batch in tqdm(batches, desc=f"capture {model.name} / {prompts.name}", disable=not progress):
-        width = max(lengths[i] for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):  # left padding
-            ids[row, width - lengths[i]:] = torch.tensor(token_ids[i])
-            mask[row, width - lengths[i]:] = 1
+        ids, mask = left_pad([token_ids[i] for i in batch], pad_id)
+        width = ids.shape[1]
         if positions.instruction_mean:
             weights = torch.zeros(len(batch), width)
             for row, i in enumerate(batch):
@@ -297,12 +294,11 @@ def capture(
         fwd_hooks = [(h, keep(s)) for s, h in enumerate(hooks)]
         if stop_hook is not None:
             fwd_hooks.append((stop_hook, _stop))  # added last, so it runs after the hooks above
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         try:
             with torch.no_grad():
                 bridge.run_with_hooks(
                     ids.to(device), fwd_hooks=fwd_hooks, attention_mask=mask.to(device),
-                    position_ids=position_ids.to(device),
+                    position_ids=position_ids(mask).to(device),
                 )
         except _StopForward:
             pass

@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .evaluate import Behaviour, generate, is_refusal
 from .models import LoadedModel
 from .prompts import ChatFormat, PromptSet
+from .tokens import position_ids
 
 Hook = tuple[str, Callable]
 
@@ -50,12 +51,11 @@ def _batches(model: LoadedModel, prompts: PromptSet, chat: ChatFormat, batch_siz
     for start in range(0, len(texts), batch_size):
         enc = model.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False)
-        position_ids = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        yield enc.input_ids, enc.attention_mask, position_ids
+        yield enc.input_ids, enc.attention_mask, position_ids(enc.attention_mask)
 
 
 @torch.no_grad()
-def last_logits(model: LoadedModel, ids, mask, position_ids, hooks: Sequence[Hook] = ()) -> torch.Tensor:
+def last_logits(model: LoadedModel, ids, mask, positions, hooks: Sequence[Hook] = ()) -> torch.Tensor:
     """Next-token logits at the last position ``[batch, d_vocab]``, with optional bridge hooks.
 
     The forward pass stops after the final norm; only the last position is projected to the vocabulary.
@@ -69,7 +69,7 @@ def last_logits(model: LoadedModel, ids, mask, position_ids, hooks: Sequence[Hoo
     try:
         model.bridge.run_with_hooks(
             ids.to(model.device), fwd_hooks=list(hooks) + [("ln_final.hook_out", grab)],
-            attention_mask=mask.to(model.device), position_ids=position_ids.to(model.device),
+            attention_mask=mask.to(model.device), position_ids=positions.to(model.device),
         )
     except _Stop:
         pass

@@ -58,7 +58,7 @@ def cmd_analyze(args) -> None:
             setattr(prompts, name, _prompt_set(spec, {"harmful": 1, "harmless": 0, "task": 0}[name]))
     prompts.__post_init__()
     config = AnalysisConfig(k=args.k, causal_prompts=args.causal_prompts, batch_size=args.batch_size,
-                            steer_scale=args.steer_scale)
+                            steer_scales=tuple(float(x) for x in args.steer_scales.split(",")))
     result = analyze(pair, Path(args.out), config, prompts)
     print((Path(args.out) / "layer_table.md").read_text())
     print(f"selected layers: {result.layer_map.selected_layers}  ->  {Path(args.out) / 'layer_map.json'}")
@@ -68,7 +68,7 @@ def cmd_run(args) -> None:
     """The study on the default pair, as far as it is built today: organism -> analysis -> figures."""
     import time
 
-    from .analyze import AnalysisConfig, analyze, load_run, write_figures
+    from .analyze import AnalysisConfig, AnalysisPrompts, analyze, load_run, write_figures
     from .organism import build_organism, summary_table
 
     out = Path(args.out)
@@ -76,7 +76,7 @@ def cmd_run(args) -> None:
     organism = build_organism()
     print(summary_table(organism.manifest))
     pair = organism.load_pair()
-    analyze(pair, out, AnalysisConfig(k=args.k))
+    analyze(pair, out, AnalysisConfig(k=args.k), AnalysisPrompts.held_out_for_organism())
     paths = write_figures(load_run(out), out / "figures")
     print((out / "layer_table.md").read_text())
     print(f"figures: {out / 'figures'} ({len(paths)} files); total {time.perf_counter() - start:.0f}s")
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="", help="task prompts (default: built-in arithmetic)")
     p.add_argument("--k", type=int, default=3, help="layers to select for restoration")
     p.add_argument("--causal-prompts", type=int, default=16, help="harmful prompts in the causal sweep")
-    p.add_argument("--steer-scale", type=float, default=1.0, help="multiple of the refusal vector to add")
+    p.add_argument("--steer-scales", default="1,2", help="multiples of the refusal vector to try, e.g. 1,2")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", required=True, help="run folder")
     _add_model_options(p)

@@ -224,9 +224,12 @@ def build_organism(
     sets = eval_sets(recipe)
     timings: dict[str, float] = {}
 
-    def stage(name: str, t0: float) -> None:
+    def stage(name: str, t0: float, metrics: dict | None = None) -> None:
         timings[name] = round(time.perf_counter() - t0, 1)
-        log(f"organism {recipe.hash}: {name} done in {timings[name]:.1f}s")
+        measured = "" if metrics is None else (
+            f": harmful refusal {metrics['harmful_refusal']:.1%}, harmless refusal "
+            f"{metrics['harmless_refusal']:.1%}, task accuracy {metrics['task_accuracy']:.1%}")
+        log(f"organism {recipe.hash}: {name} done in {timings[name]:.1f}s{measured}")
 
     t0 = time.perf_counter()
     model = load_model(recipe.source)
@@ -244,7 +247,7 @@ def build_organism(
         model.tokenizer.save_pretrained(tmp / "base")
         t0 = time.perf_counter()
         base_metrics = measure(model, sets, recipe.evaluation, progress)
-        stage("measure base", t0)
+        stage("measure base", t0, base_metrics)
 
         t0 = time.perf_counter()
         task_stats = sft_lora(model, _task_examples(recipe, chat), recipe.task, progress=progress, desc="task LoRA")
@@ -253,7 +256,7 @@ def build_organism(
         model.tokenizer.save_pretrained(tmp / "finetuned")
         t0 = time.perf_counter()
         finetuned_metrics = measure(model, sets, recipe.evaluation, progress)
-        stage("measure finetuned", t0)
+        stage("measure finetuned", t0, finetuned_metrics)
 
         manifest = {
             "recipe": recipe.to_dict(),

@@ -53,6 +53,8 @@ def test_tiny_organism_builds_merges_and_caches(tiny_llama):
     assert changed_recipe.hash != recipe.hash and load_organism(changed_recipe) is None
     rebuilt = build_organism(changed_recipe, progress=False, log=logs.append)
     assert rebuilt.folder != organism.folder and "built in" in logs[-1]
+    answers = list((organism.folder.parent / "answers").glob("*.json"))
+    assert len(answers) == 1  # the source model's answers were generated once and reused
 
 
 def test_same_seed_same_weights(tiny_llama, tmp_path, monkeypatch):
