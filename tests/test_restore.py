@@ -60,7 +60,7 @@ def test_lora_sits_on_the_mapped_layers_only(setup):
     names = [n for n, p in result.model.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
     assert {int(n.split("layers.")[1].split(".")[0]) for n in names} == {0, 3}
-    assert {n.split(".")[-3] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert {n.split(".")[-4] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 def test_adapter_round_trips_onto_a_plain_model_after_booting_a_bridge(setup, tiny_llama, tmp_path):
@@ -76,7 +76,7 @@ def test_adapter_round_trips_onto_a_plain_model_after_booting_a_bridge(setup, ti
         expected = trained(input_ids=ids).logits
 
     from interp.models import boot_bridge
-    boot_bridge(trained, finetuned.tokenizer, str(tiny_llama))  # wraps modules: the known trap
+    boot_bridge(trained.get_base_model(), finetuned.tokenizer, str(tiny_llama))  # wraps modules: the trap
     trained.save_pretrained(tmp_path / "naive")
     naive_keys = load_file(str(tmp_path / "naive" / "adapter_model.safetensors"))
     assert any("_original_component" in k for k in naive_keys)  # the trap is real here
