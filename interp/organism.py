@@ -200,7 +200,9 @@ class Organism:
         return self.folder / "finetuned"
 
     def load_pair(self, **kwargs) -> ModelPair:
-        return ModelPair(load_model(self.base_path, **kwargs), load_model(self.finetuned_path, **kwargs))
+        base, finetuned = load_model(self.base_path, **kwargs), load_model(self.finetuned_path, **kwargs)
+        base.name, finetuned.name = f"organism:base@{self.folder.name}", f"organism:finetuned@{self.folder.name}"
+        return ModelPair(base, finetuned)
 
 
 def load_organism(recipe: OrganismRecipe = OrganismRecipe()) -> Organism | None:

@@ -1,0 +1,1 @@
+"""Prompt sets written for this project (JSON lists of {"instruction", "category"})."""
