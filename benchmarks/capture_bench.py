@@ -71,20 +71,13 @@ class PeakHeap:
 
 def _batches(model, prompts):
     """Token batches shared by all modes: sorted by length, left padded (what capture does)."""
-    import torch
-
     from interp.prompts import ChatFormat
+    from interp.tokens import left_pad
 
     ids = [model.tokenizer(t, add_special_tokens=False).input_ids for t in ChatFormat().render_all(model.tokenizer, prompts)]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), BATCH):
-        chunk = [ids[i] for i in order[start:start + BATCH]]
-        width = max(map(len, chunk))
-        tokens = torch.full((len(chunk), width), model.tokenizer.pad_token_id)
-        mask = torch.zeros_like(tokens)
-        for row, seq in enumerate(chunk):
-            tokens[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
+        tokens, mask = left_pad([ids[i] for i in order[start:start + BATCH]], model.tokenizer.pad_token_id)
         yield tokens, mask
 
 
