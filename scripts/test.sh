@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python -m pytest -q "$@"
+# Notebooks run top to bottom too (nbmake), with QUICK=1: a reduced organism and small prompt sets.
+QUICK=1 python -m pytest -q --nbmake tests notebooks "$@"
