@@ -191,6 +191,17 @@ class RunData:
         """``role`` is ``base`` or ``ft``; ``kind`` is ``harmful``, ``harmless`` or ``task``."""
         return Activations.load(self.folder / "activations" / f"{role}-{kind}")
 
+    def pca(self, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Harmful and harmless prompts at ``layer`` projected on the base's top two principal
+        components: ``(base [sample, 2], fine-tuned [sample, 2], labels [sample])``."""
+        from .compare import pca_2d
+
+        kinds = ("harmful", "harmless")
+        acts = {role: np.concatenate([self.activations(role, k).at(layer).numpy() for k in kinds])
+                for role in ("base", "ft")}
+        labels = np.concatenate([self.activations("base", k).labels for k in kinds]).astype(int)
+        return (*pca_2d(acts["base"], acts["ft"]), labels)
+
 
 def load_run(folder: str | Path) -> RunData:
     import json
@@ -208,7 +219,6 @@ def write_figures(run: RunData, out: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from . import plots
-    from .compare import pca_2d
     from .ranking import score_components
 
     selected = run.layer_map.selected_layers
@@ -220,10 +230,7 @@ def write_figures(run: RunData, out: str | Path) -> list[Path]:
         "ranking": plots.plot_ranking(run.layer_map.scores, score_components(run.metrics), selected),
     }
     layer = run.layer_map.ranked_layers[0]
-    kinds = ("harmful", "harmless")
-    acts = {role: np.concatenate([run.activations(role, k).at(layer).numpy() for k in kinds]) for role in ("base", "ft")}
-    labels = np.concatenate([run.activations("base", k).labels for k in kinds]).astype(int)
-    figures["pca"] = plots.plot_pca(*pca_2d(acts["base"], acts["ft"]), labels, layer)
+    figures["pca"] = plots.plot_pca(*run.pca(layer), layer)
     paths = []
     for name, fig in figures.items():
         paths += plots.save_figure(fig, out, name)
