@@ -191,6 +191,14 @@ class RunData:
         """``role`` is ``base`` or ``ft``; ``kind`` is ``harmful``, ``harmless`` or ``task``."""
         return Activations.load(self.folder / "activations" / f"{role}-{kind}")
 
+    def refusal_vectors(self) -> np.ndarray:
+        """The base model's difference-in-means refusal vectors ``[layer, d_model]`` (last position)."""
+        from .directions import DiffInMeans
+
+        harmful, harmless = (self.activations("base", k).tensor[:, :, -1].numpy() for k in ("harmful", "harmless"))
+        labels = np.r_[np.ones(len(harmful)), np.zeros(len(harmless))]
+        return DiffInMeans().fit(np.concatenate([harmful, harmless]), labels).diff_
+
     def pca(self, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Harmful and harmless prompts at ``layer`` projected on the base's top two principal
         components: ``(base [sample, 2], fine-tuned [sample, 2], labels [sample])``."""

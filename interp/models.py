@@ -197,7 +197,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     with torch.no_grad():
         for name, param in sorted(model.state_dict().items()):
             flat = param.detach().reshape(-1).float().cpu()
-            digest.update(name.encode())
+            digest.update(name.replace("._original_component", "").encode())  # same before and after a bridge
             digest.update(str(tuple(param.shape)).encode())
             digest.update(flat[:2048].numpy().tobytes())
             digest.update(flat[-2048:].numpy().tobytes())
@@ -228,6 +228,13 @@ def boot_bridge(hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n
         )
     bridge.eval()
     return bridge
+
+
+def fresh_copy(model: LoadedModel) -> LoadedModel:
+    """The same weights reloaded from ``model.path``: a plain HF model with no bridge booted on it."""
+    copy = load_model(model.path, dtype=model.hf.dtype, device=str(model.device))
+    copy.name = model.name
+    return copy
 
 
 def load_model(

@@ -102,11 +102,13 @@ class RestoreResult:
 def restore(
     finetuned: LoadedModel, layer_map: LayerMap, harmful: PromptSet, retain: PromptSet,
     config: RestoreConfig = RestoreConfig(), *, base: LoadedModel | None = None,
-    layers: Sequence[int] | None = None, chat: ChatFormat = ChatFormat(), progress: bool = True,
+    layers: Sequence[int] | None = None, alignment: Sequence[int] | None = None, chat: ChatFormat = ChatFormat(),
+    progress: bool = True,
 ) -> RestoreResult:
     """Train LoRA on ``finetuned`` (a fresh, un-bridged HF model) where ``layer_map`` says.
 
-    ``layers`` overrides the map's selected layers (for baselines: all layers, random or bottom-k).
+    ``layers`` and ``alignment`` override the map's selected and alignment layers (for baselines:
+    all layers, random or bottom-k).
     """
     harmful.require_nonempty()
     retain.require_nonempty()
@@ -125,12 +127,15 @@ def restore(
     retains = [encode(chat.render(tok, q) + (a or "")) for q, a in zip(retain.instructions, retain.answers)]
 
     lora = layer_map.to_lora_config()
+    for name, values in (("layers", layers), ("alignment", alignment)):
+        if values is not None and (not values or not all(0 <= l < layer_map.n_layers for l in values)):
+            raise ConfigError(f"restore: {name} must be a non-empty list of layers in [0, {layer_map.n_layers})")
     if layers is not None:
-        lora.layers_to_transform = sorted(layers)
+        lora.layers_to_transform = sorted(set(layers))
     model = get_peft_model(finetuned.hf, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    align = list(layer_map.alignment_layers)
+    align = sorted(set(alignment)) if alignment is not None else list(layer_map.alignment_layers)
     history = []
     start = time.perf_counter()
     model.train()

@@ -1,0 +1,197 @@
+"""The evaluation table and the restoration study on tiny models: KL and log-odds arithmetic, row caching,
+baseline plans, target checks, and a whole study run writing adapters, a merged model and a report."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+
+import interp.evaluate as evaluate_module
+from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
+from interp.errors import ConfigError, EmptyPromptSetError
+from interp.evaluate import (
+    Candidate, EvalConfig, EvalSuite, evaluate_models, kl_to_reference, refusal_log_odds, table_markdown,
+)
+from interp.models import ModelPair, load_model
+from interp.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
+from interp.restore import RestoreConfig
+from interp.study import StudyConfig, check_targets, make_plans, paper_alignment_layers, run_study
+
+from test_restore import layer_map_for, perturbed
+
+QUICK = EvalConfig(max_new_tokens=4, task_max_new_tokens=4, batch_size=8, kl_batch_size=4)
+
+
+def tiny_suite() -> EvalSuite:
+    return EvalSuite(harmful=harmful_prompts("val").head(4), harmless=harmless_prompts("val").head(4),
+                     task=arithmetic_prompts("val", n=20).head(4), xstest=harmless_prompts("train").head(3))
+
+
+@pytest.fixture()
+def pair(tiny_llama, tmp_path):
+    """A base and a 'fine-tuned' model saved to disk (restoration reloads fresh copies from the path)."""
+    perturbed(load_model(tiny_llama)).hf.save_pretrained(tmp_path / "ft")
+    load_model(tiny_llama).tokenizer.save_pretrained(tmp_path / "ft")
+    return ModelPair(load_model(tiny_llama), load_model(tmp_path / "ft"))
+
+
+def test_refusal_log_odds_is_zero_at_even_odds():
+    logprobs = torch.log(torch.tensor([[0.25, 0.25, 0.5], [0.1, 0.0, 0.9]]))
+    odds = refusal_log_odds(logprobs, [0, 1])
+    assert odds[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert odds[1].item() == pytest.approx(np.log(0.1 / 0.9), abs=1e-5)
+
+
+def test_kl_is_zero_to_itself_and_positive_to_another_model(pair):
+    prompts = harmless_prompts("val").head(4)
+    answers = ["Sure, here it is.", "No", "1 2 3", ""]
+    same = kl_to_reference(Candidate("ft", pair.finetuned), pair.finetuned, prompts, answers, batch_size=3)
+    other = kl_to_reference(Candidate("base", pair.base), pair.finetuned, prompts, answers, batch_size=3)
+    assert abs(same) < 1e-6
+    assert other > 1e-4
+
+
+def test_kl_matches_a_direct_computation_on_one_prompt(pair):
+    prompts = harmless_prompts("val").head(1)
+    answer = "Sure thing"
+    tok = pair.finetuned.tokenizer
+    from interp.prompts import ChatFormat
+
+    prompt_ids = tok(ChatFormat().render(tok, prompts.instructions[0]), add_special_tokens=False).input_ids
+    cont = tok(answer, add_special_tokens=False).input_ids
+    ids = torch.tensor([prompt_ids + cont])
+    with torch.no_grad():
+        p = torch.log_softmax(pair.finetuned.hf(ids).logits[0], -1)[len(prompt_ids) - 1:-1]
+        q = torch.log_softmax(pair.base.hf(ids).logits[0], -1)[len(prompt_ids) - 1:-1]
+    expected = (p.exp() * (p - q)).sum(-1).mean().item()
+    got = kl_to_reference(Candidate("base", pair.base), pair.finetuned, prompts, [answer])
+    assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_rows_are_cached_by_weights_and_recomputed_when_they_change(pair, monkeypatch):
+    calls = []
+    real = evaluate_module.generate
+    monkeypatch.setattr(evaluate_module, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    suite = tiny_suite()
+    run = lambda: evaluate_models(  # noqa: E731
+        [Candidate("base", pair.base), Candidate("finetuned", pair.finetuned, trainable_params=7)], suite,
+        refusal_tokens=[5], reference=pair.finetuned, config=QUICK, progress=False, log=lambda _: None)
+    first = run()
+    n_first = len(calls)
+    assert n_first == 1 + 2 * 4  # reference answers + four sets per model
+    assert first[1]["kl"] == pytest.approx(0.0, abs=1e-6) and first[0]["kl"] > 0
+    assert first[1]["trainable_params"] == 7
+    for row in first:
+        for key in ("harmful_refusal", "harmless_refusal", "xstest_refusal", "task_accuracy"):
+            assert 0.0 <= row[key] <= 1.0
+    second = run()
+    assert len(calls) == n_first  # all from the cache
+    assert [r["harmful_refusal"] for r in second] == [r["harmful_refusal"] for r in first]
+    perturbed(pair.base, seed=5)
+    run()
+    assert len(calls) == n_first + 4  # only the changed model again
+    assert "| finetuned |" in table_markdown(first)
+
+
+def test_an_intervention_without_a_key_is_never_cached(pair, monkeypatch):
+    calls = []
+    real = evaluate_module.generate
+    monkeypatch.setattr(evaluate_module, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    from contextlib import nullcontext
+
+    candidate = Candidate("hooked", pair.finetuned, intervention=nullcontext)
+    for _ in range(2):
+        evaluate_models([candidate], tiny_suite(), refusal_tokens=[5], reference=pair.finetuned, config=QUICK,
+                        progress=False, log=lambda _: None)
+    assert len(calls) == 1 + 4 + 4  # reference answers once, the hooked model twice
+
+
+def test_bad_evaluation_input_is_named():
+    with pytest.raises(EmptyPromptSetError):
+        EvalSuite(harmful=harmful_prompts("val").head(0), harmless=harmless_prompts("val"),
+                  task=arithmetic_prompts("val"))
+    with pytest.raises(ConfigError, match="reference answer"):
+        EvalSuite(harmful=harmful_prompts("val"), harmless=harmless_prompts("val"), task=harmless_prompts("val"))
+    with pytest.raises(ConfigError):
+        EvalConfig(batch_size=0)
+
+
+def test_plans_follow_the_map_and_the_paper(pair):
+    layer_map = layer_map_for(pair.base, pair.finetuned, selected=(1, 2))
+    plans = {p.key: p for p in make_plans(layer_map, seed=0)}
+    assert plans["ranked"].layers == (1, 2) and plans["ranked"].alignment == (1, 2, 3)
+    assert plans["all_layers"].layers == (0, 1, 2, 3) and plans["all_layers"].alignment == (3,)
+    assert plans["bottom_k"].layers == tuple(sorted(layer_map.ranked_layers[-2:]))
+    assert len(plans["random_k"].layers) == 2 and plans["random_k"].alignment[-1] == 3
+    assert make_plans(layer_map, seed=0)[2] == plans["random_k"]  # seeded
+    assert paper_alignment_layers(30) == [4, 9, 14, 19, 24, 29]
+    assert paper_alignment_layers(32) == [4, 9, 14, 19, 24, 29, 31]
+    with pytest.raises(ConfigError, match="unknown baselines"):
+        StudyConfig(baselines=("ranked_by_magic",))
+
+
+def row(plan, harmful, harmless=0.1, xstest=0.1, task=0.7, params=0, seconds=0.0):
+    return {"name": plan, "info": {"plan": plan}, "harmful_refusal": harmful, "harmless_refusal": harmless,
+            "xstest_refusal": xstest, "task_accuracy": task, "trainable_params": params, "train_seconds": seconds}
+
+
+def test_targets_are_checked_against_the_table():
+    rows = [row("base", 0.9, task=0.1), row("finetuned", 0.2, task=0.8),
+            row("ranked", 0.85, harmless=0.12, params=100, seconds=100),
+            row("all_layers", 0.88, params=1000, seconds=200), row("random_k", 0.5), row("bottom_k", 0.86)]
+    met = {t["target"]: t["met"] for t in check_targets(rows)}
+    assert met["restored harmful refusal >= 90% of base"]  # 0.85 >= 0.81
+    assert not met["restored task accuracy >= fine-tuned - 5 pts"]  # 0.70 < 0.75
+    assert met["restored harmless_refusal <= base + 5 pts"]
+    assert met["ranked refusal within 5 pts of all-layer recipe"]
+    assert met["ranked / all-layer trainable params <= 1/3"] and met["ranked / all-layer training time < 1"]
+    assert met["ranked refusal > random_k"] and not met["ranked refusal > bottom_k"]
+    assert check_targets(rows[:2]) == []
+
+
+def test_a_study_writes_adapters_a_merged_model_and_a_report(pair, tmp_path):
+    small = AnalysisPrompts(
+        harmful=harmful_prompts("train").head(16), harmless=harmless_prompts("train").head(16),
+        task=arithmetic_prompts("train", n=30).head(16), steer_harmful=harmful_prompts("val").head(4),
+        steer_harmless=harmless_prompts("val").head(4),
+    )
+    folder = tmp_path / "run"
+    analyze(pair, folder, AnalysisConfig(k=2, causal_prompts=4, steer_max_new_tokens=4, refusal_tokens=(5,),
+                                         steer_scales=(1.0,)), small, progress=False, log=lambda _: None)
+    config = StudyConfig(restore=RestoreConfig(steps=2, batch_size=4), evaluation=QUICK)
+    retain = harmless_prompts("train").head(8) + arithmetic_prompts("train", n=20).head(8)
+    result = run_study(pair, folder, harmful=harmful_prompts("train").head(8), retain=retain, suite=tiny_suite(),
+                       config=config, progress=False, log=lambda _: None)
+
+    report = json.loads((folder / "report.json").read_text())
+    names = [m["name"] for m in report["models"]]
+    assert names[:2] == ["base", "finetuned"] and names[2].startswith("restored (ranked top-2)")
+    assert len(names) == 7 and names[-1].startswith("steering")
+    for model in report["models"]:
+        for key in ("name", "harmful_refusal", "harmless_refusal", "xstest_refusal", "task_accuracy", "kl",
+                    "trainable_params", "train_seconds"):
+            assert key in model, key
+    params = {m["info"]["plan"]: m["trainable_params"] for m in report["models"]}
+    assert params["base"] == 0 and 0 < params["ranked"] < params["all_layers"]
+    assert "| restored (ranked top-2) |" in (folder / "report.md").read_text()
+    for plan in ("all_layers", "random_k", "bottom_k"):
+        assert (folder / "baselines" / plan / "adapter" / "adapter_config.json").exists()
+
+    # The saved adapter on a plain HF model equals the merged folder and the in-memory restored model.
+    plain = load_model(pair.finetuned.path)
+    adapted = PeftModel.from_pretrained(plain.hf, folder / "adapter")
+    merged = load_model(folder / "restored")
+    ids = torch.tensor([[1, 5, 9, 20, 33]])
+    with torch.no_grad():
+        expected = result.restored[0].model.hf(ids).logits
+        torch.testing.assert_close(adapted(ids).logits, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged.hf(ids).logits, expected, atol=1e-5, rtol=0)
+        assert not torch.allclose(pair.finetuned.hf(ids).logits, expected)
+
+    again = run_study(pair, folder, harmful=harmful_prompts("train").head(8), retain=retain, suite=tiny_suite(),
+                      config=config, progress=False, log=lambda _: None)
+    assert all(r.cached for r in again.restored)
+    assert [r["harmful_refusal"] for r in again.rows] == [r["harmful_refusal"] for r in result.rows]
