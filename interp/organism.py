@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .evaluate import Behaviour, behaviour, is_refusal
+from .evaluate import Behaviour, EvalSuite, behaviour, is_refusal
 from .finetune import Example, SFTConfig, sft_lora
 from .io import atomic_dir, atomic_write_json, cache_root, stable_hash
 from .models import LoadedModel, ModelPair, load_model
@@ -289,3 +289,18 @@ def summary_table(manifest: dict) -> str:
         rows.append(f"| {name} | {m['harmful_refusal']:.1%} | {m['harmless_refusal']:.1%} | "
                     f"{m['task_accuracy']:.1%} | {kinds['comply']:.1%} / {kinds['task_format']:.1%} |")
     return "\n".join(rows)
+
+
+def study_prompts(recipe: OrganismRecipe = OrganismRecipe(), n_harmless: int = 200) -> tuple[PromptSet, PromptSet, EvalSuite]:
+    """Restoration and evaluation prompts for the default pair: ``(harmful, retain, suite)``.
+
+    Restoration trains on the built-in harmful requests (the base's refusals were taught on them) and
+    retains on the built-in harmless and everyday prompts plus the arithmetic training problems with
+    their worked answers. The evaluation suite is held out from all of it: ``harmful_val``, 200 of
+    ``harmless_val`` and XSTest's safe prompts from ``../shared/data``, and the held-out problems.
+    """
+    retain = harmless_prompts("all") + general_prompts() + arithmetic_prompts("train", n=recipe.n_arithmetic,
+                                                                             seed=recipe.seed)
+    task = arithmetic_prompts("val", n=recipe.n_arithmetic, seed=recipe.seed).head(recipe.evaluation.n_arithmetic)
+    suite = EvalSuite.from_shared(task=task, n_harmless=n_harmless, seed=recipe.evaluation.seed)
+    return harmful_prompts("all"), retain, suite

@@ -88,7 +88,8 @@ def load_prompts(
 ) -> PromptSet:
     """Load a prompt file by its extension.
 
-    * ``.json``: a list of ``{"instruction": ..., "category": ...}`` (or of plain strings);
+    * ``.json``: a list of ``{"instruction": ..., "category": ..., "answer": ...}`` (or of plain
+      strings); ``answer`` (optional) is a reference answer, e.g. for task accuracy;
     * ``.jsonl``: one such object per line;
     * ``.csv``: the column ``column`` (default: ``instruction``, ``prompt`` or ``goal``);
       ``where={"label": "safe"}`` keeps only matching rows (XSTest);
@@ -116,11 +117,12 @@ def load_prompts(
         raise PromptFormatError(f"{path}: not valid JSON ({error})") from error
     if where:
         rows = [r for r in rows if isinstance(r, dict) and all(r.get(k) == v for k, v in where.items())]
-    instructions, categories = [], []
+    instructions, categories, answers = [], [], []
     for i, row in enumerate(rows):
         if isinstance(row, str):
             instructions.append(row)
             categories.append(None)
+            answers.append(None)
             continue
         if not isinstance(row, dict):
             raise PromptFormatError(f"{path}: row {i} is neither text nor an object")
@@ -129,9 +131,11 @@ def load_prompts(
             raise PromptFormatError(f"{path}: row {i} has no column {column or 'instruction/prompt/goal'!r}")
         instructions.append(row[key])
         categories.append(row.get("category") or row.get("type"))
+        answers.append(row.get("answer"))
     return PromptSet(
         name=name or path.stem, instructions=tuple(instructions),
         labels=(label,) * len(instructions), categories=tuple(categories),
+        answers=tuple(answers) if any(a is not None for a in answers) else (),
     )
 
 
