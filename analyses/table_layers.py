@@ -7,6 +7,8 @@ run, _ = run_from_args(__doc__)
 print(per_layer_table(run.metrics, run.layer_map))
 print(f"\nselected layers: {run.layer_map.selected_layers}")
 s = run.steering
+if not s["steered"]:
+    raise SystemExit(f"best add layer {s['layer']} (no generation check in this run; see report.md's steering row)")
 print(f"steering check at layer {s['layer']} on {s['n_harmful']} harmful / {s['n_harmless']} harmless prompts:")
 print(f"  fine-tuned: harmful refusal {s['finetuned_harmful_refusal']:.1%}, harmless {s['finetuned_harmless_refusal']:.1%}")
 for row in s["steered"]:

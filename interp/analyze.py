@@ -37,7 +37,7 @@ class AnalysisConfig:
     causal_layers: tuple[int, ...] | None = None  # None: every layer
     refusal_probe_prompts: int = 16  # base answers read to find the refusal tokens
     refusal_tokens: tuple[int, ...] | None = None  # explicit refusal token ids (skips reading answers)
-    steer_scales: tuple[float, ...] = (1.0, 2.0)  # multiples of the base refusal vector tried by generation
+    steer_scales: tuple[float, ...] = (1.0, 2.0)  # multiples of the base refusal vector tried by generation; () skips
     steer_max_new_tokens: int = 32
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -142,10 +142,12 @@ def analyze(
     t0 = time.perf_counter()
     best = int(np.nanargmax(metrics["add_effect"]))
     gen = {"max_new_tokens": config.steer_max_new_tokens, "batch_size": config.batch_size, "progress": progress}
-    plain_h = behaviour(pair.finetuned, prompts.steer_harmful, **gen)
-    plain_n = behaviour(pair.finetuned, prompts.steer_harmless, **gen)
     vector = refusal.diff_[best]
+    plain_h = plain_n = None
     by_scale = []
+    if config.steer_scales:  # the behavioural check: generation with the vector added at the best layer
+        plain_h = behaviour(pair.finetuned, prompts.steer_harmful, **gen)
+        plain_n = behaviour(pair.finetuned, prompts.steer_harmless, **gen)
     for scale in config.steer_scales:
         steered_h = steered_behaviour(pair.finetuned, prompts.steer_harmful, best, vector, scale, **gen)
         steered_n = steered_behaviour(pair.finetuned, prompts.steer_harmless, best, vector, scale, **gen)
@@ -156,7 +158,8 @@ def analyze(
     steering = {
         "layer": best, "refusal_tokens": token_ids,
         "refusal_tokens_text": [pair.base.tokenizer.decode([t]) for t in token_ids],
-        "finetuned_harmful_refusal": plain_h.refusal_rate, "finetuned_harmless_refusal": plain_n.refusal_rate,
+        "finetuned_harmful_refusal": None if plain_h is None else plain_h.refusal_rate,
+        "finetuned_harmless_refusal": None if plain_n is None else plain_n.refusal_rate,
         "steered": by_scale, "n_harmful": len(prompts.steer_harmful), "n_harmless": len(prompts.steer_harmless),
         "prompts": {"harmful": prompts.steer_harmful.name, "harmless": prompts.steer_harmless.name},
     }
@@ -190,6 +193,15 @@ class RunData:
     def activations(self, role: str, kind: str) -> Activations:
         """``role`` is ``base`` or ``ft``; ``kind`` is ``harmful``, ``harmless`` or ``task``."""
         return Activations.load(self.folder / "activations" / f"{role}-{kind}")
+
+    def report(self) -> dict:
+        """``report.json`` written by the restoration study (``interp run`` / ``run_study``)."""
+        import json
+
+        path = self.folder / "report.json"
+        if not path.exists():
+            raise ConfigError(f"{self.folder} has no report.json; run the restoration study (`interp run`) first")
+        return json.loads(path.read_text())
 
     def refusal_vectors(self) -> np.ndarray:
         """The base model's difference-in-means refusal vectors ``[layer, d_model]`` (last position)."""

@@ -156,7 +156,7 @@ def cmd_run(args) -> None:
     from .analyze import AnalysisConfig, AnalysisPrompts, analyze, load_run, write_figures
     from .evaluate import EvalConfig, table_markdown
     from .organism import OrganismRecipe, build_organism, study_prompts, summary_table
-    from .plots import plot_results, save_figure
+    from .plots import plot_restore_history, plot_results, save_figure
     from .study import StudyConfig, run_study
 
     out = Path(args.out)
@@ -180,7 +180,8 @@ def cmd_run(args) -> None:
     if args.skip_analysis and (out / "layer_map.json").exists():
         print(f"analysis: reusing {out / 'layer_map.json'}")
     else:
-        analyze(pair, out, AnalysisConfig(k=args.k), AnalysisPrompts.held_out_for_organism())
+        # No generation check in the analysis: the study's steering row measures it on the full suite.
+        analyze(pair, out, AnalysisConfig(k=args.k, steer_scales=()), AnalysisPrompts.held_out_for_organism())
     stage("analysis")
     config = StudyConfig(restore=_restore_config(args), evaluation=EvalConfig(batch_size=64),
                          steer_scale=args.steer_scale, cache=not args.no_cache)
@@ -188,6 +189,8 @@ def cmd_run(args) -> None:
     stage("restoration and evaluation")
     paths = write_figures(load_run(out), out / "figures")
     paths += save_figure(plot_results(result.rows), out / "figures", "results")
+    histories = {r.plan.name: r.stats["history"] for r in result.restored}
+    paths += save_figure(plot_restore_history(histories), out / "figures", "restore_history")
     stage("figures")
     print((out / "layer_table.md").read_text())
     print(table_markdown(result.rows))

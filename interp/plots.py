@@ -136,3 +136,16 @@ def plot_results(rows: Sequence[dict], ax=None):
     ax.set(ylim=(0, 1.05), ylabel="rate")
     ax.legend(fontsize=8, ncol=2)
     return fig
+
+
+def plot_restore_history(histories: dict[str, Sequence[dict]], ax=None):
+    """Safety loss (solid) and retain loss (dashed) per training step, one colour per restoration."""
+    fig, ax = _axes(ax)
+    for i, (name, history) in enumerate(histories.items()):
+        steps = [h["step"] for h in history]
+        color = f"C{i}"
+        ax.plot(steps, [h["safety"] for h in history], color=color, label=f"{name}: safety")
+        ax.plot(steps, [h["retain"] for h in history], color=color, ls="--", label=f"{name}: retain")
+    ax.set(xlabel="step", ylabel="distance (L2 per position)", title="Restoration losses")
+    ax.legend(fontsize=7, ncol=2)
+    return fig

@@ -44,8 +44,8 @@ DISTANCES = ("l2", "cosine")
 
 @dataclass(frozen=True)
 class RestoreConfig:
-    steps: int = 40
-    lr: float = 1e-3
+    steps: int = 36
+    lr: float = 3e-3
     batch_size: int = 8
     teacher: str = "base"
     distance: str = "l2"
@@ -87,8 +87,12 @@ def align_positions(student: list[int], teacher: list[int]) -> list[int]:
 
 
 def _hidden(model, ids, mask, layers: Sequence[int] | None = None) -> list[torch.Tensor]:
-    """Hidden states after each block (``layers``: which; default all), ``[batch, seq, d_model]`` each."""
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
+    """Hidden states after each block (``layers``: which; default all), ``[batch, seq, d_model]`` each.
+
+    As Hugging Face returns them: the last block's entry is after the final norm. Only the last
+    position is projected to the vocabulary (the logits are not used)."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,
+                logits_to_keep=1)
     states = out.hidden_states[1:]
     return list(states) if layers is None else [states[l] for l in layers]
 

@@ -252,6 +252,7 @@ def run_study(
                     "restore_retain": {"name": retain.name, "n": len(retain), "hash": retain.hash},
                     "evaluation": suite.sizes()},
         "examples": {row["name"]: row["examples"] for row in rows},
+        "histories": {r.plan.name: r.stats["history"] for r in restored},
     })
     atomic_write_text(folder / "report.md", report_markdown(rows, targets, timings))
     return StudyResult(rows, targets, restored)
