@@ -2,6 +2,8 @@
 known block's writes. The measures, the causal sweep and the ranking must find that block."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,11 @@ def test_analyze_writes_a_run_folder(planted, tmp_path):
         assert (tmp_path / "run" / name).exists(), name
     assert LayerMap.load(tmp_path / "run" / "layer_map.json") == result.layer_map
     assert len(result.layer_map.selected_layers) == 2
+    assert [row["scale"] for row in result.steering["steered"]] == [1.0, 2.0]
+    assert result.steering["finetuned_harmful_refusal"] is not None
+
+    # Without scales the generation check is skipped; the best add layer and refusal tokens remain.
+    quiet = analyze(pair, tmp_path / "run2", replace(config, steer_scales=()), small, progress=False,
+                    log=lambda _: None)
+    assert quiet.steering["steered"] == [] and quiet.steering["finetuned_harmful_refusal"] is None
+    assert quiet.steering["layer"] == result.steering["layer"] and quiet.steering["refusal_tokens"] == [5]
