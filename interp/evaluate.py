@@ -5,6 +5,10 @@ The refusal judge is a substring list in the tradition of GCG (Zou et al. 2023) 
 ``JUDGE_WINDOW`` characters (case-insensitive). Looking only at the start of the answer keeps a
 compliant answer that later mentions "illegal" or "I cannot stress enough" from counting as a
 refusal, and catches refusals that come first and then ramble.
+
+The evaluation table (``evaluate_models``) measures any list of models on one ``EvalSuite``: harmful
+refusal, the logit refusal score, over-refusal on harmless and XSTest safe prompts, task accuracy, and
+the KL to the fine-tuned model on harmless prompts; rows are cached on disk by the model's weights.
 """
 from __future__ import annotations
 
