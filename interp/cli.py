@@ -153,6 +153,8 @@ def cmd_run(args) -> None:
     """The whole study on the default pair: organism -> analysis -> restoration + baselines -> evaluation."""
     import time
 
+    import matplotlib.pyplot as plt
+
     from .analyze import AnalysisConfig, AnalysisPrompts, analyze, load_run, write_figures
     from .evaluate import EvalConfig, table_markdown
     from .organism import OrganismRecipe, build_organism, study_prompts, summary_table
@@ -191,6 +193,7 @@ def cmd_run(args) -> None:
     paths += save_figure(plot_results(result.rows), out / "figures", "results")
     histories = {r.plan.name: r.stats["history"] for r in result.restored}
     paths += save_figure(plot_restore_history(histories), out / "figures", "restore_history")
+    plt.close("all")
     stage("figures")
     print((out / "layer_table.md").read_text())
     print(table_markdown(result.rows))
