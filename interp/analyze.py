@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .capture import Activations, CaptureConfig, Positions, capture
-from .causal import causal_sweep, refusal_token_ids, steered_behaviour
+from .causal import causal_sweep, find_refusal_tokens, steered_behaviour
 from .compare import PairActivations, base_refusal_directions, compare
 from .errors import ConfigError
 from .evaluate import behaviour
@@ -129,9 +129,8 @@ def analyze(
     refusal = base_refusal_directions(pair_acts)
     token_ids = list(config.refusal_tokens or ())
     if not token_ids:
-        base_answers = behaviour(pair.base, prompts.harmful.head(config.refusal_probe_prompts),
-                                 max_new_tokens=8, batch_size=config.batch_size, progress=progress).answers
-        token_ids = refusal_token_ids(pair.base.tokenizer, base_answers)
+        token_ids = find_refusal_tokens(pair.base, prompts.harmful, n_prompts=config.refusal_probe_prompts,
+                                        batch_size=config.batch_size, progress=progress)
     sweep = causal_sweep(pair.base, pair.finetuned, prompts.harmful.sample(config.causal_prompts, config.seed),
                          refusal.diff_, token_ids, layers=config.causal_layers, chat=chat,
                          batch_size=config.batch_size, progress=progress)

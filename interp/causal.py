@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
-from .evaluate import Behaviour, generate, is_refusal
+from .evaluate import Behaviour, behaviour, generate, is_refusal, refusal_log_odds
 from .models import LoadedModel
 from .prompts import ChatFormat, PromptSet
 from .tokens import position_ids
@@ -39,6 +39,14 @@ def refusal_token_ids(tokenizer, answers: Sequence[str], top: int = 3) -> list[i
     if not firsts:
         raise ConfigError("no refusals among the answers: cannot find refusal tokens")
     return [token for token, _ in firsts.most_common(top)]
+
+
+def find_refusal_tokens(model: LoadedModel, harmful: PromptSet, *, n_prompts: int = 16, batch_size: int = 32,
+                        progress: bool = True) -> list[int]:
+    """Refusal tokens read off ``model``'s own short answers to the first ``n_prompts`` harmful prompts."""
+    answers = behaviour(model, harmful.head(n_prompts), max_new_tokens=8, batch_size=batch_size,
+                        progress=progress).answers
+    return refusal_token_ids(model.tokenizer, answers)
 
 
 class _Stop(Exception):
@@ -86,8 +94,7 @@ def refusal_score(
     for ids, mask, pos in _batches(model, prompts, chat, batch_size):
         hooks = hooks_for_batch(start, ids) if hooks_for_batch else ()
         logp = torch.log_softmax(last_logits(model, ids, mask, pos, hooks), -1)
-        log_p = torch.logsumexp(logp[:, list(token_ids)], -1)  # log p(refusal token)
-        scores.append((log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))).cpu().numpy())
+        scores.append(refusal_log_odds(logp, token_ids).cpu().numpy())
         start += len(ids)
     return np.concatenate(scores)
 

@@ -110,8 +110,8 @@ def cmd_evaluate(args) -> None:
     """The evaluation table for base, fine-tuned and any restored models or adapters."""
     from peft import PeftModel
 
-    from .causal import refusal_token_ids
-    from .evaluate import Candidate, EvalConfig, EvalSuite, behaviour, evaluate_models, table_markdown
+    from .causal import find_refusal_tokens
+    from .evaluate import Candidate, EvalConfig, EvalSuite, evaluate_models, table_markdown
     from .io import atomic_write_json, atomic_write_text
     from .models import fresh_copy, load_model, load_pair
 
@@ -138,8 +138,7 @@ def cmd_evaluate(args) -> None:
     if args.refusal_tokens:
         tokens = [int(t) for t in args.refusal_tokens.split(",")]
     else:  # the base model's own most common first refusal tokens, as in the analysis
-        answers = behaviour(pair.base, suite.harmful.head(16), max_new_tokens=8).answers
-        tokens = refusal_token_ids(pair.base.tokenizer, answers)
+        tokens = find_refusal_tokens(pair.base, suite.harmful)
     config = EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     rows = evaluate_models(candidates, suite, refusal_tokens=tokens, reference=pair.finetuned, config=config,
                            cache=not args.no_cache)

@@ -35,14 +35,19 @@ def _mark_selected(ax, selected: Sequence[int] | None) -> None:
         ax.axvspan(layer - 0.5, layer + 0.5, color="tab:orange", alpha=0.12, lw=0)
 
 
+def _layer_lines(ax, metrics: dict, series: Sequence[tuple[str, str, str]], selected: Sequence[int] | None) -> None:
+    """One line per ``(metric key, line style, label)`` against the layer index; selected layers shaded."""
+    for key, style, label in series:
+        ax.plot(np.arange(len(metrics[key])), metrics[key], style, label=label)
+    _mark_selected(ax, selected)
+
+
 def plot_probe_accuracy(metrics: dict, selected: Sequence[int] | None = None, ax=None):
     """Harmful-vs-harmless probe accuracy per layer: base, fine-tuned, and base probes on fine-tuned."""
     fig, ax = _axes(ax)
-    layers = np.arange(len(metrics["probe_acc_base"]))
-    ax.plot(layers, metrics["probe_acc_base"], "o-", label="base (cross-validated)")
-    ax.plot(layers, metrics["probe_acc_finetuned"], "s-", label="fine-tuned (cross-validated)")
-    ax.plot(layers, metrics["probe_acc_transfer"], "^--", label="base probe on fine-tuned")
-    _mark_selected(ax, selected)
+    _layer_lines(ax, metrics, [("probe_acc_base", "o-", "base (cross-validated)"),
+                               ("probe_acc_finetuned", "s-", "fine-tuned (cross-validated)"),
+                               ("probe_acc_transfer", "^--", "base probe on fine-tuned")], selected)
     ax.set(xlabel="layer", ylabel="accuracy", ylim=(0.4, 1.02), title="Is harmfulness still decodable?")
     ax.legend(fontsize=8, loc="lower right")
     return fig
@@ -51,11 +56,9 @@ def plot_probe_accuracy(metrics: dict, selected: Sequence[int] | None = None, ax
 def plot_refusal_direction(metrics: dict, selected: Sequence[int] | None = None, ax=None):
     """Cosine of the two models' refusal directions and retention of the base direction's separation."""
     fig, ax = _axes(ax)
-    layers = np.arange(len(metrics["refusal_cosine"]))
-    ax.plot(layers, metrics["refusal_cosine"], "o-", label="cos(base dir, fine-tuned dir)")
-    ax.plot(layers, metrics["retention"], "s-", label="separation along base dir, ft / base")
+    _layer_lines(ax, metrics, [("refusal_cosine", "o-", "cos(base dir, fine-tuned dir)"),
+                               ("retention", "s-", "separation along base dir, ft / base")], selected)
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-    _mark_selected(ax, selected)
     ax.set(xlabel="layer", ylabel="ratio / cosine", title="What happened to the refusal direction?")
     ax.legend(fontsize=8, loc="lower left")
     return fig
@@ -64,11 +67,9 @@ def plot_refusal_direction(metrics: dict, selected: Sequence[int] | None = None,
 def plot_amplification(metrics: dict, selected: Sequence[int] | None = None, ax=None):
     """Task-direction norm ratio (fine-tuned / base) and where harmful prompts sit along it."""
     fig, ax = _axes(ax)
-    layers = np.arange(len(metrics["task_amplification"]))
-    ax.plot(layers, metrics["task_amplification"], "o-", label="task direction norm, ft / base")
-    ax.plot(layers, metrics["harmful_task_pull_base"], "s--", label="harmful along task dir (base)")
-    ax.plot(layers, metrics["harmful_task_pull_finetuned"], "s-", label="harmful along task dir (ft)")
-    _mark_selected(ax, selected)
+    _layer_lines(ax, metrics, [("task_amplification", "o-", "task direction norm, ft / base"),
+                               ("harmful_task_pull_base", "s--", "harmful along task dir (base)"),
+                               ("harmful_task_pull_finetuned", "s-", "harmful along task dir (ft)")], selected)
     ax.set(xlabel="layer", title="What did fine-tuning amplify?")
     ax.legend(fontsize=8)
     return fig

@@ -215,13 +215,17 @@ def save_adapter(model: PeftModel, folder: str | Path) -> Path:
     return folder
 
 
+def save_model(hf, tokenizer, folder: str | Path) -> Path:
+    """Save a plain Hugging Face model and its tokenizer as one folder, atomically."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return folder
+
+
 def save_merged(model: PeftModel, tokenizer, folder: str | Path) -> Path:
     """Merge the adapter into a copy of the weights and save a plain Hugging Face folder."""
     import copy
 
-    folder = Path(folder)
-    merged = copy.deepcopy(model).merge_and_unload()
-    with atomic_dir(folder) as tmp:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return folder
+    return save_model(copy.deepcopy(model).merge_and_unload(), tokenizer, folder)

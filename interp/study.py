@@ -34,7 +34,7 @@ from .io import atomic_dir, atomic_write_json, atomic_write_text, cache_root, st
 from .models import LoadedModel, ModelPair, fresh_copy
 from .prompts import ChatFormat, PromptSet
 from .ranking import LayerMap
-from .restore import RestoreConfig, restore, save_adapter
+from .restore import RestoreConfig, restore, save_adapter, save_model
 
 BASELINES = ("all_layers", "random_k", "bottom_k", "steering")
 RESTORE_CACHE_VERSION = 1
@@ -222,9 +222,7 @@ def run_study(
             f"{result.stats['seconds']:.0f}s" + (" (adapter from cache)" if result.cached else ""))
     ranked = restored[0]
     start = time.perf_counter()
-    with atomic_dir(folder / "restored") as tmp:
-        ranked.model.hf.save_pretrained(tmp)
-        ranked.model.tokenizer.save_pretrained(tmp)
+    save_model(ranked.model.hf, ranked.model.tokenizer, folder / "restored")
     timings["save merged"] = time.perf_counter() - start
 
     candidates = [Candidate("base", pair.base, info={"plan": "base"}),
