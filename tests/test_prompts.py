@@ -37,11 +37,18 @@ def test_arithmetic_problems_are_seeded_and_answers_are_right():
         assert answer.splitlines()[-1].startswith("The answer is ")
 
 
+needs_shared_data = pytest.mark.skipif(
+    not (shared_data_dir() / "harmful_val.json").exists(),
+    reason="../shared/data (or $INTERP_SHARED_DATA) is not present beside this clone")
+
+
+@needs_shared_data
 def test_shared_json_loads(tmp_path):
     data = load_prompts(shared_data_dir() / "harmful_val.json", label=1)
     assert len(data) == 39 and data.categories[0] is not None and set(data.labels) == {1}
 
 
+@needs_shared_data
 def test_xstest_csv_filters_safe_prompts():
     safe = load_prompts(shared_data_dir() / "xstest_prompts.csv", column="prompt", where={"label": "safe"}, label=0)
     assert len(safe) == 250
