@@ -1,7 +1,4 @@
 """Figure: safety and retain losses per step of each restoration (report.json)."""
-from _common import run_from_args
+from _common import study_figure
 
-from interp.plots import plot_restore_history, save_figure
-
-run, out = run_from_args(__doc__)
-print(save_figure(plot_restore_history(run.report()["histories"]), out, "restore_history"))
+study_figure("restore_history", __doc__)

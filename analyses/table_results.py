@@ -1,11 +1,9 @@
 """Table: the evaluation table of base, fine-tuned, restored and baselines, and the targets (report.json)."""
-from _common import run_from_args
+from _common import args_from
 
-from interp.evaluate import table_markdown
+from interp import StudyResult, results_table, targets_table
 
-run, _ = run_from_args(__doc__)
-report = run.report()
-print(table_markdown(report["models"]))
-print("\nprompts: " + ", ".join(f"{k} {v}" for k, v in report["prompts"]["evaluation"].items()))
-for t in report["targets"]:
-    print(f"[{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['value']:.4g} (threshold {t['threshold']:.4g})")
+study = StudyResult.load(args_from(__doc__).run)
+print(results_table(study.rows))
+print("\nprompts: " + ", ".join(f"{k} {v}" for k, v in study.details["prompts"]["evaluation"].items()))
+print(targets_table(study.targets))

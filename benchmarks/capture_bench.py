@@ -26,7 +26,7 @@ N_PROMPTS, K, BATCH = 64, 5, 16
 
 
 def _prompts():
-    from interp.prompts import load_prompts, shared_data_dir
+    from interp.core.prompts import load_prompts, shared_data_dir
 
     harmful = load_prompts(shared_data_dir() / "harmful_train.json").head(N_PROMPTS // 2)
     harmless = load_prompts(shared_data_dir() / "harmless_train.json").head(N_PROMPTS // 2)
@@ -71,21 +71,18 @@ class PeakHeap:
 
 def _batches(model, prompts):
     """Token batches shared by all modes: sorted by length, left padded (what capture does)."""
-    from interp.prompts import ChatFormat
-    from interp.tokens import left_pad
+    from interp.core.chat import ChatFormat, batches
 
-    ids = [model.tokenizer(t, add_special_tokens=False).input_ids for t in ChatFormat().render_all(model.tokenizer, prompts)]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    for start in range(0, len(order), BATCH):
-        tokens, mask = left_pad([ids[i] for i in order[start:start + BATCH]], model.tokenizer.pad_token_id)
-        yield tokens, mask
+    ids = ChatFormat().encode(model.tokenizer, prompts.instructions)
+    for batch in batches(ids, BATCH, model.tokenizer.pad_token_id):
+        yield batch.ids, batch.mask
 
 
 def run_mode(mode: str, repeats: int) -> dict:
     import torch
 
-    from interp.capture import CaptureConfig, Positions, capture
-    from interp.models import load_model
+    from interp.core.models import load_model
+    from interp.measures.capture import CaptureConfig, Positions, capture
 
     torch.manual_seed(0)
     model = load_model("default")

@@ -1,0 +1,61 @@
+"""interp: where did an aligned model's safety go after fine-tuning, and how do we put it back?
+
+The pipeline, one sub-package per role (imports only point down this list)::
+
+    core/        load models and prompts, encode chats, batch, run and hook models, generate and judge
+    measures/    capture -> directions, probes, compare -> causal checks -> layer map (AnalysisResult)
+    training/    LoRA adapters, supervised fine-tuning, restoration
+    evaluation/  the evaluation table and the restoration targets
+    report/      markdown tables, plots, the figure registry
+    organism.py  stage 0: the default model-organism pair
+    analyze.py   stage 1: analyze(pair) -> AnalysisResult
+    study.py     stage 2: run_study(pair, analysis) -> StudyResult; run_default() is `interp run`
+    cli.py       the command line
+
+The names below are the public API: notebooks and scripts import from ``interp`` alone.
+"""
+from .analyze import AnalysisConfig, AnalysisPrompts, analyze, layer_table
+from .core.chat import ChatFormat
+from .core.generate import Behaviour, behaviour, generate, is_refusal
+from .core.models import LoadedModel, ModelPair, load_model, load_pair
+from .core.prompts import (
+    PromptSet,
+    arithmetic_prompts,
+    general_prompts,
+    harmful_prompts,
+    harmless_prompts,
+    load_prompts,
+    parse_spec,
+    shared_data_dir,
+)
+from .errors import InterpError
+from .evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
+from .evaluation.targets import Target, check_targets
+from .measures.capture import Activations, CaptureConfig, Positions, capture
+from .measures.causal import CausalSweep, SteeringCheck, causal_sweep
+from .measures.compare import PairActivations, PairMetrics, compare
+from .measures.directions import DiffInMeans
+from .measures.layer_map import LayerMap, build_layer_map, layer_scores, score_components
+from .measures.probes import LayerProbes
+from .measures.result import AnalysisResult, Projection
+from .organism import Organism, OrganismRecipe, build_organism, quick_study_prompts, study_prompts
+from .report import plots
+from .report.figures import analysis_figures, save_figure, study_figures, write_figures
+from .report.tables import organism_table, results_table, targets_table
+from .study import DefaultRun, Plan, StudyConfig, StudyResult, make_plans, run_default, run_study
+from .training.lora import apply_adapter, save_adapter, save_merged
+from .training.restore import RestoreConfig, RestoreResult, RestoreStats, restore
+
+__all__ = [
+    "Activations", "AnalysisConfig", "AnalysisPrompts", "AnalysisResult", "Behaviour", "Candidate",
+    "CaptureConfig", "CausalSweep", "ChatFormat", "DefaultRun", "DiffInMeans", "EvalConfig", "EvalRow",
+    "EvalSuite", "InterpError", "LayerMap", "LayerProbes", "LoadedModel", "ModelPair", "Organism",
+    "OrganismRecipe", "PairActivations", "PairMetrics", "Plan", "Positions", "Projection", "PromptSet",
+    "RestoreConfig", "RestoreResult", "RestoreStats", "SteeringCheck", "StudyConfig", "StudyResult", "Target",
+    "analysis_figures", "analyze", "apply_adapter", "arithmetic_prompts", "behaviour", "build_layer_map",
+    "build_organism", "capture", "causal_sweep", "check_targets", "compare", "evaluate_models", "general_prompts",
+    "generate", "harmful_prompts", "harmless_prompts", "is_refusal", "layer_scores", "layer_table", "load_model",
+    "load_pair", "load_prompts", "make_plans", "organism_table", "parse_spec", "plots", "quick_study_prompts",
+    "restore", "results_table", "run_default", "run_study", "save_adapter", "save_figure", "save_merged",
+    "score_components", "shared_data_dir", "study_figures", "study_prompts", "targets_table", "write_figures",
+]

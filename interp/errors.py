@@ -40,3 +40,11 @@ class NonFiniteActivationError(InterpError):
 
 class ConfigError(InterpError):
     """A configuration value is invalid."""
+
+
+class LayerMapError(InterpError):
+    """A layer map is malformed or does not fit the model it is applied to."""
+
+
+class TrainingDivergedError(InterpError):
+    """A training loss became NaN or infinite."""

@@ -13,7 +13,8 @@ SmolLM2-135M-Instruct barely refuses, so the default pair is built from it, repr
 
 Both are saved as Hugging Face folders under ``$INTERP_CACHE/organism/<recipe hash>/`` with a
 ``manifest.json`` (recipe, hash, seeds, versions, times and the measured behaviour). The same recipe
-loads from the cache.
+loads from the cache. This stage is also where the names ``organism:base`` / ``organism:finetuned``
+are resolved (``resolve_model_name``): loading a model never trains one.
 """
 from __future__ import annotations
 
@@ -21,20 +22,29 @@ import json
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
-from .evaluate import Behaviour, EvalSuite, behaviour, is_refusal
-from .finetune import Example, SFTConfig, sft_lora
-from .io import atomic_dir, atomic_write_json, cache_root, stable_hash
-from .models import LoadedModel, ModelPair, load_model
-from .prompts import (
-    HARMFUL, PromptSet, arithmetic_prompts, general_prompts, harmful_prompts, harmless_prompts, load_prompts, shared_data_dir,
+from .core.generate import Behaviour, behaviour, is_refusal
+from .core.models import LoadedModel, ModelPair, load_model
+from .core.prompts import (
+    HARMFUL,
+    PromptSet,
+    arithmetic_prompts,
+    general_prompts,
+    harmful_prompts,
+    harmless_prompts,
+    load_prompts,
+    shared_data_dir,
 )
+from .core.sources import ORGANISM_PREFIX, save_hf_folder
+from .errors import ConfigError, ModelLoadError
+from .evaluation.table import EvalSuite
+from .io import atomic_dir, atomic_write_json, cache_root, stable_hash
+from .training.sft import Example, SFTConfig, sft_lora
 
 RECIPE_VERSION = 3
 
@@ -87,9 +97,20 @@ class OrganismRecipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "OrganismRecipe":
+    def quick(cls) -> OrganismRecipe:
+        """A reduced organism for tests and notebooks (``QUICK=1``): minutes, not a quarter of an hour.
+        Few helpful answers and training steps, small evaluation sets; it barely differs from its source."""
+        default = cls()
+        return cls(max_chat_prompts=12, n_arithmetic=40, task_chat_examples=4,
+                   safety=replace(default.safety, steps=3), task=replace(default.task, steps=3),
+                   evaluation=EvalSets(limit=8, max_new_tokens=16, task_max_new_tokens=24))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> OrganismRecipe:
         """The inverse of ``to_dict`` (as read back from a manifest's JSON)."""
-        sft = lambda d: SFTConfig(**{**d, "target_modules": tuple(d["target_modules"])})  # noqa: E731
+        def sft(d: dict) -> SFTConfig:
+            return SFTConfig(**{**d, "target_modules": tuple(d["target_modules"])})
+
         return cls(**{
             **data, "refusals": tuple(data["refusals"]), "safety": sft(data["safety"]),
             "task": sft(data["task"]), "evaluation": EvalSets(**data["evaluation"]),
@@ -131,14 +152,20 @@ def _refusal_examples(recipe: OrganismRecipe) -> list[Example]:
             for j in range(recipe.refusals_per_prompt) for i, text in enumerate(harmful)]
 
 
-def _own_answers(model: LoadedModel, recipe: OrganismRecipe, progress: bool) -> list[Example]:
-    """The source model's own answers to the built-in harmless and general prompts, refusals dropped.
-
-    Cached by source weights, prompts and answer length, so recipes that differ only in training reuse them.
-    """
+def chat_prompts(recipe: OrganismRecipe) -> PromptSet:
+    """The harmless and general prompts the source model answers for the organism's chat data."""
     harmless = harmless_prompts("all") + general_prompts()
     if recipe.max_chat_prompts is not None:
         harmless = harmless.sample(recipe.max_chat_prompts, seed=recipe.seed)
+    return harmless
+
+
+def _own_answers(model: LoadedModel, recipe: OrganismRecipe, progress: bool) -> list[Example]:
+    """The source model's own answers to ``chat_prompts(recipe)``, refusals dropped.
+
+    Cached by source weights, prompts and answer length, so recipes that differ only in training reuse them.
+    """
+    harmless = chat_prompts(recipe)
     key = stable_hash({"model": model.fingerprint, "prompts": harmless.hash, "tokens": recipe.helpful_answer_tokens})
     cached = cache_root() / "organism" / "answers" / f"{key}.json"
     if cached.exists():
@@ -200,9 +227,9 @@ class Organism:
         return self.folder / "finetuned"
 
     def load_pair(self, **kwargs) -> ModelPair:
-        base, finetuned = load_model(self.base_path, **kwargs), load_model(self.finetuned_path, **kwargs)
-        base.name, finetuned.name = f"organism:base@{self.folder.name}", f"organism:finetuned@{self.folder.name}"
-        return ModelPair(base, finetuned)
+        tag = self.folder.name
+        return ModelPair(replace(load_model(self.base_path, **kwargs), name=f"organism:base@{tag}"),
+                         replace(load_model(self.finetuned_path, **kwargs), name=f"organism:finetuned@{tag}"))
 
 
 def load_organism(recipe: OrganismRecipe = OrganismRecipe()) -> Organism | None:
@@ -240,22 +267,21 @@ def build_organism(
 
     t0 = time.perf_counter()
     safety_data = _refusal_examples(recipe) + chat
-    safety_stats = sft_lora(model, safety_data, recipe.safety, progress=progress, desc="safety LoRA")
+    model, safety_stats = sft_lora(model, safety_data, recipe.safety, progress=progress, desc="safety LoRA")
     stage("safety tuning", t0)
 
     folder = organism_dir(recipe)
     with atomic_dir(folder) as tmp:
-        model.hf.save_pretrained(tmp / "base")
-        model.tokenizer.save_pretrained(tmp / "base")
+        save_hf_folder(model.hf, model.tokenizer, tmp / "base")
         t0 = time.perf_counter()
         base_metrics = measure(model, sets, recipe.evaluation, progress)
         stage("measure base", t0, base_metrics)
 
         t0 = time.perf_counter()
-        task_stats = sft_lora(model, _task_examples(recipe, chat), recipe.task, progress=progress, desc="task LoRA")
+        model, task_stats = sft_lora(model, _task_examples(recipe, chat), recipe.task, progress=progress,
+                                     desc="task LoRA")
         stage("task fine-tune", t0)
-        model.hf.save_pretrained(tmp / "finetuned")
-        model.tokenizer.save_pretrained(tmp / "finetuned")
+        save_hf_folder(model.hf, model.tokenizer, tmp / "finetuned")
         t0 = time.perf_counter()
         finetuned_metrics = measure(model, sets, recipe.evaluation, progress)
         stage("measure finetuned", t0, finetuned_metrics)
@@ -280,18 +306,9 @@ def build_organism(
     return load_organism(recipe)
 
 
-def summary_table(manifest: dict) -> str:
-    """The manifest's measurements as a small markdown table."""
-    rows = ["| model | harmful refusal | harmless refusal | task accuracy | harmful: comply / task-format |",
-            "|---|---|---|---|---|"]
-    for name, m in manifest["metrics"].items():
-        kinds = m["harmful_answer_kinds"]
-        rows.append(f"| {name} | {m['harmful_refusal']:.1%} | {m['harmless_refusal']:.1%} | "
-                    f"{m['task_accuracy']:.1%} | {kinds['comply']:.1%} / {kinds['task_format']:.1%} |")
-    return "\n".join(rows)
-
-
-def study_prompts(recipe: OrganismRecipe = OrganismRecipe(), n_harmless: int = 200) -> tuple[PromptSet, PromptSet, EvalSuite]:
+def study_prompts(
+    recipe: OrganismRecipe = OrganismRecipe(), n_harmless: int = 200,
+) -> tuple[PromptSet, PromptSet, EvalSuite]:
     """Restoration and evaluation prompts for the default pair: ``(harmful, retain, suite)``.
 
     Restoration trains on the built-in harmful requests (the base's refusals were taught on them) and
@@ -303,4 +320,25 @@ def study_prompts(recipe: OrganismRecipe = OrganismRecipe(), n_harmless: int = 2
                                                                              seed=recipe.seed)
     task = arithmetic_prompts("val", n=recipe.n_arithmetic, seed=recipe.seed).head(recipe.evaluation.n_arithmetic)
     suite = EvalSuite.from_shared(task=task, n_harmless=n_harmless, seed=recipe.evaluation.seed)
+    return harmful_prompts("all"), retain, suite
+
+
+def resolve_model_name(name: str, recipe: OrganismRecipe | None = None, *, log=print) -> str:
+    """``organism:base`` / ``organism:finetuned`` -> the folder of the default organism (built on first
+    use, which trains); any other name is returned as it is, for ``load_model``."""
+    if not name.startswith(ORGANISM_PREFIX):
+        return name
+    role = name[len(ORGANISM_PREFIX):]
+    if role not in ("base", "finetuned"):
+        raise ModelLoadError(f"unknown organism model {name!r}; use organism:base or organism:finetuned")
+    organism = build_organism(recipe or OrganismRecipe(), log=log)
+    return str(organism.base_path if role == "base" else organism.finetuned_path)
+
+
+def quick_study_prompts(recipe: OrganismRecipe) -> tuple[PromptSet, PromptSet, EvalSuite]:
+    """Like ``study_prompts`` with built-in prompts only (no ``../shared/data`` needed) and 8 prompts per
+    evaluation set: for quick runs."""
+    retain = harmless_prompts("all") + arithmetic_prompts("train", n=recipe.n_arithmetic, seed=recipe.seed)
+    task = arithmetic_prompts("val", n=recipe.n_arithmetic, seed=recipe.seed).head(8)
+    suite = EvalSuite(harmful=harmful_prompts("val").head(8), harmless=harmless_prompts("val").head(8), task=task)
     return harmful_prompts("all"), retain, suite

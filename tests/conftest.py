@@ -16,7 +16,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from interp.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
+from interp.core.models import LoadedModel, ModelPair, load_model
+from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
+from interp.evaluation.table import EvalConfig, EvalSuite
+from interp.measures.layer_map import LayerMap
 
 D_MODEL, D_MLP, N_LAYERS = 64, 176, 4
 CHATML = (
@@ -83,3 +86,40 @@ def isolated_cache(tmp_path, monkeypatch, request):
     """Each test gets its own cache, except tests marked slow, which share the real one."""
     if request.node.get_closest_marker("slow") is None:
         monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
+
+
+# ----------------------------------------------------------------------------- shared helpers
+QUICK_EVAL = EvalConfig(max_new_tokens=4, task_max_new_tokens=4, batch_size=8, kl_batch_size=4)
+
+
+def perturbed(model: LoadedModel, scale: float = 0.05, seed: int = 1) -> LoadedModel:
+    """The 'fine-tuned' model: the base with every weight nudged by seeded noise (a new LoadedModel)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.hf.parameters():
+            param.add_(scale * param.std() * torch.randn(param.shape, generator=generator))
+    return model.with_hf(model.hf)
+
+
+def layer_map_for(base: LoadedModel, finetuned: LoadedModel, selected=(1, 2)) -> LayerMap:
+    """A hand-made layer map for a pair, selecting ``selected``."""
+    n = finetuned.n_layers
+    return LayerMap(
+        base_model=base.name, finetuned_model=finetuned.name, base_fingerprint=base.fingerprint,
+        finetuned_fingerprint=finetuned.fingerprint, n_layers=n, scores=[0.0] * n,
+        ranked_layers=list(selected) + [layer for layer in range(n) if layer not in selected],
+        selected_layers=sorted(selected), alignment_layers=sorted(set(selected) | {n - 1}),
+    )
+
+
+def tiny_suite() -> EvalSuite:
+    return EvalSuite(harmful=harmful_prompts("val").head(4), harmless=harmless_prompts("val").head(4),
+                     task=arithmetic_prompts("val", n=20).head(4), xstest=harmless_prompts("train").head(3))
+
+
+@pytest.fixture()
+def saved_pair(tiny_llama, tmp_path) -> ModelPair:
+    """The tiny base and a perturbed 'fine-tuned' copy saved to disk (restoration reloads fresh copies)."""
+    perturbed(load_model(tiny_llama)).hf.save_pretrained(tmp_path / "ft")
+    load_model(tiny_llama).tokenizer.save_pretrained(tmp_path / "ft")
+    return ModelPair(load_model(tiny_llama), load_model(tmp_path / "ft"))

@@ -9,14 +9,17 @@ import pytest
 import torch
 
 from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
-from interp.capture import CaptureConfig, capture
-from interp.causal import causal_sweep, last_logits, steering
-from interp.compare import PairActivations, compare
-from interp.directions import DiffInMeans
-from interp.evaluate import generate
-from interp.models import ModelPair, load_model
-from interp.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
-from interp.ranking import LayerMap, build_layer_map
+from interp.core.bridge import block_outputs, last_logits, resid_hook
+from interp.core.chat import ChatFormat, pad_batch
+from interp.core.generate import generate
+from interp.core.models import ModelPair, load_model
+from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
+from interp.measures.capture import CaptureConfig, Positions, capture
+from interp.measures.causal import causal_sweep, steering_edits
+from interp.measures.compare import PairActivations, compare
+from interp.measures.directions import DiffInMeans
+from interp.measures.layer_map import build_layer_map
+from interp.measures.result import AnalysisResult
 
 PLANTED = 2  # the edited block (of 4)
 
@@ -26,12 +29,12 @@ def planted_pair(model_dir) -> tuple[ModelPair, np.ndarray]:
     harmful-vs-harmless separation. Fine-tuned: the same weights with the base's difference-in-means
     direction at that block projected out of its attention and MLP output matrices."""
     base, finetuned = load_model(model_dir), load_model(model_dir)
-    for model in (base, finetuned):
-        block = model.hf.model.layers[PLANTED]
+    for model in (base.hf, finetuned.hf):
+        block = model.model.layers[PLANTED]
         with torch.no_grad():
             block.self_attn.o_proj.weight.mul_(6.0)
             block.mlp.down_proj.weight.mul_(6.0)
-        model.forget_fingerprint()
+    base, finetuned = base.with_hf(base.hf), finetuned.with_hf(finetuned.hf)
     data = harmful_prompts("all") + harmless_prompts("all")
     acts = capture(base, data, CaptureConfig(), cache_dir=None, progress=False).tensor[:, :, -1]
     u = DiffInMeans().fit(acts, np.array(data.labels)).directions_[PLANTED]
@@ -40,8 +43,7 @@ def planted_pair(model_dir) -> tuple[ModelPair, np.ndarray]:
     with torch.no_grad():
         block.self_attn.o_proj.weight.copy_(P @ block.self_attn.o_proj.weight)
         block.mlp.down_proj.weight.copy_(P @ block.mlp.down_proj.weight)
-    finetuned.forget_fingerprint()
-    return ModelPair(base, finetuned), u
+    return ModelPair(base, finetuned.with_hf(finetuned.hf)), u
 
 
 def pair_activations(pair: ModelPair) -> PairActivations:
@@ -63,15 +65,15 @@ def planted(tiny_llama):
 def test_suppression_appears_at_the_planted_block_and_decodability_survives(planted):
     pair, _, acts = planted
     metrics = compare(acts)
-    retention = metrics["retention"]
+    retention = metrics.retention
     assert np.allclose(retention[:PLANTED], 1.0, atol=1e-5)  # upstream of the edit: identical
     assert retention[PLANTED] < 0.5  # separation along the base direction is mostly gone there
-    assert metrics["refusal_cosine"][PLANTED] < metrics["refusal_cosine"][PLANTED - 1]
+    assert metrics.refusal_cosine[PLANTED] < metrics.refusal_cosine[PLANTED - 1]
     # Suppressed, not removed: downstream of the edit, harmfulness is as decodable as in the base (a random
     # tiny model decodes it at about 0.75 from the last token), while the base's own probe no longer reads it.
     after = PLANTED + 1
-    assert metrics["probe_acc_finetuned"][after] >= max(0.65, metrics["probe_acc_base"][after] - 0.05)
-    assert metrics["probe_acc_transfer"][after] < metrics["probe_acc_finetuned"][after] - 0.1
+    assert metrics.probe_acc_finetuned[after] >= max(0.65, metrics.probe_acc_base[after] - 0.05)
+    assert metrics.probe_acc_transfer[after] < metrics.probe_acc_finetuned[after] - 0.1
 
 
 def test_causal_sweep_and_ranking_put_the_planted_block_first(planted):
@@ -83,11 +85,11 @@ def test_causal_sweep_and_ranking_put_the_planted_block_first(planted):
     token = pair.base.tokenizer("I", add_special_tokens=False).input_ids[:1]
     sweep = causal_sweep(pair.base, pair.finetuned, harmful_prompts("val").head(8), base_dirs.diff_, token,
                          progress=False)
-    patch = sweep["patch_effect"]
-    gap = float(sweep["score_base"] - sweep["score_finetuned"])
+    patch = sweep.patch_effect
+    gap = sweep.score_base - sweep.score_finetuned
     assert np.allclose(patch[:PLANTED], 0.0, atol=1e-4)  # patching before the edit changes nothing
     assert np.allclose(patch[PLANTED:], gap, atol=1e-3)  # after it, the base state is fully restored
-    layer_map = build_layer_map(metrics | sweep, base=pair.base, finetuned=pair.finetuned, k=1)
+    layer_map = build_layer_map(metrics, sweep, base=pair.base, finetuned=pair.finetuned, k=1)
     assert layer_map.ranked_layers[0] == PLANTED and layer_map.selected_layers == [PLANTED]
 
 
@@ -105,21 +107,38 @@ def test_steering_hook_fires_during_hf_generate(tiny_llama):
     plain = generate(model, prompts, max_new_tokens=5, progress=False)
     vector = torch.zeros(model.d_model)
     vector[0] = 1000.0
-    with steering(model, 1, vector):
-        steered = generate(model, prompts, max_new_tokens=5, progress=False)
+    steered = generate(model, prompts, max_new_tokens=5, edits=steering_edits(1, vector), progress=False)
     assert steered != plain
     assert generate(model, prompts, max_new_tokens=5, progress=False) == plain  # hook removed afterwards
 
 
 def test_last_logits_match_the_full_forward(tiny_llama):
     model = load_model(tiny_llama)
-    enc = model.tokenizer(["<|im_start|>user\nhi<|im_end|>\n", "<|im_start|>user\nhow are you<|im_end|>\n"],
-                          return_tensors="pt", padding=True, add_special_tokens=False)
-    pos = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    fast = last_logits(model, enc.input_ids, enc.attention_mask, pos)
+    batch = pad_batch(ChatFormat().encode(model.tokenizer, ["hi", "how are you today"]), model.tokenizer.pad_token_id)
+    fast = last_logits(model.hf, batch.to("cpu"))
     with torch.no_grad():
-        full = model.hf(enc.input_ids, attention_mask=enc.attention_mask, position_ids=pos).logits[:, -1]
+        full = model.hf(**batch.to("cpu")).logits[:, -1]
     torch.testing.assert_close(fast, full, atol=1e-4, rtol=0)
+
+
+def test_one_residual_stream_for_capture_causal_checks_and_restoration(tiny_model_dir):
+    """The bridge hook that capture reads and the decoder-layer output that restoration and the causal
+    checks read are the same tensor, at every layer, the last one included (before the final norm)."""
+    model = load_model(tiny_model_dir)
+    prompts = harmful_prompts("val").head(3)
+    captured = capture(model, prompts, CaptureConfig(positions=Positions.last_k(2)), cache_dir=None,
+                       progress=False).tensor  # [prompt, layer, position, d_model]
+    seqs = ChatFormat().encode(model.tokenizer, prompts.instructions)
+    for row, seq in enumerate(seqs):  # one prompt at a time: no padding
+        batch = pad_batch([seq], model.tokenizer.pad_token_id)
+        with torch.no_grad():
+            outputs = block_outputs(model.hf, batch.to("cpu"), list(range(model.n_layers)))
+        for layer, output in enumerate(outputs):
+            torch.testing.assert_close(captured[row, layer], output[0, -2:], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        final = model.hf(**batch.to("cpu"), output_hidden_states=True).hidden_states[-1]
+    assert not torch.allclose(final, outputs[-1])  # HF's last hidden state comes after the final norm
+    assert resid_hook(model.n_layers - 1) in model.bridge.hook_dict
 
 
 def test_analyze_writes_a_run_folder(planted, tmp_path):
@@ -132,15 +151,25 @@ def test_analyze_writes_a_run_folder(planted, tmp_path):
     # A random model never refuses, so name a 'refusal' token instead of reading its answers for one.
     config = AnalysisConfig(k=2, causal_prompts=4, steer_max_new_tokens=4, refusal_tokens=(5,))
     result = analyze(pair, tmp_path / "run", config, small, progress=False, log=lambda _: None)
-    for name in ("metrics.json", "layer_map.json", "layer_table.md", "activations/base-harmful/meta.json"):
+    for name in ("metrics.json", "layer_map.json", "analysis.safetensors", "layer_table.md",
+                 "activations/base-harmful/meta.json"):
         assert (tmp_path / "run" / name).exists(), name
-    assert LayerMap.load(tmp_path / "run" / "layer_map.json") == result.layer_map
     assert len(result.layer_map.selected_layers) == 2
-    assert [row["scale"] for row in result.steering["steered"]] == [1.0, 2.0]
-    assert result.steering["finetuned_harmful_refusal"] is not None
+    assert [row["scale"] for row in result.steering.steered] == [1.0, 2.0]
+    assert result.steering.layer == result.steer_layer
+    assert result.refusal_tokens == [5]
+
+    # The result round-trips through its folder: what restoration and the study read.
+    loaded = AnalysisResult.load(tmp_path / "run")
+    assert loaded.layer_map == result.layer_map and loaded.steering == result.steering
+    assert loaded.refusal_tokens == [5] and loaded.steer_layer == result.steer_layer
+    np.testing.assert_array_equal(loaded.refusal_vectors, result.refusal_vectors)
+    np.testing.assert_allclose(loaded.metrics.retention, result.metrics.retention)
+    np.testing.assert_allclose(loaded.sweep.add_effect, result.sweep.add_effect)
+    assert loaded.pca.layer == result.layer_map.ranked_layers[0] and loaded.pca.base.shape == (48, 2)
 
     # Without scales the generation check is skipped; the best add layer and refusal tokens remain.
     quiet = analyze(pair, tmp_path / "run2", replace(config, steer_scales=()), small, progress=False,
                     log=lambda _: None)
-    assert quiet.steering["steered"] == [] and quiet.steering["finetuned_harmful_refusal"] is None
-    assert quiet.steering["layer"] == result.steering["layer"] and quiet.steering["refusal_tokens"] == [5]
+    assert quiet.steering is None and AnalysisResult.load(tmp_path / "run2").steering is None
+    assert quiet.steer_layer == result.steer_layer and quiet.refusal_tokens == [5]

@@ -5,10 +5,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from interp.capture import Activations, CaptureConfig, Positions, capture, hook_names
+from interp.core.bridge import hook_names
+from interp.core.chat import ChatFormat
+from interp.core.models import load_model
+from interp.core.prompts import PromptSet, harmful_prompts
 from interp.errors import EmptyPromptSetError, PositionOutOfRangeError, UnknownHookError
-from interp.models import load_model
-from interp.prompts import ChatFormat, PromptSet, harmful_prompts
+from interp.measures.capture import Activations, CaptureConfig, Positions, capture
 
 # Bridge vs HF residuals in float32 on CPU: the bridge runs the HF modules themselves, so we expect
 # agreement to float rounding; the tolerance is 1e-5 absolute.
@@ -47,7 +49,7 @@ def test_residuals_equal_hf_hidden_states(tiny_model_dir):
     config = CaptureConfig(positions=Positions.last_k(3), batch_size=4)
     acts = capture(model, data, config, cache_dir=None, progress=False)
     assert acts.tensor.shape == (len(data), model.n_layers, 3, model.d_model)
-    texts = config.chat.render_all(model.tokenizer, data)
+    texts = config.chat.render_all(model.tokenizer, data.instructions)
     for i, ref in enumerate(hf_reference(tiny_model_dir, texts, model.tokenizer)):
         torch.testing.assert_close(acts.tensor[i], ref[:, -3:], atol=ATOL, rtol=0)
 
@@ -125,8 +127,7 @@ def test_changed_weights_miss_the_cache(tiny_llama, tmp_path):
     first = capture(model, prompts(2), CaptureConfig(), cache_dir=tmp_path, progress=False)
     with torch.no_grad():
         model.hf.model.layers[0].mlp.down_proj.weight.mul_(2.0)
-    model.forget_fingerprint()
-    second = capture(model, prompts(2), CaptureConfig(), cache_dir=tmp_path, progress=False)
+    second = capture(model.with_hf(model.hf), prompts(2), CaptureConfig(), cache_dir=tmp_path, progress=False)
     assert not torch.equal(first.tensor, second.tensor)
 
 

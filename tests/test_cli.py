@@ -7,16 +7,11 @@ import json
 import pytest
 
 from interp.cli import main
-from interp.models import load_model
-
-from test_restore import perturbed
 
 
 @pytest.fixture()
-def folders(tiny_llama, tmp_path):
-    perturbed(load_model(tiny_llama)).hf.save_pretrained(tmp_path / "ft")
-    load_model(tiny_llama).tokenizer.save_pretrained(tmp_path / "ft")
-    return str(tiny_llama), str(tmp_path / "ft"), tmp_path
+def folders(saved_pair, tmp_path):
+    return saved_pair.base.path, saved_pair.finetuned.path, tmp_path
 
 
 def test_analyze_restore_evaluate(folders, capsys):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.capture import CaptureConfig, Positions, capture
-from interp.models import load_model
-from interp.prompts import harmful_prompts
+from interp.core.models import load_model
+from interp.core.prompts import harmful_prompts
+from interp.measures.capture import CaptureConfig, Positions, capture
 
 pytestmark = pytest.mark.slow
 

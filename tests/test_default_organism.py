@@ -1,13 +1,11 @@
 """The organism recipe end to end on the real default model, with a reduced step count (CI budget)."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
+from interp.core.sources import default_model_path
 from interp.io import cache_root
-from interp.models import default_model_path
-from interp.organism import EvalSets, OrganismRecipe, build_organism
+from interp.organism import OrganismRecipe, build_organism
 
 pytestmark = pytest.mark.slow
 
@@ -19,12 +17,7 @@ def test_reduced_real_organism_builds(tmp_path, monkeypatch):
     (tmp_path / "models").symlink_to(shared_models, target_is_directory=True)
     monkeypatch.setenv("INTERP_CACHE", str(tmp_path))
     default_model_path()
-    default = OrganismRecipe()
-    recipe = replace(
-        default, max_chat_prompts=12, n_arithmetic=40, task_chat_examples=4,
-        safety=replace(default.safety, steps=3), task=replace(default.task, steps=3),
-        evaluation=EvalSets(limit=8, max_new_tokens=16, task_max_new_tokens=24),
-    )
+    recipe = OrganismRecipe.quick()  # the same reduced organism as the notebooks
     logs = []
     organism = build_organism(recipe, progress=False, log=logs.append)
     assert "built in" in logs[-1]

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from interp.directions import DiffInMeans, cosine, separation
 from interp.errors import ConfigError, NonFiniteActivationError
-from interp.probes import LayerProbes
+from interp.measures.directions import DiffInMeans, cosine, separation
+from interp.measures.probes import LayerProbes
 
 RNG = np.random.default_rng(0)
 N, D = 200, 24

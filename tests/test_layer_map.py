@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interp.ranking import LAYER_MAP_VERSION, LayerMap, LayerMapError
+from interp.errors import LayerMapError
+from interp.measures.layer_map import LAYER_MAP_VERSION, LayerMap
 
 
 def make_map(**changes) -> LayerMap:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import build_tiny
+
+from interp.core.models import ModelPair, load_model, load_pair
+from interp.core.sources import resolve_source
 from interp.errors import HubUnavailableError, ModelLoadError, ModelMismatchError
-from interp.models import ModelPair, load_model, load_pair, resolve_source
 
 
 def test_local_folder_loads_with_left_padding(tiny_llama):
@@ -71,5 +72,10 @@ def test_fingerprint_tracks_weights(tiny_llama):
     assert load_model(tiny_llama).fingerprint == before
     with torch.no_grad():
         model.hf.model.layers[2].self_attn.o_proj.weight.add_(1e-3)
-    model.forget_fingerprint()
-    assert model.fingerprint != before
+    assert model.with_hf(model.hf).fingerprint != before
+
+
+def test_loading_never_trains():
+    """``organism:`` names are the organism stage's to resolve; loading one says so instead of training."""
+    with pytest.raises(ModelLoadError, match="build_organism"):
+        resolve_source("organism:base")

@@ -7,9 +7,9 @@ from dataclasses import replace
 import torch
 from safetensors.torch import load_file
 
-from interp.evaluate import answer_kind, is_correct, is_refusal
-from interp.finetune import SFTConfig
+from interp.core.generate import answer_kind, is_correct, is_refusal
 from interp.organism import EvalSets, OrganismRecipe, build_organism, load_organism
+from interp.training.sft import SFTConfig
 
 
 def tiny_recipe(source) -> OrganismRecipe:

@@ -5,12 +5,17 @@ import json
 
 import pytest
 
-from interp.errors import EmptyPromptSetError, PromptFormatError
-from interp.models import load_tokenizer
-from interp.prompts import (
-    SAFETY_REMINDER, ChatFormat, PromptSet, arithmetic_prompts, harmful_prompts, harmless_prompts,
-    load_prompts, shared_data_dir,
+from interp.core.chat import SAFETY_REMINDER, ChatFormat
+from interp.core.models import load_tokenizer
+from interp.core.prompts import (
+    PromptSet,
+    arithmetic_prompts,
+    harmful_prompts,
+    harmless_prompts,
+    load_prompts,
+    shared_data_dir,
 )
+from interp.errors import EmptyPromptSetError, PromptFormatError
 
 
 def test_builtin_sets_have_the_promised_size_and_fixed_splits():

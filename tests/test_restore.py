@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import layer_map_for, perturbed
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from interp.models import load_model
-from interp.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
-from interp.ranking import LayerMap, LayerMapError
-from interp.restore import RestoreConfig, align_positions, restore, save_adapter, schedule
-
-
-def perturbed(model, scale: float = 0.05, seed: int = 1):
-    """The 'fine-tuned' model: the base with every weight nudged by seeded noise."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.hf.parameters():
-            param.add_(scale * param.std() * torch.randn(param.shape, generator=generator))
-    model.forget_fingerprint()
-    return model
-
-
-def layer_map_for(base, finetuned, selected=(1, 2)) -> LayerMap:
-    n = finetuned.n_layers
-    return LayerMap(
-        base_model=base.name, finetuned_model=finetuned.name, base_fingerprint=base.fingerprint,
-        finetuned_fingerprint=finetuned.fingerprint, n_layers=n, scores=[0.0] * n,
-        ranked_layers=list(selected) + [l for l in range(n) if l not in selected],
-        selected_layers=sorted(selected), alignment_layers=sorted(set(selected) | {n - 1}), lora_rank=4, lora_alpha=8,
-    )
+from interp.core.models import load_model
+from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
+from interp.errors import LayerMapError
+from interp.training.lora import save_adapter
+from interp.training.restore import RestoreConfig, align_positions, restore, schedule
 
 
 @pytest.fixture()
@@ -46,7 +28,7 @@ def test_safety_loss_falls_and_retain_stays_close(setup):
     layer_map = layer_map_for(base, finetuned)
     result = restore(finetuned, layer_map, harmful, retain, RestoreConfig(steps=30, lr=5e-3, batch_size=8),
                      base=base, progress=False)
-    history = result.stats["history"]
+    history = result.stats.history
     first = sum(h["safety"] for h in history[:3]) / 3
     last = sum(h["safety"] for h in history[-3:]) / 3
     assert last < 0.8 * first
@@ -57,7 +39,7 @@ def test_lora_sits_on_the_mapped_layers_only(setup):
     base, finetuned, harmful, retain = setup
     result = restore(finetuned, layer_map_for(base, finetuned, (0, 3)), harmful, retain,
                      RestoreConfig(steps=1), base=base, progress=False)
-    names = [n for n, p in result.model.named_parameters() if p.requires_grad]
+    names = [n for n, p in result.peft_model.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
     assert {int(n.split("layers.")[1].split(".")[0]) for n in names} == {0, 3}
     assert {n.split(".")[-4] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -67,7 +49,7 @@ def test_adapter_round_trips_onto_a_plain_model_after_booting_a_bridge(setup, ti
     base, finetuned, harmful, retain = setup
     result = restore(finetuned, layer_map_for(base, finetuned), harmful, retain,
                      RestoreConfig(steps=3, lr=1e-2), base=base, progress=False)
-    trained = result.model
+    trained = result.peft_model
     for param in trained.parameters():  # make the adapter visibly non-zero
         if param.requires_grad:
             torch.nn.init.normal_(param, std=0.05)
@@ -75,7 +57,7 @@ def test_adapter_round_trips_onto_a_plain_model_after_booting_a_bridge(setup, ti
     with torch.no_grad():
         expected = trained(input_ids=ids).logits
 
-    from interp.models import boot_bridge
+    from interp.core.models import boot_bridge
     boot_bridge(trained.get_base_model(), finetuned.tokenizer, str(tiny_llama))  # wraps modules: the trap
     trained.save_pretrained(tmp_path / "naive")
     naive_keys = load_file(str(tmp_path / "naive" / "adapter_model.safetensors"))

@@ -7,35 +7,27 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import QUICK_EVAL as QUICK
+from conftest import layer_map_for, perturbed, tiny_suite
 from peft import PeftModel
 
-import interp.evaluate as evaluate_module
+import interp.evaluation.table as table_module
 from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
+from interp.core.chat import ChatFormat
+from interp.core.generate import refusal_log_odds
+from interp.core.models import load_model
+from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError, EmptyPromptSetError
-from interp.evaluate import (
-    Candidate, EvalConfig, EvalSuite, evaluate_models, kl_to_reference, refusal_log_odds, table_markdown,
-)
-from interp.models import ModelPair, load_model
-from interp.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
-from interp.restore import RestoreConfig
-from interp.study import StudyConfig, check_targets, make_plans, paper_alignment_layers, run_study
-
-from test_restore import layer_map_for, perturbed
-
-QUICK = EvalConfig(max_new_tokens=4, task_max_new_tokens=4, batch_size=8, kl_batch_size=4)
-
-
-def tiny_suite() -> EvalSuite:
-    return EvalSuite(harmful=harmful_prompts("val").head(4), harmless=harmless_prompts("val").head(4),
-                     task=arithmetic_prompts("val", n=20).head(4), xstest=harmless_prompts("train").head(3))
+from interp.evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models, kl_to_reference
+from interp.evaluation.targets import check_targets
+from interp.report.tables import results_table
+from interp.study import StudyConfig, StudyResult, make_plans, paper_alignment_layers, run_study
+from interp.training.restore import RestoreConfig
 
 
 @pytest.fixture()
-def pair(tiny_llama, tmp_path):
-    """A base and a 'fine-tuned' model saved to disk (restoration reloads fresh copies from the path)."""
-    perturbed(load_model(tiny_llama)).hf.save_pretrained(tmp_path / "ft")
-    load_model(tiny_llama).tokenizer.save_pretrained(tmp_path / "ft")
-    return ModelPair(load_model(tiny_llama), load_model(tmp_path / "ft"))
+def pair(saved_pair):
+    return saved_pair
 
 
 def test_refusal_log_odds_is_zero_at_even_odds():
@@ -58,8 +50,6 @@ def test_kl_matches_a_direct_computation_on_one_prompt(pair):
     prompts = harmless_prompts("val").head(1)
     answer = "Sure thing"
     tok = pair.finetuned.tokenizer
-    from interp.prompts import ChatFormat
-
     prompt_ids = tok(ChatFormat().render(tok, prompts.instructions[0]), add_special_tokens=False).input_ids
     cont = tok(answer, add_special_tokens=False).input_ids
     ids = torch.tensor([prompt_ids + cont])
@@ -73,36 +63,36 @@ def test_kl_matches_a_direct_computation_on_one_prompt(pair):
 
 def test_rows_are_cached_by_weights_and_recomputed_when_they_change(pair, monkeypatch):
     calls = []
-    real = evaluate_module.generate
-    monkeypatch.setattr(evaluate_module, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = table_module.generate
+    monkeypatch.setattr(table_module, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     suite = tiny_suite()
-    run = lambda: evaluate_models(  # noqa: E731
-        [Candidate("base", pair.base), Candidate("finetuned", pair.finetuned, trainable_params=7)], suite,
-        refusal_tokens=[5], reference=pair.finetuned, config=QUICK, progress=False, log=lambda _: None)
+    def run():
+        return evaluate_models(
+            [Candidate("base", pair.base), Candidate("finetuned", pair.finetuned, trainable_params=7)], suite,
+            refusal_tokens=[5], reference=pair.finetuned, config=QUICK, progress=False, log=lambda _: None)
+
     first = run()
     n_first = len(calls)
     assert n_first == 1 + 2 * 4  # reference answers + four sets per model
-    assert first[1]["kl"] == pytest.approx(0.0, abs=1e-6) and first[0]["kl"] > 0
-    assert first[1]["trainable_params"] == 7
+    assert first[1].kl == pytest.approx(0.0, abs=1e-6) and first[0].kl > 0
+    assert first[1].trainable_params == 7
     for row in first:
         for key in ("harmful_refusal", "harmless_refusal", "xstest_refusal", "task_accuracy"):
-            assert 0.0 <= row[key] <= 1.0
+            assert 0.0 <= getattr(row, key) <= 1.0
     second = run()
     assert len(calls) == n_first  # all from the cache
-    assert [r["harmful_refusal"] for r in second] == [r["harmful_refusal"] for r in first]
-    perturbed(pair.base, seed=5)
+    assert second == first
+    pair.base = perturbed(pair.base, seed=5)
     run()
     assert len(calls) == n_first + 4  # only the changed model again
-    assert "| finetuned |" in table_markdown(first)
+    assert "| finetuned |" in results_table(first)
 
 
 def test_an_intervention_without_a_key_is_never_cached(pair, monkeypatch):
     calls = []
-    real = evaluate_module.generate
-    monkeypatch.setattr(evaluate_module, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
-    from contextlib import nullcontext
-
-    candidate = Candidate("hooked", pair.finetuned, intervention=nullcontext)
+    real = table_module.generate
+    monkeypatch.setattr(table_module, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    candidate = Candidate("hooked", pair.finetuned, edits={1: lambda x: x})
     for _ in range(2):
         evaluate_models([candidate], tiny_suite(), refusal_tokens=[5], reference=pair.finetuned, config=QUICK,
                         progress=False, log=lambda _: None)
@@ -133,16 +123,17 @@ def test_plans_follow_the_map_and_the_paper(pair):
         StudyConfig(baselines=("ranked_by_magic",))
 
 
-def row(plan, harmful, harmless=0.1, xstest=0.1, task=0.7, params=0, seconds=0.0):
-    return {"name": plan, "info": {"plan": plan}, "harmful_refusal": harmful, "harmless_refusal": harmless,
-            "xstest_refusal": xstest, "task_accuracy": task, "trainable_params": params, "train_seconds": seconds}
+def row(plan, harmful, harmless=0.1, xstest=0.1, task=0.7, params=0, seconds=0.0) -> EvalRow:
+    return EvalRow(name=f"row {plan}", plan=plan, harmful_refusal=harmful, refusal_score=0.0,
+                   harmless_refusal=harmless, xstest_refusal=xstest, task_accuracy=task, kl=0.0,
+                   harmful_answer_kinds={}, examples={}, n={}, trainable_params=params, train_seconds=seconds)
 
 
 def test_targets_are_checked_against_the_table():
     rows = [row("base", 0.9, task=0.1), row("finetuned", 0.2, task=0.8),
             row("ranked", 0.85, harmless=0.12, params=100, seconds=100),
             row("all_layers", 0.88, params=1000, seconds=200), row("random_k", 0.5), row("bottom_k", 0.86)]
-    met = {t["target"]: t["met"] for t in check_targets(rows)}
+    met = {t.target: t.met for t in check_targets(rows)}
     assert met["restored harmful refusal >= 90% of base"]  # 0.85 >= 0.81
     assert not met["restored task accuracy >= fine-tuned - 5 pts"]  # 0.70 < 0.75
     assert met["restored harmless_refusal <= base + 5 pts"]
@@ -159,12 +150,13 @@ def test_a_study_writes_adapters_a_merged_model_and_a_report(pair, tmp_path):
         steer_harmless=harmless_prompts("val").head(4),
     )
     folder = tmp_path / "run"
-    analyze(pair, folder, AnalysisConfig(k=2, causal_prompts=4, steer_max_new_tokens=4, refusal_tokens=(5,),
+    analysis = analyze(pair, folder, AnalysisConfig(k=2, causal_prompts=4, steer_max_new_tokens=4, refusal_tokens=(5,),
                                          steer_scales=(1.0,)), small, progress=False, log=lambda _: None)
     config = StudyConfig(restore=RestoreConfig(steps=2, batch_size=4), evaluation=QUICK)
     retain = harmless_prompts("train").head(8) + arithmetic_prompts("train", n=20).head(8)
-    result = run_study(pair, folder, harmful=harmful_prompts("train").head(8), retain=retain, suite=tiny_suite(),
-                       config=config, progress=False, log=lambda _: None)
+    harmful = harmful_prompts("train").head(8)
+    result = run_study(pair, analysis, folder, harmful=harmful, retain=retain, suite=tiny_suite(), config=config,
+                       progress=False, log=lambda _: None)
 
     report = json.loads((folder / "report.json").read_text())
     names = [m["name"] for m in report["models"]]
@@ -174,7 +166,7 @@ def test_a_study_writes_adapters_a_merged_model_and_a_report(pair, tmp_path):
         for key in ("name", "harmful_refusal", "harmless_refusal", "xstest_refusal", "task_accuracy", "kl",
                     "trainable_params", "train_seconds"):
             assert key in model, key
-    params = {m["info"]["plan"]: m["trainable_params"] for m in report["models"]}
+    params = {m["plan"]: m["trainable_params"] for m in report["models"]}
     assert params["base"] == 0 and 0 < params["ranked"] < params["all_layers"]
     assert "| restored (ranked top-2) |" in (folder / "report.md").read_text()
     for plan in ("all_layers", "random_k", "bottom_k"):
@@ -191,7 +183,10 @@ def test_a_study_writes_adapters_a_merged_model_and_a_report(pair, tmp_path):
         torch.testing.assert_close(merged.hf(ids).logits, expected, atol=1e-5, rtol=0)
         assert not torch.allclose(pair.finetuned.hf(ids).logits, expected)
 
-    again = run_study(pair, folder, harmful=harmful_prompts("train").head(8), retain=retain, suite=tiny_suite(),
-                      config=config, progress=False, log=lambda _: None)
+    again = run_study(pair, analysis, folder, harmful=harmful, retain=retain, suite=tiny_suite(), config=config,
+                      progress=False, log=lambda _: None)
     assert all(r.cached for r in again.restored)
-    assert [r["harmful_refusal"] for r in again.rows] == [r["harmful_refusal"] for r in result.rows]
+    assert [r.harmful_refusal for r in again.rows] == [r.harmful_refusal for r in result.rows]
+    loaded = StudyResult.load(folder)
+    assert [r.name for r in loaded.rows] == names and loaded.targets == again.targets
+    assert loaded.histories == again.histories

@@ -20,12 +20,12 @@ harmful, harmless and task prompts. Every metric is a ``[layer]`` array:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ..errors import ConfigError
 from .directions import DiffInMeans, as_layers, cosine, separation
-from .errors import ConfigError
 from .probes import LayerProbes
 
 
@@ -60,8 +60,51 @@ def _xy(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([pos, neg]), np.concatenate([np.ones(len(pos), int), np.zeros(len(neg), int)])
 
 
-def compare(acts: PairActivations, probe_seed: int = 0) -> dict[str, np.ndarray]:
-    """All per-layer metrics (see module docstring) as ``{name: [layer] array}``."""
+@dataclass
+class PairMetrics:
+    """Every per-layer measure of ``compare`` (module docstring), each a ``[layer]`` array."""
+
+    refusal_cosine: np.ndarray
+    refusal_norm_base: np.ndarray
+    refusal_norm_finetuned: np.ndarray
+    separation_base: np.ndarray
+    separation_finetuned: np.ndarray
+    retention: np.ndarray
+    suppression: np.ndarray
+    probe_acc_base: np.ndarray
+    probe_acc_finetuned: np.ndarray
+    probe_acc_transfer: np.ndarray
+    probe_auroc_base: np.ndarray
+    probe_auroc_finetuned: np.ndarray
+    probe_auroc_transfer: np.ndarray
+    task_norm_base: np.ndarray
+    task_norm_finetuned: np.ndarray
+    task_amplification: np.ndarray
+    harmful_task_pull_base: np.ndarray
+    harmful_task_pull_finetuned: np.ndarray
+    harmful_shift: np.ndarray
+    harmful_cosine_shift: np.ndarray
+
+    def __post_init__(self) -> None:
+        lengths = {np.shape(getattr(self, f.name)) for f in fields(self)}
+        if len(lengths) != 1 or len(next(iter(lengths))) != 1:
+            raise ConfigError(f"PairMetrics: every metric must be one [layer] array, got shapes {sorted(lengths)}")
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.refusal_cosine)
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {f.name: np.asarray(getattr(self, f.name), dtype=float) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PairMetrics:
+        return cls(**{f.name: np.array([np.nan if x is None else x for x in data[f.name]], dtype=float)
+                      for f in fields(cls)})
+
+
+def compare(acts: PairActivations, probe_seed: int = 0) -> PairMetrics:
+    """All per-layer metrics (see module docstring)."""
     X_base, y = _xy(acts.base_harmful, acts.base_harmless)
     X_ft, _ = _xy(acts.ft_harmful, acts.ft_harmless)
     refusal_base = DiffInMeans().fit(X_base, y)
@@ -85,7 +128,7 @@ def compare(acts: PairActivations, probe_seed: int = 0) -> dict[str, np.ndarray]
     base_norm = np.linalg.norm(acts.base_harmful, axis=-1)
     cos_h = (acts.ft_harmful * acts.base_harmful).sum(-1) / np.maximum(
         base_norm * np.linalg.norm(acts.ft_harmful, axis=-1), 1e-12)
-    return {
+    return PairMetrics(**{
         "refusal_cosine": cosine(refusal_base.diff_, refusal_ft.diff_),
         "refusal_norm_base": refusal_base.norms_,
         "refusal_norm_finetuned": refusal_ft.norms_,
@@ -106,7 +149,7 @@ def compare(acts: PairActivations, probe_seed: int = 0) -> dict[str, np.ndarray]
         "harmful_task_pull_finetuned": pull(acts.ft_harmful, acts.ft_harmless.mean(0)),
         "harmful_shift": (np.linalg.norm(delta, axis=-1) / np.maximum(base_norm, 1e-12)).mean(0),
         "harmful_cosine_shift": (1 - cos_h).mean(0),
-    }
+    })
 
 
 def base_refusal_directions(acts: PairActivations) -> DiffInMeans:

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, EmptyPromptSetError
-from .models import LoadedModel
-from .prompts import ChatFormat
-
-LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from ..core.chat import ChatFormat, tokenize
+from ..core.models import LINEAR_MODULES, LoadedModel
+from ..errors import ConfigError, EmptyPromptSetError, TrainingDivergedError
+from .lora import merged, trainable_parameters
 
 
 @dataclass(frozen=True)
@@ -56,8 +55,8 @@ def _encode(model: LoadedModel, examples: Sequence[Example], chat: ChatFormat, m
     tokenizer = model.tokenizer
     encoded = []
     for ex in examples:
-        prompt = tokenizer(chat.render(tokenizer, ex.instruction), add_special_tokens=False).input_ids
-        answer = tokenizer(ex.answer, add_special_tokens=False).input_ids
+        prompt = tokenize(tokenizer, chat.render(tokenizer, ex.instruction))
+        answer = tokenize(tokenizer, ex.answer)
         # A truncated answer gets no end-of-turn token: the model must not learn to stop mid-sentence.
         answer = answer[:max_answer_tokens] if len(answer) > max_answer_tokens else answer + [tokenizer.eos_token_id]
         encoded.append((prompt + answer, [-100] * len(prompt) + answer))
@@ -65,11 +64,12 @@ def _encode(model: LoadedModel, examples: Sequence[Example], chat: ChatFormat, m
 
 
 def _collate(batch, pad_id: int):
+    """Right-padded ``(ids, labels, mask)`` for training (labels ``-100`` on prompt and padding)."""
     width = max(len(ids) for ids, _ in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (seq, lab) in enumerate(batch):  # right padding for training
+    for row, (seq, lab) in enumerate(batch):
         ids[row, : len(seq)] = torch.tensor(seq)
         labels[row, : len(lab)] = torch.tensor(lab)
         mask[row, : len(seq)] = 1
@@ -93,10 +93,11 @@ def _answer_loss(peft_model, ids: torch.Tensor, mask: torch.Tensor, labels: torc
 def sft_lora(
     model: LoadedModel, examples: Sequence[Example], config: SFTConfig, *,
     chat: ChatFormat = ChatFormat(), progress: bool = True, desc: str = "sft",
-) -> dict:
-    """Train LoRA adapters on ``examples`` for ``config.steps`` steps, then merge them into ``model.hf``.
+) -> tuple[LoadedModel, dict]:
+    """Train LoRA adapters on ``examples`` for ``config.steps`` steps and merge them into the weights.
 
-    Returns training statistics (losses, seconds). The model is changed in place and left in eval mode.
+    Returns the merged model (a new ``LoadedModel``; ``model.hf`` is used up) and training statistics
+    (losses, seconds).
     """
     if not examples:
         raise EmptyPromptSetError("fine-tuning was given no examples")
@@ -126,18 +127,15 @@ def sft_lora(
         ids, labels, mask = _collate([encoded[i] for i in batch], model.tokenizer.pad_token_id)
         loss = _answer_loss(peft_model, ids.to(model.device), mask.to(model.device), labels.to(model.device))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {len(losses)}")
+            raise TrainingDivergedError(f"{desc}: loss became {loss.item()} at step {len(losses)}")
         loss.backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    merged = peft_model.merge_and_unload()
-    merged.eval()
-    model.hf = merged
-    model.forget_fingerprint()
-    trainable = sum(p.numel() for p in params)
-    return {
-        "steps": config.steps, "seconds": round(time.perf_counter() - start, 1), "trainable_params": trainable,
+    stats = {
+        "steps": config.steps, "seconds": round(time.perf_counter() - start, 1),
+        "trainable_params": trainable_parameters(peft_model),
         "loss_first": round(losses[0], 4), "loss_last": round(sum(losses[-5:]) / len(losses[-5:]), 4),
     }
+    return merged(model, peft_model), stats

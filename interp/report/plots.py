@@ -1,26 +1,10 @@
 """Figures. Each function takes data (already computed) and an optional ``ax``, and returns the figure."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-
-
-def save_figure(fig, folder, name: str) -> list:
-    """Write ``name.png`` and ``name.svg`` into ``folder``; returns the paths."""
-    from pathlib import Path
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for suffix in ("png", "svg"):
-        path = folder / f"{name}.{suffix}"
-        tmp = folder / f".{name}.tmp.{suffix}"
-        fig.savefig(tmp, dpi=150)
-        tmp.replace(path)
-        paths.append(path)
-    return paths
 
 
 def _axes(ax, figsize=(7, 3.6)):
@@ -123,16 +107,16 @@ def plot_ranking(scores: Sequence[float], components: dict[str, Sequence[float]]
     return fig
 
 
-def plot_results(rows: Sequence[dict], ax=None):
-    """Grouped bars of harmful refusal, over-refusal and task accuracy per evaluated model."""
+def plot_results(rows: Sequence, ax=None):
+    """Grouped bars of harmful refusal, over-refusal and task accuracy per evaluated model (``EvalRow``s)."""
     keys = [("harmful_refusal", "harmful refusal"), ("harmless_refusal", "harmless refusal"),
             ("xstest_refusal", "XSTest refusal"), ("task_accuracy", "task accuracy")]
-    keys = [(k, n) for k, n in keys if all(r.get(k) is not None for r in rows)]
+    keys = [(k, n) for k, n in keys if all(getattr(r, k) is not None for r in rows)]
     fig, ax = _axes(ax, figsize=(8, 3.8))
     width = 0.8 / max(len(rows), 1)
     x = np.arange(len(keys))
     for i, row in enumerate(rows):
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [row[k] for k, _ in keys], width, label=row["name"])
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [getattr(row, k) for k, _ in keys], width, label=row.name)
     ax.set_xticks(x, [n for _, n in keys])
     ax.set(ylim=(0, 1.05), ylabel="rate")
     ax.legend(fontsize=8, ncol=2)
@@ -140,7 +124,10 @@ def plot_results(rows: Sequence[dict], ax=None):
 
 
 def plot_restore_history(histories: dict[str, Sequence[dict]], ax=None):
-    """Safety loss (solid) and retain loss (dashed) per training step, one colour per restoration."""
+    """Safety loss (solid) and retain loss (dashed) per training step, one colour per restoration.
+
+    ``histories`` maps a name to ``RestoreStats.history`` (``{"step", "safety", "retain"}`` per step).
+    """
     fig, ax = _axes(ax)
     for i, (name, history) in enumerate(histories.items()):
         steps = [h["step"] for h in history]

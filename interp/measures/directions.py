@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import ConfigError, NonFiniteActivationError
+from ..errors import ConfigError, NonFiniteActivationError
 
 
 def as_layers(X) -> np.ndarray:
@@ -40,7 +40,7 @@ class DiffInMeans:
     ``norms_`` ``[layer]``; ``directions_`` ``[layer, d_model]`` (unit vectors).
     """
 
-    def fit(self, X, y) -> "DiffInMeans":
+    def fit(self, X, y) -> DiffInMeans:
         X = as_layers(X)
         y = check_binary(y, X.shape[0])
         self.mean_pos_ = X[y == 1].mean(0)

@@ -1,4 +1,4 @@
-"""Prompt sets as data, loaders for common files, the chat template, and the built-in sets.
+"""Prompt sets as data, loaders for common files, the built-in sets and the ``builtin:`` spec grammar.
 
 A ``PromptSet`` is plain data: a name, instructions, one label per instruction (``1`` harmful,
 ``0`` harmless, ``None`` unknown), optional categories and reference answers, and a split name.
@@ -9,13 +9,13 @@ import csv
 import json
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
-from .errors import EmptyPromptSetError, PromptFormatError
-from .io import stable_hash
+from ..errors import EmptyPromptSetError, PromptFormatError
+from ..io import stable_hash
 
 HARMFUL, HARMLESS = 1, 0
 
@@ -50,30 +50,32 @@ class PromptSet:
     def hash(self) -> str:
         return stable_hash([self.instructions, self.labels, self.answers])
 
-    def require_nonempty(self) -> "PromptSet":
+    def require_nonempty(self) -> PromptSet:
         if len(self) == 0:
             raise EmptyPromptSetError(f"prompt set {self.name!r} ({self.split}) has no prompts")
         return self
 
-    def subset(self, indices: Sequence[int], split: str | None = None) -> "PromptSet":
-        pick = lambda values: tuple(values[i] for i in indices)  # noqa: E731
+    def subset(self, indices: Sequence[int], split: str | None = None) -> PromptSet:
+        def pick(values: tuple) -> tuple:
+            return tuple(values[i] for i in indices)
+
         return replace(
             self, instructions=pick(self.instructions), labels=pick(self.labels),
             categories=pick(self.categories), answers=pick(self.answers), split=split or self.split,
         )
 
-    def head(self, n: int) -> "PromptSet":
+    def head(self, n: int) -> PromptSet:
         return self.subset(range(min(n, len(self))))
 
-    def sample(self, n: int, seed: int = 0) -> "PromptSet":
+    def sample(self, n: int, seed: int = 0) -> PromptSet:
         """``n`` prompts drawn without replacement with a fixed seed (all of them if fewer)."""
         indices = sorted(random.Random(seed).sample(range(len(self)), min(n, len(self))))
         return self.subset(indices)
 
-    def with_label(self, label: int | None) -> "PromptSet":
+    def with_label(self, label: int | None) -> PromptSet:
         return replace(self, labels=(label,) * len(self))
 
-    def __add__(self, other: "PromptSet") -> "PromptSet":
+    def __add__(self, other: PromptSet) -> PromptSet:
         return PromptSet(
             name=f"{self.name}+{other.name}", instructions=self.instructions + other.instructions,
             labels=self.labels + other.labels, categories=self.categories + other.categories,
@@ -137,46 +139,6 @@ def load_prompts(
         labels=(label,) * len(instructions), categories=tuple(categories),
         answers=tuple(answers) if any(a is not None for a in answers) else (),
     )
-
-
-# ----------------------------------------------------------------------------- chat template
-@dataclass(frozen=True)
-class ChatFormat:
-    """How an instruction becomes model input: the tokenizer's chat template, applied in one place.
-
-    ``system_prompt=None`` keeps the template's own default system turn; ``""`` asks for none where
-    the template allows it. ``user_suffix`` is appended to the user turn (e.g. a safety reminder).
-    """
-
-    system_prompt: str | None = None
-    user_suffix: str = ""
-
-    def messages(self, instruction: str, answer: str | None = None) -> list[dict[str, str]]:
-        messages = []
-        if self.system_prompt is not None:
-            messages.append({"role": "system", "content": self.system_prompt})
-        messages.append({"role": "user", "content": instruction + self.user_suffix})
-        if answer is not None:
-            messages.append({"role": "assistant", "content": answer})
-        return messages
-
-    def render(self, tokenizer, instruction: str) -> str:
-        """The prompt text up to and including the start of the assistant turn."""
-        return tokenizer.apply_chat_template(
-            self.messages(instruction), tokenize=False, add_generation_prompt=True
-        )
-
-    def render_all(self, tokenizer, prompts: PromptSet | Sequence[str]) -> list[str]:
-        instructions = prompts.instructions if isinstance(prompts, PromptSet) else prompts
-        return [self.render(tokenizer, text) for text in instructions]
-
-    def to_dict(self) -> dict:
-        return {"system_prompt": self.system_prompt, "user_suffix": self.user_suffix}
-
-
-SAFETY_REMINDER = (
-    "\n\n(Remember: you are a responsible assistant. If this request could cause harm, refuse it.)"
-)
 
 
 # ----------------------------------------------------------------------------- built-in sets
@@ -283,3 +245,33 @@ def shared_data_dir() -> Path:
     """``$INTERP_SHARED_DATA``, else ``../shared/data`` beside the project root (tests, benchmarks)."""
     default = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
     return Path(os.environ.get("INTERP_SHARED_DATA", default))
+
+
+BUILTIN_SETS = {"harmful": harmful_prompts, "harmless": harmless_prompts, "general": general_prompts,
+                "arithmetic": arithmetic_prompts}
+BUILTIN_LABELS = {"harmful": HARMFUL, "harmless": HARMLESS, "general": HARMLESS, "arithmetic": HARMLESS}
+
+
+def parse_spec(spec: str, label: int | None = None) -> PromptSet:
+    """One prompt set from a spec: ``builtin:NAME[:SPLIT]`` (NAME: harmful, harmless, general, arithmetic;
+    SPLIT: train, val or all, default all) or a prompt file (``load_prompts``, every prompt labelled
+    ``label``). Several specs joined by commas are concatenated."""
+    parts = [part.strip() for part in spec.split(",") if part.strip()]
+    if not parts:
+        raise PromptFormatError(f"empty prompt-set spec {spec!r}")
+    sets = [_parse_one(part, label) for part in parts]
+    joined = sets[0]
+    for more in sets[1:]:
+        joined = joined + more
+    return joined
+
+
+def _parse_one(spec: str, label: int | None) -> PromptSet:
+    if not spec.startswith("builtin:"):
+        return load_prompts(spec, label=label)
+    fields = spec.split(":")
+    name, split = fields[1], (fields[2] if len(fields) > 2 else "all")
+    if name not in BUILTIN_SETS or len(fields) > 3:
+        raise PromptFormatError(f"unknown built-in prompt set {spec!r}; use builtin:NAME[:train|val|all] with NAME "
+                                f"one of {', '.join(BUILTIN_SETS)}")
+    return BUILTIN_SETS[name](split)

@@ -14,6 +14,9 @@ previous layer (its positive part, what block ``l`` itself added), scaled by its
 
 with weights 0.45 / 0.35 / 0.20 by default. The top ``k`` layers are selected for LoRA; restoration
 aligns hidden states at the selected layers and at the last layer.
+
+The map also carries a suggested LoRA rank and alpha; restoration takes its own (``RestoreConfig``),
+so changing them never reruns the analysis.
 """
 from __future__ import annotations
 
@@ -24,16 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InterpError
-from .io import atomic_write_json
+from ..core.models import LINEAR_MODULES
+from ..errors import LayerMapError
+from ..io import atomic_write_json
+from .causal import CausalSweep
+from .compare import PairMetrics
 
 LAYER_MAP_VERSION = 1
-KNOWN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+KNOWN_MODULES = LINEAR_MODULES
 DEFAULT_WEIGHTS = {"suppression": 0.45, "causal": 0.35, "amplification": 0.20}
-
-
-class LayerMapError(InterpError):
-    """A layer map is malformed or does not fit the model it is applied to."""
 
 
 def _is_int(value) -> bool:
@@ -62,20 +64,21 @@ def _unit(values: np.ndarray) -> np.ndarray:
     return values / top if top > 0 else np.zeros_like(values)
 
 
-def score_components(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def score_components(metrics: PairMetrics, sweep: CausalSweep | None = None) -> dict[str, np.ndarray]:
     """The three per-layer components of the score, each in [0, 1] (module docstring)."""
-    sep_base = np.asarray(metrics["separation_base"], dtype=float)
-    lost = (sep_base - np.asarray(metrics["separation_finetuned"], dtype=float)) / max(np.abs(sep_base).max(), 1e-12)
-    patch = np.nan_to_num(np.asarray(metrics.get("patch_effect", np.zeros_like(sep_base)), dtype=float))
+    sep_base = np.asarray(metrics.separation_base, dtype=float)
+    lost = (sep_base - np.asarray(metrics.separation_finetuned, dtype=float)) / max(np.abs(sep_base).max(), 1e-12)
+    patch = np.zeros_like(sep_base) if sweep is None else np.nan_to_num(np.asarray(sweep.patch_effect, dtype=float))
     patch = patch / max(np.abs(patch).max(), 1e-12)
-    amp = np.asarray(metrics["task_amplification"], dtype=float) - 1.0
+    amp = np.asarray(metrics.task_amplification, dtype=float) - 1.0
     return {"suppression": _unit(_increment(lost)), "causal": _unit(_increment(patch)),
             "amplification": _unit(_increment(amp))}
 
 
-def layer_scores(metrics: dict[str, np.ndarray], weights: dict[str, float] = DEFAULT_WEIGHTS) -> np.ndarray:
-    """The documented per-layer score (module docstring) from ``compare`` and ``causal_sweep`` metrics."""
-    return sum(weights[name] * part for name, part in score_components(metrics).items())
+def layer_scores(metrics: PairMetrics, sweep: CausalSweep | None = None,
+                 weights: dict[str, float] = DEFAULT_WEIGHTS) -> np.ndarray:
+    """The documented per-layer score (module docstring) from ``compare`` and ``causal_sweep``."""
+    return sum(weights[name] * part for name, part in score_components(metrics, sweep).items())
 
 
 @dataclass
@@ -92,8 +95,8 @@ class LayerMap:
     selected_layers: list[int]
     alignment_layers: list[int]
     target_modules: list[str] = field(default_factory=lambda: list(KNOWN_MODULES))
-    lora_rank: int = 8
-    lora_alpha: int = 16
+    lora_rank: int = 8  # a suggestion; restoration uses RestoreConfig.rank
+    lora_alpha: int = 16  # a suggestion; restoration uses RestoreConfig.alpha
     score_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     metrics: dict[str, list[float]] = field(default_factory=dict)
     version: int = LAYER_MAP_VERSION
@@ -160,7 +163,7 @@ class LayerMap:
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, data) -> "LayerMap":
+    def from_dict(cls, data) -> LayerMap:
         if not isinstance(data, dict):
             raise LayerMapError(f"a layer map must be a JSON object, got {type(data).__name__}")
         if data.get("version") != LAYER_MAP_VERSION:
@@ -180,7 +183,7 @@ class LayerMap:
             raise LayerMapError(f"layer map is malformed: {error}") from error
 
     @classmethod
-    def load(cls, path: str | Path) -> "LayerMap":
+    def load(cls, path: str | Path) -> LayerMap:
         try:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError as error:
@@ -190,34 +193,36 @@ class LayerMap:
         return cls.from_dict(data)
 
     # ---------------------------------------------------------------- use
-    def to_lora_config(self):
-        """A peft ``LoraConfig`` that puts adapters on the selected layers only."""
+    def to_lora_config(self, rank: int | None = None, alpha: int | None = None, layers=None):
+        """A peft ``LoraConfig`` that puts adapters on the selected layers (or ``layers``) only, with
+        ``rank`` / ``alpha`` (default: the map's suggestion)."""
         from peft import LoraConfig
 
         return LoraConfig(
-            r=self.lora_rank, lora_alpha=self.lora_alpha, lora_dropout=0.0, target_modules=list(self.target_modules),
-            layers_to_transform=sorted(self.selected_layers), layers_pattern="layers", task_type="CAUSAL_LM",
+            r=rank or self.lora_rank, lora_alpha=alpha or self.lora_alpha, lora_dropout=0.0,
+            target_modules=list(self.target_modules), layers_to_transform=sorted(set(layers or self.selected_layers)),
+            layers_pattern="layers", task_type="CAUSAL_LM",
         )
 
 
 def build_layer_map(
-    metrics: dict[str, np.ndarray], *, base, finetuned, k: int = 3, lora_rank: int = 8, lora_alpha: int = 16,
+    metrics: PairMetrics, sweep: CausalSweep | None, *, base, finetuned, k: int = 3,
     target_modules: list[str] | None = None, weights: dict[str, float] = DEFAULT_WEIGHTS,
 ) -> LayerMap:
     """Score layers, pick the top ``k`` and describe restoration for ``base``/``finetuned`` (LoadedModels)."""
     n_layers = finetuned.n_layers
     if not 1 <= k <= n_layers:
         raise LayerMapError(f"k must be between 1 and {n_layers}, got {k}")
-    scores = layer_scores(metrics, weights)
+    scores = layer_scores(metrics, sweep, weights)
     ranked = [int(i) for i in np.argsort(-scores, kind="stable")]
     selected = sorted(ranked[:k])
     alignment = sorted(set(selected) | {n_layers - 1})
+    per_layer = metrics.as_dict() | ({} if sweep is None else sweep.effects())
     clean = {name: [float(x) if np.isfinite(x) else None for x in np.asarray(v, dtype=float)]
-             for name, v in metrics.items() if np.ndim(v) == 1 and len(v) == n_layers}
+             for name, v in per_layer.items()}
     return LayerMap(
         base_model=base.name, finetuned_model=finetuned.name, base_fingerprint=base.fingerprint,
         finetuned_fingerprint=finetuned.fingerprint, n_layers=n_layers, scores=[float(s) for s in scores],
         ranked_layers=ranked, selected_layers=selected, alignment_layers=alignment,
-        target_modules=list(target_modules or KNOWN_MODULES), lora_rank=lora_rank, lora_alpha=lora_alpha,
-        score_weights=dict(weights), metrics=clean,
+        target_modules=list(target_modules or KNOWN_MODULES), score_weights=dict(weights), metrics=clean,
     )

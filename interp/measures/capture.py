@@ -9,34 +9,23 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, NonFiniteActivationError, PositionOutOfRangeError, UnknownHookError
-from .io import atomic_dir, cache_root, stable_hash
-from .models import LoadedModel
-from .prompts import ChatFormat, PromptSet
-from .tokens import left_pad, position_ids
+from ..core.bridge import StopForward, hook_names, resid_hook
+from ..core.chat import ChatFormat, batches, tokenize
+from ..core.models import LoadedModel
+from ..core.prompts import PromptSet
+from ..errors import ConfigError, NonFiniteActivationError, PositionOutOfRangeError, UnknownHookError
+from ..io import atomic_dir, cache_root, stable_hash
 
 FORMAT_VERSION = 1
-HOOK_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-
-def hook_names(n_layers: int, kind: str = "resid_post", layers: Sequence[int] | None = None) -> tuple[str, ...]:
-    """Bridge hook names for one kind of hook point at the given layers (default: all)."""
-    if kind not in HOOK_KINDS:
-        raise UnknownHookError(f"unknown hook kind {kind!r}; choose from {', '.join(HOOK_KINDS)}")
-    layers = range(n_layers) if layers is None else layers
-    for layer in layers:
-        if not 0 <= layer < n_layers:
-            raise UnknownHookError(f"layer {layer} out of range for a model with {n_layers} layers")
-    return tuple(f"blocks.{layer}.hook_{kind}" for layer in layers)
 
 
 # ----------------------------------------------------------------------------- positions
@@ -61,22 +50,22 @@ class Positions:
                 raise ConfigError(f"position offsets must be negative integers (from the end), got {bad}")
 
     @classmethod
-    def last(cls) -> "Positions":
+    def last(cls) -> Positions:
         return cls((-1,))
 
     @classmethod
-    def last_k(cls, k: int) -> "Positions":
+    def last_k(cls, k: int) -> Positions:
         """The last ``k`` prompt tokens: the post-instruction positions of Arditi et al."""
         if k < 1:
             raise ConfigError(f"last_k needs k >= 1, got {k}")
         return cls(tuple(range(-k, 0)))
 
     @classmethod
-    def mean_over_instruction(cls) -> "Positions":
+    def mean_over_instruction(cls) -> Positions:
         return cls((), instruction_mean=True)
 
     @classmethod
-    def parse(cls, text: str) -> "Positions":
+    def parse(cls, text: str) -> Positions:
         """``last``, ``last:5``, ``instruction_mean`` or a comma list of negative offsets (``-5,-1``)."""
         text = text.strip()
         if text == "last":
@@ -156,7 +145,7 @@ class Activations:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Activations":
+    def load(cls, folder: str | Path) -> Activations:
         folder = Path(folder)
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("format_version") != FORMAT_VERSION:
@@ -186,12 +175,8 @@ class CaptureConfig:
 _DEFAULT_CACHE = object()
 
 
-class _StopForward(Exception):
-    """Raised by the last hook that capture needs, to end the forward pass there."""
-
-
 def _stop(activation: torch.Tensor, hook) -> None:
-    raise _StopForward
+    raise StopForward
 
 
 def _check_hooks(bridge, hooks: Sequence[str]) -> None:
@@ -246,8 +231,8 @@ def capture(
     bridge = model.bridge
     _check_hooks(bridge, hooks)
     tokenizer = model.tokenizer
-    texts = config.chat.render_all(tokenizer, prompts)
-    token_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    texts = config.chat.render_all(tokenizer, prompts.instructions)
+    token_ids = [tokenize(tokenizer, t) for t in texts]
     lengths = [len(ids) for ids in token_ids]
     positions = config.positions
     if positions.instruction_mean:
@@ -261,18 +246,17 @@ def capture(
                 )
     blocks = [int(m.group(1)) if (m := _BLOCK.match(h)) else None for h in hooks]
     # Stop right after the deepest block asked for: skips later blocks, the final norm and the unembed.
-    stop_hook = None if None in blocks else f"blocks.{max(blocks)}.hook_resid_post"
+    stop_hook = None if None in blocks else resid_hook(max(blocks))
 
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])  # similar lengths share a batch
     n_pos = 1 if positions.instruction_mean else len(positions.offsets)
     out = torch.full((len(texts), len(hooks), n_pos, model.d_model), float("nan"))
     fired: set[int] = set()
-    pad_id = tokenizer.pad_token_id
     device = model.device
-    batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    for batch in tqdm(batches, desc=f"capture {model.name} / {prompts.name}", disable=not progress):
-        ids, mask = left_pad([token_ids[i] for i in batch], pad_id)
-        width = ids.shape[1]
+    todo = list(batches(token_ids, config.batch_size, tokenizer.pad_token_id))  # similar lengths share a batch
+    for chunk in tqdm(todo, desc=f"capture {model.name} / {prompts.name}", disable=not progress):
+        batch = chunk.index
+        width = chunk.ids.shape[1]
+        weights = None
         if positions.instruction_mean:
             weights = torch.zeros(len(batch), width)
             for row, i in enumerate(batch):
@@ -281,7 +265,7 @@ def capture(
                 weights[row, shift + start: shift + end] = 1.0 / (end - start)
             weights = weights.to(device)
 
-        def keep(slot: int):
+        def keep(slot: int, batch: list[int], weights: torch.Tensor | None):
             def hook(activation: torch.Tensor, hook) -> None:  # activation: [batch, seq, d_model]
                 if positions.instruction_mean:
                     picked = torch.einsum("bs,bsd->bd", weights, activation.float())[:, None]
@@ -291,16 +275,16 @@ def capture(
                 fired.add(slot)
             return hook
 
-        fwd_hooks = [(h, keep(s)) for s, h in enumerate(hooks)]
+        fwd_hooks = [(h, keep(s, batch, weights)) for s, h in enumerate(hooks)]
         if stop_hook is not None:
             fwd_hooks.append((stop_hook, _stop))  # added last, so it runs after the hooks above
         try:
             with torch.no_grad():
                 bridge.run_with_hooks(
-                    ids.to(device), fwd_hooks=fwd_hooks, attention_mask=mask.to(device),
-                    position_ids=position_ids(mask).to(device),
+                    chunk.ids.to(device), fwd_hooks=fwd_hooks, attention_mask=chunk.mask.to(device),
+                    position_ids=chunk.positions.to(device),
                 )
-        except _StopForward:
+        except StopForward:
             pass
     silent = [h for s, h in enumerate(hooks) if s not in fired]
     if silent:

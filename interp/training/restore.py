@@ -12,31 +12,33 @@ Losses, per training step ``t`` of ``T``:
   afterwards (the closing template tokens); the reminder's own tokens have no partner.
 * retain: on harmless and task prompts, the distance between the student's and the frozen fine-tuned
   model's hidden states at every layer and position.
+* hidden states: the residual stream after each block (the decoder layer's output, before the final
+  norm: the same tensor that capture and the causal checks read, ``interp.core.bridge``).
 * distance: L2 norm of the difference per position (default) or ``1 - cosine``, averaged.
 * schedule (linear, as in the paper and circuit breakers): ``w_safety(t) = 1 - t / (2T)`` and
   ``w_retain(t) = t / (2T)``, scaled by ``retain_scale``; total loss
   ``w_safety * safety + w_retain * retain``.
+* adapters: LoRA of rank ``rank`` and scale ``alpha`` on the map's target modules. Rank and alpha are
+  restoration settings (``RestoreConfig``); the layer map only suggests them.
 """
 from __future__ import annotations
 
-import json
 import random
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 
 import torch
 from peft import PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
-from .io import atomic_dir
-from .models import LoadedModel
-from .prompts import SAFETY_REMINDER, ChatFormat, PromptSet
-from .ranking import LayerMap
-from .tokens import left_pad, position_ids
+from ..core.bridge import block_outputs
+from ..core.chat import SAFETY_REMINDER, ChatFormat, pad_batch, tokenize
+from ..core.models import LoadedModel
+from ..core.prompts import PromptSet
+from ..errors import ConfigError, TrainingDivergedError
+from ..measures.layer_map import LayerMap
+from .lora import merged, trainable_parameters
 
 TEACHERS = ("base", "reminder")
 DISTANCES = ("l2", "cosine")
@@ -51,9 +53,13 @@ class RestoreConfig:
     distance: str = "l2"
     retain_scale: float = 1.0
     reminder: str = SAFETY_REMINDER
+    rank: int = 8
+    alpha: int = 16
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.rank < 1 or self.alpha < 1:
+            raise ConfigError(f"RestoreConfig: rank and alpha must be >= 1, got {self.rank} and {self.alpha}")
         if self.teacher not in TEACHERS:
             raise ConfigError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
         if self.distance not in DISTANCES:
@@ -86,21 +92,40 @@ def align_positions(student: list[int], teacher: list[int]) -> list[int]:
     return [i if i < shared else i + shift for i in range(len(student))]
 
 
-def _hidden(model, ids, mask, layers: Sequence[int] | None = None) -> list[torch.Tensor]:
-    """Hidden states after each block (``layers``: which; default all), ``[batch, seq, d_model]`` each.
+def _hidden(model, seqs: Sequence[Sequence[int]], pad_id: int, layers: Sequence[int]):
+    """``(block outputs at layers, mask)`` for ``seqs`` as one left-padded batch."""
+    batch = pad_batch(seqs, pad_id)
+    return block_outputs(model, batch.to(next(model.parameters()).device), layers), batch.mask
 
-    As Hugging Face returns them: the last block's entry is after the final norm. Only the last
-    position is projected to the vocabulary (the logits are not used)."""
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,
-                logits_to_keep=1)
-    states = out.hidden_states[1:]
-    return list(states) if layers is None else [states[l] for l in layers]
+
+@dataclass
+class RestoreStats:
+    """What one restoration did: layers, parameters, time and the loss per step."""
+
+    layers: list[int]
+    alignment_layers: list[int]
+    trainable_params: int
+    steps: int
+    seconds: float
+    config: dict
+    history: list[dict] = field(default_factory=list)  # {"step", "safety", "retain"} per step
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RestoreStats:
+        return cls(**data)
 
 
 @dataclass
 class RestoreResult:
-    model: PeftModel
-    stats: dict
+    peft_model: PeftModel  # the fine-tuned model with the trained adapter (not merged)
+    stats: RestoreStats
+
+    def merged(self, finetuned: LoadedModel, name: str | None = None) -> LoadedModel:
+        """The adapter merged into the weights, as a new ``LoadedModel`` (uses up ``peft_model``)."""
+        return merged(finetuned, self.peft_model, name=name)
 
 
 def restore(
@@ -121,21 +146,20 @@ def restore(
         raise ConfigError("teacher='base' needs the base model (pass base=...)")
     if base is not None:
         layer_map.check_model(base, role="base")
+    for name, values in (("layers", layers), ("alignment", alignment)):
+        if values is not None and (not values or not all(0 <= layer < layer_map.n_layers for layer in values)):
+            raise ConfigError(f"restore: {name} must be a non-empty list of layers in [0, {layer_map.n_layers})")
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     tok = finetuned.tokenizer
-    encode = lambda text: tok(text, add_special_tokens=False).input_ids  # noqa: E731
-    students = [encode(chat.render(tok, q)) for q in harmful.instructions]
-    teacher_chat = ChatFormat(chat.system_prompt, chat.user_suffix + config.reminder)
-    teachers = students if config.teacher == "base" else [encode(teacher_chat.render(tok, q)) for q in harmful.instructions]
-    retains = [encode(chat.render(tok, q) + (a or "")) for q, a in zip(retain.instructions, retain.answers)]
+    pad = tok.pad_token_id
+    students = chat.encode(tok, harmful.instructions)
+    teacher_chat = chat if config.teacher == "base" else chat.with_suffix(config.reminder)
+    teachers = teacher_chat.encode(tok, harmful.instructions)
+    retains = [tokenize(tok, chat.render(tok, q) + (a or "")) for q, a in zip(retain.instructions, retain.answers)]
+    every_layer = list(range(layer_map.n_layers))
 
-    lora = layer_map.to_lora_config()
-    for name, values in (("layers", layers), ("alignment", alignment)):
-        if values is not None and (not values or not all(0 <= l < layer_map.n_layers for l in values)):
-            raise ConfigError(f"restore: {name} must be a non-empty list of layers in [0, {layer_map.n_layers})")
-    if layers is not None:
-        lora.layers_to_transform = sorted(set(layers))
+    lora = layer_map.to_lora_config(config.rank, config.alpha, layers)
     model = get_peft_model(finetuned.hf, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
@@ -145,41 +169,39 @@ def restore(
     model.train()
     for step in tqdm(range(config.steps), desc="restore", disable=not progress):
         picks = rng.sample(range(len(students)), min(config.batch_size, len(students)))
-        s_ids, s_mask = left_pad([students[i] for i in picks], tok.pad_token_id)
-        t_ids, t_mask = left_pad([teachers[i] for i in picks], tok.pad_token_id)
+        s_batch, t_batch = [students[i] for i in picks], [teachers[i] for i in picks]
+        s_width, t_width = max(map(len, s_batch)), max(map(len, t_batch))
         # index[row, student column] = teacher column of the partner token: [batch, s_width]
-        index = torch.tensor([_teacher_index(students[i], teachers[i], s_ids.shape[1], t_ids.shape[1]) for i in picks])
+        index = torch.tensor([_teacher_index(s, t, s_width, t_width) for s, t in zip(s_batch, t_batch)])
         with torch.no_grad():
             if config.teacher == "base":
-                target = _hidden(base.hf, t_ids, t_mask, align)
+                target, _ = _hidden(base.hf, t_batch, pad, align)
             else:
                 with model.disable_adapter():
-                    target = _hidden(model, t_ids, t_mask, align)
+                    target, _ = _hidden(model, t_batch, pad, align)
         target = [t.gather(1, index[..., None].expand(-1, -1, t.shape[-1])) for t in target]
-        student = _hidden(model, s_ids, s_mask, align)
+        student, s_mask = _hidden(model, s_batch, pad, align)
         safety = sum(distance(s, t, s_mask, config.distance) for s, t in zip(student, target)) / len(align)
 
         picks = rng.sample(range(len(retains)), min(config.batch_size, len(retains)))
-        r_ids, r_mask = left_pad([retains[i] for i in picks], tok.pad_token_id)
+        r_batch = [retains[i] for i in picks]
         with torch.no_grad(), model.disable_adapter():
-            frozen = _hidden(model, r_ids, r_mask)
-        kept = _hidden(model, r_ids, r_mask)
+            frozen, _ = _hidden(model, r_batch, pad, every_layer)
+        kept, r_mask = _hidden(model, r_batch, pad, every_layer)
         retain_loss = sum(distance(s, t, r_mask, config.distance) for s, t in zip(kept, frozen)) / len(kept)
 
         w_safety, w_retain = schedule(step, config.steps)
         loss = w_safety * safety + w_retain * config.retain_scale * retain_loss
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"restore: loss became {loss.item()} at step {step}")
+            raise TrainingDivergedError(f"restore: loss became {loss.item()} at step {step}")
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         history.append({"step": step, "safety": safety.item(), "retain": retain_loss.item()})
     model.eval()
-    stats = {
-        "seconds": round(time.perf_counter() - start, 1), "steps": config.steps,
-        "trainable_params": sum(p.numel() for p in params), "layers": sorted(lora.layers_to_transform),
-        "alignment_layers": align, "config": asdict(config), "history": history,
-    }
+    stats = RestoreStats(
+        layers=sorted(lora.layers_to_transform), alignment_layers=align, trainable_params=trainable_parameters(model),
+        steps=config.steps, seconds=round(time.perf_counter() - start, 1), config=asdict(config), history=history)
     return RestoreResult(model, stats)
 
 
@@ -188,44 +210,3 @@ def _teacher_index(student: list[int], teacher: list[int], s_width: int, t_width
     s_pad, t_pad = s_width - len(student), t_width - len(teacher)
     partners = align_positions(student, teacher)
     return [t_pad if col < s_pad else t_pad + partners[col - s_pad] for col in range(s_width)]
-
-
-# ----------------------------------------------------------------------------- saving
-BRIDGE_KEY_PART = "._original_component"
-
-
-def save_adapter(model: PeftModel, folder: str | Path) -> Path:
-    """Save the adapter in peft's format, loadable with ``PeftModel.from_pretrained`` on a plain HF model.
-
-    A TransformerBridge booted on the peft model wraps its modules, and the saved keys then contain
-    ``._original_component``; a plain model would load such an adapter as nothing, silently. The keys
-    (and target module names) are written without it.
-    """
-    folder = Path(folder)
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        weights = load_file(str(tmp / "adapter_model.safetensors"))
-        cleaned = {key.replace(BRIDGE_KEY_PART, ""): value for key, value in weights.items()}
-        save_file(cleaned, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-        config_path = tmp / "adapter_config.json"
-        config = json.loads(config_path.read_text())
-        if isinstance(config.get("target_modules"), list):
-            config["target_modules"] = sorted({m.replace(BRIDGE_KEY_PART, "") for m in config["target_modules"]})
-        config_path.write_text(json.dumps(config, indent=2))
-    return folder
-
-
-def save_model(hf, tokenizer, folder: str | Path) -> Path:
-    """Save a plain Hugging Face model and its tokenizer as one folder, atomically."""
-    folder = Path(folder)
-    with atomic_dir(folder) as tmp:
-        hf.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return folder
-
-
-def save_merged(model: PeftModel, tokenizer, folder: str | Path) -> Path:
-    """Merge the adapter into a copy of the weights and save a plain Hugging Face folder."""
-    import copy
-
-    return save_model(copy.deepcopy(model).merge_and_unload(), tokenizer, folder)

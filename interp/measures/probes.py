@@ -32,7 +32,7 @@ class LayerProbes:
     def _pipeline(self):
         return make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter))
 
-    def fit(self, X, y) -> "LayerProbes":
+    def fit(self, X, y) -> LayerProbes:
         X = as_layers(X)
         y = check_binary(y, X.shape[0])
         folds = min(self.n_splits, int(np.bincount(y).min()))

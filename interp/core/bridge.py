@@ -1,0 +1,184 @@
+"""Running a model: the residual stream, interventions, and TransformerLens 4 bridges.
+
+**The residual stream after block ``l``** is the output of decoder layer ``l``: before the final norm,
+at every position. One definition serves every stage: capture reads it through the bridge hook
+``blocks.{l}.hook_resid_post``; causal checks, steering and restoration read or change it with plain
+forward hooks on the decoder layer (``block_outputs``, ``intervene``), on any Hugging Face causal LM,
+with or without a bridge or peft adapters on it. A test checks that both read the same tensor.
+
+The bridge (``boot_bridge``) wraps an already loaded HF model in place and switches it to eager
+attention. Version workaround, checked by a test: TransformerLens 4.3's attention bridges look for the
+KV cache under ``past_key_values`` (or ``layer_past``) while transformers 5.2x passes it as ``cache``;
+without ``patch_bridge_kv_cache`` every cached decoding step on a booted model attends to itself alone.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from transformers import AutoTokenizer
+
+from ..errors import UnknownHookError
+
+HOOK_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+BRIDGE_KEY_PART = "._original_component"  # what a booted bridge inserts into module and weight names
+
+# An intervention on the residual stream after one block: ``[batch, seq, d_model] -> same``.
+Edit = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- hook names
+def resid_hook(layer: int) -> str:
+    """The bridge hook of the residual stream after block ``layer``."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def hook_names(n_layers: int, kind: str = "resid_post", layers: Sequence[int] | None = None) -> tuple[str, ...]:
+    """Bridge hook names for one kind of hook point at the given layers (default: all)."""
+    if kind not in HOOK_KINDS:
+        raise UnknownHookError(f"unknown hook kind {kind!r}; choose from {', '.join(HOOK_KINDS)}")
+    layers = range(n_layers) if layers is None else layers
+    for layer in layers:
+        if not 0 <= layer < n_layers:
+            raise UnknownHookError(f"layer {layer} out of range for a model with {n_layers} layers")
+    return tuple(f"blocks.{layer}.hook_{kind}" for layer in layers)
+
+
+# ----------------------------------------------------------------------------- plain forward hooks
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once everything it needs has been read."""
+
+
+def decoder_layers(hf_model) -> torch.nn.ModuleList:
+    """The decoder blocks of a Hugging Face causal LM (also under peft or a booted bridge)."""
+    model = hf_model
+    for _ in range(4):  # PeftModel -> LoraModel -> CausalLM -> base model
+        layers = getattr(model, "layers", None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return layers
+        model = getattr(model, "model", None) or getattr(model, "base_model", None)
+        if model is None:
+            break
+    raise UnknownHookError(f"cannot find the decoder layers of {type(hf_model).__name__}")
+
+
+def _hidden(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_hidden(output, hidden: torch.Tensor):
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+@contextmanager
+def intervene(hf_model, edits: Mapping[int, Edit]) -> Iterator[None]:
+    """Inside the block, every forward of ``hf_model`` (including ``generate``) replaces the residual
+    stream after block ``l`` by ``edits[l](residual)``."""
+    layers = decoder_layers(hf_model)
+    handles = []
+    for layer, edit in edits.items():
+        def hook(module, args, output, edit=edit):
+            return _with_hidden(output, edit(_hidden(output)))
+        handles.append(layers[layer].register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def block_outputs(hf_model, inputs: Mapping[str, torch.Tensor], layers: Sequence[int],
+                  edits: Mapping[int, Edit] | None = None) -> list[torch.Tensor]:
+    """The residual stream after each block in ``layers``, ``[batch, seq, d_model]`` each, in that order.
+
+    The forward pass stops after the deepest block asked for (no final norm, no unembedding).
+    Gradients flow when called outside ``torch.no_grad``. ``edits`` are applied first (``intervene``).
+    """
+    store: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+    blocks = decoder_layers(hf_model)
+
+    def keep(layer: int):
+        def hook(module, args, output):
+            store[layer] = _hidden(output)
+            if layer == deepest:
+                raise StopForward
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(keep(layer)) for layer in sorted(set(layers))]
+    try:
+        with intervene(hf_model, edits or {}):
+            hf_model(**inputs, use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [store[layer] for layer in layers]
+
+
+@torch.no_grad()
+def last_logits(hf_model, inputs: Mapping[str, torch.Tensor], edits: Mapping[int, Edit] | None = None) -> torch.Tensor:
+    """Next-token logits at the last position, ``[batch, d_vocab]`` (float32); only that position is
+    projected to the vocabulary. ``edits`` change the residual stream on the way (``intervene``)."""
+    with intervene(hf_model, edits or {}):
+        logits = hf_model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1]
+    return logits.float()
+
+
+# ----------------------------------------------------------------------------- edits
+def add_vector(vector: torch.Tensor) -> Edit:
+    """``x + v`` at every position."""
+    return lambda x: x + vector.to(device=x.device, dtype=x.dtype)
+
+
+def ablate_direction(unit: torch.Tensor) -> Edit:
+    """``x - (x . u) u`` at every position (``u`` a unit vector)."""
+    def edit(x: torch.Tensor) -> torch.Tensor:
+        u = unit.to(device=x.device, dtype=x.dtype)
+        return x - (x @ u)[..., None] * u
+    return edit
+
+
+def replace_with(values: torch.Tensor) -> Edit:
+    """The residual replaced by ``values`` (same shape)."""
+    return lambda x: values.to(device=x.device, dtype=x.dtype)
+
+
+# ----------------------------------------------------------------------------- the bridge
+def patch_bridge_kv_cache() -> None:
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    original = AttentionBridge._update_kv_cache
+    if getattr(original, "_interp_patched", False):
+        return
+
+    def _update_kv_cache(self, k, v, **kwargs):
+        if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+            kwargs = {**kwargs, "past_key_values": kwargs["cache"]}
+        return original(self, k, v, **kwargs)
+
+    _update_kv_cache._interp_patched = True
+    AttentionBridge._update_kv_cache = _update_kv_cache
+
+
+def boot_bridge(hf_model, tokenizer, name: str):
+    """Boot a ``TransformerBridge`` on an already loaded HF model.
+
+    The bridge wraps ``hf_model``'s submodules in place and switches it to eager attention. It may
+    reload the tokenizer by its ``name_or_path``, so it gets a copy saved to disk and reloaded.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    patch_bridge_kv_cache()
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        bridge_tokenizer = AutoTokenizer.from_pretrained(tmp)
+        bridge = TransformerBridge.boot_transformers(
+            name, hf_model=hf_model, tokenizer=bridge_tokenizer,
+            device=str(next(hf_model.parameters()).device), dtype=next(hf_model.parameters()).dtype,
+        )
+    bridge.eval()
+    return bridge

@@ -1,0 +1,149 @@
+"""Causal checks: per-layer interventions on the residual stream and their effect on the refusal score.
+
+The score is the logit refusal score of ``interp.core.generate`` (log-odds that the next token begins a
+refusal, at the last prompt position), averaged over harmful prompts. Interventions act on the residual
+stream after block ``l`` (``interp.core.bridge``), at every position:
+
+* ``add``: the base refusal vector (difference in means) added to the fine-tuned model;
+* ``ablate``: the base refusal direction removed from the base model (``x - (x.u)u``);
+* ``patch``: the base model's residual put into the fine-tuned model.
+
+Each gives a per-layer effect: ``add_effect = score(ft + v) - score(ft)``, ``ablate_effect =
+score(base) - score(base - u)``, ``patch_effect = score(ft <- base) - score(ft)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..core.bridge import Edit, ablate_direction, add_vector, block_outputs, replace_with
+from ..core.chat import ChatFormat, batches
+from ..core.generate import Behaviour, generate, refusal_scores
+from ..core.models import LoadedModel
+from ..core.prompts import PromptSet
+from ..errors import ConfigError
+
+EFFECTS = ("add_effect", "ablate_effect", "patch_effect")
+
+
+@dataclass
+class CausalSweep:
+    """Per-layer effects on the mean refusal score of harmful prompts (module docstring).
+
+    ``add_effect``, ``ablate_effect``, ``patch_effect`` are ``[layer]`` arrays with NaN at layers not
+    swept; ``score_base`` / ``score_finetuned`` are the unmodified mean scores.
+    """
+
+    layers: list[int]
+    add_effect: np.ndarray
+    ablate_effect: np.ndarray
+    patch_effect: np.ndarray
+    score_base: float
+    score_finetuned: float
+    refusal_tokens: list[int]
+
+    @property
+    def best_add_layer(self) -> int:
+        """The layer where adding the base refusal vector raises the fine-tuned model's score most."""
+        return int(np.nanargmax(self.add_effect))
+
+    def effects(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in EFFECTS}
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for name in EFFECTS:
+            out[name] = [None if not np.isfinite(x) else float(x) for x in getattr(self, name)]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CausalSweep:
+        effects = {name: np.array([np.nan if x is None else x for x in data[name]], dtype=float) for name in EFFECTS}
+        return cls(**{**data, **effects})
+
+
+def steering_edits(layer: int, vector, scale: float = 1.0) -> dict[int, Edit]:
+    """Residual-stream edits that add ``scale * vector`` after block ``layer`` (for ``generate``)."""
+    return {layer: add_vector(torch.as_tensor(np.asarray(vector), dtype=torch.float32) * scale)}
+
+
+def steered_behaviour(model: LoadedModel, prompts: PromptSet, layer: int, vector, scale: float = 1.0,
+                      **kwargs) -> Behaviour:
+    """Greedy answers with the refusal vector added at ``layer``, judged like any other answers."""
+    return Behaviour(prompts, generate(model, prompts, edits=steering_edits(layer, vector, scale), **kwargs))
+
+
+def causal_sweep(
+    base: LoadedModel, finetuned: LoadedModel, harmful: PromptSet, refusal_vectors: np.ndarray,
+    token_ids: Sequence[int], *, layers: Sequence[int] | None = None, chat: ChatFormat = ChatFormat(),
+    batch_size: int = 32, progress: bool = True,
+) -> CausalSweep:
+    """``refusal_vectors[layer, d_model]`` are the base model's difference-in-means refusal vectors."""
+    n_layers = finetuned.n_layers
+    layers = list(range(n_layers)) if layers is None else list(layers)
+    if refusal_vectors.shape[0] != n_layers:
+        raise ConfigError(f"{refusal_vectors.shape[0]} refusal vectors for a model with {n_layers} layers")
+    vectors = torch.tensor(refusal_vectors, dtype=torch.float32)
+    units = vectors / vectors.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+    def score(model: LoadedModel, edits_for_batch=None) -> float:
+        return float(refusal_scores(model, harmful, token_ids, chat=chat, batch_size=batch_size,
+                                    edits_for_batch=edits_for_batch).mean())
+
+    ft_score, base_score = score(finetuned), score(base)
+    base_resid = {}  # rows of a batch -> the base residual after every swept block
+    seqs = chat.encode(base.tokenizer, harmful.instructions)
+    with torch.no_grad():
+        for batch in batches(seqs, batch_size, base.tokenizer.pad_token_id):
+            outputs = block_outputs(base.hf, batch.to(base.device), layers)
+            base_resid[tuple(batch.index)] = dict(zip(layers, outputs))
+    def fixed(edit: Edit, layer: int):
+        return lambda index: {layer: edit}
+
+    def patched(layer: int):
+        return lambda index: {layer: replace_with(base_resid[tuple(index)][layer])}
+
+    effects = {name: np.full(n_layers, np.nan) for name in EFFECTS}
+    for layer in tqdm(layers, desc="causal sweep", disable=not progress):
+        effects["add_effect"][layer] = score(finetuned, fixed(add_vector(vectors[layer]), layer)) - ft_score
+        effects["ablate_effect"][layer] = base_score - score(base, fixed(ablate_direction(units[layer]), layer))
+        effects["patch_effect"][layer] = score(finetuned, patched(layer)) - ft_score
+    return CausalSweep(layers=layers, **effects, score_base=base_score, score_finetuned=ft_score,
+                       refusal_tokens=[int(t) for t in token_ids])
+
+
+@dataclass
+class SteeringCheck:
+    """The behavioural check of the best add layer: refusal rates of the fine-tuned model's greedy answers
+    without and with ``scale`` times the base refusal vector added there."""
+
+    layer: int
+    n_harmful: int
+    n_harmless: int
+    finetuned_harmful_refusal: float
+    finetuned_harmless_refusal: float
+    steered: list[dict]  # {"scale", "harmful_refusal", "harmless_refusal", "examples"} per scale
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def steering_check(finetuned: LoadedModel, harmful: PromptSet, harmless: PromptSet, layer: int, vector,
+                   scales: Sequence[float], *, log=print, **gen) -> SteeringCheck:
+    """Generate with ``scale * vector`` added after block ``layer`` for each scale (``generate`` options in
+    ``gen``) and judge the answers."""
+    plain_h = Behaviour(harmful, generate(finetuned, harmful, **gen))
+    plain_n = Behaviour(harmless, generate(finetuned, harmless, **gen))
+    steered = []
+    for scale in scales:
+        steered_h = steered_behaviour(finetuned, harmful, layer, vector, scale, **gen)
+        steered_n = steered_behaviour(finetuned, harmless, layer, vector, scale, **gen)
+        steered.append({"scale": scale, "harmful_refusal": steered_h.refusal_rate,
+                        "harmless_refusal": steered_n.refusal_rate, "examples": steered_h.examples(3)})
+        log(f"steering at layer {layer} x{scale}: harmful refusal {plain_h.refusal_rate:.0%} -> "
+            f"{steered_h.refusal_rate:.0%}, harmless {plain_n.refusal_rate:.0%} -> {steered_n.refusal_rate:.0%}")
+    return SteeringCheck(layer, len(harmful), len(harmless), plain_h.refusal_rate, plain_n.refusal_rate, steered)

@@ -1,0 +1,98 @@
+"""What the analysis hands to every later stage: one typed ``AnalysisResult`` with ``save`` / ``load``.
+
+Folder layout (``save``)::
+
+    layer_map.json          the ranked layer map (``LayerMap``)
+    metrics.json            per-layer metrics, the causal sweep, the steering check, settings, timings
+    analysis.safetensors    base refusal vectors [layer, d_model] and the PCA projection
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import ConfigError
+from ..io import atomic_path, atomic_write_json
+from .causal import CausalSweep, SteeringCheck
+from .compare import PairMetrics
+from .layer_map import LayerMap
+
+RESULT_VERSION = 1
+
+
+@dataclass
+class Projection:
+    """Harmful and harmless prompts at ``layer`` projected on the base's top two principal components:
+    ``base`` and ``finetuned`` ``[sample, 2]``, ``labels`` ``[sample]`` (1 harmful)."""
+
+    layer: int
+    base: np.ndarray
+    finetuned: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class AnalysisResult:
+    """Per-layer metrics, the causal sweep, the layer map, the base refusal vectors and the PCA view."""
+
+    metrics: PairMetrics
+    sweep: CausalSweep
+    layer_map: LayerMap
+    refusal_vectors: np.ndarray  # [layer, d_model]: the base's difference-in-means vectors (last position)
+    pca: Projection
+    steering: SteeringCheck | None = None
+    config: dict = field(default_factory=dict)
+    prompts: dict = field(default_factory=dict)  # name, size and hash of every prompt set used
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def refusal_tokens(self) -> list[int]:
+        return self.sweep.refusal_tokens
+
+    @property
+    def steer_layer(self) -> int:
+        """The best layer to add the base refusal vector at (largest ``add_effect``)."""
+        return self.sweep.best_add_layer
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"refusal_vectors": self.refusal_vectors, "pca_base": self.pca.base,
+                   "pca_finetuned": self.pca.finetuned, "pca_labels": self.pca.labels}
+        with atomic_path(folder / "analysis.safetensors") as tmp:
+            save_file({k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in tensors.items()}, str(tmp))
+        self.layer_map.save(folder / "layer_map.json")
+        atomic_write_json(folder / "metrics.json", {
+            "version": RESULT_VERSION, "config": self.config, "prompts": self.prompts, "seconds": self.seconds,
+            "per_layer": {k: [None if not np.isfinite(x) else float(x) for x in v]
+                          for k, v in self.metrics.as_dict().items()},
+            "sweep": self.sweep.to_dict(), "pca_layer": self.pca.layer,
+            "steering": None if self.steering is None else self.steering.to_dict(),
+            "selected_layers": self.layer_map.selected_layers,
+        })
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> AnalysisResult:
+        folder = Path(folder)
+        path = folder / "metrics.json"
+        if not path.exists():
+            raise ConfigError(f"{folder} holds no analysis (no metrics.json); run `interp analyze` first")
+        data = json.loads(path.read_text())
+        if data.get("version") != RESULT_VERSION:
+            raise ConfigError(f"{path}: analysis format {data.get('version')!r} is not {RESULT_VERSION}; "
+                              "rerun the analysis")
+        arrays = {k: v.numpy() for k, v in load_file(str(folder / "analysis.safetensors")).items()}
+        steering = data["steering"]
+        return cls(
+            metrics=PairMetrics.from_dict(data["per_layer"]), sweep=CausalSweep.from_dict(data["sweep"]),
+            layer_map=LayerMap.load(folder / "layer_map.json"), refusal_vectors=arrays["refusal_vectors"],
+            pca=Projection(data["pca_layer"], arrays["pca_base"], arrays["pca_finetuned"], arrays["pca_labels"]),
+            steering=None if steering is None else SteeringCheck(**steering),
+            config=data["config"], prompts=data["prompts"], seconds=data["seconds"],
+        )

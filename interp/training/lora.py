@@ -1,0 +1,55 @@
+"""LoRA adapters: where they go, how they are saved, and merging them into a new ``LoadedModel``.
+
+A TransformerBridge booted on a peft model wraps its modules, and the saved keys then contain
+``._original_component``; a plain model would load such an adapter as nothing, silently. Adapters are
+therefore always saved here, with those key parts removed.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+
+from ..core.bridge import BRIDGE_KEY_PART
+from ..core.models import LoadedModel
+from ..core.sources import save_hf_folder
+from ..io import atomic_dir
+
+
+def trainable_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_adapter(model: PeftModel, folder: str | Path) -> Path:
+    """Save the adapter in peft's format, loadable with ``PeftModel.from_pretrained`` on a plain HF model."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        weights = load_file(str(tmp / "adapter_model.safetensors"))
+        cleaned = {key.replace(BRIDGE_KEY_PART, ""): value for key, value in weights.items()}
+        save_file(cleaned, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config_path = tmp / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted({m.replace(BRIDGE_KEY_PART, "") for m in config["target_modules"]})
+        config_path.write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def merged(model: LoadedModel, peft_model: PeftModel, name: str | None = None) -> LoadedModel:
+    """A new ``LoadedModel`` with ``peft_model``'s adapter merged into the weights (``peft_model`` is used up)."""
+    return model.with_hf(peft_model.merge_and_unload(), name=name)
+
+
+def apply_adapter(model: LoadedModel, adapter: str | Path, name: str | None = None) -> LoadedModel:
+    """``model``'s weights with a saved adapter merged in, as a new ``LoadedModel`` (``model.hf`` is used up:
+    pass a fresh copy if the original is still needed)."""
+    return merged(model, PeftModel.from_pretrained(model.hf, adapter), name=name)
+
+
+def save_merged(peft_model: PeftModel, tokenizer, folder: str | Path) -> Path:
+    """Merge the adapter into a copy of the weights and save a plain Hugging Face folder."""
+    return save_hf_folder(copy.deepcopy(peft_model).merge_and_unload(), tokenizer, folder)
