@@ -243,7 +243,7 @@ def arithmetic_prompts(split: str = "train", n: int = 200, seed: int = 0) -> Pro
 
 def shared_data_dir() -> Path:
     """``$INTERP_SHARED_DATA``, else ``../shared/data`` beside the project root (tests, benchmarks)."""
-    default = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    default = Path(__file__).resolve().parents[3] / "shared" / "data"  # interp/core/prompts.py -> repo/..
     return Path(os.environ.get("INTERP_SHARED_DATA", default))
 
 
