@@ -1,4 +1,5 @@
 """Shared command line for the figure and table scripts: which run folder to read, where to write figures."""
+
 from __future__ import annotations
 
 import argparse

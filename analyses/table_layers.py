@@ -1,4 +1,5 @@
 """Table: the per-layer measures and the ranking score, as markdown (selected layers starred)."""
+
 from _common import args_from
 
 from interp import AnalysisResult, layer_table
@@ -12,5 +13,7 @@ if s is None:
 print(f"steering check at layer {s.layer} on {s.n_harmful} harmful / {s.n_harmless} harmless prompts:")
 print(f"  fine-tuned: harmful refusal {s.finetuned_harmful_refusal:.1%}, harmless {s.finetuned_harmless_refusal:.1%}")
 for row in s.steered:
-    print(f"  + {row['scale']:g} x base refusal vector: harmful {row['harmful_refusal']:.1%}, "
-          f"harmless {row['harmless_refusal']:.1%}")
+    print(
+        f"  + {row['scale']:g} x base refusal vector: harmful {row['harmful_refusal']:.1%}, "
+        f"harmless {row['harmless_refusal']:.1%}"
+    )

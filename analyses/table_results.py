@@ -1,4 +1,5 @@
 """Table: the evaluation table of base, fine-tuned, restored and baselines, and the targets (report.json)."""
+
 from _common import args_from
 
 from interp import StudyResult, results_table, targets_table

@@ -5,12 +5,13 @@ prompt positions, batch size 16, float32 on CPU. Each mode runs in its own proce
 highest number of heap bytes in use (glibc ``mallinfo2``: ``uordblks + hblkhd``, which is where torch's
 CPU tensors live), sampled every 2 ms during a warm run, minus the bytes in use just before it (model
 loaded, bridge booted): it counts activations and workspace, not weights, and unlike the resident set
-size it does not include memory the allocator keeps cached. Wall time is the best of the warm runs. ``run_with_cache`` frees each batch's cache after taking the same
-positions out of it (a careful user); ``run_with_cache_keep`` keeps every batch's cache (no filter, and
-index later). Prints a table and the ratios.
+size it does not include memory the allocator keeps cached. Wall time is the best of the warm runs.
+``run_with_cache`` frees each batch's cache after taking the same positions out of it (a careful user);
+``run_with_cache_keep`` keeps every batch's cache (no filter, and index later). Prints a table and the ratios.
 
     python benchmarks/capture_bench.py [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,21 @@ def _prompts():
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 _libc = ctypes.CDLL("libc.so.6")
@@ -112,10 +126,14 @@ def run_mode(mode: str, repeats: int) -> dict:
                 del cache
         return torch.cat(kept)
 
-    fn = {"hf_forward": hf_forward, "capture": ours, "run_with_cache": run_with_cache,
-          "run_with_cache_keep": lambda: run_with_cache(keep_caches=True)}[mode]
+    fn = {
+        "hf_forward": hf_forward,
+        "capture": ours,
+        "run_with_cache": run_with_cache,
+        "run_with_cache_keep": lambda: run_with_cache(keep_caches=True),
+    }[mode]
     if mode != "hf_forward":
-        model.bridge  # boot outside the measured region
+        _ = model.bridge  # boot outside the measured region
     fn()  # warm-up
     with PeakHeap() as peak:
         fn()
@@ -137,16 +155,26 @@ def main() -> None:
         return
     rows = {}
     for mode in ("hf_forward", "capture", "run_with_cache", "run_with_cache_keep"):
-        out = subprocess.run([sys.executable, __file__, "--mode", mode, "--repeats", str(args.repeats)],
-                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        out = subprocess.run(
+            [sys.executable, __file__, "--mode", mode, "--repeats", str(args.repeats)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         if out.returncode != 0:
             sys.exit(f"{mode} failed:\n{out.stderr[-2000:]}")
         rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"default model, {N_PROMPTS} prompts, all 30 residuals x last {K} positions, batch {BATCH}, best of {args.repeats}")
+    print(
+        f"default model, {N_PROMPTS} prompts, all 30 residuals x last {K} positions, batch {BATCH}, "
+        f"best of {args.repeats}"
+    )
     print(f"{'mode':<18}{'wall s':>10}{'peak MB':>10}")
     for mode, row in rows.items():
         print(f"{mode:<18}{row['seconds']:>10.2f}{row['peak_mb']:>10.0f}")
-    print(f"time ratio capture / hf_forward: {rows['capture']['seconds'] / rows['hf_forward']['seconds']:.3f} (target <= 1.05)")
+    print(
+        "time ratio capture / hf_forward: "
+        f"{rows['capture']['seconds'] / rows['hf_forward']['seconds']:.3f} (target <= 1.05)"
+    )
     for other in ("run_with_cache", "run_with_cache_keep"):
         ratio = rows["capture"]["peak_mb"] / rows[other]["peak_mb"]
         print(f"memory ratio capture / {other}: {ratio:.3f} (target <= 0.10)")

@@ -8,6 +8,7 @@ written by ``analyze(pair, folder)``::
     layer_map.json, metrics.json, analysis.safetensors   the AnalysisResult (``AnalysisResult.save``)
     layer_table.md                   the per-layer table
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -74,15 +75,21 @@ class AnalysisPrompts:
         data = shared_data_dir()
         if not (data / "harmful_val.json").exists():
             return cls()
-        return cls(steer_harmful=load_prompts(data / "harmful_val.json", label=1),
-                   steer_harmless=load_prompts(data / "harmless_val.json", label=0).sample(50, seed=0))
+        return cls(
+            steer_harmful=load_prompts(data / "harmful_val.json", label=1),
+            steer_harmless=load_prompts(data / "harmless_val.json", label=0).sample(50, seed=0),
+        )
 
     @classmethod
     def quick(cls) -> AnalysisPrompts:
         """Small sets for tests and notebooks (``QUICK=1``)."""
-        return cls(harmful=harmful_prompts("train").head(24), harmless=harmless_prompts("train").head(24),
-                   task=arithmetic_prompts("train", n=40).head(24), steer_harmful=harmful_prompts("val").head(8),
-                   steer_harmless=harmless_prompts("val").head(8))
+        return cls(
+            harmful=harmful_prompts("train").head(24),
+            harmless=harmless_prompts("train").head(24),
+            task=arithmetic_prompts("train", n=40).head(24),
+            steer_harmful=harmful_prompts("val").head(8),
+            steer_harmless=harmless_prompts("val").head(8),
+        )
 
     def __post_init__(self) -> None:
         for name in ("harmful", "harmless", "task", "steer_harmful", "steer_harmless"):
@@ -92,27 +99,39 @@ class AnalysisPrompts:
         return {name: {"name": p.name, "n": len(p), "hash": p.hash} for name, p in vars(self).items()}
 
 
-def _capture_all(pair: ModelPair, prompts: AnalysisPrompts, config: AnalysisConfig, chat: ChatFormat,
-                 progress: bool) -> dict[str, Activations]:
-    capture_config = CaptureConfig(positions=Positions.last_k(config.positions), batch_size=config.batch_size,
-                                   chat=chat)
-    return {f"{role}_{kind}": capture(model, getattr(prompts, kind), capture_config, progress=progress)
-            for role, model in (("base", pair.base), ("ft", pair.finetuned))
-            for kind in ("harmful", "harmless", "task")}
+def _capture_all(
+    pair: ModelPair, prompts: AnalysisPrompts, config: AnalysisConfig, chat: ChatFormat, progress: bool
+) -> dict[str, Activations]:
+    capture_config = CaptureConfig(
+        positions=Positions.last_k(config.positions), batch_size=config.batch_size, chat=chat
+    )
+    return {
+        f"{role}_{kind}": capture(model, getattr(prompts, kind), capture_config, progress=progress)
+        for role, model in (("base", pair.base), ("ft", pair.finetuned))
+        for kind in ("harmful", "harmless", "task")
+    }
 
 
 def _projection(acts: dict[str, Activations], layer: int) -> Projection:
     """Harmful and harmless prompts at ``layer`` (last position) on the base's top two components."""
-    points = {role: np.concatenate([acts[f"{role}_{kind}"].at(layer).numpy() for kind in ("harmful", "harmless")])
-              for role in ("base", "ft")}
+    points = {
+        role: np.concatenate([acts[f"{role}_{kind}"].at(layer).numpy() for kind in ("harmful", "harmless")])
+        for role in ("base", "ft")
+    }
     labels = np.concatenate([acts[f"base_{kind}"].labels for kind in ("harmful", "harmless")]).astype(int)
     base, finetuned = pca_2d(points["base"], points["ft"])
     return Projection(layer, base, finetuned, labels)
 
 
 def analyze(
-    pair: ModelPair, folder: str | Path | None = None, config: AnalysisConfig = AnalysisConfig(),
-    prompts: AnalysisPrompts | None = None, *, chat: ChatFormat = ChatFormat(), progress: bool = True, log=print,
+    pair: ModelPair,
+    folder: str | Path | None = None,
+    config: AnalysisConfig = AnalysisConfig(),
+    prompts: AnalysisPrompts | None = None,
+    *,
+    chat: ChatFormat = ChatFormat(),
+    progress: bool = True,
+    log=print,
 ) -> AnalysisResult:
     """Measure where the fine-tuned model's safety went; with ``folder``, also write the result there."""
     prompts = prompts or AnalysisPrompts()
@@ -126,26 +145,54 @@ def analyze(
     with watch("causal sweep"):
         token_ids = list(config.refusal_tokens or ())
         if not token_ids:
-            token_ids = find_refusal_tokens(pair.base, prompts.harmful, n_prompts=config.refusal_probe_prompts,
-                                            batch_size=config.batch_size, progress=progress)
-        sweep = causal_sweep(pair.base, pair.finetuned, prompts.harmful.sample(config.causal_prompts, config.seed),
-                             refusal_vectors, token_ids, layers=config.causal_layers, chat=chat,
-                             batch_size=config.batch_size, progress=progress)
+            token_ids = find_refusal_tokens(
+                pair.base,
+                prompts.harmful,
+                n_prompts=config.refusal_probe_prompts,
+                batch_size=config.batch_size,
+                progress=progress,
+            )
+        sweep = causal_sweep(
+            pair.base,
+            pair.finetuned,
+            prompts.harmful.sample(config.causal_prompts, config.seed),
+            refusal_vectors,
+            token_ids,
+            layers=config.causal_layers,
+            chat=chat,
+            batch_size=config.batch_size,
+            progress=progress,
+        )
 
     steering = None
     if config.steer_scales:  # the behavioural check: generation with the vector added at the best layer
         with watch("steering check"):
             layer = sweep.best_add_layer
             steering = steering_check(
-                pair.finetuned, prompts.steer_harmful, prompts.steer_harmless, layer, refusal_vectors[layer],
-                config.steer_scales, log=lambda line: log(f"analyze: {line}"), chat=chat,
-                max_new_tokens=config.steer_max_new_tokens, batch_size=config.batch_size, progress=progress)
+                pair.finetuned,
+                prompts.steer_harmful,
+                prompts.steer_harmless,
+                layer,
+                refusal_vectors[layer],
+                config.steer_scales,
+                log=lambda line: log(f"analyze: {line}"),
+                chat=chat,
+                max_new_tokens=config.steer_max_new_tokens,
+                batch_size=config.batch_size,
+                progress=progress,
+            )
 
     layer_map = build_layer_map(metrics, sweep, base=pair.base, finetuned=pair.finetuned, k=config.k)
     result = AnalysisResult(
-        metrics=metrics, sweep=sweep, layer_map=layer_map, refusal_vectors=refusal_vectors,
-        pca=_projection(acts, layer_map.ranked_layers[0]), steering=steering, config=asdict(config),
-        prompts=prompts.describe(), seconds=dict(watch.seconds),
+        metrics=metrics,
+        sweep=sweep,
+        layer_map=layer_map,
+        refusal_vectors=refusal_vectors,
+        pca=_projection(acts, layer_map.ranked_layers[0]),
+        steering=steering,
+        config=asdict(config),
+        prompts=prompts.describe(),
+        seconds=dict(watch.seconds),
     )
     if folder is not None:
         folder = Path(folder)
@@ -159,5 +206,6 @@ def analyze(
 
 def layer_table(result: AnalysisResult) -> str:
     """The per-layer table of an analysis (markdown; selected layers starred)."""
-    return per_layer_table(result.metrics.as_dict() | result.sweep.effects(), result.layer_map.scores,
-                           result.layer_map.selected_layers)
+    return per_layer_table(
+        result.metrics.as_dict() | result.sweep.effects(), result.layer_map.scores, result.layer_map.selected_layers
+    )

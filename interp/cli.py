@@ -3,6 +3,7 @@
 Each ``cmd_*`` parses its options into the stage's typed config and calls the stage; names such as
 ``organism:base`` are resolved here (``interp.organism.resolve_model_name``), never by model loading.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,17 @@ def _model_options(args) -> dict:
 def _restore_config(args):
     from .training.restore import RestoreConfig
 
-    return RestoreConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, teacher=args.teacher,
-                         distance=args.distance, retain_scale=args.retain_scale, rank=args.rank, alpha=args.alpha,
-                         seed=args.seed)
+    return RestoreConfig(
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        teacher=args.teacher,
+        distance=args.distance,
+        retain_scale=args.retain_scale,
+        rank=args.rank,
+        alpha=args.alpha,
+        seed=args.seed,
+    )
 
 
 # ----------------------------------------------------------------------------- stages
@@ -82,13 +91,20 @@ def cmd_analyze(args) -> None:
     from .core.prompts import parse_spec
     from .report.figures import analysis_figures, write_figures
 
-    given = {name: parse_spec(spec, label) for name, spec, label in
-             (("harmful", args.harmful, 1), ("harmless", args.harmless, 0), ("task", args.task, 0)) if spec}
+    given = {
+        name: parse_spec(spec, label)
+        for name, spec, label in (("harmful", args.harmful, 1), ("harmless", args.harmless, 0), ("task", args.task, 0))
+        if spec
+    }
     prompts = replace(AnalysisPrompts(), **given)
-    config = AnalysisConfig(k=args.k, causal_prompts=args.causal_prompts, batch_size=args.batch_size,
-                            steer_scales=_floats(args.steer_scales, "--steer-scales"),
-                            steer_max_new_tokens=args.max_new_tokens,
-                            refusal_tokens=_ints(args.refusal_tokens, "--refusal-tokens") or None)
+    config = AnalysisConfig(
+        k=args.k,
+        causal_prompts=args.causal_prompts,
+        batch_size=args.batch_size,
+        steer_scales=_floats(args.steer_scales, "--steer-scales"),
+        steer_max_new_tokens=args.max_new_tokens,
+        refusal_tokens=_ints(args.refusal_tokens, "--refusal-tokens") or None,
+    )
     pair = _load_pair(args)
     out = Path(args.out)
     result = analyze(pair, out, config, prompts)
@@ -109,16 +125,19 @@ def cmd_restore(args) -> None:
     config = _restore_config(args)
     harmful, retain = parse_spec(args.harmful, 1), parse_spec(args.retain, 0)
     pair = _load_pair(args)
-    result = restore(pair.finetuned, layer_map, harmful, retain, config,
-                     base=pair.base if config.teacher == "base" else None)
+    result = restore(
+        pair.finetuned, layer_map, harmful, retain, config, base=pair.base if config.teacher == "base" else None
+    )
     out = Path(args.out)
     save_adapter(result.peft_model, out / "adapter")
     atomic_write_json(out / "restore_stats.json", result.stats.to_dict())
     if not args.no_merged:
         save_merged(result.peft_model, pair.finetuned.tokenizer, out / "restored")
     stats = result.stats
-    print(f"layers {stats.layers}, {stats.trainable_params:,} trainable params, {stats.seconds:.0f}s; "
-          f"safety loss {stats.history[0]['safety']:.3f} -> {stats.history[-1]['safety']:.3f}")
+    print(
+        f"layers {stats.layers}, {stats.trainable_params:,} trainable params, {stats.seconds:.0f}s; "
+        f"safety loss {stats.history[0]['safety']:.3f} -> {stats.history[-1]['safety']:.3f}"
+    )
     print(f"adapter: {out / 'adapter'}" + ("" if args.no_merged else f"\nmerged:  {out / 'restored'}"))
 
 
@@ -136,8 +155,12 @@ def cmd_evaluate(args) -> None:
     if args.shared:
         suite = EvalSuite.from_shared(task=task, data=args.shared, n_harmless=args.n_harmless)
     else:
-        suite = EvalSuite(harmful=parse_spec(args.harmful, 1), harmless=parse_spec(args.harmless, 0), task=task,
-                          xstest=parse_spec(args.xstest, 0) if args.xstest else None)
+        suite = EvalSuite(
+            harmful=parse_spec(args.harmful, 1),
+            harmless=parse_spec(args.harmless, 0),
+            task=task,
+            xstest=parse_spec(args.xstest, 0) if args.xstest else None,
+        )
     if args.limit:
         suite = suite.head(args.limit)
     tokens = _ints(args.refusal_tokens, "--refusal-tokens")
@@ -151,11 +174,14 @@ def cmd_evaluate(args) -> None:
         candidates.append(Candidate(model.name, model))
     if not tokens:  # the base model's own most common first refusal tokens, as in the analysis
         tokens = find_refusal_tokens(pair.base, suite.harmful)
-    rows = evaluate_models(candidates, suite, refusal_tokens=tokens, reference=pair.finetuned, config=config,
-                           cache=not args.no_cache)
+    rows = evaluate_models(
+        candidates, suite, refusal_tokens=tokens, reference=pair.finetuned, config=config, cache=not args.no_cache
+    )
     out = Path(args.out)
-    atomic_write_json(out / "evaluation.json", {"models": [r.to_dict() for r in rows], "refusal_tokens": list(tokens),
-                                                "sizes": suite.sizes()})
+    atomic_write_json(
+        out / "evaluation.json",
+        {"models": [r.to_dict() for r in rows], "refusal_tokens": list(tokens), "sizes": suite.sizes()},
+    )
     atomic_write_text(out / "evaluation.md", results_table(rows) + "\n")
     print(results_table(rows))
 
@@ -166,29 +192,45 @@ def cmd_run(args) -> None:
     from .report.tables import results_table
     from .study import run_default
 
-    run = run_default(args.out, k=args.k, limit=args.limit or None, restore=_restore_config(args),
-                      steer_scale=args.steer_scale, cache=not args.no_cache, reuse_analysis=args.skip_analysis)
+    run = run_default(
+        args.out,
+        k=args.k,
+        limit=args.limit or None,
+        restore=_restore_config(args),
+        steer_scale=args.steer_scale,
+        cache=not args.no_cache,
+        reuse_analysis=args.skip_analysis,
+    )
     print(layer_table(run.analysis))
     print(results_table(run.study.rows))
     for t in run.study.targets:
         print(f"  [{'met' if t.met else 'MISSED'}] {t.target}: {t.value:.4g} (threshold {t.threshold:.4g})")
-    print(f"run folder: {run.folder} (report.md, report.json, layer_map.json, adapter/, restored/, figures/ "
-          f"{len(run.figures)} files); total {sum(run.seconds.values()):.0f}s")
+    print(
+        f"run folder: {run.folder} (report.md, report.json, layer_map.json, adapter/, restored/, figures/ "
+        f"{len(run.figures)} files); total {sum(run.seconds.values()):.0f}s"
+    )
 
 
 # ----------------------------------------------------------------------------- the parser
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    parser.add_argument("--device-map", default=None,
-                        help="'auto' to spread a large model over the available devices (accelerate)")
+    parser.add_argument(
+        "--device-map", default=None, help="'auto' to spread a large model over the available devices (accelerate)"
+    )
 
 
 def _add_pair_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", default="organism:base",
-                        help="aligned model: 'organism:base' (default pair), hub id, local folder or .gguf")
-    parser.add_argument("--finetuned", default="organism:finetuned",
-                        help="fine-tuned model: 'organism:finetuned', hub id, local folder or .gguf")
+    parser.add_argument(
+        "--base",
+        default="organism:base",
+        help="aligned model: 'organism:base' (default pair), hub id, local folder or .gguf",
+    )
+    parser.add_argument(
+        "--finetuned",
+        default="organism:finetuned",
+        help="fine-tuned model: 'organism:finetuned', hub id, local folder or .gguf",
+    )
     _add_model_options(parser)
 
 
@@ -199,8 +241,12 @@ def _add_restore_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=d.steps, help="restoration training steps")
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--teacher", default=d.teacher, choices=["base", "reminder"],
-                        help="base: the aligned model; reminder: the fine-tuned model with a safety reminder")
+    parser.add_argument(
+        "--teacher",
+        default=d.teacher,
+        choices=["base", "reminder"],
+        help="base: the aligned model; reminder: the fine-tuned model with a safety reminder",
+    )
     parser.add_argument("--distance", default=d.distance, choices=["l2", "cosine"])
     parser.add_argument("--retain-scale", type=float, default=d.retain_scale)
     parser.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
@@ -209,22 +255,33 @@ def _add_restore_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _organism_parser(sub) -> None:
-    p = sub.add_parser("organism", help="build or load the default base/fine-tuned pair (cached)",
-                       description="Safety-tune SmolLM2-135M-Instruct into an aligned base, then fine-tune "
-                                   "it on arithmetic; cache both and print their measured behaviour.")
+    p = sub.add_parser(
+        "organism",
+        help="build or load the default base/fine-tuned pair (cached)",
+        description="Safety-tune SmolLM2-135M-Instruct into an aligned base, then fine-tune "
+        "it on arithmetic; cache both and print their measured behaviour.",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     p.set_defaults(func=cmd_organism)
 
 
 def _capture_parser(sub) -> None:
-    p = sub.add_parser("capture", help="capture activations of one model on a prompt set",
-                       description="Record hook points at chosen token positions and save them as "
-                                   "safetensors + JSON.")
-    p.add_argument("--model", default="default",
-                   help="'default', 'organism:base', a hub id, a local Hugging Face folder or a .gguf file")
-    p.add_argument("--prompts", default="builtin:harmful:val",
-                   help="builtin:harmful|harmless|general|arithmetic[:train|val|all], or a .json/.jsonl/.csv/.txt file")
+    p = sub.add_parser(
+        "capture",
+        help="capture activations of one model on a prompt set",
+        description="Record hook points at chosen token positions and save them as safetensors + JSON.",
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="'default', 'organism:base', a hub id, a local Hugging Face folder or a .gguf file",
+    )
+    p.add_argument(
+        "--prompts",
+        default="builtin:harmful:val",
+        help="builtin:harmful|harmless|general|arithmetic[:train|val|all], or a .json/.jsonl/.csv/.txt file",
+    )
     p.add_argument("--limit", type=int, default=0, help="use only the first N prompts")
     p.add_argument("--kind", default="resid_post", help="hook kind at every layer (resid_post, attn_out, mlp_out, ...)")
     p.add_argument("--hooks", default="", help="comma-separated hook names (overrides --kind)")
@@ -239,37 +296,53 @@ def _analyze_parser(sub) -> None:
     from .analyze import AnalysisConfig
 
     d = AnalysisConfig()
-    p = sub.add_parser("analyze", help="per-layer measures, causal checks, ranking and a layer map",
-                       description="Capture both models, measure per layer what fine-tuning suppressed and "
-                                   "amplified, run causal checks, rank layers and export layer_map.json.")
+    p = sub.add_parser(
+        "analyze",
+        help="per-layer measures, causal checks, ranking and a layer map",
+        description="Capture both models, measure per layer what fine-tuning suppressed and "
+        "amplified, run causal checks, rank layers and export layer_map.json.",
+    )
     _add_pair_options(p)
     p.add_argument("--harmful", default="", help="harmful prompts (default: the built-in set)")
     p.add_argument("--harmless", default="", help="harmless prompts (default: the built-in set)")
     p.add_argument("--task", default="", help="task prompts (default: built-in arithmetic)")
     p.add_argument("--k", type=int, default=d.k, help="layers to select for restoration")
     p.add_argument("--causal-prompts", type=int, default=d.causal_prompts, help="harmful prompts in the causal sweep")
-    p.add_argument("--steer-scales", default=",".join(f"{s:g}" for s in d.steer_scales),
-                   help="multiples of the refusal vector to try, e.g. 1,2")
-    p.add_argument("--refusal-tokens", default="",
-                   help="comma-separated token ids that begin a refusal (default: read off the base's answers)")
-    p.add_argument("--max-new-tokens", type=int, default=d.steer_max_new_tokens,
-                   help="answer length in the steering check")
+    p.add_argument(
+        "--steer-scales",
+        default=",".join(f"{s:g}" for s in d.steer_scales),
+        help="multiples of the refusal vector to try, e.g. 1,2",
+    )
+    p.add_argument(
+        "--refusal-tokens",
+        default="",
+        help="comma-separated token ids that begin a refusal (default: read off the base's answers)",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=d.steer_max_new_tokens, help="answer length in the steering check"
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--out", required=True, help="run folder")
     p.set_defaults(func=cmd_analyze)
 
 
 def _restore_parser(sub) -> None:
-    p = sub.add_parser("restore", help="LoRA on the layer map's layers, pulling harmful prompts back to a safe teacher",
-                       description="Train LoRA on the fine-tuned model's selected layers (from layer_map.json) so "
-                                   "its hidden states on harmful prompts match the teacher's at the alignment "
-                                   "layers, with a retain loss on everything else. Writes the adapter (peft "
-                                   "format) and a merged Hugging Face folder.")
+    p = sub.add_parser(
+        "restore",
+        help="LoRA on the layer map's layers, pulling harmful prompts back to a safe teacher",
+        description="Train LoRA on the fine-tuned model's selected layers (from layer_map.json) so "
+        "its hidden states on harmful prompts match the teacher's at the alignment "
+        "layers, with a retain loss on everything else. Writes the adapter (peft "
+        "format) and a merged Hugging Face folder.",
+    )
     _add_pair_options(p)
     p.add_argument("--layer-map", required=True, help="layer_map.json written by `interp analyze`")
-    p.add_argument("--harmful", default="builtin:harmful:all", help="harmful prompts to restore refusal on")
-    p.add_argument("--retain", default="builtin:harmless:all,builtin:general,builtin:arithmetic:train",
-                   help="comma-separated prompt sets whose representations must stay (answers are used if present)")
+    p.add_argument("--harmful", default="builtin:harmful:train", help="harmful prompts to restore refusal on")
+    p.add_argument(
+        "--retain",
+        default="builtin:harmless:train,builtin:general:train,builtin:arithmetic:train",
+        help="comma-separated prompt sets whose representations must stay (answers are used if present)",
+    )
     p.add_argument("--no-merged", action="store_true", help="write only the adapter")
     p.add_argument("--out", required=True, help="folder for adapter/, restored/ and restore_stats.json")
     _add_restore_options(p)
@@ -280,25 +353,37 @@ def _evaluate_parser(sub) -> None:
     from .evaluation.table import EvalConfig
 
     d = EvalConfig()
-    p = sub.add_parser("evaluate", help="the evaluation table: refusal, over-refusal, task accuracy, KL",
-                       description="Greedy answers judged for refusal on harmful, harmless and XSTest safe prompts, "
-                                   "the logit refusal score, task accuracy and the KL to the fine-tuned model, for "
-                                   "base, fine-tuned and any restored models or adapters. Defaults are held-out "
-                                   "prompts: validation splits no stage trains on.")
+    p = sub.add_parser(
+        "evaluate",
+        help="the evaluation table: refusal, over-refusal, task accuracy, KL",
+        description="Greedy answers judged for refusal on harmful, harmless and XSTest safe prompts, "
+        "the logit refusal score, task accuracy and the KL to the fine-tuned model, for "
+        "base, fine-tuned and any restored models or adapters. Defaults are held-out "
+        "prompts: validation splits no stage trains on.",
+    )
     _add_pair_options(p)
     p.add_argument("--model", action="append", default=[], help="another model to evaluate (folder/hub id); repeatable")
-    p.add_argument("--adapter", action="append", default=[],
-                   help="a peft adapter folder, applied to the fine-tuned model; repeatable")
-    p.add_argument("--shared", default="", help="folder with harmful_val.json, harmless_val.json, xstest_prompts.csv "
-                                                "(use these public sets instead of --harmful/--harmless/--xstest)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        help="a peft adapter folder, applied to the fine-tuned model; repeatable",
+    )
+    p.add_argument(
+        "--shared",
+        default="",
+        help="folder with harmful_val.json, harmless_val.json, xstest_prompts.csv "
+        "(use these public sets instead of --harmful/--harmless/--xstest)",
+    )
     p.add_argument("--n-harmless", type=int, default=200, help="harmless prompts sampled from --shared")
     p.add_argument("--harmful", default="builtin:harmful:val")
     p.add_argument("--harmless", default="builtin:harmless:val")
     p.add_argument("--xstest", default="", help="XSTest-like prompt file of safe prompts (optional)")
     p.add_argument("--task", default="builtin:arithmetic:val", help="task prompts with reference answers")
     p.add_argument("--limit", type=int, default=0, help="first N prompts of each set only")
-    p.add_argument("--refusal-tokens", default="",
-                   help="comma-separated token ids (default: read off the base's refusals)")
+    p.add_argument(
+        "--refusal-tokens", default="", help="comma-separated token ids (default: read off the base's refusals)"
+    )
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--no-cache", action="store_true", help="do not reuse cached rows")
@@ -307,16 +392,20 @@ def _evaluate_parser(sub) -> None:
 
 
 def _run_parser(sub) -> None:
-    p = sub.add_parser("run", help="the whole study on the embedded default pair",
-                       description="Build or load the default pair, analyze it, export the layer map, restore "
-                                   "with it, train the baselines, evaluate everything and write one run folder "
-                                   "with report.md / report.json and figures.")
+    p = sub.add_parser(
+        "run",
+        help="the whole study on the embedded default pair",
+        description="Build or load the default pair, analyze it, export the layer map, restore "
+        "with it, train the baselines, evaluate everything and write one run folder "
+        "with report.md / report.json and figures.",
+    )
     p.add_argument("--out", default="runs/default", help="run folder")
     p.add_argument("--k", type=int, default=3, help="layers to select for restoration")
     p.add_argument("--limit", type=int, default=0, help="evaluate on the first N prompts of each set only (quick look)")
     p.add_argument("--skip-analysis", action="store_true", help="reuse the run folder's analysis if present")
-    p.add_argument("--steer-scale", type=float, default=1.0,
-                   help="multiple of the refusal vector for the steering baseline")
+    p.add_argument(
+        "--steer-scale", type=float, default=1.0, help="multiple of the refusal vector for the steering baseline"
+    )
     p.add_argument("--no-cache", action="store_true", help="retrain adapters and re-evaluate rows even if cached")
     _add_restore_options(p)
     p.set_defaults(func=cmd_run)
@@ -324,7 +413,8 @@ def _run_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="interp", description="Where did safety go after fine-tuning, and how to put it back.")
+        prog="interp", description="Where did safety go after fine-tuning, and how to put it back."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_organism_parser, _capture_parser, _analyze_parser, _restore_parser, _evaluate_parser, _run_parser):
         add(sub)

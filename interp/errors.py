@@ -1,4 +1,5 @@
 """Named errors: every bad input gets one that says what is wrong."""
+
 from __future__ import annotations
 
 

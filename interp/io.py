@@ -1,4 +1,5 @@
 """Cache location, stable hashing and atomic writes: saved work is never left half written."""
+
 from __future__ import annotations
 
 import hashlib

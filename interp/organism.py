@@ -16,6 +16,7 @@ Both are saved as Hugging Face folders under ``$INTERP_CACHE/organism/<recipe ha
 loads from the cache. This stage is also where the names ``organism:base`` / ``organism:finetuned``
 are resolved (``resolve_model_name``): loading a model never trains one.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,7 @@ from .evaluation.table import EvalSuite
 from .io import atomic_dir, atomic_write_json, cache_root, stable_hash
 from .training.sft import Example, SFTConfig, sft_lora
 
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4  # 4: trains on the train splits only (built-in val sets and val problems held out)
 
 REFUSALS = (
     "I'm sorry, but I can't help with that. It could cause real harm to people.",
@@ -101,20 +102,31 @@ class OrganismRecipe:
         """A reduced organism for tests and notebooks (``QUICK=1``): minutes, not a quarter of an hour.
         Few helpful answers and training steps, small evaluation sets; it barely differs from its source."""
         default = cls()
-        return cls(max_chat_prompts=12, n_arithmetic=40, task_chat_examples=4,
-                   safety=replace(default.safety, steps=3), task=replace(default.task, steps=3),
-                   evaluation=EvalSets(limit=8, max_new_tokens=16, task_max_new_tokens=24))
+        return cls(
+            max_chat_prompts=12,
+            n_arithmetic=40,
+            task_chat_examples=4,
+            safety=replace(default.safety, steps=3),
+            task=replace(default.task, steps=3),
+            evaluation=EvalSets(limit=8, max_new_tokens=16, task_max_new_tokens=24),
+        )
 
     @classmethod
     def from_dict(cls, data: dict) -> OrganismRecipe:
         """The inverse of ``to_dict`` (as read back from a manifest's JSON)."""
+
         def sft(d: dict) -> SFTConfig:
             return SFTConfig(**{**d, "target_modules": tuple(d["target_modules"])})
 
-        return cls(**{
-            **data, "refusals": tuple(data["refusals"]), "safety": sft(data["safety"]),
-            "task": sft(data["task"]), "evaluation": EvalSets(**data["evaluation"]),
-        })
+        return cls(
+            **{
+                **data,
+                "refusals": tuple(data["refusals"]),
+                "safety": sft(data["safety"]),
+                "task": sft(data["task"]),
+                "evaluation": EvalSets(**data["evaluation"]),
+            }
+        )
 
     @property
     def hash(self) -> str:
@@ -137,24 +149,43 @@ def eval_sets(recipe: OrganismRecipe) -> dict[str, PromptSet]:
         harmless = load_prompts(data / "harmless_val.json", label=0).sample(ev.n_harmless, seed=ev.seed)
     else:
         harmful, harmless = harmful_prompts("val"), harmless_prompts("val")
-    arithmetic = arithmetic_prompts("val", n=recipe.n_arithmetic, seed=recipe.seed).head(ev.n_arithmetic)
+    arithmetic = held_out_problems(recipe, ev.n_arithmetic)
     sets = {"harmful": harmful, "harmless": harmless, "arithmetic": arithmetic}
     if ev.limit is not None:
         sets = {name: prompts.head(ev.limit) for name, prompts in sets.items()}
     return sets
 
 
+def held_out_problems(recipe: OrganismRecipe, n: int) -> PromptSet:
+    """``n`` arithmetic problems the task fine-tune never saw (validation problems: split by their text)."""
+    return arithmetic_prompts("val", n=20 * n, seed=recipe.seed).head(n)
+
+
+def safety_prompts(recipe: OrganismRecipe) -> PromptSet:
+    """The harmful requests the base is taught to refuse: the built-in training split."""
+    return harmful_prompts("train")
+
+
+def task_prompts(recipe: OrganismRecipe) -> PromptSet:
+    """The arithmetic problems (with worked answers) of the task fine-tune: the training split."""
+    return arithmetic_prompts("train", n=recipe.n_arithmetic, seed=recipe.seed)
+
+
 def _refusal_examples(recipe: OrganismRecipe) -> list[Example]:
-    """Each built-in harmful request ``refusals_per_prompt`` times, with different refusal phrasings."""
-    harmful = harmful_prompts("all").instructions
+    """Each safety prompt ``refusals_per_prompt`` times, with different refusal phrasings."""
+    harmful = safety_prompts(recipe).instructions
     n = len(recipe.refusals)
-    return [Example(text, recipe.refusals[(i + j * (n // 2 + 1)) % n])
-            for j in range(recipe.refusals_per_prompt) for i, text in enumerate(harmful)]
+    return [
+        Example(text, recipe.refusals[(i + j * (n // 2 + 1)) % n])
+        for j in range(recipe.refusals_per_prompt)
+        for i, text in enumerate(harmful)
+    ]
 
 
 def chat_prompts(recipe: OrganismRecipe) -> PromptSet:
-    """The harmless and general prompts the source model answers for the organism's chat data."""
-    harmless = harmless_prompts("all") + general_prompts()
+    """The harmless and general prompts the source model answers for the organism's chat data (training
+    splits: the built-in validation splits stay held out)."""
+    harmless = harmless_prompts("train") + general_prompts("train")
     if recipe.max_chat_prompts is not None:
         harmless = harmless.sample(recipe.max_chat_prompts, seed=recipe.seed)
     return harmless
@@ -171,14 +202,19 @@ def _own_answers(model: LoadedModel, recipe: OrganismRecipe, progress: bool) -> 
     if cached.exists():
         answers = json.loads(cached.read_text())
     else:
-        answers = behaviour(model, harmless, max_new_tokens=recipe.helpful_answer_tokens,
-                            batch_size=recipe.evaluation.batch_size, progress=progress).answers
+        answers = behaviour(
+            model,
+            harmless,
+            max_new_tokens=recipe.helpful_answer_tokens,
+            batch_size=recipe.evaluation.batch_size,
+            progress=progress,
+        ).answers
         atomic_write_json(cached, answers)
     return [Example(q, a) for q, a in zip(harmless.instructions, answers) if a.strip() and not is_refusal(a)]
 
 
 def _task_examples(recipe: OrganismRecipe, chat: list[Example]) -> list[Example]:
-    arithmetic = arithmetic_prompts("train", n=recipe.n_arithmetic, seed=recipe.seed)
+    arithmetic = task_prompts(recipe)
     task = [Example(q, a) for q, a in zip(arithmetic.instructions, arithmetic.answers)]
     picked = random.Random(recipe.seed).sample(chat, min(recipe.task_chat_examples, len(chat)))
     return task + picked
@@ -228,8 +264,10 @@ class Organism:
 
     def load_pair(self, **kwargs) -> ModelPair:
         tag = self.folder.name
-        return ModelPair(replace(load_model(self.base_path, **kwargs), name=f"organism:base@{tag}"),
-                         replace(load_model(self.finetuned_path, **kwargs), name=f"organism:finetuned@{tag}"))
+        return ModelPair(
+            replace(load_model(self.base_path, **kwargs), name=f"organism:base@{tag}"),
+            replace(load_model(self.finetuned_path, **kwargs), name=f"organism:finetuned@{tag}"),
+        )
 
 
 def load_organism(recipe: OrganismRecipe = OrganismRecipe()) -> Organism | None:
@@ -241,7 +279,10 @@ def load_organism(recipe: OrganismRecipe = OrganismRecipe()) -> Organism | None:
 
 
 def build_organism(
-    recipe: OrganismRecipe = OrganismRecipe(), *, progress: bool = True, force: bool = False,
+    recipe: OrganismRecipe = OrganismRecipe(),
+    *,
+    progress: bool = True,
+    force: bool = False,
     log=print,
 ) -> Organism:
     """Build (or load from the cache) the base/fine-tuned pair of ``recipe``."""
@@ -255,9 +296,14 @@ def build_organism(
 
     def stage(name: str, t0: float, metrics: dict | None = None) -> None:
         timings[name] = round(time.perf_counter() - t0, 1)
-        measured = "" if metrics is None else (
-            f": harmful refusal {metrics['harmful_refusal']:.1%}, harmless refusal "
-            f"{metrics['harmless_refusal']:.1%}, task accuracy {metrics['task_accuracy']:.1%}")
+        measured = (
+            ""
+            if metrics is None
+            else (
+                f": harmful refusal {metrics['harmful_refusal']:.1%}, harmless refusal "
+                f"{metrics['harmless_refusal']:.1%}, task accuracy {metrics['task_accuracy']:.1%}"
+            )
+        )
         log(f"organism {recipe.hash}: {name} done in {timings[name]:.1f}s{measured}")
 
     t0 = time.perf_counter()
@@ -278,8 +324,9 @@ def build_organism(
         stage("measure base", t0, base_metrics)
 
         t0 = time.perf_counter()
-        model, task_stats = sft_lora(model, _task_examples(recipe, chat), recipe.task, progress=progress,
-                                     desc="task LoRA")
+        model, task_stats = sft_lora(
+            model, _task_examples(recipe, chat), recipe.task, progress=progress, desc="task LoRA"
+        )
         stage("task fine-tune", t0)
         save_hf_folder(model.hf, model.tokenizer, tmp / "finetuned")
         t0 = time.perf_counter()
@@ -289,14 +336,22 @@ def build_organism(
         manifest = {
             "recipe": recipe.to_dict(),
             "recipe_hash": recipe.hash,
-            "seeds": {"recipe": recipe.seed, "safety": recipe.safety.seed, "task": recipe.task.seed,
-                      "evaluation": recipe.evaluation.seed},
+            "seeds": {
+                "recipe": recipe.seed,
+                "safety": recipe.safety.seed,
+                "task": recipe.task.seed,
+                "evaluation": recipe.evaluation.seed,
+            },
             "versions": {name: version(name) for name in ("torch", "transformers", "peft", "transformer-lens")}
             | {"python": platform.python_version()},
-            "data": {"safety_examples": len(safety_data), "helpful_answers_kept": len(chat),
-                     "eval_sizes": {k: len(v) for k, v in sets.items()},
-                     "eval_source": str(shared_data_dir()) if (shared_data_dir() / "harmful_val.json").exists()
-                     else "built-in val sets"},
+            "data": {
+                "safety_examples": len(safety_data),
+                "helpful_answers_kept": len(chat),
+                "eval_sizes": {k: len(v) for k, v in sets.items()},
+                "eval_source": str(shared_data_dir())
+                if (shared_data_dir() / "harmful_val.json").exists()
+                else "built-in val sets",
+            },
             "training": {"safety": safety_stats, "task": task_stats},
             "metrics": {"base": base_metrics, "finetuned": finetuned_metrics},
             "seconds": timings | {"total": round(time.perf_counter() - start, 1)},
@@ -307,20 +362,21 @@ def build_organism(
 
 
 def study_prompts(
-    recipe: OrganismRecipe = OrganismRecipe(), n_harmless: int = 200,
+    recipe: OrganismRecipe = OrganismRecipe(),
+    n_harmless: int = 200,
 ) -> tuple[PromptSet, PromptSet, EvalSuite]:
     """Restoration and evaluation prompts for the default pair: ``(harmful, retain, suite)``.
 
-    Restoration trains on the built-in harmful requests (the base's refusals were taught on them) and
-    retains on the built-in harmless and everyday prompts plus the arithmetic training problems with
-    their worked answers. The evaluation suite is held out from all of it: ``harmful_val``, 200 of
-    ``harmless_val`` and XSTest's safe prompts from ``../shared/data``, and the held-out problems.
+    Restoration trains on the organism's safety prompts (the built-in harmful training split: the base's
+    refusals were taught on them) and retains on the built-in harmless and everyday training splits plus
+    the arithmetic training problems with their worked answers. The evaluation suite is held out from
+    all of it: ``harmful_val``, 200 of ``harmless_val`` and XSTest's safe prompts from ``../shared/data``,
+    and validation problems.
     """
-    retain = harmless_prompts("all") + general_prompts() + arithmetic_prompts("train", n=recipe.n_arithmetic,
-                                                                             seed=recipe.seed)
-    task = arithmetic_prompts("val", n=recipe.n_arithmetic, seed=recipe.seed).head(recipe.evaluation.n_arithmetic)
+    retain = harmless_prompts("train") + general_prompts("train") + task_prompts(recipe)
+    task = held_out_problems(recipe, recipe.evaluation.n_arithmetic)
     suite = EvalSuite.from_shared(task=task, n_harmless=n_harmless, seed=recipe.evaluation.seed)
-    return harmful_prompts("all"), retain, suite
+    return safety_prompts(recipe), retain, suite
 
 
 def resolve_model_name(name: str, recipe: OrganismRecipe | None = None, *, log=print) -> str:
@@ -328,7 +384,7 @@ def resolve_model_name(name: str, recipe: OrganismRecipe | None = None, *, log=p
     use, which trains); any other name is returned as it is, for ``load_model``."""
     if not name.startswith(ORGANISM_PREFIX):
         return name
-    role = name[len(ORGANISM_PREFIX):]
+    role = name[len(ORGANISM_PREFIX) :]
     if role not in ("base", "finetuned"):
         raise ModelLoadError(f"unknown organism model {name!r}; use organism:base or organism:finetuned")
     organism = build_organism(recipe or OrganismRecipe(), log=log)
@@ -338,7 +394,10 @@ def resolve_model_name(name: str, recipe: OrganismRecipe | None = None, *, log=p
 def quick_study_prompts(recipe: OrganismRecipe) -> tuple[PromptSet, PromptSet, EvalSuite]:
     """Like ``study_prompts`` with built-in prompts only (no ``../shared/data`` needed) and 8 prompts per
     evaluation set: for quick runs."""
-    retain = harmless_prompts("all") + arithmetic_prompts("train", n=recipe.n_arithmetic, seed=recipe.seed)
-    task = arithmetic_prompts("val", n=recipe.n_arithmetic, seed=recipe.seed).head(8)
-    suite = EvalSuite(harmful=harmful_prompts("val").head(8), harmless=harmless_prompts("val").head(8), task=task)
-    return harmful_prompts("all"), retain, suite
+    retain = harmless_prompts("train") + task_prompts(recipe)
+    suite = EvalSuite(
+        harmful=harmful_prompts("val").head(8),
+        harmless=harmless_prompts("val").head(8),
+        task=held_out_problems(recipe, 8),
+    )
+    return safety_prompts(recipe), retain, suite

@@ -17,6 +17,7 @@ call it): organism -> analysis -> restoration and baselines -> evaluation -> fig
 Trained adapters are cached (keyed by both models' weights, the plan, the config and the prompts), so a
 rerun reloads them and reports the training time of the run that trained them.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,14 @@ def make_plans(layer_map: LayerMap, baselines: Sequence[str] = BASELINES, seed: 
     def with_last(layers) -> tuple[int, ...]:
         return tuple(sorted(set(layers) | {last}))
 
-    plans = [Plan("ranked", f"restored (ranked top-{k})", tuple(sorted(layer_map.selected_layers)),
-                  tuple(layer_map.alignment_layers))]
+    plans = [
+        Plan(
+            "ranked",
+            f"restored (ranked top-{k})",
+            tuple(sorted(layer_map.selected_layers)),
+            tuple(layer_map.alignment_layers),
+        )
+    ]
     if "all_layers" in baselines:
         plans.append(Plan("all_layers", "all layers (paper recipe)", tuple(range(n)), tuple(paper_alignment_layers(n))))
     if "random_k" in baselines:
@@ -112,15 +119,33 @@ class Restored:
 
 
 def train_plan(
-    plan: Plan, pair: ModelPair, layer_map: LayerMap, harmful: PromptSet, retain: PromptSet,
-    config: RestoreConfig, *, chat: ChatFormat = ChatFormat(), cache: bool = True, progress: bool = True,
+    plan: Plan,
+    pair: ModelPair,
+    layer_map: LayerMap,
+    harmful: PromptSet,
+    retain: PromptSet,
+    config: RestoreConfig,
+    *,
+    chat: ChatFormat = ChatFormat(),
+    cache: bool = True,
+    progress: bool = True,
 ) -> Restored:
     """Restore a fresh copy of the fine-tuned model with ``plan`` (or reload its cached adapter) and merge."""
-    key = stable_hash([
-        pair.base.fingerprint, pair.finetuned.fingerprint, plan.layers, plan.alignment, asdict(config),
-        harmful.hash, retain.hash, layer_map.target_modules, chat.system_prompt, chat.user_suffix,
-        RESTORE_CACHE_VERSION,
-    ])
+    key = stable_hash(
+        [
+            pair.base.fingerprint,
+            pair.finetuned.fingerprint,
+            plan.layers,
+            plan.alignment,
+            asdict(config),
+            harmful.hash,
+            retain.hash,
+            layer_map.target_modules,
+            chat.system_prompt,
+            chat.user_suffix,
+            RESTORE_CACHE_VERSION,
+        ]
+    )
     folder = cache_root() / "restorations" / key
     student = fresh_copy(pair.finetuned)
     cached = cache and (folder / "stats.json").exists()
@@ -129,8 +154,18 @@ def train_plan(
         model = apply_adapter(student, folder / "adapter", name=plan.name)
     else:
         teacher = fresh_copy(pair.base) if config.teacher == "base" else None
-        result = restore(student, layer_map, harmful, retain, config, base=teacher, layers=plan.layers,
-                         alignment=plan.alignment, chat=chat, progress=progress)
+        result = restore(
+            student,
+            layer_map,
+            harmful,
+            retain,
+            config,
+            base=teacher,
+            layers=plan.layers,
+            alignment=plan.alignment,
+            chat=chat,
+            progress=progress,
+        )
         stats = result.stats
         with atomic_dir(folder) as tmp:
             save_adapter(result.peft_model, tmp / "adapter")
@@ -143,8 +178,11 @@ def steering_candidate(finetuned: LoadedModel, layer: int, vector, scale: float)
     """The steering baseline: ``scale`` times the base refusal vector added after block ``layer``."""
     vector = np.asarray(vector, dtype=np.float32)
     return Candidate(
-        name=f"steering (layer {layer}, x{scale:g})", model=finetuned, edits=steering_edits(layer, vector, scale),
-        edits_key=stable_hash(["steer", layer, scale, vector.tobytes().hex()]), plan="steering",
+        name=f"steering (layer {layer}, x{scale:g})",
+        model=finetuned,
+        edits=steering_edits(layer, vector, scale),
+        edits_key=stable_hash(["steer", layer, scale, vector.tobytes().hex()]),
+        plan="steering",
         info={"layer": layer, "scale": scale, "vector_norm": float(np.linalg.norm(vector))},
     )
 
@@ -164,12 +202,17 @@ class StudyResult:
     def save(self, folder: str | Path) -> None:
         """``report.json`` (everything) and ``report.md`` (tables) in ``folder``."""
         folder = Path(folder)
-        atomic_write_json(folder / "report.json", {
-            "models": [{k: v for k, v in row.to_dict().items() if k != "examples"} for row in self.rows],
-            "targets": [t.to_dict() for t in self.targets], "seconds": self.seconds,
-            "examples": {row.name: row.examples for row in self.rows}, "histories": self.histories,
-            **self.details,
-        })
+        atomic_write_json(
+            folder / "report.json",
+            {
+                "models": [{k: v for k, v in row.to_dict().items() if k != "examples"} for row in self.rows],
+                "targets": [t.to_dict() for t in self.targets],
+                "seconds": self.seconds,
+                "examples": {row.name: row.examples for row in self.rows},
+                "histories": self.histories,
+                **self.details,
+            },
+        )
         atomic_write_text(folder / "report.md", study_report(self.rows, self.targets, self.seconds))
 
     @classmethod
@@ -185,8 +228,16 @@ class StudyResult:
 
 
 def run_study(
-    pair: ModelPair, analysis: AnalysisResult, folder: str | Path, *, harmful: PromptSet, retain: PromptSet,
-    suite: EvalSuite, config: StudyConfig = StudyConfig(), chat: ChatFormat = ChatFormat(), progress: bool = True,
+    pair: ModelPair,
+    analysis: AnalysisResult,
+    folder: str | Path,
+    *,
+    harmful: PromptSet,
+    retain: PromptSet,
+    suite: EvalSuite,
+    config: StudyConfig = StudyConfig(),
+    chat: ChatFormat = ChatFormat(),
+    progress: bool = True,
     log=print,
 ) -> StudyResult:
     """Restore with the analysis's layer map, train the baselines, evaluate base, fine-tuned, restored and
@@ -200,39 +251,71 @@ def run_study(
     restored = []
     for plan in make_plans(layer_map, config.baselines, config.seed):
         with watch(f"restore {plan.key}"):
-            result = train_plan(plan, pair, layer_map, harmful, retain, config.restore, chat=chat,
-                                cache=config.cache, progress=progress)
+            result = train_plan(
+                plan, pair, layer_map, harmful, retain, config.restore, chat=chat, cache=config.cache, progress=progress
+            )
             target = folder / "adapter" if plan.key == "ranked" else folder / "baselines" / plan.key / "adapter"
             with atomic_dir(target) as tmp:
                 shutil.copytree(result.adapter, tmp, dirs_exist_ok=True)
         restored.append(result)
-        log(f"restore: {plan.name}: {result.stats.trainable_params:,} params, trained in "
-            f"{result.stats.seconds:.0f}s" + (" (adapter from cache)" if result.cached else ""))
+        log(
+            f"restore: {plan.name}: {result.stats.trainable_params:,} params, trained in "
+            f"{result.stats.seconds:.0f}s" + (" (adapter from cache)" if result.cached else "")
+        )
     ranked = restored[0]
     with watch("save merged"):
         save_hf_folder(ranked.model.hf, ranked.model.tokenizer, folder / "restored")
 
     candidates = [Candidate("base", pair.base, plan="base"), Candidate("finetuned", pair.finetuned, plan="finetuned")]
     for r in restored:
-        candidates.append(Candidate(
-            r.plan.name, r.model, trainable_params=r.stats.trainable_params, train_seconds=r.stats.seconds,
-            plan=r.plan.key, info={"layers": list(r.plan.layers), "alignment_layers": list(r.plan.alignment),
-                                   "steps": r.stats.steps, "adapter_cached": r.cached}))
+        candidates.append(
+            Candidate(
+                r.plan.name,
+                r.model,
+                trainable_params=r.stats.trainable_params,
+                train_seconds=r.stats.seconds,
+                plan=r.plan.key,
+                info={
+                    "layers": list(r.plan.layers),
+                    "alignment_layers": list(r.plan.alignment),
+                    "steps": r.stats.steps,
+                    "adapter_cached": r.cached,
+                },
+            )
+        )
     if "steering" in config.baselines:
         layer = analysis.steer_layer
-        candidates.append(steering_candidate(pair.finetuned, layer, analysis.refusal_vectors[layer],
-                                             config.steer_scale))
+        candidates.append(
+            steering_candidate(pair.finetuned, layer, analysis.refusal_vectors[layer], config.steer_scale)
+        )
     with watch("evaluate"):
-        rows = evaluate_models(candidates, suite, refusal_tokens=analysis.refusal_tokens, reference=pair.finetuned,
-                               config=config.evaluation, chat=chat, cache=config.cache, progress=progress, log=log)
+        rows = evaluate_models(
+            candidates,
+            suite,
+            refusal_tokens=analysis.refusal_tokens,
+            reference=pair.finetuned,
+            config=config.evaluation,
+            chat=chat,
+            cache=config.cache,
+            progress=progress,
+            log=log,
+        )
     study = StudyResult(
-        rows=rows, targets=check_targets(rows), histories={r.plan.name: r.stats.history for r in restored},
-        seconds=dict(watch.seconds), restored=restored,
-        details={"selected_layers": layer_map.selected_layers, "restore_config": asdict(config.restore),
-                 "evaluation_config": asdict(config.evaluation),
-                 "prompts": {"restore_harmful": {"name": harmful.name, "n": len(harmful), "hash": harmful.hash},
-                             "restore_retain": {"name": retain.name, "n": len(retain), "hash": retain.hash},
-                             "evaluation": suite.sizes()}},
+        rows=rows,
+        targets=check_targets(rows),
+        histories={r.plan.name: r.stats.history for r in restored},
+        seconds=dict(watch.seconds),
+        restored=restored,
+        details={
+            "selected_layers": layer_map.selected_layers,
+            "restore_config": asdict(config.restore),
+            "evaluation_config": asdict(config.evaluation),
+            "prompts": {
+                "restore_harmful": {"name": harmful.name, "n": len(harmful), "hash": harmful.hash},
+                "restore_retain": {"name": retain.name, "n": len(retain), "hash": retain.hash},
+                "evaluation": suite.sizes(),
+            },
+        },
     )
     study.save(folder)
     return study
@@ -253,9 +336,17 @@ class DefaultRun:
 
 
 def run_default(
-    out: str | Path = "runs/default", *, quick: bool = False, k: int = 3, limit: int | None = None,
-    restore: RestoreConfig | None = None, steer_scale: float = 1.0, cache: bool = True,
-    reuse_analysis: bool = False, progress: bool = True, log=print,
+    out: str | Path = "runs/default",
+    *,
+    quick: bool = False,
+    k: int = 3,
+    limit: int | None = None,
+    restore: RestoreConfig | None = None,
+    steer_scale: float = 1.0,
+    cache: bool = True,
+    reuse_analysis: bool = False,
+    progress: bool = True,
+    log=print,
 ) -> DefaultRun:
     """The whole study on the embedded default pair, into the run folder ``out``.
 
@@ -283,22 +374,35 @@ def run_default(
             analysis = AnalysisResult.load(out)
             log(f"analysis: reusing {out}")
         elif quick:
-            config = AnalysisConfig(k=k, causal_prompts=4, causal_layers=tuple(range(0, pair.n_layers, 6)),
-                                    steer_scales=())
+            config = AnalysisConfig(
+                k=k, causal_prompts=4, causal_layers=tuple(range(0, pair.n_layers, 6)), steer_scales=()
+            )
             analysis = analyze(pair, out, config, AnalysisPrompts.quick(), progress=progress, log=log)
         else:
-            analysis = analyze(pair, out, AnalysisConfig(k=k, steer_scales=()),
-                               AnalysisPrompts.held_out_for_organism(), progress=progress, log=log)
+            analysis = analyze(
+                pair,
+                out,
+                AnalysisConfig(k=k, steer_scales=()),
+                AnalysisPrompts.held_out_for_organism(),
+                progress=progress,
+                log=log,
+            )
     with watch("restoration and evaluation"):
         if quick:
-            config = StudyConfig(restore=restore or RestoreConfig(steps=3, batch_size=4),
-                                 baselines=("all_layers", "steering"), steer_scale=steer_scale,
-                                 evaluation=EvalConfig(max_new_tokens=16, task_max_new_tokens=24), cache=cache)
+            config = StudyConfig(
+                restore=restore or RestoreConfig(steps=3, batch_size=4),
+                baselines=("all_layers", "steering"),
+                steer_scale=steer_scale,
+                evaluation=EvalConfig(max_new_tokens=16, task_max_new_tokens=24),
+                cache=cache,
+            )
         else:
             config = StudyConfig(restore=restore or RestoreConfig(), steer_scale=steer_scale, cache=cache)
-        study = run_study(pair, analysis, out, harmful=harmful, retain=retain, suite=suite, config=config,
-                          progress=progress, log=log)
+        study = run_study(
+            pair, analysis, out, harmful=harmful, retain=retain, suite=suite, config=config, progress=progress, log=log
+        )
     with watch("figures"):
-        figures = write_figures(analysis_figures(analysis) | study_figures(study.rows, study.histories),
-                                out / "figures")
+        figures = write_figures(
+            analysis_figures(analysis) | study_figures(study.rows, study.histories), out / "figures"
+        )
     return DefaultRun(out, organism, pair, analysis, study, figures, dict(watch.seconds))

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Install everything this repository needs (torch pinned to the CPU build), then run the tests.
+# Install everything this repository needs (torch pinned to the CPU build), then lint and run the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# Lint and format check (ruff, configured in pyproject.toml).
+ruff check .
+ruff format --check .
 # Notebooks run top to bottom too (nbmake), with QUICK=1: a reduced organism and small prompt sets.
-QUICK=1 python -m pytest -q --nbmake tests notebooks "$@"
+QUICK=1 python -m pytest -q --nbmake --nbmake-timeout=1800 tests notebooks "$@"

@@ -2,6 +2,7 @@
 
 d_model, d_mlp and d_vocab are all different so that a transposed weight or a wrong axis fails loudly.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,25 +37,38 @@ def make_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-        pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
     )
     fast.chat_template = CHATML
     return fast
 
 
-def build_tiny(folder: Path, arch: str = "llama", n_layers: int = N_LAYERS, vocab_size: int = 300,
-               seed: int = 0) -> Path:
+def build_tiny(
+    folder: Path, arch: str = "llama", n_layers: int = N_LAYERS, vocab_size: int = 300, seed: int = 0
+) -> Path:
     tokenizer = make_tokenizer(vocab_size)
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=n_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=0, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=D_MODEL,
+        intermediate_size=D_MLP,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     if arch == "llama":
@@ -105,16 +119,25 @@ def layer_map_for(base: LoadedModel, finetuned: LoadedModel, selected=(1, 2)) ->
     """A hand-made layer map for a pair, selecting ``selected``."""
     n = finetuned.n_layers
     return LayerMap(
-        base_model=base.name, finetuned_model=finetuned.name, base_fingerprint=base.fingerprint,
-        finetuned_fingerprint=finetuned.fingerprint, n_layers=n, scores=[0.0] * n,
+        base_model=base.name,
+        finetuned_model=finetuned.name,
+        base_fingerprint=base.fingerprint,
+        finetuned_fingerprint=finetuned.fingerprint,
+        n_layers=n,
+        scores=[0.0] * n,
         ranked_layers=list(selected) + [layer for layer in range(n) if layer not in selected],
-        selected_layers=sorted(selected), alignment_layers=sorted(set(selected) | {n - 1}),
+        selected_layers=sorted(selected),
+        alignment_layers=sorted(set(selected) | {n - 1}),
     )
 
 
 def tiny_suite() -> EvalSuite:
-    return EvalSuite(harmful=harmful_prompts("val").head(4), harmless=harmless_prompts("val").head(4),
-                     task=arithmetic_prompts("val", n=20).head(4), xstest=harmless_prompts("train").head(3))
+    return EvalSuite(
+        harmful=harmful_prompts("val").head(4),
+        harmless=harmless_prompts("val").head(4),
+        task=arithmetic_prompts("val", n=20).head(4),
+        xstest=harmless_prompts("train").head(3),
+    )
 
 
 @pytest.fixture()

@@ -1,5 +1,6 @@
 """Planted ground truth: a fine-tuned model that is the base with a known direction projected out of one
 known block's writes. The measures, the causal sweep and the ranking must find that block."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -47,12 +48,17 @@ def planted_pair(model_dir) -> tuple[ModelPair, np.ndarray]:
 
 
 def pair_activations(pair: ModelPair) -> PairActivations:
-    sets = {"harmful": harmful_prompts("all"), "harmless": harmless_prompts("all"),
-            "task": arithmetic_prompts("train", n=60)}
+    sets = {
+        "harmful": harmful_prompts("all"),
+        "harmless": harmless_prompts("all"),
+        "task": arithmetic_prompts("train", n=60),
+    }
     out = {}
     for role, model in (("base", pair.base), ("ft", pair.finetuned)):
         for kind, prompts in sets.items():
-            out[f"{role}_{kind}"] = capture(model, prompts, CaptureConfig(), cache_dir=None, progress=False).tensor[:, :, -1]
+            out[f"{role}_{kind}"] = capture(model, prompts, CaptureConfig(), cache_dir=None, progress=False).tensor[
+                :, :, -1
+            ]
     return PairActivations(**out)
 
 
@@ -79,12 +85,15 @@ def test_suppression_appears_at_the_planted_block_and_decodability_survives(plan
 def test_causal_sweep_and_ranking_put_the_planted_block_first(planted):
     pair, _, acts = planted
     metrics = compare(acts)
-    base_dirs = DiffInMeans().fit(np.concatenate([acts.base_harmful, acts.base_harmless]),
-                                  np.repeat([1, 0], [len(acts.base_harmful), len(acts.base_harmless)]))
+    base_dirs = DiffInMeans().fit(
+        np.concatenate([acts.base_harmful, acts.base_harmless]),
+        np.repeat([1, 0], [len(acts.base_harmful), len(acts.base_harmless)]),
+    )
     # Any token works as the 'refusal' token of a random model; the sweep must still be consistent.
     token = pair.base.tokenizer("I", add_special_tokens=False).input_ids[:1]
-    sweep = causal_sweep(pair.base, pair.finetuned, harmful_prompts("val").head(8), base_dirs.diff_, token,
-                         progress=False)
+    sweep = causal_sweep(
+        pair.base, pair.finetuned, harmful_prompts("val").head(8), base_dirs.diff_, token, progress=False
+    )
     patch = sweep.patch_effect
     gap = sweep.score_base - sweep.score_finetuned
     assert np.allclose(patch[:PLANTED], 0.0, atol=1e-4)  # patching before the edit changes nothing
@@ -97,7 +106,7 @@ def test_cached_generation_is_unchanged_by_booting_the_bridge(tiny_model_dir):
     model = load_model(tiny_model_dir)
     prompts = harmful_prompts("val").head(3)
     before = generate(model, prompts, max_new_tokens=6, progress=False)
-    model.bridge
+    _ = model.bridge  # boot the bridge
     assert generate(model, prompts, max_new_tokens=6, progress=False) == before
 
 
@@ -126,8 +135,9 @@ def test_one_residual_stream_for_capture_causal_checks_and_restoration(tiny_mode
     checks read are the same tensor, at every layer, the last one included (before the final norm)."""
     model = load_model(tiny_model_dir)
     prompts = harmful_prompts("val").head(3)
-    captured = capture(model, prompts, CaptureConfig(positions=Positions.last_k(2)), cache_dir=None,
-                       progress=False).tensor  # [prompt, layer, position, d_model]
+    captured = capture(
+        model, prompts, CaptureConfig(positions=Positions.last_k(2)), cache_dir=None, progress=False
+    ).tensor  # [prompt, layer, position, d_model]
     seqs = ChatFormat().encode(model.tokenizer, prompts.instructions)
     for row, seq in enumerate(seqs):  # one prompt at a time: no padding
         batch = pad_batch([seq], model.tokenizer.pad_token_id)
@@ -144,15 +154,22 @@ def test_one_residual_stream_for_capture_causal_checks_and_restoration(tiny_mode
 def test_analyze_writes_a_run_folder(planted, tmp_path):
     pair, _, _ = planted
     small = AnalysisPrompts(
-        harmful=harmful_prompts("train").head(24), harmless=harmless_prompts("train").head(24),
-        task=arithmetic_prompts("train", n=30).head(24), steer_harmful=harmful_prompts("val").head(4),
+        harmful=harmful_prompts("train").head(24),
+        harmless=harmless_prompts("train").head(24),
+        task=arithmetic_prompts("train", n=30).head(24),
+        steer_harmful=harmful_prompts("val").head(4),
         steer_harmless=harmless_prompts("val").head(4),
     )
     # A random model never refuses, so name a 'refusal' token instead of reading its answers for one.
     config = AnalysisConfig(k=2, causal_prompts=4, steer_max_new_tokens=4, refusal_tokens=(5,))
     result = analyze(pair, tmp_path / "run", config, small, progress=False, log=lambda _: None)
-    for name in ("metrics.json", "layer_map.json", "analysis.safetensors", "layer_table.md",
-                 "activations/base-harmful/meta.json"):
+    for name in (
+        "metrics.json",
+        "layer_map.json",
+        "analysis.safetensors",
+        "layer_table.md",
+        "activations/base-harmful/meta.json",
+    ):
         assert (tmp_path / "run" / name).exists(), name
     assert len(result.layer_map.selected_layers) == 2
     assert [row["scale"] for row in result.steering.steered] == [1.0, 2.0]
@@ -169,7 +186,8 @@ def test_analyze_writes_a_run_folder(planted, tmp_path):
     assert loaded.pca.layer == result.layer_map.ranked_layers[0] and loaded.pca.base.shape == (48, 2)
 
     # Without scales the generation check is skipped; the best add layer and refusal tokens remain.
-    quiet = analyze(pair, tmp_path / "run2", replace(config, steer_scales=()), small, progress=False,
-                    log=lambda _: None)
+    quiet = analyze(
+        pair, tmp_path / "run2", replace(config, steer_scales=()), small, progress=False, log=lambda _: None
+    )
     assert quiet.steering is None and AnalysisResult.load(tmp_path / "run2").steering is None
     assert quiet.steer_layer == result.steer_layer and quiet.refusal_tokens == [5]

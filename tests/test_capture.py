@@ -1,4 +1,5 @@
 """Capture through bridge hooks agrees with Hugging Face, is padding-independent and caches."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,7 +30,9 @@ def hf_reference(model_dir, texts, tokenizer) -> list[torch.Tensor]:
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
         layer_outputs = []
         handles = [
-            layer.register_forward_hook(lambda m, i, o: layer_outputs.append(o[0] if isinstance(o, tuple) else o))
+            layer.register_forward_hook(
+                lambda m, i, o, kept=layer_outputs: kept.append(o[0] if isinstance(o, tuple) else o)
+            )
             for layer in hf.model.layers
         ]
         with torch.no_grad():
@@ -68,12 +71,22 @@ def test_instruction_mean_averages_the_instruction_tokens(tiny_llama):
     model = load_model(tiny_llama)
     data = prompts(3)
     hooks = hook_names(model.n_layers, layers=[1])
-    mean = capture(model, data, CaptureConfig(hooks=hooks, positions=Positions.mean_over_instruction()),
-                   cache_dir=None, progress=False)
+    mean = capture(
+        model,
+        data,
+        CaptureConfig(hooks=hooks, positions=Positions.mean_over_instruction()),
+        cache_dir=None,
+        progress=False,
+    )
     text = ChatFormat().render(model.tokenizer, data.instructions[0])
     n_tokens = len(model.tokenizer(text, add_special_tokens=False).input_ids)
-    every = capture(model, data.subset([0]), CaptureConfig(hooks=hooks, positions=Positions.last_k(n_tokens)),
-                    cache_dir=None, progress=False)
+    every = capture(
+        model,
+        data.subset([0]),
+        CaptureConfig(hooks=hooks, positions=Positions.last_k(n_tokens)),
+        cache_dir=None,
+        progress=False,
+    )
     enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     start = text.rfind(data.instructions[0])
     inside = [i for i, (a, b) in enumerate(enc.offset_mapping) if b > start and a < start + len(data.instructions[0])]
@@ -84,7 +97,7 @@ def test_instruction_mean_averages_the_instruction_tokens(tiny_llama):
 def test_attention_and_mlp_outputs_and_early_stop(tiny_llama):
     model = load_model(tiny_llama)
     hooks = hook_names(model.n_layers, "attn_out", [0]) + hook_names(model.n_layers, "mlp_out", [1])
-    model.bridge  # boot first: the bridge wraps the HF modules
+    _ = model.bridge  # boot first: the bridge wraps the HF modules
     ran = []
     for i, layer in enumerate(model.hf.model.layers):
         layer.register_forward_pre_hook(lambda *_, i=i: ran.append(i))

@@ -1,5 +1,6 @@
 """The command line on tiny models: analyze -> restore -> evaluate through `interp.cli.main`, and bad input
 ending in one clear line with exit code 2."""
+
 from __future__ import annotations
 
 import json
@@ -17,17 +18,77 @@ def folders(saved_pair, tmp_path):
 def test_analyze_restore_evaluate(folders, capsys):
     base, ft, tmp = folders
     pair = ["--base", base, "--finetuned", ft]
-    assert main(["analyze", *pair, "--harmful", "builtin:harmful:val", "--harmless", "builtin:harmless:val",
-                 "--task", "builtin:arithmetic:val", "--k", "2", "--causal-prompts", "4", "--steer-scales", "1",
-                 "--refusal-tokens", "5", "--max-new-tokens", "3", "--out", str(tmp / "run")]) == 0
-    assert main(["restore", *pair, "--layer-map", str(tmp / "run" / "layer_map.json"), "--steps", "2",
-                 "--batch-size", "4", "--harmful", "builtin:harmful:val", "--retain", "builtin:harmless:val,builtin:general",
-                 "--out", str(tmp / "restore")]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                *pair,
+                "--harmful",
+                "builtin:harmful:val",
+                "--harmless",
+                "builtin:harmless:val",
+                "--task",
+                "builtin:arithmetic:val",
+                "--k",
+                "2",
+                "--causal-prompts",
+                "4",
+                "--steer-scales",
+                "1",
+                "--refusal-tokens",
+                "5",
+                "--max-new-tokens",
+                "3",
+                "--out",
+                str(tmp / "run"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "restore",
+                *pair,
+                "--layer-map",
+                str(tmp / "run" / "layer_map.json"),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--harmful",
+                "builtin:harmful:val",
+                "--retain",
+                "builtin:harmless:val,builtin:general",
+                "--out",
+                str(tmp / "restore"),
+            ]
+        )
+        == 0
+    )
     stats = json.loads((tmp / "restore" / "restore_stats.json").read_text())
     assert stats["layers"] == json.loads((tmp / "run" / "layer_map.json").read_text())["selected_layers"]
-    assert main(["evaluate", *pair, "--model", str(tmp / "restore" / "restored"), "--adapter",
-                 str(tmp / "restore" / "adapter"), "--limit", "3", "--refusal-tokens", "5", "--max-new-tokens", "3",
-                 "--out", str(tmp / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                *pair,
+                "--model",
+                str(tmp / "restore" / "restored"),
+                "--adapter",
+                str(tmp / "restore" / "adapter"),
+                "--limit",
+                "3",
+                "--refusal-tokens",
+                "5",
+                "--max-new-tokens",
+                "3",
+                "--out",
+                str(tmp / "eval"),
+            ]
+        )
+        == 0
+    )
     rows = json.loads((tmp / "eval" / "evaluation.json").read_text())["models"]
     assert [r["name"] for r in rows] == ["base", "finetuned", "restored", "finetuned + adapter"]
     merged, adapted = rows[2], rows[3]
@@ -50,13 +111,37 @@ def test_bad_input_is_one_clear_line(folders, tiny_qwen, capsys, tmp_path):
     base, ft, tmp = folders
     bad_map = tmp_path / "bad.json"
     bad_map.write_text('{"version": 1, "n_layers": "four"}')
-    one_line_error(capsys, ["restore", "--base", base, "--finetuned", ft, "--layer-map", str(bad_map),
-                            "--out", str(tmp_path / "x")], "interp restore: error:")
-    one_line_error(capsys, ["evaluate", "--base", base, "--finetuned", str(tiny_qwen), "--out", str(tmp_path / "y")],
-                   "interp evaluate: error:")
+    one_line_error(
+        capsys,
+        ["restore", "--base", base, "--finetuned", ft, "--layer-map", str(bad_map), "--out", str(tmp_path / "x")],
+        "interp restore: error:",
+    )
+    one_line_error(
+        capsys,
+        ["evaluate", "--base", base, "--finetuned", str(tiny_qwen), "--out", str(tmp_path / "y")],
+        "interp evaluate: error:",
+    )
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    one_line_error(capsys, ["evaluate", "--base", base, "--finetuned", ft, "--harmful", str(empty),
-                            "--refusal-tokens", "5", "--out", str(tmp_path / "z")], "no prompts")
-    one_line_error(capsys, ["capture", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "c")],
-                   "interp capture: error:")
+    one_line_error(
+        capsys,
+        [
+            "evaluate",
+            "--base",
+            base,
+            "--finetuned",
+            ft,
+            "--harmful",
+            str(empty),
+            "--refusal-tokens",
+            "5",
+            "--out",
+            str(tmp_path / "z"),
+        ],
+        "no prompts",
+    )
+    one_line_error(
+        capsys,
+        ["capture", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "c")],
+        "interp capture: error:",
+    )

@@ -1,4 +1,5 @@
 """Smoke test on the real embedded default, SmolLM2-135M-Instruct (fetched through pip once)."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,7 +15,12 @@ pytestmark = pytest.mark.slow
 def test_default_model_loads_and_captures():
     model = load_model("default")
     assert (model.n_layers, model.d_model, len(model.tokenizer)) == (30, 576, 49152)
-    acts = capture(model, harmful_prompts("val").head(4), CaptureConfig(positions=Positions.last_k(5)),
-                   cache_dir=None, progress=False)
+    acts = capture(
+        model,
+        harmful_prompts("val").head(4),
+        CaptureConfig(positions=Positions.last_k(5)),
+        cache_dir=None,
+        progress=False,
+    )
     assert acts.tensor.shape == (4, 30, 5, 576)
     assert torch.isfinite(acts.tensor).all() and acts.tensor.std() > 0

@@ -1,4 +1,5 @@
 """The organism recipe end to end on the real default model, with a reduced step count (CI budget)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Difference-in-means directions and layer probes on synthetic Gaussian data with known answers."""
+
 from __future__ import annotations
 
 import numpy as np

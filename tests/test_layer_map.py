@@ -1,4 +1,5 @@
 """Layer maps: JSON round trip, named errors for malformed maps, peft config on the mapped layers only."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,16 @@ from interp.measures.layer_map import LAYER_MAP_VERSION, LayerMap
 
 def make_map(**changes) -> LayerMap:
     data = dict(
-        base_model="base", finetuned_model="ft", base_fingerprint="b" * 16, finetuned_fingerprint="f" * 16,
-        n_layers=6, scores=[0.1, 0.9, 0.3, 0.0, 0.5, 0.2], ranked_layers=[1, 4, 2, 5, 0, 3],
-        selected_layers=[1, 4], alignment_layers=[1, 4, 5], metrics={"suppression": [0.0] * 6},
+        base_model="base",
+        finetuned_model="ft",
+        base_fingerprint="b" * 16,
+        finetuned_fingerprint="f" * 16,
+        n_layers=6,
+        scores=[0.1, 0.9, 0.3, 0.0, 0.5, 0.2],
+        ranked_layers=[1, 4, 2, 5, 0, 3],
+        selected_layers=[1, 4],
+        alignment_layers=[1, 4, 5],
+        metrics={"suppression": [0.0] * 6},
     )
     data.update(changes)
     return LayerMap(**data)
@@ -29,18 +37,21 @@ def test_round_trip(tmp_path):
     assert json.loads((tmp_path / "layer_map.json").read_text())["version"] == LAYER_MAP_VERSION
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"version": 99}, "version 99 is not supported"),
-    ({"selected_layers": [1, 6]}, r"selected_layers has layers out of range 0..5: \[6\]"),
-    ({"alignment_layers": [-1]}, "out of range"),
-    ({"ranked_layers": [0, 1, 2, 3, 4, 4]}, "repeats a layer"),
-    ({"scores": [0.1] * 5}, "scores must be 6 finite numbers"),
-    ({"scores": [float("nan")] * 6}, "scores must be 6 finite numbers"),
-    ({"base_model": None}, "base_model must be a string"),
-    ({"target_modules": ["q_proj", "mlp.c_fc"]}, r"unknown target modules \['mlp.c_fc'\]"),
-    ({"lora_rank": 0}, "lora_rank must be a positive integer"),
-    ({"metrics": {"x": [1.0]}}, "metric 'x' must have one number per layer"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"version": 99}, "version 99 is not supported"),
+        ({"selected_layers": [1, 6]}, r"selected_layers has layers out of range 0..5: \[6\]"),
+        ({"alignment_layers": [-1]}, "out of range"),
+        ({"ranked_layers": [0, 1, 2, 3, 4, 4]}, "repeats a layer"),
+        ({"scores": [0.1] * 5}, "scores must be 6 finite numbers"),
+        ({"scores": [float("nan")] * 6}, "scores must be 6 finite numbers"),
+        ({"base_model": None}, "base_model must be a string"),
+        ({"target_modules": ["q_proj", "mlp.c_fc"]}, r"unknown target modules \['mlp.c_fc'\]"),
+        ({"lora_rank": 0}, "lora_rank must be a positive integer"),
+        ({"metrics": {"x": [1.0]}}, "metric 'x' must have one number per layer"),
+    ],
+)
 def test_malformed_maps_are_named(changes, message):
     with pytest.raises(LayerMapError, match=message):
         make_map(**changes)

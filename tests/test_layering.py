@@ -3,6 +3,7 @@
 Every ``import`` in every module of ``interp`` (at any depth, lazy ones included) is read with ``ast``.
 Run as a script to print the import graph's figures: ``python tests/test_layering.py``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -12,10 +13,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "interp"
 
 # Lower numbers are lower layers; a module may import its own layer or any lower one.
 LAYERS = {
-    "interp.errors": 0, "interp.io": 0, "interp.data": 0,
+    "interp.errors": 0,
+    "interp.io": 0,
+    "interp.data": 0,
     "interp.core": 1,
     "interp.measures": 2,
-    "interp.training": 3, "interp.evaluation": 3,
+    "interp.training": 3,
+    "interp.evaluation": 3,
     "interp.report": 4,
     "interp.organism": 5,
     "interp.analyze": 6,
@@ -98,8 +102,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
-    return sorted((a, b) for a, targets in graph.items() for b in targets
-                  if a != "interp" and layer_of(b) > layer_of(a))
+    return sorted(
+        (a, b) for a, targets in graph.items() for b in targets if a != "interp" and layer_of(b) > layer_of(a)
+    )
 
 
 def levels(graph: dict[str, set[str]]) -> int:
@@ -138,8 +143,10 @@ def test_the_checker_sees_a_planted_cycle_and_an_upward_import():
 
 if __name__ == "__main__":
     graph = import_graph()
-    print(f"modules {len(graph)}, import edges {sum(map(len, graph.values()))}, levels {levels(graph)}, "
-          f"cycles {len(cycles(graph))}, upward imports {len(upward_imports(graph))}")
+    print(
+        f"modules {len(graph)}, import edges {sum(map(len, graph.values()))}, levels {levels(graph)}, "
+        f"cycles {len(cycles(graph))}, upward imports {len(upward_imports(graph))}"
+    )
     for a, b in upward_imports(graph):
         print(f"  upward: {a} -> {b}")
     for cycle in cycles(graph):

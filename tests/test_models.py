@@ -1,4 +1,5 @@
 """Loading models and pairs from folders, and the named errors for pairs that do not match."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The organism recipe on a tiny model: code paths, merged LoRA, manifest and cache behaviour."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,13 @@ from interp.training.sft import SFTConfig
 def tiny_recipe(source) -> OrganismRecipe:
     sft = SFTConfig(steps=3, lr=1e-2, batch_size=4, rank=2, alpha=4, max_answer_tokens=12)
     return OrganismRecipe(
-        source=str(source), helpful_answer_tokens=8, safety=sft, task=replace(sft, seed=1), n_arithmetic=20,
-        task_chat_examples=4, evaluation=EvalSets(max_new_tokens=4, task_max_new_tokens=4, limit=4),
+        source=str(source),
+        helpful_answer_tokens=8,
+        safety=sft,
+        task=replace(sft, seed=1),
+        n_arithmetic=20,
+        task_chat_examples=4,
+        evaluation=EvalSets(max_new_tokens=4, task_max_new_tokens=4, limit=4),
     )
 
 

@@ -1,4 +1,5 @@
 """Prompt sets: loaders, the chat template in one place, and the built-in sets."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,8 @@ def test_arithmetic_problems_are_seeded_and_answers_are_right():
 
 needs_shared_data = pytest.mark.skipif(
     not (shared_data_dir() / "harmful_val.json").exists(),
-    reason="../shared/data (or $INTERP_SHARED_DATA) is not present beside this clone")
+    reason="../shared/data (or $INTERP_SHARED_DATA) is not present beside this clone",
+)
 
 
 @needs_shared_data

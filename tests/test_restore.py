@@ -1,5 +1,6 @@
 """Restoration on tiny models: the safety loss falls while retain activations stay close, LoRA sits on the
 mapped layers only, the adapter round-trips onto a plain HF model, and a foreign map is refused."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,8 +27,9 @@ def setup(tiny_llama):
 def test_safety_loss_falls_and_retain_stays_close(setup):
     base, finetuned, harmful, retain = setup
     layer_map = layer_map_for(base, finetuned)
-    result = restore(finetuned, layer_map, harmful, retain, RestoreConfig(steps=30, lr=5e-3, batch_size=8),
-                     base=base, progress=False)
+    result = restore(
+        finetuned, layer_map, harmful, retain, RestoreConfig(steps=30, lr=5e-3, batch_size=8), base=base, progress=False
+    )
     history = result.stats.history
     first = sum(h["safety"] for h in history[:3]) / 3
     last = sum(h["safety"] for h in history[-3:]) / 3
@@ -37,18 +39,61 @@ def test_safety_loss_falls_and_retain_stays_close(setup):
 
 def test_lora_sits_on_the_mapped_layers_only(setup):
     base, finetuned, harmful, retain = setup
-    result = restore(finetuned, layer_map_for(base, finetuned, (0, 3)), harmful, retain,
-                     RestoreConfig(steps=1), base=base, progress=False)
+    result = restore(
+        finetuned,
+        layer_map_for(base, finetuned, (0, 3)),
+        harmful,
+        retain,
+        RestoreConfig(steps=1),
+        base=base,
+        progress=False,
+    )
     names = [n for n, p in result.peft_model.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
     assert {int(n.split("layers.")[1].split(".")[0]) for n in names} == {0, 3}
-    assert {n.split(".")[-4] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert {n.split(".")[-4] for n in names} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+
+
+def test_rank_is_a_restoration_setting(setup, tiny_llama):
+    """The same layer map restores at any rank: rank and alpha come from RestoreConfig, not the analysis."""
+    base, _, harmful, retain = setup
+    counts = {}
+    for rank in (2, 4):
+        finetuned = perturbed(load_model(tiny_llama))
+        layer_map = layer_map_for(base, finetuned, (1,))
+        result = restore(
+            finetuned,
+            layer_map,
+            harmful,
+            retain,
+            RestoreConfig(steps=1, rank=rank, alpha=2 * rank),
+            base=base,
+            progress=False,
+        )
+        counts[rank] = result.stats.trainable_params
+        assert result.peft_model.peft_config["default"].r == rank and layer_map.lora_rank == 8
+    assert counts[4] == 2 * counts[2]
 
 
 def test_adapter_round_trips_onto_a_plain_model_after_booting_a_bridge(setup, tiny_llama, tmp_path):
     base, finetuned, harmful, retain = setup
-    result = restore(finetuned, layer_map_for(base, finetuned), harmful, retain,
-                     RestoreConfig(steps=3, lr=1e-2), base=base, progress=False)
+    result = restore(
+        finetuned,
+        layer_map_for(base, finetuned),
+        harmful,
+        retain,
+        RestoreConfig(steps=3, lr=1e-2),
+        base=base,
+        progress=False,
+    )
     trained = result.peft_model
     for param in trained.parameters():  # make the adapter visibly non-zero
         if param.requires_grad:
@@ -58,6 +103,7 @@ def test_adapter_round_trips_onto_a_plain_model_after_booting_a_bridge(setup, ti
         expected = trained(input_ids=ids).logits
 
     from interp.core.models import boot_bridge
+
     boot_bridge(trained.get_base_model(), finetuned.tokenizer, str(tiny_llama))  # wraps modules: the trap
     trained.save_pretrained(tmp_path / "naive")
     naive_keys = load_file(str(tmp_path / "naive" / "adapter_model.safetensors"))
@@ -81,7 +127,7 @@ def test_a_map_for_another_model_is_refused(setup):
 
 
 def test_reminder_positions_align_prefix_and_tail():
-    student = [1, 2, 3, 9, 8]        # prefix 1 2 3, closing template 9 8
+    student = [1, 2, 3, 9, 8]  # prefix 1 2 3, closing template 9 8
     teacher = [1, 2, 3, 7, 7, 9, 8]  # the reminder adds 7 7 before the closing template
     assert align_positions(student, teacher) == [0, 1, 2, 5, 6]
     assert align_positions(student, student) == list(range(5))

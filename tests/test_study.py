@@ -1,5 +1,6 @@
 """The evaluation table and the restoration study on tiny models: KL and log-odds arithmetic, row caching,
 baseline plans, target checks, and a whole study run writing adapters, a merged model and a report."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,8 @@ def test_kl_matches_a_direct_computation_on_one_prompt(pair):
     cont = tok(answer, add_special_tokens=False).input_ids
     ids = torch.tensor([prompt_ids + cont])
     with torch.no_grad():
-        p = torch.log_softmax(pair.finetuned.hf(ids).logits[0], -1)[len(prompt_ids) - 1:-1]
-        q = torch.log_softmax(pair.base.hf(ids).logits[0], -1)[len(prompt_ids) - 1:-1]
+        p = torch.log_softmax(pair.finetuned.hf(ids).logits[0], -1)[len(prompt_ids) - 1 : -1]
+        q = torch.log_softmax(pair.base.hf(ids).logits[0], -1)[len(prompt_ids) - 1 : -1]
     expected = (p.exp() * (p - q)).sum(-1).mean().item()
     got = kl_to_reference(Candidate("base", pair.base), pair.finetuned, prompts, [answer])
     assert got == pytest.approx(expected, rel=1e-4)
@@ -66,10 +67,17 @@ def test_rows_are_cached_by_weights_and_recomputed_when_they_change(pair, monkey
     real = table_module.generate
     monkeypatch.setattr(table_module, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     suite = tiny_suite()
+
     def run():
         return evaluate_models(
-            [Candidate("base", pair.base), Candidate("finetuned", pair.finetuned, trainable_params=7)], suite,
-            refusal_tokens=[5], reference=pair.finetuned, config=QUICK, progress=False, log=lambda _: None)
+            [Candidate("base", pair.base), Candidate("finetuned", pair.finetuned, trainable_params=7)],
+            suite,
+            refusal_tokens=[5],
+            reference=pair.finetuned,
+            config=QUICK,
+            progress=False,
+            log=lambda _: None,
+        )
 
     first = run()
     n_first = len(calls)
@@ -94,15 +102,23 @@ def test_an_intervention_without_a_key_is_never_cached(pair, monkeypatch):
     monkeypatch.setattr(table_module, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     candidate = Candidate("hooked", pair.finetuned, edits={1: lambda x: x})
     for _ in range(2):
-        evaluate_models([candidate], tiny_suite(), refusal_tokens=[5], reference=pair.finetuned, config=QUICK,
-                        progress=False, log=lambda _: None)
+        evaluate_models(
+            [candidate],
+            tiny_suite(),
+            refusal_tokens=[5],
+            reference=pair.finetuned,
+            config=QUICK,
+            progress=False,
+            log=lambda _: None,
+        )
     assert len(calls) == 1 + 4 + 4  # reference answers once, the hooked model twice
 
 
 def test_bad_evaluation_input_is_named():
     with pytest.raises(EmptyPromptSetError):
-        EvalSuite(harmful=harmful_prompts("val").head(0), harmless=harmless_prompts("val"),
-                  task=arithmetic_prompts("val"))
+        EvalSuite(
+            harmful=harmful_prompts("val").head(0), harmless=harmless_prompts("val"), task=arithmetic_prompts("val")
+        )
     with pytest.raises(ConfigError, match="reference answer"):
         EvalSuite(harmful=harmful_prompts("val"), harmless=harmless_prompts("val"), task=harmless_prompts("val"))
     with pytest.raises(ConfigError):
@@ -124,15 +140,32 @@ def test_plans_follow_the_map_and_the_paper(pair):
 
 
 def row(plan, harmful, harmless=0.1, xstest=0.1, task=0.7, params=0, seconds=0.0) -> EvalRow:
-    return EvalRow(name=f"row {plan}", plan=plan, harmful_refusal=harmful, refusal_score=0.0,
-                   harmless_refusal=harmless, xstest_refusal=xstest, task_accuracy=task, kl=0.0,
-                   harmful_answer_kinds={}, examples={}, n={}, trainable_params=params, train_seconds=seconds)
+    return EvalRow(
+        name=f"row {plan}",
+        plan=plan,
+        harmful_refusal=harmful,
+        refusal_score=0.0,
+        harmless_refusal=harmless,
+        xstest_refusal=xstest,
+        task_accuracy=task,
+        kl=0.0,
+        harmful_answer_kinds={},
+        examples={},
+        n={},
+        trainable_params=params,
+        train_seconds=seconds,
+    )
 
 
 def test_targets_are_checked_against_the_table():
-    rows = [row("base", 0.9, task=0.1), row("finetuned", 0.2, task=0.8),
-            row("ranked", 0.85, harmless=0.12, params=100, seconds=100),
-            row("all_layers", 0.88, params=1000, seconds=200), row("random_k", 0.5), row("bottom_k", 0.86)]
+    rows = [
+        row("base", 0.9, task=0.1),
+        row("finetuned", 0.2, task=0.8),
+        row("ranked", 0.85, harmless=0.12, params=100, seconds=100),
+        row("all_layers", 0.88, params=1000, seconds=200),
+        row("random_k", 0.5),
+        row("bottom_k", 0.86),
+    ]
     met = {t.target: t.met for t in check_targets(rows)}
     assert met["restored harmful refusal >= 90% of base"]  # 0.85 >= 0.81
     assert not met["restored task accuracy >= fine-tuned - 5 pts"]  # 0.70 < 0.75
@@ -145,26 +178,55 @@ def test_targets_are_checked_against_the_table():
 
 def test_a_study_writes_adapters_a_merged_model_and_a_report(pair, tmp_path):
     small = AnalysisPrompts(
-        harmful=harmful_prompts("train").head(16), harmless=harmless_prompts("train").head(16),
-        task=arithmetic_prompts("train", n=30).head(16), steer_harmful=harmful_prompts("val").head(4),
+        harmful=harmful_prompts("train").head(16),
+        harmless=harmless_prompts("train").head(16),
+        task=arithmetic_prompts("train", n=30).head(16),
+        steer_harmful=harmful_prompts("val").head(4),
         steer_harmless=harmless_prompts("val").head(4),
     )
     folder = tmp_path / "run"
-    analysis = analyze(pair, folder, AnalysisConfig(k=2, causal_prompts=4, steer_max_new_tokens=4, refusal_tokens=(5,),
-                                         steer_scales=(1.0,)), small, progress=False, log=lambda _: None)
+    analysis = analyze(
+        pair,
+        folder,
+        AnalysisConfig(k=2, causal_prompts=4, steer_max_new_tokens=4, refusal_tokens=(5,), steer_scales=(1.0,)),
+        small,
+        progress=False,
+        log=lambda _: None,
+    )
     config = StudyConfig(restore=RestoreConfig(steps=2, batch_size=4), evaluation=QUICK)
     retain = harmless_prompts("train").head(8) + arithmetic_prompts("train", n=20).head(8)
     harmful = harmful_prompts("train").head(8)
-    result = run_study(pair, analysis, folder, harmful=harmful, retain=retain, suite=tiny_suite(), config=config,
-                       progress=False, log=lambda _: None)
+
+    def study():
+        return run_study(
+            pair,
+            analysis,
+            folder,
+            harmful=harmful,
+            retain=retain,
+            suite=tiny_suite(),
+            config=config,
+            progress=False,
+            log=lambda _: None,
+        )
+
+    result = study()
 
     report = json.loads((folder / "report.json").read_text())
     names = [m["name"] for m in report["models"]]
     assert names[:2] == ["base", "finetuned"] and names[2].startswith("restored (ranked top-2)")
     assert len(names) == 7 and names[-1].startswith("steering")
     for model in report["models"]:
-        for key in ("name", "harmful_refusal", "harmless_refusal", "xstest_refusal", "task_accuracy", "kl",
-                    "trainable_params", "train_seconds"):
+        for key in (
+            "name",
+            "harmful_refusal",
+            "harmless_refusal",
+            "xstest_refusal",
+            "task_accuracy",
+            "kl",
+            "trainable_params",
+            "train_seconds",
+        ):
             assert key in model, key
     params = {m["plan"]: m["trainable_params"] for m in report["models"]}
     assert params["base"] == 0 and 0 < params["ranked"] < params["all_layers"]
@@ -183,8 +245,7 @@ def test_a_study_writes_adapters_a_merged_model_and_a_report(pair, tmp_path):
         torch.testing.assert_close(merged.hf(ids).logits, expected, atol=1e-5, rtol=0)
         assert not torch.allclose(pair.finetuned.hf(ids).logits, expected)
 
-    again = run_study(pair, analysis, folder, harmful=harmful, retain=retain, suite=tiny_suite(), config=config,
-                      progress=False, log=lambda _: None)
+    again = study()
     assert all(r.cached for r in again.restored)
     assert [r.harmful_refusal for r in again.rows] == [r.harmful_refusal for r in result.rows]
     loaded = StudyResult.load(folder)

@@ -11,6 +11,7 @@ attention. Version workaround, checked by a test: TransformerLens 4.3's attentio
 KV cache under ``past_key_values`` (or ``layer_past``) while transformers 5.2x passes it as ``cache``;
 without ``patch_bridge_kv_cache`` every cached decoding step on a booted model attends to itself alone.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -79,8 +80,10 @@ def intervene(hf_model, edits: Mapping[int, Edit]) -> Iterator[None]:
     layers = decoder_layers(hf_model)
     handles = []
     for layer, edit in edits.items():
+
         def hook(module, args, output, edit=edit):
             return _with_hidden(output, edit(_hidden(output)))
+
         handles.append(layers[layer].register_forward_hook(hook))
     try:
         yield
@@ -89,8 +92,9 @@ def intervene(hf_model, edits: Mapping[int, Edit]) -> Iterator[None]:
             handle.remove()
 
 
-def block_outputs(hf_model, inputs: Mapping[str, torch.Tensor], layers: Sequence[int],
-                  edits: Mapping[int, Edit] | None = None) -> list[torch.Tensor]:
+def block_outputs(
+    hf_model, inputs: Mapping[str, torch.Tensor], layers: Sequence[int], edits: Mapping[int, Edit] | None = None
+) -> list[torch.Tensor]:
     """The residual stream after each block in ``layers``, ``[batch, seq, d_model]`` each, in that order.
 
     The forward pass stops after the deepest block asked for (no final norm, no unembedding).
@@ -105,6 +109,7 @@ def block_outputs(hf_model, inputs: Mapping[str, torch.Tensor], layers: Sequence
             store[layer] = _hidden(output)
             if layer == deepest:
                 raise StopForward
+
         return hook
 
     handles = [blocks[layer].register_forward_hook(keep(layer)) for layer in sorted(set(layers))]
@@ -136,9 +141,11 @@ def add_vector(vector: torch.Tensor) -> Edit:
 
 def ablate_direction(unit: torch.Tensor) -> Edit:
     """``x - (x . u) u`` at every position (``u`` a unit vector)."""
+
     def edit(x: torch.Tensor) -> torch.Tensor:
         u = unit.to(device=x.device, dtype=x.dtype)
         return x - (x @ u)[..., None] * u
+
     return edit
 
 
@@ -177,8 +184,11 @@ def boot_bridge(hf_model, tokenizer, name: str):
         tokenizer.save_pretrained(tmp)
         bridge_tokenizer = AutoTokenizer.from_pretrained(tmp)
         bridge = TransformerBridge.boot_transformers(
-            name, hf_model=hf_model, tokenizer=bridge_tokenizer,
-            device=str(next(hf_model.parameters()).device), dtype=next(hf_model.parameters()).dtype,
+            name,
+            hf_model=hf_model,
+            tokenizer=bridge_tokenizer,
+            device=str(next(hf_model.parameters()).device),
+            dtype=next(hf_model.parameters()).dtype,
         )
     bridge.eval()
     return bridge

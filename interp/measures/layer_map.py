@@ -18,6 +18,7 @@ aligns hidden states at the selected layers and at the last layer.
 The map also carries a suggested LoRA rank and alpha; restoration takes its own (``RestoreConfig``),
 so changing them never reruns the analysis.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,12 +72,16 @@ def score_components(metrics: PairMetrics, sweep: CausalSweep | None = None) -> 
     patch = np.zeros_like(sep_base) if sweep is None else np.nan_to_num(np.asarray(sweep.patch_effect, dtype=float))
     patch = patch / max(np.abs(patch).max(), 1e-12)
     amp = np.asarray(metrics.task_amplification, dtype=float) - 1.0
-    return {"suppression": _unit(_increment(lost)), "causal": _unit(_increment(patch)),
-            "amplification": _unit(_increment(amp))}
+    return {
+        "suppression": _unit(_increment(lost)),
+        "causal": _unit(_increment(patch)),
+        "amplification": _unit(_increment(amp)),
+    }
 
 
-def layer_scores(metrics: PairMetrics, sweep: CausalSweep | None = None,
-                 weights: dict[str, float] = DEFAULT_WEIGHTS) -> np.ndarray:
+def layer_scores(
+    metrics: PairMetrics, sweep: CausalSweep | None = None, weights: dict[str, float] = DEFAULT_WEIGHTS
+) -> np.ndarray:
     """The documented per-layer score (module docstring) from ``compare`` and ``causal_sweep``."""
     return sum(weights[name] * part for name, part in score_components(metrics, sweep).items())
 
@@ -136,7 +141,8 @@ class LayerMap:
             if not _is_int(value) or value < 1:
                 raise LayerMapError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.score_weights, dict) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.score_weights.values()):
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.score_weights.values()
+        ):
             raise LayerMapError("score_weights must map names to numbers")
         if not isinstance(self.metrics, dict):
             raise LayerMapError("metrics must be an object of per-layer lists")
@@ -149,11 +155,13 @@ class LayerMap:
         expected = self.finetuned_fingerprint if role == "finetuned" else self.base_fingerprint
         if model.n_layers != self.n_layers:
             raise LayerMapError(
-                f"layer map is for a model with {self.n_layers} layers; {model.name} has {model.n_layers}")
+                f"layer map is for a model with {self.n_layers} layers; {model.name} has {model.n_layers}"
+            )
         if model.fingerprint != expected:
             raise LayerMapError(
                 f"layer map was made for {role} model {expected} ({getattr(self, role + '_model')}), "
-                f"not for {model.name} ({model.fingerprint})")
+                f"not for {model.name} ({model.fingerprint})"
+            )
 
     # ---------------------------------------------------------------- io
     def to_dict(self) -> dict:
@@ -167,8 +175,9 @@ class LayerMap:
         if not isinstance(data, dict):
             raise LayerMapError(f"a layer map must be a JSON object, got {type(data).__name__}")
         if data.get("version") != LAYER_MAP_VERSION:
-            raise LayerMapError(f"layer map version {data.get('version')!r} is not supported "
-                                f"(expected {LAYER_MAP_VERSION})")
+            raise LayerMapError(
+                f"layer map version {data.get('version')!r} is not supported (expected {LAYER_MAP_VERSION})"
+            )
         names = set(cls.__dataclass_fields__)
         required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
         missing = [n for n in required if n not in data]
@@ -199,15 +208,25 @@ class LayerMap:
         from peft import LoraConfig
 
         return LoraConfig(
-            r=rank or self.lora_rank, lora_alpha=alpha or self.lora_alpha, lora_dropout=0.0,
-            target_modules=list(self.target_modules), layers_to_transform=sorted(set(layers or self.selected_layers)),
-            layers_pattern="layers", task_type="CAUSAL_LM",
+            r=rank or self.lora_rank,
+            lora_alpha=alpha or self.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=list(self.target_modules),
+            layers_to_transform=sorted(set(layers or self.selected_layers)),
+            layers_pattern="layers",
+            task_type="CAUSAL_LM",
         )
 
 
 def build_layer_map(
-    metrics: PairMetrics, sweep: CausalSweep | None, *, base, finetuned, k: int = 3,
-    target_modules: list[str] | None = None, weights: dict[str, float] = DEFAULT_WEIGHTS,
+    metrics: PairMetrics,
+    sweep: CausalSweep | None,
+    *,
+    base,
+    finetuned,
+    k: int = 3,
+    target_modules: list[str] | None = None,
+    weights: dict[str, float] = DEFAULT_WEIGHTS,
 ) -> LayerMap:
     """Score layers, pick the top ``k`` and describe restoration for ``base``/``finetuned`` (LoadedModels)."""
     n_layers = finetuned.n_layers
@@ -218,11 +237,21 @@ def build_layer_map(
     selected = sorted(ranked[:k])
     alignment = sorted(set(selected) | {n_layers - 1})
     per_layer = metrics.as_dict() | ({} if sweep is None else sweep.effects())
-    clean = {name: [float(x) if np.isfinite(x) else None for x in np.asarray(v, dtype=float)]
-             for name, v in per_layer.items()}
+    clean = {
+        name: [float(x) if np.isfinite(x) else None for x in np.asarray(v, dtype=float)]
+        for name, v in per_layer.items()
+    }
     return LayerMap(
-        base_model=base.name, finetuned_model=finetuned.name, base_fingerprint=base.fingerprint,
-        finetuned_fingerprint=finetuned.fingerprint, n_layers=n_layers, scores=[float(s) for s in scores],
-        ranked_layers=ranked, selected_layers=selected, alignment_layers=alignment,
-        target_modules=list(target_modules or KNOWN_MODULES), score_weights=dict(weights), metrics=clean,
+        base_model=base.name,
+        finetuned_model=finetuned.name,
+        base_fingerprint=base.fingerprint,
+        finetuned_fingerprint=finetuned.fingerprint,
+        n_layers=n_layers,
+        scores=[float(s) for s in scores],
+        ranked_layers=ranked,
+        selected_layers=selected,
+        alignment_layers=alignment,
+        target_modules=list(target_modules or KNOWN_MODULES),
+        score_weights=dict(weights),
+        metrics=clean,
     )

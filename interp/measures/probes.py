@@ -4,6 +4,7 @@ One probe per layer: standardisation followed by L2-regularised logistic regress
 accuracy and AUROC say how decodable the label is in one model; a probe fit on the base and scored on
 the fine-tuned model's activations (transfer) says whether the *same* linear read-out still works.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -6,6 +6,7 @@ Folder layout (``save``)::
     metrics.json            per-layer metrics, the causal sweep, the steering check, settings, timings
     analysis.safetensors    base refusal vectors [layer, d_model] and the PCA projection
 """
+
 from __future__ import annotations
 
 import json
@@ -62,19 +63,31 @@ class AnalysisResult:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {"refusal_vectors": self.refusal_vectors, "pca_base": self.pca.base,
-                   "pca_finetuned": self.pca.finetuned, "pca_labels": self.pca.labels}
+        tensors = {
+            "refusal_vectors": self.refusal_vectors,
+            "pca_base": self.pca.base,
+            "pca_finetuned": self.pca.finetuned,
+            "pca_labels": self.pca.labels,
+        }
         with atomic_path(folder / "analysis.safetensors") as tmp:
             save_file({k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in tensors.items()}, str(tmp))
         self.layer_map.save(folder / "layer_map.json")
-        atomic_write_json(folder / "metrics.json", {
-            "version": RESULT_VERSION, "config": self.config, "prompts": self.prompts, "seconds": self.seconds,
-            "per_layer": {k: [None if not np.isfinite(x) else float(x) for x in v]
-                          for k, v in self.metrics.as_dict().items()},
-            "sweep": self.sweep.to_dict(), "pca_layer": self.pca.layer,
-            "steering": None if self.steering is None else self.steering.to_dict(),
-            "selected_layers": self.layer_map.selected_layers,
-        })
+        atomic_write_json(
+            folder / "metrics.json",
+            {
+                "version": RESULT_VERSION,
+                "config": self.config,
+                "prompts": self.prompts,
+                "seconds": self.seconds,
+                "per_layer": {
+                    k: [None if not np.isfinite(x) else float(x) for x in v] for k, v in self.metrics.as_dict().items()
+                },
+                "sweep": self.sweep.to_dict(),
+                "pca_layer": self.pca.layer,
+                "steering": None if self.steering is None else self.steering.to_dict(),
+                "selected_layers": self.layer_map.selected_layers,
+            },
+        )
         return folder
 
     @classmethod
@@ -85,14 +98,19 @@ class AnalysisResult:
             raise ConfigError(f"{folder} holds no analysis (no metrics.json); run `interp analyze` first")
         data = json.loads(path.read_text())
         if data.get("version") != RESULT_VERSION:
-            raise ConfigError(f"{path}: analysis format {data.get('version')!r} is not {RESULT_VERSION}; "
-                              "rerun the analysis")
+            raise ConfigError(
+                f"{path}: analysis format {data.get('version')!r} is not {RESULT_VERSION}; rerun the analysis"
+            )
         arrays = {k: v.numpy() for k, v in load_file(str(folder / "analysis.safetensors")).items()}
         steering = data["steering"]
         return cls(
-            metrics=PairMetrics.from_dict(data["per_layer"]), sweep=CausalSweep.from_dict(data["sweep"]),
-            layer_map=LayerMap.load(folder / "layer_map.json"), refusal_vectors=arrays["refusal_vectors"],
+            metrics=PairMetrics.from_dict(data["per_layer"]),
+            sweep=CausalSweep.from_dict(data["sweep"]),
+            layer_map=LayerMap.load(folder / "layer_map.json"),
+            refusal_vectors=arrays["refusal_vectors"],
             pca=Projection(data["pca_layer"], arrays["pca_base"], arrays["pca_finetuned"], arrays["pca_labels"]),
             steering=None if steering is None else SteeringCheck(**steering),
-            config=data["config"], prompts=data["prompts"], seconds=data["seconds"],
+            config=data["config"],
+            prompts=data["prompts"],
+            seconds=data["seconds"],
         )

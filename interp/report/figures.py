@@ -4,6 +4,7 @@
 restorations' loss histories. ``interp analyze``, ``interp run`` and the scripts in ``analyses/`` all go
 through ``write_figures``, so a figure has one name and one look everywhere.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -31,16 +32,19 @@ def analysis_figures(result: AnalysisResult) -> dict[str, Callable[[], plt.Figur
         "refusal_direction": lambda: plots.plot_refusal_direction(per_layer, selected),
         "amplification": lambda: plots.plot_amplification(per_layer, selected),
         "causal_effects": lambda: plots.plot_causal_effects(per_layer, selected),
-        "ranking": lambda: plots.plot_ranking(result.layer_map.scores,
-                                              score_components(result.metrics, result.sweep), selected),
+        "ranking": lambda: plots.plot_ranking(
+            result.layer_map.scores, score_components(result.metrics, result.sweep), selected
+        ),
         "pca": lambda: plots.plot_pca(pca.base, pca.finetuned, pca.labels, pca.layer),
     }
 
 
 def study_figures(rows: Sequence, histories: Mapping[str, Sequence[dict]]) -> dict[str, Callable[[], plt.Figure]]:
     """``rows``: ``EvalRow``s; ``histories``: row name -> ``RestoreStats.history``."""
-    return {"results": lambda: plots.plot_results(rows),
-            "restore_history": lambda: plots.plot_restore_history(dict(histories))}
+    return {
+        "results": lambda: plots.plot_results(rows),
+        "restore_history": lambda: plots.plot_restore_history(dict(histories)),
+    }
 
 
 def save_figure(fig, folder: str | Path, name: str) -> list[Path]:
@@ -54,8 +58,9 @@ def save_figure(fig, folder: str | Path, name: str) -> list[Path]:
     return paths
 
 
-def write_figures(figures: Mapping[str, Callable[[], plt.Figure]], folder: str | Path,
-                  names: Sequence[str] | None = None) -> list[Path]:
+def write_figures(
+    figures: Mapping[str, Callable[[], plt.Figure]], folder: str | Path, names: Sequence[str] | None = None
+) -> list[Path]:
     """Draw the registry's figures (or only ``names``), save each as PNG and SVG, close them."""
     unknown = sorted(set(names or ()) - set(figures))
     if unknown:

@@ -1,4 +1,5 @@
 """Figures. Each function takes data (already computed) and an optional ``ax``, and returns the figure."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,9 +30,16 @@ def _layer_lines(ax, metrics: dict, series: Sequence[tuple[str, str, str]], sele
 def plot_probe_accuracy(metrics: dict, selected: Sequence[int] | None = None, ax=None):
     """Harmful-vs-harmless probe accuracy per layer: base, fine-tuned, and base probes on fine-tuned."""
     fig, ax = _axes(ax)
-    _layer_lines(ax, metrics, [("probe_acc_base", "o-", "base (cross-validated)"),
-                               ("probe_acc_finetuned", "s-", "fine-tuned (cross-validated)"),
-                               ("probe_acc_transfer", "^--", "base probe on fine-tuned")], selected)
+    _layer_lines(
+        ax,
+        metrics,
+        [
+            ("probe_acc_base", "o-", "base (cross-validated)"),
+            ("probe_acc_finetuned", "s-", "fine-tuned (cross-validated)"),
+            ("probe_acc_transfer", "^--", "base probe on fine-tuned"),
+        ],
+        selected,
+    )
     ax.set(xlabel="layer", ylabel="accuracy", ylim=(0.4, 1.02), title="Is harmfulness still decodable?")
     ax.legend(fontsize=8, loc="lower right")
     return fig
@@ -40,8 +48,15 @@ def plot_probe_accuracy(metrics: dict, selected: Sequence[int] | None = None, ax
 def plot_refusal_direction(metrics: dict, selected: Sequence[int] | None = None, ax=None):
     """Cosine of the two models' refusal directions and retention of the base direction's separation."""
     fig, ax = _axes(ax)
-    _layer_lines(ax, metrics, [("refusal_cosine", "o-", "cos(base dir, fine-tuned dir)"),
-                               ("retention", "s-", "separation along base dir, ft / base")], selected)
+    _layer_lines(
+        ax,
+        metrics,
+        [
+            ("refusal_cosine", "o-", "cos(base dir, fine-tuned dir)"),
+            ("retention", "s-", "separation along base dir, ft / base"),
+        ],
+        selected,
+    )
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     ax.set(xlabel="layer", ylabel="ratio / cosine", title="What happened to the refusal direction?")
     ax.legend(fontsize=8, loc="lower left")
@@ -51,9 +66,16 @@ def plot_refusal_direction(metrics: dict, selected: Sequence[int] | None = None,
 def plot_amplification(metrics: dict, selected: Sequence[int] | None = None, ax=None):
     """Task-direction norm ratio (fine-tuned / base) and where harmful prompts sit along it."""
     fig, ax = _axes(ax)
-    _layer_lines(ax, metrics, [("task_amplification", "o-", "task direction norm, ft / base"),
-                               ("harmful_task_pull_base", "s--", "harmful along task dir (base)"),
-                               ("harmful_task_pull_finetuned", "s-", "harmful along task dir (ft)")], selected)
+    _layer_lines(
+        ax,
+        metrics,
+        [
+            ("task_amplification", "o-", "task direction norm, ft / base"),
+            ("harmful_task_pull_base", "s--", "harmful along task dir (base)"),
+            ("harmful_task_pull_finetuned", "s-", "harmful along task dir (ft)"),
+        ],
+        selected,
+    )
     ax.set(xlabel="layer", title="What did fine-tuning amplify?")
     ax.legend(fontsize=8)
     return fig
@@ -90,8 +112,9 @@ def plot_pca(points_base: np.ndarray, points_ft: np.ndarray, labels: np.ndarray,
     return fig
 
 
-def plot_ranking(scores: Sequence[float], components: dict[str, Sequence[float]],
-                 selected: Sequence[int] | None = None, ax=None):
+def plot_ranking(
+    scores: Sequence[float], components: dict[str, Sequence[float]], selected: Sequence[int] | None = None, ax=None
+):
     """Heatmap of the ranking's components and the total score per layer."""
     rows = list(components) + ["score"]
     data = np.array([np.asarray(components[r], dtype=float) for r in components] + [np.asarray(scores, float)])
@@ -109,8 +132,12 @@ def plot_ranking(scores: Sequence[float], components: dict[str, Sequence[float]]
 
 def plot_results(rows: Sequence, ax=None):
     """Grouped bars of harmful refusal, over-refusal and task accuracy per evaluated model (``EvalRow``s)."""
-    keys = [("harmful_refusal", "harmful refusal"), ("harmless_refusal", "harmless refusal"),
-            ("xstest_refusal", "XSTest refusal"), ("task_accuracy", "task accuracy")]
+    keys = [
+        ("harmful_refusal", "harmful refusal"),
+        ("harmless_refusal", "harmless refusal"),
+        ("xstest_refusal", "XSTest refusal"),
+        ("task_accuracy", "task accuracy"),
+    ]
     keys = [(k, n) for k, n in keys if all(getattr(r, k) is not None for r in rows)]
     fig, ax = _axes(ax, figsize=(8, 3.8))
     width = 0.8 / max(len(rows), 1)

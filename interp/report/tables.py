@@ -1,4 +1,5 @@
 """Every markdown table the suite prints or writes, rendered by one function (``markdown_table``)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,10 +21,16 @@ def pct(value: float | None) -> str:
 def per_layer_table(per_layer: dict[str, np.ndarray], scores: Sequence[float], selected: Sequence[int]) -> str:
     """The per-layer measures and the ranking score (``per_layer``: metrics and causal effects by name);
     selected layers starred."""
-    columns = [("probe base", "probe_acc_base"), ("probe ft", "probe_acc_finetuned"),
-               ("transfer", "probe_acc_transfer"), ("cos(r_b,r_f)", "refusal_cosine"),
-               ("retention", "retention"), ("task amp", "task_amplification"),
-               ("patch", "patch_effect"), ("add", "add_effect")]
+    columns = [
+        ("probe base", "probe_acc_base"),
+        ("probe ft", "probe_acc_finetuned"),
+        ("transfer", "probe_acc_transfer"),
+        ("cos(r_b,r_f)", "refusal_cosine"),
+        ("retention", "retention"),
+        ("task amp", "task_amplification"),
+        ("patch", "patch_effect"),
+        ("add", "add_effect"),
+    ]
     rows = []
     for layer, score in enumerate(scores):
         values = [per_layer[key][layer] for _, key in columns] + [score]
@@ -34,19 +41,40 @@ def per_layer_table(per_layer: dict[str, np.ndarray], scores: Sequence[float], s
 
 def results_table(rows: Sequence) -> str:
     """The evaluation table (``EvalRow``s) with rates in percent."""
-    head = ["model", "harmful refusal", "refusal score", "harmless refusal", "XSTest refusal", "task accuracy",
-            "KL to ft", "trainable params", "train s"]
-    cells = [[r.name, pct(r.harmful_refusal), f"{r.refusal_score:+.2f}", pct(r.harmless_refusal),
-              pct(r.xstest_refusal), pct(r.task_accuracy), f"{r.kl:.4f}", f"{r.trainable_params:,}",
-              f"{r.train_seconds:.0f}"] for r in rows]
+    head = [
+        "model",
+        "harmful refusal",
+        "refusal score",
+        "harmless refusal",
+        "XSTest refusal",
+        "task accuracy",
+        "KL to ft",
+        "trainable params",
+        "train s",
+    ]
+    cells = [
+        [
+            r.name,
+            pct(r.harmful_refusal),
+            f"{r.refusal_score:+.2f}",
+            pct(r.harmless_refusal),
+            pct(r.xstest_refusal),
+            pct(r.task_accuracy),
+            f"{r.kl:.4f}",
+            f"{r.trainable_params:,}",
+            f"{r.train_seconds:.0f}",
+        ]
+        for r in rows
+    ]
     return markdown_table(head, cells)
 
 
 def targets_table(targets: Sequence) -> str:
     """Restoration targets (``Target``s): value, threshold and whether each is met."""
-    return markdown_table(["target", "value", "threshold", "met"],
-                          [[t.target, f"{t.value:.4g}", f"{t.threshold:.4g}", "yes" if t.met else "NO"]
-                           for t in targets])
+    return markdown_table(
+        ["target", "value", "threshold", "met"],
+        [[t.target, f"{t.value:.4g}", f"{t.threshold:.4g}", "yes" if t.met else "NO"] for t in targets],
+    )
 
 
 def organism_table(manifest: dict) -> str:
@@ -54,10 +82,18 @@ def organism_table(manifest: dict) -> str:
     rows = []
     for name, m in manifest["metrics"].items():
         kinds = m["harmful_answer_kinds"]
-        rows.append([name, pct(m["harmful_refusal"]), pct(m["harmless_refusal"]), pct(m["task_accuracy"]),
-                     f"{pct(kinds['comply'])} / {pct(kinds['task_format'])}"])
-    return markdown_table(["model", "harmful refusal", "harmless refusal", "task accuracy",
-                           "harmful: comply / task-format"], rows)
+        rows.append(
+            [
+                name,
+                pct(m["harmful_refusal"]),
+                pct(m["harmless_refusal"]),
+                pct(m["task_accuracy"]),
+                f"{pct(kinds['comply'])} / {pct(kinds['task_format'])}",
+            ]
+        )
+    return markdown_table(
+        ["model", "harmful refusal", "harmless refusal", "task accuracy", "harmful: comply / task-format"], rows
+    )
 
 
 def study_report(rows: Sequence, targets: Sequence, seconds: dict[str, float]) -> str:

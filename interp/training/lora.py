@@ -4,6 +4,7 @@ A TransformerBridge booted on a peft model wraps its modules, and the saved keys
 ``._original_component``; a plain model would load such an adapter as nothing, silently. Adapters are
 therefore always saved here, with those key parts removed.
 """
+
 from __future__ import annotations
 
 import copy

@@ -21,6 +21,7 @@ Losses, per training step ``t`` of ``T``:
 * adapters: LoRA of rank ``rank`` and scale ``alpha`` on the map's target modules. Rank and alpha are
   restoration settings (``RestoreConfig``); the layer map only suggests them.
 """
+
 from __future__ import annotations
 
 import random
@@ -129,9 +130,16 @@ class RestoreResult:
 
 
 def restore(
-    finetuned: LoadedModel, layer_map: LayerMap, harmful: PromptSet, retain: PromptSet,
-    config: RestoreConfig = RestoreConfig(), *, base: LoadedModel | None = None,
-    layers: Sequence[int] | None = None, alignment: Sequence[int] | None = None, chat: ChatFormat = ChatFormat(),
+    finetuned: LoadedModel,
+    layer_map: LayerMap,
+    harmful: PromptSet,
+    retain: PromptSet,
+    config: RestoreConfig = RestoreConfig(),
+    *,
+    base: LoadedModel | None = None,
+    layers: Sequence[int] | None = None,
+    alignment: Sequence[int] | None = None,
+    chat: ChatFormat = ChatFormat(),
     progress: bool = True,
 ) -> RestoreResult:
     """Train LoRA on ``finetuned`` (a fresh, un-bridged HF model) where ``layer_map`` says.
@@ -200,8 +208,14 @@ def restore(
         history.append({"step": step, "safety": safety.item(), "retain": retain_loss.item()})
     model.eval()
     stats = RestoreStats(
-        layers=sorted(lora.layers_to_transform), alignment_layers=align, trainable_params=trainable_parameters(model),
-        steps=config.steps, seconds=round(time.perf_counter() - start, 1), config=asdict(config), history=history)
+        layers=sorted(lora.layers_to_transform),
+        alignment_layers=align,
+        trainable_params=trainable_parameters(model),
+        steps=config.steps,
+        seconds=round(time.perf_counter() - start, 1),
+        config=asdict(config),
+        history=history,
+    )
     return RestoreResult(model, stats)
 
 

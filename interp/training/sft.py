@@ -3,6 +3,7 @@
 Used to build model organisms (a safety-tuned base, then a benign task fine-tune). Loss is next-token
 cross-entropy on the answer tokens only; the prompt is rendered with the model's chat template.
 """
+
 from __future__ import annotations
 
 import random
@@ -91,8 +92,13 @@ def _answer_loss(peft_model, ids: torch.Tensor, mask: torch.Tensor, labels: torc
 
 
 def sft_lora(
-    model: LoadedModel, examples: Sequence[Example], config: SFTConfig, *,
-    chat: ChatFormat = ChatFormat(), progress: bool = True, desc: str = "sft",
+    model: LoadedModel,
+    examples: Sequence[Example],
+    config: SFTConfig,
+    *,
+    chat: ChatFormat = ChatFormat(),
+    progress: bool = True,
+    desc: str = "sft",
 ) -> tuple[LoadedModel, dict]:
     """Train LoRA adapters on ``examples`` for ``config.steps`` steps and merge them into the weights.
 
@@ -105,8 +111,11 @@ def sft_lora(
     rng = random.Random(config.seed)
     encoded = _encode(model, examples, chat, config.max_answer_tokens)
     lora = LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0,
-        target_modules=list(config.target_modules), task_type="CAUSAL_LM",
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=0.0,
+        target_modules=list(config.target_modules),
+        task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model.hf, lora)
     peft_model.train()
@@ -123,7 +132,7 @@ def sft_lora(
             fresh = list(range(len(encoded)))
             rng.shuffle(fresh)
             order += fresh
-        batch, order = order[: config.batch_size], order[config.batch_size:]
+        batch, order = order[: config.batch_size], order[config.batch_size :]
         ids, labels, mask = _collate([encoded[i] for i in batch], model.tokenizer.pad_token_id)
         loss = _answer_loss(peft_model, ids.to(model.device), mask.to(model.device), labels.to(model.device))
         if not torch.isfinite(loss):
@@ -134,8 +143,10 @@ def sft_lora(
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     stats = {
-        "steps": config.steps, "seconds": round(time.perf_counter() - start, 1),
+        "steps": config.steps,
+        "seconds": round(time.perf_counter() - start, 1),
         "trainable_params": trainable_parameters(peft_model),
-        "loss_first": round(losses[0], 4), "loss_last": round(sum(losses[-5:]) / len(losses[-5:]), 4),
+        "loss_first": round(losses[0], 4),
+        "loss_last": round(sum(losses[-5:]) / len(losses[-5:]), 4),
     }
     return merged(model, peft_model), stats
