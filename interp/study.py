@@ -370,8 +370,8 @@ def run_default(
         if limit is not None:
             suite = suite.head(limit)
     with watch("analysis"):
-        if reuse_analysis and (out / "metrics.json").exists():
-            analysis = AnalysisResult.load(out)
+        analysis = _reusable_analysis(out, pair, k, log) if reuse_analysis else None
+        if analysis is not None:
             log(f"analysis: reusing {out}")
         elif quick:
             config = AnalysisConfig(
@@ -406,3 +406,21 @@ def run_default(
             analysis_figures(analysis) | study_figures(study.rows, study.histories), out / "figures"
         )
     return DefaultRun(out, organism, pair, analysis, study, figures, dict(watch.seconds))
+
+
+def _reusable_analysis(folder: Path, pair: ModelPair, k: int, log) -> AnalysisResult | None:
+    """The analysis saved in ``folder`` if there is one, made for ``pair`` with ``k`` layers, else ``None``."""
+    if not (folder / "metrics.json").exists():
+        return None
+    analysis = AnalysisResult.load(folder)
+    layer_map = analysis.layer_map
+    if (layer_map.base_fingerprint, layer_map.finetuned_fingerprint) != (
+        pair.base.fingerprint,
+        pair.finetuned.fingerprint,
+    ):
+        log(f"analysis: {folder} was made for another pair; analyzing again")
+        return None
+    if len(layer_map.selected_layers) != k:
+        log(f"analysis: {folder} selected {len(layer_map.selected_layers)} layers, not {k}; analyzing again")
+        return None
+    return analysis

@@ -108,7 +108,9 @@ def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
 
 
 def levels(graph: dict[str, set[str]]) -> int:
-    """The longest import chain, counted in modules (1 = imports nothing of the package)."""
+    """The longest import chain, counted in modules (1 = imports nothing of the package), below the
+    entry points (the package's ``__init__``, which re-exports the API, and ``__main__``)."""
+    graph = {k: {t for t in v if t != "interp"} for k, v in graph.items() if k not in ("interp", "interp.__main__")}
     depth: dict[str, int] = {}
 
     def level(node: str) -> int:

@@ -1,1 +1,1 @@
-"""evaluation"""
+"""The evaluation table and the restoration targets checked on it."""

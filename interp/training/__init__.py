@@ -1,1 +1,1 @@
-"""training"""
+"""Training: LoRA adapters, supervised fine-tuning (model organisms) and restoration."""
