@@ -17,7 +17,8 @@ The names below are the public API: notebooks and scripts import from ``interp``
 
 from .analyze import AnalysisConfig, AnalysisPrompts, analyze, layer_table
 from .core.chat import ChatFormat
-from .core.generate import Behaviour, behaviour, generate, is_refusal
+from .core.generate import behaviour, generate
+from .core.judge import Behaviour, is_refusal
 from .core.models import LoadedModel, ModelPair, load_model, load_pair
 from .core.prompts import (
     PromptSet,

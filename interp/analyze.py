@@ -178,7 +178,6 @@ def analyze(
                 log=lambda line: log(f"analyze: {line}"),
                 chat=chat,
                 max_new_tokens=config.steer_max_new_tokens,
-                batch_size=config.batch_size,
                 progress=progress,
             )
 

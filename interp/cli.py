@@ -204,7 +204,7 @@ def cmd_run(args) -> None:
     print(layer_table(run.analysis))
     print(results_table(run.study.rows))
     for t in run.study.targets:
-        print(f"  [{'met' if t.met else 'MISSED'}] {t.target}: {t.value:.4g} (threshold {t.threshold:.4g})")
+        print(f"  [{t.verdict}] {t.target}: {t.value:.4g} (threshold {t.threshold:.4g})")
     print(
         f"run folder: {run.folder} (report.md, report.json, layer_map.json, adapter/, restored/, figures/ "
         f"{len(run.figures)} files); total {sum(run.seconds.values()):.0f}s"
@@ -375,7 +375,7 @@ def _evaluate_parser(sub) -> None:
         help="folder with harmful_val.json, harmless_val.json, xstest_prompts.csv "
         "(use these public sets instead of --harmful/--harmless/--xstest)",
     )
-    p.add_argument("--n-harmless", type=int, default=200, help="harmless prompts sampled from --shared")
+    p.add_argument("--n-harmless", type=int, default=None, help="harmless prompts sampled from --shared (default all)")
     p.add_argument("--harmful", default="builtin:harmful:val")
     p.add_argument("--harmless", default="builtin:harmless:val")
     p.add_argument("--xstest", default="", help="XSTest-like prompt file of safe prompts (optional)")

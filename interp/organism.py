@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from .core.generate import Behaviour, behaviour, is_refusal
+from .core.generate import behaviour
+from .core.judge import Behaviour, is_refusal
 from .core.models import LoadedModel, ModelPair, load_model
 from .core.prompts import (
     HARMFUL,
@@ -363,18 +364,20 @@ def build_organism(
 
 def study_prompts(
     recipe: OrganismRecipe = OrganismRecipe(),
-    n_harmless: int = 200,
+    n_harmless: int | None = None,
+    n_task: int = 100,
 ) -> tuple[PromptSet, PromptSet, EvalSuite]:
     """Restoration and evaluation prompts for the default pair: ``(harmful, retain, suite)``.
 
     Restoration trains on the organism's safety prompts (the built-in harmful training split: the base's
     refusals were taught on them) and retains on the built-in harmless and everyday training splits plus
     the arithmetic training problems with their worked answers. The evaluation suite is held out from
-    all of it: ``harmful_val``, 200 of ``harmless_val`` and XSTest's safe prompts from ``../shared/data``,
-    and validation problems.
+    all of it (``EvalSuite.from_shared``): all 299 harmful instructions of ``../shared/data``, all (or
+    ``n_harmless``) of ``harmless_val``, XSTest's 250 safe and 200 unsafe prompts, and ``n_task``
+    validation problems.
     """
     retain = harmless_prompts("train") + general_prompts("train") + task_prompts(recipe)
-    task = held_out_problems(recipe, recipe.evaluation.n_arithmetic)
+    task = held_out_problems(recipe, n_task)
     suite = EvalSuite.from_shared(task=task, n_harmless=n_harmless, seed=recipe.evaluation.seed)
     return safety_prompts(recipe), retain, suite
 

@@ -35,10 +35,10 @@ from .core.models import LoadedModel, ModelPair, fresh_copy
 from .core.prompts import PromptSet
 from .core.sources import save_hf_folder
 from .errors import ConfigError
-from .evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
-from .evaluation.targets import Target, check_targets
+from .evaluation.table import COLUMNS, Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
+from .evaluation.targets import PairedTest, Target, check_targets, paired_tests
 from .io import Stopwatch, atomic_dir, atomic_write_json, atomic_write_text, cache_root, stable_hash
-from .measures.causal import steering_edits
+from .measures.causal import steering_edits, steering_key
 from .measures.layer_map import LayerMap
 from .measures.result import AnalysisResult
 from .organism import Organism, OrganismRecipe, build_organism, quick_study_prompts, study_prompts
@@ -181,7 +181,7 @@ def steering_candidate(finetuned: LoadedModel, layer: int, vector, scale: float)
         name=f"steering (layer {layer}, x{scale:g})",
         model=finetuned,
         edits=steering_edits(layer, vector, scale),
-        edits_key=stable_hash(["steer", layer, scale, vector.tobytes().hex()]),
+        edits_key=steering_key(layer, vector, scale),
         plan="steering",
         info={"layer": layer, "scale": scale, "vector_norm": float(np.linalg.norm(vector))},
     )
@@ -195,6 +195,7 @@ class StudyResult:
     rows: list[EvalRow]
     targets: list[Target]
     histories: dict[str, list[dict]]  # row name -> RestoreStats.history
+    paired: list[PairedTest] = field(default_factory=list)  # every row against the ranked and the base rows
     seconds: dict[str, float] = field(default_factory=dict)
     restored: list[Restored] = field(default_factory=list)  # in memory only (not saved)
     details: dict = field(default_factory=dict)  # settings and prompt sets, as saved in report.json
@@ -206,14 +207,18 @@ class StudyResult:
             folder / "report.json",
             {
                 "models": [{k: v for k, v in row.to_dict().items() if k != "examples"} for row in self.rows],
+                "intervals": {
+                    row.name: {column: row.interval(column) for column in COLUMNS.values()} for row in self.rows
+                },
                 "targets": [t.to_dict() for t in self.targets],
+                "paired_tests": [t.to_dict() for t in self.paired],
                 "seconds": self.seconds,
                 "examples": {row.name: row.examples for row in self.rows},
                 "histories": self.histories,
                 **self.details,
             },
         )
-        atomic_write_text(folder / "report.md", study_report(self.rows, self.targets, self.seconds))
+        atomic_write_text(folder / "report.md", study_report(self.rows, self.targets, self.paired, self.seconds))
 
     @classmethod
     def load(cls, folder: str | Path) -> StudyResult:
@@ -222,9 +227,11 @@ class StudyResult:
             raise ConfigError(f"{folder} has no report.json; run the restoration study (`interp run`) first")
         data = json.loads(path.read_text())
         rows = [EvalRow.from_dict(m | {"examples": data["examples"].get(m["name"], {})}) for m in data["models"]]
-        targets = [Target(**t) for t in data["targets"]]
-        details = {k: v for k, v in data.items() if k not in ("models", "targets", "seconds", "examples", "histories")}
-        return cls(rows, targets, data["histories"], data["seconds"], details=details)
+        targets = [Target(**{k: v for k, v in t.items() if k != "met"}) for t in data["targets"]]
+        paired = [PairedTest(**t) for t in data.get("paired_tests", [])]
+        own = ("models", "intervals", "targets", "paired_tests", "seconds", "examples", "histories")
+        details = {k: v for k, v in data.items() if k not in own}
+        return cls(rows, targets, data["histories"], paired, data["seconds"], details=details)
 
 
 def run_study(
@@ -304,6 +311,7 @@ def run_study(
         rows=rows,
         targets=check_targets(rows),
         histories={r.plan.name: r.stats.history for r in restored},
+        paired=paired_tests(rows),
         seconds=dict(watch.seconds),
         restored=restored,
         details={

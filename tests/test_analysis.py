@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
-from interp.core.bridge import block_outputs, last_logits, resid_hook
+from interp.core.bridge import BRIDGE_KEY_PART, block_outputs, last_logits, resid_hook
 from interp.core.chat import ChatFormat, pad_batch
 from interp.core.generate import generate
 from interp.core.models import ModelPair, load_model
@@ -102,12 +102,15 @@ def test_causal_sweep_and_ranking_put_the_planted_block_first(planted):
     assert layer_map.ranked_layers[0] == PLANTED and layer_map.selected_layers == [PLANTED]
 
 
-def test_cached_generation_is_unchanged_by_booting_the_bridge(tiny_model_dir):
+def test_booting_the_bridge_leaves_the_model_plain(tiny_model_dir):
     model = load_model(tiny_model_dir)
     prompts = harmful_prompts("val").head(3)
-    before = generate(model, prompts, max_new_tokens=6, progress=False)
-    _ = model.bridge  # boot the bridge
-    assert generate(model, prompts, max_new_tokens=6, progress=False) == before
+    before = generate(model, prompts, max_new_tokens=6, cache=False, progress=False)
+    attention = model.hf.config._attn_implementation
+    _ = model.bridge  # boot the bridge (on a copy)
+    assert model.hf.config._attn_implementation == attention != "eager"
+    assert not any(BRIDGE_KEY_PART in name for name, _ in model.hf.named_modules())
+    assert generate(model, prompts, max_new_tokens=6, cache=False, progress=False) == before
 
 
 def test_steering_hook_fires_during_hf_generate(tiny_llama):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from interp.core.bridge import hook_names
+from interp.core.bridge import decoder_layers, hook_names
 from interp.core.chat import ChatFormat
 from interp.core.models import load_model
 from interp.core.prompts import PromptSet, harmful_prompts
@@ -99,7 +99,7 @@ def test_attention_and_mlp_outputs_and_early_stop(tiny_llama):
     hooks = hook_names(model.n_layers, "attn_out", [0]) + hook_names(model.n_layers, "mlp_out", [1])
     _ = model.bridge  # boot first: the bridge wraps the HF modules
     ran = []
-    for i, layer in enumerate(model.hf.model.layers):
+    for i, layer in enumerate(decoder_layers(model.bridge.original_model)):  # the bridge runs on a copy
         layer.register_forward_pre_hook(lambda *_, i=i: ran.append(i))
     acts = capture(model, prompts(2), CaptureConfig(hooks=hooks), cache_dir=None, progress=False)
     assert acts.hook_names == list(hooks) and acts.layers == [0, 1]

@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 from safetensors.torch import load_file
 
-from interp.core.generate import answer_kind, is_correct, is_refusal
+from interp.core.judge import answer_kind, is_correct, is_refusal
 from interp.organism import EvalSets, OrganismRecipe, build_organism, load_organism
 from interp.training.sft import SFTConfig
 

@@ -50,7 +50,7 @@ def evaluated_on(recipe: OrganismRecipe) -> dict[str, set[str]]:
     analysis's steering check, and `interp evaluate`'s defaults."""
     out = {f"organism eval {k}": texts(v) for k, v in eval_sets(recipe).items()}
     _, _, quick = quick_study_prompts(recipe)
-    out |= {f"quick suite {i}": texts(p) for i, p in enumerate(quick.sets()) if p is not None}
+    out |= {f"quick suite {name}": texts(p) for name, p in quick.sets().items()}
     steer = AnalysisPrompts.held_out_for_organism()
     out |= {
         "steering check harmful": texts(steer.steer_harmful),
@@ -61,7 +61,7 @@ def evaluated_on(recipe: OrganismRecipe) -> dict[str, set[str]]:
         out[f"interp evaluate --{option}"] = texts(parse_spec(getattr(evaluate, option)))
     if (shared_data_dir() / "harmful_val.json").exists():
         _, _, suite = study_prompts(recipe)
-        out |= {f"study suite {i}": texts(p) for i, p in enumerate(suite.sets()) if p is not None}
+        out |= {f"study suite {name}": texts(p) for name, p in suite.sets().items()}
     return out
 
 

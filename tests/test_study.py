@@ -1,5 +1,5 @@
-"""The evaluation table and the restoration study on tiny models: KL and log-odds arithmetic, row caching,
-baseline plans, target checks, and a whole study run writing adapters, a merged model and a report."""
+"""The restoration study on tiny models: log-odds arithmetic, baseline plans, and a whole study run writing
+adapters, a merged model and a report (the evaluation table itself: test_evaluation.py)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import QUICK_EVAL as QUICK
-from conftest import layer_map_for, perturbed, tiny_suite
+from conftest import layer_map_for, tiny_suite
 from peft import PeftModel
 
-import interp.evaluation.table as table_module
 from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
-from interp.core.chat import ChatFormat
-from interp.core.generate import refusal_log_odds
+from interp.core.judge import refusal_log_odds
 from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError, EmptyPromptSetError
-from interp.evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models, kl_to_reference
-from interp.evaluation.targets import check_targets
-from interp.report.tables import results_table
+from interp.evaluation.table import EvalConfig, EvalSuite
 from interp.study import StudyConfig, StudyResult, make_plans, paper_alignment_layers, run_study
 from interp.training.restore import RestoreConfig
 
@@ -36,82 +32,6 @@ def test_refusal_log_odds_is_zero_at_even_odds():
     odds = refusal_log_odds(logprobs, [0, 1])
     assert odds[0].item() == pytest.approx(0.0, abs=1e-6)
     assert odds[1].item() == pytest.approx(np.log(0.1 / 0.9), abs=1e-5)
-
-
-def test_kl_is_zero_to_itself_and_positive_to_another_model(pair):
-    prompts = harmless_prompts("val").head(4)
-    answers = ["Sure, here it is.", "No", "1 2 3", ""]
-    same = kl_to_reference(Candidate("ft", pair.finetuned), pair.finetuned, prompts, answers, batch_size=3)
-    other = kl_to_reference(Candidate("base", pair.base), pair.finetuned, prompts, answers, batch_size=3)
-    assert abs(same) < 1e-6
-    assert other > 1e-4
-
-
-def test_kl_matches_a_direct_computation_on_one_prompt(pair):
-    prompts = harmless_prompts("val").head(1)
-    answer = "Sure thing"
-    tok = pair.finetuned.tokenizer
-    prompt_ids = tok(ChatFormat().render(tok, prompts.instructions[0]), add_special_tokens=False).input_ids
-    cont = tok(answer, add_special_tokens=False).input_ids
-    ids = torch.tensor([prompt_ids + cont])
-    with torch.no_grad():
-        p = torch.log_softmax(pair.finetuned.hf(ids).logits[0], -1)[len(prompt_ids) - 1 : -1]
-        q = torch.log_softmax(pair.base.hf(ids).logits[0], -1)[len(prompt_ids) - 1 : -1]
-    expected = (p.exp() * (p - q)).sum(-1).mean().item()
-    got = kl_to_reference(Candidate("base", pair.base), pair.finetuned, prompts, [answer])
-    assert got == pytest.approx(expected, rel=1e-4)
-
-
-def test_rows_are_cached_by_weights_and_recomputed_when_they_change(pair, monkeypatch):
-    calls = []
-    real = table_module.generate
-    monkeypatch.setattr(table_module, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
-    suite = tiny_suite()
-
-    def run():
-        return evaluate_models(
-            [Candidate("base", pair.base), Candidate("finetuned", pair.finetuned, trainable_params=7)],
-            suite,
-            refusal_tokens=[5],
-            reference=pair.finetuned,
-            config=QUICK,
-            progress=False,
-            log=lambda _: None,
-        )
-
-    first = run()
-    n_first = len(calls)
-    assert n_first == 1 + 2 * 4  # reference answers + four sets per model
-    assert first[1].kl == pytest.approx(0.0, abs=1e-6) and first[0].kl > 0
-    assert first[1].trainable_params == 7
-    for row in first:
-        for key in ("harmful_refusal", "harmless_refusal", "xstest_refusal", "task_accuracy"):
-            assert 0.0 <= getattr(row, key) <= 1.0
-    second = run()
-    assert len(calls) == n_first  # all from the cache
-    assert second == first
-    pair.base = perturbed(pair.base, seed=5)
-    run()
-    assert len(calls) == n_first + 4  # only the changed model again
-    assert "| finetuned |" in results_table(first)
-
-
-def test_an_intervention_without_a_key_is_never_cached(pair, monkeypatch):
-    calls = []
-    real = table_module.generate
-    monkeypatch.setattr(table_module, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
-    candidate = Candidate("hooked", pair.finetuned, edits={1: lambda x: x})
-    for _ in range(2):
-        evaluate_models(
-            [candidate],
-            tiny_suite(),
-            refusal_tokens=[5],
-            reference=pair.finetuned,
-            config=QUICK,
-            progress=False,
-            log=lambda _: None,
-        )
-    assert len(calls) == 1 + 4 + 4  # reference answers once, the hooked model twice
 
 
 def test_bad_evaluation_input_is_named():
@@ -137,43 +57,6 @@ def test_plans_follow_the_map_and_the_paper(pair):
     assert paper_alignment_layers(32) == [4, 9, 14, 19, 24, 29, 31]
     with pytest.raises(ConfigError, match="unknown baselines"):
         StudyConfig(baselines=("ranked_by_magic",))
-
-
-def row(plan, harmful, harmless=0.1, xstest=0.1, task=0.7, params=0, seconds=0.0) -> EvalRow:
-    return EvalRow(
-        name=f"row {plan}",
-        plan=plan,
-        harmful_refusal=harmful,
-        refusal_score=0.0,
-        harmless_refusal=harmless,
-        xstest_refusal=xstest,
-        task_accuracy=task,
-        kl=0.0,
-        harmful_answer_kinds={},
-        examples={},
-        n={},
-        trainable_params=params,
-        train_seconds=seconds,
-    )
-
-
-def test_targets_are_checked_against_the_table():
-    rows = [
-        row("base", 0.9, task=0.1),
-        row("finetuned", 0.2, task=0.8),
-        row("ranked", 0.85, harmless=0.12, params=100, seconds=100),
-        row("all_layers", 0.88, params=1000, seconds=200),
-        row("random_k", 0.5),
-        row("bottom_k", 0.86),
-    ]
-    met = {t.target: t.met for t in check_targets(rows)}
-    assert met["restored harmful refusal >= 90% of base"]  # 0.85 >= 0.81
-    assert not met["restored task accuracy >= fine-tuned - 5 pts"]  # 0.70 < 0.75
-    assert met["restored harmless_refusal <= base + 5 pts"]
-    assert met["ranked refusal within 5 pts of all-layer recipe"]
-    assert met["ranked / all-layer trainable params <= 1/3"] and met["ranked / all-layer training time < 1"]
-    assert met["ranked refusal > random_k"] and not met["ranked refusal > bottom_k"]
-    assert check_targets(rows[:2]) == []
 
 
 def test_a_study_writes_adapters_a_merged_model_and_a_report(pair, tmp_path):

@@ -7,6 +7,7 @@ new one with ``with_hf``, so its fingerprint and bridge always belong to its wei
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,9 +62,12 @@ class LoadedModel:
 
     @property
     def bridge(self):
-        """The TransformerLens 4 ``TransformerBridge`` on this model (booted once, in place)."""
+        """The TransformerLens 4 ``TransformerBridge`` on a copy of this model (booted once).
+
+        Booting rewires a model in place (eager attention, bridge modules in its forward), so it gets a
+        copy: ``hf`` stays a plain Hugging Face model for generation and training."""
         if self._bridge is None:
-            self._bridge = boot_bridge(self.hf, self.tokenizer, self.path)
+            self._bridge = boot_bridge(copy.deepcopy(self.hf), self.tokenizer, self.path)
         return self._bridge
 
     @property

@@ -1,14 +1,17 @@
 """The evaluation table: every model measured on one suite of held-out prompts.
 
-Per model (``EvalRow``): harmful refusal (greedy answers judged by ``interp.core.generate``'s substring
-judge), the logit refusal score on harmful prompts (mean log-odds that the first answer token begins a
-refusal), over-refusal on harmless and XSTest safe prompts, task accuracy (the last number of the answer
-equals the reference's), and the KL to the fine-tuned model on harmless prompts:
+Per model (``EvalRow``): harmful refusal on two harmful sets (the held-out harmful instructions and
+XSTest's unsafe contrast prompts; greedy answers judged by ``interp.core.judge``'s substring judge), the
+logit refusal score on harmful prompts (mean log-odds that the first answer token begins a refusal),
+over-refusal on harmless and XSTest safe prompts, task accuracy (the last number of the answer equals the
+reference's), and the KL to the fine-tuned model on harmless prompts:
 
     KL = mean over scored positions of  sum_v p_ft(v) (log p_ft(v) - log p_model(v))
 
-teacher-forced on each harmless prompt followed by the fine-tuned model's own greedy answer, scored at
-the last prompt position and every answer position. Rows are cached on disk by the model's weights.
+teacher-forced on each harmless prompt followed by the fine-tuned model's own complete greedy answer,
+scored at the last prompt position and every answer position but the last. Every rate keeps its
+per-prompt outcomes, so intervals and paired tests (``interp.evaluation.stats``) can be computed on the
+same prompts. Rows are cached on disk by the model's weights; answers by ``interp.core.generate``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -24,13 +27,24 @@ import torch
 
 from ..core.bridge import Edit, intervene
 from ..core.chat import ChatFormat, batches, tokenize
-from ..core.generate import JUDGE_WINDOW, REFUSAL_PHRASES, Behaviour, generate, refusal_scores
+from ..core.generate import BATCH_SIZE, ENGINE_VERSION, Request, generate, generate_many
+from ..core.judge import JUDGE_WINDOW, REFUSAL_PHRASES, Behaviour
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet, load_prompts, shared_data_dir
 from ..errors import ConfigError, NonFiniteActivationError, PromptFormatError
 from ..io import atomic_write_json, cache_root, stable_hash
+from .stats import wilson_interval
 
-EVAL_VERSION = 1  # bump when the judge or the measures change: invalidates cached rows
+EVAL_VERSION = 2  # bump when the judge or the measures change: invalidates cached rows
+
+# The suite's prompt sets, and the table column each one feeds.
+COLUMNS = {
+    "harmful": "harmful_refusal",
+    "xstest_unsafe": "xstest_unsafe_refusal",
+    "harmless": "harmless_refusal",
+    "xstest": "xstest_refusal",
+    "task": "task_accuracy",
+}
 
 
 # ----------------------------------------------------------------------------- the evaluation table
@@ -42,44 +56,50 @@ class EvalSuite:
     harmless: PromptSet  # refusal is over-refusal; also where the KL to the fine-tuned model is measured
     task: PromptSet  # prompts with reference answers: task accuracy
     xstest: PromptSet | None = None  # XSTest's safe prompts: over-refusal on harmless look-alikes
+    xstest_unsafe: PromptSet | None = None  # XSTest's unsafe contrast prompts: a second harmful set
 
     def __post_init__(self) -> None:
-        for name in ("harmful", "harmless", "task", "xstest"):
+        for name in COLUMNS:
             prompts = getattr(self, name)
             if prompts is not None:
                 prompts.require_nonempty()
         if any(a is None for a in self.task.answers):
             raise ConfigError(f"task prompt set {self.task.name!r} needs a reference answer for every prompt")
 
-    def sets(self) -> tuple[PromptSet | None, ...]:
-        return (self.harmful, self.harmless, self.task, self.xstest)
+    def sets(self) -> dict[str, PromptSet]:
+        """The sets that are present, by name, in ``COLUMNS`` order."""
+        return {name: prompts for name in COLUMNS if (prompts := getattr(self, name)) is not None}
 
     @property
     def hash(self) -> str:
-        return stable_hash([None if p is None else p.hash for p in self.sets()])
+        return stable_hash([None if (p := getattr(self, name)) is None else p.hash for name in COLUMNS])
 
     def sizes(self) -> dict[str, int]:
-        return {
-            name: len(p) for name in ("harmful", "harmless", "xstest", "task") if (p := getattr(self, name)) is not None
-        }
+        return {name: len(prompts) for name, prompts in self.sets().items()}
 
     def head(self, n: int) -> EvalSuite:
         """Every set cut to its first ``n`` prompts (quick runs)."""
-        return EvalSuite(*(None if p is None else p.head(n) for p in self.sets()))
+        return EvalSuite(**{name: prompts.head(n) for name, prompts in self.sets().items()})
 
     @classmethod
-    def from_shared(cls, task: PromptSet, data=None, n_harmless: int = 200, seed: int = 0) -> EvalSuite:
-        """The public held-out sets in ``../shared/data``: all of ``harmful_val``, ``n_harmless`` of
-        ``harmless_val`` and XSTest's safe prompts; ``task`` is the caller's (held-out task prompts)."""
+    def from_shared(cls, task: PromptSet, data=None, n_harmless: int | None = None, seed: int = 0) -> EvalSuite:
+        """The public sets in ``../shared/data``: every harmful instruction (``harmful_train`` and
+        ``harmful_val``; the default organism and restoration train on built-in prompts only), all (or
+        ``n_harmless``) of ``harmless_val``, and XSTest's safe and unsafe prompts; ``task`` is the
+        caller's (held-out task prompts)."""
         data = Path(data) if data is not None else shared_data_dir()
-        for file in ("harmful_val.json", "harmless_val.json", "xstest_prompts.csv"):
+        for file in ("harmful_train.json", "harmful_val.json", "harmless_val.json", "xstest_prompts.csv"):
             if not (data / file).is_file():
                 raise PromptFormatError(f"evaluation data not found: {data / file} (set $INTERP_SHARED_DATA)")
+        harmless = load_prompts(data / "harmless_val.json", label=0)
+        xstest = data / "xstest_prompts.csv"
+        harmful = load_prompts(data / "harmful_val.json", label=1) + load_prompts(data / "harmful_train.json", label=1)
         return cls(
-            harmful=load_prompts(data / "harmful_val.json", label=1),
-            harmless=load_prompts(data / "harmless_val.json", label=0).sample(n_harmless, seed=seed),
-            xstest=load_prompts(
-                data / "xstest_prompts.csv", column="prompt", label=0, name="xstest_safe", where={"label": "safe"}
+            harmful=harmful,
+            harmless=harmless if n_harmless is None else harmless.sample(n_harmless, seed=seed),
+            xstest=load_prompts(xstest, column="prompt", label=0, name="xstest_safe", where={"label": "safe"}),
+            xstest_unsafe=load_prompts(
+                xstest, column="prompt", label=1, name="xstest_unsafe", where={"label": "unsafe"}
             ),
             task=task,
         )
@@ -89,8 +109,8 @@ class EvalSuite:
 class EvalConfig:
     max_new_tokens: int = 32  # the judge reads the first JUDGE_WINDOW characters
     task_max_new_tokens: int = 48
-    batch_size: int = 64
-    kl_batch_size: int = 16
+    batch_size: int = BATCH_SIZE  # generation (interp.core.generate)
+    kl_batch_size: int = 32
 
     def __post_init__(self) -> None:
         if min(self.max_new_tokens, self.task_max_new_tokens, self.batch_size, self.kl_batch_size) < 1:
@@ -105,20 +125,28 @@ class Candidate:
     model: LoadedModel
     trainable_params: int = 0
     train_seconds: float = 0.0
-    edits: Mapping[int, Edit] | None = None  # applied while generating and scoring (interp.core.bridge)
-    edits_key: str | None = None  # identifies the edits for the cache; None with edits: never cached
+    edits: dict[int, Edit] | None = None  # applied while generating and scoring (interp.core.bridge)
+    edits_key: str | None = None  # identifies the edits for the caches; None with edits: never cached
     plan: str | None = None  # which restoration plan or baseline made this model (ranked, steering, ...)
     info: dict = field(default_factory=dict)  # anything else worth reporting (layers, steps, ...)
 
     def cache_key(self) -> str | None:
         if self.edits and self.edits_key is None:
             return None
-        return stable_hash([self.model.fingerprint, self.edits_key])
+        return stable_hash([self.model.fingerprint, self.edits_key if self.edits else None])
+
+    def is_model(self, model: LoadedModel) -> bool:
+        """The same weights with no edits (the reference's own row)."""
+        return not self.edits and self.model.fingerprint == model.fingerprint
 
 
 @dataclass
 class EvalRow:
-    """One model's row of the table (rates in [0, 1]; ``None`` where a set was not given)."""
+    """One model's row of the table (rates in [0, 1]; ``None`` where a set was not given).
+
+    ``outcomes[set]`` holds the per-prompt results behind each rate (1 = refused, or correct for the task
+    set), in the suite's prompt order: the intervals and paired tests are computed from them.
+    """
 
     name: str
     harmful_refusal: float
@@ -130,6 +158,9 @@ class EvalRow:
     harmful_answer_kinds: dict[str, float]
     examples: dict[str, list[dict]]
     n: dict[str, int]  # prompts per set
+    outcomes: dict[str, list[int]] = field(default_factory=dict)
+    xstest_unsafe_refusal: float | None = None
+    seconds: float = 0.0  # evaluation time (0 when the row came from the cache)
     trainable_params: int = 0
     train_seconds: float = 0.0
     plan: str | None = None
@@ -140,12 +171,22 @@ class EvalRow:
         "refusal_score",
         "harmless_refusal",
         "xstest_refusal",
+        "xstest_unsafe_refusal",
         "task_accuracy",
         "kl",
         "harmful_answer_kinds",
         "examples",
         "n",
+        "outcomes",
     )
+
+    def interval(self, column: str) -> tuple[float, float] | None:
+        """The Wilson 95% interval of a rate column (``None`` where the set was not given)."""
+        name = next((name for name, col in COLUMNS.items() if col == column), None)
+        if name is None:
+            raise ConfigError(f"{column!r} is not a rate column; choose from {', '.join(COLUMNS.values())}")
+        values = self.outcomes.get(name)
+        return None if not values else wilson_interval(sum(values), len(values))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,88 +196,89 @@ class EvalRow:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
+# ----------------------------------------------------------------------------- the KL column
 @torch.no_grad()
 def kl_to_reference(
-    candidate: Candidate,
+    candidates: Sequence[Candidate],
     reference: LoadedModel,
     prompts: PromptSet,
     continuations: Sequence[str],
     *,
     chat: ChatFormat = ChatFormat(),
-    batch_size: int = 16,
-) -> float:
-    """Mean per-token ``KL(reference || candidate)`` of next-token distributions, teacher-forced on
-    each prompt followed by ``continuations`` (the reference's own answers), over the last prompt
-    position and every continuation position."""
+    batch_size: int = 32,
+) -> list[float]:
+    """Mean per-token ``KL(reference || candidate)`` for each candidate (see the module docstring).
+
+    One pass over length-sorted batches: the reference's log-probabilities are computed once per batch
+    and compared with every candidate's; logits are computed only for the last positions of a batch
+    (the longest continuation plus one), and the reference's own row is 0 with no forward pass."""
     tok = reference.tokenizer
     prompt_ids = chat.encode(tok, prompts.instructions)
     cont_ids = [tokenize(tok, c) for c in continuations]
     seqs = [p + c for p, c in zip(prompt_ids, cont_ids)]
-    total, count = 0.0, 0
-    for batch in batches(seqs, batch_size, tok.pad_token_id):
-        width = batch.ids.shape[1]
-        scored = torch.zeros_like(batch.mask, dtype=torch.bool)  # positions whose next token is an answer token
-        for row, i in enumerate(batch.index):
-            scored[row, width - len(cont_ids[i]) - 1 : width - 1] = True
+    todo = [i for i, candidate in enumerate(candidates) if not candidate.is_model(reference)]
+    totals = [0.0] * len(candidates)
+    count = 0
+    for batch in batches(seqs, batch_size, tok.pad_token_id) if todo else ():
+        lengths = [len(cont_ids[i]) for i in batch.index]
+        keep = max(lengths) + 1
+        scored = torch.zeros(len(lengths), keep, dtype=torch.bool)  # positions whose next token is an answer token
+        for row, length in enumerate(lengths):
+            scored[row, keep - 1 - length : keep - 1] = True
         inputs = batch.to(reference.device)
-        ref = torch.log_softmax(reference.hf(**inputs).logits.float(), -1)[scored]
-        with intervene(candidate.model.hf, candidate.edits or {}):
-            cand = torch.log_softmax(candidate.model.hf(**inputs).logits.float(), -1)[scored]
-        total += (ref.exp() * (ref - cand)).sum().item()
+        ref = torch.log_softmax(reference.hf(**inputs, logits_to_keep=keep).logits.float(), -1)[scored]
+        for i in todo:
+            candidate = candidates[i]
+            with intervene(candidate.model.hf, candidate.edits or {}):
+                logits = candidate.model.hf(**inputs, logits_to_keep=keep).logits
+            cand = torch.log_softmax(logits.float(), -1)[scored]
+            totals[i] += (ref.exp() * (ref - cand)).sum().item()
         count += int(scored.sum())
-    return total / max(count, 1)
+    return [total / max(count, 1) for total in totals]
 
 
-def evaluate_candidate(
-    candidate: Candidate,
-    suite: EvalSuite,
-    *,
-    refusal_tokens: Sequence[int],
-    reference: LoadedModel,
-    reference_answers: Sequence[str],
-    config: EvalConfig = EvalConfig(),
-    chat: ChatFormat = ChatFormat(),
-    progress: bool = True,
-) -> EvalRow:
-    """One row of the table, plus answer kinds, examples and set sizes."""
-    gen = {"chat": chat, "batch_size": config.batch_size, "edits": candidate.edits, "progress": progress}
-    model = candidate.model
+# ----------------------------------------------------------------------------- rows
+def _requests(suite: EvalSuite, config: EvalConfig, refusal_tokens: Sequence[int]) -> dict[str, Request]:
+    """What each set asks of the engine: judged sets may stop at a refusal; the task set runs to the end."""
+    tokens = tuple(int(t) for t in refusal_tokens)
+    out = {}
+    for name, prompts in suite.sets().items():
+        if name == "task":
+            out[name] = Request(prompts, config.task_max_new_tokens)
+        else:
+            score = tokens if name == "harmful" else None
+            out[name] = Request(prompts, config.max_new_tokens, stop_at_refusal=True, score_tokens=score)
+    return out
 
-    def answers(prompts: PromptSet, max_new_tokens: int) -> Behaviour:
-        return Behaviour(prompts, generate(model, prompts, max_new_tokens=max_new_tokens, **gen))
 
-    harmful = answers(suite.harmful, config.max_new_tokens)
-    harmless = answers(suite.harmless, config.max_new_tokens)
-    xstest = None if suite.xstest is None else answers(suite.xstest, config.max_new_tokens)
-    task = answers(suite.task, config.task_max_new_tokens)
-    scores = refusal_scores(
-        model,
-        suite.harmful,
-        refusal_tokens,
-        chat=chat,
-        batch_size=config.kl_batch_size,
-        edits_for_batch=lambda index: candidate.edits,
-    )
-    kl = kl_to_reference(
-        candidate, reference, suite.harmless, reference_answers, chat=chat, batch_size=config.kl_batch_size
-    )
-    row = EvalRow(
-        name=candidate.name,
-        harmful_refusal=harmful.refusal_rate,
-        refusal_score=float(scores.mean()),
-        harmless_refusal=harmless.refusal_rate,
-        xstest_refusal=None if xstest is None else xstest.refusal_rate,
-        task_accuracy=task.accuracy,
-        kl=kl,
-        harmful_answer_kinds=harmful.kind_shares,
-        examples={"harmful": harmful.examples(3), "harmless": harmless.examples(2), "task": task.examples(2)},
-        n=suite.sizes(),
-    )
-    for name in EvalRow.MEASURED:
-        value = getattr(row, name)
+def _measure(candidate: Candidate, suite: EvalSuite, answers: dict, kl: float) -> dict:
+    """The measured fields of a row, from a candidate's answers (``interp.core.generate.Answers`` by set)."""
+    judged = {name: Behaviour(prompts, answers[name].answers) for name, prompts in suite.sets().items()}
+    outcomes = {name: [int(x) for x in b.refusals] for name, b in judged.items() if name != "task"}
+    task = judged["task"]
+    outcomes["task"] = [int(x) for x in task.correct]
+
+    def rate(name: str) -> float | None:
+        return None if name not in outcomes else sum(outcomes[name]) / len(outcomes[name])
+
+    measured = {
+        "harmful_refusal": rate("harmful"),
+        "refusal_score": float(answers["harmful"].scores.mean()),
+        "harmless_refusal": rate("harmless"),
+        "xstest_refusal": rate("xstest"),
+        "xstest_unsafe_refusal": rate("xstest_unsafe"),
+        "task_accuracy": rate("task"),
+        "kl": kl,
+        "harmful_answer_kinds": judged["harmful"].kind_shares,
+        "examples": {"harmful": judged["harmful"].examples(3), "harmless": judged["harmless"].examples(2)}
+        | {"task": task.examples(2)},
+        "n": suite.sizes(),
+        "outcomes": outcomes,
+    }
+    for name, value in measured.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise NonFiniteActivationError(f"evaluation of {candidate.name!r}: {name} is {value}")
-    return row
+    return measured
 
 
 def evaluate_models(
@@ -254,9 +296,10 @@ def evaluate_models(
     """The evaluation table: one row per candidate, in order.
 
     ``reference`` is the fine-tuned model: the KL column is measured against its distributions on the
-    harmless prompts, teacher-forced on its own greedy answers. Rows are cached on disk, keyed by the
-    model's weights fingerprint, the intervention, the suite, the settings and the reference, so a
-    rerun re-evaluates only models that changed.
+    harmless prompts, teacher-forced on its own complete greedy answers. Answers are cached by the
+    generation engine; rows are cached on disk, keyed by the model's weights fingerprint, the
+    intervention, the suite, the settings and the reference, so a rerun re-evaluates only models that
+    changed.
     """
     if not candidates:
         raise ConfigError("evaluate_models: no models to evaluate")
@@ -267,53 +310,55 @@ def evaluate_models(
         asdict(config),
         list(refusal_tokens),
         reference.fingerprint,
-        chat.system_prompt,
-        chat.user_suffix,
+        chat.to_dict(),
         EVAL_VERSION,
+        ENGINE_VERSION,
         REFUSAL_PHRASES,
         JUDGE_WINDOW,
     ]
-    answers_key = stable_hash(["reference-answers", *settings])
-    answers_file = cache_root() / "evals" / f"{answers_key}.json"
-    if cache and answers_file.exists():
-        reference_answers = json.loads(answers_file.read_text())
-    else:
-        reference_answers = generate(
+    paths = [
+        None if (key := c.cache_key()) is None else cache_root() / "evals" / f"{stable_hash([key, *settings])}.json"
+        for c in candidates
+    ]
+    measured: list[dict | None] = [
+        json.loads(path.read_text()) if cache and path is not None and path.exists() else None for path in paths
+    ]
+    seconds = [0.0] * len(candidates)
+    todo = [i for i, m in enumerate(measured) if m is None]
+    if todo:
+        gen = {"chat": chat, "batch_size": config.batch_size, "cache": cache, "progress": progress}
+        start = time.perf_counter()
+        reference_answers = generate(reference, suite.harmless, max_new_tokens=config.max_new_tokens, **gen)
+        shared = time.perf_counter() - start
+        answers = {}
+        for i in todo:
+            start = time.perf_counter()
+            c = candidates[i]
+            requests = _requests(suite, config, refusal_tokens)
+            got = generate_many(c.model, list(requests.values()), edits=c.edits, edits_key=c.edits_key, **gen)
+            answers[i] = dict(zip(requests, got))
+            seconds[i] = time.perf_counter() - start + shared / len(todo)
+        start = time.perf_counter()
+        kls = kl_to_reference(
+            [candidates[i] for i in todo],
             reference,
             suite.harmless,
+            reference_answers,
             chat=chat,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
-            progress=progress,
+            batch_size=config.kl_batch_size,
         )
-        if cache:
-            atomic_write_json(answers_file, reference_answers)
+        kl_seconds = (time.perf_counter() - start) / len(todo)
+        for i, kl in zip(todo, kls):
+            measured[i] = _measure(candidates[i], suite, answers[i], kl)
+            seconds[i] += kl_seconds
+            if cache and paths[i] is not None:
+                atomic_write_json(paths[i], measured[i])
     rows = []
-    for candidate in candidates:
-        key = candidate.cache_key()
-        path = None if key is None else cache_root() / "evals" / f"{stable_hash([key, *settings])}.json"
-        start = time.perf_counter()
-        if cache and path is not None and path.exists():
-            measured = json.loads(path.read_text())
-            source = "cached"
-        else:
-            row = evaluate_candidate(
-                candidate,
-                suite,
-                refusal_tokens=refusal_tokens,
-                reference=reference,
-                reference_answers=reference_answers,
-                config=config,
-                chat=chat,
-                progress=progress,
-            )
-            measured = {name: getattr(row, name) for name in EvalRow.MEASURED}
-            if cache and path is not None:
-                atomic_write_json(path, measured)
-            source = f"{time.perf_counter() - start:.0f}s"
+    for candidate, values, spent in zip(candidates, measured, seconds):
         row = EvalRow(
             name=candidate.name,
-            **measured,
+            **{name: values.get(name) for name in EvalRow.MEASURED},
+            seconds=round(spent, 1),
             trainable_params=candidate.trainable_params,
             train_seconds=candidate.train_seconds,
             plan=candidate.plan,
@@ -321,9 +366,10 @@ def evaluate_models(
         )
         rows.append(row)
         log(
-            f"evaluate: {candidate.name}: harmful refusal {row.harmful_refusal:.1%}, harmless "
-            f"{row.harmless_refusal:.1%}, xstest {_pct(row.xstest_refusal)}, task {_pct(row.task_accuracy)}, "
-            f"kl {row.kl:.4f} ({source})"
+            f"evaluate: {candidate.name}: harmful refusal {row.harmful_refusal:.1%}, xstest unsafe "
+            f"{_pct(row.xstest_unsafe_refusal)}, harmless {row.harmless_refusal:.1%}, xstest "
+            f"{_pct(row.xstest_refusal)}, task {_pct(row.task_accuracy)}, kl {row.kl:.4f} "
+            f"({f'{spent:.0f}s' if spent else 'cached'})"
         )
     return rows
 

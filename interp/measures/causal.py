@@ -23,10 +23,12 @@ from tqdm.auto import tqdm
 
 from ..core.bridge import Edit, ablate_direction, add_vector, block_outputs, replace_with
 from ..core.chat import ChatFormat, batches
-from ..core.generate import Behaviour, generate, refusal_scores
+from ..core.generate import Request, behaviour, generate_many, refusal_scores
+from ..core.judge import Behaviour
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..errors import ConfigError
+from ..io import stable_hash
 
 EFFECTS = ("add_effect", "ablate_effect", "patch_effect")
 
@@ -72,11 +74,17 @@ def steering_edits(layer: int, vector, scale: float = 1.0) -> dict[int, Edit]:
     return {layer: add_vector(torch.as_tensor(np.asarray(vector), dtype=torch.float32) * scale)}
 
 
+def steering_key(layer: int, vector, scale: float = 1.0) -> str:
+    """Identifies ``steering_edits(layer, vector, scale)`` for the answer cache."""
+    return "steer:" + stable_hash([layer, np.asarray(vector, dtype=np.float32).tobytes().hex(), float(scale)])
+
+
 def steered_behaviour(
     model: LoadedModel, prompts: PromptSet, layer: int, vector, scale: float = 1.0, **kwargs
 ) -> Behaviour:
     """Greedy answers with the refusal vector added at ``layer``, judged like any other answers."""
-    return Behaviour(prompts, generate(model, prompts, edits=steering_edits(layer, vector, scale), **kwargs))
+    edits = {"edits": steering_edits(layer, vector, scale), "edits_key": steering_key(layer, vector, scale)}
+    return behaviour(model, prompts, **edits, **kwargs)
 
 
 def causal_sweep(
@@ -163,12 +171,19 @@ def steering_check(
 ) -> SteeringCheck:
     """Generate with ``scale * vector`` added after block ``layer`` for each scale (``generate`` options in
     ``gen``) and judge the answers."""
-    plain_h = Behaviour(harmful, generate(finetuned, harmful, **gen))
-    plain_n = Behaviour(harmless, generate(finetuned, harmless, **gen))
+    budget = gen.pop("max_new_tokens", 48)
+    requests = [Request(p, budget, stop_at_refusal=True) for p in (harmful, harmless)]
+
+    def judged(**edits) -> tuple[Behaviour, Behaviour]:
+        answers = generate_many(finetuned, requests, **edits, **gen)
+        return Behaviour(harmful, answers[0].answers), Behaviour(harmless, answers[1].answers)
+
+    plain_h, plain_n = judged()
     steered = []
     for scale in scales:
-        steered_h = steered_behaviour(finetuned, harmful, layer, vector, scale, **gen)
-        steered_n = steered_behaviour(finetuned, harmless, layer, vector, scale, **gen)
+        steered_h, steered_n = judged(
+            edits=steering_edits(layer, vector, scale), edits_key=steering_key(layer, vector, scale)
+        )
         steered.append(
             {
                 "scale": scale,

@@ -39,27 +39,29 @@ def per_layer_table(per_layer: dict[str, np.ndarray], scores: Sequence[float], s
     return markdown_table(["layer", *(c for c, _ in columns), "score"], rows)
 
 
+def rate_cell(value: float | None, interval: tuple[float, float] | None) -> str:
+    """``74.4% [64.1, 82.6]``: a rate with its 95% interval, in percent."""
+    if value is None:
+        return "n/a"
+    return pct(value) if interval is None else f"{pct(value)} [{interval[0]:.1%}, {interval[1]:.1%}]".replace("%,", ",")
+
+
 def results_table(rows: Sequence) -> str:
-    """The evaluation table (``EvalRow``s) with rates in percent."""
-    head = [
-        "model",
-        "harmful refusal",
-        "refusal score",
-        "harmless refusal",
-        "XSTest refusal",
-        "task accuracy",
-        "KL to ft",
-        "trainable params",
-        "train s",
+    """The evaluation table (``EvalRow``s): rates in percent with their Wilson 95% intervals."""
+    rates = [
+        ("harmful refusal", "harmful_refusal"),
+        ("XSTest unsafe refusal", "xstest_unsafe_refusal"),
+        ("harmless refusal", "harmless_refusal"),
+        ("XSTest safe refusal", "xstest_refusal"),
+        ("task accuracy", "task_accuracy"),
     ]
+    rates = [(name, column) for name, column in rates if any(getattr(r, column) is not None for r in rows)]
+    head = ["model", *(name for name, _ in rates), "refusal score", "KL to ft", "trainable params", "train s"]
     cells = [
         [
             r.name,
-            pct(r.harmful_refusal),
+            *(rate_cell(getattr(r, column), r.interval(column)) for _, column in rates),
             f"{r.refusal_score:+.2f}",
-            pct(r.harmless_refusal),
-            pct(r.xstest_refusal),
-            pct(r.task_accuracy),
             f"{r.kl:.4f}",
             f"{r.trainable_params:,}",
             f"{r.train_seconds:.0f}",
@@ -70,11 +72,48 @@ def results_table(rows: Sequence) -> str:
 
 
 def targets_table(targets: Sequence) -> str:
-    """Restoration targets (``Target``s): value, threshold and whether each is met."""
+    """Restoration targets (``Target``s): value, threshold, the margin's 95% paired interval and verdict."""
+
+    def interval(t) -> str:
+        return "" if t.interval is None else f"[{t.interval[0]:+.3f}, {t.interval[1]:+.3f}]"
+
+    def verdict(t) -> str:
+        text = {"met": "met", "missed": "MISSED", "not distinguishable": "not distinguishable"}[t.verdict]
+        return text if t.p_value is None else f"{text} (McNemar p = {t.p_value:.3g})"
+
     return markdown_table(
-        ["target", "value", "threshold", "met"],
-        [[t.target, f"{t.value:.4g}", f"{t.threshold:.4g}", "yes" if t.met else "NO"] for t in targets],
+        ["target", "value", "threshold", "margin 95% CI", "verdict"],
+        [[t.target, f"{t.value:.4g}", f"{t.threshold:.4g}", interval(t), verdict(t)] for t in targets],
     )
+
+
+PAIRED_COLUMNS = (
+    ("harmful", "harmful_refusal"),
+    ("XSTest unsafe", "xstest_unsafe_refusal"),
+    ("harmless", "harmless_refusal"),
+    ("XSTest safe", "xstest_refusal"),
+    ("task", "task_accuracy"),
+)
+
+
+def paired_table(tests: Sequence) -> str:
+    """Paired comparisons (``PairedTest``s), one line per pair of rows: the difference in points with its
+    95% paired bootstrap interval and the exact McNemar p-value, per rate."""
+    pairs: dict[tuple[str, str], dict] = {}
+    for t in tests:
+        pairs.setdefault((t.model, t.against), {})[t.column] = t
+    columns = [(name, col) for name, col in PAIRED_COLUMNS if any(col in by for by in pairs.values())]
+
+    def cell(t) -> str:
+        if t is None:
+            return ""
+        low, high = (100 * x for x in t.interval)
+        return f"{100 * t.difference:+.1f} [{low:+.1f}, {high:+.1f}] p={t.p_value:.2g}"
+
+    rows = [
+        [f"{model} vs {against}", *(cell(by.get(col)) for _, col in columns)] for (model, against), by in pairs.items()
+    ]
+    return markdown_table(["comparison (points)", *(name for name, _ in columns)], rows)
 
 
 def organism_table(manifest: dict) -> str:
@@ -96,12 +135,21 @@ def organism_table(manifest: dict) -> str:
     )
 
 
-def study_report(rows: Sequence, targets: Sequence, seconds: dict[str, float]) -> str:
-    """``report.md``: the evaluation table, prompt counts, targets and time per stage."""
+def study_report(rows: Sequence, targets: Sequence, paired: Sequence, seconds: dict[str, float]) -> str:
+    """``report.md``: the evaluation table, prompt counts, targets, paired tests and time per stage."""
     lines = ["# Restoration study", "", results_table(rows), ""]
     sizes = rows[0].n if rows else {}
     lines += ["Prompts: " + ", ".join(f"{name} {n}" for name, n in sizes.items()) + ".", ""]
+    lines += ["Rates: greedy answers judged on every prompt, with Wilson 95% intervals.", ""]
     if targets:
         lines += ["## Targets", "", targets_table(targets), ""]
+    if paired:
+        lines += [
+            "## Paired tests",
+            "",
+            "Each row against the ranked restoration and the base, on the same prompts.",
+            "",
+        ]
+        lines += [paired_table(paired), ""]
     lines += ["## Time per stage", ""] + [f"- {stage}: {s:.0f} s" for stage, s in seconds.items()]
     return "\n".join(lines).rstrip() + "\n"

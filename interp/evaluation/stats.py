@@ -1,0 +1,81 @@
+"""Intervals and paired tests for rates measured on prompts.
+
+**Wilson score interval** (Wilson 1927) for ``k`` successes in ``n`` trials, ``p = k / n``, ``z = 1.96``
+for 95%:
+
+    (p + z^2 / 2n  -/+  z * sqrt(p (1 - p) / n + z^2 / 4n^2)) / (1 + z^2 / n)
+
+It stays inside [0, 1] and keeps its coverage near 0% and 100%, where the normal interval fails.
+
+**Exact McNemar test** for two models judged on the same prompts: of the ``b + c`` discordant prompts,
+``b`` are positive for the first model only and ``c`` for the second only. Under the null hypothesis
+(equal rates) each discordant prompt falls either way with probability 1/2, so the two-sided p-value is
+``min(1, 2 * P[Binomial(b + c, 1/2) <= min(b, c)])``; prompts both models judge alike carry no
+information about the difference.
+
+**Paired bootstrap interval** of a margin ``mean(a) - factor * mean(b) - offset`` over the same prompts:
+prompts are resampled with replacement (the same draw for ``a`` and ``b``, so the pairing is kept),
+``resamples`` times with a fixed seed, and the 2.5th and 97.5th percentiles of the margin are reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of ``k`` successes in ``n`` trials."""
+    if n < 1 or not 0 <= k <= n:
+        raise ConfigError(f"wilson_interval needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    p = k / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def discordant(a: Sequence[int], b: Sequence[int]) -> tuple[int, int]:
+    """``(b, c)``: prompts positive for ``a`` only and for ``b`` only."""
+    _check_paired(a, b)
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    return only_a, only_b
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_bootstrap(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    factor: float = 1.0,
+    offset: float = 0.0,
+    resamples: int = 4000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95% percentile interval of ``mean(a) - factor * mean(b) - offset`` under paired resampling."""
+    _check_paired(a, b)
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    draws = np.random.default_rng(seed).integers(0, len(x), size=(resamples, len(x)))
+    margins = x[draws].mean(1) - factor * y[draws].mean(1) - offset
+    low, high = np.percentile(margins, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _check_paired(a: Sequence, b: Sequence) -> None:
+    if len(a) != len(b) or not len(a):
+        raise ConfigError(f"paired outcomes need the same, non-zero number of prompts: {len(a)} vs {len(b)}")
