@@ -7,12 +7,13 @@ as forward hooks on the decoder layers (``interp.core.bridge.intervene``): ``dec
 end-of-sequence or ``max_new_tokens``, special tokens dropped, stripped.
 
 **How.** Every prompt of every request in a call is pooled into one queue sorted by token length and cut
-into batches of ``batch_size`` rows (left padded). A batch is prefilled once and then decoded one token
-per step into a KV cache preallocated for its longest possible answer. A row leaves the batch at
-end-of-sequence, at its token budget, or, for a request with ``stop_at_refusal``, as soon as a refusal
-phrase lies inside the judge window of its answer so far (``interp.core.judge``): the text so far is a
-prefix of the full answer, so the phrase stays where it is and the judgment (refusal) cannot change.
-Such an answer is kept as far as it was generated. Finished rows are removed from the batch.
+into batches of ``batch_size`` rows. The tokens every prompt starts with (the chat template's system
+turn) are run once and their keys and values shared (``interp.core.kvcache``). A batch is prefilled once
+and then decoded one token per step into a KV cache preallocated for its longest possible answer. A row
+leaves the batch at end-of-sequence, at its token budget, or, for a request with ``stop_at_refusal``, as
+soon as a refusal phrase lies inside the judge window of its answer so far (``interp.core.judge``): the
+text so far is a prefix of the full answer, so the phrase stays where it is and the judgment (refusal)
+cannot change. Such an answer is kept as far as it was generated. Finished rows leave the batch.
 
 **Answer cache.** Answers are stored on disk under ``answers/`` keyed by the weights fingerprint, the
 intervention (``edits_key``; edits without a key are never cached), the chat format, the token budget
@@ -27,22 +28,21 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 from tqdm.auto import tqdm
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from ..errors import ConfigError
 from ..io import atomic_write_json, cache_root, stable_hash
 from .bridge import Edit, intervene, last_logits
-from .chat import ChatFormat, batches, left_pad, position_ids
+from .chat import ChatFormat, batches
 from .judge import JUDGE_WINDOW, REFUSAL_PHRASES, Behaviour, is_refusal, refusal_log_odds, refusal_token_ids
+from .kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_prefix
 from .models import LoadedModel
 from .prompts import PromptSet
 
 ENGINE_VERSION = 2  # bump when answers would change: invalidates the answer cache
-BATCH_SIZE = 128  # rows per batch; see benchmarks/generation_bench.py for the measurement behind it
+BATCH_SIZE = 128  # rows per batch: the fastest size measured by benchmarks/batch_size_bench.py
 
 
 @dataclass(frozen=True)
@@ -91,85 +91,14 @@ class _Row:
     score: float | None = None
 
 
-# ----------------------------------------------------------------------------- KV cache
-class _PreallocatedLayer(DynamicLayer):
-    """A ``DynamicLayer`` that writes into a buffer sized once for the batch (no copy per step)."""
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
-        self.capacity = capacity
-
-    def _allocate(self, like: torch.Tensor, batch: int) -> None:
-        self.lazy_initialization(like, like)
-        shape = (batch, like.shape[1], max(self.capacity, like.shape[-2]), like.shape[-1])
-        self._k, self._v, self._length = like.new_empty(shape), like.new_empty(shape), 0
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self._allocate(key_states, key_states.shape[0])
-        end = self._length + key_states.shape[-2]
-        if end > self._k.shape[-2]:
-            raise RuntimeError(f"KV cache full: {end} > {self._k.shape[-2]} positions")
-        self._k[:, :, self._length : end] = key_states
-        self._v[:, :, self._length : end] = value_states
-        self._length = end
-        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.is_initialized:
-            self._k, self._v = self._k[indices], self._v[indices]
-            self.keys, self.values = self._k[:, :, : self._length], self._v[:, :, : self._length]
-
-
-def _cache(
-    capacity: int, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None, batch: int = 1
-) -> DynamicCache:
-    """A ``DynamicCache`` whose layers hold ``capacity`` positions per row; with ``prefix`` (keys and
-    values ``[1, heads, prefix, head_dim]`` per layer) every one of ``batch`` rows starts with it."""
-    cache = DynamicCache()
-    if prefix is None:
-        Cache.__init__(cache, layer_class_to_replicate=partial(_PreallocatedLayer, capacity))
-        return cache
-    layers = []
-    for keys, values in prefix:
-        layer = _PreallocatedLayer(capacity)
-        layer.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1))
-        layers.append(layer)
-    Cache.__init__(cache, layers=layers)
-    return cache
-
-
-@torch.no_grad()
-def _shared_prefix(model: LoadedModel, seqs: Sequence[Sequence[int]]) -> tuple[int, list | None]:
-    """The tokens every sequence starts with (the chat template's system turn, typically; at least one
-    token of each sequence is left out) and their keys and values, computed once."""
-    if not seqs:
-        return 0, None
-    first, length = seqs[0], min(len(s) for s in seqs) - 1
-    for seq in seqs[1:]:
-        length = next((i for i in range(length) if seq[i] != first[i]), length)
-    if length < 1:
-        return 0, None
-    cache = _cache(length)
-    model.hf(input_ids=torch.tensor([first[:length]], device=model.device), cache=cache, use_cache=True)
-    return length, [(layer.keys, layer.values) for layer in cache.layers]
-
-
 # ----------------------------------------------------------------------------- one batch
 @torch.no_grad()
-def _decode_batch(model: LoadedModel, rows: list[_Row], prefix_len: int = 0, prefix=None) -> None:
-    """Greedy answers for ``rows`` (one batch), written into each row.
-
-    Rows are ``[shared prefix][left padding][rest of the prompt]``: the prefix's keys and values are
-    copied in, padding is masked out, and positions count real tokens only, which is the same
-    computation as each prompt on its own."""
+def _decode_batch(model: LoadedModel, rows: list[_Row], prefix: SharedPrefix) -> None:
+    """Greedy answers for ``rows`` (one batch, ``[shared prefix][padding][rest]``), written into each row."""
     tokenizer, device = model.tokenizer, model.device
     eos = tokenizer.eos_token_id
-    ids, mask = left_pad([row.ids[prefix_len:] for row in rows], tokenizer.pad_token_id)
-    mask = torch.cat([mask.new_ones(len(rows), prefix_len), mask], dim=1)
-    positions = position_ids(mask)[:, prefix_len:]
-    cache = _cache(mask.shape[1] + max(row.budget for row in rows), prefix, len(rows))
+    ids, mask, positions = prefixed_batch([row.ids for row in rows], prefix.length, tokenizer.pad_token_id)
+    cache = kv_cache(mask.shape[1] + max(row.budget for row in rows), prefix, len(rows))
     logits = model.hf(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
@@ -303,11 +232,11 @@ def generate_many(
                 to_score.append(row)
     with intervene(model.hf, edits or {}):
         _score_first_step(model, to_score, batch_size)
-        prefix_len, prefix = _shared_prefix(model, [row.ids for row in to_generate])
+        prefix = shared_prefix(model.hf, [row.ids for row in to_generate])
         order = sorted(to_generate, key=lambda row: len(row.ids))
         chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         for chunk in tqdm(chunks, desc=f"generate {model.name}", disable=not progress or not chunks):
-            _decode_batch(model, chunk, prefix_len, prefix)
+            _decode_batch(model, chunk, prefix)
     if store is not None and (to_generate or to_score):
         store.save(to_generate + to_score)
     out = [Answers([""] * len(request.instructions)) for request in requests]

@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 
 from ..core.bridge import Edit, intervene
-from ..core.chat import ChatFormat, batches, tokenize
+from ..core.chat import ChatFormat, tokenize
 from ..core.generate import BATCH_SIZE, ENGINE_VERSION, Request, generate, generate_many
 from ..core.judge import JUDGE_WINDOW, REFUSAL_PHRASES, Behaviour
+from ..core.kvcache import kv_cache, prefixed_batch, shared_prefix
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet, load_prompts, shared_data_dir
 from ..errors import ConfigError, NonFiniteActivationError, PromptFormatError
@@ -211,27 +212,46 @@ def kl_to_reference(
 
     One pass over length-sorted batches: the reference's log-probabilities are computed once per batch
     and compared with every candidate's; logits are computed only for the last positions of a batch
-    (the longest continuation plus one), and the reference's own row is 0 with no forward pass."""
+    (the longest continuation plus one); the prompts' shared prefix is run once per model
+    (``interp.core.kvcache``); the reference's own row is 0 with no forward pass."""
     tok = reference.tokenizer
     prompt_ids = chat.encode(tok, prompts.instructions)
     cont_ids = [tokenize(tok, c) for c in continuations]
     seqs = [p + c for p, c in zip(prompt_ids, cont_ids)]
     todo = [i for i, candidate in enumerate(candidates) if not candidate.is_model(reference)]
     totals = [0.0] * len(candidates)
+    if not todo:
+        return totals
+    models = [(reference.hf, {})] + [(candidates[i].model.hf, candidates[i].edits or {}) for i in todo]
+    prefixes = []
+    for hf, edits in models:
+        with intervene(hf, edits):
+            prefixes.append(shared_prefix(hf, prompt_ids))
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     count = 0
-    for batch in batches(seqs, batch_size, tok.pad_token_id) if todo else ():
-        lengths = [len(cont_ids[i]) for i in batch.index]
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        lengths = [len(cont_ids[i]) for i in index]
         keep = max(lengths) + 1
-        scored = torch.zeros(len(lengths), keep, dtype=torch.bool)  # positions whose next token is an answer token
+        scored = torch.zeros(len(index), keep, dtype=torch.bool)  # positions whose next token is an answer token
         for row, length in enumerate(lengths):
             scored[row, keep - 1 - length : keep - 1] = True
-        inputs = batch.to(reference.device)
-        ref = torch.log_softmax(reference.hf(**inputs, logits_to_keep=keep).logits.float(), -1)[scored]
-        for i in todo:
-            candidate = candidates[i]
-            with intervene(candidate.model.hf, candidate.edits or {}):
-                logits = candidate.model.hf(**inputs, logits_to_keep=keep).logits
-            cand = torch.log_softmax(logits.float(), -1)[scored]
+        ids, mask, positions = prefixed_batch([seqs[i] for i in index], prefixes[0].length, tok.pad_token_id)
+        logprobs = []
+        for (hf, edits), prefix in zip(models, prefixes):
+            device = next(hf.parameters()).device
+            with intervene(hf, edits):
+                logits = hf(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=positions.to(device),
+                    cache=kv_cache(mask.shape[1], prefix, len(index)),
+                    use_cache=True,
+                    logits_to_keep=keep,
+                ).logits
+            logprobs.append(torch.log_softmax(logits.float(), -1)[scored])
+        ref = logprobs[0]
+        for i, cand in zip(todo, logprobs[1:]):
             totals[i] += (ref.exp() * (ref - cand)).sum().item()
         count += int(scored.sum())
     return [total / max(count, 1) for total in totals]

@@ -131,22 +131,29 @@ def plot_ranking(
 
 
 def plot_results(rows: Sequence, ax=None):
-    """Grouped bars of harmful refusal, over-refusal and task accuracy per evaluated model (``EvalRow``s)."""
+    """Grouped bars of each rate per evaluated model (``EvalRow``s), with Wilson 95% intervals as error bars."""
     keys = [
         ("harmful_refusal", "harmful refusal"),
+        ("xstest_unsafe_refusal", "XSTest unsafe refusal"),
         ("harmless_refusal", "harmless refusal"),
-        ("xstest_refusal", "XSTest refusal"),
+        ("xstest_refusal", "XSTest safe refusal"),
         ("task_accuracy", "task accuracy"),
     ]
     keys = [(k, n) for k, n in keys if all(getattr(r, k) is not None for r in rows)]
-    fig, ax = _axes(ax, figsize=(8, 3.8))
+    fig, ax = _axes(ax, figsize=(9, 3.8))
     width = 0.8 / max(len(rows), 1)
     x = np.arange(len(keys))
     for i, row in enumerate(rows):
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [getattr(row, k) for k, _ in keys], width, label=row.name)
-    ax.set_xticks(x, [n for _, n in keys])
-    ax.set(ylim=(0, 1.05), ylabel="rate")
-    ax.legend(fontsize=8, ncol=2)
+        values = np.array([getattr(row, k) for k, _ in keys])
+        intervals = [row.interval(k) or (v, v) for (k, _), v in zip(keys, values)]
+        errors = np.array(
+            [[v - lo for (lo, _), v in zip(intervals, values)], [hi - v for (_, hi), v in zip(intervals, values)]]
+        )
+        offset = (i - (len(rows) - 1) / 2) * width
+        ax.bar(x + offset, values, width, yerr=errors, capsize=1.5, error_kw={"lw": 0.7}, label=row.name)
+    ax.set_xticks(x, [n for _, n in keys], fontsize=8)
+    ax.set(ylim=(0, 1.05), ylabel="rate (95% CI)")
+    ax.legend(fontsize=7, ncol=2)
     return fig
 
 
