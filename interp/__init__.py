@@ -5,7 +5,7 @@ The pipeline, one sub-package per role (imports only point down this list)::
     core/        load models and prompts, encode chats, batch, run and hook models, generate and judge
     measures/    capture -> directions, probes, compare -> causal checks -> layer map (AnalysisResult)
     training/    LoRA adapters, supervised fine-tuning, restoration
-    evaluation/  the evaluation table and the restoration targets
+    evaluation/  the evaluation table, intervals and paired tests, the restoration targets
     report/      markdown tables, plots, the figure registry
     organism.py  stage 0: the default model-organism pair
     analyze.py   stage 1: analyze(pair) -> AnalysisResult
@@ -17,7 +17,7 @@ The names below are the public API: notebooks and scripts import from ``interp``
 
 from .analyze import AnalysisConfig, AnalysisPrompts, analyze, layer_table
 from .core.chat import ChatFormat
-from .core.generate import behaviour, generate
+from .core.generate import Request, behaviour, generate, generate_many
 from .core.judge import Behaviour, is_refusal
 from .core.models import LoadedModel, ModelPair, load_model, load_pair
 from .core.prompts import (
@@ -31,8 +31,9 @@ from .core.prompts import (
     shared_data_dir,
 )
 from .errors import InterpError
+from .evaluation.stats import mcnemar_exact, paired_bootstrap, wilson_interval
 from .evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
-from .evaluation.targets import Target, check_targets
+from .evaluation.targets import PairedTest, Target, check_targets, paired_tests
 from .measures.capture import Activations, CaptureConfig, Positions, capture
 from .measures.causal import CausalSweep, SteeringCheck, causal_sweep
 from .measures.compare import PairActivations, PairMetrics, compare
@@ -43,7 +44,7 @@ from .measures.result import AnalysisResult, Projection
 from .organism import Organism, OrganismRecipe, build_organism, quick_study_prompts, study_prompts
 from .report import plots
 from .report.figures import analysis_figures, save_figure, study_figures, write_figures
-from .report.tables import organism_table, results_table, targets_table
+from .report.tables import organism_table, paired_table, results_table, targets_table
 from .study import DefaultRun, Plan, StudyConfig, StudyResult, make_plans, run_default, run_study
 from .training.lora import apply_adapter, save_adapter, save_merged
 from .training.restore import RestoreConfig, RestoreResult, RestoreStats, restore
@@ -72,10 +73,12 @@ __all__ = [
     "OrganismRecipe",
     "PairActivations",
     "PairMetrics",
+    "PairedTest",
     "Plan",
     "Positions",
     "Projection",
     "PromptSet",
+    "Request",
     "RestoreConfig",
     "RestoreResult",
     "RestoreStats",
@@ -97,6 +100,7 @@ __all__ = [
     "evaluate_models",
     "general_prompts",
     "generate",
+    "generate_many",
     "harmful_prompts",
     "harmless_prompts",
     "is_refusal",
@@ -106,7 +110,11 @@ __all__ = [
     "load_pair",
     "load_prompts",
     "make_plans",
+    "mcnemar_exact",
     "organism_table",
+    "paired_bootstrap",
+    "paired_table",
+    "paired_tests",
     "parse_spec",
     "plots",
     "quick_study_prompts",
@@ -122,5 +130,6 @@ __all__ = [
     "study_figures",
     "study_prompts",
     "targets_table",
+    "wilson_interval",
     "write_figures",
 ]

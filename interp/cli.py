@@ -148,7 +148,8 @@ def cmd_evaluate(args) -> None:
     from .core.prompts import parse_spec
     from .evaluation.table import Candidate, EvalConfig, EvalSuite, evaluate_models
     from .io import atomic_write_json, atomic_write_text
-    from .report.tables import results_table
+    from .evaluation.targets import paired_tests
+    from .report.tables import paired_table, results_table
     from .training.lora import apply_adapter
 
     task = parse_spec(args.task, 0)
@@ -177,13 +178,20 @@ def cmd_evaluate(args) -> None:
     rows = evaluate_models(
         candidates, suite, refusal_tokens=tokens, reference=pair.finetuned, config=config, cache=not args.no_cache
     )
+    tests = paired_tests(rows, against=("base", "finetuned"))
     out = Path(args.out)
     atomic_write_json(
         out / "evaluation.json",
-        {"models": [r.to_dict() for r in rows], "refusal_tokens": list(tokens), "sizes": suite.sizes()},
+        {
+            "models": [r.to_dict() for r in rows],
+            "paired_tests": [t.to_dict() for t in tests],
+            "refusal_tokens": list(tokens),
+            "sizes": suite.sizes(),
+        },
     )
-    atomic_write_text(out / "evaluation.md", results_table(rows) + "\n")
-    print(results_table(rows))
+    text = results_table(rows) + "\n\nPaired tests (each row against the base and the fine-tuned model):\n\n"
+    atomic_write_text(out / "evaluation.md", text + paired_table(tests) + "\n")
+    print(text + paired_table(tests))
 
 
 def cmd_run(args) -> None:
@@ -372,8 +380,9 @@ def _evaluate_parser(sub) -> None:
     p.add_argument(
         "--shared",
         default="",
-        help="folder with harmful_val.json, harmless_val.json, xstest_prompts.csv "
-        "(use these public sets instead of --harmful/--harmless/--xstest)",
+        help="folder with harmful_train.json, harmful_val.json, harmless_val.json, xstest_prompts.csv "
+        "(use these public sets instead of --harmful/--harmless/--xstest: all 299 harmful, harmless_val, "
+        "XSTest safe and unsafe)",
     )
     p.add_argument("--n-harmless", type=int, default=None, help="harmless prompts sampled from --shared (default all)")
     p.add_argument("--harmful", default="builtin:harmful:val")
@@ -386,7 +395,7 @@ def _evaluate_parser(sub) -> None:
     )
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--no-cache", action="store_true", help="do not reuse cached rows")
+    p.add_argument("--no-cache", action="store_true", help="do not reuse cached answers or rows")
     p.add_argument("--out", required=True, help="folder for evaluation.json and evaluation.md")
     p.set_defaults(func=cmd_evaluate)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .core.generate import behaviour
+from .core.generate import Request, behaviour, generate_many
 from .core.judge import Behaviour, is_refusal
 from .core.models import LoadedModel, ModelPair, load_model
 from .core.prompts import (
@@ -224,10 +224,13 @@ def _task_examples(recipe: OrganismRecipe, chat: list[Example]) -> list[Example]
 # ----------------------------------------------------------------------------- measuring
 def measure(model: LoadedModel, sets: dict[str, PromptSet], ev: EvalSets, progress: bool = True) -> dict:
     """Harmful and harmless refusal, answer kinds on harmful prompts, and task accuracy."""
-    opts = {"batch_size": ev.batch_size, "progress": progress}
-    harmful = behaviour(model, sets["harmful"], max_new_tokens=ev.max_new_tokens, **opts)
-    harmless = behaviour(model, sets["harmless"], max_new_tokens=ev.max_new_tokens, **opts)
-    task = behaviour(model, sets["arithmetic"], max_new_tokens=ev.task_max_new_tokens, **opts)
+    requests = [
+        Request(sets["harmful"], ev.max_new_tokens, stop_at_refusal=True),
+        Request(sets["harmless"], ev.max_new_tokens, stop_at_refusal=True),
+        Request(sets["arithmetic"], ev.task_max_new_tokens),
+    ]
+    answers = generate_many(model, requests, progress=progress)  # pooled; answers cached for the study
+    harmful, harmless, task = (Behaviour(r.prompts, a.answers) for r, a in zip(requests, answers))
     return {
         "harmful_refusal": round(harmful.refusal_rate, 4),
         "harmless_refusal": round(harmless.refusal_rate, 4),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from conftest import build_tiny
@@ -67,10 +69,12 @@ def test_missing_paths_are_named(tmp_path):
         resolve_source("./no/such/folder")
 
 
-def test_fingerprint_tracks_weights(tiny_llama):
+def test_fingerprint_tracks_weights_not_where_they_were_saved(tiny_llama, tmp_path):
     model = load_model(tiny_llama)
     before = model.fingerprint
     assert load_model(tiny_llama).fingerprint == before
+    shutil.copytree(tiny_llama, tmp_path / "elsewhere")
+    assert load_model(tmp_path / "elsewhere").fingerprint == before  # the answer cache is shared across folders
     with torch.no_grad():
         model.hf.model.layers[2].self_attn.o_proj.weight.add_(1e-3)
     assert model.with_hf(model.hf).fingerprint != before

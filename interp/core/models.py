@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -72,7 +73,7 @@ class LoadedModel:
 
     @property
     def fingerprint(self) -> str:
-        """A hash of the config and a sample of every weight tensor: changes when weights change."""
+        """``model_fingerprint`` of the weights, computed once."""
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.hf)
         return self._fingerprint
@@ -84,10 +85,13 @@ class LoadedModel:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of the config (without where it was loaded from) and a sample of every weight tensor: the
+    same weights give the same fingerprint wherever they were saved or loaded."""
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
-        digest.update(config.to_json_string(use_diff=False).encode())
+        settings = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, param in sorted(model.state_dict().items()):
             flat = param.detach().reshape(-1).float().cpu()
