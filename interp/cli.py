@@ -147,8 +147,8 @@ def cmd_evaluate(args) -> None:
     from .core.models import fresh_copy, load_model
     from .core.prompts import parse_spec
     from .evaluation.table import Candidate, EvalConfig, EvalSuite, evaluate_models
-    from .io import atomic_write_json, atomic_write_text
     from .evaluation.targets import paired_tests
+    from .io import atomic_write_json, atomic_write_text
     from .report.tables import paired_table, results_table
     from .training.lora import apply_adapter
 
