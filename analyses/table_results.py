@@ -1,10 +1,12 @@
-"""Table: the evaluation table of base, fine-tuned, restored and baselines, and the targets (report.json)."""
+"""Table: the evaluation table of base, fine-tuned, restored and baselines (with intervals), the targets and
+the paired tests (report.json)."""
 
 from _common import args_from
 
-from interp import StudyResult, results_table, targets_table
+from interp import StudyResult, paired_table, results_table, targets_table
 
 study = StudyResult.load(args_from(__doc__).run)
 print(results_table(study.rows))
 print("\nprompts: " + ", ".join(f"{k} {v}" for k, v in study.details["prompts"]["evaluation"].items()))
 print(targets_table(study.targets))
+print(paired_table(study.paired))
