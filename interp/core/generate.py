@@ -6,14 +6,15 @@ attention, sdpa where available; never through a booted bridge), with residual-s
 as forward hooks on the decoder layers (``interp.core.bridge.intervene``): ``decode(argmax ...)`` up to
 end-of-sequence or ``max_new_tokens``, special tokens dropped, stripped.
 
-**How.** Every prompt of every request in a call is pooled into one queue sorted by token length and cut
-into batches of ``batch_size`` rows. The tokens every prompt starts with (the chat template's system
+**How.** Every prompt of every request in a call is pooled into one queue sorted by token budget and
+length and cut into batches of ``batch_size`` rows. The tokens every prompt starts with (the chat template's system
 turn) are run once and their keys and values shared (``interp.core.kvcache``). A batch is prefilled once
 and then decoded one token per step into a KV cache preallocated for its longest possible answer. A row
 leaves the batch at end-of-sequence, at its token budget, or, for a request with ``stop_at_refusal``, as
 soon as a refusal phrase lies inside the judge window of its answer so far (``interp.core.judge``): the
 text so far is a prefix of the full answer, so the phrase stays where it is and the judgment (refusal)
-cannot change. Such an answer is kept as far as it was generated. Finished rows leave the batch.
+cannot change. Such an answer is kept as far as it was generated. Finished rows leave the batch in
+groups (each eviction copies the KV cache); until then their outputs are ignored.
 
 **Answer cache.** Answers are stored on disk under ``answers/`` keyed by the weights fingerprint, the
 intervention (``edits_key``; edits without a key are never cached), the chat format, the token budget
@@ -43,6 +44,7 @@ from .prompts import PromptSet
 
 ENGINE_VERSION = 2  # bump when answers would change: invalidates the answer cache
 BATCH_SIZE = 128  # rows per batch: the fastest size measured by benchmarks/batch_size_bench.py
+EVICT_FRACTION = 8  # finished rows leave the batch once they are an eighth of it (each eviction copies the cache)
 
 
 @dataclass(frozen=True)
@@ -111,13 +113,14 @@ def _decode_batch(model: LoadedModel, rows: list[_Row], prefix: SharedPrefix) ->
     for j, row in enumerate(rows):
         if row.score_tokens is not None:
             row.score = float(refusal_log_odds(logprobs[j : j + 1], row.score_tokens)[0])
-    alive = list(range(len(rows)))
+    present = list(range(len(rows)))  # rows in the batch tensors; finished ones leave in groups
     mask, last = mask.to(device), positions[:, -1].to(device)
     while True:
         next_tokens = logits.argmax(-1)
-        keep = []
         for j, token in enumerate(next_tokens.tolist()):
-            row = rows[alive[j]]
+            row = rows[present[j]]
+            if row.answer is not None:  # finished earlier, still in the batch
+                continue
             done = token == eos
             if not done:
                 row.tokens.append(token)
@@ -126,16 +129,15 @@ def _decode_batch(model: LoadedModel, rows: list[_Row], prefix: SharedPrefix) ->
                     done = row.stopped = True
             if done:
                 row.answer = _text(tokenizer, row.tokens)
-            else:
-                keep.append(j)
-        if not keep:
+        active = [j for j, r in enumerate(present) if rows[r].answer is None]
+        if not active:
             return
-        if len(keep) < len(alive):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
+        if len(present) - len(active) >= max(1, len(present) // EVICT_FRACTION):
+            index = torch.tensor(active, device=device)
+            cache.batch_select_indices(index)  # copies the cache: done for a group of rows at once
             mask, last, next_tokens = mask[index], last[index], next_tokens[index]
-            alive = [alive[j] for j in keep]
-        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+            present = [present[j] for j in active]
+        mask = torch.cat([mask, mask.new_ones(len(present), 1)], dim=1)
         last = last + 1
         logits = model.hf(
             input_ids=next_tokens[:, None],
@@ -233,7 +235,7 @@ def generate_many(
     with intervene(model.hf, edits or {}):
         _score_first_step(model, to_score, batch_size)
         prefix = shared_prefix(model.hf, [row.ids for row in to_generate])
-        order = sorted(to_generate, key=lambda row: len(row.ids))
+        order = sorted(to_generate, key=lambda row: (row.budget, len(row.ids)))  # similar budgets share a batch
         chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         for chunk in tqdm(chunks, desc=f"generate {model.name}", disable=not progress or not chunks):
             _decode_batch(model, chunk, prefix)
