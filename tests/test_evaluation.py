@@ -14,13 +14,14 @@ from conftest import perturbed, tiny_suite
 
 import interp.core.generate as engine
 import interp.core.judge as judge
+from interp.core.bridge import decoder_layers, intervene
 from interp.core.chat import ChatFormat
 from interp.core.generate import Request, behaviour, generate, generate_many
 from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
 from interp.evaluation.stats import discordant, mcnemar_exact, paired_bootstrap, wilson_interval
-from interp.evaluation.table import Candidate, EvalRow, evaluate_models, kl_to_reference
+from interp.evaluation.table import Candidate, EvalRow, evaluate_models, first_changed_layer, kl_to_reference
 from interp.evaluation.targets import check_targets, paired_tests
 from interp.io import cache_root
 from interp.report.tables import paired_table, results_table, targets_table
@@ -150,26 +151,57 @@ def test_an_intervention_without_a_key_is_never_cached(pair, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the KL column
-def test_kl_matches_a_direct_computation_and_is_zero_to_itself(pair):
-    batch = harmless_prompts("val").head(3)
-    answers = ["Sure thing", "No", ""]
-    tok = pair.finetuned.tokenizer
-    expected, count = 0.0, 0
-    for text, answer in zip(batch.instructions, answers):
+def direct_kl(reference, model, prompts, answers, edits=None) -> float:
+    """KL(reference || model) per scored token, one unpadded prompt at a time."""
+    tok = reference.tokenizer
+    total, count = 0.0, 0
+    for text, answer in zip(prompts.instructions, answers):
         prompt_ids = ChatFormat().encode(tok, [text])[0]
         cont = tok(answer, add_special_tokens=False).input_ids
         ids = torch.tensor([prompt_ids + cont])
+        with torch.no_grad(), intervene(model.hf, edits or {}):
+            q = torch.log_softmax(model.hf(ids).logits[0], -1)[len(prompt_ids) - 1 : -1]
         with torch.no_grad():
-            p = torch.log_softmax(pair.finetuned.hf(ids).logits[0], -1)[len(prompt_ids) - 1 : -1]
-            q = torch.log_softmax(pair.base.hf(ids).logits[0], -1)[len(prompt_ids) - 1 : -1]
-        expected += (p.exp() * (p - q)).sum().item()
+            p = torch.log_softmax(reference.hf(ids).logits[0], -1)[len(prompt_ids) - 1 : -1]
+        total += (p.exp() * (p - q)).sum().item()
         count += len(cont)
+    return total / count
+
+
+def test_kl_matches_a_direct_computation_and_is_zero_to_itself(pair):
+    batch = harmless_prompts("val").head(3)
+    answers = ["Sure thing", "No", ""]
     candidates = [Candidate("base", pair.base), Candidate("finetuned", pair.finetuned)]
     got = kl_to_reference(candidates, pair.finetuned, batch, answers, batch_size=2)
-    assert got[0] == pytest.approx(expected / count, rel=1e-3, abs=1e-7)  # padding moves fp32 rounding only
+    expected = direct_kl(pair.finetuned, pair.base, batch, answers)
+    assert got[0] == pytest.approx(expected, rel=1e-3, abs=1e-7)  # padding moves fp32 rounding only
     assert got[1] == 0.0  # the reference's own row: no forward pass
-    steered = Candidate("steered", pair.finetuned, edits={1: lambda x: x + 1.0}, edits_key="plus-one")
-    assert kl_to_reference([steered], pair.finetuned, batch, answers)[0] > 1e-4
+
+
+def test_kl_starts_at_the_first_changed_block(pair):
+    """A candidate that differs from the reference from block 2 on (weights), or at block 1 (an edit),
+    starts there from the reference's residual stream, and its KL equals the direct computation."""
+    batch = harmless_prompts("val").head(4)
+    answers = ["Sure thing", "No", "", "1 2 3"]
+    changed = load_model(pair.finetuned.path)
+    with torch.no_grad():
+        decoder_layers(changed.hf)[2].mlp.down_proj.weight.mul_(1.5)
+    changed = changed.with_hf(changed.hf)
+    edits = {1: lambda x: x + 0.5}
+    steered = Candidate("steered", pair.finetuned, edits=edits, edits_key="plus")
+    assert first_changed_layer(Candidate("changed", changed), pair.finetuned) == 2
+    assert first_changed_layer(steered, pair.finetuned) == 1
+    assert first_changed_layer(Candidate("base", pair.base), pair.finetuned) == 0
+    calls = {0: 0, 2: 0}
+    for layer in calls:
+        decoder_layers(changed.hf)[layer].register_forward_pre_hook(
+            lambda *_, layer=layer: calls.__setitem__(layer, calls[layer] + 1)
+        )
+    got = kl_to_reference([Candidate("changed", changed), steered], pair.finetuned, batch, answers, batch_size=3)
+    assert calls == {0: 1, 2: 3}  # block 0 ran for the shared prefix only; block 2 for it and both batches
+    assert got[0] == pytest.approx(direct_kl(pair.finetuned, changed, batch, answers), rel=1e-3, abs=1e-7)
+    assert got[1] == pytest.approx(direct_kl(pair.finetuned, pair.finetuned, batch, answers, edits), rel=1e-3, abs=1e-7)
+    assert got[0] > 1e-5 and got[1] > 1e-5
 
 
 # ----------------------------------------------------------------------------- statistics

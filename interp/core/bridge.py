@@ -124,6 +124,56 @@ def block_outputs(
     return [store[layer] for layer in layers]
 
 
+class _Skip(torch.nn.Module):
+    """Stands in for a decoder layer that need not run: passes the residual stream through."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@contextmanager
+def record_block_inputs(hf_model, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Inside the block, each forward of ``hf_model`` stores the residual stream entering each block in
+    ``layers`` (the output of the block before it) in the dict it yields."""
+    blocks, store, handles = decoder_layers(hf_model), {}, []
+    for layer in sorted(set(layers)):
+
+        def keep(module, args, kwargs, layer=layer):
+            store[layer] = args[0] if args else kwargs["hidden_states"]
+
+        handles.append(blocks[layer].register_forward_pre_hook(keep, with_kwargs=True))
+    try:
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def resume_at(hf_model, layer: int, hidden: torch.Tensor) -> Iterator[None]:
+    """Inside the block, a forward of ``hf_model`` skips blocks ``0 .. layer - 1`` and feeds ``hidden``
+    (``[batch, seq, d_model]``, the residual stream entering block ``layer``, e.g. from
+    ``record_block_inputs`` on a model with the same weights below ``layer``) to block ``layer``. The same
+    batch must be passed, so masks and positions match."""
+    blocks = decoder_layers(hf_model)
+    skipped = [blocks[i] for i in range(layer)]
+
+    def feed(module, args, kwargs):
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    handle = blocks[layer].register_forward_pre_hook(feed, with_kwargs=True)
+    for i in range(layer):
+        blocks[i] = _Skip()
+    try:
+        yield
+    finally:
+        handle.remove()
+        for i, block in enumerate(skipped):
+            blocks[i] = block
+
+
 @torch.no_grad()
 def last_logits(hf_model, inputs: Mapping[str, torch.Tensor], edits: Mapping[int, Edit] | None = None) -> torch.Tensor:
     """Next-token logits at the last position, ``[batch, d_vocab]`` (float32); only that position is
