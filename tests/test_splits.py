@@ -76,6 +76,19 @@ def test_nothing_trained_on_is_evaluated_by_default(recipe):
     assert leaks(train, evaluation) == {}
 
 
+@pytest.mark.skipif(
+    not (shared_data_dir() / "harmful_val.json").exists(), reason="needs ../shared/data (the study's suite)"
+)
+def test_the_study_suite_is_held_out_from_the_layer_selection():
+    """The analysis reads (never trains on) built-in prompts; the layer map it selects is evaluated on
+    prompts it never read."""
+    analysis = AnalysisPrompts.held_out_for_organism()
+    selected_on = {f"analysis {name}": texts(getattr(analysis, name)) for name in ("harmful", "harmless", "task")}
+    _, _, suite = study_prompts(OrganismRecipe())
+    evaluated = {f"study suite {name}": texts(p) for name, p in suite.sets().items()}
+    assert all(evaluated.values()) and leaks(selected_on, evaluated) == {}
+
+
 def test_the_checker_finds_a_planted_leak():
     recipe = OrganismRecipe()
     train = trained_on(recipe) | {"planted": texts(harmful_prompts("val").head(1))}
