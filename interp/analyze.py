@@ -11,6 +11,7 @@ written by ``analyze(pair, folder)``::
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,13 +29,15 @@ from .core.prompts import (
     shared_data_dir,
 )
 from .errors import ConfigError
-from .io import Stopwatch, atomic_write_text
+from .io import Stopwatch, atomic_write_json, atomic_write_text, cache_root, stable_hash
 from .measures.capture import Activations, CaptureConfig, Positions, capture
-from .measures.causal import causal_sweep, steering_check
+from .measures.causal import CausalSweep, causal_sweep, steering_check
 from .measures.compare import PairActivations, base_refusal_directions, compare, pca_2d
 from .measures.layer_map import build_layer_map
 from .measures.result import AnalysisResult, Projection
 from .report.tables import per_layer_table
+
+SWEEP_VERSION = 1  # bump when the causal sweep's measures change: invalidates cached sweeps
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,48 @@ def _projection(acts: dict[str, Activations], layer: int) -> Projection:
     return Projection(layer, base, finetuned, labels)
 
 
+def _cached_sweep(
+    pair: ModelPair,
+    harmful: PromptSet,
+    refusal_vectors: np.ndarray,
+    token_ids: list[int],
+    config: AnalysisConfig,
+    chat: ChatFormat,
+    progress: bool,
+) -> CausalSweep:
+    """``causal_sweep``, cached on disk by both fingerprints, the prompts, the vectors, the refusal tokens,
+    the layers and the chat format (a rerun of the same analysis loads it)."""
+    key = stable_hash(
+        [
+            pair.base.fingerprint,
+            pair.finetuned.fingerprint,
+            harmful.hash,
+            np.asarray(refusal_vectors, dtype=np.float32).tobytes().hex(),
+            token_ids,
+            config.causal_layers,
+            config.batch_size,
+            chat.to_dict(),
+            SWEEP_VERSION,
+        ]
+    )
+    path = cache_root() / "sweeps" / f"{key}.json"
+    if path.exists():
+        return CausalSweep.from_dict(json.loads(path.read_text()))
+    sweep = causal_sweep(
+        pair.base,
+        pair.finetuned,
+        harmful,
+        refusal_vectors,
+        token_ids,
+        layers=config.causal_layers,
+        chat=chat,
+        batch_size=config.batch_size,
+        progress=progress,
+    )
+    atomic_write_json(path, sweep.to_dict())
+    return sweep
+
+
 def analyze(
     pair: ModelPair,
     folder: str | Path | None = None,
@@ -152,16 +197,14 @@ def analyze(
                 batch_size=config.batch_size,
                 progress=progress,
             )
-        sweep = causal_sweep(
-            pair.base,
-            pair.finetuned,
+        sweep = _cached_sweep(
+            pair,
             prompts.harmful.sample(config.causal_prompts, config.seed),
             refusal_vectors,
             token_ids,
-            layers=config.causal_layers,
-            chat=chat,
-            batch_size=config.batch_size,
-            progress=progress,
+            config,
+            chat,
+            progress,
         )
 
     steering = None

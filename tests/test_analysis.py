@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import interp.analyze as analyze_module
 from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
 from interp.core.bridge import BRIDGE_KEY_PART, block_outputs, last_logits, resid_hook
 from interp.core.chat import ChatFormat, pad_batch
@@ -154,7 +155,7 @@ def test_one_residual_stream_for_capture_causal_checks_and_restoration(tiny_mode
     assert resid_hook(model.n_layers - 1) in model.bridge.hook_dict
 
 
-def test_analyze_writes_a_run_folder(planted, tmp_path):
+def test_analyze_writes_a_run_folder(planted, tmp_path, monkeypatch):
     pair, _, _ = planted
     small = AnalysisPrompts(
         harmful=harmful_prompts("train").head(24),
@@ -188,9 +189,13 @@ def test_analyze_writes_a_run_folder(planted, tmp_path):
     np.testing.assert_allclose(loaded.sweep.add_effect, result.sweep.add_effect)
     assert loaded.pca.layer == result.layer_map.ranked_layers[0] and loaded.pca.base.shape == (48, 2)
 
-    # Without scales the generation check is skipped; the best add layer and refusal tokens remain.
+    # Without scales the generation check is skipped; the best add layer and refusal tokens remain; the
+    # causal sweep of the same pair, prompts and vectors comes from the cache.
+    sweeps = []
+    monkeypatch.setattr(analyze_module, "causal_sweep", lambda *a, **k: sweeps.append(1))
     quiet = analyze(
         pair, tmp_path / "run2", replace(config, steer_scales=()), small, progress=False, log=lambda _: None
     )
     assert quiet.steering is None and AnalysisResult.load(tmp_path / "run2").steering is None
     assert quiet.steer_layer == result.steer_layer and quiet.refusal_tokens == [5]
+    assert not sweeps and quiet.sweep.to_dict() == result.sweep.to_dict()
