@@ -3,13 +3,13 @@ known block's writes. The measures, the causal sweep and the ranking must find t
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-import interp.analyze as analyze_module
 from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
 from interp.core.bridge import BRIDGE_KEY_PART, block_outputs, last_logits, resid_hook
 from interp.core.chat import ChatFormat, pad_batch
@@ -192,6 +192,7 @@ def test_analyze_writes_a_run_folder(planted, tmp_path, monkeypatch):
     # Without scales the generation check is skipped; the best add layer and refusal tokens remain; the
     # causal sweep of the same pair, prompts and vectors comes from the cache.
     sweeps = []
+    analyze_module = importlib.import_module("interp.analyze")  # the module (interp.analyze is the function)
     monkeypatch.setattr(analyze_module, "causal_sweep", lambda *a, **k: sweeps.append(1))
     quiet = analyze(
         pair, tmp_path / "run2", replace(config, steer_scales=()), small, progress=False, log=lambda _: None
