@@ -69,9 +69,11 @@ def cmd_capture(args) -> None:
     from .core.bridge import hook_names
     from .core.models import load_model
     from .core.prompts import parse_spec
+    from .io import check_replaceable
     from .measures.capture import CaptureConfig, Positions, capture
     from .organism import resolve_model_name
 
+    check_replaceable(args.out, marker="meta.json")  # before any work: never replace what interp did not write
     prompts = parse_spec(args.prompts)
     positions = Positions.parse(args.positions)
     model = load_model(resolve_model_name(args.model), **_model_options(args))

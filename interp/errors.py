@@ -49,3 +49,7 @@ class LayerMapError(InterpError):
 
 class TrainingDivergedError(InterpError):
     """A training loss became NaN or infinite."""
+
+
+class OutputExistsError(InterpError):
+    """An output path exists and holds something the suite did not write: it is never replaced."""

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import OutputExistsError
+
 
 def cache_root() -> Path:
     """The suite's cache folder: ``$INTERP_CACHE``, or ``~/.cache/interp``."""
@@ -58,13 +60,26 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def check_replaceable(path: str | Path, marker: str) -> Path:
+    """``path`` if a folder of the kind that holds ``marker`` may be written there: it does not exist, is
+    an empty folder, or holds ``marker`` (a previous output of the same kind); else ``OutputExistsError``."""
+    path = Path(path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir()) and not (path / marker).is_file()):
+        what = "a file" if path.is_file() else f"a folder without {marker}"
+        raise OutputExistsError(f"refusing to replace {path}: it is {what}, not written by interp; choose another path")
+    return path
+
+
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, marker: str) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path`` in one rename.
 
-    On error the temporary folder is removed and ``path`` keeps its old contents.
+    ``marker`` is a file every folder of this kind holds (``meta.json``, ``adapter_config.json``, ...):
+    an existing ``path`` is replaced only if it is empty or holds its marker, so a folder or file the suite
+    did not write is never deleted (``OutputExistsError``, before any work). On error the temporary folder
+    is removed and ``path`` keeps its old contents.
     """
-    path = Path(path)
+    path = check_replaceable(path, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:

@@ -321,7 +321,7 @@ def build_organism(
     stage("safety tuning", t0)
 
     folder = organism_dir(recipe)
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, marker="manifest.json") as tmp:
         save_hf_folder(model.hf, model.tokenizer, tmp / "base")
         t0 = time.perf_counter()
         base_metrics = measure(model, sets, recipe.evaluation, progress)

@@ -167,7 +167,7 @@ def train_plan(
             progress=progress,
         )
         stats = result.stats
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, marker="stats.json") as tmp:
             save_adapter(result.peft_model, tmp / "adapter")
             atomic_write_json(tmp / "stats.json", stats.to_dict())
         model = result.merged(student, name=plan.name)
@@ -262,7 +262,7 @@ def run_study(
                 plan, pair, layer_map, harmful, retain, config.restore, chat=chat, cache=config.cache, progress=progress
             )
             target = folder / "adapter" if plan.key == "ranked" else folder / "baselines" / plan.key / "adapter"
-            with atomic_dir(target) as tmp:
+            with atomic_dir(target, marker="adapter_config.json") as tmp:
                 shutil.copytree(result.adapter, tmp, dirs_exist_ok=True)
         restored.append(result)
         log(

@@ -145,3 +145,22 @@ def test_bad_input_is_one_clear_line(folders, tiny_qwen, capsys, tmp_path):
         ["capture", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "c")],
         "interp capture: error:",
     )
+
+
+def test_outputs_never_replace_what_interp_did_not_write(folders, capsys, tmp_path):
+    """`interp capture --out` on a folder of the user's (or a file) is refused before any work, leaving it
+    untouched; a previous capture in the same folder is replaced."""
+    base, _, _ = folders
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    afile = tmp_path / "afile"
+    afile.write_text("keep me too")
+    capture = ["capture", "--model", base, "--prompts", "builtin:harmful:val", "--limit", "2", "--out"]
+    one_line_error(capsys, [*capture, str(mine)], "refusing to replace", "without meta.json")
+    one_line_error(capsys, [*capture, str(afile)], "refusing to replace", "a file")
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert afile.read_text() == "keep me too"
+    out = tmp_path / "acts"
+    assert main([*capture, str(out)]) == 0 and (out / "meta.json").exists()
+    assert main([*capture, str(out)]) == 0  # its own previous output is replaced

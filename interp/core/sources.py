@@ -39,7 +39,7 @@ ORGANISM_PREFIX = "organism:"
 def save_hf_folder(hf_model, tokenizer, folder: str | Path) -> Path:
     """Save a plain Hugging Face model and its tokenizer as one folder, atomically."""
     folder = Path(folder)
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, marker="config.json") as tmp:
         hf_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return folder

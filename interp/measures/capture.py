@@ -146,7 +146,7 @@ class Activations:
     def save(self, folder: str | Path) -> Path:
         """Write ``activations.safetensors`` and ``meta.json`` into ``folder``, atomically."""
         folder = Path(folder)
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, marker="meta.json") as tmp:
             save_file({"activations": self.tensor.contiguous()}, str(tmp / "activations.safetensors"))
             (tmp / "meta.json").write_text(json.dumps(self.metadata(), indent=2))
         return folder

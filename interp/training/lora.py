@@ -27,7 +27,7 @@ def trainable_parameters(model) -> int:
 def save_adapter(model: PeftModel, folder: str | Path) -> Path:
     """Save the adapter in peft's format, loadable with ``PeftModel.from_pretrained`` on a plain HF model."""
     folder = Path(folder)
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, marker="adapter_config.json") as tmp:
         model.save_pretrained(tmp)
         weights = load_file(str(tmp / "adapter_model.safetensors"))
         cleaned = {key.replace(BRIDGE_KEY_PART, ""): value for key, value in weights.items()}
