@@ -254,10 +254,17 @@ def generate_many(
 
 def _score_first_step(model: LoadedModel, rows: list[_Row], batch_size: int) -> None:
     """The first-step refusal score of rows whose answer came from the cache without one."""
-    for batch in batches([row.ids for row in rows], batch_size, model.tokenizer.pad_token_id):
-        logprobs = torch.log_softmax(last_logits(model.hf, batch.to(model.device)), -1)
-        for j, i in enumerate(batch.index):
+    for index, logprobs in _first_step_logprobs(model, [row.ids for row in rows], batch_size):
+        for j, i in enumerate(index):
             rows[i].score = float(refusal_log_odds(logprobs[j : j + 1], rows[i].score_tokens)[0])
+
+
+def _first_step_logprobs(model: LoadedModel, seqs: Sequence[Sequence[int]], batch_size: int, edits_for_batch=None):
+    """``(rows, log-probabilities [row, d_vocab])`` of the next token after each sequence, batch by batch
+    (a prefill-only forward)."""
+    for batch in batches(seqs, batch_size, model.tokenizer.pad_token_id):
+        edits = edits_for_batch(batch.index) if edits_for_batch else None
+        yield batch.index, torch.log_softmax(last_logits(model.hf, batch.to(model.device), edits), -1)
 
 
 def generate(
@@ -303,10 +310,8 @@ def refusal_scores(
     """
     seqs = chat.encode(model.tokenizer, prompts.instructions)
     scores = torch.empty(len(seqs))
-    for batch in batches(seqs, batch_size, model.tokenizer.pad_token_id):
-        edits = edits_for_batch(batch.index) if edits_for_batch else None
-        logprobs = torch.log_softmax(last_logits(model.hf, batch.to(model.device), edits), -1)
-        scores[batch.index] = refusal_log_odds(logprobs, token_ids).cpu()
+    for index, logprobs in _first_step_logprobs(model, seqs, batch_size, edits_for_batch):
+        scores[index] = refusal_log_odds(logprobs, token_ids).cpu()
     return scores
 
 

@@ -47,6 +47,7 @@ COLUMNS = {
     "xstest": "xstest_refusal",
     "task": "task_accuracy",
 }
+SET_OF_COLUMN = {column: name for name, column in COLUMNS.items()}
 
 
 # ----------------------------------------------------------------------------- the evaluation table
@@ -184,7 +185,7 @@ class EvalRow:
 
     def interval(self, column: str) -> tuple[float, float] | None:
         """The Wilson 95% interval of a rate column (``None`` where the set was not given)."""
-        name = next((name for name, col in COLUMNS.items() if col == column), None)
+        name = SET_OF_COLUMN.get(column)
         if name is None:
             raise ConfigError(f"{column!r} is not a rate column; choose from {', '.join(COLUMNS.values())}")
         values = self.outcomes.get(name)
@@ -384,10 +385,10 @@ def evaluate_models(
         reference_answers = generate(reference, suite.harmless, max_new_tokens=config.max_new_tokens, **gen)
         shared = time.perf_counter() - start
         answers = {}
+        requests = _requests(suite, config, refusal_tokens)
         for i in todo:
             start = time.perf_counter()
             c = candidates[i]
-            requests = _requests(suite, config, refusal_tokens)
             got = generate_many(c.model, list(requests.values()), edits=c.edits, edits_key=c.edits_key, **gen)
             answers[i] = dict(zip(requests, got))
             seconds[i] = time.perf_counter() - start + shared / len(todo)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from .stats import discordant, mcnemar_exact, paired_bootstrap
-from .table import COLUMNS, EvalRow
+from .table import COLUMNS, SET_OF_COLUMN, EvalRow
 
 VERDICTS = ("met", "missed", "not distinguishable")
 
@@ -61,7 +61,7 @@ def _rate_target(
 ) -> Target | None:
     """``rate(a) >= factor * rate(b) + offset`` (``>`` if ``strict``; ``<=`` if ``at_most``) on the set
     behind ``column``, decided by the paired bootstrap interval of ``m = rate(a) - factor * rate(b) - offset``."""
-    key = _set_of(column)
+    key = SET_OF_COLUMN[column]
     x, y = a.outcomes.get(key), b.outcomes.get(key)
     if not x or not y or len(x) != len(y):
         return None
@@ -165,7 +165,3 @@ def paired_tests(rows: Sequence[EvalRow], against: Sequence[str] = ("ranked", "b
                     )
                 )
     return out
-
-
-def _set_of(column: str) -> str:
-    return next(name for name, col in COLUMNS.items() if col == column)
