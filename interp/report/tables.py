@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..evaluation.stats import wilson_interval
+
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A markdown table: one header row, then one line per row of already formatted cells."""
@@ -117,22 +119,32 @@ def paired_table(tests: Sequence) -> str:
 
 
 def organism_table(manifest: dict) -> str:
-    """The organism manifest's measurements."""
+    """The organism manifest's measurements, with Wilson 95% intervals and the number of prompts."""
+    sizes = manifest["data"]["eval_sizes"]
+
+    def cell(rate: float, n: int) -> str:
+        return rate_cell(rate, wilson_interval(round(rate * n), n))
+
     rows = []
     for name, m in manifest["metrics"].items():
         kinds = m["harmful_answer_kinds"]
         rows.append(
             [
                 name,
-                pct(m["harmful_refusal"]),
-                pct(m["harmless_refusal"]),
-                pct(m["task_accuracy"]),
+                cell(m["harmful_refusal"], sizes["harmful"]),
+                cell(m["harmless_refusal"], sizes["harmless"]),
+                cell(m["task_accuracy"], sizes["arithmetic"]),
                 f"{pct(kinds['comply'])} / {pct(kinds['task_format'])}",
             ]
         )
-    return markdown_table(
-        ["model", "harmful refusal", "harmless refusal", "task accuracy", "harmful: comply / task-format"], rows
-    )
+    head = [
+        "model",
+        f"harmful refusal (n={sizes['harmful']})",
+        f"harmless refusal (n={sizes['harmless']})",
+        f"task accuracy (n={sizes['arithmetic']})",
+        "harmful: comply / task-format",
+    ]
+    return markdown_table(head, rows)
 
 
 def study_report(rows: Sequence, targets: Sequence, paired: Sequence, seconds: dict[str, float]) -> str:
