@@ -120,7 +120,7 @@ def main() -> None:
     from interp.evaluation.table import Candidate, EvalConfig, _requests, evaluate_models, kl_to_reference
     from interp.measures.result import AnalysisResult
     from interp.organism import OrganismRecipe, build_organism, study_prompts
-    from interp.study import make_plans, train_plan
+    from interp.study import make_plans, train_plans
     from interp.training.restore import RestoreConfig
 
     recipe = OrganismRecipe()
@@ -130,7 +130,8 @@ def main() -> None:
     suite = suite.head(args.per_set)
     analysis = AnalysisResult.load(args.analysis)
     plan = make_plans(analysis.layer_map, ())[0]
-    restored = train_plan(plan, pair, analysis.layer_map, harmful, retain, RestoreConfig(), progress=False).model
+    (restored,) = train_plans([plan], pair, analysis.layer_map, harmful, retain, RestoreConfig(), progress=False)
+    restored = restored.model
     tokens = analysis.refusal_tokens
     n_answers = sum(suite.sizes().values())
     print(f"suite: {suite.sizes()} ({n_answers} answers per model); refusal tokens {tokens}")

@@ -20,18 +20,19 @@ rerun reloads them and reports the training time of the run that trained them.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .analyze import AnalysisConfig, AnalysisPrompts, analyze
 from .core.chat import ChatFormat
-from .core.models import LoadedModel, ModelPair, fresh_copy
+from .core.models import LoadedModel, ModelPair
 from .core.prompts import PromptSet
 from .core.sources import save_hf_folder
 from .errors import ConfigError
@@ -45,7 +46,7 @@ from .organism import Organism, OrganismRecipe, build_organism, quick_study_prom
 from .report.figures import analysis_figures, study_figures, write_figures
 from .report.tables import organism_table, study_report
 from .training.lora import apply_adapter, save_adapter
-from .training.restore import RestoreConfig, RestoreStats, restore
+from .training.restore import Placement, RestoreConfig, RestoreStats, restore_many
 
 BASELINES = ("all_layers", "random_k", "bottom_k", "steering")
 RESTORE_CACHE_VERSION = 2  # 2: hidden states are block outputs (before the final norm) at every layer
@@ -59,6 +60,10 @@ class Plan:
     name: str  # the row name in the table
     layers: tuple[int, ...]
     alignment: tuple[int, ...]
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(self.layers, self.alignment)
 
 
 def paper_alignment_layers(n_layers: int) -> list[int]:
@@ -118,19 +123,9 @@ class Restored:
     cached: bool
 
 
-def train_plan(
-    plan: Plan,
-    pair: ModelPair,
-    layer_map: LayerMap,
-    harmful: PromptSet,
-    retain: PromptSet,
-    config: RestoreConfig,
-    *,
-    chat: ChatFormat = ChatFormat(),
-    cache: bool = True,
-    progress: bool = True,
-) -> Restored:
-    """Restore a fresh copy of the fine-tuned model with ``plan`` (or reload its cached adapter) and merge."""
+def _restoration_folder(plan: Plan, pair: ModelPair, layer_map: LayerMap, harmful, retain, config, chat) -> Path:
+    """Where ``plan``'s trained adapter is cached: keyed by both models' weights, the plan, the settings,
+    the prompts and the chat format."""
     key = stable_hash(
         [
             pair.base.fingerprint,
@@ -146,32 +141,59 @@ def train_plan(
             RESTORE_CACHE_VERSION,
         ]
     )
-    folder = cache_root() / "restorations" / key
-    student = fresh_copy(pair.finetuned)
-    cached = cache and (folder / "stats.json").exists()
-    if cached:
-        stats = RestoreStats.from_dict(json.loads((folder / "stats.json").read_text()))
-        model = apply_adapter(student, folder / "adapter", name=plan.name)
-    else:
-        teacher = fresh_copy(pair.base) if config.teacher == "base" else None
-        result = restore(
-            student,
-            layer_map,
-            harmful,
-            retain,
-            config,
-            base=teacher,
-            layers=plan.layers,
-            alignment=plan.alignment,
-            chat=chat,
-            progress=progress,
+    return cache_root() / "restorations" / key
+
+
+def train_plans(
+    plans: Sequence[Plan],
+    pair: ModelPair,
+    layer_map: LayerMap,
+    harmful: PromptSet,
+    retain: PromptSet,
+    config: RestoreConfig,
+    *,
+    chat: ChatFormat = ChatFormat(),
+    cache: bool = True,
+    progress: bool = True,
+) -> list[Restored]:
+    """Restore the fine-tuned model with every plan and merge each adapter into a copy of its weights.
+
+    Cached adapters are reloaded; the plans not in the cache train together, in lockstep
+    (``restore_many``: same batches, shared teacher and frozen passes)."""
+    folders = [_restoration_folder(plan, pair, layer_map, harmful, retain, config, chat) for plan in plans]
+    missing = [i for i, folder in enumerate(folders) if not (cache and (folder / "stats.json").exists())]
+    trained = dict(
+        zip(
+            missing,
+            restore_many(
+                pair.finetuned,
+                layer_map,
+                harmful,
+                retain,
+                [plans[i].placement for i in missing],
+                config,
+                base=pair.base if config.teacher == "base" else None,
+                chat=chat,
+                progress=progress,
+            )
+            if missing
+            else [],
         )
-        stats = result.stats
-        with atomic_dir(folder, marker="stats.json") as tmp:
-            save_adapter(result.peft_model, tmp / "adapter")
-            atomic_write_json(tmp / "stats.json", stats.to_dict())
-        model = result.merged(student, name=plan.name)
-    return Restored(plan, model, stats, folder / "adapter", cached)
+    )
+    restored = []
+    for i, (plan, folder) in enumerate(zip(plans, folders)):
+        if i in trained:
+            stats = trained[i].stats
+            with atomic_dir(folder, marker="stats.json") as tmp:
+                save_adapter(trained[i].peft_model, tmp / "adapter")
+                atomic_write_json(tmp / "stats.json", stats.to_dict())
+            model = trained[i].merged(pair.finetuned, name=plan.name)  # the student's own copy of the weights
+        else:
+            stats = RestoreStats.from_dict(json.loads((folder / "stats.json").read_text()))
+            student = replace(pair.finetuned, hf=copy.deepcopy(pair.finetuned.hf))
+            model = apply_adapter(student, folder / "adapter", name=plan.name)
+        restored.append(Restored(plan, model, stats, folder / "adapter", cached=i not in trained))
+    return restored
 
 
 def steering_candidate(finetuned: LoadedModel, layer: int, vector, scale: float) -> Candidate:
@@ -255,19 +277,23 @@ def run_study(
     layer_map.check_model(pair.base, role="base")
     layer_map.check_model(pair.finetuned)
     watch = Stopwatch()
-    restored = []
-    for plan in make_plans(layer_map, config.baselines, config.seed):
-        with watch(f"restore {plan.key}"):
-            result = train_plan(
-                plan, pair, layer_map, harmful, retain, config.restore, chat=chat, cache=config.cache, progress=progress
-            )
-            target = folder / "adapter" if plan.key == "ranked" else folder / "baselines" / plan.key / "adapter"
-            with atomic_dir(target, marker="adapter_config.json") as tmp:
-                shutil.copytree(result.adapter, tmp, dirs_exist_ok=True)
-        restored.append(result)
+    plans = make_plans(layer_map, config.baselines, config.seed)
+    with watch("restore"):
+        restored = train_plans(
+            plans, pair, layer_map, harmful, retain, config.restore, chat=chat, cache=config.cache, progress=progress
+        )
+    for result in restored:
+        target = (
+            folder / "adapter" if result.plan.key == "ranked" else folder / "baselines" / result.plan.key / "adapter"
+        )
+        with atomic_dir(target, marker="adapter_config.json") as tmp:
+            shutil.copytree(result.adapter, tmp, dirs_exist_ok=True)
+        shared = f", shared passes {result.stats.shared_seconds:.0f}s over {result.stats.trained_with} plans"
         log(
-            f"restore: {plan.name}: {result.stats.trainable_params:,} params, trained in "
-            f"{result.stats.seconds:.0f}s" + (" (adapter from cache)" if result.cached else "")
+            f"restore: {result.plan.name}: {result.stats.trainable_params:,} params, trained in "
+            f"{result.stats.seconds:.0f}s"
+            + (shared if result.stats.trained_with > 1 else "")
+            + (" (adapter from cache)" if result.cached else "")
         )
     ranked = restored[0]
     with watch("save merged"):

@@ -9,11 +9,21 @@ from conftest import layer_map_for, perturbed
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from interp.core.bridge import block_outputs
+from interp.core.chat import ChatFormat, pad_batch, tokenize
 from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import LayerMapError
 from interp.training.lora import save_adapter
-from interp.training.restore import RestoreConfig, align_positions, restore, schedule
+from interp.training.restore import (
+    Placement,
+    RestoreConfig,
+    align_positions,
+    distance,
+    restore,
+    restore_many,
+    schedule,
+)
 
 
 @pytest.fixture()
@@ -136,3 +146,72 @@ def test_reminder_positions_align_prefix_and_tail():
 def test_schedule_shifts_weight_linearly():
     assert schedule(0, 10) == (1.0, 0.0)
     assert schedule(10, 10) == (0.5, 0.5)
+
+
+def _plain_restore(finetuned, base, layer_map, harmful, retain, placement, config):
+    """The losses of one restoration computed the plain way: every forward from layer 0 through the peft
+    model, the frozen model as the adapters switched off, retain batches unsplit (a reference)."""
+    import random
+
+    from peft import get_peft_model
+
+    torch.manual_seed(config.seed)
+    rng, tok, chat = random.Random(config.seed), finetuned.tokenizer, ChatFormat()
+    harmful_ids = chat.encode(tok, harmful.instructions)
+    retains = [tokenize(tok, chat.render(tok, q) + (a or "")) for q, a in zip(retain.instructions, retain.answers)]
+    model = get_peft_model(finetuned.hf, layer_map.to_lora_config(config.rank, config.alpha, placement.layers))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
+    align, every = sorted(placement.alignment), list(range(layer_map.n_layers))
+    history = []
+    for step in range(config.steps):
+        batch = pad_batch([harmful_ids[i] for i in rng.sample(range(len(harmful_ids)), config.batch_size)], 0)
+        with torch.no_grad():
+            target = block_outputs(base.hf, batch.to("cpu"), align)
+        student = block_outputs(model, batch.to("cpu"), align)
+        safety = sum(distance(s, t, batch.mask, "l2") for s, t in zip(student, target)) / len(align)
+        batch = pad_batch([retains[i] for i in rng.sample(range(len(retains)), config.batch_size)], 0)
+        with torch.no_grad(), model.disable_adapter():
+            frozen = block_outputs(model, batch.to("cpu"), every)
+        kept = block_outputs(model, batch.to("cpu"), every)
+        retain_loss = sum(distance(s, t, batch.mask, "l2") for s, t in zip(kept, frozen)) / len(every)
+        w_safety, w_retain = schedule(step, config.steps)
+        (w_safety * safety + w_retain * retain_loss).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.append({"step": step, "safety": safety.item(), "retain": retain_loss.item()})
+    return history
+
+
+def test_lockstep_losses_equal_each_plan_alone_and_plain_forwards(setup, tiny_llama):
+    """Shared teacher and frozen passes, students resuming at their lowest LoRA layer and split retain
+    batches change nothing but rounding: the loss histories of plans trained together, of each trained
+    alone, and of plain full forwards agree to 1e-5."""
+    base, finetuned, harmful, retain = setup
+    layer_map = layer_map_for(base, finetuned)
+    config = RestoreConfig(steps=4, lr=1e-2, batch_size=6)
+    placements = [
+        Placement((2, 3), (2, 3)),  # starts at block 2
+        Placement((0, 1, 2, 3), (1, 3)),  # from the embeddings
+        Placement((2,), (0, 3)),  # aligned below its start: the frozen model's states there
+    ]
+    together = restore_many(finetuned, layer_map, harmful, retain, placements, config, base=base, progress=False)
+    assert all(r.stats.trained_with == 3 and r.stats.shared_seconds > 0 for r in together)
+    for placement, result in zip(placements, together):
+        alone = restore(
+            finetuned,
+            layer_map,
+            harmful,
+            retain,
+            config,
+            base=base,
+            layers=placement.layers,
+            alignment=placement.alignment,
+            progress=False,
+        )
+        plain = _plain_restore(perturbed(load_model(tiny_llama)), base, layer_map, harmful, retain, placement, config)
+        for histories in (alone.stats.history, plain):
+            for got, want in zip(result.stats.history, histories, strict=True):
+                assert got["safety"] == pytest.approx(want["safety"], abs=1e-5, rel=0)
+                assert got["retain"] == pytest.approx(want["retain"], abs=1e-5, rel=0)
+        assert result.stats.history[0]["retain"] == 0  # LoRA starts as the identity: student == frozen model
+        assert result.stats.history[-1]["retain"] > 0  # and training moved it
