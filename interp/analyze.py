@@ -29,7 +29,7 @@ from .core.prompts import (
     shared_data_dir,
 )
 from .errors import ConfigError
-from .io import Stopwatch, atomic_write_json, atomic_write_text, cache_root, stable_hash
+from .io import Stopwatch, atomic_dir, atomic_write_json, atomic_write_text, cache_root, stable_hash
 from .measures.capture import Activations, CaptureConfig, Positions, capture
 from .measures.causal import CausalSweep, causal_sweep, steering_check
 from .measures.compare import PairActivations, base_refusal_directions, compare, pca_2d
@@ -37,7 +37,8 @@ from .measures.layer_map import build_layer_map
 from .measures.result import AnalysisResult, Projection
 from .report.tables import per_layer_table
 
-SWEEP_VERSION = 1  # bump when the causal sweep's measures change: invalidates cached sweeps
+SWEEP_VERSION = 2  # bump when the causal sweep's measures change: invalidates cached sweeps
+ANALYSIS_VERSION = 1  # bump when any measure or the ranking changes: invalidates cached analyses
 
 
 @dataclass(frozen=True)
@@ -178,8 +179,23 @@ def analyze(
     progress: bool = True,
     log=print,
 ) -> AnalysisResult:
-    """Measure where the fine-tuned model's safety went; with ``folder``, also write the result there."""
+    """Measure where the fine-tuned model's safety went; with ``folder``, also write the result there.
+
+    The result is cached by both models' weights, the prompts, the settings and the chat format: the same
+    analysis again loads it (and the activations, from the capture cache) instead of measuring.
+    """
     prompts = prompts or AnalysisPrompts()
+    key = stable_hash(
+        [pair.base.fingerprint, pair.finetuned.fingerprint, prompts.describe(), asdict(config), chat.to_dict()]
+        + [ANALYSIS_VERSION, SWEEP_VERSION]
+    )
+    cached = cache_root() / "analyses" / key
+    if (cached / "metrics.json").exists():
+        result = AnalysisResult.load(cached)
+        log(f"analyze: loaded from the cache ({cached})")
+        if folder is not None:
+            _write(folder, result, _capture_all(pair, prompts, config, chat, progress), log)
+        return result
     watch = Stopwatch(log=lambda line: log(f"analyze: {line}"))
     with watch("capture and measure"):
         acts = _capture_all(pair, prompts, config, chat, progress)
@@ -236,14 +252,21 @@ def analyze(
         prompts=prompts.describe(),
         seconds=dict(watch.seconds),
     )
+    with atomic_dir(cached, marker="metrics.json") as tmp:
+        result.save(tmp)
     if folder is not None:
-        folder = Path(folder)
-        for name, activations in acts.items():
-            activations.save(folder / "activations" / name.replace("_", "-"))
-        result.save(folder)
-        atomic_write_text(folder / "layer_table.md", layer_table(result) + "\n")
-        log(f"analyze: selected layers {layer_map.selected_layers}; wrote {folder}")
+        _write(folder, result, acts, log)
     return result
+
+
+def _write(folder: str | Path, result: AnalysisResult, acts: dict[str, Activations], log) -> None:
+    """The run folder of an analysis (module docstring)."""
+    folder = Path(folder)
+    for name, activations in acts.items():
+        activations.save(folder / "activations" / name.replace("_", "-"))
+    result.save(folder)
+    atomic_write_text(folder / "layer_table.md", layer_table(result) + "\n")
+    log(f"analyze: selected layers {result.layer_map.selected_layers}; wrote {folder}")
 
 
 def layer_table(result: AnalysisResult) -> str:

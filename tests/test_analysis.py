@@ -11,9 +11,17 @@ import pytest
 import torch
 
 from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
-from interp.core.bridge import BRIDGE_KEY_PART, block_outputs, last_logits, resid_hook
+from interp.core.bridge import (
+    BRIDGE_KEY_PART,
+    ablate_direction,
+    add_vector,
+    block_outputs,
+    intervene,
+    last_logits,
+    resid_hook,
+)
 from interp.core.chat import ChatFormat, pad_batch
-from interp.core.generate import generate
+from interp.core.generate import generate, refusal_scores
 from interp.core.models import ModelPair, load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.measures.capture import CaptureConfig, Positions, capture
@@ -101,6 +109,29 @@ def test_causal_sweep_and_ranking_put_the_planted_block_first(planted):
     assert np.allclose(patch[PLANTED:], gap, atol=1e-3)  # after it, the base state is fully restored
     layer_map = build_layer_map(metrics, sweep, base=pair.base, finetuned=pair.finetuned, k=1)
     assert layer_map.ranked_layers[0] == PLANTED and layer_map.selected_layers == [PLANTED]
+
+
+def test_causal_sweep_resumed_from_the_residual_equals_full_forwards_with_hooks(planted):
+    """The sweep resumes each intervention after its block; the same edits as hooks on a full forward
+    (every block from the embeddings) give the same effects, the last block included."""
+    pair, _, acts = planted
+    directions = DiffInMeans().fit(
+        np.concatenate([acts.base_harmful, acts.base_harmless]),
+        np.repeat([1, 0], [len(acts.base_harmful), len(acts.base_harmless)]),
+    )
+    prompts, token = harmful_prompts("val").head(6), pair.base.tokenizer("I", add_special_tokens=False).input_ids[:1]
+    sweep = causal_sweep(pair.base, pair.finetuned, prompts, directions.diff_, token, batch_size=4, progress=False)
+    vectors = torch.tensor(directions.diff_, dtype=torch.float32)
+    last = pair.finetuned.n_layers - 1
+    for layer in (0, PLANTED, last):
+        unit = vectors[layer] / vectors[layer].norm()
+        with intervene(pair.finetuned.hf, {layer: add_vector(vectors[layer])}):
+            added = refusal_scores(pair.finetuned, prompts, token, batch_size=4).mean()
+        with intervene(pair.base.hf, {layer: ablate_direction(unit)}):
+            ablated = refusal_scores(pair.base, prompts, token, batch_size=4).mean()
+        assert sweep.add_effect[layer] == pytest.approx(float(added) - sweep.score_finetuned, abs=1e-5)
+        assert sweep.ablate_effect[layer] == pytest.approx(sweep.score_base - float(ablated), abs=1e-5)
+    assert abs(sweep.add_effect[last]) > 1e-4  # the last block's edit does reach the logits
 
 
 def test_booting_the_bridge_leaves_the_model_plain(tiny_model_dir):
@@ -200,3 +231,10 @@ def test_analyze_writes_a_run_folder(planted, tmp_path, monkeypatch):
     assert quiet.steering is None and AnalysisResult.load(tmp_path / "run2").steering is None
     assert quiet.steer_layer == result.steer_layer and quiet.refusal_tokens == [5]
     assert not sweeps and quiet.sweep.to_dict() == result.sweep.to_dict()
+
+    # The same analysis again is loaded whole from the cache: nothing is measured, the folder is complete.
+    monkeypatch.setattr(analyze_module, "compare", lambda *a, **k: pytest.fail("measured again"))
+    again = analyze(pair, tmp_path / "run3", config, small, progress=False, log=lambda _: None)
+    assert again.layer_map == result.layer_map and again.steering == result.steering
+    assert (tmp_path / "run3" / "activations" / "ft-task" / "meta.json").exists()
+    assert (tmp_path / "run3" / "layer_table.md").read_text() == (tmp_path / "run" / "layer_table.md").read_text()

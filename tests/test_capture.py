@@ -122,13 +122,7 @@ def test_cache_hit_does_not_run_the_model(tiny_llama, tmp_path, monkeypatch):
     config = CaptureConfig()
     first = capture(model, prompts(3), config, cache_dir=tmp_path, progress=False)
     calls = []
-    run = type(model.bridge).run_with_hooks
-
-    def counting_run(*args, **kwargs):
-        calls.append(1)
-        return run(*args, **kwargs)
-
-    monkeypatch.setattr(type(model.bridge), "run_with_hooks", counting_run)
+    decoder_layers(model.hf)[0].register_forward_pre_hook(lambda *_: calls.append(1))  # one call per batch
     second = capture(model, prompts(3), config, cache_dir=tmp_path, progress=False)
     assert calls == [] and torch.equal(first.tensor, second.tensor)
     capture(model, prompts(4), config, cache_dir=tmp_path, progress=False)  # other prompts: a miss
@@ -163,3 +157,21 @@ def test_position_outside_the_prompt_is_a_named_error(tiny_llama):
     model = load_model(tiny_llama)
     with pytest.raises(PositionOutOfRangeError, match="outside prompt 0"):
         capture(model, prompts(1), CaptureConfig(positions=Positions((-10_000,))), cache_dir=None)
+
+
+def test_residual_capture_runs_the_plain_model_and_equals_the_bridge(tiny_llama):
+    """Residual hooks alone run the plain HF model (no bridge booted); with one more hook the bridge runs,
+    and the residual stream it reads is the same."""
+    model = load_model(tiny_llama)
+    resid = hook_names(model.n_layers)
+    plain = capture(model, prompts(3), CaptureConfig(hooks=resid), cache_dir=None, progress=False)
+    assert model._bridge is None
+    mixed = capture(
+        model,
+        prompts(3),
+        CaptureConfig(hooks=resid + hook_names(model.n_layers, "attn_out", [0])),
+        cache_dir=None,
+        progress=False,
+    )
+    assert model._bridge is not None
+    torch.testing.assert_close(plain.tensor, mixed.tensor[:, : len(resid)], atol=1e-5, rtol=1e-5)

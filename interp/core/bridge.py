@@ -149,29 +149,41 @@ def record_block_inputs(hf_model, layers: Sequence[int]) -> Iterator[dict[int, t
             handle.remove()
 
 
+class _Emit(torch.nn.Module):
+    """Stands in for a decoder layer whose output is known: returns it."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.hidden
+
+
 @contextmanager
-def resume_at(hf_model, layer: int, hidden: torch.Tensor) -> Iterator[None]:
-    """Inside the block, a forward of ``hf_model`` skips blocks ``0 .. layer - 1`` and feeds ``hidden``
-    (``[batch, seq, d_model]``, the residual stream entering block ``layer``, e.g. from
-    ``record_block_inputs`` on a model with the same weights below ``layer``) to block ``layer``. The same
-    batch must be passed, so masks and positions match."""
+def resume_after(hf_model, layer: int, hidden: torch.Tensor) -> Iterator[None]:
+    """Inside the block, a forward of ``hf_model`` does not run blocks ``0 .. layer``: the residual stream
+    after block ``layer`` is ``hidden`` (``[batch, seq, d_model]``, e.g. a block output read earlier and
+    edited), and the forward goes on from block ``layer + 1`` (the final norm and unembedding when
+    ``layer`` is the last block). The same batch must be passed, so masks and positions match."""
     blocks = decoder_layers(hf_model)
-    skipped = [blocks[i] for i in range(layer)]
-
-    def feed(module, args, kwargs):
-        if args:
-            return (hidden, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": hidden}
-
-    handle = blocks[layer].register_forward_pre_hook(feed, with_kwargs=True)
+    replaced = [blocks[i] for i in range(layer + 1)]
     for i in range(layer):
         blocks[i] = _Skip()
+    blocks[layer] = _Emit(hidden)
     try:
         yield
     finally:
-        handle.remove()
-        for i, block in enumerate(skipped):
+        for i, block in enumerate(replaced):
             blocks[i] = block
+
+
+def resume_at(hf_model, layer: int, hidden: torch.Tensor):
+    """``resume_after(hf_model, layer - 1, hidden)``: ``hidden`` is the residual stream entering block
+    ``layer >= 1`` (e.g. from ``record_block_inputs`` on a model with the same weights below ``layer``)."""
+    if layer < 1:
+        raise ValueError(f"resume_at needs a layer >= 1, got {layer}")
+    return resume_after(hf_model, layer - 1, hidden)
 
 
 @torch.no_grad()
@@ -197,11 +209,6 @@ def ablate_direction(unit: torch.Tensor) -> Edit:
         return x - (x @ u)[..., None] * u
 
     return edit
-
-
-def replace_with(values: torch.Tensor) -> Edit:
-    """The residual replaced by ``values`` (same shape)."""
-    return lambda x: values.to(device=x.device, dtype=x.dtype)
 
 
 # ----------------------------------------------------------------------------- the bridge

@@ -259,12 +259,11 @@ def _score_first_step(model: LoadedModel, rows: list[_Row], batch_size: int) -> 
             rows[i].score = float(refusal_log_odds(logprobs[j : j + 1], rows[i].score_tokens)[0])
 
 
-def _first_step_logprobs(model: LoadedModel, seqs: Sequence[Sequence[int]], batch_size: int, edits_for_batch=None):
+def _first_step_logprobs(model: LoadedModel, seqs: Sequence[Sequence[int]], batch_size: int):
     """``(rows, log-probabilities [row, d_vocab])`` of the next token after each sequence, batch by batch
     (a prefill-only forward)."""
     for batch in batches(seqs, batch_size, model.tokenizer.pad_token_id):
-        edits = edits_for_batch(batch.index) if edits_for_batch else None
-        yield batch.index, torch.log_softmax(last_logits(model.hf, batch.to(model.device), edits), -1)
+        yield batch.index, torch.log_softmax(last_logits(model.hf, batch.to(model.device)), -1)
 
 
 def generate(
@@ -302,15 +301,11 @@ def refusal_scores(
     *,
     chat: ChatFormat = ChatFormat(),
     batch_size: int = 32,
-    edits_for_batch=None,
 ) -> torch.Tensor:
-    """Refusal log-odds per prompt ``[prompt]``, in the prompts' order (a prefill-only forward).
-
-    ``edits_for_batch(index)`` may return residual-stream edits for the batch holding rows ``index``.
-    """
+    """Refusal log-odds per prompt ``[prompt]``, in the prompts' order (a prefill-only forward)."""
     seqs = chat.encode(model.tokenizer, prompts.instructions)
     scores = torch.empty(len(seqs))
-    for index, logprobs in _first_step_logprobs(model, seqs, batch_size, edits_for_batch):
+    for index, logprobs in _first_step_logprobs(model, seqs, batch_size):
         scores[index] = refusal_log_odds(logprobs, token_ids).cpu()
     return scores
 

@@ -1,6 +1,8 @@
 """Activation capture through TransformerLens bridge hooks, with bounded memory and a disk cache.
 
-Each batch runs once through the bridge with one hook per requested hook point. A hook keeps only
+Each batch runs once through the bridge with one hook per requested hook point; when every hook is a
+block's ``hook_resid_post`` the plain HF model runs instead (``block_outputs``: the same tensor, without
+the bridge's wrapper modules and eager attention). A hook keeps only
 the requested token positions, so memory grows with prompts x hooks x positions x d_model and never
 with sequence length. The forward pass stops after the last block that a hook asks for.
 """
@@ -18,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..core.bridge import StopForward, hook_names, resid_hook
+from ..core.bridge import StopForward, block_outputs, hook_names, resid_hook
 from ..core.chat import ChatFormat, batches, tokenize
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
@@ -241,8 +243,16 @@ def capture(
     if cached is not None and (cached / "meta.json").exists():
         return Activations.load(cached)
 
-    bridge = model.bridge
-    _check_hooks(bridge, hooks)
+    blocks = [int(m.group(1)) if (m := _BLOCK.match(h)) else None for h in hooks]
+    # Residual-stream hooks only: the plain HF model gives the same tensors (``block_outputs``), no bridge.
+    plain = all(h == resid_hook(b) for h, b in zip(hooks, blocks) if b is not None) and None not in blocks
+    if plain:
+        outside = [h for h, b in zip(hooks, blocks) if not 0 <= b < model.n_layers]
+        if outside:
+            raise UnknownHookError(f"hooks outside the model's {model.n_layers} blocks: {outside}")
+    else:
+        bridge = model.bridge
+        _check_hooks(bridge, hooks)
     tokenizer = model.tokenizer
     texts = config.chat.render_all(tokenizer, prompts.instructions)
     token_ids = [tokenize(tokenizer, t) for t in texts]
@@ -257,7 +267,6 @@ def capture(
                 raise PositionOutOfRangeError(
                     f"position {-deepest} is outside prompt {i}, which has only {length} tokens"
                 )
-    blocks = [int(m.group(1)) if (m := _BLOCK.match(h)) else None for h in hooks]
     # Stop right after the deepest block asked for: skips later blocks, the final norm and the unembed.
     stop_hook = None if None in blocks else resid_hook(max(blocks))
 
@@ -289,6 +298,12 @@ def capture(
 
             return hook
 
+        if plain:
+            with torch.no_grad():
+                outputs = block_outputs(model.hf, chunk.to(device), blocks)
+            for slot, resid in enumerate(outputs):
+                keep(slot, batch, weights)(resid, None)
+            continue
         fwd_hooks = [(h, keep(s, batch, weights)) for s, h in enumerate(hooks)]
         if stop_hook is not None:
             fwd_hooks.append((stop_hook, _stop))  # added last, so it runs after the hooks above

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core.bridge import Edit, ablate_direction, add_vector, block_outputs, replace_with
+from ..core.bridge import Edit, ablate_direction, add_vector, block_outputs, last_logits, resume_after
 from ..core.chat import ChatFormat, batches
 from ..core.generate import Request, behaviour, generate_many, refusal_scores
-from ..core.judge import Behaviour
+from ..core.judge import Behaviour, refusal_log_odds
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..errors import ConfigError
@@ -107,32 +107,36 @@ def causal_sweep(
     vectors = torch.tensor(refusal_vectors, dtype=torch.float32)
     units = vectors / vectors.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
-    def score(model: LoadedModel, edits_for_batch=None) -> float:
-        return float(
-            refusal_scores(
-                model, harmful, token_ids, chat=chat, batch_size=batch_size, edits_for_batch=edits_for_batch
-            ).mean()
-        )
+    def score(model: LoadedModel) -> float:
+        return float(refusal_scores(model, harmful, token_ids, chat=chat, batch_size=batch_size).mean())
 
     ft_score, base_score = score(finetuned), score(base)
-    base_resid = {}  # rows of a batch -> the base residual after every swept block
+    # Each intervention resumes from the unmodified residual stream after its block: the blocks below it
+    # do not run again (exact: they would compute the same tensor).
+    totals = {name: np.zeros(n_layers) for name in EFFECTS}
     seqs = chat.encode(base.tokenizer, harmful.instructions)
     with torch.no_grad():
-        for batch in batches(seqs, batch_size, base.tokenizer.pad_token_id):
-            outputs = block_outputs(base.hf, batch.to(base.device), layers)
-            base_resid[tuple(batch.index)] = dict(zip(layers, outputs))
-
-    def fixed(edit: Edit, layer: int):
-        return lambda index: {layer: edit}
-
-    def patched(layer: int):
-        return lambda index: {layer: replace_with(base_resid[tuple(index)][layer])}
-
+        for batch in tqdm(
+            list(batches(seqs, batch_size, base.tokenizer.pad_token_id)), desc="causal sweep", disable=not progress
+        ):
+            inputs = batch.to(base.device)
+            ft_resid = dict(zip(layers, block_outputs(finetuned.hf, inputs, layers)))
+            base_resid = dict(zip(layers, block_outputs(base.hf, inputs, layers)))
+            for layer in layers:
+                runs = {
+                    "add_effect": (finetuned, add_vector(vectors[layer])(ft_resid[layer])),
+                    "ablate_effect": (base, ablate_direction(units[layer])(base_resid[layer])),
+                    "patch_effect": (finetuned, base_resid[layer]),
+                }
+                for name, (model, hidden) in runs.items():
+                    with resume_after(model.hf, layer, hidden):
+                        logprobs = torch.log_softmax(last_logits(model.hf, inputs), -1)
+                    totals[name][layer] += float(refusal_log_odds(logprobs, token_ids).sum())
     effects = {name: np.full(n_layers, np.nan) for name in EFFECTS}
-    for layer in tqdm(layers, desc="causal sweep", disable=not progress):
-        effects["add_effect"][layer] = score(finetuned, fixed(add_vector(vectors[layer]), layer)) - ft_score
-        effects["ablate_effect"][layer] = base_score - score(base, fixed(ablate_direction(units[layer]), layer))
-        effects["patch_effect"][layer] = score(finetuned, patched(layer)) - ft_score
+    for layer in layers:
+        effects["add_effect"][layer] = totals["add_effect"][layer] / len(seqs) - ft_score
+        effects["ablate_effect"][layer] = base_score - totals["ablate_effect"][layer] / len(seqs)
+        effects["patch_effect"][layer] = totals["patch_effect"][layer] / len(seqs) - ft_score
     return CausalSweep(
         layers=layers,
         **effects,
