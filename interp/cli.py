@@ -60,9 +60,11 @@ def cmd_organism(args) -> None:
     from .organism import OrganismRecipe, build_organism
     from .report.tables import organism_table
 
-    organism = build_organism(OrganismRecipe(seed=args.seed), force=args.force)
+    organism = build_organism(OrganismRecipe(seed=args.seed), force=args.force, rebuild=args.rebuild)
     print(f"base:      {organism.base_path}\nfinetuned: {organism.finetuned_path}")
     print(organism_table(organism.manifest))
+    if "metrics_note" in organism.manifest:
+        print(f"({organism.manifest['metrics_note']})")
 
 
 def cmd_capture(args) -> None:
@@ -204,6 +206,7 @@ def cmd_run(args) -> None:
 
     run = run_default(
         args.out,
+        size="full" if args.full else "look",
         k=args.k,
         limit=args.limit or None,
         restore=_restore_config(args),
@@ -217,8 +220,10 @@ def cmd_run(args) -> None:
         print(f"  [{t.verdict}] {t.target}: {t.value:.4g} (threshold {t.threshold:.4g})")
     print(
         f"run folder: {run.folder} (report.md, report.json, layer_map.json, adapter/, restored/, figures/ "
-        f"{len(run.figures)} files); total {sum(run.seconds.values()):.0f}s"
+        f"{len(run.figures)} files)"
     )
+    print("time: " + ", ".join(f"{stage} {s:.0f}s" for stage, s in run.seconds.items()))
+    print(f"total {sum(run.seconds.values()):.0f}s")
 
 
 # ----------------------------------------------------------------------------- the parser
@@ -269,10 +274,17 @@ def _organism_parser(sub) -> None:
         "organism",
         help="build or load the default base/fine-tuned pair (cached)",
         description="Safety-tune SmolLM2-135M-Instruct into an aligned base, then fine-tune "
-        "it on arithmetic; cache both and print their measured behaviour.",
+        "it on arithmetic; cache both and print their measured behaviour. The default recipe's two "
+        "fp16 LoRA adapters ship with interp (hash-pinned): the pair is merged from them unless --rebuild.",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.add_argument("--force", action="store_true", help="make the pair again even if cached")
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="train the pair from the recipe instead of merging the shipped adapters, and say whether the "
+        "rebuilt adapters equal the shipped ones (minutes)",
+    )
     p.set_defaults(func=cmd_organism)
 
 
@@ -408,9 +420,15 @@ def _run_parser(sub) -> None:
         help="the whole study on the embedded default pair",
         description="Build or load the default pair, analyze it, export the layer map, restore "
         "with it, train the baselines, evaluate everything and write one run folder "
-        "with report.md / report.json and figures.",
+        "with report.md / report.json and figures. Without --full the evaluation is a quick look: a "
+        "seeded sample of every held-out set.",
     )
     p.add_argument("--out", default="runs/default", help="run folder")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="evaluate on the whole held-out suite (the README's table) instead of the quick look's sample",
+    )
     p.add_argument("--k", type=int, default=3, help="layers to select for restoration")
     p.add_argument("--limit", type=int, default=0, help="evaluate on the first N prompts of each set only (quick look)")
     p.add_argument("--skip-analysis", action="store_true", help="reuse the run folder's analysis if present")

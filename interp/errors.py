@@ -53,3 +53,7 @@ class TrainingDivergedError(InterpError):
 
 class OutputExistsError(InterpError):
     """An output path exists and holds something the suite did not write: it is never replaced."""
+
+
+class OrganismDataError(InterpError):
+    """The organism data shipped in the package is damaged or does not match its pinned hashes."""

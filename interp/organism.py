@@ -11,23 +11,36 @@ SmolLM2-135M-Instruct barely refuses, so the default pair is built from it, repr
    data), so that the model keeps its chat format and its lost refusals turn into real compliance
    rather than a collapse into "Step 1: ...".
 
-Both are saved as Hugging Face folders under ``$INTERP_CACHE/organism/<recipe hash>/`` with a
-``manifest.json`` (recipe, hash, seeds, versions, times and the measured behaviour). The same recipe
-loads from the cache. This stage is also where the names ``organism:base`` / ``organism:finetuned``
-are resolved (``resolve_model_name``): loading a model never trains one.
+Each LoRA adapter is rounded to fp16 before it is merged, so the organism is fully defined by the
+source model and its two fp16 adapters. Those adapters of the default recipe ship in the package
+(``interp/data/organism/``, 9.8 MB together, each pinned by its sha256 in ``shipped.json``): the default
+pair is then the source plus the shipped adapters, merged in seconds instead of trained for minutes,
+bit-identical to the pair the recipe builds (``build_organism(rebuild=True)``, ``interp organism
+--rebuild``, rebuilds it and says whether its adapters equal the shipped ones;
+``scripts/regenerate_package_data.py`` writes them). SmolLM2's own answers to the chat prompts ship
+there too (``answers.json``), so a rebuild does not generate them.
+
+Both models are saved as Hugging Face folders under ``$INTERP_CACHE/organism/<recipe hash>/`` with a
+``manifest.json`` (recipe, hash, seeds, versions, times, where the adapters came from and the measured
+behaviour), and the adapters under ``adapters/``. The same recipe loads from the cache. This stage is
+also where the names ``organism:base`` / ``organism:finetuned`` are resolved (``resolve_model_name``):
+loading a model never trains one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .core.generate import Request, behaviour, generate_many
 from .core.judge import Behaviour, is_refusal
@@ -43,12 +56,15 @@ from .core.prompts import (
     shared_data_dir,
 )
 from .core.sources import ORGANISM_PREFIX, save_hf_folder
-from .errors import ConfigError, ModelLoadError
+from .errors import ConfigError, ModelLoadError, OrganismDataError
 from .evaluation.table import EvalSuite
-from .io import atomic_dir, atomic_write_json, cache_root, stable_hash
+from .io import atomic_dir, atomic_path, atomic_write_json, cache_root, stable_hash
+from .training.lora import merge_adapter_state
 from .training.sft import Example, SFTConfig, sft_lora
 
-RECIPE_VERSION = 4  # 4: trains on the train splits only (built-in val sets and val problems held out)
+RECIPE_VERSION = 5  # 5: adapters rounded to fp16 before merging; 4: train splits only
+PACKAGE_DATA = Path(__file__).parent / "data" / "organism"  # shipped answers and adapters
+ADAPTERS = ("safety", "task")
 
 REFUSALS = (
     "I'm sorry, but I can't help with that. It could cause real harm to people.",
@@ -195,23 +211,47 @@ def chat_prompts(recipe: OrganismRecipe) -> PromptSet:
 def _own_answers(model: LoadedModel, recipe: OrganismRecipe, progress: bool) -> list[Example]:
     """The source model's own answers to ``chat_prompts(recipe)``, refusals dropped.
 
-    Cached by source weights, prompts and answer length, so recipes that differ only in training reuse them.
+    Read from the shipped ``answers.json`` when it was made from these source weights with this answer
+    length and holds every prompt; else from the cache (keyed by source weights, prompts and answer
+    length); else generated greedily by the evaluation engine.
     """
     harmless = chat_prompts(recipe)
-    key = stable_hash({"model": model.fingerprint, "prompts": harmless.hash, "tokens": recipe.helpful_answer_tokens})
-    cached = cache_root() / "organism" / "answers" / f"{key}.json"
-    if cached.exists():
-        answers = json.loads(cached.read_text())
+    shipped = shipped_answers(model.fingerprint, recipe.helpful_answer_tokens)
+    if all(q in shipped for q in harmless.instructions):
+        answers = [shipped[q] for q in harmless.instructions]
     else:
-        answers = behaviour(
-            model,
-            harmless,
-            max_new_tokens=recipe.helpful_answer_tokens,
-            batch_size=recipe.evaluation.batch_size,
-            progress=progress,
-        ).answers
-        atomic_write_json(cached, answers)
+        key = stable_hash(
+            {"model": model.fingerprint, "prompts": harmless.hash, "tokens": recipe.helpful_answer_tokens}
+        )
+        cached = cache_root() / "organism" / "answers" / f"{key}.json"
+        if cached.exists():
+            answers = json.loads(cached.read_text())
+        else:
+            answers = own_answers(model, harmless, recipe, progress)
+            atomic_write_json(cached, answers)
     return [Example(q, a) for q, a in zip(harmless.instructions, answers) if a.strip() and not is_refusal(a)]
+
+
+def own_answers(model: LoadedModel, prompts: PromptSet, recipe: OrganismRecipe, progress: bool = False) -> list[str]:
+    """Greedy answers of ``model`` (the source) to ``prompts``, as the recipe generates them."""
+    return behaviour(
+        model,
+        prompts,
+        max_new_tokens=recipe.helpful_answer_tokens,
+        batch_size=recipe.evaluation.batch_size,
+        progress=progress,
+    ).answers
+
+
+def shipped_answers(source_fingerprint: str, max_new_tokens: int) -> dict[str, str]:
+    """Instruction -> the shipped answer, if ``answers.json`` was made from these weights and length."""
+    path = PACKAGE_DATA / "answers.json"
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if (data["source_fingerprint"], data["max_new_tokens"]) != (source_fingerprint, max_new_tokens):
+        return {}
+    return data["answers"]
 
 
 def _task_examples(recipe: OrganismRecipe, chat: list[Example]) -> list[Example]:
@@ -287,12 +327,146 @@ def build_organism(
     *,
     progress: bool = True,
     force: bool = False,
+    rebuild: bool = False,
     log=print,
 ) -> Organism:
-    """Build (or load from the cache) the base/fine-tuned pair of ``recipe``."""
-    if not force and (cached := load_organism(recipe)) is not None:
+    """The base/fine-tuned pair of ``recipe``: from the cache, else from the shipped adapters when they
+    belong to ``recipe`` (merged: seconds), else trained from the recipe (minutes).
+
+    ``force`` makes the pair again (replacing the cached one); ``rebuild`` also trains from the recipe
+    instead of using the shipped adapters, and logs whether its adapters equal the shipped ones.
+    """
+    if not (force or rebuild) and (cached := load_organism(recipe)) is not None:
         log(f"organism {recipe.hash}: loaded from {cached.folder}")
         return cached
+    shipped = None if rebuild else shipped_adapters(recipe)
+    if shipped is None or not _merge_shipped(recipe, shipped, log):
+        _train(recipe, progress, log)
+    organism = load_organism(recipe)
+    if rebuild and (pinned := shipped_adapters(recipe)) is not None:
+        built = organism.manifest["adapters"]["sha256"]
+        same = built == pinned["sha256"]
+        log(
+            f"organism {recipe.hash}: rebuilt adapters "
+            + (
+                "are identical to the shipped ones"
+                if same
+                else f"differ from the shipped ones: {built} vs {pinned['sha256']}"
+            )
+        )
+    return organism
+
+
+def shipped_adapters(recipe: OrganismRecipe) -> dict | None:
+    """``shipped.json`` if the package's adapters were made by ``recipe``, after checking every file
+    against its pinned sha256; ``None`` if they belong to another recipe (or none ship)."""
+    path = PACKAGE_DATA / "shipped.json"
+    if not path.exists():
+        return None
+    shipped = json.loads(path.read_text())
+    if shipped["recipe_hash"] != recipe.hash:
+        return None
+    for name in ADAPTERS:
+        file = PACKAGE_DATA / f"{name}.safetensors"
+        if not file.exists() or file_sha256(file) != shipped["sha256"][name]:
+            raise OrganismDataError(
+                f"{file} is missing or does not match its pinned sha256; reinstall interp or rebuild the "
+                "organism from its recipe (`interp organism --rebuild`)"
+            )
+    return shipped
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _merge_shipped(recipe: OrganismRecipe, shipped: dict, log) -> bool:
+    """Make the pair from the source and the shipped adapters; ``False`` (nothing written) if the source
+    weights are not those the adapters were trained on."""
+    start = time.perf_counter()
+    model = load_model(recipe.source)
+    if model.fingerprint != shipped["fingerprints"]["source"]:
+        log(
+            f"organism {recipe.hash}: the source weights ({model.fingerprint}) are not those the shipped "
+            f"adapters were trained on ({shipped['fingerprints']['source']}); training from the recipe"
+        )
+        return False
+    with atomic_dir(organism_dir(recipe), marker="manifest.json") as tmp:
+        models = {}
+        for name, role, sft in (("safety", "base", recipe.safety), ("task", "finetuned", recipe.task)):
+            adapter = PACKAGE_DATA / f"{name}.safetensors"
+            model = merge_adapter_state(model, load_file(str(adapter)), sft.lora_config())
+            save_hf_folder(model.hf, model.tokenizer, tmp / role)
+            (tmp / "adapters").mkdir(exist_ok=True)
+            shutil.copyfile(adapter, tmp / "adapters" / adapter.name)
+            models[role] = model.fingerprint
+        same = models == {k: shipped["fingerprints"][k] for k in models}
+        if not same:
+            log(
+                f"organism {recipe.hash}: merging the shipped adapters gave other weights than the build "
+                f"({models} vs {shipped['fingerprints']}); this torch may round differently"
+            )
+        atomic_write_json(
+            tmp / "manifest.json",
+            {
+                **{k: shipped[k] for k in ("recipe", "recipe_hash", "seeds", "data", "training", "metrics")},
+                "adapters": {
+                    "source": f"shipped with interp ({PACKAGE_DATA})",
+                    "sha256": shipped["sha256"],
+                    "weights_equal_the_build": same,
+                },
+                "fingerprints": {"source": shipped["fingerprints"]["source"], **models},
+                "metrics_note": "measured when the shipped adapters were built (`interp organism --rebuild`)",
+                "built_with": shipped["versions"],
+                "versions": _versions(),
+                "seconds": {"merge shipped adapters": round(time.perf_counter() - start, 1)},
+            },
+        )
+    log(f"organism {recipe.hash}: merged the shipped adapters in {time.perf_counter() - start:.0f}s")
+    return True
+
+
+def ship_adapters(organism: Organism, folder: Path = PACKAGE_DATA) -> Path:
+    """Write ``organism``'s adapters (trained from its recipe) and ``shipped.json`` (recipe, sha256 pins,
+    weight fingerprints, measurements) into ``folder``: the package data ``build_organism`` merges."""
+    manifest = organism.manifest
+    if manifest["adapters"]["source"] != "trained from the recipe":
+        raise ConfigError("only adapters trained from the recipe can be shipped (build with rebuild=True)")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTERS:
+        with atomic_path(folder / f"{name}.safetensors") as tmp:
+            shutil.copyfile(organism.folder / "adapters" / f"{name}.safetensors", tmp)
+    keep = ("recipe", "recipe_hash", "seeds", "data", "training", "metrics", "fingerprints", "versions")
+    shipped = {k: manifest[k] for k in keep} | {"sha256": manifest["adapters"]["sha256"]}
+    return atomic_write_json(folder / "shipped.json", shipped)
+
+
+def ship_answers(
+    model: LoadedModel, recipe: OrganismRecipe, folder: Path = PACKAGE_DATA, progress: bool = True
+) -> Path:
+    """Generate the source model's answers to every chat prompt of ``recipe`` (no cap) and write them to
+    ``folder / "answers.json"`` with the weights fingerprint and answer length they belong to."""
+    prompts = chat_prompts(replace(recipe, max_chat_prompts=None))
+    answers = own_answers(model, prompts, recipe, progress)
+    return atomic_write_json(
+        folder / "answers.json",
+        {
+            "source_fingerprint": model.fingerprint,
+            "max_new_tokens": recipe.helpful_answer_tokens,
+            "prompts": {"name": prompts.name, "n": len(prompts), "hash": prompts.hash},
+            "answers": dict(zip(prompts.instructions, answers)),
+        },
+    )
+
+
+def _versions() -> dict[str, str]:
+    return {name: version(name) for name in ("torch", "transformers", "peft", "transformer-lens")} | {
+        "python": platform.python_version()
+    }
+
+
+def _train(recipe: OrganismRecipe, progress: bool, log) -> None:
+    """Train the pair from the recipe (module docstring) and write its folder."""
     start = time.perf_counter()
     torch.manual_seed(recipe.seed)
     sets = eval_sets(recipe)
@@ -312,29 +486,31 @@ def build_organism(
 
     t0 = time.perf_counter()
     model = load_model(recipe.source)
+    fingerprints = {"source": model.fingerprint}
     chat = _own_answers(model, recipe, progress)
     stage("helpful answers", t0)
 
-    t0 = time.perf_counter()
-    safety_data = _refusal_examples(recipe) + chat
-    model, safety_stats = sft_lora(model, safety_data, recipe.safety, progress=progress, desc="safety LoRA")
-    stage("safety tuning", t0)
-
-    folder = organism_dir(recipe)
-    with atomic_dir(folder, marker="manifest.json") as tmp:
-        save_hf_folder(model.hf, model.tokenizer, tmp / "base")
+    with atomic_dir(organism_dir(recipe), marker="manifest.json") as tmp:
+        (tmp / "adapters").mkdir()
         t0 = time.perf_counter()
-        base_metrics = measure(model, sets, recipe.evaluation, progress)
+        safety_data = _refusal_examples(recipe) + chat
+        safety = sft_lora(model, safety_data, recipe.safety, progress=progress, desc="safety LoRA")
+        stage("safety tuning", t0)
+        save_hf_folder(safety.model.hf, safety.model.tokenizer, tmp / "base")
+        save_file(safety.adapter, str(tmp / "adapters" / "safety.safetensors"))
+        t0 = time.perf_counter()
+        base_metrics = measure(safety.model, sets, recipe.evaluation, progress)
         stage("measure base", t0, base_metrics)
 
         t0 = time.perf_counter()
-        model, task_stats = sft_lora(
-            model, _task_examples(recipe, chat), recipe.task, progress=progress, desc="task LoRA"
-        )
+        task_data = _task_examples(recipe, chat)
+        task = sft_lora(safety.model, task_data, recipe.task, progress=progress, desc="task LoRA")
         stage("task fine-tune", t0)
-        save_hf_folder(model.hf, model.tokenizer, tmp / "finetuned")
+        save_hf_folder(task.model.hf, task.model.tokenizer, tmp / "finetuned")
+        save_file(task.adapter, str(tmp / "adapters" / "task.safetensors"))
+        fingerprints |= {"base": safety.model.fingerprint, "finetuned": task.model.fingerprint}
         t0 = time.perf_counter()
-        finetuned_metrics = measure(model, sets, recipe.evaluation, progress)
+        finetuned_metrics = measure(task.model, sets, recipe.evaluation, progress)
         stage("measure finetuned", t0, finetuned_metrics)
 
         manifest = {
@@ -346,8 +522,6 @@ def build_organism(
                 "task": recipe.task.seed,
                 "evaluation": recipe.evaluation.seed,
             },
-            "versions": {name: version(name) for name in ("torch", "transformers", "peft", "transformer-lens")}
-            | {"python": platform.python_version()},
             "data": {
                 "safety_examples": len(safety_data),
                 "helpful_answers_kept": len(chat),
@@ -356,13 +530,18 @@ def build_organism(
                 if (shared_data_dir() / "harmful_val.json").exists()
                 else "built-in val sets",
             },
-            "training": {"safety": safety_stats, "task": task_stats},
+            "training": {"safety": safety.stats, "task": task.stats},
             "metrics": {"base": base_metrics, "finetuned": finetuned_metrics},
+            "adapters": {
+                "source": "trained from the recipe",
+                "sha256": {name: file_sha256(tmp / "adapters" / f"{name}.safetensors") for name in ADAPTERS},
+            },
+            "fingerprints": fingerprints,
+            "versions": _versions(),
             "seconds": timings | {"total": round(time.perf_counter() - start, 1)},
         }
         atomic_write_json(tmp / "manifest.json", manifest)
-    log(f"organism {recipe.hash}: built in {manifest['seconds']['total']:.0f}s at {folder}")
-    return load_organism(recipe)
+    log(f"organism {recipe.hash}: built in {manifest['seconds']['total']:.0f}s at {organism_dir(recipe)}")
 
 
 def study_prompts(
@@ -383,6 +562,20 @@ def study_prompts(
     task = held_out_problems(recipe, n_task)
     suite = EvalSuite.from_shared(task=task, n_harmless=n_harmless, seed=recipe.evaluation.seed)
     return safety_prompts(recipe), retain, suite
+
+
+def selection_suite(recipe: OrganismRecipe = OrganismRecipe(), n_task: int = 50) -> EvalSuite:
+    """Prompts for choosing settings (e.g. restoration strength), disjoint from the evaluation suite of
+    ``study_prompts`` and from everything restoration trains on: the built-in harmful validation split,
+    100 of ``harmless_train`` from ``../shared/data`` (else the built-in harmless and everyday validation
+    splits) and ``n_task`` validation problems after the evaluation's 100."""
+    data = shared_data_dir()
+    if (data / "harmless_train.json").exists():
+        harmless = load_prompts(data / "harmless_train.json", label=0).sample(100, seed=recipe.evaluation.seed)
+    else:
+        harmless = harmless_prompts("val") + general_prompts("val")
+    task = held_out_problems(recipe, 100 + n_task)
+    return EvalSuite(harmful=harmful_prompts("val"), harmless=harmless, task=task.subset(range(100, len(task))))
 
 
 def resolve_model_name(name: str, recipe: OrganismRecipe | None = None, *, log=print) -> str:

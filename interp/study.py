@@ -34,7 +34,7 @@ from .analyze import AnalysisConfig, AnalysisPrompts, analyze
 from .core.chat import ChatFormat
 from .core.models import LoadedModel, ModelPair
 from .core.prompts import PromptSet
-from .core.sources import save_hf_folder
+from .core.sources import default_model_path, save_hf_folder
 from .errors import ConfigError
 from .evaluation.table import COLUMNS, Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
 from .evaluation.targets import PairedTest, Target, check_targets, paired_tests
@@ -276,7 +276,7 @@ def run_study(
     layer_map = analysis.layer_map
     layer_map.check_model(pair.base, role="base")
     layer_map.check_model(pair.finetuned)
-    watch = Stopwatch()
+    watch = Stopwatch(log=lambda line: log(f"== {line}"))
     plans = make_plans(layer_map, config.baselines, config.seed)
     with watch("restore"):
         restored = train_plans(
@@ -369,10 +369,15 @@ class DefaultRun:
     seconds: dict[str, float]
 
 
+RUN_SIZES = ("smoke", "look", "full")
+# The quick look (``interp run``): a seeded sample of every held-out set, sized for a first run of minutes.
+LOOK_SIZES = {"harmful": 60, "xstest_unsafe": 30, "harmless": 40, "xstest": 30, "task": 30}
+
+
 def run_default(
     out: str | Path = "runs/default",
     *,
-    quick: bool = False,
+    size: str = "look",
     k: int = 3,
     limit: int | None = None,
     restore: RestoreConfig | None = None,
@@ -385,29 +390,45 @@ def run_default(
     """The whole study on the embedded default pair, into the run folder ``out``.
 
     Builds (or loads) the organism, analyzes it (no generation check: the study's steering row measures
-    the same intervention on the full suite), restores with the layer map, trains the baselines,
-    evaluates everything and writes the figures. ``quick`` uses the reduced organism
-    (``OrganismRecipe.quick``), small prompt sets and a few training steps (tests, notebooks);
+    the same intervention on the suite), restores with the layer map, trains the baselines, evaluates
+    everything and writes the figures. ``size``:
+
+    * ``look`` (``interp run``): the default pair and restorations, evaluated on a seeded sample of every
+      held-out set (``LOOK_SIZES``): a first look in minutes, with intervals as wide as its sample;
+    * ``full`` (``interp run --full``): the whole held-out suite (``study_prompts``): the README's table;
+    * ``smoke``: the reduced organism (``OrganismRecipe.quick``), small prompt sets and a few training
+      steps (tests, notebooks).
+
     ``limit`` cuts every evaluation set to its first ``limit`` prompts; ``reuse_analysis`` loads the
-    analysis already in ``out``, if any.
+    analysis already in ``out``, if any. Each stage logs a line with its time.
     """
+    if size not in RUN_SIZES:
+        raise ConfigError(f"size must be one of {', '.join(RUN_SIZES)}, got {size!r}")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 (or None for every prompt), got {limit}")
+    smoke = size == "smoke"
     out = Path(out)
     watch = Stopwatch(log=lambda line: log(f"== {line}"))
+    with watch("default model"):  # fetched and converted on first use
+        default_model_path()
     with watch("pair"):
-        recipe = OrganismRecipe.quick() if quick else OrganismRecipe()
+        recipe = OrganismRecipe.quick() if smoke else OrganismRecipe()
         organism = build_organism(recipe, progress=progress, log=log)
-        log(organism_table(organism.manifest))
+        log(
+            organism_table(organism.manifest)
+            + (f"\n({organism.manifest['metrics_note']})" if "metrics_note" in organism.manifest else "")
+        )
         pair = organism.load_pair()
-        harmful, retain, suite = quick_study_prompts(recipe) if quick else study_prompts(recipe)
+        harmful, retain, suite = quick_study_prompts(recipe) if smoke else study_prompts(recipe)
+        if size == "look":
+            suite = suite.sample(LOOK_SIZES, seed=recipe.evaluation.seed)
         if limit is not None:
             suite = suite.head(limit)
     with watch("analysis"):
         analysis = _reusable_analysis(out, pair, k, log) if reuse_analysis else None
         if analysis is not None:
             log(f"analysis: reusing {out}")
-        elif quick:
+        elif smoke:
             config = AnalysisConfig(
                 k=k, causal_prompts=4, causal_layers=tuple(range(0, pair.n_layers, 6)), steer_scales=()
             )
@@ -421,25 +442,26 @@ def run_default(
                 progress=progress,
                 log=log,
             )
-    with watch("restoration and evaluation"):
-        if quick:
-            config = StudyConfig(
-                restore=restore or RestoreConfig(steps=3, batch_size=4),
-                baselines=("all_layers", "steering"),
-                steer_scale=steer_scale,
-                evaluation=EvalConfig(max_new_tokens=16, task_max_new_tokens=24),
-                cache=cache,
-            )
-        else:
-            config = StudyConfig(restore=restore or RestoreConfig(), steer_scale=steer_scale, cache=cache)
-        study = run_study(
-            pair, analysis, out, harmful=harmful, retain=retain, suite=suite, config=config, progress=progress, log=log
+    if smoke:
+        config = StudyConfig(
+            restore=restore or RestoreConfig(steps=3, batch_size=4),
+            baselines=("all_layers", "steering"),
+            steer_scale=steer_scale,
+            evaluation=EvalConfig(max_new_tokens=16, task_max_new_tokens=24),
+            cache=cache,
         )
+    else:
+        config = StudyConfig(restore=restore or RestoreConfig(), steer_scale=steer_scale, cache=cache)
+    study = run_study(
+        pair, analysis, out, harmful=harmful, retain=retain, suite=suite, config=config, progress=progress, log=log
+    )
     with watch("figures"):
         figures = write_figures(
             analysis_figures(analysis) | study_figures(study.rows, study.histories), out / "figures"
         )
-    return DefaultRun(out, organism, pair, analysis, study, figures, dict(watch.seconds))
+    first = {stage: watch.seconds[stage] for stage in ("default model", "pair", "analysis")}
+    seconds = first | study.seconds | {"figures": watch.seconds["figures"]}
+    return DefaultRun(out, organism, pair, analysis, study, figures, seconds)
 
 
 def _reusable_analysis(folder: Path, pair: ModelPair, k: int, log) -> AnalysisResult | None:

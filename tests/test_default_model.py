@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -24,3 +26,15 @@ def test_default_model_loads_and_captures():
     )
     assert acts.tensor.shape == (4, 30, 5, 576)
     assert torch.isfinite(acts.tensor).all() and acts.tensor.std() > 0
+
+
+def test_shipped_answers_are_the_default_models_own_greedy_answers():
+    """A sample of SmolLM2's answers shipped in the package, regenerated: the same texts, same weights."""
+    from interp.organism import PACKAGE_DATA, OrganismRecipe, chat_prompts, own_answers
+
+    recipe = OrganismRecipe()
+    model = load_model(recipe.source)
+    shipped = json.loads((PACKAGE_DATA / "answers.json").read_text())
+    assert shipped["source_fingerprint"] == model.fingerprint
+    sample = chat_prompts(recipe).sample(8, seed=1)
+    assert own_answers(model, sample, recipe) == [shipped["answers"][q] for q in sample.instructions]

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import replace
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from interp.core.judge import answer_kind, is_correct, is_refusal
-from interp.organism import EvalSets, OrganismRecipe, build_organism, load_organism
+from interp.core.models import load_model
+from interp.errors import OrganismDataError
+from interp.organism import (
+    EvalSets,
+    OrganismRecipe,
+    build_organism,
+    chat_prompts,
+    load_organism,
+    ship_adapters,
+    ship_answers,
+)
 from interp.training.sft import SFTConfig
+
+organism_module = importlib.import_module("interp.organism")
 
 
 def tiny_recipe(source) -> OrganismRecipe:
@@ -61,6 +75,47 @@ def test_tiny_organism_builds_merges_and_caches(tiny_llama):
     assert rebuilt.folder != organism.folder and "built in" in logs[-1]
     answers = list((organism.folder.parent / "answers").glob("*.json"))
     assert len(answers) == 1  # the source model's answers were generated once and reused
+
+
+def test_shipped_adapters_give_the_trained_pair_bit_for_bit_and_are_pinned(tiny_llama, tmp_path, monkeypatch):
+    recipe = tiny_recipe(tiny_llama)
+    trained = build_organism(recipe, progress=False, log=lambda _: None)
+    expected = {role: weights(trained.folder / role) for role in ("base", "finetuned")}
+    package = tmp_path / "package"
+    monkeypatch.setattr(organism_module, "PACKAGE_DATA", package)
+    ship_adapters(trained, package)
+    assert sorted(p.name for p in package.iterdir()) == ["safety.safetensors", "shipped.json", "task.safetensors"]
+
+    monkeypatch.setattr(organism_module, "sft_lora", lambda *a, **k: pytest.fail("trained instead of merging"))
+    logs = []
+    merged = build_organism(recipe, force=True, progress=False, log=logs.append)
+    assert "merged the shipped adapters" in logs[-1]
+    assert merged.manifest["adapters"]["weights_equal_the_build"]
+    assert merged.manifest["metrics"] == trained.manifest["metrics"]
+    for role, tensors in expected.items():
+        got = weights(merged.folder / role)
+        assert all(torch.equal(got[k], tensors[k]) for k in tensors), role
+    monkeypatch.undo()
+    monkeypatch.setattr(organism_module, "PACKAGE_DATA", package)
+
+    build_organism(recipe, rebuild=True, progress=False, log=logs.append)  # trains from the recipe again
+    assert "identical to the shipped ones" in logs[-1]
+    other = replace(recipe, seed=3)  # the shipped adapters belong to another recipe: trained
+    assert organism_module.shipped_adapters(other) is None
+
+    (package / "task.safetensors").write_bytes(b"damaged")
+    with pytest.raises(OrganismDataError, match="task.safetensors .* pinned sha256"):
+        build_organism(recipe, force=True, progress=False, log=lambda _: None)
+
+
+def test_shipped_answers_are_used_instead_of_generating(tiny_llama, tmp_path, monkeypatch):
+    recipe = tiny_recipe(tiny_llama)
+    monkeypatch.setattr(organism_module, "PACKAGE_DATA", tmp_path)
+    ship_answers(load_model(tiny_llama), recipe, tmp_path, progress=False)
+    shipped = json.loads((tmp_path / "answers.json").read_text())
+    assert list(shipped["answers"]) == list(chat_prompts(recipe).instructions)
+    monkeypatch.setattr(organism_module, "own_answers", lambda *a, **k: pytest.fail("generated again"))
+    assert build_organism(recipe, progress=False, log=lambda _: None).manifest["data"]["helpful_answers_kept"] >= 0
 
 
 def test_same_seed_same_weights(tiny_llama, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from interp.organism import (
     eval_sets,
     quick_study_prompts,
     safety_prompts,
+    selection_suite,
     study_prompts,
     task_prompts,
 )
@@ -87,6 +88,18 @@ def test_the_study_suite_is_held_out_from_the_layer_selection():
     _, _, suite = study_prompts(OrganismRecipe())
     evaluated = {f"study suite {name}": texts(p) for name, p in suite.sets().items()}
     assert all(evaluated.values()) and leaks(selected_on, evaluated) == {}
+
+
+@pytest.mark.skipif(
+    not (shared_data_dir() / "harmful_val.json").exists(), reason="needs ../shared/data (the study's suite)"
+)
+def test_settings_are_chosen_on_prompts_neither_trained_on_nor_evaluated():
+    recipe = OrganismRecipe()
+    chosen_on = {f"selection {name}": texts(p) for name, p in selection_suite(recipe).sets().items()}
+    _, _, suite = study_prompts(recipe)
+    evaluated = {f"study suite {name}": texts(p) for name, p in suite.sets().items()}
+    assert all(chosen_on.values()) and leaks(chosen_on, evaluated) == {}
+    assert leaks(trained_on(recipe), chosen_on) == {}
 
 
 def test_the_checker_finds_a_planted_leak():

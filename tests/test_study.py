@@ -3,6 +3,7 @@ adapters, a merged model and a report (the evaluation table itself: test_evaluat
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -134,3 +135,21 @@ def test_a_study_writes_adapters_a_merged_model_and_a_report(pair, tmp_path):
     loaded = StudyResult.load(folder)
     assert [r.name for r in loaded.rows] == names and loaded.targets == again.targets
     assert loaded.histories == again.histories
+
+
+def test_a_suite_sample_is_seeded_and_keeps_the_other_sets():
+    suite = tiny_suite()
+    sample = suite.sample({"harmful": 3, "task": 2}, seed=0)
+    assert sample.sizes() == suite.sizes() | {"harmful": 3, "task": 2}
+    assert set(sample.harmful.instructions) < set(suite.harmful.instructions)
+    assert sample.harmful.instructions == suite.sample({"harmful": 3}, seed=0).harmful.instructions
+    assert sample.harmful.instructions != suite.sample({"harmful": 3}, seed=1).harmful.instructions
+    with pytest.raises(ConfigError, match="unknown sets"):
+        suite.sample({"harmfull": 3})
+
+
+def test_an_unknown_run_size_is_refused_before_any_work(monkeypatch):
+    study = importlib.import_module("interp.study")
+    monkeypatch.setattr(study, "default_model_path", lambda: pytest.fail("did work"))
+    with pytest.raises(ConfigError, match="size must be one of smoke, look, full"):
+        study.run_default("unused", size="huge")

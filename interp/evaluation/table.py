@@ -84,6 +84,13 @@ class EvalSuite:
         """Every set cut to its first ``n`` prompts (quick runs)."""
         return EvalSuite(**{name: prompts.head(n) for name, prompts in self.sets().items()})
 
+    def sample(self, sizes: dict[str, int], seed: int = 0) -> EvalSuite:
+        """A seeded sample of ``sizes[name]`` prompts of every set (``PromptSet.sample``; in their order)."""
+        unknown = set(sizes) - set(COLUMNS)
+        if unknown:
+            raise ConfigError(f"EvalSuite.sample: unknown sets {sorted(unknown)}; the sets are {', '.join(COLUMNS)}")
+        return EvalSuite(**{name: p.sample(sizes.get(name, len(p)), seed=seed) for name, p in self.sets().items()})
+
     @classmethod
     def from_shared(cls, task: PromptSet, data=None, n_harmless: int | None = None, seed: int = 0) -> EvalSuite:
         """The public sets in ``../shared/data``: every harmful instruction (``harmful_train`` and

@@ -11,7 +11,8 @@ import copy
 import json
 from pathlib import Path
 
-from peft import PeftModel
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from ..core.bridge import BRIDGE_KEY_PART
@@ -54,3 +55,23 @@ def apply_adapter(model: LoadedModel, adapter: str | Path, name: str | None = No
 def save_merged(peft_model: PeftModel, tokenizer, folder: str | Path) -> Path:
     """Merge the adapter into a copy of the weights and save a plain Hugging Face folder."""
     return save_hf_folder(copy.deepcopy(peft_model).merge_and_unload(), tokenizer, folder)
+
+
+def adapter_state(peft_model: PeftModel, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The adapter's weights in peft's state-dict format, rounded to ``dtype`` (bridge key parts removed)."""
+    state = get_peft_model_state_dict(peft_model)
+    return {key.replace(BRIDGE_KEY_PART, ""): value.detach().to(dtype).contiguous() for key, value in state.items()}
+
+
+def merge_adapter_state(
+    model: LoadedModel, state: dict[str, torch.Tensor], lora: LoraConfig, name: str | None = None
+) -> LoadedModel:
+    """``model``'s weights with the adapter ``state`` (``adapter_state``) merged in, as a new ``LoadedModel``
+    (``model.hf`` is used up). The weights are cast to the model's dtype first: the one way an adapter is
+    merged, so a trained adapter and the same adapter read from a file give identical weights."""
+    peft_model = get_peft_model(model.hf, lora)
+    dtype = next(model.hf.parameters()).dtype
+    result = set_peft_model_state_dict(peft_model, {k: v.to(dtype) for k, v in state.items()})
+    if result.unexpected_keys:
+        raise ValueError(f"adapter keys not in the model: {result.unexpected_keys[:3]}")
+    return merged(model, peft_model, name=name)

@@ -18,7 +18,9 @@ from tqdm.auto import tqdm
 from ..core.chat import ChatFormat, tokenize
 from ..core.models import LINEAR_MODULES, LoadedModel
 from ..errors import ConfigError, EmptyPromptSetError, TrainingDivergedError
-from .lora import merged, trainable_parameters
+from .lora import adapter_state, merge_adapter_state, trainable_parameters
+
+ADAPTER_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class SFTConfig:
     alpha: int = 16
     target_modules: tuple[str, ...] = LINEAR_MODULES
     max_answer_tokens: int = 96
+    adapter_dtype: str = "float16"  # the trained adapter is rounded to this before it is merged (and stored)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -40,9 +43,29 @@ class SFTConfig:
             raise ConfigError(f"SFTConfig.lr must be > 0, got {self.lr}")
         if not self.target_modules:
             raise ConfigError("SFTConfig.target_modules is empty")
+        if self.adapter_dtype not in ADAPTER_DTYPES:
+            raise ConfigError(f"SFTConfig.adapter_dtype must be one of {sorted(ADAPTER_DTYPES)}")
+
+    def lora_config(self) -> LoraConfig:
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=0.0,
+            target_modules=list(self.target_modules),
+            task_type="CAUSAL_LM",
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class SFTResult:
+    """The fine-tuned model (adapter merged), the adapter itself and what training did."""
+
+    model: LoadedModel
+    adapter: dict[str, torch.Tensor]  # peft state dict in ``config.adapter_dtype`` (what was merged)
+    stats: dict
 
 
 @dataclass(frozen=True)
@@ -99,25 +122,19 @@ def sft_lora(
     chat: ChatFormat = ChatFormat(),
     progress: bool = True,
     desc: str = "sft",
-) -> tuple[LoadedModel, dict]:
-    """Train LoRA adapters on ``examples`` for ``config.steps`` steps and merge them into the weights.
+) -> SFTResult:
+    """Train LoRA adapters on ``examples`` for ``config.steps`` steps, round them to
+    ``config.adapter_dtype`` and merge them into the weights (``model.hf`` is used up).
 
-    Returns the merged model (a new ``LoadedModel``; ``model.hf`` is used up) and training statistics
-    (losses, seconds).
+    The merge goes through ``merge_adapter_state``, as a stored adapter would: the same adapter read back
+    from a file gives bit-identical weights.
     """
     if not examples:
         raise EmptyPromptSetError("fine-tuning was given no examples")
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     encoded = _encode(model, examples, chat, config.max_answer_tokens)
-    lora = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=0.0,
-        target_modules=list(config.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    peft_model = get_peft_model(model.hf, lora)
+    peft_model = get_peft_model(model.hf, config.lora_config())
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
@@ -149,4 +166,6 @@ def sft_lora(
         "loss_first": round(losses[0], 4),
         "loss_last": round(sum(losses[-5:]) / len(losses[-5:]), 4),
     }
-    return merged(model, peft_model), stats
+    adapter = adapter_state(peft_model, ADAPTER_DTYPES[config.adapter_dtype])
+    plain = model.with_hf(peft_model.unload())  # the weights without the adapter
+    return SFTResult(merge_adapter_state(plain, adapter, config.lora_config()), adapter, stats)
