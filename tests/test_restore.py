@@ -183,9 +183,9 @@ def _plain_restore(finetuned, base, layer_map, harmful, retain, placement, confi
 
 
 def test_lockstep_losses_equal_each_plan_alone_and_plain_forwards(setup, tiny_llama):
-    """Shared teacher and frozen passes, students resuming at their lowest LoRA layer and split retain
-    batches change nothing but rounding: the loss histories of plans trained together, of each trained
-    alone, and of plain full forwards agree to 1e-5."""
+    """Shared teacher and frozen passes, the prompts' shared prefix run once, students resuming at their
+    lowest LoRA layer and split retain batches change nothing but rounding: the loss histories of plans
+    trained together, of each trained alone, and of plain full forwards agree to 1e-5."""
     base, finetuned, harmful, retain = setup
     layer_map = layer_map_for(base, finetuned)
     config = RestoreConfig(steps=4, lr=1e-2, batch_size=6)
@@ -196,6 +196,7 @@ def test_lockstep_losses_equal_each_plan_alone_and_plain_forwards(setup, tiny_ll
     ]
     together = restore_many(finetuned, layer_map, harmful, retain, placements, config, base=base, progress=False)
     assert all(r.stats.trained_with == 3 and r.stats.shared_seconds > 0 for r in together)
+    assert together[0].stats.shared_prefix_tokens > 2  # the system turn ran once per model and step
     for placement, result in zip(placements, together):
         alone = restore(
             finetuned,

@@ -97,7 +97,8 @@ def block_outputs(
 ) -> list[torch.Tensor]:
     """The residual stream after each block in ``layers``, ``[batch, seq, d_model]`` each, in that order.
 
-    The forward pass stops after the deepest block asked for (no final norm, no unembedding).
+    The forward pass stops after the deepest block asked for (no final norm, no unembedding). ``inputs``
+    may carry a KV cache (``cache``, ``use_cache=True``): the outputs then cover the new tokens only.
     Gradients flow when called outside ``torch.no_grad``. ``edits`` are applied first (``intervene``).
     """
     store: dict[int, torch.Tensor] = {}
@@ -115,7 +116,7 @@ def block_outputs(
     handles = [blocks[layer].register_forward_hook(keep(layer)) for layer in sorted(set(layers))]
     try:
         with intervene(hf_model, edits or {}):
-            hf_model(**inputs, use_cache=False)
+            hf_model(**{"use_cache": False, **inputs})
     except StopForward:
         pass
     finally:

@@ -2,7 +2,8 @@
 
 Each batch runs once through the bridge with one hook per requested hook point; when every hook is a
 block's ``hook_resid_post`` the plain HF model runs instead (``block_outputs``: the same tensor, without
-the bridge's wrapper modules and eager attention). A hook keeps only
+the bridge's wrapper modules and eager attention), with the prompts' shared prefix (the chat template's
+system turn) run once and its keys and values shared (``interp.core.kvcache``). A hook keeps only
 the requested token positions, so memory grows with prompts x hooks x positions x d_model and never
 with sequence length. The forward pass stops after the last block that a hook asks for.
 """
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..core.bridge import StopForward, block_outputs, hook_names, resid_hook
 from ..core.chat import ChatFormat, batches, tokenize
+from ..core.kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_prefix
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..errors import ConfigError, NonFiniteActivationError, PositionOutOfRangeError, UnknownHookError
@@ -274,10 +276,22 @@ def capture(
     out = torch.full((len(texts), len(hooks), n_pos, model.d_model), float("nan"))
     fired: set[int] = set()
     device = model.device
+    prefix = SharedPrefix()
+    if plain:  # the tokens every prompt starts with (the system turn) run once, up to the first captured one
+        first_read = [spans[i][0] + 1 for i in range(len(texts))] if positions.instruction_mean else None
+        ends = first_read or [length - deepest + 1 for length in lengths]
+        prefix = shared_prefix(model.hf, [ids[:end] for ids, end in zip(token_ids, ends)])
     todo = list(batches(token_ids, config.batch_size, tokenizer.pad_token_id))  # similar lengths share a batch
     for chunk in tqdm(todo, desc=f"capture {model.name} / {prompts.name}", disable=not progress):
         batch = chunk.index
-        width = chunk.ids.shape[1]
+        if plain:  # rows [shared prefix][padding][rest]; activations cover the rest
+            ids, mask, positions_ids = prefixed_batch(
+                [token_ids[i] for i in batch], prefix.length, tokenizer.pad_token_id
+            )
+            cache = kv_cache(prefix.length + ids.shape[1], prefix, len(batch))
+            inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_ids}
+            inputs = {k: v.to(device) for k, v in inputs.items()} | {"cache": cache, "use_cache": True}
+        width = ids.shape[1] if plain else chunk.ids.shape[1]  # token j of row i sits at width - length + j
         weights = None
         if positions.instruction_mean:
             weights = torch.zeros(len(batch), width)
@@ -300,7 +314,7 @@ def capture(
 
         if plain:
             with torch.no_grad():
-                outputs = block_outputs(model.hf, chunk.to(device), blocks)
+                outputs = block_outputs(model.hf, inputs, blocks)
             for slot, resid in enumerate(outputs):
                 keep(slot, batch, weights)(resid, None)
             continue

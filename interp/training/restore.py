@@ -22,8 +22,11 @@ Losses, per training step ``t`` of ``T``:
   the same batches, so the teacher's pass on the harmful batch and the frozen fine-tuned model's pass
   on the retain batch run once per step for all of them. Every student starts at its lowest LoRA layer
   ``L`` from the frozen fine-tuned model's residual stream entering block ``L`` (exact: nothing below
-  ``L`` changes), and retain batches run as ``RETAIN_BUCKETS`` length-sorted sub-batches (less
-  padding; the loss sums positions over the sub-batches, so it is the loss of the whole batch). The
+  ``L`` changes), retain batches run as ``RETAIN_BUCKETS`` length-sorted sub-batches (less padding;
+  the loss sums positions over the sub-batches, so it is the loss of the whole batch), and the tokens
+  every prompt starts with (the chat template's system turn, about half of a harmful prompt) run once
+  per model and step, their keys and values shared by every row (with gradients) and their positions
+  counted once per row in the losses. The
   losses are those of training each placement alone, up to float rounding (a test checks 1e-5).
 * adapters: LoRA of rank ``rank`` and scale ``alpha`` on the map's target modules. Rank and alpha are
   restoration settings (``RestoreConfig``); the layer map only suggests them.
@@ -35,14 +38,17 @@ import copy
 import random
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
 from peft import PeftModel, get_peft_model
 from tqdm.auto import tqdm
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from ..core.bridge import block_outputs, resume_at
-from ..core.chat import SAFETY_REMINDER, ChatFormat, pad_batch, tokenize
+from ..core.chat import SAFETY_REMINDER, ChatFormat, tokenize
+from ..core.kvcache import prefixed_batch
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..errors import ConfigError, TrainingDivergedError
@@ -137,6 +143,7 @@ class RestoreStats:
     history: list[dict] = field(default_factory=list)  # {"step", "safety", "retain"} per step
     shared_seconds: float = 0.0
     trained_with: int = 1
+    shared_prefix_tokens: int = 0  # tokens every prompt starts with: run once per model and step
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,12 +191,76 @@ def restore(
     return result
 
 
+@dataclass
+class _Prefix:
+    """The tokens every sequence starts with, run once through one model: its block outputs ``[1, P,
+    d_model]`` and its keys and values ``[1, heads, P, head_dim]`` per layer."""
+
+    ids: list[int]
+    states: dict[int, torch.Tensor]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _forward(
+    model, inputs: dict, layers: Sequence[int], start: int = 0, below: dict[int, torch.Tensor] | None = None
+) -> dict[int, torch.Tensor]:
+    """Block outputs at ``layers`` of a forward that runs blocks ``start ..`` only: ``below[start - 1]``
+    enters block ``start``, and ``below[l]`` stands for every ``l < start`` asked for (the frozen model's
+    states on the same tokens: the blocks below ``start`` carry no adapter)."""
+    ran = [layer for layer in layers if layer >= start]
+    out = {layer: below[layer] for layer in layers if layer < start}
+    if ran:
+        with resume_at(model, start, below[start - 1]) if start > 0 else nullcontext():
+            out.update(zip(ran, block_outputs(model, inputs, ran)))
+    return out
+
+
+def _run_prefix(model, ids: list[int], n_layers: int, start: int = 0, below: _Prefix | None = None) -> _Prefix:
+    """``ids`` (the shared prefix) through blocks ``start ..`` of ``model``; the states and keys/values of
+    the blocks below ``start`` come from ``below`` (the frozen model's prefix)."""
+    cache = DynamicCache()
+    device = next(model.parameters()).device
+    inputs = {"input_ids": torch.tensor([ids], device=device), "cache": cache, "use_cache": True}
+    states = _forward(model, inputs, range(n_layers), start, below.states if below else None)
+    kv = [
+        below.kv[layer] if layer < start else (cache.layers[layer].keys, cache.layers[layer].values)
+        for layer in range(n_layers)
+    ]
+    return _Prefix(ids, states, kv)
+
+
+def _after_prefix(model: LoadedModel, seqs: Sequence[Sequence[int]], prefix: _Prefix) -> tuple[dict, torch.Tensor]:
+    """``(forward kwargs, mask [batch, rest])`` for ``seqs`` after their shared ``prefix``: rows ``[prefix]
+    [padding][rest]`` (``interp.core.kvcache.prefixed_batch``), every row's cache starting with the
+    prefix's keys and values (gradients flow into them). The outputs cover the rest."""
+    ids, mask, positions = prefixed_batch(seqs, len(prefix.ids), model.tokenizer.pad_token_id)
+    layers = []
+    for keys, values in prefix.kv:
+        layer = DynamicLayer()
+        layer.update(keys.expand(len(seqs), -1, -1, -1), values.expand(len(seqs), -1, -1, -1))
+        layers.append(layer)
+    cache = DynamicCache()
+    Cache.__init__(cache, layers=layers)
+    device = model.device
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
+    return inputs | {"cache": cache, "use_cache": True}, mask[:, len(prefix.ids) :].to(device)
+
+
+def _shared_length(seqs: Sequence[Sequence[int]]) -> int:
+    """The length of the token prefix all ``seqs`` share, leaving at least one token of each."""
+    first, length = seqs[0], min(map(len, seqs)) - 1
+    for seq in seqs[1:]:
+        length = next((i for i in range(length) if seq[i] != first[i]), length)
+    return max(length, 0)
+
+
 class _Student:
     """One placement in training: its peft model, optimizer, history and the time of its own work."""
 
     def __init__(self, finetuned: LoadedModel, layer_map: LayerMap, placement: Placement, config: RestoreConfig):
         torch.manual_seed(config.seed)  # LoRA's initial weights: the same as when this placement trains alone
         self.placement = placement
+        self.start = placement.start
         self.align = sorted(set(placement.alignment))
         self.lora = layer_map.to_lora_config(config.rank, config.alpha, placement.layers)
         self.model = get_peft_model(copy.deepcopy(finetuned.hf), self.lora)  # the weights in memory
@@ -198,23 +269,6 @@ class _Student:
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
         self.seconds = 0.0
         self.history: list[dict] = []
-
-    def hidden(
-        self, inputs: dict[str, torch.Tensor], layers: Sequence[int], below: dict[int, torch.Tensor]
-    ) -> list[torch.Tensor]:
-        """Block outputs at ``layers``, each ``[batch, seq, d_model]``. ``below[l]``: the frozen model's block
-        output on the same batch, for ``l = start - 1`` (where this student's forward resumes) and every
-        ``l < start`` in ``layers``."""
-        start = self.placement.start
-        ran = [layer for layer in layers if layer >= start]
-        outs = {layer: below[layer] for layer in layers if layer < start}
-        if ran:
-            if start == 0:
-                outs.update(zip(ran, block_outputs(self.model, inputs, ran)))
-            else:
-                with resume_at(self.model, start, below[start - 1]):
-                    outs.update(zip(ran, block_outputs(self.model, inputs, ran)))
-        return [outs[layer] for layer in layers]
 
 
 def restore_many(
@@ -258,53 +312,75 @@ def restore_many(
     aligned = sorted({layer for s in students for layer in s.align})
     # the frozen model's block outputs on harmful prompts that students read below their start
     below_harmful = sorted(
-        {s.placement.start - 1 for s in students if s.placement.start > 0}
-        | {layer for s in students for layer in s.align if layer < s.placement.start}
+        {s.start - 1 for s in students if s.start > 0}
+        | {layer for s in students for layer in s.align if layer < s.start}
     )
-    shared_seconds = 0.0
+    t0 = time.perf_counter()
+    shared = student_ids[0][: _shared_length(student_ids + teacher_ids + retains)]  # the chat template's system turn
+    P = len(shared)
+    with torch.no_grad():
+        frozen_prefix = _run_prefix(frozen, shared, n_layers)
+        teacher_prefix = _run_prefix(teacher.hf, shared, n_layers) if teacher is not finetuned else frozen_prefix
+    shared_seconds = time.perf_counter() - t0
     for step in tqdm(range(config.steps), desc="restore", disable=not progress):
         t0 = time.perf_counter()
         picks = rng.sample(range(len(student_ids)), min(config.batch_size, len(student_ids)))
         s_batch, t_batch = [student_ids[i] for i in picks], [teacher_ids[i] for i in picks]
-        s_width, t_width = max(map(len, s_batch)), max(map(len, t_batch))
-        # index[row, student column] = teacher column of the partner token: [batch, s_width]
-        index = torch.tensor([_teacher_index(s, t, s_width, t_width) for s, t in zip(s_batch, t_batch)])
-        s_inputs, s_mask = _inputs(finetuned, s_batch)
+        s_width, t_width = max(map(len, s_batch)) - P, max(map(len, t_batch)) - P
+        # index[row, student column] = teacher column of the partner token, after the prefix: [batch, s_width]
+        index = torch.tensor([_teacher_index(s[P:], t[P:], s_width, t_width) for s, t in zip(s_batch, t_batch)])
         with torch.no_grad():
-            t_inputs, _ = _inputs(teacher, t_batch)
-            targets = block_outputs(teacher.hf, t_inputs, aligned)
-            target = {l: t.gather(1, index[..., None].expand(-1, -1, t.shape[-1])) for l, t in zip(aligned, targets)}
-            below = dict(zip(below_harmful, block_outputs(frozen, s_inputs, below_harmful))) if below_harmful else {}
+            t_inputs, _ = _after_prefix(teacher, t_batch, teacher_prefix)
+            target = {
+                layer: t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
+                for layer, t in _forward(teacher.hf, t_inputs, aligned).items()
+            }
+            below = _forward(frozen, _after_prefix(finetuned, s_batch, frozen_prefix)[0], below_harmful)
             picks = rng.sample(range(len(retains)), min(config.batch_size, len(retains)))
-            buckets = []  # (inputs, mask, the frozen model's block outputs at every layer) per sub-batch
+            buckets = []  # (rows, the frozen model's block outputs at every layer) per length-sorted sub-batch
             for part in _length_buckets([retains[i] for i in picks], RETAIN_BUCKETS):
-                r_inputs, r_mask = _inputs(finetuned, part)
-                buckets.append((r_inputs, r_mask, block_outputs(frozen, r_inputs, range(n_layers))))
-        r_count = sum(mask.sum() for _, mask, _ in buckets).clamp(min=1)
+                kept = _forward(frozen, _after_prefix(finetuned, part, frozen_prefix)[0], range(n_layers))
+                buckets.append((part, kept))
         w_safety, w_retain = schedule(step, config.steps)
         shared_seconds += time.perf_counter() - t0
 
         for student in students:
             t0 = time.perf_counter()
-            hidden = student.hidden(s_inputs, student.align, below)
-            safety = sum(distance(h, target[l], s_mask, config.distance) for h, l in zip(hidden, student.align))
-            safety = safety / len(student.align)
-            start = student.placement.start
-            sums = [torch.zeros(())] * (n_layers - start)  # per layer from the start; below it the distance is 0
-            for r_inputs, r_mask, kept in buckets:
-                outs = student.hidden(r_inputs, range(start, n_layers), {start - 1: kept[start - 1]} if start else {})
+            L = student.start
+            prefix = _run_prefix(student.model, shared, n_layers, L, frozen_prefix)  # with gradients
+            ones = torch.ones(1, P, device=finetuned.device)
+
+            def on_prefix(layer: int, reference: _Prefix, rows: int, prefix=prefix, ones=ones) -> torch.Tensor:
+                """The distance summed over the prefix positions of ``rows`` rows (the same in every row)."""
+                return rows * _distance_sum(prefix.states[layer], reference.states[layer], ones, config.distance)
+
+            s_inputs, s_mask = _after_prefix(finetuned, s_batch, prefix)
+            hidden = _forward(student.model, s_inputs, student.align, L, below)
+            count = len(s_batch) * P + s_mask.sum()
+            safety = sum(
+                on_prefix(layer, teacher_prefix, len(s_batch))
+                + _distance_sum(hidden[layer], target[layer], s_mask, config.distance)
+                for layer in student.align
+            ) / (count * len(student.align))
+            rows = sum(len(part) for part, _ in buckets)
+            sums = [on_prefix(layer, frozen_prefix, rows) for layer in range(L, n_layers)]  # below L: exactly 0
+            count = rows * P
+            for part, kept in buckets:
+                r_inputs, r_mask = _after_prefix(finetuned, part, prefix)
+                outs = _forward(student.model, r_inputs, range(L, n_layers), L, kept)
                 sums = [
-                    total + _distance_sum(out, kept[start + i], r_mask, config.distance)
-                    for i, (total, out) in enumerate(zip(sums, outs))
+                    total + _distance_sum(outs[layer], kept[layer], r_mask, config.distance)
+                    for total, layer in zip(sums, range(L, n_layers))
                 ]
-            retain_loss = sum(total / r_count for total in sums) / n_layers
+                count = count + r_mask.sum()
+            retain_loss = sum(total / count for total in sums) / n_layers
             loss = w_safety * safety + w_retain * config.retain_scale * retain_loss
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(f"restore: loss became {loss.item()} at step {step}")
             loss.backward()
             student.optimizer.step()
             student.optimizer.zero_grad(set_to_none=True)
-            student.history.append({"step": step, "safety": safety.item(), "retain": retain_loss.item()})
+            student.history.append({"step": step, "safety": safety.item(), "retain": float(retain_loss)})
             student.seconds += time.perf_counter() - t0
 
     results = []
@@ -320,15 +396,10 @@ def restore_many(
             history=student.history,
             shared_seconds=round(shared_seconds, 1),
             trained_with=len(students),
+            shared_prefix_tokens=P,
         )
         results.append(RestoreResult(student.model, stats))
     return results
-
-
-def _inputs(model: LoadedModel, seqs: Sequence[Sequence[int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """``(forward kwargs, mask [batch, seq])`` of ``seqs`` as one left-padded batch."""
-    batch = pad_batch(seqs, model.tokenizer.pad_token_id)
-    return batch.to(model.device), batch.mask.to(model.device)
 
 
 def _length_buckets(seqs: list[list[int]], n: int) -> list[list[list[int]]]:
