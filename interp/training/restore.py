@@ -62,7 +62,7 @@ RETAIN_BUCKETS = 2  # retain batches run as this many length-sorted sub-batches
 
 @dataclass(frozen=True)
 class RestoreConfig:
-    steps: int = 36
+    steps: int = 24  # chosen on the selection suite (analyses/restore_trials.py): no more is distinguishable
     lr: float = 3e-3
     batch_size: int = 8
     teacher: str = "base"
