@@ -371,7 +371,7 @@ class DefaultRun:
 
 RUN_SIZES = ("smoke", "look", "full")
 # The quick look (``interp run``): a seeded sample of every held-out set, sized for a first run of minutes.
-LOOK_SIZES = {"harmful": 60, "xstest_unsafe": 30, "harmless": 40, "xstest": 30, "task": 30}
+LOOK_SIZES = {"harmful": 40, "xstest_unsafe": 20, "harmless": 20, "xstest": 20, "task": 20}
 
 
 def run_default(

@@ -192,7 +192,7 @@ def last_logits(hf_model, inputs: Mapping[str, torch.Tensor], edits: Mapping[int
     """Next-token logits at the last position, ``[batch, d_vocab]`` (float32); only that position is
     projected to the vocabulary. ``edits`` change the residual stream on the way (``intervene``)."""
     with intervene(hf_model, edits or {}):
-        logits = hf_model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1]
+        logits = hf_model(**{"use_cache": False, **inputs}, logits_to_keep=1).logits[:, -1]
     return logits.float()
 
 

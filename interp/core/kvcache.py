@@ -72,17 +72,24 @@ def kv_cache(capacity: int, prefix: SharedPrefix | None = None, batch: int = 1) 
     return cache
 
 
-@torch.no_grad()
-def shared_prefix(hf_model, seqs: Sequence[Sequence[int]]) -> SharedPrefix:
-    """The longest token prefix of all ``seqs`` (leaving at least one token of each) run through
-    ``hf_model`` once. Residual-stream edits active around the call (``intervene``) apply to it too."""
+def shared_length(seqs: Sequence[Sequence[int]]) -> int:
+    """The length of the longest token prefix all ``seqs`` share, leaving at least one token of each."""
     if not seqs:
-        return SharedPrefix()
+        return 0
     first, length = seqs[0], min(len(s) for s in seqs) - 1
     for seq in seqs[1:]:
         length = next((i for i in range(length) if seq[i] != first[i]), length)
+    return max(length, 0)
+
+
+@torch.no_grad()
+def shared_prefix(hf_model, seqs: Sequence[Sequence[int]]) -> SharedPrefix:
+    """The longest token prefix of all ``seqs`` (``shared_length``) run through ``hf_model`` once.
+    Residual-stream edits active around the call (``intervene``) apply to it too."""
+    length = shared_length(seqs)
     if length < 1:
         return SharedPrefix()
+    first = seqs[0]
     cache = kv_cache(length)
     device = next(hf_model.parameters()).device
     hf_model(input_ids=torch.tensor([list(first[:length])], device=device), cache=cache, use_cache=True)

@@ -25,6 +25,7 @@ from ..core.bridge import Edit, ablate_direction, add_vector, block_outputs, las
 from ..core.chat import ChatFormat, batches
 from ..core.generate import Request, behaviour, generate_many, refusal_scores
 from ..core.judge import Behaviour, refusal_log_odds
+from ..core.kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_length
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..errors import ConfigError
@@ -112,25 +113,49 @@ def causal_sweep(
 
     ft_score, base_score = score(finetuned), score(base)
     # Each intervention resumes from the unmodified residual stream after its block: the blocks below it
-    # do not run again (exact: they would compute the same tensor).
+    # do not run again (exact: they would compute the same tensor). The prompts' shared prefix (the
+    # system turn) runs once per model, and once per intervention for the blocks after the edit.
     totals = {name: np.zeros(n_layers) for name in EFFECTS}
     seqs = chat.encode(base.tokenizer, harmful.instructions)
+    shared = seqs[0][: shared_length(seqs)]
     with torch.no_grad():
+        prefix = {"ft": _run_prefix(finetuned, shared), "base": _run_prefix(base, shared)}
+        edited: dict[tuple[str, int], SharedPrefix] = {}
         for batch in tqdm(
             list(batches(seqs, batch_size, base.tokenizer.pad_token_id)), desc="causal sweep", disable=not progress
         ):
-            inputs = batch.to(base.device)
-            ft_resid = dict(zip(layers, block_outputs(finetuned.hf, inputs, layers)))
-            base_resid = dict(zip(layers, block_outputs(base.hf, inputs, layers)))
-            for layer in layers:
-                runs = {
-                    "add_effect": (finetuned, add_vector(vectors[layer])(ft_resid[layer])),
-                    "ablate_effect": (base, ablate_direction(units[layer])(base_resid[layer])),
-                    "patch_effect": (finetuned, base_resid[layer]),
+            ids, mask, positions = prefixed_batch(
+                [seqs[i] for i in batch.index], len(shared), base.tokenizer.pad_token_id
+            )
+
+            def after(kv: SharedPrefix, ids=ids, mask=mask, positions=positions) -> dict:
+                cache = kv_cache(len(shared) + ids.shape[1], kv, len(ids))
+                device = base.device
+                return {
+                    "input_ids": ids.to(device),
+                    "attention_mask": mask.to(device),
+                    "position_ids": positions.to(device),
+                    "cache": cache,
+                    "use_cache": True,
                 }
-                for name, (model, hidden) in runs.items():
-                    with resume_after(model.hf, layer, hidden):
-                        logprobs = torch.log_softmax(last_logits(model.hf, inputs), -1)
+
+            resid = {
+                "ft": dict(zip(layers, block_outputs(finetuned.hf, after(prefix["ft"][1]), layers))),
+                "base": dict(zip(layers, block_outputs(base.hf, after(prefix["base"][1]), layers))),
+            }
+            for layer in layers:
+                runs = {  # name: (model, its prefix, the residual it resumes from, the edit)
+                    "add_effect": (finetuned, "ft", "ft", add_vector(vectors[layer])),
+                    "ablate_effect": (base, "base", "base", ablate_direction(units[layer])),
+                    "patch_effect": (finetuned, "ft", "base", lambda x: x),
+                }
+                for name, (model, own, source, edit) in runs.items():
+                    if (name, layer) not in edited:
+                        edited[name, layer] = _resume_prefix(
+                            model, shared, layer, edit(prefix[source][0][layer]), prefix[own][1]
+                        )
+                    with resume_after(model.hf, layer, edit(resid[source][layer])):
+                        logprobs = torch.log_softmax(last_logits(model.hf, after(edited[name, layer])), -1)
                     totals[name][layer] += float(refusal_log_odds(logprobs, token_ids).sum())
     effects = {name: np.full(n_layers, np.nan) for name in EFFECTS}
     for layer in layers:
@@ -144,6 +169,30 @@ def causal_sweep(
         score_finetuned=ft_score,
         refusal_tokens=[int(t) for t in token_ids],
     )
+
+
+def _run_prefix(model: LoadedModel, ids: list[int]) -> tuple[list[torch.Tensor], SharedPrefix]:
+    """The shared prefix through ``model``: its block outputs ``[1, P, d_model]`` at every layer and its
+    keys and values."""
+    cache = kv_cache(len(ids))
+    inputs = {"input_ids": torch.tensor([ids], device=model.device), "cache": cache, "use_cache": True}
+    states = block_outputs(model.hf, inputs, range(model.n_layers))
+    return states, SharedPrefix(len(ids), [(layer.keys, layer.values) for layer in cache.layers])
+
+
+def _resume_prefix(
+    model: LoadedModel, ids: list[int], layer: int, hidden: torch.Tensor, kv: SharedPrefix
+) -> SharedPrefix:
+    """The prefix's keys and values when its residual stream after block ``layer`` is ``hidden``: ``kv``'s
+    up to ``layer``, recomputed after it."""
+    cache = kv_cache(len(ids))
+    inputs = {"input_ids": torch.tensor([ids], device=model.device), "cache": cache, "use_cache": True}
+    with resume_after(model.hf, layer, hidden):
+        block_outputs(model.hf, inputs, [model.n_layers - 1])
+    states = [
+        kv.states[j] if j <= layer else (cache.layers[j].keys, cache.layers[j].values) for j in range(model.n_layers)
+    ]
+    return SharedPrefix(kv.length, states)
 
 
 @dataclass

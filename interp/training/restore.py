@@ -48,7 +48,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from ..core.bridge import block_outputs, resume_at
 from ..core.chat import SAFETY_REMINDER, ChatFormat, tokenize
-from ..core.kvcache import prefixed_batch
+from ..core.kvcache import prefixed_batch, shared_length
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..errors import ConfigError, TrainingDivergedError
@@ -246,14 +246,6 @@ def _after_prefix(model: LoadedModel, seqs: Sequence[Sequence[int]], prefix: _Pr
     return inputs | {"cache": cache, "use_cache": True}, mask[:, len(prefix.ids) :].to(device)
 
 
-def _shared_length(seqs: Sequence[Sequence[int]]) -> int:
-    """The length of the token prefix all ``seqs`` share, leaving at least one token of each."""
-    first, length = seqs[0], min(map(len, seqs)) - 1
-    for seq in seqs[1:]:
-        length = next((i for i in range(length) if seq[i] != first[i]), length)
-    return max(length, 0)
-
-
 class _Student:
     """One placement in training: its peft model, optimizer, history and the time of its own work."""
 
@@ -316,7 +308,7 @@ def restore_many(
         | {layer for s in students for layer in s.align if layer < s.start}
     )
     t0 = time.perf_counter()
-    shared = student_ids[0][: _shared_length(student_ids + teacher_ids + retains)]  # the chat template's system turn
+    shared = student_ids[0][: shared_length(student_ids + teacher_ids + retains)]  # the chat template's system turn
     P = len(shared)
     with torch.no_grad():
         frozen_prefix = _run_prefix(frozen, shared, n_layers)
@@ -380,7 +372,9 @@ def restore_many(
             loss.backward()
             student.optimizer.step()
             student.optimizer.zero_grad(set_to_none=True)
-            student.history.append({"step": step, "safety": safety.item(), "retain": float(retain_loss)})
+            student.history.append(
+                {"step": step, "safety": safety.detach().item(), "retain": retain_loss.detach().item()}
+            )
             student.seconds += time.perf_counter() - t0
 
     results = []
