@@ -151,6 +151,16 @@ def main() -> None:
             f"| {name} | {seconds[name]:.1f} | {seconds['old'] / seconds[name]:.2f}x | {old_abs:.1e}, {old_rel:.1e} "
             f"| {alone_abs:.1e}, {alone_rel:.1e} |"
         )
+    by_step = [
+        max(
+            abs(a[step][k] - b[step][k]) / abs(b[step][k])
+            for a, b in zip(histories["lockstep"], histories["old"])
+            for k in ("safety", "retain")
+            if b[step][k]
+        )
+        for step in range(args.steps)
+    ]
+    print("lockstep vs old, largest relative difference by step: " + ", ".join(f"{d:.1e}" for d in by_step))
     losses = [abs(h[k]) for hs in histories["old"] for h in hs for k in ("safety", "retain")]
     print(f"losses range over [{min(losses):.3g}, {max(losses):.3g}]")
     print(f"({load_average()})")

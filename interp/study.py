@@ -456,12 +456,25 @@ def run_default(
         pair, analysis, out, harmful=harmful, retain=retain, suite=suite, config=config, progress=progress, log=log
     )
     with watch("figures"):
-        figures = write_figures(
-            analysis_figures(analysis) | study_figures(study.rows, study.histories), out / "figures"
-        )
+        figures = _figures(out, analysis, study)
     first = {stage: watch.seconds[stage] for stage in ("default model", "pair", "analysis")}
     seconds = first | study.seconds | {"figures": watch.seconds["figures"]}
     return DefaultRun(out, organism, pair, analysis, study, figures, seconds)
+
+
+def _figures(out: Path, analysis: AnalysisResult, study: StudyResult) -> list[Path]:
+    """Draw every figure into ``out / "figures"``, unless the figures there were drawn from the same
+    analysis and rows (``figures.key``: a hash of both), as on a rerun from the cache."""
+    registry = analysis_figures(analysis) | study_figures(study.rows, study.histories)
+    drawn = [(row.name, [getattr(row, column) for column in COLUMNS.values()], row.outcomes) for row in study.rows]
+    folder, key = out / "figures", stable_hash([(out / "metrics.json").read_text(), drawn, study.histories])
+    paths = [folder / f"{name}.{suffix}" for name in registry for suffix in ("png", "svg")]
+    stamp = folder / "figures.key"
+    if stamp.exists() and stamp.read_text() == key and all(path.exists() for path in paths):
+        return paths
+    paths = write_figures(registry, folder)
+    atomic_write_text(stamp, key)
+    return paths
 
 
 def _reusable_analysis(folder: Path, pair: ModelPair, k: int, log) -> AnalysisResult | None:

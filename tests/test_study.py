@@ -136,6 +136,17 @@ def test_a_study_writes_adapters_a_merged_model_and_a_report(pair, tmp_path):
     assert [r.name for r in loaded.rows] == names and loaded.targets == again.targets
     assert loaded.histories == again.histories
 
+    # Figures are drawn once per analysis and rows: a rerun from the cache keeps them, new rows redraw.
+    study_module = importlib.import_module("interp.study")
+    first = study_module._figures(folder, analysis, result)
+    stamps = {path: path.stat().st_mtime_ns for path in first}
+    assert study_module._figures(folder, analysis, again) == first
+    assert {path: path.stat().st_mtime_ns for path in first} == stamps
+    next(iter(again.histories.values()))[0]["safety"] += 1.0
+    study_module._figures(folder, analysis, again)
+    drawn = folder / "figures" / "restore_history.png"
+    assert drawn.stat().st_mtime_ns != stamps[drawn]
+
 
 def test_a_suite_sample_is_seeded_and_keeps_the_other_sets():
     suite = tiny_suite()

@@ -8,13 +8,11 @@ the fine-tuned model's activations (transfer) says whether the *same* linear rea
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, roc_auc_score
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from .directions import as_layers, check_binary
+
+# scikit-learn is imported where probes are fit or scored, not with the package: a run whose analysis
+# comes from the cache never needs it (a second of start-up).
 
 
 class LayerProbes:
@@ -31,9 +29,16 @@ class LayerProbes:
         self.max_iter = max_iter
 
     def _pipeline(self):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
         return make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter))
 
     def fit(self, X, y) -> LayerProbes:
+        from sklearn.metrics import accuracy_score, roc_auc_score
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
         X = as_layers(X)
         y = check_binary(y, X.shape[0])
         folds = min(self.n_splits, int(np.bincount(y).min()))
@@ -55,6 +60,8 @@ class LayerProbes:
 
     def score_layers(self, X, y) -> dict[str, np.ndarray]:
         """Accuracy and AUROC per layer of the fitted probes on new activations (e.g. transfer)."""
+        from sklearn.metrics import accuracy_score, roc_auc_score
+
         y = check_binary(y, as_layers(X).shape[0])
         proba = self.predict_proba(X)
         return {

@@ -146,9 +146,9 @@ def plot_results(rows: Sequence, ax=None):
     for i, row in enumerate(rows):
         values = np.array([getattr(row, k) for k, _ in keys])
         intervals = [row.interval(k) or (v, v) for (k, _), v in zip(keys, values)]
-        errors = np.array(
+        errors = np.array(  # clipped at 0: the stored rates are rounded, the bounds are not
             [[v - lo for (lo, _), v in zip(intervals, values)], [hi - v for (_, hi), v in zip(intervals, values)]]
-        )
+        ).clip(min=0)
         offset = (i - (len(rows) - 1) / 2) * width
         ax.bar(x + offset, values, width, yerr=errors, capsize=1.5, error_kw={"lw": 0.7}, label=row.name)
     ax.set_xticks(x, [n for _, n in keys], fontsize=8)
