@@ -8,7 +8,7 @@ the reported table. Rule: the highest harmful refusal whose over-refusal stays w
 points and whose task accuracy stays within the fine-tuned model's - 5 points; a setting the intervals
 cannot tell from a cheaper one loses to it. Writes ``restore_trials.json`` into the run folder.
 
-    python analyses/restore_trials.py [runs/default] [--settings 8:36 16:24 16:36 32:36]
+    python analyses/restore_trials.py [runs/default] [--settings 8:36 8:24 16:24 16:36]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from interp.training.restore import RestoreConfig
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", default=str(ROOT / "runs" / "default"), help="run folder")
-    parser.add_argument("--settings", nargs="+", default=["8:36", "16:24", "16:36", "32:36"], help="rank:steps")
+    parser.add_argument("--settings", nargs="+", default=["8:36", "8:24", "16:24", "16:36"], help="rank:steps")
     args = parser.parse_args()
     analysis = AnalysisResult.load(args.run)
     recipe = OrganismRecipe()

@@ -3,8 +3,8 @@ alone with today's single-plan path (``alone``), and together in lockstep (``loc
 
 - ``old``: ``interp/training/restore.py`` of commit fc15b40, loaded from git: every forward from layer 0,
   the teacher's and the frozen model's passes once per plan, retain batches padded as one.
-- ``alone``: ``interp.training.restore.restore`` per plan (students resume at their lowest LoRA layer,
-  retain batches split by length; nothing shared).
+- ``alone``: ``interp.training.restore.restore`` per plan (the student resumes at its lowest LoRA layer,
+  the system-turn prefix runs once per step, retain batches split by length; nothing shared between plans).
 - ``lockstep``: ``interp.training.restore.restore_many`` on all plans at once (the study's path).
 
 Same pair (the default organism), layer map (``--analysis``), prompts (``interp.organism.study_prompts``),
