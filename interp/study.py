@@ -89,11 +89,26 @@ def make_plans(layer_map: LayerMap, baselines: Sequence[str] = BASELINES, seed: 
     if "all_layers" in baselines:
         plans.append(Plan("all_layers", "all layers (paper recipe)", tuple(range(n)), tuple(paper_alignment_layers(n))))
     if "random_k" in baselines:
-        layers = sorted(random.Random(seed).sample(range(n), k))
-        plans.append(Plan("random_k", f"random-{k} {layers}", tuple(layers), with_last(layers)))
+        plans += random_plans(layer_map, draws=1, seed=seed)
     if "bottom_k" in baselines:
         layers = sorted(layer_map.ranked_layers[-k:])
         plans.append(Plan("bottom_k", f"bottom-{k} {layers}", tuple(layers), with_last(layers)))
+    return plans
+
+
+def random_plans(layer_map: LayerMap, draws: int, seed: int = 0, low: int = 0, key: str = "random_k") -> list[Plan]:
+    """``draws`` plans with LoRA on ``k`` layers drawn at random from ``low .. n_layers - 1`` (draw ``i``
+    seeded by ``seed + i``; ``k`` = the map's selected count), aligned there and at the last layer. With
+    ``low`` at the ranked plan's lowest layer the draws share its depth range, so "late layers help" and
+    "these layers help" can be told apart. Draw 0 with ``low=0`` is the study's ``random_k`` baseline."""
+    n, k = layer_map.n_layers, len(layer_map.selected_layers)
+    if not 0 <= low <= n - k:
+        raise ConfigError(f"random_plans: low must be in [0, {n - k}] to draw {k} layers, got {low}")
+    plans = []
+    for i in range(draws):
+        layers = sorted(random.Random(seed + i).sample(range(low, n), k))
+        name = f"random-{k} {layers}" if low == 0 else f"random-{k} from {low} {layers}"
+        plans.append(Plan(key if i == 0 else f"{key}:{i}", name, tuple(layers), tuple(sorted(set(layers) | {n - 1}))))
     return plans
 
 

@@ -19,7 +19,7 @@ from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError, EmptyPromptSetError
 from interp.evaluation.table import EvalConfig, EvalSuite
-from interp.study import StudyConfig, StudyResult, make_plans, paper_alignment_layers, run_study
+from interp.study import StudyConfig, StudyResult, make_plans, paper_alignment_layers, random_plans, run_study
 from interp.training.restore import RestoreConfig
 
 
@@ -164,3 +164,14 @@ def test_an_unknown_run_size_is_refused_before_any_work(monkeypatch):
     monkeypatch.setattr(study, "default_model_path", lambda: pytest.fail("did work"))
     with pytest.raises(ConfigError, match="size must be one of smoke, look, full"):
         study.run_default("unused", size="huge")
+
+
+def test_random_plans_are_seeded_draws_within_their_depth_range(pair):
+    layer_map = layer_map_for(pair.base, pair.finetuned, selected=(2, 3))
+    draws = random_plans(layer_map, 4, low=1)
+    assert [p.key for p in draws] == ["random_k", "random_k:1", "random_k:2", "random_k:3"]
+    assert all(len(p.layers) == 2 and min(p.layers) >= 1 and p.alignment[-1] == 3 for p in draws)
+    assert random_plans(layer_map, 4, low=1) == draws  # seeded
+    assert random_plans(layer_map, 1)[0] == make_plans(layer_map, ("random_k",))[1]  # the study's baseline
+    with pytest.raises(ConfigError, match="low must be in"):
+        random_plans(layer_map, 1, low=3)
