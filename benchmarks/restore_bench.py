@@ -89,40 +89,18 @@ def main() -> None:
         seconds[name] = time.perf_counter() - t0
         print(f"{name}: {seconds[name]:.1f}s; {load_average()}", flush=True)
 
-    timed(
-        "old",
-        lambda: [
-            old.restore(
-                replace(pair.finetuned, hf=copy.deepcopy(pair.finetuned.hf)),
-                layer_map,
-                harmful,
-                retain,
-                config,
-                base=pair.base,
-                layers=p.layers,
-                alignment=p.alignment,
-                progress=False,
+    def each_alone(train, student):
+        """Loss histories of every plan trained on its own by ``train`` on ``student()``."""
+        options = {"base": pair.base, "progress": False}
+        return [
+            train(
+                student(), layer_map, harmful, retain, config, layers=p.layers, alignment=p.alignment, **options
             ).stats.history
             for p in plans
-        ],
-    )
-    timed(
-        "alone",
-        lambda: [
-            restore(
-                pair.finetuned,
-                layer_map,
-                harmful,
-                retain,
-                config,
-                base=pair.base,
-                layers=p.layers,
-                alignment=p.alignment,
-                progress=False,
-            ).stats.history
-            for p in plans
-        ],
-    )
+        ]
+
+    timed("old", lambda: each_alone(old.restore, lambda: replace(pair.finetuned, hf=copy.deepcopy(pair.finetuned.hf))))
+    timed("alone", lambda: each_alone(restore, lambda: pair.finetuned))
     timed(
         "lockstep",
         lambda: [
