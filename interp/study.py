@@ -96,12 +96,28 @@ def make_plans(layer_map: LayerMap, baselines: Sequence[str] = BASELINES, seed: 
     return plans
 
 
-def random_plans(layer_map: LayerMap, draws: int, seed: int = 0, low: int = 0, key: str = "random_k") -> list[Plan]:
+def ranked_plan(layer_map: LayerMap, k: int) -> Plan:
+    """LoRA on the map's ``k`` top-ranked layers, aligned there and at the last layer. With ``k`` = the
+    map's selected count this is the study's ``ranked`` plan (the same layers and alignment)."""
+    n = layer_map.n_layers
+    if not 1 <= k <= n:
+        raise ConfigError(f"ranked_plan: k must be in [1, {n}], got {k}")
+    layers = tuple(sorted(layer_map.ranked_layers[:k]))
+    key = "ranked" if k == len(layer_map.selected_layers) else f"ranked:{k}"
+    return Plan(key, f"ranked top-{k} {list(layers)}", layers, tuple(sorted(set(layers) | {n - 1})))
+
+
+def random_plans(
+    layer_map: LayerMap, draws: int, seed: int = 0, low: int = 0, key: str = "random_k", k: int | None = None
+) -> list[Plan]:
     """``draws`` plans with LoRA on ``k`` layers drawn at random from ``low .. n_layers - 1`` (draw ``i``
-    seeded by ``seed + i``; ``k`` = the map's selected count), aligned there and at the last layer. With
-    ``low`` at the ranked plan's lowest layer the draws share its depth range, so "late layers help" and
-    "these layers help" can be told apart. Draw 0 with ``low=0`` is the study's ``random_k`` baseline."""
-    n, k = layer_map.n_layers, len(layer_map.selected_layers)
+    seeded by ``seed + i``; ``k`` defaults to the map's selected count), aligned there and at the last
+    layer. With ``low`` at the ranked plan's lowest layer the draws share its depth range, so "late layers
+    help" and "these layers help" can be told apart. Draw 0 with ``low=0`` is the study's ``random_k``."""
+    n = layer_map.n_layers
+    k = len(layer_map.selected_layers) if k is None else k
+    if not 1 <= k <= n:
+        raise ConfigError(f"random_plans: k must be in [1, {n}], got {k}")
     if not 0 <= low <= n - k:
         raise ConfigError(f"random_plans: low must be in [0, {n - k}] to draw {k} layers, got {low}")
     plans = []
@@ -176,7 +192,11 @@ def train_plans(
     Cached adapters are reloaded; the plans not in the cache train together, in lockstep
     (``restore_many``: same batches, shared teacher and frozen passes)."""
     folders = [_restoration_folder(plan, pair, layer_map, harmful, retain, config, chat) for plan in plans]
-    missing = [i for i, folder in enumerate(folders) if not (cache and (folder / "stats.json").exists())]
+    # Plans not in the cache, each distinct adapter once (two plans on the same layers share it).
+    missing: list[int] = []
+    for i, folder in enumerate(folders):
+        if not (cache and (folder / "stats.json").exists()) and folder not in {folders[j] for j in missing}:
+            missing.append(i)
     trained = dict(
         zip(
             missing,
@@ -195,19 +215,21 @@ def train_plans(
             else [],
         )
     )
+    for i in trained:
+        with atomic_dir(folders[i], marker="stats.json") as tmp:
+            save_adapter(trained[i].peft_model, tmp / "adapter")
+            atomic_write_json(tmp / "stats.json", trained[i].stats.to_dict())
     restored = []
     for i, (plan, folder) in enumerate(zip(plans, folders)):
         if i in trained:
             stats = trained[i].stats
-            with atomic_dir(folder, marker="stats.json") as tmp:
-                save_adapter(trained[i].peft_model, tmp / "adapter")
-                atomic_write_json(tmp / "stats.json", stats.to_dict())
             model = trained[i].merged(pair.finetuned, name=plan.name)  # the student's own copy of the weights
         else:
             stats = RestoreStats.from_dict(json.loads((folder / "stats.json").read_text()))
             student = replace(pair.finetuned, hf=copy.deepcopy(pair.finetuned.hf))
             model = apply_adapter(student, folder / "adapter", name=plan.name)
-        restored.append(Restored(plan, model, stats, folder / "adapter", cached=i not in trained))
+        trained_now = any(folders[j] == folder for j in trained)
+        restored.append(Restored(plan, model, stats, folder / "adapter", cached=not trained_now))
     return restored
 
 

@@ -134,6 +134,26 @@ class PairedTest:
         return asdict(self)
 
 
+def paired_test(row: EvalRow, other: EvalRow, column: str) -> PairedTest | None:
+    """``row`` against ``other`` on the rate ``column`` (``None`` unless both measured the same prompts)."""
+    key = SET_OF_COLUMN[column]
+    x, y = row.outcomes.get(key), other.outcomes.get(key)
+    if not x or not y or len(x) != len(y):
+        return None
+    only_x, only_y = discordant(x, y)
+    low, high = paired_bootstrap(x, y)
+    return PairedTest(
+        model=row.name,
+        against=other.name,
+        column=column,
+        difference=round((sum(x) - sum(y)) / len(x), 4),
+        interval=(round(low, 4), round(high, 4)),
+        only_model=only_x,
+        only_against=only_y,
+        p_value=mcnemar_exact(only_x, only_y),
+    )
+
+
 def paired_tests(rows: Sequence[EvalRow], against: Sequence[str] = ("ranked", "base")) -> list[PairedTest]:
     """Every row against each of the rows whose plan is in ``against`` (itself excepted), on every rate
     column both rows measured."""
@@ -144,24 +164,6 @@ def paired_tests(rows: Sequence[EvalRow], against: Sequence[str] = ("ranked", "b
         if other is None:
             continue
         for row in rows:
-            if row is other:
-                continue
-            for key, column in COLUMNS.items():
-                x, y = row.outcomes.get(key), other.outcomes.get(key)
-                if not x or not y or len(x) != len(y):
-                    continue
-                only_x, only_y = discordant(x, y)
-                low, high = paired_bootstrap(x, y)
-                out.append(
-                    PairedTest(
-                        model=row.name,
-                        against=other.name,
-                        column=column,
-                        difference=round((sum(x) - sum(y)) / len(x), 4),
-                        interval=(round(low, 4), round(high, 4)),
-                        only_model=only_x,
-                        only_against=only_y,
-                        p_value=mcnemar_exact(only_x, only_y),
-                    )
-                )
+            if row is not other:
+                out += [t for column in COLUMNS.values() if (t := paired_test(row, other, column)) is not None]
     return out

@@ -171,3 +171,72 @@ def plot_restore_history(histories: dict[str, Sequence[dict]], ax=None):
     ax.set(xlabel="step", ylabel="distance (L2 per position)", title="Restoration losses")
     ax.legend(fontsize=7, ncol=2)
     return fig
+
+
+FRONTIER_STYLE = {  # kind -> (colour, marker, label)
+    "ranked": ("tab:blue", "o", "ranked top-k"),
+    "random mean": ("tab:orange", "s", "random k (mean of draws)"),
+    "random": ("tab:orange", ".", "random k (each draw)"),
+    "all_layers": ("tab:green", "*", "all layers (paper recipe)"),
+}
+
+
+def plot_frontier(points: Sequence, axes=None):
+    """The restoration frontier (``interp.frontier.FrontierPoint``s): harmful refusal against trainable
+    parameters and against training seconds, over-refusal and task accuracy against parameters. Ranked
+    top-k and the mean of the random draws are lines labelled with k; each draw is a dot; the all-layer
+    recipe a star; base and fine-tuned dotted lines. Error bars: Wilson 95% intervals."""
+    if axes is None:
+        fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
+    fig = np.ravel(axes)[0].figure
+    panels = [
+        ("harmful_refusal", "trainable_params", "harmful refusal (wanted)"),
+        ("harmful_refusal", "train_seconds", "harmful refusal (wanted)"),
+        ("harmless_refusal", "trainable_params", "harmless refusal (over-refusal)"),
+        ("task_accuracy", "trainable_params", "task accuracy"),
+    ]
+    for ax, (column, x_key, title) in zip(np.ravel(axes), panels):
+        for kind, (colour, marker, label) in FRONTIER_STYLE.items():
+            mine = sorted((p for p in points if p.kind == kind), key=lambda p: getattr(p, x_key))
+            if not mine:
+                continue
+            x = np.array([getattr(p, x_key) for p in mine], dtype=float)
+            y = np.array([p.rates[column] for p in mine], dtype=float)
+            bounds = [p.intervals[column] or (v, v) for p, v in zip(mine, y)]
+            errors = np.array([[v - lo for (lo, _), v in zip(bounds, y)], [hi - v for (_, hi), v in zip(bounds, y)]])
+            style = "" if kind in ("random", "all_layers") else "-"
+            size = 14 if kind == "all_layers" else 6
+            ax.errorbar(
+                x,
+                y,
+                yerr=errors.clip(min=0),
+                fmt=marker + style,
+                color=colour,
+                ms=size,
+                lw=1,
+                elinewidth=0.7,
+                capsize=2,
+                alpha=0.45 if kind == "random" else 1,
+                label=label,
+            )
+            if kind in ("ranked", "random mean"):
+                for p, xi, yi in zip(mine, x, y):
+                    ax.annotate(
+                        f"k={p.k}",
+                        (xi, yi),
+                        textcoords="offset points",
+                        xytext=(3, -10 if kind != "ranked" else 4),
+                        fontsize=6,
+                        color=colour,
+                    )
+        for p in points:
+            if p.kind in ("base", "finetuned"):
+                ax.axhline(p.rates[column], color="grey" if p.kind == "base" else "black", ls=":", lw=0.9)
+                ax.annotate(
+                    p.kind, (0.005, p.rates[column]), xycoords=("axes fraction", "data"), fontsize=7, va="bottom"
+                )
+        ax.set_xscale("log")
+        xlabel = "trainable parameters" if x_key == "trainable_params" else "training seconds (own + shared share)"
+        ax.set(xlabel=xlabel, ylabel="rate (95% CI)", title=title)
+    np.ravel(axes)[0].legend(fontsize=7, loc="lower right")
+    return fig
