@@ -11,9 +11,10 @@ For each ``k`` in ``ks`` the frontier trains, with the study's data, losses, ste
 
 and once the **all-layer recipe** (LoRA on every layer, the paper's alignment layers). Base, fine-tuned
 and every plan are evaluated on one suite. Each point has harmful refusal, over-refusal (harmless) and
-task accuracy with Wilson 95% intervals, trainable parameters, and training seconds (the plan's own
-forward, backward and optimizer time plus its share of the teacher's and frozen model's passes, which
-the plans trained in lockstep with it share).
+task accuracy with Wilson 95% intervals, trainable parameters, and training seconds as if trained alone
+(``RestoreStats.alone_seconds``: the plan's own forward, backward and optimizer time plus all of the
+teacher's and frozen model's passes, which lockstep shares among the plans of a group), so points trained
+in groups of different sizes compare.
 
 Comparisons, paired on the same prompts (``interp.evaluation.stats``), on harmful refusal:
 
@@ -279,7 +280,7 @@ def run_frontier(
                     r.plan.name,
                     r.model,
                     trainable_params=r.stats.trainable_params,
-                    train_seconds=r.stats.seconds,
+                    train_seconds=r.stats.alone_seconds,
                     plan=r.plan.key,
                     info={
                         "kind": p.kind,

@@ -236,7 +236,7 @@ def plot_frontier(points: Sequence, axes=None):
                     p.kind, (0.005, p.rates[column]), xycoords=("axes fraction", "data"), fontsize=7, va="bottom"
                 )
         ax.set_xscale("log")
-        xlabel = "trainable parameters" if x_key == "trainable_params" else "training seconds (own + shared share)"
+        xlabel = "trainable parameters" if x_key == "trainable_params" else "training seconds (as if trained alone)"
         ax.set(xlabel=xlabel, ylabel="rate (95% CI)", title=title)
     np.ravel(axes)[0].legend(fontsize=7, loc="lower right")
     return fig

@@ -197,7 +197,7 @@ def frontier_table(points: Sequence, comparisons: Sequence) -> str:
     head = [
         "model",
         "trainable params",
-        "train s",
+        "train s (alone)",
         "harmful refusal",
         "harmless refusal",
         "task accuracy",
@@ -221,7 +221,14 @@ def frontier_draws_table(points: Sequence, comparisons: Sequence) -> str:
         ]
         for p in sorted((p for p in points if p.kind == "random"), key=lambda p: p.k)
     ]
-    head = ["random draw", "train s", "harmful refusal", "harmless refusal", "task accuracy", "ranked top-k minus draw"]
+    head = [
+        "random draw",
+        "train s (alone)",
+        "harmful refusal",
+        "harmless refusal",
+        "task accuracy",
+        "ranked top-k minus draw",
+    ]
     return markdown_table(head, rows)
 
 

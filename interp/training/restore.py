@@ -145,6 +145,11 @@ class RestoreStats:
     trained_with: int = 1
     shared_prefix_tokens: int = 0  # tokens every prompt starts with: run once per model and step
 
+    @property
+    def alone_seconds(self) -> float:
+        """What the restoration would cost trained on its own: its own work and every shared pass."""
+        return round(self.seconds + self.shared_seconds * (1 - 1 / self.trained_with), 1)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
