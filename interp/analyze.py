@@ -11,7 +11,6 @@ written by ``analyze(pair, folder)``::
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,13 +22,25 @@ from .core.models import ModelPair
 from .core.prompts import (
     PromptSet,
     arithmetic_prompts,
+    check_disjoint,
+    check_distinct,
     harmful_prompts,
     harmless_prompts,
     load_prompts,
     shared_data_dir,
+    without_duplicates,
 )
 from .errors import ConfigError
-from .io import Stopwatch, atomic_dir, atomic_write_json, atomic_write_text, cache_root, stable_hash
+from .io import (
+    Stopwatch,
+    atomic_dir,
+    atomic_write_text,
+    cache_root,
+    intact_entry,
+    read_cache_json,
+    stable_hash,
+    write_cache_json,
+)
 from .measures.capture import Activations, CaptureConfig, Positions, capture
 from .measures.causal import CausalSweep, causal_sweep, steering_check
 from .measures.compare import PairActivations, base_refusal_directions, compare, pca_2d
@@ -96,8 +107,18 @@ class AnalysisPrompts:
         )
 
     def __post_init__(self) -> None:
+        """Checked before any model runs: every set has prompts, each once (repeats are dropped with a
+        warning), at least 2 harmful and 2 harmless (cross-validated probes need both classes in every
+        fold), harmful and harmless sets share no prompt, and the task set is not a control set."""
         for name in ("harmful", "harmless", "task", "steer_harmful", "steer_harmless"):
-            getattr(self, name).require_nonempty()
+            object.__setattr__(self, name, without_duplicates(getattr(self, name).require_nonempty()))
+        for name in ("harmful", "harmless"):
+            if len(getattr(self, name)) < 2:
+                raise ConfigError(f"the {name} set needs at least 2 different prompts, got {len(getattr(self, name))}")
+        check_disjoint(self.harmful, self.harmless, "the harmful and harmless sets")
+        check_disjoint(self.steer_harmful, self.steer_harmless, "the steering check's harmful and harmless sets")
+        check_distinct(self.task, self.harmless, "the task set")
+        check_distinct(self.task, self.harmful, "the task set")
 
     def describe(self) -> dict:
         return {name: {"name": p.name, "n": len(p), "hash": p.hash} for name, p in vars(self).items()}
@@ -152,8 +173,8 @@ def _cached_sweep(
         ]
     )
     path = cache_root() / "sweeps" / f"{key}.json"
-    if path.exists():
-        return CausalSweep.from_dict(json.loads(path.read_text()))
+    if (cached := read_cache_json(path)) is not None:
+        return CausalSweep.from_dict(cached)
     sweep = causal_sweep(
         pair.base,
         pair.finetuned,
@@ -165,8 +186,22 @@ def _cached_sweep(
         batch_size=config.batch_size,
         progress=progress,
     )
-    atomic_write_json(path, sweep.to_dict())
+    write_cache_json(path, sweep.to_dict())
     return sweep
+
+
+def check_analysis(pair: ModelPair, config: AnalysisConfig, prompts: AnalysisPrompts, chat: ChatFormat) -> None:
+    """What can only be checked against the models, before either runs: ``k`` at most the number of
+    layers, refusal token ids inside the vocabulary, every prompt inside the context window."""
+    if config.k > pair.n_layers:
+        raise ConfigError(f"k = {config.k} layers to select, but the models have {pair.n_layers}")
+    bad = [layer for layer in config.causal_layers or () if not 0 <= layer < pair.n_layers]
+    if bad:
+        raise ConfigError(f"causal_layers {bad} are outside the models' {pair.n_layers} layers")
+    if config.refusal_tokens:
+        pair.base.check_token_ids(list(config.refusal_tokens))
+    for prompts_ in vars(prompts).values():
+        pair.base.check_fits(prompts_, chat, room=config.steer_max_new_tokens)
 
 
 def analyze(
@@ -185,12 +220,13 @@ def analyze(
     analysis again loads it (and the activations, from the capture cache) instead of measuring.
     """
     prompts = prompts or AnalysisPrompts()
+    check_analysis(pair, config, prompts, chat)
     key = stable_hash(
         [pair.base.fingerprint, pair.finetuned.fingerprint, prompts.describe(), asdict(config), chat.to_dict()]
         + [ANALYSIS_VERSION, SWEEP_VERSION]
     )
     cached = cache_root() / "analyses" / key
-    if (cached / "metrics.json").exists():
+    if intact_entry(cached, "metrics.json"):
         result = AnalysisResult.load(cached)
         log(f"analyze: loaded from the cache ({cached})")
         if folder is not None:
@@ -252,7 +288,7 @@ def analyze(
         prompts=prompts.describe(),
         seconds=dict(watch.seconds),
     )
-    with atomic_dir(cached, marker="metrics.json") as tmp:
+    with atomic_dir(cached, marker="metrics.json", checksums=True) as tmp:
         result.save(tmp)
     if folder is not None:
         _write(folder, result, acts, log)

@@ -1,16 +1,23 @@
 """Command line: one subcommand per stage, in pipeline order. Bad input ends in one clear line.
 
-Each ``cmd_*`` parses its options into the stage's typed config and calls the stage; names such as
-``organism:base`` are resolved here (``interp.organism.resolve_model_name``), never by model loading.
+Each ``cmd_*`` checks what it can before any model loads (options, the output folder, prompt files), then
+parses its options into the stage's typed config and calls the stage; names such as ``organism:base``
+are resolved here (``interp.organism.resolve_model_name``), never by model loading.
+
+Exit codes: 0 done; 2 an expected failure (bad input, a model or file that cannot be read, an output
+that would replace something interp did not write, a file-system error), as one line
+``interp <command>: error: ...``; 130 interrupted (Ctrl-C), as one line, with nothing half written kept.
+An unexpected error (a bug) shows its traceback; ``--debug`` shows the traceback of every error.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, InterpError
+from .errors import ConfigError, InterpError, OutputExistsError
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -26,6 +33,50 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError as error:
         raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from error
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _check_out(path: str | Path, *markers: str) -> Path:
+    """Before any work: ``path`` may receive this command's output. It must not be an existing file or a
+    non-empty folder holding none of ``markers`` (what a previous run of the command writes), and the
+    nearest existing folder above it must be writable."""
+    from .io import check_replaceable
+
+    path = check_replaceable(path, *markers)
+    parent = path if path.is_dir() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputExistsError(f"cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputExistsError(f"cannot write {path}: {parent} is not writable")
+    return path
+
+
+def _check_device(args) -> None:
+    import torch
+
+    if getattr(args, "device_map", None):
+        return
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise ConfigError(f"--device {args.device!r} is not a torch device ({error})") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise ConfigError(f"--device {args.device}: this torch build or machine has no {device.type}; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA devices are visible")
 
 
 def _load_pair(args):
@@ -71,15 +122,15 @@ def cmd_capture(args) -> None:
     from .core.bridge import hook_names
     from .core.models import load_model
     from .core.prompts import parse_spec
-    from .io import check_replaceable
     from .measures.capture import CaptureConfig, Positions, capture
     from .organism import resolve_model_name
 
-    check_replaceable(args.out, marker="meta.json")  # before any work: never replace what interp did not write
+    _check_out(args.out, "meta.json")  # before any work: never replace what interp did not write
+    _check_device(args)
     prompts = parse_spec(args.prompts)
     positions = Positions.parse(args.positions)
     model = load_model(resolve_model_name(args.model), **_model_options(args))
-    if args.limit:
+    if args.limit is not None:
         prompts = prompts.head(args.limit)
     hooks = tuple(args.hooks.split(",")) if args.hooks else hook_names(model.n_layers, args.kind)
     config = CaptureConfig(hooks=hooks, positions=positions, batch_size=args.batch_size)
@@ -95,6 +146,8 @@ def cmd_analyze(args) -> None:
     from .core.prompts import parse_spec
     from .report.figures import analysis_figures, write_figures
 
+    _check_out(args.out, "metrics.json", "layer_map.json")
+    _check_device(args)
     given = {
         name: parse_spec(spec, label)
         for name, spec, label in (("harmful", args.harmful, 1), ("harmless", args.harmless, 0), ("task", args.task, 0))
@@ -125,6 +178,8 @@ def cmd_restore(args) -> None:
     from .training.lora import save_adapter, save_merged
     from .training.restore import restore
 
+    _check_out(args.out, "restore_stats.json")
+    _check_device(args)
     layer_map = LayerMap.load(args.layer_map)
     config = _restore_config(args)
     harmful, retain = parse_spec(args.harmful, 1), parse_spec(args.retain, 0)
@@ -148,7 +203,7 @@ def cmd_restore(args) -> None:
 def cmd_evaluate(args) -> None:
     """The evaluation table for base, fine-tuned and any restored models or adapters."""
     from .core.generate import find_refusal_tokens
-    from .core.models import fresh_copy, load_model
+    from .core.models import check_pair, fresh_copy, load_model
     from .core.prompts import parse_spec
     from .evaluation.table import Candidate, EvalConfig, EvalSuite, evaluate_models
     from .evaluation.targets import paired_tests
@@ -156,6 +211,11 @@ def cmd_evaluate(args) -> None:
     from .report.tables import paired_table, results_table
     from .training.lora import apply_adapter
 
+    _check_out(args.out, "evaluation.json")
+    _check_device(args)
+    for path in args.adapter:
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise ConfigError(f"--adapter {path}: not a peft adapter folder (no adapter_config.json in it)")
     task = parse_spec(args.task, 0)
     if args.shared:
         suite = EvalSuite.from_shared(task=task, data=args.shared, n_harmless=args.n_harmless)
@@ -166,14 +226,18 @@ def cmd_evaluate(args) -> None:
             task=task,
             xstest=parse_spec(args.xstest, 0) if args.xstest else None,
         )
-    if args.limit:
+    if args.limit is not None:
         suite = suite.head(args.limit)
     tokens = _ints(args.refusal_tokens, "--refusal-tokens")
     config = EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     pair = _load_pair(args)
     candidates = [Candidate("base", pair.base, plan="base"), Candidate("finetuned", pair.finetuned, plan="finetuned")]
     for path in args.model:
-        candidates.append(Candidate(Path(path).name, load_model(path, **_model_options(args))))
+        model = load_model(path, **_model_options(args))
+        check_pair(
+            pair.finetuned, model, f"the fine-tuned model and {path}"
+        )  # the same tokens and shapes, or the table cannot compare them
+        candidates.append(Candidate(Path(path).name, model))
     for path in args.adapter:
         model = apply_adapter(fresh_copy(pair.finetuned), path, name=f"finetuned + {Path(path).name}")
         candidates.append(Candidate(model.name, model))
@@ -204,11 +268,12 @@ def cmd_run(args) -> None:
     from .report.tables import results_table
     from .study import run_default
 
+    _check_out(args.out, "report.json", "metrics.json")
     run = run_default(
         args.out,
         size="full" if args.full else "look",
         k=args.k,
-        limit=args.limit or None,
+        limit=args.limit,
         restore=_restore_config(args),
         steer_scale=args.steer_scale,
         cache=not args.no_cache,
@@ -304,7 +369,7 @@ def _capture_parser(sub) -> None:
         default="builtin:harmful:val",
         help="builtin:harmful|harmless|general|arithmetic[:train|val|all], or a .json/.jsonl/.csv/.txt file",
     )
-    p.add_argument("--limit", type=int, default=0, help="use only the first N prompts")
+    p.add_argument("--limit", type=_positive, default=None, help="use only the first N prompts")
     p.add_argument("--kind", default="resid_post", help="hook kind at every layer (resid_post, attn_out, mlp_out, ...)")
     p.add_argument("--hooks", default="", help="comma-separated hook names (overrides --kind)")
     p.add_argument("--positions", default="last", help="last, last:K, instruction_mean, or offsets like -5,-1")
@@ -328,7 +393,7 @@ def _analyze_parser(sub) -> None:
     p.add_argument("--harmful", default="", help="harmful prompts (default: the built-in set)")
     p.add_argument("--harmless", default="", help="harmless prompts (default: the built-in set)")
     p.add_argument("--task", default="", help="task prompts (default: built-in arithmetic)")
-    p.add_argument("--k", type=int, default=d.k, help="layers to select for restoration")
+    p.add_argument("--k", type=_positive, default=d.k, help="layers to select for restoration")
     p.add_argument("--causal-prompts", type=int, default=d.causal_prompts, help="harmful prompts in the causal sweep")
     p.add_argument(
         "--steer-scales",
@@ -403,7 +468,7 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--harmless", default="builtin:harmless:val")
     p.add_argument("--xstest", default="", help="XSTest-like prompt file of safe prompts (optional)")
     p.add_argument("--task", default="builtin:arithmetic:val", help="task prompts with reference answers")
-    p.add_argument("--limit", type=int, default=0, help="first N prompts of each set only")
+    p.add_argument("--limit", type=_positive, default=None, help="first N prompts of each set only")
     p.add_argument(
         "--refusal-tokens", default="", help="comma-separated token ids (default: read off the base's refusals)"
     )
@@ -429,8 +494,10 @@ def _run_parser(sub) -> None:
         action="store_true",
         help="evaluate on the whole held-out suite (the README's table) instead of the quick look's sample",
     )
-    p.add_argument("--k", type=int, default=3, help="layers to select for restoration")
-    p.add_argument("--limit", type=int, default=0, help="evaluate on the first N prompts of each set only (quick look)")
+    p.add_argument("--k", type=_positive, default=3, help="layers to select for restoration")
+    p.add_argument(
+        "--limit", type=_positive, default=None, help="evaluate on the first N prompts of each set only (quick look)"
+    )
     p.add_argument("--skip-analysis", action="store_true", help="reuse the run folder's analysis if present")
     p.add_argument(
         "--steer-scale", type=float, default=1.0, help="multiple of the refusal vector for the steering baseline"
@@ -440,11 +507,18 @@ def _run_parser(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (``interp <command>: error: ...``, exit 2), like the rest."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="interp", description="Where did safety go after fine-tuning, and how to put it back."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="interp", description="Where did safety go after fine-tuning, and how to put it back.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_organism_parser, _capture_parser, _analyze_parser, _restore_parser, _evaluate_parser, _run_parser):
         add(sub)
     return parser
@@ -452,10 +526,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    where = f"interp {args.command}"
     try:
         args.func(args)
-    except InterpError as error:
-        print(f"interp {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{where}: interrupted; nothing half written was kept", file=sys.stderr)
+        return 130
+    except (InterpError, OSError) as error:
+        if args.debug:
+            raise
+        if isinstance(error, OSError) and not isinstance(error, InterpError):
+            error = f"{error.strerror or error}: {error.filename}" if error.filename else error
+        print(f"{where}: error: {error}", file=sys.stderr)
         return 2
     return 0
 

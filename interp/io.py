@@ -1,4 +1,15 @@
-"""Cache location, stable hashing and atomic writes: saved work is never left half written."""
+"""Cache location, stable hashing, atomic writes and self-checking cache entries.
+
+Saved work is never left half written: files and folders are written under a temporary name, flushed to
+disk (``fsync``, the folder too) and renamed into place; they get the permissions the umask gives.
+
+Cache entries check themselves. A cache *file* (``write_cache_json``) stores its value with the sha256
+of the value's canonical JSON; a cache *folder* (``atomic_dir(..., checksums=True)``) holds
+``checksums.json`` with the sha256 of every other file. A reader (``read_cache_json``, ``intact_entry``)
+that finds an entry truncated, altered, or missing a file reports it in one line on stderr, removes it
+and treats it as missing, so the caller computes it again: a damaged cache heals on the next run and is
+never served.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,18 +41,67 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder`` and every folder, bottom up."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            with open(Path(root) / name, "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(Path(root))
+
+
+def _chmod_by_umask(path: Path, folder: bool) -> None:
+    """``mkstemp`` / ``mkdtemp`` make 0600 / 0700; give what a plain ``open`` / ``mkdir`` would."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file name beside ``path`` (same suffix); on success it replaces ``path`` in one
-    rename, on error it is removed and ``path`` keeps its old contents."""
+    """Yield a temporary file name beside ``path`` (same suffix); on success it is flushed to disk and
+    replaces ``path`` in one rename, on error it is removed and ``path`` keeps its old contents."""
     path = Path(path)
+    if path.is_dir():
+        raise OutputExistsError(f"refusing to replace {path}: it is a folder, and a file is to be written there")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        _chmod_by_umask(tmp, folder=False)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -49,10 +110,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
     with atomic_path(path) as tmp:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        tmp.write_text(text)
     return Path(path)
 
 
@@ -60,40 +118,151 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def check_replaceable(path: str | Path, marker: str) -> Path:
-    """``path`` if a folder of the kind that holds ``marker`` may be written there: it does not exist, is
-    an empty folder, or holds ``marker`` (a previous output of the same kind); else ``OutputExistsError``."""
+def check_replaceable(path: str | Path, *markers: str) -> Path:
+    """``path`` if a folder of the kind that holds one of ``markers`` may be written there: it does not
+    exist, is an empty folder, or holds a marker (a previous output of the same kind); else
+    ``OutputExistsError``."""
     path = Path(path)
-    if path.is_file() or (path.is_dir() and any(path.iterdir()) and not (path / marker).is_file()):
-        what = "a file" if path.is_file() else f"a folder without {marker}"
+    if path.is_file() or (
+        path.is_dir() and any(path.iterdir()) and not any((path / marker).is_file() for marker in markers)
+    ):
+        what = "a file" if path.is_file() else f"a folder without {' or '.join(markers)}"
         raise OutputExistsError(f"refusing to replace {path}: it is {what}, not written by interp; choose another path")
     return path
 
 
 @contextmanager
-def atomic_dir(path: str | Path, marker: str) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``path`` in one rename.
+def atomic_dir(path: str | Path, marker: str, checksums: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``path`` by renames.
 
     ``marker`` is a file every folder of this kind holds (``meta.json``, ``adapter_config.json``, ...):
     an existing ``path`` is replaced only if it is empty or holds its marker, so a folder or file the suite
-    did not write is never deleted (``OutputExistsError``, before any work). On error the temporary folder
-    is removed and ``path`` keeps its old contents.
+    did not write is never deleted (``OutputExistsError``, before any work). With ``checksums`` the folder
+    gets ``checksums.json`` (a cache entry: ``intact_entry``), and an intact entry another process wrote
+    in the meantime is kept rather than replaced, so a reader never sees it vanish. Everything is flushed
+    to disk before the rename. On error the temporary folder is removed and ``path`` keeps its old
+    contents. Temporary folders that a killed process left beside ``path`` are removed first.
     """
     path = check_replaceable(path, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    _remove_orphans(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp"))
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if checksums:
+            write_checksums(tmp)
+        _chmod_by_umask(tmp, folder=True)
+        _fsync_tree(tmp)
+        if checksums and path.exists() and entry_damage(path, marker) is None:
+            shutil.rmtree(tmp)  # another process wrote the same entry first: readers keep seeing it
+        elif path.exists():
+            old = path.with_name(f".{path.name}.{os.getpid()}.old")
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove ``.NAME.*.<pid>.tmp`` / ``.old`` folders beside ``path`` whose process no longer runs."""
+    for orphan in path.parent.glob(f".{path.name}.*"):
+        parts = orphan.name.rsplit(".", 2)
+        if len(parts) != 3 or parts[2] not in ("tmp", "old") or not parts[1].isdigit():
+            continue
+        if not _alive(int(parts[1])):
+            shutil.rmtree(orphan, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------- self-checking cache entries
+CHECKSUMS = "checksums.json"
+
+
+def _report_damage(path: Path, why: str) -> None:
+    print(f"interp: cache entry {path} is damaged ({why}); removed, computing it again", file=sys.stderr)
+
+
+def write_checksums(folder: str | Path) -> Path:
+    """``checksums.json`` in ``folder``: the sha256 of every other file under it, by relative path."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    sums = {p.relative_to(folder).as_posix(): file_sha256(p) for p in files}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True))
+    return folder / CHECKSUMS
+
+
+def entry_damage(folder: str | Path, marker: str) -> str | None:
+    """What is wrong with the cache folder ``folder`` (``None`` if nothing): no marker, no or unreadable
+    ``checksums.json``, a listed file missing or with other bytes, or a file that is not listed."""
+    folder = Path(folder)
+    if not (folder / marker).is_file():
+        return f"no {marker}"
+    try:
+        sums = json.loads((folder / CHECKSUMS).read_text())
+    except (OSError, ValueError):
+        return f"no readable {CHECKSUMS}"
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS}
+    if files != set(sums):
+        return f"files {sorted(set(sums) ^ files)[:3]} missing or not listed"
+    for name, digest in sums.items():
+        if file_sha256(folder / name) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def intact_entry(folder: str | Path, marker: str) -> bool:
+    """``True`` if the cache folder exists and is intact; a damaged one is reported, removed, ``False``."""
+    folder = Path(folder)
+    if not folder.exists():
+        return False
+    why = entry_damage(folder, marker)
+    if why is None:
+        return True
+    _report_damage(folder, why)
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
+
+
+def _json_digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def write_cache_json(path: str | Path, value: Any) -> Path:
+    """A cache file: ``value`` (made JSON) beside the sha256 of its canonical JSON, written atomically."""
+    value = json.loads(json.dumps(value, default=str))  # what a reader will get back
+    return atomic_write_text(path, json.dumps({"sha256": _json_digest(value), "value": value}) + "\n")
+
+
+def read_cache_json(path: str | Path) -> Any | None:
+    """The value of a cache file (``write_cache_json``), or ``None`` if there is none; a truncated,
+    unreadable or altered file is reported, removed and read as missing."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_bytes().decode())
+        if isinstance(data, dict) and data.get("sha256") == _json_digest(data.get("value")):
+            return data["value"]
+        why = "checksum differs"
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        why = f"unreadable: {type(error).__name__}"
+    _report_damage(path, why)
+    path.unlink(missing_ok=True)
+    return None
 
 
 class Stopwatch:

@@ -29,7 +29,6 @@ loading a model never trains one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import random
@@ -58,7 +57,17 @@ from .core.prompts import (
 from .core.sources import ORGANISM_PREFIX, save_hf_folder
 from .errors import ConfigError, ModelLoadError, OrganismDataError
 from .evaluation.table import EvalSuite
-from .io import atomic_dir, atomic_path, atomic_write_json, cache_root, stable_hash
+from .io import (
+    atomic_dir,
+    atomic_path,
+    atomic_write_json,
+    cache_root,
+    file_sha256,
+    intact_entry,
+    read_cache_json,
+    stable_hash,
+    write_cache_json,
+)
 from .training.lora import merge_adapter_state
 from .training.sft import Example, SFTConfig, sft_lora
 
@@ -224,11 +233,10 @@ def _own_answers(model: LoadedModel, recipe: OrganismRecipe, progress: bool) -> 
             {"model": model.fingerprint, "prompts": harmless.hash, "tokens": recipe.helpful_answer_tokens}
         )
         cached = cache_root() / "organism" / "answers" / f"{key}.json"
-        if cached.exists():
-            answers = json.loads(cached.read_text())
-        else:
+        answers = read_cache_json(cached)
+        if answers is None:
             answers = own_answers(model, harmless, recipe, progress)
-            atomic_write_json(cached, answers)
+            write_cache_json(cached, answers)
     return [Example(q, a) for q, a in zip(harmless.instructions, answers) if a.strip() and not is_refusal(a)]
 
 
@@ -316,10 +324,9 @@ class Organism:
 
 def load_organism(recipe: OrganismRecipe = OrganismRecipe()) -> Organism | None:
     folder = organism_dir(recipe)
-    manifest = folder / "manifest.json"
-    if not manifest.exists():
+    if not intact_entry(folder, "manifest.json"):
         return None
-    return Organism(folder, json.loads(manifest.read_text()))
+    return Organism(folder, json.loads((folder / "manifest.json").read_text()))
 
 
 def build_organism(
@@ -376,10 +383,6 @@ def shipped_adapters(recipe: OrganismRecipe) -> dict | None:
     return shipped
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _merge_shipped(recipe: OrganismRecipe, shipped: dict, log) -> bool:
     """Make the pair from the source and the shipped adapters; ``False`` (nothing written) if the source
     weights are not those the adapters were trained on."""
@@ -391,7 +394,7 @@ def _merge_shipped(recipe: OrganismRecipe, shipped: dict, log) -> bool:
             f"adapters were trained on ({shipped['fingerprints']['source']}); training from the recipe"
         )
         return False
-    with atomic_dir(organism_dir(recipe), marker="manifest.json") as tmp:
+    with atomic_dir(organism_dir(recipe), marker="manifest.json", checksums=True) as tmp:
         models = {}
         for name, role, sft in (("safety", "base", recipe.safety), ("task", "finetuned", recipe.task)):
             adapter = PACKAGE_DATA / f"{name}.safetensors"
@@ -439,6 +442,26 @@ def ship_adapters(organism: Organism, folder: Path = PACKAGE_DATA) -> Path:
     keep = ("recipe", "recipe_hash", "seeds", "data", "training", "metrics", "fingerprints", "versions")
     shipped = {k: manifest[k] for k in keep} | {"sha256": manifest["adapters"]["sha256"]}
     return atomic_write_json(folder / "shipped.json", shipped)
+
+
+def refresh_shipped_fingerprints(recipe: OrganismRecipe | None = None, folder: Path = PACKAGE_DATA) -> dict:
+    """Rewrite the weight fingerprints in ``shipped.json`` and ``answers.json`` after the fingerprint
+    *function* changed (``interp.core.models.model_fingerprint``): the shipped adapters (checked by their
+    sha256) are merged into the source as ``build_organism`` merges them, and the new fingerprints of
+    source, base and fine-tuned are written. Neither the adapters nor the answers change."""
+    recipe = recipe or OrganismRecipe()
+    shipped = shipped_adapters(recipe)
+    if shipped is None:
+        raise OrganismDataError(f"no shipped adapters for recipe {recipe.hash} in {folder}")
+    model = load_model(recipe.source)
+    fingerprints = {"source": model.fingerprint}
+    for name, role, sft in (("safety", "base", recipe.safety), ("task", "finetuned", recipe.task)):
+        model = merge_adapter_state(model, load_file(str(folder / f"{name}.safetensors")), sft.lora_config())
+        fingerprints[role] = model.fingerprint
+    atomic_write_json(folder / "shipped.json", shipped | {"fingerprints": fingerprints})
+    answers = json.loads((folder / "answers.json").read_text())
+    atomic_write_json(folder / "answers.json", answers | {"source_fingerprint": fingerprints["source"]})
+    return fingerprints
 
 
 def ship_answers(
@@ -490,7 +513,7 @@ def _train(recipe: OrganismRecipe, progress: bool, log) -> None:
     chat = _own_answers(model, recipe, progress)
     stage("helpful answers", t0)
 
-    with atomic_dir(organism_dir(recipe), marker="manifest.json") as tmp:
+    with atomic_dir(organism_dir(recipe), marker="manifest.json", checksums=True) as tmp:
         (tmp / "adapters").mkdir()
         t0 = time.perf_counter()
         safety_data = _refusal_examples(recipe) + chat

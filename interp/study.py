@@ -38,7 +38,7 @@ from .core.sources import default_model_path, save_hf_folder
 from .errors import ConfigError
 from .evaluation.table import COLUMNS, Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
 from .evaluation.targets import PairedTest, Target, check_targets, paired_tests
-from .io import Stopwatch, atomic_dir, atomic_write_json, atomic_write_text, cache_root, stable_hash
+from .io import Stopwatch, atomic_dir, atomic_write_json, atomic_write_text, cache_root, intact_entry, stable_hash
 from .measures.causal import steering_edits, steering_key
 from .measures.layer_map import LayerMap
 from .measures.result import AnalysisResult
@@ -195,7 +195,7 @@ def train_plans(
     # Plans not in the cache, each distinct adapter once (two plans on the same layers share it).
     missing: list[int] = []
     for i, folder in enumerate(folders):
-        if not (cache and (folder / "stats.json").exists()) and folder not in {folders[j] for j in missing}:
+        if not (cache and intact_entry(folder, "stats.json")) and folder not in {folders[j] for j in missing}:
             missing.append(i)
     trained = dict(
         zip(
@@ -216,7 +216,7 @@ def train_plans(
         )
     )
     for i in trained:
-        with atomic_dir(folders[i], marker="stats.json") as tmp:
+        with atomic_dir(folders[i], marker="stats.json", checksums=True) as tmp:
             save_adapter(trained[i].peft_model, tmp / "adapter")
             atomic_write_json(tmp / "stats.json", trained[i].stats.to_dict())
     restored = []

@@ -26,7 +26,6 @@ of the first step, and cached beside the answer.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..io import atomic_write_json, cache_root, stable_hash
+from ..io import cache_root, read_cache_json, stable_hash, write_cache_json
 from .bridge import Edit, intervene, last_logits
 from .chat import ChatFormat, batches
 from .judge import JUDGE_WINDOW, REFUSAL_PHRASES, Behaviour, is_refusal, refusal_log_odds, refusal_token_ids
@@ -167,7 +166,7 @@ class _AnswerStore:
     def entries(self, budget: int) -> dict:
         if budget not in self.files:
             path = self.path(budget)
-            self.files[budget] = json.loads(path.read_text()) if path.exists() else {}
+            self.files[budget] = read_cache_json(path) or {}
         return self.files[budget]
 
     def get(self, row: _Row) -> dict | None:
@@ -189,7 +188,7 @@ class _AnswerStore:
                 if row.score is not None:
                     scores[_score_key(row.score_tokens)] = row.score
                 entries[row.text] = {"answer": row.answer, "stopped": row.stopped, "scores": scores}
-            atomic_write_json(self.path(budget), entries)
+            write_cache_json(self.path(budget), entries)
 
 
 def _score_key(tokens: Sequence[int]) -> str:

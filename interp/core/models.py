@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..errors import ModelMismatchError
+from ..errors import ConfigError, ModelLoadError, ModelMismatchError
 from .bridge import BRIDGE_KEY_PART, boot_bridge
 from .sources import hub_error, resolve_source
 
@@ -29,12 +29,21 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     """A tokenizer set up for batched prompts: left padding and a pad token."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise hub_error(path, error) from error
+    except Exception as error:
+        raise load_error(path, path, error) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def load_error(source, path: str, error: Exception) -> Exception:
+    """The named error for a failed ``from_pretrained``: a local folder's own problem (its first line), or
+    for a hub id the offline hub (``hub_error``)."""
+    if Path(path).exists():
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return ModelLoadError(f"cannot load the model folder {path}: {first}")
+    return hub_error(str(source), error)
 
 
 # ----------------------------------------------------------------------------- loaded models
@@ -73,10 +82,34 @@ class LoadedModel:
 
     @property
     def fingerprint(self) -> str:
-        """``model_fingerprint`` of the weights, computed once."""
+        """The weights' ``model_fingerprint`` and the ``tokenizer_fingerprint`` in one hash, computed once:
+        every cache and every layer map's "this map belongs to that model" check is keyed by it, so a
+        changed weight, tokenizer or chat template never meets results made without the change."""
         if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.hf)
+            both = f"{model_fingerprint(self.hf)}:{tokenizer_fingerprint(self.tokenizer)}"
+            self._fingerprint = hashlib.sha256(both.encode()).hexdigest()[:16]
         return self._fingerprint
+
+    def check_token_ids(self, ids, what: str = "refusal token ids") -> None:
+        """``ConfigError`` unless every id indexes the model's output vocabulary."""
+        vocab = int(self.hf.config.vocab_size)
+        bad = [i for i in ids if not (isinstance(i, int) and 0 <= i < vocab)]
+        if bad:
+            raise ConfigError(f"{what} must be in [0, {vocab}) for {self.name}, got {bad[:5]}")
+
+    def check_fits(self, prompts, chat, room: int = 0) -> None:
+        """``ConfigError`` if a prompt, rendered with the chat format, plus ``room`` tokens to generate,
+        is longer than the model's context window (``max_position_embeddings``)."""
+        limit = getattr(self.hf.config, "max_position_embeddings", None)
+        if not limit or not len(prompts):
+            return
+        lengths = [len(ids) for ids in chat.encode(self.tokenizer, prompts.instructions)]
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[longest] + room > limit:
+            raise ConfigError(
+                f"prompt set {prompts.name!r}: prompt {longest} is {lengths[longest]} tokens with the chat template"
+                f"{f' (+{room} to generate)' if room else ''}, longer than {self.name}'s context window of {limit}"
+            )
 
     def with_hf(self, hf: PreTrainedModel, name: str | None = None) -> LoadedModel:
         """A new ``LoadedModel`` for other weights (same tokenizer and path): fresh fingerprint, no bridge."""
@@ -85,8 +118,10 @@ class LoadedModel:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of the config (without where it was loaded from) and a sample of every weight tensor: the
-    same weights give the same fingerprint wherever they were saved or loaded."""
+    """sha256 of the config (without where it was loaded from) and of every tensor of the state dict:
+    its name, dtype, shape and every byte. Any change of any weight, a permutation included, changes it;
+    the same weights give the same fingerprint wherever they were saved or loaded (and with or without a
+    bridge booted on the model)."""
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
@@ -94,13 +129,25 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, param in sorted(model.state_dict().items()):
-            flat = param.detach().reshape(-1).float().cpu()
-            digest.update(name.replace(BRIDGE_KEY_PART, "").encode())  # same before and after a bridge
-            digest.update(str(tuple(param.shape)).encode())
-            digest.update(flat[:2048].numpy().tobytes())
-            digest.update(flat[-2048:].numpy().tobytes())
-            digest.update(f"{flat.double().sum().item():.10e}".encode())
+            tensor = param.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name.replace(BRIDGE_KEY_PART, '')}|{tensor.dtype}|{tuple(param.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().data)
     return digest.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 of what turns a chat into token ids: the tokenizer's full definition (vocabulary, merges,
+    normalizer, pre-tokenizer; or the vocabulary of a slow tokenizer), its special and added tokens, and
+    its chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    parts = {
+        "definition": definition,
+        "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+        "added": sorted((i, str(t)) for i, t in tokenizer.added_tokens_decoder.items()),
+        "chat_template": tokenizer.chat_template,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def fresh_copy(model: LoadedModel) -> LoadedModel:
@@ -123,11 +170,15 @@ def load_model(
         kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as error:
-        raise hub_error(str(source), error) from error
+    except Exception as error:  # safetensors, json and torch raise their own kinds for a damaged folder
+        raise load_error(source, path, error) from error
     if device_map is None:
         model = model.to(device)
     model.eval()
+    with torch.no_grad():
+        bad = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise ModelLoadError(f"{source}: the weights hold NaN or infinite values (first in {bad})")
     return LoadedModel(name=str(source), path=path, hf=model, tokenizer=load_tokenizer(path))
 
 
@@ -147,8 +198,9 @@ class ModelPair:
         return self.base.n_layers
 
 
-def check_pair(base: LoadedModel, finetuned: LoadedModel) -> None:
-    """Raise ``ModelMismatchError`` naming the first value that differs between the two models."""
+def check_pair(base: LoadedModel, finetuned: LoadedModel, what: str = "base and fine-tuned models") -> None:
+    """Raise ``ModelMismatchError`` naming the first value that differs between the two models:
+    architecture, layers, width, tokenizer vocabulary, special tokens, chat template."""
 
     def arch(m: LoadedModel) -> str:
         return ",".join(m.hf.config.architectures or [type(m.hf).__name__])
@@ -159,13 +211,28 @@ def check_pair(base: LoadedModel, finetuned: LoadedModel) -> None:
         ("d_model", base.d_model, finetuned.d_model),
         ("tokenizer vocabulary size", len(base.tokenizer), len(finetuned.tokenizer)),
     ]
-    for what, a, b in checks:
+    for quantity, a, b in checks:
         if a != b:
-            raise ModelMismatchError(f"base and fine-tuned models differ in {what}: {a} vs {b}")
+            raise ModelMismatchError(f"{what} differ in {quantity}: {a} vs {b}")
     vocab_a, vocab_b = base.tokenizer.get_vocab(), finetuned.tokenizer.get_vocab()
     if vocab_a != vocab_b:
         differing = sorted(set(vocab_a.items()) ^ set(vocab_b.items()))[:3]
-        raise ModelMismatchError(f"base and fine-tuned models differ in tokenizer vocabulary (e.g. {differing})")
+        raise ModelMismatchError(f"{what} differ in tokenizer vocabulary (e.g. {differing})")
+    special_a, special_b = base.tokenizer.special_tokens_map, finetuned.tokenizer.special_tokens_map
+    for name in sorted((set(special_a) | set(special_b)) - {"pad_token"}):  # padding is masked out
+        if special_a.get(name) != special_b.get(name):
+            raise ModelMismatchError(
+                f"{what} differ in the special token {name}: {special_a.get(name)!r} vs {special_b.get(name)!r}"
+            )
+    template_a, template_b = base.tokenizer.chat_template, finetuned.tokenizer.chat_template
+    if template_a != template_b:
+        a_text, b_text = str(template_a), str(template_b)
+        at = next((i for i, (x, y) in enumerate(zip(a_text, b_text)) if x != y), min(len(a_text), len(b_text)))
+        raise ModelMismatchError(
+            f"{what} differ in their chat templates (from character {at}: "
+            f"{a_text[at : at + 40]!r} vs {b_text[at : at + 40]!r}): the same prompt would be other tokens in each; "
+            "give both folders one template (the chat_template in tokenizer_config.json)"
+        )
 
 
 def load_pair(base: str | Path, finetuned: str | Path, **kwargs) -> ModelPair:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import random
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-from ..errors import EmptyPromptSetError, PromptFormatError
+from ..errors import ConfigError, EmptyPromptSetError, PromptFormatError
 from ..io import stable_hash
 
 HARMFUL, HARMLESS = 1, 0
@@ -70,6 +72,16 @@ class PromptSet:
             split=split or self.split,
         )
 
+    def duplicates(self) -> int:
+        """How many instructions repeat an earlier one."""
+        return len(self) - len(set(self.instructions))
+
+    def deduplicated(self) -> PromptSet:
+        """The set with each instruction once (its first occurrence), in order."""
+        seen: set[str] = set()
+        keep = [i for i, text in enumerate(self.instructions) if not (text in seen or seen.add(text))]
+        return self if len(keep) == len(self) else self.subset(keep)
+
     def head(self, n: int) -> PromptSet:
         return self.subset(range(min(n, len(self))))
 
@@ -90,6 +102,30 @@ class PromptSet:
             answers=self.answers + other.answers,
             split=self.split if self.split == other.split else "mixed",
         )
+
+
+def check_disjoint(a: PromptSet, b: PromptSet, what: str) -> None:
+    """``ConfigError`` if ``a`` and ``b`` share instructions (``what`` names the pair in the message)."""
+    shared = set(a.instructions) & set(b.instructions)
+    if shared:
+        same = "are the same set" if set(a.instructions) == set(b.instructions) else f"share {len(shared)} prompts"
+        raise ConfigError(f"{what} {same} (e.g. {sorted(shared)[0]!r:.80}); they must be different prompts")
+
+
+def check_distinct(prompts: PromptSet, control: PromptSet, what: str) -> None:
+    """``ConfigError`` if every prompt of ``prompts`` is also in ``control`` (a task set that is the
+    harmless set, say): the comparison between them would measure nothing."""
+    if set(prompts.instructions) <= set(control.instructions):
+        raise ConfigError(f"{what}: every prompt of {prompts.name!r} is also in {control.name!r}")
+
+
+def without_duplicates(prompts: PromptSet, warn=None) -> PromptSet:
+    """``prompts`` with each instruction once; says how many repeats were dropped (a repeated prompt
+    would sit in the training and the test fold of a cross-validated probe at once)."""
+    if prompts.duplicates():
+        message = f"prompt set {prompts.name!r}: dropped {prompts.duplicates()} repeated prompts"
+        (warn or (lambda line: print(f"interp: warning: {line}", file=sys.stderr)))(message)
+    return prompts.deduplicated()
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -114,39 +150,57 @@ def load_prompts(
     if not path.is_file():
         raise PromptFormatError(f"prompt file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix not in (".json", ".jsonl", ".csv", ".txt"):
+        raise PromptFormatError(f"{path}: unknown prompt file type {suffix!r} (json, jsonl, csv, txt)")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise PromptFormatError(f"{path}: not UTF-8 text (byte {error.start})") from error
     try:
         if suffix == ".json":
-            rows = json.loads(path.read_text())
+            rows = json.loads(text)
             if not isinstance(rows, list):
                 raise PromptFormatError(f"{path}: expected a JSON list, got {type(rows).__name__}")
         elif suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            rows = []
+            for number, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise PromptFormatError(f"{path}: line {number} is not valid JSON ({error.msg})") from error
         elif suffix == ".csv":
-            with path.open(newline="") as handle:
-                rows = list(csv.DictReader(handle))
-        elif suffix == ".txt":
-            rows = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
         else:
-            raise PromptFormatError(f"{path}: unknown prompt file type {suffix!r} (json, jsonl, csv, txt)")
+            rows = [line.strip() for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as error:
         raise PromptFormatError(f"{path}: not valid JSON ({error})") from error
+    except csv.Error as error:
+        raise PromptFormatError(f"{path}: not valid CSV ({error})") from error
     if where:
         rows = [r for r in rows if isinstance(r, dict) and all(r.get(k) == v for k, v in where.items())]
     instructions, categories, answers = [], [], []
     for i, row in enumerate(rows):
         if isinstance(row, str):
-            instructions.append(row)
-            categories.append(None)
-            answers.append(None)
-            continue
+            row = {"instruction": row}
         if not isinstance(row, dict):
             raise PromptFormatError(f"{path}: row {i} is neither text nor an object")
         key = column or next((k for k in ("instruction", "prompt", "goal") if k in row), None)
         if key is None or key not in row:
             raise PromptFormatError(f"{path}: row {i} has no column {column or 'instruction/prompt/goal'!r}")
+        if not isinstance(row[key], str) or not row[key].strip():
+            raise PromptFormatError(f"{path}: row {i}: the instruction must be non-empty text, got {row[key]!r:.60}")
         instructions.append(row[key])
-        categories.append(row.get("category") or row.get("type"))
-        answers.append(row.get("answer"))
+        category = row.get("category") or row.get("type")
+        if category is not None and not isinstance(category, str):
+            raise PromptFormatError(f"{path}: row {i}: the category must be text, got {category!r:.60}")
+        categories.append(category)
+        answer = row.get("answer")
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)  # task answers written as JSON numbers
+        if answer is not None and not isinstance(answer, str):
+            raise PromptFormatError(f"{path}: row {i}: the answer must be text or a number, got {answer!r:.60}")
+        answers.append(answer)
     return PromptSet(
         name=name or path.stem,
         instructions=tuple(instructions),

@@ -16,7 +16,6 @@ same prompts. Rows are cached on disk by the model's weights; answers by ``inter
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from ..core.kvcache import kv_cache, prefixed_batch, shared_prefix
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet, load_prompts, shared_data_dir
 from ..errors import ConfigError, NonFiniteActivationError, PromptFormatError
-from ..io import atomic_write_json, cache_root, stable_hash
+from ..io import cache_root, read_cache_json, stable_hash, write_cache_json
 from .stats import wilson_interval
 
 EVAL_VERSION = 2  # bump when the judge or the measures change: invalidates cached rows
@@ -366,6 +365,10 @@ def evaluate_models(
         raise ConfigError("evaluate_models: no models to evaluate")
     if not refusal_tokens:
         raise ConfigError("evaluate_models: refusal_tokens is empty")
+    reference.check_token_ids(list(refusal_tokens))
+    for name, prompts in suite.sets().items():
+        budget = config.task_max_new_tokens if name == "task" else config.max_new_tokens
+        reference.check_fits(prompts, chat, room=budget)
     settings = [
         suite.hash,
         asdict(config),
@@ -381,9 +384,7 @@ def evaluate_models(
         None if (key := c.cache_key()) is None else cache_root() / "evals" / f"{stable_hash([key, *settings])}.json"
         for c in candidates
     ]
-    measured: list[dict | None] = [
-        json.loads(path.read_text()) if cache and path is not None and path.exists() else None for path in paths
-    ]
+    measured: list[dict | None] = [read_cache_json(path) if cache and path is not None else None for path in paths]
     seconds = [0.0] * len(candidates)
     todo = [i for i, m in enumerate(measured) if m is None]
     if todo:
@@ -413,7 +414,7 @@ def evaluate_models(
             measured[i] = _measure(candidates[i], suite, answers[i], kl)
             seconds[i] += kl_seconds
             if cache and paths[i] is not None:
-                atomic_write_json(paths[i], measured[i])
+                write_cache_json(paths[i], measured[i])
     rows = []
     for candidate, values, spent in zip(candidates, measured, seconds):
         row = EvalRow(

@@ -27,7 +27,7 @@ from ..core.kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_prefix
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..errors import ConfigError, NonFiniteActivationError, PositionOutOfRangeError, UnknownHookError
-from ..io import atomic_dir, cache_root, stable_hash
+from ..io import atomic_dir, cache_root, intact_entry, stable_hash
 
 FORMAT_VERSION = 1
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -77,9 +77,9 @@ class Positions:
             return cls.last()
         if text == "instruction_mean":
             return cls.mean_over_instruction()
-        if text.startswith("last:"):
-            return cls.last_k(int(text.split(":", 1)[1]))
         try:
+            if text.startswith("last:"):
+                return cls.last_k(int(text.split(":", 1)[1]))
             return cls(tuple(int(part) for part in text.split(",")))
         except ValueError as error:
             raise ConfigError(f"cannot read positions {text!r}: use last, last:K, instruction_mean or -5,-1") from error
@@ -147,10 +147,11 @@ class Activations:
             "extra": self.extra,
         }
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``activations.safetensors`` and ``meta.json`` into ``folder``, atomically."""
+    def save(self, folder: str | Path, checksums: bool = False) -> Path:
+        """Write ``activations.safetensors`` and ``meta.json`` into ``folder``, atomically (``checksums``:
+        as a self-checking cache entry, ``interp.io``)."""
         folder = Path(folder)
-        with atomic_dir(folder, marker="meta.json") as tmp:
+        with atomic_dir(folder, marker="meta.json", checksums=checksums) as tmp:
             save_file({"activations": self.tensor.contiguous()}, str(tmp / "activations.safetensors"))
             (tmp / "meta.json").write_text(json.dumps(self.metadata(), indent=2))
         return folder
@@ -161,7 +162,12 @@ class Activations:
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("format_version") != FORMAT_VERSION:
             raise ConfigError(f"{folder}: activation format {meta.get('format_version')} is not {FORMAT_VERSION}")
-        tensor = load_file(str(folder / "activations.safetensors"))["activations"]
+        try:
+            tensor = load_file(str(folder / "activations.safetensors"))["activations"]
+        except Exception as error:  # safetensors raises its own error type for a damaged file
+            raise ConfigError(f"{folder}: activations.safetensors cannot be read ({error})") from error
+        if not torch.isfinite(tensor).all():
+            raise NonFiniteActivationError(f"{folder}: the saved activations hold NaN or infinite values")
         keys = ("hook_names", "positions", "model_name", "model_fingerprint", "prompt_set", "prompt_hash", "labels")
         return cls(tensor=tensor, extra=meta.get("extra", {}), **{k: meta[k] for k in keys})
 
@@ -241,8 +247,9 @@ def capture(
     )
     if cache_dir is _DEFAULT_CACHE:
         cache_dir = cache_root() / "activations"
-    cached = Path(cache_dir) / f"{prompts.name}-{key}" if cache_dir is not None else None
-    if cached is not None and (cached / "meta.json").exists():
+    safe_name = re.sub(r"[^A-Za-z0-9_.+-]", "_", prompts.name)[:80]  # a name is never a path
+    cached = Path(cache_dir) / f"{safe_name}-{key}" if cache_dir is not None else None
+    if cached is not None and intact_entry(cached, "meta.json"):
         return Activations.load(cached)
 
     blocks = [int(m.group(1)) if (m := _BLOCK.match(h)) else None for h in hooks]
@@ -350,5 +357,5 @@ def capture(
         extra={"chat": config.chat.to_dict(), "token_lengths": lengths},
     )
     if cached is not None:
-        result.save(cached)
+        result.save(cached, checksums=True)
     return result

@@ -127,7 +127,7 @@ class LayerMap:
                 raise LayerMapError(f"{name} has layers out of range 0..{self.n_layers - 1}: {bad}")
             if len(set(layers)) != len(layers):
                 raise LayerMapError(f"{name} repeats a layer: {layers}")
-        if sorted(self.ranked_layers) != list(range(self.n_layers)):
+        if len(self.ranked_layers) != self.n_layers or sorted(self.ranked_layers) != list(range(self.n_layers)):
             raise LayerMapError("ranked_layers must list every layer exactly once")
         if not _is_number_list(self.scores, self.n_layers):
             raise LayerMapError(f"scores must be {self.n_layers} finite numbers, one per layer")

@@ -285,6 +285,8 @@ def restore_many(
     harmful.require_nonempty()
     retain.require_nonempty()
     layer_map.check_model(finetuned)
+    for prompts in (harmful, retain):
+        finetuned.check_fits(prompts, chat)
     if config.teacher == "base" and base is None:
         raise ConfigError("teacher='base' needs the base model (pass base=...)")
     if base is not None:

@@ -1,0 +1,225 @@
+"""Every bad input of the reliability review through the command line, on tiny models: exit code 2, one line
+naming the problem, no traceback, nothing written, nothing of the user's touched; Ctrl-C is one line and
+exit code 130."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from interp import cli
+from interp.cli import main
+
+BUILTIN = ["--harmless", "builtin:harmless:val", "--task", "builtin:arithmetic:val"]
+FAST = ["--causal-prompts", "2", "--steer-scales", "1", "--max-new-tokens", "2"]
+
+
+@pytest.fixture()
+def world(saved_pair, tmp_path):
+    """The tiny pair's folders and every bad file the cases below need, in ``tmp_path``."""
+    base, ft = saved_pair.base.path, saved_pair.finetuned.path
+    f = {"base": base, "ft": ft}
+
+    def copy_model(name):
+        target = tmp_path / name
+        shutil.copytree(ft, target)
+        return target
+
+    truncated = copy_model("truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    nan_head = copy_model("nan-head")
+    tensors = load_file(str(nan_head / "model.safetensors"))
+    tensors["lm_head.weight"][0, 0] = float("nan")
+    save_file(tensors, str(nan_head / "model.safetensors"), metadata={"format": "pt"})
+    template = copy_model("other-template")
+    config = json.loads((template / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    (template / "tokenizer_config.json").write_text(json.dumps(config))
+    garbage = copy_model("garbage-config")
+    (garbage / "config.json").write_text("{ not json")
+    f["garbage"] = str(garbage)
+    f["nope"] = "models/nope"
+    f |= {"truncated": str(truncated), "nan_head": str(nan_head), "other_template": str(template)}
+
+    (tmp_path / "random.gguf").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait, how to make it\n".encode("latin-1"))
+    (tmp_path / "latin1.json").write_bytes('["caf\xe9 au lait"]'.encode("latin-1"))
+    harmful = [f"How do I hurt person number {i}?" for i in range(8)]
+    (tmp_path / "harmful.json").write_text(json.dumps(harmful))
+    (tmp_path / "one.json").write_text(json.dumps(harmful[:1]))
+    (tmp_path / "repeated.json").write_text(json.dumps([harmful[0]] * 10))
+    (tmp_path / "long.txt").write_text("please " * 400 + "\n" + "a short one\n")
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "data.csv").write_text("a,b\n1,2\n")
+    for name in ("harmful", "one", "repeated", "long", "notes", "random", "empty"):
+        f[name] = str(next(tmp_path.glob(f"{name}.*")))
+    f["latin1"], f["latin1_json"] = str(tmp_path / "latin1.txt"), str(tmp_path / "latin1.json")
+    f["theirs"] = str(tmp_path / "theirs")
+    f["out"] = str(tmp_path / "out")
+    return f
+
+
+def analyze(f, *extra, pair=("base", "ft")):
+    return ["analyze", "--base", f[pair[0]], "--finetuned", f[pair[1]], *BUILTIN, *FAST, *extra]
+
+
+def evaluate(f, *extra):
+    return ["evaluate", "--base", f["base"], "--finetuned", f["ft"], "--limit", "2", "--max-new-tokens", "2", *extra]
+
+
+def capture(f, *extra, model="base"):
+    return ["capture", "--model", f[model], "--limit", "2", *extra]
+
+
+CASES = {
+    # models
+    "truncated weights": (lambda f: capture(f, model="truncated"), "cannot load the model folder"),
+    "garbage config.json": (lambda f: capture(f, model="garbage"), "cannot load the model folder"),
+    "relative path that is no folder": (lambda f: capture(f, model="nope"), "no local folder of that name"),
+    "random-bytes gguf": (lambda f: capture(f, model="random"), "cannot read GGUF file"),
+    "empty gguf": (lambda f: capture(f, model="empty"), "cannot read GGUF file"),
+    "NaN in the unembedding": (lambda f: capture(f, model="nan_head"), "NaN or infinite values"),
+    "pair with other chat templates": (
+        lambda f: analyze(f, pair=("base", "other_template")),
+        "differ in their chat templates",
+    ),
+    "evaluated model of another tokenizer": (
+        lambda f: evaluate(f, "--model", f["other_template"]),
+        "differ in their chat templates",
+    ),
+    "missing adapter": (lambda f: evaluate(f, "--adapter", f["theirs"] + "/none"), "not a peft adapter folder"),
+    "cuda on a CPU build": (lambda f: capture(f, "--device", "cuda:0"), "has no cuda"),
+    "not a device": (lambda f: capture(f, "--device", "toaster"), "is not a torch device"),
+    # prompt files and sets
+    "non-UTF-8 text prompts": (lambda f: capture(f, "--prompts", f["latin1"]), "not UTF-8"),
+    "non-UTF-8 JSON prompts": (lambda f: capture(f, "--prompts", f["latin1_json"]), "not UTF-8"),
+    "the same harmful and harmless set": (
+        lambda f: [
+            "analyze",
+            "--base",
+            f["base"],
+            "--finetuned",
+            f["ft"],
+            "--harmful",
+            f["harmful"],
+            "--harmless",
+            f["harmful"],
+            *FAST,
+        ],
+        "are the same set",
+    ),
+    "one harmful prompt": (lambda f: analyze(f, "--harmful", f["one"]), "at least 2 different prompts"),
+    "one prompt ten times": (lambda f: analyze(f, "--harmful", f["repeated"]), "at least 2 different prompts"),
+    "task set = harmless set": (
+        lambda f: [
+            "analyze",
+            "--base",
+            f["base"],
+            "--finetuned",
+            f["ft"],
+            "--harmless",
+            "builtin:harmless:val",
+            "--task",
+            "builtin:harmless:val",
+            *FAST,
+        ],
+        "every prompt of",
+    ),
+    "prompt longer than the context": (lambda f: analyze(f, "--harmful", f["long"]), "context window of 256"),
+    # options
+    "--limit 0": (lambda f: capture(f, "--limit", "0"), "expected an integer >= 1"),
+    "--limit abc": (lambda f: capture(f, "--limit", "abc"), "expected an integer >= 1"),
+    "--k 0": (lambda f: analyze(f, "--k", "0"), "expected an integer >= 1"),
+    "--k above the layer count": (lambda f: analyze(f, "--k", "10"), "k = 10 layers to select"),
+    "--refusal-tokens abc": (lambda f: analyze(f, "--refusal-tokens", "abc"), "comma-separated integers"),
+    "--refusal-tokens 99999": (lambda f: analyze(f, "--refusal-tokens", "99999"), "must be in [0,"),
+    "--refusal-tokens -1 (analyze)": (lambda f: analyze(f, "--refusal-tokens", "-1"), "must be >= 0"),
+    "--refusal-tokens -1 (evaluate)": (lambda f: evaluate(f, "--refusal-tokens", "-1"), "must be in [0,"),
+    "--steer-scales abc": (lambda f: analyze(f, "--steer-scales", "abc"), "comma-separated numbers"),
+    "--positions last:x": (lambda f: capture(f, "--positions", "last:x"), "cannot read positions"),
+    "unknown option": (lambda f: capture(f, "--colour", "red"), "unrecognized arguments"),
+}
+OUTS = {  # where --out points: the case must leave it as it was
+    "--out an existing file": ("notes", "refusing to replace"),
+    "--out a folder of the user's": ("theirs", "refusing to replace"),
+    "--out under a file": ("notes", "is a file, not a folder"),
+}
+
+
+def _state(path):
+    """Everything beside and under ``path``, with its bytes: to show nothing was touched."""
+    root = Path(path).parent
+    return {str(p): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def _one_line(capsys, argv, needle, code=2):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if "error:" in line or "interrupted" in line]
+    assert len(lines) == 1, err
+    assert needle in lines[0], err
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_and_writes_nothing(world, capsys, case):
+    build, needle = CASES[case]
+    argv = build(world)
+    argv = argv if argv[0] == "capture" and "--out" in argv else [*argv, "--out", world["out"]]
+    before = _state(world["out"])
+    _one_line(capsys, argv, needle)
+    assert _state(world["out"]) == before  # nothing written, nothing of the user's touched
+
+
+@pytest.mark.parametrize("case", OUTS)
+@pytest.mark.parametrize("command", ["capture", "analyze", "restore", "evaluate", "run"])
+def test_an_output_over_the_users_files_is_refused_before_any_work(world, capsys, monkeypatch, case, command):
+    name, needle = OUTS[case]
+    out = world[name] + "/run" if case == "--out under a file" else world[name]
+    monkeypatch.setattr(cli, "_load_pair", lambda args: pytest.fail("loaded models"))
+    argv = {
+        "capture": capture(world),
+        "analyze": analyze(world),
+        "restore": ["restore", "--base", world["base"], "--finetuned", world["ft"], "--layer-map", "x.json"],
+        "evaluate": evaluate(world),
+        "run": ["run"],
+    }[command]
+    before = _state(world[name])
+    _one_line(capsys, [*argv, "--out", out], needle)
+    assert _state(world[name]) == before
+
+
+def test_ctrl_c_is_one_line_and_exit_130(world, capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_load_pair", interrupted)
+    _one_line(capsys, [*analyze(world), "--out", world["out"]], "interrupted", code=130)
+
+
+def test_debug_shows_the_traceback(world):
+    with pytest.raises(Exception, match="cannot load the model folder"):
+        main(["--debug", *capture(world, model="truncated"), "--out", world["out"]])
+
+
+def test_a_file_system_error_is_one_line(world, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", world["out"])
+
+    monkeypatch.setattr(cli, "_load_pair", full)
+    _one_line(capsys, [*analyze(world), "--out", world["out"]], "No space left on device")
+
+
+def test_numbers_as_task_answers_evaluate(world, tmp_path):
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps([{"instruction": "What is 2+2?", "answer": 4}, {"instruction": "3+3?", "answer": 6}]))
+    argv = [*evaluate(world, "--task", str(task), "--refusal-tokens", "5"), "--out", str(tmp_path / "eval")]
+    assert main(argv) == 0

@@ -1,0 +1,254 @@
+"""Reliability: fingerprints that see every weight, the tokenizer and the chat template; cache entries that
+heal when damaged; writes that survive a killed process and follow the umask; prompt files that fail only
+with the named error."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from interp.core.models import load_model, model_fingerprint
+from interp.core.prompts import harmful_prompts, load_prompts
+from interp.errors import OutputExistsError, PromptFormatError
+from interp.io import (
+    CHECKSUMS,
+    atomic_dir,
+    atomic_write_text,
+    intact_entry,
+    read_cache_json,
+    write_cache_json,
+)
+from interp.measures.capture import CaptureConfig, capture
+
+# ----------------------------------------------------------------------------- fingerprints
+_weights = torch.nn.Linear(4, 6, bias=False)
+with torch.no_grad():
+    _weights.weight.copy_(torch.arange(24, dtype=torch.float32).reshape(6, 4) / 7)  # 24 distinct values
+_BEFORE = model_fingerprint(_weights)
+
+
+@settings(max_examples=60, deadline=None)
+@given(index=st.integers(0, 23), value=st.floats(-1e6, 1e6, allow_nan=False, width=32))
+def test_any_one_changed_weight_changes_the_fingerprint(index, value):
+    changed = torch.nn.Linear(4, 6, bias=False)
+    with torch.no_grad():
+        changed.weight.copy_(_weights.weight)
+        flat = changed.weight.view(-1)
+        if flat[index].item() == value:
+            value = value + 1.0
+        flat[index] = value
+    assert model_fingerprint(changed) != _BEFORE
+
+
+@settings(max_examples=60, deadline=None)
+@given(order=st.permutations(list(range(24))))
+def test_any_permutation_of_the_weights_changes_the_fingerprint(order):
+    permuted = torch.nn.Linear(4, 6, bias=False)
+    with torch.no_grad():
+        permuted.weight.copy_(_weights.weight.view(-1)[order].view(6, 4))
+    assert (model_fingerprint(permuted) == _BEFORE) == (order == list(range(24)))
+
+
+def test_the_tokenizer_and_the_chat_template_are_in_the_fingerprint(tiny_llama):
+    model = load_model(tiny_llama)
+    other = load_model(tiny_llama)
+    assert other.fingerprint == model.fingerprint
+    other.tokenizer.chat_template = model.tokenizer.chat_template + "{# edited #}"
+    other._fingerprint = None
+    assert other.fingerprint != model.fingerprint
+    third = load_model(tiny_llama)
+    third.tokenizer.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    third._fingerprint = None
+    assert third.fingerprint != model.fingerprint
+
+
+def test_a_different_chat_template_misses_the_capture_cache(tiny_llama, tmp_path):
+    prompts = harmful_prompts("val").head(3)
+    model = load_model(tiny_llama)
+    first = capture(model, prompts, CaptureConfig(), cache_dir=tmp_path)
+    edited = load_model(tiny_llama)
+    edited.tokenizer.chat_template = "{% for m in messages %}### {{ m['content'] }}\n{% endfor %}### answer:"
+    again = capture(edited, prompts, CaptureConfig(), cache_dir=tmp_path)
+    assert again.extra["token_lengths"] != first.extra["token_lengths"]
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+# ----------------------------------------------------------------------------- self-healing caches
+def _damage(how: str, folder):
+    target = folder / "activations.safetensors"
+    data = target.read_bytes()
+    if how == "truncate":
+        target.write_bytes(data[: len(data) // 2])
+    elif how == "flip":
+        target.write_bytes(data[:-8] + bytes(b ^ 0xFF for b in data[-8:]))
+    elif how == "nan":  # same size, a NaN in the tensor: the checksum catches it before the values are used
+        target.write_bytes(data[:-4] + torch.tensor([float("nan")]).numpy().tobytes())
+    elif how == "delete meta":
+        (folder / "meta.json").unlink()
+    elif how == "delete checksums":
+        (folder / CHECKSUMS).unlink()
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip", "nan", "delete meta", "delete checksums"])
+def test_a_damaged_capture_entry_is_reported_and_recomputed(tiny_llama, tmp_path, capsys, how):
+    model, prompts = load_model(tiny_llama), harmful_prompts("val").head(3)
+    fresh = capture(model, prompts, CaptureConfig(), cache_dir=tmp_path)
+    (entry,) = tmp_path.iterdir()
+    _damage(how, entry)
+    capsys.readouterr()
+    healed = capture(model, prompts, CaptureConfig(), cache_dir=tmp_path, progress=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is damaged" in err[0] and str(entry) in err[0]
+    torch.testing.assert_close(healed.tensor, fresh.tensor, rtol=0, atol=0)
+    assert intact_entry(entry, "meta.json")  # written again, whole
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip", "not json", "edit value"])
+def test_a_damaged_cache_file_reads_as_missing_and_is_removed(tmp_path, capsys, how):
+    path = tmp_path / "row.json"
+    write_cache_json(path, {"harmful_refusal": 0.75, "outcomes": [1, 0, 1, 1]})
+    assert read_cache_json(path) == {"harmful_refusal": 0.75, "outcomes": [1, 0, 1, 1]}
+    text = path.read_text()
+    if how == "truncate":
+        path.write_text(text[: len(text) // 2])
+    elif how == "flip":
+        path.write_bytes(bytes([path.read_bytes()[0] ^ 0xFF]) + path.read_bytes()[1:])
+    elif how == "not json":
+        path.write_text("[]")
+    else:
+        path.write_text(text.replace("0.75", "0.95"))
+    assert read_cache_json(path) is None and not path.exists()
+    assert "is damaged" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- writes
+_SLOW_SAVE = """
+import sys, time
+from pathlib import Path
+from interp.io import atomic_dir
+with atomic_dir(Path(sys.argv[1]), marker="meta.json", checksums=True) as tmp:
+    (tmp / "meta.json").write_text("new")
+    (tmp / "big.bin").write_bytes(b"x" * 1000)
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_process_killed_during_a_save_leaves_the_previous_entry(tmp_path):
+    entry = tmp_path / "entry"
+    with atomic_dir(entry, marker="meta.json", checksums=True) as tmp:
+        (tmp / "meta.json").write_text("old")
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_SLOW_SAVE), str(entry)], stdout=subprocess.PIPE)
+    assert child.stdout.readline().strip() == b"writing"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert (entry / "meta.json").read_text() == "old" and intact_entry(entry, "meta.json")
+    orphans = [p for p in tmp_path.iterdir() if p.name.startswith(".entry.")]
+    assert len(orphans) == 1  # the killed process's temporary folder...
+    with atomic_dir(entry, marker="meta.json", checksums=True) as tmp:
+        (tmp / "meta.json").write_text("next")
+    assert not orphans[0].exists()  # ...is removed by the next write beside it
+    assert (entry / "meta.json").read_text() == "old"  # an intact entry is kept: readers never see it vanish
+
+
+def test_readers_never_see_a_cache_entry_vanish_while_others_write_it(tmp_path):
+    import threading
+
+    entry, stop, missing = tmp_path / "entry", threading.Event(), []
+
+    def write():
+        while not stop.is_set():
+            with atomic_dir(entry, marker="meta.json", checksums=True) as tmp:
+                (tmp / "meta.json").write_text("same")
+
+    with atomic_dir(entry, marker="meta.json", checksums=True) as tmp:
+        (tmp / "meta.json").write_text("same")
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for thread in writers:
+        thread.start()
+    for _ in range(300):
+        if not (entry / "meta.json").exists():
+            missing.append(1)
+    stop.set()
+    for thread in writers:
+        thread.join()
+    assert not missing and intact_entry(entry, "meta.json")
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.md", "x")
+        with atomic_dir(tmp_path / "run", marker="meta.json") as tmp:
+            (tmp / "meta.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_file_is_never_written_over_a_folder(tmp_path):
+    (tmp_path / "report.md").mkdir()
+    with pytest.raises(OutputExistsError, match="is a folder"):
+        atomic_write_text(tmp_path / "report.md", "x")
+
+
+# ----------------------------------------------------------------------------- prompt files
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200), suffix=st.sampled_from([".json", ".jsonl", ".csv", ".txt"]))
+def test_arbitrary_bytes_fail_only_with_the_prompt_error(tmp_path, data, suffix):
+    path = tmp_path / f"prompts{suffix}"
+    path.write_bytes(data)
+    try:
+        prompts = load_prompts(path)
+    except PromptFormatError:
+        return
+    assert all(isinstance(text, str) and text.strip() for text in prompts.instructions)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(st.sampled_from(["instruction", "answer", "category", "x"]), inner)
+        ),
+        max_leaves=8,
+    )
+)
+def test_arbitrary_json_shapes_fail_only_with_the_prompt_error(tmp_path, rows):
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(rows))
+    try:
+        prompts = load_prompts(path)
+    except PromptFormatError:
+        return
+    assert all(a is None or isinstance(a, str) for a in prompts.answers)
+
+
+def test_numbers_as_answers_are_read_as_text(tmp_path):
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps([{"instruction": "2+2?", "answer": 4}, {"instruction": "1.5*2?", "answer": 3.0}]))
+    assert load_prompts(path).answers == ("4", "3.0")
+
+
+# ----------------------------------------------------------------------------- prompt sets
+def test_repeated_prompts_are_dropped_with_a_warning(capsys):
+    from interp.analyze import AnalysisPrompts
+    from interp.core.prompts import harmless_prompts
+
+    harmful = harmful_prompts("train").head(6)
+    repeated = harmful + harmful + harmful  # each prompt three times: it would sit in train and test folds
+    prompts = AnalysisPrompts(harmful=repeated, harmless=harmless_prompts("train").head(6))
+    assert prompts.harmful.instructions == harmful.instructions
+    assert "dropped 12 repeated prompts" in capsys.readouterr().err
