@@ -276,19 +276,7 @@ def run_frontier(
         restored = train_plans([p.plan for p in chunk], pair, layer_map, harmful, retain, config, chat=chat)
         rows += evaluate(
             [
-                Candidate(
-                    r.plan.name,
-                    r.model,
-                    trainable_params=r.stats.trainable_params,
-                    train_seconds=r.stats.alone_seconds,
-                    plan=r.plan.key,
-                    info={
-                        "kind": p.kind,
-                        "k": p.k,
-                        "layers": list(r.plan.layers),
-                        "adapter_cached": r.plan.key not in trained,
-                    },
-                )
+                r.candidate(r.stats.alone_seconds, kind=p.kind, k=p.k, adapter_cached=r.plan.key not in trained)
                 for p, r in zip(chunk, restored)
             ]
         )

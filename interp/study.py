@@ -153,6 +153,18 @@ class Restored:
     adapter: Path  # the adapter in peft's format
     cached: bool
 
+    def candidate(self, seconds: float | None = None, **info) -> Candidate:
+        """This restoration as a row of the evaluation table; ``seconds`` is its training time (default
+        ``stats.seconds``), ``info`` is reported beside its layers."""
+        return Candidate(
+            self.plan.name,
+            self.model,
+            trainable_params=self.stats.trainable_params,
+            train_seconds=self.stats.seconds if seconds is None else seconds,
+            plan=self.plan.key,
+            info={"layers": list(self.plan.layers), **info},
+        )
+
 
 def _restoration_folder(plan: Plan, pair: ModelPair, layer_map: LayerMap, harmful, retain, config, chat) -> Path:
     """Where ``plan``'s trained adapter is cached: keyed by both models' weights, the plan, the settings,
@@ -339,19 +351,7 @@ def run_study(
     candidates = [Candidate("base", pair.base, plan="base"), Candidate("finetuned", pair.finetuned, plan="finetuned")]
     for r in restored:
         candidates.append(
-            Candidate(
-                r.plan.name,
-                r.model,
-                trainable_params=r.stats.trainable_params,
-                train_seconds=r.stats.seconds,
-                plan=r.plan.key,
-                info={
-                    "layers": list(r.plan.layers),
-                    "alignment_layers": list(r.plan.alignment),
-                    "steps": r.stats.steps,
-                    "adapter_cached": r.cached,
-                },
-            )
+            r.candidate(alignment_layers=list(r.plan.alignment), steps=r.stats.steps, adapter_cached=r.cached)
         )
     if "steering" in config.baselines:
         layer = analysis.steer_layer

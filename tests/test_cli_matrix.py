@@ -66,8 +66,8 @@ def world(saved_pair, tmp_path):
     return f
 
 
-def analyze(f, *extra, pair=("base", "ft")):
-    return ["analyze", "--base", f[pair[0]], "--finetuned", f[pair[1]], *BUILTIN, *FAST, *extra]
+def analyze(f, *extra, pair=("base", "ft"), sets=BUILTIN):
+    return ["analyze", "--base", f[pair[0]], "--finetuned", f[pair[1]], *sets, *FAST, *extra]
 
 
 def evaluate(f, *extra):
@@ -101,35 +101,13 @@ CASES = {
     "non-UTF-8 text prompts": (lambda f: capture(f, "--prompts", f["latin1"]), "not UTF-8"),
     "non-UTF-8 JSON prompts": (lambda f: capture(f, "--prompts", f["latin1_json"]), "not UTF-8"),
     "the same harmful and harmless set": (
-        lambda f: [
-            "analyze",
-            "--base",
-            f["base"],
-            "--finetuned",
-            f["ft"],
-            "--harmful",
-            f["harmful"],
-            "--harmless",
-            f["harmful"],
-            *FAST,
-        ],
+        lambda f: analyze(f, sets=["--harmful", f["harmful"], "--harmless", f["harmful"]]),
         "are the same set",
     ),
     "one harmful prompt": (lambda f: analyze(f, "--harmful", f["one"]), "at least 2 different prompts"),
     "one prompt ten times": (lambda f: analyze(f, "--harmful", f["repeated"]), "at least 2 different prompts"),
     "task set = harmless set": (
-        lambda f: [
-            "analyze",
-            "--base",
-            f["base"],
-            "--finetuned",
-            f["ft"],
-            "--harmless",
-            "builtin:harmless:val",
-            "--task",
-            "builtin:harmless:val",
-            *FAST,
-        ],
+        lambda f: analyze(f, sets=["--harmless", "builtin:harmless:val", "--task", "builtin:harmless:val"]),
         "every prompt of",
     ),
     "prompt longer than the context": (lambda f: analyze(f, "--harmful", f["long"]), "context window of 256"),

