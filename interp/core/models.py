@@ -231,7 +231,7 @@ def check_pair(base: LoadedModel, finetuned: LoadedModel, what: str = "base and 
         raise ModelMismatchError(
             f"{what} differ in their chat templates (from character {at}: "
             f"{a_text[at : at + 40]!r} vs {b_text[at : at + 40]!r}): the same prompt would be other tokens in each; "
-            "give both folders one template (the chat_template in tokenizer_config.json)"
+            "give both folders one template"
         )
 
 
