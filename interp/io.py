@@ -139,13 +139,14 @@ def atomic_dir(path: str | Path, marker: str, checksums: bool = False) -> Iterat
     an existing ``path`` is replaced only if it is empty or holds its marker, so a folder or file the suite
     did not write is never deleted (``OutputExistsError``, before any work). With ``checksums`` the folder
     gets ``checksums.json`` (a cache entry: ``intact_entry``), and an intact entry another process wrote
-    in the meantime is kept rather than replaced, so a reader never sees it vanish. Everything is flushed
+    while this one was writing is kept rather than replaced, so a reader never sees it vanish. Everything is flushed
     to disk before the rename. On error the temporary folder is removed and ``path`` keeps its old
     contents. Temporary folders that a killed process left beside ``path`` are removed first.
     """
     path = check_replaceable(path, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(path)
+    existed = path.exists()  # replacing it is the point; an entry that appears meanwhile is another writer's
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp"))
     try:
         yield tmp
@@ -153,19 +154,37 @@ def atomic_dir(path: str | Path, marker: str, checksums: bool = False) -> Iterat
             write_checksums(tmp)
         _chmod_by_umask(tmp, folder=True)
         _fsync_tree(tmp)
-        if checksums and path.exists() and entry_damage(path, marker) is None:
+        if checksums and not existed and path.exists() and entry_damage(path, marker) is None:
             shutil.rmtree(tmp)  # another process wrote the same entry first: readers keep seeing it
         elif path.exists():
-            old = path.with_name(f".{path.name}.{os.getpid()}.old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            if _exchange(tmp, path):  # one atomic swap: readers see the old entry or the new, never none
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                old = path.with_name(f".{path.name}.{os.getpid()}.old")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``); ``False`` where
+    the system cannot (the caller falls back to two renames)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _remove_orphans(path: Path) -> None:

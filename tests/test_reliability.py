@@ -157,7 +157,7 @@ def test_a_process_killed_during_a_save_leaves_the_previous_entry(tmp_path):
     with atomic_dir(entry, marker="meta.json", checksums=True) as tmp:
         (tmp / "meta.json").write_text("next")
     assert not orphans[0].exists()  # ...is removed by the next write beside it
-    assert (entry / "meta.json").read_text() == "old"  # an intact entry is kept: readers never see it vanish
+    assert (entry / "meta.json").read_text() == "next"
 
 
 def test_readers_never_see_a_cache_entry_vanish_while_others_write_it(tmp_path):
