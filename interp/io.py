@@ -230,10 +230,12 @@ def entry_damage(folder: str | Path, marker: str) -> str | None:
     folder = Path(folder)
     if not (folder / marker).is_file():
         return f"no {marker}"
+    if not (folder / CHECKSUMS).is_file():
+        return f"no {CHECKSUMS}: written by an older interp, or cut short"
     try:
         sums = json.loads((folder / CHECKSUMS).read_text())
     except (OSError, ValueError):
-        return f"no readable {CHECKSUMS}"
+        return f"{CHECKSUMS} is unreadable"
     files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS}
     if files != set(sums):
         return f"files {sorted(set(sums) ^ files)[:3]} missing or not listed"
