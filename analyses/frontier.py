@@ -2,8 +2,9 @@
 
 Ranked top-k and ``--draws`` random k-layer draws for every k in ``--ks``, and the all-layer recipe, each
 trained with the study's budget (``interp.frontier.run_frontier``; adapters cached, plans in lockstep
-groups) and evaluated with base and fine-tuned on the study's held-out harmful (299), harmless (300) and
-arithmetic (100) prompts (``--xstest`` adds XSTest's 200 unsafe and 250 safe prompts). Writes
+groups) and evaluated with base and fine-tuned on the study's held-out harmful (299) and arithmetic (100)
+prompts and a seeded sample of ``--harmless`` of its 300 harmless prompts (``--xstest`` adds XSTest's 200
+unsafe and 250 safe prompts). Writes
 ``frontier.json`` and ``frontier.md`` into the run folder and ``frontier.png`` / ``.svg`` into
 ``--figures``; prints ``frontier.md``.
 
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="LoRA layer counts")
     parser.add_argument("--draws", type=int, default=3, help="random draws per k")
     parser.add_argument("--group", type=int, default=8, help="plans trained in lockstep at a time")
+    parser.add_argument("--harmless", type=int, default=100, help="harmless prompts (seeded sample of 300)")
     parser.add_argument("--xstest", action="store_true", help="evaluate on XSTest's two sets too")
     parser.add_argument("--figures", default=str(ROOT / "figures"), help="where to write frontier.png / .svg")
     args = parser.parse_args()
@@ -39,7 +41,10 @@ def main() -> None:
     recipe = OrganismRecipe()
     pair = build_organism(recipe, log=lambda _: None).load_pair()
     harmful, retain, full = study_prompts(recipe)
-    suite = full if args.xstest else EvalSuite(harmful=full.harmful, harmless=full.harmless, task=full.task)
+    harmless = full.harmless.sample(args.harmless, seed=0)
+    suite = EvalSuite(harmful=full.harmful, harmless=harmless, task=full.task)
+    if args.xstest:
+        suite = EvalSuite(**(full.sets() | {"harmless": harmless}))
     watch = Stopwatch(log=lambda line: print(f"== {line} (load average {os.getloadavg()[0]:.2f})"))
     print(f"load average at the start: {os.getloadavg()[0]:.2f}")
     with watch("frontier"):
