@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import shutil
 from collections.abc import Sequence
@@ -110,19 +111,28 @@ def ranked_plan(layer_map: LayerMap, k: int) -> Plan:
 def random_plans(
     layer_map: LayerMap, draws: int, seed: int = 0, low: int = 0, key: str = "random_k", k: int | None = None
 ) -> list[Plan]:
-    """``draws`` plans with LoRA on ``k`` layers drawn at random from ``low .. n_layers - 1`` (draw ``i``
-    seeded by ``seed + i``; ``k`` defaults to the map's selected count), aligned there and at the last
-    layer. With ``low`` at the ranked plan's lowest layer the draws share its depth range, so "late layers
-    help" and "these layers help" can be told apart. Draw 0 with ``low=0`` is the study's ``random_k``."""
+    """``draws`` distinct plans with LoRA on ``k`` layers drawn at random from ``low .. n_layers - 1``
+    (seeded ``seed``, ``seed + 1``, ...; a draw that repeats an earlier one is skipped, so no layer set
+    counts twice; ``k`` defaults to the map's selected count), aligned there and at the last layer. With
+    ``low`` at the ranked plan's lowest layer the draws share its depth range, so "late layers help" and
+    "these layers help" can be told apart. The first draw with ``low=0`` is the study's ``random_k``."""
     n = layer_map.n_layers
     k = len(layer_map.selected_layers) if k is None else k
     if not 1 <= k <= n:
         raise ConfigError(f"random_plans: k must be in [1, {n}], got {k}")
     if not 0 <= low <= n - k:
         raise ConfigError(f"random_plans: low must be in [0, {n - k}] to draw {k} layers, got {low}")
+    if draws > math.comb(n - low, k):
+        raise ConfigError(f"random_plans: only {math.comb(n - low, k)} distinct sets of {k} layers, {draws} asked")
+    drawn: list[list[int]] = []
+    offset = seed
+    while len(drawn) < draws:
+        layers = sorted(random.Random(offset).sample(range(low, n), k))
+        offset += 1
+        if layers not in drawn:
+            drawn.append(layers)
     plans = []
-    for i in range(draws):
-        layers = sorted(random.Random(seed + i).sample(range(low, n), k))
+    for i, layers in enumerate(drawn):
         name = f"random-{k} {layers}" if low == 0 else f"random-{k} from {low} {layers}"
         plans.append(Plan(key if i == 0 else f"{key}:{i}", name, tuple(layers), tuple(sorted(set(layers) | {n - 1}))))
     return plans

@@ -175,3 +175,7 @@ def test_random_plans_are_seeded_draws_within_their_depth_range(pair):
     assert random_plans(layer_map, 1)[0] == make_plans(layer_map, ("random_k",))[1]  # the study's baseline
     with pytest.raises(ConfigError, match="low must be in"):
         random_plans(layer_map, 1, low=3)
+    singles = random_plans(layer_map, 4, k=1)  # every layer once: a draw that repeats is skipped
+    assert sorted(p.layers for p in singles) == [(0,), (1,), (2,), (3,)]
+    with pytest.raises(ConfigError, match="only 4 distinct sets"):
+        random_plans(layer_map, 5, k=1)

@@ -197,7 +197,7 @@ def plot_frontier(points: Sequence, axes=None):
     ]
     for ax, (column, x_key, title) in zip(np.ravel(axes), panels):
         for kind, (colour, marker, label) in FRONTIER_STYLE.items():
-            mine = sorted((p for p in points if p.kind == kind), key=lambda p: getattr(p, x_key))
+            mine = sorted((p for p in points if p.kind == kind), key=lambda p: (p.k, getattr(p, x_key)))  # lines by k
             if not mine:
                 continue
             x = np.array([getattr(p, x_key) for p in mine], dtype=float)
