@@ -102,3 +102,70 @@ def test_loader_fuzz_only_raises_layer_map_errors(fields, start_valid):
         LayerMap.from_dict(data)
     except LayerMapError:
         pass
+
+
+# ----------------------------------------------------------------------------- version 2: modules per layer
+def test_a_version_1_map_loads_and_is_saved_as_version_2(tmp_path):
+    v1 = {k: v for k, v in make_map().to_dict().items() if k != "entries"} | {"version": 1}
+    (tmp_path / "v1.json").write_text(json.dumps(v1))
+    loaded = LayerMap.load(tmp_path / "v1.json")
+    assert loaded.version == 2 and loaded.modules == {1: list(loaded.target_modules), 4: list(loaded.target_modules)}
+    loaded.save(tmp_path / "v2.json")
+    saved = json.loads((tmp_path / "v2.json").read_text())
+    assert saved["version"] == 2 and saved["entries"][0] == {"layer": 1, "modules": list(loaded.target_modules)}
+    assert LayerMap.load(tmp_path / "v2.json") == loaded
+    with pytest.raises(LayerMapError, match="version 1 layer map has no entries"):
+        LayerMap.from_dict(v1 | {"entries": saved["entries"]})
+
+
+def test_a_version_2_map_round_trips_with_modules_per_layer(tmp_path):
+    entries = [{"layer": 1, "modules": ["o_proj"]}, {"layer": 4, "modules": ["down_proj", "up_proj"]}]
+    layer_map = make_map(entries=entries)
+    layer_map.save(tmp_path / "map.json")
+    assert LayerMap.load(tmp_path / "map.json") == layer_map
+    assert layer_map.modules == {1: ["o_proj"], 4: ["down_proj", "up_proj"]}
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([{"layer": 1, "modules": ["o_proj"]}], r"entries name layers \[1\], but the selected layers are \[1, 4\]"),
+        ([{"layer": 1, "modules": ["o_proj"]}, {"layer": 3, "modules": ["o_proj"]}], "selected layers"),
+        ([{"layer": 1, "modules": []}, {"layer": 4, "modules": ["o_proj"]}], "non-empty list"),
+        ([{"layer": 1, "modules": ["attn"]}, {"layer": 4, "modules": ["o_proj"]}], r"\['attn'\] not in target_modules"),
+        ([{"layer": 1}, {"layer": 4, "modules": ["o_proj"]}], "exactly 'layer' and 'modules'"),
+        ([], "non-empty list"),
+    ],
+)
+def test_malformed_entries_are_named(entries, message):
+    with pytest.raises(LayerMapError, match=message):
+        make_map(entries=entries)
+
+
+def test_lora_goes_on_the_named_modules_only(tiny_llama):
+    from peft import get_peft_model
+
+    from interp.core.models import load_model
+
+    model = load_model(tiny_llama)
+    n = model.n_layers
+    entries = [{"layer": 1, "modules": ["o_proj"]}, {"layer": 2, "modules": ["down_proj", "gate_proj"]}]
+    layer_map = make_map(
+        n_layers=n,
+        scores=[0.0] * n,
+        ranked_layers=list(range(n)),
+        selected_layers=[1, 2],
+        alignment_layers=[1, 2, n - 1],
+        metrics={},
+        entries=entries,
+    )
+    adapted = get_peft_model(model.hf, layer_map.to_lora_config())
+    places = sorted({name.split(".lora_A")[0] for name, _ in adapted.named_parameters() if ".lora_A" in name})
+    assert places == [
+        "base_model.model.model.layers.1.self_attn.o_proj",
+        "base_model.model.model.layers.2.mlp.down_proj",
+        "base_model.model.model.layers.2.mlp.gate_proj",
+    ]
+    whole = get_peft_model(load_model(tiny_llama).hf, layer_map.to_lora_config(layers=[3]))
+    blocks = {name.split(".")[4] for name, _ in whole.named_parameters() if ".lora_A" in name}
+    assert blocks == {"3"}  # with layers: every target module of those blocks, as the baselines use

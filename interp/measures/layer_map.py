@@ -17,6 +17,11 @@ aligns hidden states at the selected layers and at the last layer.
 
 The map also carries a suggested LoRA rank and alpha; restoration takes its own (``RestoreConfig``),
 so changing them never reruns the analysis.
+
+**Version 2** names the places to restore as ``entries``: ``{"layer": 20, "modules": ["o_proj"]}`` per
+selected layer, so a map can say "attention output of block 20, MLP of block 26" rather than whole blocks
+(``to_lora_config`` then targets only those modules). A version 1 map (no entries: every
+``target_modules`` module of each selected layer) still loads, and is saved as version 2.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from ..io import atomic_write_json
 from .causal import CausalSweep
 from .compare import PairMetrics
 
-LAYER_MAP_VERSION = 1
+LAYER_MAP_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 KNOWN_MODULES = LINEAR_MODULES
 DEFAULT_WEIGHTS = {"suppression": 0.45, "causal": 0.35, "amplification": 0.20}
 
@@ -105,14 +111,17 @@ class LayerMap:
     score_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     metrics: dict[str, list[float]] = field(default_factory=dict)
     version: int = LAYER_MAP_VERSION
+    # [{"layer": l, "modules": [...]}] per selected layer; None: every target module of each selected layer
+    entries: list[dict] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> None:
-        if self.version != LAYER_MAP_VERSION:
-            raise LayerMapError(f"layer map version {self.version!r} is not supported (expected {LAYER_MAP_VERSION})")
+        if self.version not in READABLE_VERSIONS:
+            readable = ", ".join(map(str, READABLE_VERSIONS))
+            raise LayerMapError(f"layer map version {self.version!r} is not supported (readable: {readable})")
         for name in ("base_model", "finetuned_model", "base_fingerprint", "finetuned_fingerprint"):
             if not isinstance(getattr(self, name), str):
                 raise LayerMapError(f"{name} must be a string, got {getattr(self, name)!r}")
@@ -144,11 +153,36 @@ class LayerMap:
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.score_weights.values()
         ):
             raise LayerMapError("score_weights must map names to numbers")
+        if self.entries is None:
+            self.entries = [{"layer": layer, "modules": list(self.target_modules)} for layer in self.selected_layers]
+        self.version = LAYER_MAP_VERSION
+        self._check_entries()
         if not isinstance(self.metrics, dict):
             raise LayerMapError("metrics must be an object of per-layer lists")
         for name, values in self.metrics.items():
             if not _is_number_list(values, self.n_layers, finite=False):
                 raise LayerMapError(f"metric {name!r} must have one number per layer ({self.n_layers})")
+
+    def _check_entries(self) -> None:
+        if not isinstance(self.entries, list) or not self.entries:
+            raise LayerMapError('entries must be a non-empty list of {"layer": ..., "modules": [...]}')
+        for entry in self.entries:
+            if not isinstance(entry, dict) or set(entry) != {"layer", "modules"}:
+                raise LayerMapError(f"an entry must have exactly 'layer' and 'modules', got {entry!r:.80}")
+            modules = entry["modules"]
+            if not isinstance(modules, list) or not modules or len(set(modules)) != len(modules):
+                raise LayerMapError(f"entry for layer {entry['layer']!r}: modules must be a non-empty list, no repeats")
+            unknown = [m for m in modules if m not in self.target_modules]
+            if unknown:
+                raise LayerMapError(f"entry for layer {entry['layer']!r}: modules {unknown} not in target_modules")
+        layers = [entry["layer"] for entry in self.entries]
+        if sorted(layers) != sorted(self.selected_layers) or len(set(layers)) != len(layers):
+            raise LayerMapError(f"entries name layers {layers}, but the selected layers are {self.selected_layers}")
+
+    @property
+    def modules(self) -> dict[int, list[str]]:
+        """Selected layer -> the modules restoration puts LoRA on there."""
+        return {entry["layer"]: list(entry["modules"]) for entry in sorted(self.entries, key=lambda e: e["layer"])}
 
     def check_model(self, model, role: str = "finetuned") -> None:
         """Raise if ``model`` (a ``LoadedModel``) is not the model this map was made for."""
@@ -174,10 +208,13 @@ class LayerMap:
     def from_dict(cls, data) -> LayerMap:
         if not isinstance(data, dict):
             raise LayerMapError(f"a layer map must be a JSON object, got {type(data).__name__}")
-        if data.get("version") != LAYER_MAP_VERSION:
+        if data.get("version") not in READABLE_VERSIONS:
             raise LayerMapError(
-                f"layer map version {data.get('version')!r} is not supported (expected {LAYER_MAP_VERSION})"
+                f"layer map version {data.get('version')!r} is not supported "
+                f"(readable: {', '.join(map(str, READABLE_VERSIONS))})"
             )
+        if data.get("version") == 1 and "entries" in data:
+            raise LayerMapError("a version 1 layer map has no entries (version 2 has)")
         names = set(cls.__dataclass_fields__)
         required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
         missing = [n for n in required if n not in data]
@@ -203,16 +240,23 @@ class LayerMap:
 
     # ---------------------------------------------------------------- use
     def to_lora_config(self, rank: int | None = None, alpha: int | None = None, layers=None):
-        """A peft ``LoraConfig`` that puts adapters on the selected layers (or ``layers``) only, with
-        ``rank`` / ``alpha`` (default: the map's suggestion)."""
+        """A peft ``LoraConfig`` with ``rank`` / ``alpha`` (default: the map's suggestion) that puts
+        adapters on the map's entries: each selected layer's named modules only. ``layers`` instead puts
+        them on every ``target_modules`` module of those layers (whole blocks: the baselines)."""
         from peft import LoraConfig
 
+        common = dict(r=rank or self.lora_rank, lora_alpha=alpha or self.lora_alpha, lora_dropout=0.0)
+        modules = self.modules
+        if layers is None and len({tuple(sorted(m)) for m in modules.values()}) > 1:
+            # Different modules per layer: one regular expression over module names, which peft matches
+            # in full (e.g. model.layers.20.self_attn.o_proj).
+            places = "|".join(rf"{layer}\.(?:[^.]+\.)*(?:{'|'.join(names)})" for layer, names in modules.items())
+            return LoraConfig(**common, target_modules=rf".*\blayers\.(?:{places})", task_type="CAUSAL_LM")
+        names = list(self.target_modules) if layers is not None else next(iter(modules.values()))
         return LoraConfig(
-            r=rank or self.lora_rank,
-            lora_alpha=alpha or self.lora_alpha,
-            lora_dropout=0.0,
-            target_modules=list(self.target_modules),
-            layers_to_transform=sorted(set(layers or self.selected_layers)),
+            **common,
+            target_modules=names,
+            layers_to_transform=sorted(set(layers if layers is not None else modules)),
             layers_pattern="layers",
             task_type="CAUSAL_LM",
         )
