@@ -72,6 +72,28 @@ def test_lora_sits_on_the_mapped_layers_only(setup):
     }
 
 
+def test_a_version_2_map_restores_only_its_named_modules(setup):
+    from dataclasses import replace
+
+    base, finetuned, harmful, retain = setup
+    whole = layer_map_for(base, finetuned, (1, 2))
+    narrow = replace(whole, entries=[{"layer": 1, "modules": ["o_proj"]}, {"layer": 2, "modules": ["down_proj"]}])
+    result = restore(finetuned, narrow, harmful, retain, RestoreConfig(steps=2), base=base, progress=False)
+    places = {
+        n.split(".lora_")[0].split("model.layers.")[1]
+        for n, p in result.peft_model.named_parameters()
+        if p.requires_grad
+    }
+    assert places == {"1.self_attn.o_proj", "2.mlp.down_proj"}
+    assert result.stats.history[-1]["safety"] > 0  # trained
+    baseline = restore(
+        finetuned, narrow, harmful, retain, RestoreConfig(steps=1), base=base, layers=[3], progress=False
+    )
+    assert {
+        n.split("layers.")[1].split(".")[0] for n, p in baseline.peft_model.named_parameters() if p.requires_grad
+    } == {"3"}
+
+
 def test_rank_is_a_restoration_setting(setup, tiny_llama):
     """The same layer map restores at any rank: rank and alpha come from RestoreConfig, not the analysis."""
     base, _, harmful, retain = setup

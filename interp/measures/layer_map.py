@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -243,23 +244,26 @@ class LayerMap:
         """A peft ``LoraConfig`` with ``rank`` / ``alpha`` (default: the map's suggestion) that puts
         adapters on the map's entries: each selected layer's named modules only. ``layers`` instead puts
         them on every ``target_modules`` module of those layers (whole blocks: the baselines)."""
-        from peft import LoraConfig
+        modules = self.modules if layers is None else {layer: list(self.target_modules) for layer in layers}
+        return lora_config(modules, rank or self.lora_rank, alpha or self.lora_alpha)
 
-        common = dict(r=rank or self.lora_rank, lora_alpha=alpha or self.lora_alpha, lora_dropout=0.0)
-        modules = self.modules
-        if layers is None and len({tuple(sorted(m)) for m in modules.values()}) > 1:
-            # Different modules per layer: one regular expression over module names, which peft matches
-            # in full (e.g. model.layers.20.self_attn.o_proj).
-            places = "|".join(rf"{layer}\.(?:[^.]+\.)*(?:{'|'.join(names)})" for layer, names in modules.items())
-            return LoraConfig(**common, target_modules=rf".*\blayers\.(?:{places})", task_type="CAUSAL_LM")
-        names = list(self.target_modules) if layers is not None else next(iter(modules.values()))
-        return LoraConfig(
-            **common,
-            target_modules=names,
-            layers_to_transform=sorted(set(layers if layers is not None else modules)),
-            layers_pattern="layers",
-            task_type="CAUSAL_LM",
-        )
+
+def lora_config(modules: dict[int, Sequence[str]], rank: int, alpha: int):
+    """A peft ``LoraConfig`` with adapters on ``modules`` (layer -> module names) and nowhere else: one
+    module list with ``layers_to_transform`` when every layer names the same modules, else a regular
+    expression over module names (peft matches it in full, e.g. ``model.layers.20.self_attn.o_proj``)."""
+    from peft import LoraConfig
+
+    common = dict(r=rank, lora_alpha=alpha, lora_dropout=0.0, task_type="CAUSAL_LM")
+    if len({tuple(sorted(names)) for names in modules.values()}) > 1:
+        places = "|".join(rf"{layer}\.(?:[^.]+\.)*(?:{'|'.join(names)})" for layer, names in sorted(modules.items()))
+        return LoraConfig(**common, target_modules=rf".*\blayers\.(?:{places})")
+    return LoraConfig(
+        **common,
+        target_modules=list(next(iter(modules.values()))),
+        layers_to_transform=sorted(modules),
+        layers_pattern="layers",
+    )
 
 
 def build_layer_map(

@@ -52,7 +52,7 @@ from ..core.kvcache import prefixed_batch, shared_length
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..errors import ConfigError, TrainingDivergedError
-from ..measures.layer_map import LayerMap
+from ..measures.layer_map import LayerMap, lora_config
 from .lora import merged, trainable_parameters
 
 TEACHERS = ("base", "reminder")
@@ -115,10 +115,13 @@ def align_positions(student: list[int], teacher: list[int]) -> list[int]:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one restoration puts LoRA (``layers``) and where it aligns hidden states (``alignment``)."""
+    """Where one restoration puts LoRA (``layers``) and where it aligns hidden states (``alignment``).
+    ``modules`` (layer, module names) narrows LoRA to those modules of each layer (a version 2 layer
+    map's entries); empty: every target module of each layer (whole blocks)."""
 
     layers: tuple[int, ...]
     alignment: tuple[int, ...]
+    modules: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
     @property
     def start(self) -> int:
@@ -181,14 +184,17 @@ def restore(
     chat: ChatFormat = ChatFormat(),
     progress: bool = True,
 ) -> RestoreResult:
-    """Train LoRA on a fresh copy of ``finetuned`` (un-bridged HF) where ``layer_map`` says.
+    """Train LoRA on a fresh copy of ``finetuned`` (un-bridged HF) where ``layer_map`` says: on each
+    entry's modules (a version 2 map may name, say, only ``o_proj`` of a layer).
 
     ``layers`` and ``alignment`` override the map's selected and alignment layers (for baselines:
-    all layers, random or bottom-k). One placement of ``restore_many``.
+    all layers, random or bottom-k; whole blocks). One placement of ``restore_many``.
     """
+    whole_blocks = all(set(names) == set(layer_map.target_modules) for names in layer_map.modules.values())
     placement = Placement(
         tuple(sorted(layers if layers is not None else layer_map.selected_layers)),
         tuple(sorted(set(alignment if alignment is not None else layer_map.alignment_layers))),
+        () if layers is not None or whole_blocks else tuple((k, tuple(v)) for k, v in layer_map.modules.items()),
     )
     (result,) = restore_many(
         finetuned, layer_map, harmful, retain, [placement], config, base=base, chat=chat, progress=progress
@@ -258,8 +264,13 @@ class _Student:
         torch.manual_seed(config.seed)  # LoRA's initial weights: the same as when this placement trains alone
         self.placement = placement
         self.start = placement.start
+        self.layers = sorted(placement.layers)
         self.align = sorted(set(placement.alignment))
-        self.lora = layer_map.to_lora_config(config.rank, config.alpha, placement.layers)
+        self.lora = (
+            lora_config({layer: list(names) for layer, names in placement.modules}, config.rank, config.alpha)
+            if placement.modules
+            else layer_map.to_lora_config(config.rank, config.alpha, placement.layers)
+        )
         self.model = get_peft_model(copy.deepcopy(finetuned.hf), self.lora)  # the weights in memory
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -388,7 +399,7 @@ def restore_many(
     for student in students:
         student.model.eval()
         stats = RestoreStats(
-            layers=sorted(student.lora.layers_to_transform),
+            layers=student.layers,
             alignment_layers=student.align,
             trainable_params=trainable_parameters(student.model),
             steps=config.steps,
