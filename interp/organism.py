@@ -383,22 +383,29 @@ def shipped_adapters(recipe: OrganismRecipe) -> dict | None:
     return shipped
 
 
+def _merged_in_turn(model: LoadedModel, recipe: OrganismRecipe, folder: Path):
+    """``(role, adapter file, model)`` as the shipped adapters are merged one after the other into the
+    source ``model``: the safety adapter gives the base, the task adapter on top of it the fine-tuned model."""
+    for name, role, sft in (("safety", "base", recipe.safety), ("task", "finetuned", recipe.task)):
+        adapter = folder / f"{name}.safetensors"
+        model = merge_adapter_state(model, load_file(str(adapter)), sft.lora_config())
+        yield role, adapter, model
+
+
 def _merge_shipped(recipe: OrganismRecipe, shipped: dict, log) -> bool:
     """Make the pair from the source and the shipped adapters; ``False`` (nothing written) if the source
     weights are not those the adapters were trained on."""
     start = time.perf_counter()
-    model = load_model(recipe.source)
-    if model.fingerprint != shipped["fingerprints"]["source"]:
+    source = load_model(recipe.source)
+    if source.fingerprint != shipped["fingerprints"]["source"]:
         log(
-            f"organism {recipe.hash}: the source weights ({model.fingerprint}) are not those the shipped "
+            f"organism {recipe.hash}: the source weights ({source.fingerprint}) are not those the shipped "
             f"adapters were trained on ({shipped['fingerprints']['source']}); training from the recipe"
         )
         return False
     with atomic_dir(organism_dir(recipe), marker="manifest.json", checksums=True) as tmp:
         models = {}
-        for name, role, sft in (("safety", "base", recipe.safety), ("task", "finetuned", recipe.task)):
-            adapter = PACKAGE_DATA / f"{name}.safetensors"
-            model = merge_adapter_state(model, load_file(str(adapter)), sft.lora_config())
+        for role, adapter, model in _merged_in_turn(source, recipe, PACKAGE_DATA):
             save_hf_folder(model.hf, model.tokenizer, tmp / role)
             (tmp / "adapters").mkdir(exist_ok=True)
             shutil.copyfile(adapter, tmp / "adapters" / adapter.name)
@@ -453,10 +460,9 @@ def refresh_shipped_fingerprints(recipe: OrganismRecipe | None = None, folder: P
     shipped = shipped_adapters(recipe)
     if shipped is None:
         raise OrganismDataError(f"no shipped adapters for recipe {recipe.hash} in {folder}")
-    model = load_model(recipe.source)
-    fingerprints = {"source": model.fingerprint}
-    for name, role, sft in (("safety", "base", recipe.safety), ("task", "finetuned", recipe.task)):
-        model = merge_adapter_state(model, load_file(str(folder / f"{name}.safetensors")), sft.lora_config())
+    source = load_model(recipe.source)
+    fingerprints = {"source": source.fingerprint}
+    for role, _, model in _merged_in_turn(source, recipe, folder):
         fingerprints[role] = model.fingerprint
     atomic_write_json(folder / "shipped.json", shipped | {"fingerprints": fingerprints})
     answers = json.loads((folder / "answers.json").read_text())
