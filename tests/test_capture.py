@@ -94,9 +94,9 @@ def test_instruction_mean_averages_the_instruction_tokens(tiny_llama):
     torch.testing.assert_close(mean.tensor[0, 0, 0], expected, atol=ATOL, rtol=0)
 
 
-def test_attention_and_mlp_outputs_and_early_stop(tiny_llama):
+def test_bridge_capture_stops_after_the_deepest_block(tiny_llama):
     model = load_model(tiny_llama)
-    hooks = hook_names(model.n_layers, "attn_out", [0]) + hook_names(model.n_layers, "mlp_out", [1])
+    hooks = hook_names(model.n_layers, "resid_mid", [0]) + hook_names(model.n_layers, "mlp_out", [1])
     _ = model.bridge  # boot first: the bridge wraps the HF modules
     ran = []
     for i, layer in enumerate(decoder_layers(model.bridge.original_model)):  # the bridge runs on a copy
@@ -105,6 +105,30 @@ def test_attention_and_mlp_outputs_and_early_stop(tiny_llama):
     assert acts.hook_names == list(hooks) and acts.layers == [0, 1]
     assert acts.tensor.abs().sum() > 0
     assert sorted(set(ran)) == [0, 1]  # blocks 2 and 3 never ran
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_component_outputs_of_the_plain_model_equal_the_bridge_hooks(arch, tiny_llama, tiny_qwen):
+    """Attention and MLP outputs alone run the plain HF model (no bridge), and are the bridge's
+    ``hook_attn_out`` / ``hook_mlp_out``; the block output is their sum plus the block's input."""
+    model = load_model(tiny_llama if arch == "llama" else tiny_qwen)
+    n = model.n_layers
+    parts = hook_names(n, "attn_out") + hook_names(n, "mlp_out") + hook_names(n, "resid_post")
+    config = CaptureConfig(hooks=parts, positions=Positions.last_k(3))
+    plain = capture(model, prompts(4), config, cache_dir=None, progress=False)
+    assert model._bridge is None
+    bridged = capture(
+        model,
+        prompts(4),
+        CaptureConfig(hooks=parts + hook_names(n, "resid_pre", [0]), positions=Positions.last_k(3)),
+        cache_dir=None,
+        progress=False,
+    )
+    assert model._bridge is not None
+    torch.testing.assert_close(plain.tensor, bridged.tensor[:, : len(parts)], atol=ATOL, rtol=1e-5)
+    attn, mlp, resid = plain.tensor[:, :n], plain.tensor[:, n : 2 * n], plain.tensor[:, 2 * n :]
+    before = torch.cat([bridged.tensor[:, -1:], resid[:, :-1]], dim=1)  # the residual entering each block
+    torch.testing.assert_close(before + attn + mlp, resid, atol=ATOL, rtol=1e-5)
 
 
 def test_save_load_round_trip(tiny_llama, tmp_path):
@@ -169,7 +193,7 @@ def test_residual_capture_runs_the_plain_model_and_equals_the_bridge(tiny_llama)
     mixed = capture(
         model,
         prompts(3),
-        CaptureConfig(hooks=resid + hook_names(model.n_layers, "attn_out", [0])),
+        CaptureConfig(hooks=resid + hook_names(model.n_layers, "resid_pre", [0])),
         cache_dir=None,
         progress=False,
     )

@@ -14,6 +14,7 @@ without ``patch_bridge_kv_cache`` every cached decoding step on a booted model a
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,12 @@ from transformers import AutoTokenizer
 from ..errors import UnknownHookError
 
 HOOK_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+# Hook points the plain HF model gives directly: a decoder layer's output and its two components' outputs
+# (what the attention and the MLP add to the residual stream: ``self_attn`` after ``o_proj``, ``mlp``
+# after ``down_proj``; a test checks they equal the bridge's ``hook_attn_out`` / ``hook_mlp_out``).
+COMPONENT_MODULES = {"attn_out": "self_attn", "mlp_out": "mlp"}
+PLAIN_KINDS = ("resid_post", *COMPONENT_MODULES)
+_HOOK = re.compile(r"^blocks\.(\d+)\.hook_([a-z_]+)$")
 BRIDGE_KEY_PART = "._original_component"  # what a booted bridge inserts into module and weight names
 
 # An intervention on the residual stream after one block: ``[batch, seq, d_model] -> same``.
@@ -45,6 +52,12 @@ def hook_names(n_layers: int, kind: str = "resid_post", layers: Sequence[int] | 
         if not 0 <= layer < n_layers:
             raise UnknownHookError(f"layer {layer} out of range for a model with {n_layers} layers")
     return tuple(f"blocks.{layer}.hook_{kind}" for layer in layers)
+
+
+def parse_hook(name: str) -> tuple[int, str] | None:
+    """``(layer, kind)`` of a block hook name such as ``blocks.3.hook_attn_out``; ``None`` otherwise."""
+    match = _HOOK.match(name)
+    return (int(match.group(1)), match.group(2)) if match and match.group(2) in HOOK_KINDS else None
 
 
 # ----------------------------------------------------------------------------- plain forward hooks
@@ -92,6 +105,13 @@ def intervene(hf_model, edits: Mapping[int, Edit]) -> Iterator[None]:
             handle.remove()
 
 
+def component(hf_model, layer: int, kind: str) -> torch.nn.Module:
+    """The module of decoder layer ``layer`` whose output is ``kind`` (``attn_out`` or ``mlp_out``)."""
+    if kind not in COMPONENT_MODULES:
+        raise UnknownHookError(f"no component {kind!r}; choose from {', '.join(COMPONENT_MODULES)}")
+    return getattr(decoder_layers(hf_model)[layer], COMPONENT_MODULES[kind])
+
+
 def block_outputs(
     hf_model, inputs: Mapping[str, torch.Tensor], layers: Sequence[int], edits: Mapping[int, Edit] | None = None
 ) -> list[torch.Tensor]:
@@ -101,28 +121,63 @@ def block_outputs(
     may carry a KV cache (``cache``, ``use_cache=True``): the outputs then cover the new tokens only.
     Gradients flow when called outside ``torch.no_grad``. ``edits`` are applied first (``intervene``).
     """
-    store: dict[int, torch.Tensor] = {}
-    deepest = max(layers)
+    return read_points(hf_model, inputs, [(layer, "resid_post") for layer in layers], edits)
+
+
+def read_points(
+    hf_model,
+    inputs: Mapping[str, torch.Tensor],
+    points: Sequence[tuple[int, str]],
+    edits: Mapping[int, Edit] | None = None,
+) -> list[torch.Tensor]:
+    """``block_outputs`` for any ``(layer, kind)`` of ``PLAIN_KINDS``: the residual stream after the block
+    (``resid_post``) or what its attention (``attn_out``) or MLP (``mlp_out``) adds to it, each
+    ``[batch, seq, d_model]``, in the order asked. The forward stops after the deepest block named."""
+    store: dict[tuple[int, str], torch.Tensor] = {}
+    deepest = max(layer for layer, _ in points)
     blocks = decoder_layers(hf_model)
 
-    def keep(layer: int):
+    def keep(point: tuple[int, str]):
         def hook(module, args, output):
-            store[layer] = _hidden(output)
-            if layer == deepest:
-                raise StopForward
+            store[point] = _hidden(output)
 
         return hook
 
-    handles = [blocks[layer].register_forward_hook(keep(layer)) for layer in sorted(set(layers))]
-    try:
-        with intervene(hf_model, edits or {}):
+    def stop(module, args, output):
+        raise StopForward
+
+    bad = [kind for _, kind in points if kind not in PLAIN_KINDS]
+    if bad:
+        raise UnknownHookError(f"the plain model reads {', '.join(PLAIN_KINDS)}, not {bad[0]!r}")
+    handles = []
+    with intervene(hf_model, edits or {}):  # its hooks first: a block's output is read after its edit
+        for layer, kind in sorted(set(points)):
+            module = blocks[layer] if kind == "resid_post" else component(hf_model, layer, kind)
+            handles.append(module.register_forward_hook(keep((layer, kind))))
+        handles.append(blocks[deepest].register_forward_hook(stop))  # registered last: after the reads
+        try:
             hf_model(**{"use_cache": False, **inputs})
-    except StopForward:
-        pass
+        except StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+    return [store[point] for point in points]
+
+
+@contextmanager
+def replace_output(hf_model, layer: int, kind: str, value: torch.Tensor) -> Iterator[None]:
+    """Inside the block, the ``kind`` component (``attn_out`` / ``mlp_out``) of block ``layer`` outputs
+    ``value`` (``[batch, seq, d_model]``, e.g. the same component of another model on the same batch)."""
+
+    def hook(module, args, output):
+        return _with_hidden(output, value.to(_hidden(output).dtype))
+
+    handle = component(hf_model, layer, kind).register_forward_hook(hook)
+    try:
+        yield
     finally:
-        for handle in handles:
-            handle.remove()
-    return [store[layer] for layer in layers]
+        handle.remove()
 
 
 class _Skip(torch.nn.Module):

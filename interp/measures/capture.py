@@ -1,9 +1,10 @@
 """Activation capture through TransformerLens bridge hooks, with bounded memory and a disk cache.
 
 Each batch runs once through the bridge with one hook per requested hook point; when every hook is a
-block's ``hook_resid_post`` the plain HF model runs instead (``block_outputs``: the same tensor, without
-the bridge's wrapper modules and eager attention), with the prompts' shared prefix (the chat template's
-system turn) run once and its keys and values shared (``interp.core.kvcache``). A hook keeps only
+block's ``hook_resid_post``, ``hook_attn_out`` or ``hook_mlp_out`` the plain HF model runs instead
+(``read_points``: the same tensors, without the bridge's wrapper modules and eager attention), with the
+prompts' shared prefix (the chat template's system turn) run once and its keys and values shared
+(``interp.core.kvcache``). A hook keeps only
 the requested token positions, so memory grows with prompts x hooks x positions x d_model and never
 with sequence length. The forward pass stops after the last block that a hook asks for.
 """
@@ -21,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..core.bridge import StopForward, block_outputs, hook_names, resid_hook
+from ..core.bridge import PLAIN_KINDS, StopForward, hook_names, parse_hook, read_points, resid_hook
 from ..core.chat import ChatFormat, batches, tokenize
 from ..core.kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_prefix
 from ..core.models import LoadedModel
@@ -253,8 +254,9 @@ def capture(
         return Activations.load(cached)
 
     blocks = [int(m.group(1)) if (m := _BLOCK.match(h)) else None for h in hooks]
-    # Residual-stream hooks only: the plain HF model gives the same tensors (``block_outputs``), no bridge.
-    plain = all(h == resid_hook(b) for h, b in zip(hooks, blocks) if b is not None) and None not in blocks
+    # Block outputs and component outputs only: the plain HF model gives the same tensors, no bridge.
+    points = [parse_hook(h) for h in hooks]
+    plain = all(point is not None and point[1] in PLAIN_KINDS for point in points)
     if plain:
         outside = [h for h, b in zip(hooks, blocks) if not 0 <= b < model.n_layers]
         if outside:
@@ -321,7 +323,7 @@ def capture(
 
         if plain:
             with torch.no_grad():
-                outputs = block_outputs(model.hf, inputs, blocks)
+                outputs = read_points(model.hf, inputs, points)
             for slot, resid in enumerate(outputs):
                 keep(slot, batch, weights)(resid, None)
             continue

@@ -1,0 +1,187 @@
+"""Which component of which block did the suppressing: the attention or the MLP.
+
+Block ``l`` adds two things to the residual stream, its attention output ``a_l`` and its MLP output
+``m_l`` (``resid_post_l = resid_pre_l + a_l + m_l``). Unlike the residual stream, which carries
+everything written below it, these are what block ``l`` itself writes. For a component ``c`` of
+block ``l`` (``attn`` or ``mlp``), at the last prompt token, with ``u_l`` the base model's unit refusal
+direction at layer ``l`` (difference in means of the residual stream, harmful minus harmless):
+
+    written_c(model) = mean_harmful(c . u_l) - mean_harmless(c . u_l)     how much refusal c writes
+    lost_c  = (written_c(base) - written_c(ft)) / max_l |separation_base_l|
+    patch_c = score(ft with c replaced by the base's c, same prompts) - score(ft)
+    amp_c   = |task_c(ft)| / |task_c(base)| - 1       task_c: mean task minus mean harmless output of c
+    score_c = w_suppression * unit(lost+)_c + w_causal * unit(patch+)_c + w_amplification * unit(amp+)_c
+
+``separation_base_l`` is the residual stream's separation along ``u_l`` (``compare``), so ``lost``
+is on the same scale as the layer score's; ``score`` is the refusal log-odds of the first answer token
+averaged over harmful prompts (``interp.core.judge.refusal_log_odds``); ``x+ = max(0, x)`` and
+``unit`` divides by the maximum over every (component, layer) pair, so attention and MLP compete on
+one scale. The weights are the layer score's (``interp.measures.layer_map``). Patching replaces the
+component's output at every position, in one block at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..core.bridge import hook_names, last_logits, read_points, replace_output, resume_after
+from ..core.chat import ChatFormat, batches
+from ..core.judge import refusal_log_odds
+from ..core.models import LoadedModel
+from ..core.prompts import PromptSet
+from ..errors import ConfigError
+from .directions import as_layers
+
+COMPONENTS = ("attn", "mlp")
+HOOK_KIND = {"attn": "attn_out", "mlp": "mlp_out"}
+# The linear modules LoRA goes on to change a component (a version 2 layer map entry's ``modules``).
+COMPONENT_MODULES = {"attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+
+
+def component_hooks(n_layers: int) -> tuple[str, ...]:
+    """Capture hooks for every block's attention output, then every block's MLP output."""
+    return hook_names(n_layers, HOOK_KIND["attn"]) + hook_names(n_layers, HOOK_KIND["mlp"])
+
+
+def split_components(activations) -> np.ndarray:
+    """``[sample, 2 * layer, d_model]`` captured with ``component_hooks`` -> ``[sample, component, layer,
+    d_model]`` (component 0 attention, 1 MLP)."""
+    X = as_layers(activations)
+    if X.shape[1] % 2:
+        raise ConfigError(f"component activations need attention and MLP hooks for every layer, got {X.shape[1]}")
+    return X.reshape(X.shape[0], 2, X.shape[1] // 2, X.shape[2])
+
+
+@dataclass
+class ComponentAttribution:
+    """Per component and layer (module docstring), each ``[component, layer]`` (rows ``COMPONENTS``)."""
+
+    written_base: np.ndarray
+    written_finetuned: np.ndarray
+    lost: np.ndarray
+    patch_effect: np.ndarray  # NaN where the patching sweep did not run
+    amplification: np.ndarray
+    score: np.ndarray
+
+    def __post_init__(self) -> None:
+        shapes = {np.shape(getattr(self, f.name)) for f in fields(self)}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2 or next(iter(shapes))[0] != len(COMPONENTS):
+            raise ConfigError(f"ComponentAttribution: every field must be [component, layer], got {sorted(shapes)}")
+
+    @property
+    def n_layers(self) -> int:
+        return self.score.shape[1]
+
+    def ranked(self) -> list[tuple[int, str]]:
+        """Every ``(layer, component)``, highest score first (ties: lower layer, attention first)."""
+        order = np.argsort(-self.score.T.reshape(-1), kind="stable")  # [layer, component] flattened
+        return [(int(i) // len(COMPONENTS), COMPONENTS[int(i) % len(COMPONENTS)]) for i in order]
+
+    def to_dict(self) -> dict:
+        return {
+            f.name: [[None if not np.isfinite(x) else float(x) for x in row] for row in getattr(self, f.name)]
+            for f in fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ComponentAttribution:
+        return cls(
+            **{
+                f.name: np.array([[np.nan if x is None else x for x in row] for row in data[f.name]], dtype=float)
+                for f in fields(cls)
+            }
+        )
+
+
+def _positive_unit(values: np.ndarray) -> np.ndarray:
+    values = np.maximum(0.0, np.nan_to_num(values))
+    top = values.max()
+    return values / top if top > 0 else np.zeros_like(values)
+
+
+def attribute(
+    base: dict[str, np.ndarray],
+    finetuned: dict[str, np.ndarray],
+    refusal_directions: np.ndarray,
+    separation_base: np.ndarray,
+    patch_effect: np.ndarray | None = None,
+    weights: dict[str, float] | None = None,
+) -> ComponentAttribution:
+    """The attribution of the module docstring.
+
+    ``base`` and ``finetuned`` map ``harmful``, ``harmless`` and ``task`` to component activations
+    ``[sample, component, layer, d_model]`` (``split_components``); ``refusal_directions`` ``[layer,
+    d_model]`` are the base's unit refusal directions, ``separation_base`` ``[layer]`` the residual
+    stream's separation along them; ``patch_effect`` ``[component, layer]`` is ``patch_sweep``'s.
+    """
+    from .layer_map import DEFAULT_WEIGHTS
+
+    weights = DEFAULT_WEIGHTS if weights is None else weights
+    units = np.asarray(refusal_directions, dtype=float)
+    units = units / np.maximum(np.linalg.norm(units, axis=-1, keepdims=True), 1e-12)
+
+    def written(acts: dict[str, np.ndarray]) -> np.ndarray:
+        along = {kind: np.einsum("ncld,ld->ncl", acts[kind], units).mean(0) for kind in ("harmful", "harmless")}
+        return along["harmful"] - along["harmless"]
+
+    def task_norm(acts: dict[str, np.ndarray]) -> np.ndarray:
+        return np.linalg.norm(acts["task"].mean(0) - acts["harmless"].mean(0), axis=-1)
+
+    written_base, written_ft = written(base), written(finetuned)
+    lost = (written_base - written_ft) / max(float(np.abs(separation_base).max()), 1e-12)
+    amplification = task_norm(finetuned) / np.maximum(task_norm(base), 1e-12) - 1.0
+    patch = np.full_like(lost, np.nan) if patch_effect is None else np.asarray(patch_effect, dtype=float)
+    score = (
+        weights["suppression"] * _positive_unit(lost)
+        + weights["causal"] * _positive_unit(patch)
+        + weights["amplification"] * _positive_unit(amplification)
+    )
+    return ComponentAttribution(written_base, written_ft, lost, patch, amplification, score)
+
+
+@torch.no_grad()
+def patch_sweep(
+    base: LoadedModel,
+    finetuned: LoadedModel,
+    harmful: PromptSet,
+    token_ids: Sequence[int],
+    *,
+    layers: Sequence[int] | None = None,
+    chat: ChatFormat = ChatFormat(),
+    batch_size: int = 32,
+    progress: bool = True,
+) -> np.ndarray:
+    """``patch_c`` of the module docstring, ``[component, layer]`` (NaN at layers not in ``layers``).
+
+    Per batch the base runs once (every component's output, at every position) and the fine-tuned model
+    once (its residual stream after every block); each patched run then resumes the fine-tuned model
+    from the block's input, with that one component's output replaced by the base's."""
+    n_layers = finetuned.n_layers
+    layers = list(range(n_layers)) if layers is None else sorted(layers)
+    seqs = chat.encode(base.tokenizer, harmful.instructions)
+    totals = np.zeros((len(COMPONENTS), n_layers))
+    plain = 0.0
+    points = [(layer, HOOK_KIND[c]) for c in COMPONENTS for layer in layers]
+    for batch in tqdm(
+        list(batches(seqs, batch_size, base.tokenizer.pad_token_id)), desc="component patching", disable=not progress
+    ):
+        inputs = batch.to(finetuned.device)
+        written = dict(zip(points, read_points(base.hf, inputs, points)))
+        entering = read_points(finetuned.hf, inputs, [(layer - 1, "resid_post") for layer in layers if layer > 0])
+        entering = dict(zip([layer for layer in layers if layer > 0], entering))
+        plain += float(refusal_log_odds(torch.log_softmax(last_logits(finetuned.hf, inputs), -1), token_ids).sum())
+        for layer in layers:
+            for row, c in enumerate(COMPONENTS):
+                resume = resume_after(finetuned.hf, layer - 1, entering[layer]) if layer > 0 else nullcontext()
+                with resume, replace_output(finetuned.hf, layer, HOOK_KIND[c], written[layer, HOOK_KIND[c]]):
+                    logprobs = torch.log_softmax(last_logits(finetuned.hf, inputs), -1)
+                totals[row, layer] += float(refusal_log_odds(logprobs, token_ids).sum())
+    effect = np.full((len(COMPONENTS), n_layers), np.nan)
+    effect[:, layers] = (totals[:, layers] - plain) / len(seqs)
+    return effect
