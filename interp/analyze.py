@@ -1,12 +1,15 @@
 """Stage 1, the analysis: capture -> per-layer measures -> causal checks -> ranking -> one ``AnalysisResult``.
 
-Every measure reads the residual stream after each block at the last prompt token (``Positions``:
-the last ``positions`` tokens are captured and saved; the measures use the last one). Run folder
-written by ``analyze(pair, folder)``::
+Every measure reads the residual stream after each block at the last ``positions`` prompt tokens (the
+post-instruction tokens of the chat template): ``positions`` holds every measure at each of them, and
+the ranking uses the last one. Besides the blocks, the attention and MLP outputs of every block are
+captured at the last token and attributed (``interp.measures.components``), and the refusal direction is
+selected over (layer, position) as Arditi et al. do (``interp.measures.positions``). Run folder written
+by ``analyze(pair, folder)``::
 
-    activations/<model>-<prompts>/   safetensors + meta.json per model and prompt set
-    layer_map.json, metrics.json, analysis.safetensors   the AnalysisResult (``AnalysisResult.save``)
-    layer_table.md                   the per-layer table
+    activations/<model>-<prompts>/   safetensors + meta.json per model and prompt set (and components)
+    layer_map.json, component_map.json, metrics.json, analysis.safetensors   the AnalysisResult
+    layer_table.md                   the per-layer table, the components, the positions, the selection
 """
 
 from __future__ import annotations
@@ -43,19 +46,21 @@ from .io import (
 )
 from .measures.capture import Activations, CaptureConfig, Positions, capture
 from .measures.causal import CausalSweep, causal_sweep, steering_check
-from .measures.compare import PairActivations, base_refusal_directions, compare, pca_2d
-from .measures.layer_map import build_layer_map
+from .measures.compare import PairActivations, base_refusal_directions, pca_2d
+from .measures.components import attribute, component_hooks, patch_sweep, split_components
+from .measures.layer_map import build_layer_map, component_map
+from .measures.positions import position_metrics, position_tokens, select_direction
 from .measures.result import AnalysisResult, Projection
-from .report.tables import per_layer_table
+from .report.tables import component_table, per_layer_table, position_table, selection_table
 
 SWEEP_VERSION = 2  # bump when the causal sweep's measures change: invalidates cached sweeps
-ANALYSIS_VERSION = 1  # bump when any measure or the ranking changes: invalidates cached analyses
+ANALYSIS_VERSION = 2  # bump when any measure or the ranking changes: invalidates cached analyses
 
 
 @dataclass(frozen=True)
 class AnalysisConfig:
     k: int = 3  # layers selected for restoration
-    positions: int = 5  # post-instruction positions captured; directions use the last one
+    positions: int = 5  # post-instruction positions captured and measured; the ranking uses the last one
     batch_size: int = 32
     causal_prompts: int = 16  # harmful prompts in the per-layer causal sweep
     causal_layers: tuple[int, ...] | None = None  # None: every layer
@@ -63,11 +68,15 @@ class AnalysisConfig:
     refusal_tokens: tuple[int, ...] | None = None  # explicit refusal token ids (skips reading answers)
     steer_scales: tuple[float, ...] = (1.0, 2.0)  # multiples of the base refusal vector tried by generation; () skips
     steer_max_new_tokens: int = 32
+    components: bool = True  # attribute attention vs MLP per block and write the component map
+    selection_prompts: int = 16  # harmful and harmless steering prompts each for the direction selection; 0 skips
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.positions < 1 or self.batch_size < 1 or self.causal_prompts < 1:
             raise ConfigError("AnalysisConfig: k, positions, batch_size and causal_prompts must be >= 1")
+        if self.selection_prompts < 0:
+            raise ConfigError(f"AnalysisConfig: selection_prompts must be >= 0, got {self.selection_prompts}")
         if self.refusal_tokens is not None and (not self.refusal_tokens or min(self.refusal_tokens) < 0):
             raise ConfigError(f"AnalysisConfig: refusal token ids must be >= 0, got {self.refusal_tokens}")
 
@@ -124,17 +133,23 @@ class AnalysisPrompts:
         return {name: {"name": p.name, "n": len(p), "hash": p.hash} for name, p in vars(self).items()}
 
 
+PAIR_SETS = ("harmful", "harmless", "task")
+
+
 def _capture_all(
     pair: ModelPair, prompts: AnalysisPrompts, config: AnalysisConfig, chat: ChatFormat, progress: bool
 ) -> dict[str, Activations]:
-    capture_config = CaptureConfig(
-        positions=Positions.last_k(config.positions), batch_size=config.batch_size, chat=chat
-    )
-    return {
-        f"{role}_{kind}": capture(model, getattr(prompts, kind), capture_config, progress=progress)
-        for role, model in (("base", pair.base), ("ft", pair.finetuned))
-        for kind in ("harmful", "harmless", "task")
-    }
+    """``{role}_{kind}``: the residual stream at the last ``positions`` tokens; with ``components``,
+    ``{role}_{kind}_components``: every block's attention and MLP outputs at the last token."""
+    resid = CaptureConfig(positions=Positions.last_k(config.positions), batch_size=config.batch_size, chat=chat)
+    parts = CaptureConfig(hooks=component_hooks(pair.n_layers), batch_size=config.batch_size, chat=chat)
+    acts = {}
+    for role, model in (("base", pair.base), ("ft", pair.finetuned)):
+        for kind in PAIR_SETS:
+            acts[f"{role}_{kind}"] = capture(model, getattr(prompts, kind), resid, progress=progress)
+            if config.components:
+                acts[f"{role}_{kind}_components"] = capture(model, getattr(prompts, kind), parts, progress=progress)
+    return acts
 
 
 def _projection(acts: dict[str, Activations], layer: int) -> Projection:
@@ -235,9 +250,15 @@ def analyze(
     watch = Stopwatch(log=lambda line: log(f"analyze: {line}"))
     with watch("capture and measure"):
         acts = _capture_all(pair, prompts, config, chat, progress)
-        pair_acts = PairActivations(**{name: a.tensor[:, :, -1] for name, a in acts.items()})
-        metrics = compare(pair_acts, probe_seed=config.seed)
-        refusal_vectors = base_refusal_directions(pair_acts).diff_
+        resid = {
+            f"{role}_{kind}": acts[f"{role}_{kind}"].tensor.numpy() for role in ("base", "ft") for kind in PAIR_SETS
+        }
+        labels = acts["base_harmful"].positions
+        positions = position_metrics(resid, labels, position_tokens(pair.base, chat, len(labels)), config.seed)
+        metrics = positions.last
+        refusal_vectors = base_refusal_directions(
+            PairActivations(**{name: a[:, :, -1] for name, a in resid.items()})
+        ).diff_
 
     with watch("causal sweep"):
         token_ids = list(config.refusal_tokens or ())
@@ -249,15 +270,43 @@ def analyze(
                 batch_size=config.batch_size,
                 progress=progress,
             )
-        sweep = _cached_sweep(
-            pair,
-            prompts.harmful.sample(config.causal_prompts, config.seed),
-            refusal_vectors,
-            token_ids,
-            config,
-            chat,
-            progress,
-        )
+        causal_harmful = prompts.harmful.sample(config.causal_prompts, config.seed)
+        sweep = _cached_sweep(pair, causal_harmful, refusal_vectors, token_ids, config, chat, progress)
+
+    components = None
+    if config.components:
+        with watch("components"):
+            patch = patch_sweep(
+                pair.base,
+                pair.finetuned,
+                causal_harmful,
+                token_ids,
+                layers=config.causal_layers,
+                chat=chat,
+                batch_size=config.batch_size,
+                progress=progress,
+            )
+            written = {
+                role: {kind: split_components(acts[f"{role}_{kind}_components"].tensor[:, :, -1]) for kind in PAIR_SETS}
+                for role in ("base", "ft")
+            }
+            components = attribute(written["base"], written["ft"], refusal_vectors, metrics.separation_base, patch)
+
+    selection = None
+    if config.selection_prompts:
+        with watch("direction selection"):
+            vectors = (resid["base_harmful"].mean(0) - resid["base_harmless"].mean(0)).transpose(1, 0, 2)
+            selection = select_direction(
+                pair.base,
+                vectors,
+                labels,
+                prompts.steer_harmful.head(config.selection_prompts),
+                prompts.steer_harmless.head(config.selection_prompts),
+                token_ids,
+                chat=chat,
+                batch_size=config.batch_size,
+                progress=progress,
+            )
 
     steering = None
     if config.steer_scales:  # the behavioural check: generation with the vector added at the best layer
@@ -284,6 +333,10 @@ def analyze(
         refusal_vectors=refusal_vectors,
         pca=_projection(acts, layer_map.ranked_layers[0]),
         steering=steering,
+        positions=positions,
+        selection=selection,
+        components=components,
+        component_map=None if components is None else component_map(layer_map, components.ranked(), config.k),
         config=asdict(config),
         prompts=prompts.describe(),
         seconds=dict(watch.seconds),
@@ -306,7 +359,17 @@ def _write(folder: str | Path, result: AnalysisResult, acts: dict[str, Activatio
 
 
 def layer_table(result: AnalysisResult) -> str:
-    """The per-layer table of an analysis (markdown; selected layers starred)."""
-    return per_layer_table(
-        result.metrics.as_dict() | result.sweep.effects(), result.layer_map.scores, result.layer_map.selected_layers
-    )
+    """The per-layer table of an analysis (markdown; selected layers starred), then the components, the
+    measures per position and the direction selection, where the analysis has them."""
+    parts = [
+        per_layer_table(
+            result.metrics.as_dict() | result.sweep.effects(), result.layer_map.scores, result.layer_map.selected_layers
+        )
+    ]
+    if result.components is not None:
+        parts.append(component_table(result.components, chosen=int(result.config.get("k", 0))))
+    if result.positions is not None:
+        parts.append(position_table(result.positions))
+    if result.selection is not None:
+        parts.append(selection_table(result.selection))
+    return "\n\n".join(parts)

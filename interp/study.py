@@ -8,6 +8,9 @@ hidden states are aligned differ:
   14, ...) and the last.
 * ``random_k``: LoRA on ``k`` layers drawn at random (seeded), aligned there and at the last layer.
 * ``bottom_k``: the ``k`` lowest-ranked layers, aligned there and at the last layer.
+* ``components``: LoRA on the ``k`` top-ranked components (attention: q/k/v/o, MLP: gate/up/down of
+  one block; the analysis's component map), aligned at their layers and the last: the same number of
+  ranked places, steps, rank and data as ``ranked``, with fewer parameters.
 * ``steering``: no training: the base model's refusal vector is added to the fine-tuned model's
   residual stream at the analysis's best add layer while it generates.
 
@@ -49,7 +52,7 @@ from .report.tables import organism_table, study_report
 from .training.lora import apply_adapter, save_adapter
 from .training.restore import Placement, RestoreConfig, RestoreStats, restore_many
 
-BASELINES = ("all_layers", "random_k", "bottom_k", "steering")
+BASELINES = ("all_layers", "random_k", "bottom_k", "components", "steering")
 RESTORE_CACHE_VERSION = 2  # 2: hidden states are block outputs (before the final norm) at every layer
 
 
@@ -57,14 +60,15 @@ RESTORE_CACHE_VERSION = 2  # 2: hidden states are block outputs (before the fina
 class Plan:
     """Where one restoration puts LoRA and where it aligns hidden states."""
 
-    key: str  # ranked, all_layers, random_k, bottom_k
+    key: str  # ranked, all_layers, random_k, bottom_k, components
     name: str  # the row name in the table
     layers: tuple[int, ...]
     alignment: tuple[int, ...]
+    modules: tuple[tuple[int, tuple[str, ...]], ...] = ()  # (layer, module names); empty: whole blocks
 
     @property
     def placement(self) -> Placement:
-        return Placement(self.layers, self.alignment)
+        return Placement(self.layers, self.alignment, self.modules)
 
 
 def paper_alignment_layers(n_layers: int) -> list[int]:
@@ -72,8 +76,25 @@ def paper_alignment_layers(n_layers: int) -> list[int]:
     return sorted(set(range(4, n_layers, 5)) | {n_layers - 1})
 
 
-def make_plans(layer_map: LayerMap, baselines: Sequence[str] = BASELINES, seed: int = 0) -> list[Plan]:
-    """The ranked plan first, then the trained baselines asked for (``steering`` needs no plan)."""
+def component_plan(component_map: LayerMap) -> Plan:
+    """LoRA on a component map's entries (``interp.measures.layer_map.component_map``)."""
+    modules = tuple((layer, tuple(names)) for layer, names in component_map.modules.items())
+    short = {"q_proj": "attn", "gate_proj": "mlp"}
+    parts = [f"{layer} {'+'.join(short[m] for m in names if m in short)}" for layer, names in modules]
+    return Plan(
+        "components",
+        f"components top-{len(parts)} [{', '.join(parts)}]",
+        tuple(component_map.selected_layers),
+        tuple(component_map.alignment_layers),
+        modules,
+    )
+
+
+def make_plans(
+    layer_map: LayerMap, baselines: Sequence[str] = BASELINES, seed: int = 0, component_map: LayerMap | None = None
+) -> list[Plan]:
+    """The ranked plan first, then the trained baselines asked for (``steering`` needs no plan;
+    ``components`` needs the analysis's ``component_map``)."""
     n, k, last = layer_map.n_layers, len(layer_map.selected_layers), layer_map.n_layers - 1
 
     def with_last(layers) -> tuple[int, ...]:
@@ -94,6 +115,8 @@ def make_plans(layer_map: LayerMap, baselines: Sequence[str] = BASELINES, seed: 
     if "bottom_k" in baselines:
         layers = sorted(layer_map.ranked_layers[-k:])
         plans.append(Plan("bottom_k", f"bottom-{k} {layers}", tuple(layers), with_last(layers)))
+    if "components" in baselines and component_map is not None:
+        plans.append(component_plan(component_map))
     return plans
 
 
@@ -185,6 +208,7 @@ def _restoration_folder(plan: Plan, pair: ModelPair, layer_map: LayerMap, harmfu
             pair.finetuned.fingerprint,
             plan.layers,
             plan.alignment,
+            *([plan.modules] if plan.modules else []),  # whole-block plans keep their earlier keys
             asdict(config),
             harmful.hash,
             retain.hash,
@@ -336,7 +360,7 @@ def run_study(
     layer_map.check_model(pair.base, role="base")
     layer_map.check_model(pair.finetuned)
     watch = Stopwatch(log=lambda line: log(f"== {line}"))
-    plans = make_plans(layer_map, config.baselines, config.seed)
+    plans = make_plans(layer_map, config.baselines, config.seed, analysis.component_map)
     with watch("restore"):
         restored = train_plans(
             plans, pair, layer_map, harmful, retain, config.restore, chat=chat, cache=config.cache, progress=progress

@@ -201,6 +201,7 @@ def test_analyze_writes_a_run_folder(planted, tmp_path, monkeypatch):
     for name in (
         "metrics.json",
         "layer_map.json",
+        "component_map.json",
         "analysis.safetensors",
         "layer_table.md",
         "activations/base-harmful/meta.json",
@@ -219,6 +220,20 @@ def test_analyze_writes_a_run_folder(planted, tmp_path, monkeypatch):
     np.testing.assert_allclose(loaded.metrics.retention, result.metrics.retention)
     np.testing.assert_allclose(loaded.sweep.add_effect, result.sweep.add_effect)
     assert loaded.pca.layer == result.layer_map.ranked_layers[0] and loaded.pca.base.shape == (48, 2)
+    # Every measure at each of the 5 post-instruction positions; the ranking's metrics are the last one's.
+    assert loaded.positions.positions == ["-5", "-4", "-3", "-2", "-1"] and len(loaded.positions.tokens) == 5
+    assert loaded.positions.grid("retention").shape == (5, pair.n_layers)
+    np.testing.assert_allclose(result.positions.last.retention, result.metrics.retention)
+    np.testing.assert_allclose(loaded.positions.grid("retention"), result.positions.grid("retention"))
+    # The component attribution, its map (k = 2 components, fewer modules than 2 blocks) and the selection.
+    np.testing.assert_array_equal(loaded.components.score, result.components.score)
+    top = result.components.ranked()[:2]
+    assert loaded.component_map == result.component_map
+    assert sorted({layer for layer, _ in top}) == result.component_map.selected_layers
+    assert sum(map(len, result.component_map.modules.values())) < 2 * 7
+    assert loaded.selection.to_dict() == result.selection.to_dict()
+    assert np.isfinite(result.selection.induce[:, : result.selection.max_layer]).all()
+    assert "| component |" in (tmp_path / "run" / "layer_table.md").read_text()
 
     # Without scales the generation check is skipped; the best add layer and refusal tokens remain; the
     # causal sweep of the same pair, prompts and vectors comes from the cache.
@@ -233,7 +248,7 @@ def test_analyze_writes_a_run_folder(planted, tmp_path, monkeypatch):
     assert not sweeps and quiet.sweep.to_dict() == result.sweep.to_dict()
 
     # The same analysis again is loaded whole from the cache: nothing is measured, the folder is complete.
-    monkeypatch.setattr(analyze_module, "compare", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(analyze_module, "position_metrics", lambda *a, **k: pytest.fail("measured again"))
     again = analyze(pair, tmp_path / "run3", config, small, progress=False, log=lambda _: None)
     assert again.layer_map == result.layer_map and again.steering == result.steering
     assert (tmp_path / "run3" / "activations" / "ft-task" / "meta.json").exists()

@@ -12,6 +12,7 @@ import torch
 from conftest import QUICK_EVAL as QUICK
 from conftest import layer_map_for, tiny_suite
 from peft import PeftModel
+from safetensors.torch import load_file
 
 from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
 from interp.core.judge import refusal_log_odds
@@ -99,7 +100,7 @@ def test_a_study_writes_adapters_a_merged_model_and_a_report(pair, tmp_path):
     report = json.loads((folder / "report.json").read_text())
     names = [m["name"] for m in report["models"]]
     assert names[:2] == ["base", "finetuned"] and names[2].startswith("restored (ranked top-2)")
-    assert len(names) == 7 and names[-1].startswith("steering")
+    assert len(names) == 8 and names[-2].startswith("components top-") and names[-1].startswith("steering")
     for model in report["models"]:
         for key in (
             "name",
@@ -114,9 +115,16 @@ def test_a_study_writes_adapters_a_merged_model_and_a_report(pair, tmp_path):
             assert key in model, key
     params = {m["plan"]: m["trainable_params"] for m in report["models"]}
     assert params["base"] == 0 and 0 < params["ranked"] < params["all_layers"]
+    assert 0 < params["components"] < params["ranked"]  # k components: fewer modules than k blocks
+    assert any(t.target == "component / block plan trainable params < 1" and t.verdict == "met" for t in result.targets)
     assert "| restored (ranked top-2) |" in (folder / "report.md").read_text()
-    for plan in ("all_layers", "random_k", "bottom_k"):
+    for plan in ("all_layers", "random_k", "bottom_k", "components"):
         assert (folder / "baselines" / plan / "adapter" / "adapter_config.json").exists()
+    # The component plan's adapter holds LoRA weights on the component map's modules and nowhere else.
+    weights = load_file(str(folder / "baselines" / "components" / "adapter" / "adapter_model.safetensors"))
+    placed = {(int(key.split(".layers.")[1].split(".")[0]), key.split(".")[-3]) for key in weights}
+    expected = {(layer, m) for layer, names in analysis.component_map.modules.items() for m in names}
+    assert placed == expected
 
     # The saved adapter on a plain HF model equals the merged folder and the in-memory restored model.
     plain = load_model(pair.finetuned.path)

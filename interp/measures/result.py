@@ -2,8 +2,10 @@
 
 Folder layout (``save``)::
 
-    layer_map.json          the ranked layer map (``LayerMap``)
-    metrics.json            per-layer metrics, the causal sweep, the steering check, settings, timings
+    layer_map.json          the ranked layer map (``LayerMap``): whole blocks
+    component_map.json      the same map on the top-ranked components (when they were measured)
+    metrics.json            per-layer metrics (at every captured position), the causal sweep, the component
+                            attribution, the direction selection, the steering check, settings, timings
     analysis.safetensors    base refusal vectors [layer, d_model] and the PCA projection
 """
 
@@ -21,9 +23,12 @@ from ..errors import ConfigError
 from ..io import atomic_path, atomic_write_json
 from .causal import CausalSweep, SteeringCheck
 from .compare import PairMetrics
+from .components import ComponentAttribution
 from .layer_map import LayerMap
+from .positions import DirectionSelection, PositionMetrics
 
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: positions, components, direction selection, component map
+READABLE_RESULTS = (1, 2)
 
 
 @dataclass
@@ -47,6 +52,10 @@ class AnalysisResult:
     refusal_vectors: np.ndarray  # [layer, d_model]: the base's difference-in-means vectors (last position)
     pca: Projection
     steering: SteeringCheck | None = None
+    positions: PositionMetrics | None = None  # every metric at every captured position (``metrics``: the last)
+    selection: DirectionSelection | None = None  # the refusal direction chosen over (layer, position)
+    components: ComponentAttribution | None = None  # attention vs MLP, per layer
+    component_map: LayerMap | None = None  # the layer map on the top-ranked components
     config: dict = field(default_factory=dict)
     prompts: dict = field(default_factory=dict)  # name, size and hash of every prompt set used
     seconds: dict = field(default_factory=dict)
@@ -72,6 +81,8 @@ class AnalysisResult:
         with atomic_path(folder / "analysis.safetensors") as tmp:
             save_file({k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in tensors.items()}, str(tmp))
         self.layer_map.save(folder / "layer_map.json")
+        if self.component_map is not None:
+            self.component_map.save(folder / "component_map.json")
         atomic_write_json(
             folder / "metrics.json",
             {
@@ -85,6 +96,9 @@ class AnalysisResult:
                 "sweep": self.sweep.to_dict(),
                 "pca_layer": self.pca.layer,
                 "steering": None if self.steering is None else self.steering.to_dict(),
+                "positions": None if self.positions is None else self.positions.to_dict(),
+                "selection": None if self.selection is None else self.selection.to_dict(),
+                "components": None if self.components is None else self.components.to_dict(),
                 "selected_layers": self.layer_map.selected_layers,
             },
         )
@@ -97,12 +111,17 @@ class AnalysisResult:
         if not path.exists():
             raise ConfigError(f"{folder} holds no analysis (no metrics.json); run `interp analyze` first")
         data = json.loads(path.read_text())
-        if data.get("version") != RESULT_VERSION:
+        if data.get("version") not in READABLE_RESULTS:
             raise ConfigError(
                 f"{path}: analysis format {data.get('version')!r} is not {RESULT_VERSION}; rerun the analysis"
             )
         arrays = {k: v.numpy() for k, v in load_file(str(folder / "analysis.safetensors")).items()}
         steering = data["steering"]
+
+        def part(name, kind):
+            return None if data.get(name) is None else kind.from_dict(data[name])
+
+        maps = folder / "component_map.json"
         return cls(
             metrics=PairMetrics.from_dict(data["per_layer"]),
             sweep=CausalSweep.from_dict(data["sweep"]),
@@ -110,6 +129,10 @@ class AnalysisResult:
             refusal_vectors=arrays["refusal_vectors"],
             pca=Projection(data["pca_layer"], arrays["pca_base"], arrays["pca_finetuned"], arrays["pca_labels"]),
             steering=None if steering is None else SteeringCheck(**steering),
+            positions=part("positions", PositionMetrics),
+            selection=part("selection", DirectionSelection),
+            components=part("components", ComponentAttribution),
+            component_map=LayerMap.load(maps) if maps.exists() else None,
             config=data["config"],
             prompts=data["prompts"],
             seconds=data["seconds"],

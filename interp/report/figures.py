@@ -18,7 +18,16 @@ from ..measures.layer_map import score_components
 from ..measures.result import AnalysisResult
 from . import plots
 
-ANALYSIS_FIGURES = ("probe_accuracy", "refusal_direction", "amplification", "causal_effects", "ranking", "pca")
+ANALYSIS_FIGURES = (
+    "probe_accuracy",
+    "refusal_direction",
+    "amplification",
+    "causal_effects",
+    "ranking",
+    "pca",
+    "positions",
+    "components",
+)
 STUDY_FIGURES = ("results", "restore_history")
 
 
@@ -27,7 +36,7 @@ def analysis_figures(result: AnalysisResult) -> dict[str, Callable[[], plt.Figur
     per_layer = result.metrics.as_dict() | result.sweep.effects()
     selected = result.layer_map.selected_layers
     pca = result.pca
-    return {
+    figures = {
         "probe_accuracy": lambda: plots.plot_probe_accuracy(per_layer, selected),
         "refusal_direction": lambda: plots.plot_refusal_direction(per_layer, selected),
         "amplification": lambda: plots.plot_amplification(per_layer, selected),
@@ -37,6 +46,21 @@ def analysis_figures(result: AnalysisResult) -> dict[str, Callable[[], plt.Figur
         ),
         "pca": lambda: plots.plot_pca(pca.base, pca.finetuned, pca.labels, pca.layer),
     }
+    if (positions := result.positions) is not None:
+        rows = [f"{label} {token!r}" for label, token in zip(positions.positions, positions.tokens)]
+        lost = positions.grid("separation_base") - positions.grid("separation_finetuned")
+        selection = result.selection
+        chosen = None
+        if selection is not None and selection.selected_layer is not None:
+            chosen = (selection.positions.index(selection.selected_position), selection.selected_layer)
+        grids = {} if selection is None else {"induce": selection.induce, "bypass": selection.bypass}
+        figures["positions"] = lambda: plots.plot_positions(
+            lost, rows, kept=None if selection is None else selection.kept, selected=chosen, **grids
+        )
+    if (parts := result.components) is not None:
+        k = int(result.config.get("k", 0))
+        figures["components"] = lambda: plots.plot_components(parts.lost, parts.patch_effect, parts.ranked()[:k])
+    return figures
 
 
 def study_figures(rows: Sequence, histories: Mapping[str, Sequence[dict]]) -> dict[str, Callable[[], plt.Figure]]:

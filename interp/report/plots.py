@@ -240,3 +240,71 @@ def plot_frontier(points: Sequence, axes=None):
         ax.set(xlabel=xlabel, ylabel="rate (95% CI)", title=title)
     np.ravel(axes)[0].legend(fontsize=7, loc="lower right")
     return fig
+
+
+def _grid(ax, values: np.ndarray, rows: Sequence[str], title: str, cmap: str = "viridis", centre: bool = False):
+    """A ``[row, layer]`` heat map (NaN cells blank) with its colour bar."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    top = float(np.abs(finite).max()) if finite.size else 1.0
+    limits = {"vmin": -top, "vmax": top} if centre else {}
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, interpolation="nearest", **limits)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set(title=title, xlabel="layer")
+    ax.figure.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
+
+
+def plot_positions(
+    lost: np.ndarray,
+    rows: Sequence[str],
+    induce: np.ndarray | None = None,
+    bypass: np.ndarray | None = None,
+    kept: np.ndarray | None = None,
+    selected: tuple[int, int] | None = None,
+    axes=None,
+):
+    """Per post-instruction position (``rows``, e.g. ``-1 '\\n'``) and layer: the separation the
+    fine-tuned model lost along the base refusal direction; with the direction selection, its induce and
+    bypass scores (kept candidates outlined, the selected ``(position index, layer)`` starred)."""
+    panels = 1 if induce is None else 3
+    if axes is None:
+        fig, axes = plt.subplots(panels, 1, figsize=(9, 2.3 * panels), constrained_layout=True, squeeze=False)
+        axes = axes[:, 0]
+    fig = axes[0].figure
+    _grid(axes[0], lost, rows, "separation lost along the base refusal direction (base - fine-tuned)", "magma")
+    if induce is not None:
+        _grid(axes[1], induce, rows, "induce: refusal score of harmless prompts, vector added (base)", "RdBu_r", True)
+        _grid(
+            axes[2], bypass, rows, "bypass: refusal score of harmful prompts, direction ablated (base)", "RdBu_r", True
+        )
+        for ax in axes[1:]:
+            if kept is not None:
+                for p, layer in zip(*np.nonzero(kept)):
+                    ax.add_patch(plt.Rectangle((layer - 0.5, p - 0.5), 1, 1, fill=False, ec="black", lw=1.2))
+            if selected is not None:
+                ax.plot(selected[1], selected[0], marker="*", color="gold", markersize=14, mec="black")
+    return fig
+
+
+def plot_components(lost: np.ndarray, patch: np.ndarray, chosen: Sequence[tuple[int, str]] = (), axes=None):
+    """Per layer, for the attention and the MLP output (rows of ``[component, layer]`` arrays): the
+    refusal separation each lost (top) and the effect of patching the base's output in (bottom);
+    ``chosen`` components (``(layer, "attn" | "mlp")``) marked."""
+    if axes is None:
+        fig, axes = plt.subplots(2, 1, figsize=(9, 5), constrained_layout=True, sharex=True)
+    fig = axes[0].figure
+    layers = np.arange(np.shape(lost)[1])
+    for ax, values, title in (
+        (axes[0], lost, "refusal separation lost (written by the component, base - fine-tuned)"),
+        (axes[1], patch, "patch effect on the refusal score (base component into fine-tuned)"),
+    ):
+        for row, (name, colour) in enumerate((("attention", "tab:blue"), ("MLP", "tab:red"))):
+            ax.bar(layers + (row - 0.5) * 0.4, np.nan_to_num(values[row]), width=0.4, color=colour, label=name)
+        for layer, name in chosen:
+            row = ("attn", "mlp").index(name)
+            ax.plot(layer + (row - 0.5) * 0.4, np.nan_to_num(values[row][layer]), "v", color="black", markersize=6)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(title=title)
+    axes[0].legend(fontsize=8)
+    axes[1].set(xlabel="layer (triangles: the component plan)")
+    return fig
