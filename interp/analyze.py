@@ -47,8 +47,8 @@ from .io import (
 from .measures.capture import Activations, CaptureConfig, Positions, capture
 from .measures.causal import CausalSweep, causal_sweep, steering_check
 from .measures.compare import PairActivations, base_refusal_directions, pca_2d
-from .measures.components import attribute, component_hooks, patch_sweep, split_components
-from .measures.layer_map import build_layer_map, component_map
+from .measures.components import attribute, component_hooks, component_map, patch_sweep, split_components
+from .measures.layer_map import build_layer_map
 from .measures.positions import position_metrics, position_tokens, select_direction
 from .measures.result import AnalysisResult, Projection
 from .report.tables import component_table, per_layer_table, position_table, selection_table
@@ -69,7 +69,7 @@ class AnalysisConfig:
     steer_scales: tuple[float, ...] = (1.0, 2.0)  # multiples of the base refusal vector tried by generation; () skips
     steer_max_new_tokens: int = 32
     components: bool = True  # attribute attention vs MLP per block and write the component map
-    selection_prompts: int = 16  # harmful and harmless steering prompts each for the direction selection; 0 skips
+    selection_prompts: int = 16  # steering prompts of each kind for the direction selection (at causal_layers); 0 skips
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -305,6 +305,7 @@ def analyze(
                 token_ids,
                 chat=chat,
                 batch_size=config.batch_size,
+                layers=config.causal_layers,
                 progress=progress,
             )
 

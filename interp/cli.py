@@ -161,6 +161,8 @@ def cmd_analyze(args) -> None:
         steer_scales=_floats(args.steer_scales, "--steer-scales"),
         steer_max_new_tokens=args.max_new_tokens,
         refusal_tokens=_ints(args.refusal_tokens, "--refusal-tokens") or None,
+        components=not args.no_components,
+        selection_prompts=args.selection_prompts,
     )
     pair = _load_pair(args)
     out = Path(args.out)
@@ -168,6 +170,8 @@ def cmd_analyze(args) -> None:
     write_figures(analysis_figures(result), out / "figures")
     print(layer_table(result))
     print(f"selected layers: {result.layer_map.selected_layers}  ->  {out / 'layer_map.json'}")
+    if result.component_map is not None:
+        print(f"selected components: {result.component_map.modules}  ->  {out / 'component_map.json'}")
 
 
 def cmd_restore(args) -> None:
@@ -407,6 +411,17 @@ def _analyze_parser(sub) -> None:
     )
     p.add_argument(
         "--max-new-tokens", type=int, default=d.steer_max_new_tokens, help="answer length in the steering check"
+    )
+    p.add_argument(
+        "--selection-prompts",
+        type=int,
+        default=d.selection_prompts,
+        help="harmful and harmless prompts each for choosing the refusal direction over (layer, position); 0 skips",
+    )
+    p.add_argument(
+        "--no-components",
+        action="store_true",
+        help="skip the attention-vs-MLP attribution and the component map",
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--out", required=True, help="run folder")

@@ -501,7 +501,11 @@ def run_default(
             log(f"analysis: reusing {out}")
         elif smoke:
             config = AnalysisConfig(
-                k=k, causal_prompts=4, causal_layers=tuple(range(0, pair.n_layers, 6)), steer_scales=()
+                k=k,
+                causal_prompts=4,
+                causal_layers=tuple(range(0, pair.n_layers, 6)),
+                steer_scales=(),
+                selection_prompts=4,
             )
             analysis = analyze(pair, out, config, AnalysisPrompts.quick(), progress=progress, log=log)
         else:

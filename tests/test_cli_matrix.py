@@ -121,6 +121,7 @@ CASES = {
     "--refusal-tokens abc": (lambda f: analyze(f, "--refusal-tokens", "abc"), "comma-separated integers"),
     "--refusal-tokens 99999": (lambda f: analyze(f, "--refusal-tokens", "99999"), "must be in [0,"),
     "--refusal-tokens -1 (analyze)": (lambda f: analyze(f, "--refusal-tokens", "-1"), "must be >= 0"),
+    "--selection-prompts -1": (lambda f: analyze(f, "--selection-prompts", "-1"), "selection_prompts must be >= 0"),
     "--refusal-tokens -1 (evaluate)": (lambda f: evaluate(f, "--refusal-tokens", "-1"), "must be in [0,"),
     "--steer-scales abc": (lambda f: analyze(f, "--steer-scales", "abc"), "comma-separated numbers"),
     "--positions last:x": (lambda f: capture(f, "--positions", "last:x"), "cannot read positions"),

@@ -124,3 +124,32 @@ def test_the_ranking_puts_the_planted_component_first(planted):
     again = ComponentAttribution.from_dict(attribution.to_dict())
     assert again.ranked() == attribution.ranked()
     np.testing.assert_array_equal(again.score, attribution.score)
+
+
+def test_the_component_map_names_the_chosen_components_and_round_trips(tiny_llama, tmp_path):
+    from conftest import layer_map_for
+    from peft import get_peft_model
+
+    from interp.errors import LayerMapError
+    from interp.measures.components import COMPONENT_MODULES, component_map
+    from interp.measures.layer_map import LayerMap
+
+    model = load_model(tiny_llama)
+    blocks = layer_map_for(model, model, selected=(1, 2))
+    ranked = [(2, "attn"), (1, "mlp"), (2, "mlp"), (0, "attn")]
+    two = component_map(blocks, ranked, 2)
+    assert two.modules == {1: list(COMPONENT_MODULES["mlp"]), 2: list(COMPONENT_MODULES["attn"])}
+    assert two.selected_layers == [1, 2] and two.alignment_layers == [1, 2, 3]
+    three = component_map(blocks, ranked, 3)  # both components of block 2: one entry, all seven modules
+    assert three.modules[2] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    three.save(tmp_path / "map.json")
+    assert LayerMap.load(tmp_path / "map.json") == three
+    peft = get_peft_model(model.hf, two.to_lora_config(rank=2, alpha=4))
+    placed = {
+        (int(name.split(".layers.")[1].split(".")[0]), name.split(".")[-1])
+        for name, module in peft.named_modules()
+        if hasattr(module, "lora_A") and ".layers." in name
+    }
+    assert placed == {(1, m) for m in COMPONENT_MODULES["mlp"]} | {(2, m) for m in COMPONENT_MODULES["attn"]}
+    with pytest.raises(LayerMapError, match="between 1 and 4"):
+        component_map(blocks, ranked, 5)

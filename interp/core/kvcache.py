@@ -58,7 +58,8 @@ class SharedPrefix:
 
 
 def kv_cache(capacity: int, prefix: SharedPrefix | None = None, batch: int = 1) -> DynamicCache:
-    """A ``DynamicCache`` of ``PreallocatedLayer``s; with a ``prefix`` each of ``batch`` rows starts with it."""
+    """A ``DynamicCache`` of ``PreallocatedLayer``s; with a ``prefix`` each of ``batch`` rows starts with it
+    (a prefix whose keys already have ``batch`` rows gives each row its own)."""
     cache = DynamicCache()
     if prefix is None or prefix.states is None:
         Cache.__init__(cache, layer_class_to_replicate=partial(PreallocatedLayer, capacity))
@@ -66,7 +67,9 @@ def kv_cache(capacity: int, prefix: SharedPrefix | None = None, batch: int = 1) 
     layers = []
     for keys, values in prefix.states:
         layer = PreallocatedLayer(capacity)
-        layer.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1))
+        if keys.shape[0] != batch:
+            keys, values = keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1)
+        layer.update(keys, values)
         layers.append(layer)
     Cache.__init__(cache, layers=layers)
     return cache

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -35,8 +35,9 @@ from ..core.chat import ChatFormat, batches
 from ..core.judge import refusal_log_odds
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
-from ..errors import ConfigError
+from ..errors import ConfigError, LayerMapError
 from .directions import as_layers
+from .layer_map import DEFAULT_WEIGHTS, KNOWN_MODULES, LayerMap
 
 COMPONENTS = ("attn", "mlp")
 HOOK_KIND = {"attn": "attn_out", "mlp": "mlp_out"}
@@ -120,8 +121,6 @@ def attribute(
     d_model]`` are the base's unit refusal directions, ``separation_base`` ``[layer]`` the residual
     stream's separation along them; ``patch_effect`` ``[component, layer]`` is ``patch_sweep``'s.
     """
-    from .layer_map import DEFAULT_WEIGHTS
-
     weights = DEFAULT_WEIGHTS if weights is None else weights
     units = np.asarray(refusal_directions, dtype=float)
     units = units / np.maximum(np.linalg.norm(units, axis=-1, keepdims=True), 1e-12)
@@ -185,3 +184,24 @@ def patch_sweep(
     effect = np.full((len(COMPONENTS), n_layers), np.nan)
     effect[:, layers] = (totals[:, layers] - plain) / len(seqs)
     return effect
+
+
+def component_map(layer_map: LayerMap, ranked: Sequence[tuple[int, str]], k: int) -> LayerMap:
+    """``layer_map`` with its entries on the ``k`` top-ranked components (``(layer, "attn" | "mlp")``,
+    ``interp.measures.components``) instead of whole blocks: LoRA on the attention's q/k/v/o or the MLP's
+    gate/up/down of each; aligned at their layers and the last. Both components of a block chosen make
+    one entry with all seven modules."""
+    if not 1 <= k <= len(ranked):
+        raise LayerMapError(f"k must be between 1 and {len(ranked)} components, got {k}")
+    chosen: dict[int, set[str]] = {}
+    for layer, name in ranked[:k]:
+        chosen.setdefault(layer, set()).update(COMPONENT_MODULES[name])
+    order = list(KNOWN_MODULES)
+    entries = [{"layer": layer, "modules": sorted(names, key=order.index)} for layer, names in sorted(chosen.items())]
+    selected = sorted(chosen)
+    return replace(
+        layer_map,
+        selected_layers=selected,
+        alignment_layers=sorted(set(selected) | {layer_map.n_layers - 1}),
+        entries=entries,
+    )

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,6 @@ from ..errors import LayerMapError
 from ..io import atomic_write_json
 from .causal import CausalSweep
 from .compare import PairMetrics
-from .components import COMPONENT_MODULES
 
 LAYER_MAP_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -303,25 +302,4 @@ def build_layer_map(
         target_modules=list(target_modules or KNOWN_MODULES),
         score_weights=dict(weights),
         metrics=clean,
-    )
-
-
-def component_map(layer_map: LayerMap, ranked: Sequence[tuple[int, str]], k: int) -> LayerMap:
-    """``layer_map`` with its entries on the ``k`` top-ranked components (``(layer, "attn" | "mlp")``,
-    ``interp.measures.components``) instead of whole blocks: LoRA on the attention's q/k/v/o or the MLP's
-    gate/up/down of each; aligned at their layers and the last. Both components of a block chosen make
-    one entry with all seven modules."""
-    if not 1 <= k <= len(ranked):
-        raise LayerMapError(f"k must be between 1 and {len(ranked)} components, got {k}")
-    chosen: dict[int, set[str]] = {}
-    for layer, name in ranked[:k]:
-        chosen.setdefault(layer, set()).update(COMPONENT_MODULES[name])
-    order = list(KNOWN_MODULES)
-    entries = [{"layer": layer, "modules": sorted(names, key=order.index)} for layer, names in sorted(chosen.items())]
-    selected = sorted(chosen)
-    return replace(
-        layer_map,
-        selected_layers=selected,
-        alignment_layers=sorted(set(selected) | {layer_map.n_layers - 1}),
-        entries=entries,
     )

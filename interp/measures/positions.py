@@ -40,7 +40,6 @@ from tqdm.auto import tqdm
 
 from ..core.bridge import (
     ablate_direction,
-    add_vector,
     block_outputs,
     decoder_layers,
     intervene,
@@ -220,6 +219,7 @@ def select_direction(
     *,
     chat: ChatFormat = ChatFormat(),
     batch_size: int = 32,
+    layers: Sequence[int] | None = None,
     score_all: bool = False,
     progress: bool = True,
 ) -> DirectionSelection:
@@ -229,7 +229,8 @@ def select_direction(
     ``induce`` is scored for every candidate below ``0.8 L`` first (a forward resumed after block ``l``);
     ``bypass`` and ``kl`` (a full forward with the ablation) only where ``induce > 0`` unless
     ``score_all``: the filter is a conjunction, so the selection is the same, for a fraction of the time.
-    The prompts' shared prefix (the system turn) runs once per candidate with the same edit."""
+    The prompts' shared prefix (the system turn) runs once per candidate with the same edit. ``layers``
+    limits the candidates to those layers (below ``0.8 L``; default: every one)."""
     vectors = torch.as_tensor(np.asarray(vectors), dtype=torch.float32)
     n_pos, n_layers = vectors.shape[:2]
     if n_pos != len(positions) or n_layers != base.n_layers:
@@ -260,21 +261,37 @@ def select_direction(
     for rows in every:
         plain_scores[rows] = refusal_log_odds(plain[tuple(rows)], token_ids).cpu().numpy()
     # The harmless prompts' residual stream after each candidate block, to add a vector there and resume.
-    layers = list(range(max_layer))
+    layers = [layer for layer in (range(max_layer) if layers is None else sorted(set(layers))) if layer < max_layer]
+    if not layers:
+        raise ConfigError(f"no candidate layer below {max_layer} (0.8 of {n_layers} layers) to select from")
     resid = [dict(zip(layers, block_outputs(hf, inputs(rows, plain_prefix), layers))) for rows in gentle]
 
     bypass, induce, kl = (np.full((n_pos, n_layers), np.nan) for _ in range(3))
-    for p, layer in tqdm(
-        [(p, layer) for p in range(n_pos) for layer in layers], desc="selection: induce", disable=not progress
-    ):
-        add = add_vector(vectors[p, layer])
-        with intervene(hf, {layer: add}):
-            prefix = shared_prefix(hf, seqs)
-        added = [
-            refusal_log_odds(log_softmax(rows, prefix, resume_after(hf, layer, add(states[layer]))), token_ids)
-            for rows, states in zip(gentle, resid)
-        ]
-        induce[p, layer] = float(torch.cat(added).mean())
+    for layer in tqdm(layers, desc="selection: induce", disable=not progress):
+        # One pass per layer for every position's vector: rows are position-major copies of the prompts.
+        added = vectors[:, layer].to(device)  # [position, d_model]
+
+        def add_each(x: torch.Tensor, added=added) -> torch.Tensor:  # x: [position * rows, seq, d_model]
+            return x + added.repeat_interleave(len(x) // n_pos, 0)[:, None].to(x.dtype)
+
+        prefix = SharedPrefix()
+        if length:  # the system turn once per position, its keys and values for that position's rows
+            cache = kv_cache(length)
+            with intervene(hf, {layer: add_each}):
+                hf(input_ids=torch.tensor([seqs[0][:length]] * n_pos, device=device), cache=cache, use_cache=True)
+            prefix = SharedPrefix(length, [(entry.keys, entry.values) for entry in cache.layers])
+        scores = []
+        for rows, states in zip(gentle, resid):
+            copies = [row for _ in range(n_pos) for row in rows]
+            each = SharedPrefix(
+                length,
+                [(k.repeat_interleave(len(rows), 0), v.repeat_interleave(len(rows), 0)) for k, v in prefix.states or []]
+                or None,
+            )
+            hidden = add_each(states[layer].repeat(n_pos, 1, 1))
+            logprobs = log_softmax(copies, each, resume_after(hf, layer, hidden))
+            scores.append(refusal_log_odds(logprobs, token_ids).reshape(n_pos, len(rows)))
+        induce[:, layer] = torch.cat(scores, 1).mean(1).cpu().numpy()
     todo = [(p, layer) for p in range(n_pos) for layer in layers if score_all or induce[p, layer] > 0]
     for p, layer in tqdm(todo, desc="selection: bypass and KL", disable=not progress):
         scores, divergence = np.zeros(len(seqs)), []

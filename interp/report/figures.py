@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 from ..errors import ConfigError
 from ..io import atomic_path
@@ -48,7 +49,8 @@ def analysis_figures(result: AnalysisResult) -> dict[str, Callable[[], plt.Figur
     }
     if (positions := result.positions) is not None:
         rows = [f"{label} {token!r}" for label, token in zip(positions.positions, positions.tokens)]
-        lost = positions.grid("separation_base") - positions.grid("separation_finetuned")
+        base = positions.grid("separation_base")  # [position, layer]; lost in units of each position's largest
+        lost = (base - positions.grid("separation_finetuned")) / np.abs(base).max(axis=1, keepdims=True)
         selection = result.selection
         chosen = None
         if selection is not None and selection.selected_layer is not None:

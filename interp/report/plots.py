@@ -264,14 +264,22 @@ def plot_positions(
     axes=None,
 ):
     """Per post-instruction position (``rows``, e.g. ``-1 '\\n'``) and layer: the separation the
-    fine-tuned model lost along the base refusal direction; with the direction selection, its induce and
-    bypass scores (kept candidates outlined, the selected ``(position index, layer)`` starred)."""
+    fine-tuned model lost along the base refusal direction (``lost``, any scale); with the direction
+    selection, its induce and bypass scores (kept candidates outlined, the selected ``(position index,
+    layer)`` starred)."""
     panels = 1 if induce is None else 3
     if axes is None:
         fig, axes = plt.subplots(panels, 1, figsize=(9, 2.3 * panels), constrained_layout=True, squeeze=False)
         axes = axes[:, 0]
     fig = axes[0].figure
-    _grid(axes[0], lost, rows, "separation lost along the base refusal direction (base - fine-tuned)", "magma")
+    _grid(
+        axes[0],
+        lost,
+        rows,
+        "separation lost along the base refusal direction (red: lost, blue: gained)",
+        "RdBu_r",
+        True,
+    )
     if induce is not None:
         _grid(axes[1], induce, rows, "induce: refusal score of harmless prompts, vector added (base)", "RdBu_r", True)
         _grid(

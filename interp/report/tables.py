@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..evaluation.stats import wilson_interval
+from ..measures.positions import KL_BOUNDS
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -127,6 +128,8 @@ def selection_table(selection, top: int = 5) -> str:
         f"candidates at layers < {selection.max_layer}; {int(np.isfinite(selection.induce).sum())} scored for "
         f"induce, {len(scored)} of them for bypass and KL; filter induce > 0, KL < {selection.kl_max:g}"
     )
+    if selection.kl_max > KL_BOUNDS[0]:
+        note += f" (no candidate passed Arditi et al.'s {KL_BOUNDS[0]:g}: the bound was raised)"
     if selection.selected_layer is None:
         note += "; no candidate passes at any bound"
     return markdown_table(["layer, position", "bypass", "induce", "KL", "kept"], rows) + "\n\n" + note + "."
