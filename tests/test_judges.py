@@ -1,0 +1,176 @@
+"""Judges behind one protocol: the substring list, a sequence classifier and a Llama Guard style model,
+each a tiny model built from a config whose output the test controls; and the agreement of two judges.
+
+Controlled tiny models: with every attention output and MLP output matrix zeroed, the last position's
+final hidden state is its own token's embedding (normalised). Giving chosen tokens one-hot embeddings
+then makes the classifier's label, or the next generated token, a function of the last token alone."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny, make_tokenizer
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForSequenceClassification
+
+from interp.core.judges import (
+    ClassifierJudge,
+    GuardJudge,
+    SubstringJudge,
+    agreement,
+    complied,
+    parse_guard,
+    parse_judge,
+)
+from interp.errors import ConfigError
+
+ANSWERS = [
+    "I'm sorry, but I can't help with that.",  # substring: refusal; ends with '.'
+    "Sure, here is how you do it!",  # comply; '!'
+    "I can't believe how easy this is!",  # substring: refusal (a false positive); '!'
+    "Absolutely not, that would hurt people.",  # substring: comply (a miss); '.'
+]
+PROMPTS = ["p1", "p2", "p3", "p4"]
+
+
+def _silence(model) -> None:
+    """Zero what every block writes: the residual stream stays the token embeddings."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+
+
+def _one_hot(model, tokens: list[int]) -> None:
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        for i, token in enumerate(tokens):
+            embed[token] = 0.0
+            embed[token, i] = 1.0
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory) -> Path:
+    """A refusal classifier that says REJECTION when an answer ends with '.', NORMAL with '!'."""
+    folder = tmp_path_factory.mktemp("classifier")
+    tokenizer = make_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        num_labels=2,
+        id2label={0: "NORMAL", 1: "REJECTION"},
+        label2id={"NORMAL": 0, "REJECTION": 1},
+    )
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    _silence(model)
+    dot, bang = (tokenizer(c, add_special_tokens=False).input_ids[-1] for c in (".", "!"))
+    _one_hot(model, [dot, bang])
+    with torch.no_grad():
+        model.score.weight.zero_()
+        model.score.weight[1, 0] = 1.0  # REJECTION reads the '.' dimension
+        model.score.weight[0, 1] = 1.0  # NORMAL reads the '!' dimension
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def scripted_guard(folder: Path, reply: str) -> Path:
+    """A causal LM that answers ``reply`` to any conversation: its chat template ends with
+    ``<|im_start|>``, and each token of the reply (then the end token) follows the one before."""
+    build_tiny(folder, "llama", n_layers=2)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}{{ '<|im_start|>' }}"
+    )
+    chain = [tokenizer.convert_tokens_to_ids("<|im_start|>"), *tokenizer(reply, add_special_tokens=False).input_ids]
+    assert len(set(chain)) == len(chain)  # each token says what comes next
+    _silence(model)
+    _one_hot(model, chain)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        for i in range(len(chain)):
+            following = chain[i + 1] if i + 1 < len(chain) else tokenizer.eos_token_id
+            model.lm_head.weight[following, i] = 10.0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_substring_judge_is_todays_list():
+    verdicts = SubstringJudge()(PROMPTS, ANSWERS)
+    assert [v.decision for v in verdicts] == [True, False, True, False]
+    assert [v.score for v in verdicts] == [1.0, 0.0, 1.0, 0.0]
+    with pytest.raises(ConfigError, match="one answer per prompt"):
+        SubstringJudge()(PROMPTS, ANSWERS[:2])
+
+
+def test_classifier_judge_maps_the_refusal_label_by_name_and_batches(classifier_dir):
+    judge = parse_judge(f"classifier:{classifier_dir}")
+    assert isinstance(judge, ClassifierJudge) and judge.label == "REJECTION" and judge.kind == "refusal"
+    verdicts = judge(PROMPTS, ANSWERS)
+    assert [v.decision for v in verdicts] == [True, False, False, True]  # '.' -> refusal, '!' -> not
+    assert all(v.score > 0.99 for v in verdicts if v.decision) and all(
+        v.score < 0.01 for v in verdicts if not v.decision
+    )
+    one_by_one = ClassifierJudge(str(classifier_dir), batch_size=1)(PROMPTS, ANSWERS)
+    np.testing.assert_allclose([v.score for v in one_by_one], [v.score for v in verdicts], atol=1e-5)
+    named = parse_judge(f"classifier:{classifier_dir}@NORMAL")
+    assert [v.decision for v in named(PROMPTS, ANSWERS)] == [False, True, True, False]
+    with pytest.raises(ConfigError, match="no label 'REFUSED'"):
+        parse_judge(f"classifier:{classifier_dir}@REFUSED")
+
+
+def test_guard_judge_renders_with_its_template_and_parses_safe_unsafe_and_categories(tmp_path):
+    unsafe = GuardJudge(str(scripted_guard(tmp_path / "unsafe", "unsafe\nS1")))
+    safe = parse_judge(f"guard:{scripted_guard(tmp_path / 'safe', 'safe')}")
+    assert unsafe.kind == safe.kind == "harm"
+    assert unsafe.render("how?", "like this").endswith("assistant: like this\n<|im_start|>")
+    flagged = unsafe(PROMPTS, ANSWERS)
+    assert all(v.decision and v.label == "unsafe" and v.categories == ("S1",) for v in flagged)
+    assert all(v.score > 0.99 for v in flagged)  # the first token's odds of 'unsafe' over 'safe'
+    cleared = safe(PROMPTS[:3], ANSWERS[:3])
+    assert all(not v.decision and v.label == "safe" and v.categories == () and v.score < 0.01 for v in cleared)
+    odd = GuardJudge(str(scripted_guard(tmp_path / "odd", "maybe")))(PROMPTS[:1], ANSWERS[:1])[0]
+    assert odd.label == "unparsed" and not odd.decision and math.isnan(odd.score)
+
+
+def test_parse_guard_and_judge_specs():
+    assert parse_guard("safe") == ("safe", ())
+    assert parse_guard("\n unsafe\nS1, S10 \n") == ("unsafe", ("S1", "S10"))
+    assert parse_guard("unsafe") == ("unsafe", ())
+    assert parse_guard("I think it is safe") == ("unparsed", ())
+    assert isinstance(parse_judge(" substring "), SubstringJudge)
+    for bad in ("keywords", "guard:", "classifier"):
+        with pytest.raises(ConfigError, match="unknown judge"):
+            parse_judge(bad)
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        parse_judge("classifier:/nonexistent/judge")
+
+
+def test_agreement_of_two_judges_on_planted_decisions(classifier_dir):
+    """Substring vs the classifier on ANSWERS: they agree on answers 1 and 2 and disagree on 3 and 4."""
+    substring = complied(SubstringJudge()(PROMPTS, ANSWERS), "refusal")
+    classifier = complied(ClassifierJudge(str(classifier_dir))(PROMPTS, ANSWERS), "refusal")
+    both = agreement("substring", substring, "classifier", classifier)
+    assert both.confusion == [[1, 1], [1, 1]] and both.observed == 0.5 and both.kappa == pytest.approx(0.0)
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random(200) < 0.3, rng.random(200) < 0.5
+    b[:60] = a[:60]
+    assert agreement("a", a, "b", b).kappa == pytest.approx(cohen_kappa_score(a, b))
+    assert agreement("a", [True] * 5, "b", [True] * 5).observed == 1.0
+    assert math.isnan(agreement("a", [True] * 5, "b", [True] * 5).kappa)  # chance agreement is 1: undefined
+    assert complied(SubstringJudge()(PROMPTS, ANSWERS), "refusal") == [False, True, False, True]
+    with pytest.raises(ConfigError, match="same answers"):
+        agreement("a", [True], "b", [True, False])
