@@ -207,12 +207,13 @@ def cmd_restore(args) -> None:
 def cmd_evaluate(args) -> None:
     """The evaluation table for base, fine-tuned and any restored models or adapters."""
     from .core.generate import find_refusal_tokens
+    from .core.judges import check_judge_spec
     from .core.models import check_pair, fresh_copy, load_model
     from .core.prompts import parse_spec
     from .evaluation.table import Candidate, EvalConfig, EvalSuite, evaluate_models
     from .evaluation.targets import paired_tests
     from .io import atomic_write_json, atomic_write_text
-    from .report.tables import paired_table, results_table
+    from .report.tables import judge_table, paired_table, results_table
     from .training.lora import apply_adapter
 
     _check_out(args.out, "evaluation.json")
@@ -233,7 +234,9 @@ def cmd_evaluate(args) -> None:
     if args.limit is not None:
         suite = suite.head(args.limit)
     tokens = _ints(args.refusal_tokens, "--refusal-tokens")
-    config = EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    config = EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, judges=tuple(args.judge))
+    for spec in config.judges:
+        check_judge_spec(spec, resolve=True)
     pair = _load_pair(args)
     candidates = [Candidate("base", pair.base, plan="base"), Candidate("finetuned", pair.finetuned, plan="finetuned")]
     for path in args.model:
@@ -262,8 +265,12 @@ def cmd_evaluate(args) -> None:
         },
     )
     text = results_table(rows) + "\n\nPaired tests (each row against the base and the fine-tuned model):\n\n"
-    atomic_write_text(out / "evaluation.md", text + paired_table(tests) + "\n")
-    print(text + paired_table(tests))
+    text += paired_table(tests)
+    if config.judges:
+        text += "\n\nModel judges beside the substring list (agreement on 'did the model comply?'):\n\n"
+        text += judge_table(rows)
+    atomic_write_text(out / "evaluation.md", text + "\n")
+    print(text)
 
 
 def cmd_run(args) -> None:
@@ -282,6 +289,7 @@ def cmd_run(args) -> None:
         steer_scale=args.steer_scale,
         cache=not args.no_cache,
         reuse_analysis=args.skip_analysis,
+        judges=tuple(args.judge),
     )
     print(layer_table(run.analysis))
     print(results_table(run.study.rows))
@@ -451,6 +459,16 @@ def _restore_parser(sub) -> None:
     p.set_defaults(func=cmd_restore)
 
 
+def _add_judge_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--judge",
+        action="append",
+        default=[],
+        help="a model judge beside the substring list: classifier:PATH_OR_ID[@LABEL] (a refusal classifier) "
+        "or guard:PATH_OR_ID (a Llama Guard style safety judge); repeatable",
+    )
+
+
 def _evaluate_parser(sub) -> None:
     from .evaluation.table import EvalConfig
 
@@ -489,6 +507,7 @@ def _evaluate_parser(sub) -> None:
     )
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    _add_judge_option(p)
     p.add_argument("--no-cache", action="store_true", help="do not reuse cached answers or rows")
     p.add_argument("--out", required=True, help="folder for evaluation.json and evaluation.md")
     p.set_defaults(func=cmd_evaluate)
@@ -517,6 +536,7 @@ def _run_parser(sub) -> None:
     p.add_argument(
         "--steer-scale", type=float, default=1.0, help="multiple of the refusal vector for the steering baseline"
     )
+    _add_judge_option(p)
     p.add_argument("--no-cache", action="store_true", help="retrain adapters and re-evaluate rows even if cached")
     _add_restore_options(p)
     p.set_defaults(func=cmd_run)

@@ -36,6 +36,7 @@ import numpy as np
 
 from .analyze import AnalysisConfig, AnalysisPrompts, analyze
 from .core.chat import ChatFormat
+from .core.judges import check_judge_spec
 from .core.models import LoadedModel, ModelPair
 from .core.prompts import PromptSet
 from .core.sources import default_model_path, save_hf_folder
@@ -455,6 +456,7 @@ def run_default(
     steer_scale: float = 1.0,
     cache: bool = True,
     reuse_analysis: bool = False,
+    judges: tuple[str, ...] = (),
     progress: bool = True,
     log=print,
 ) -> DefaultRun:
@@ -471,12 +473,15 @@ def run_default(
       steps (tests, notebooks).
 
     ``limit`` cuts every evaluation set to its first ``limit`` prompts; ``reuse_analysis`` loads the
-    analysis already in ``out``, if any. Each stage logs a line with its time.
+    analysis already in ``out``, if any; ``judges`` are model judges beside the substring list
+    (``EvalConfig.judges``). Each stage logs a line with its time.
     """
     if size not in RUN_SIZES:
         raise ConfigError(f"size must be one of {', '.join(RUN_SIZES)}, got {size!r}")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 (or None for every prompt), got {limit}")
+    for spec in judges:
+        check_judge_spec(spec, resolve=True)
     smoke = size == "smoke"
     out = Path(out)
     watch = Stopwatch(log=lambda line: log(f"== {line}"))
@@ -522,11 +527,16 @@ def run_default(
             restore=restore or RestoreConfig(steps=3, batch_size=4),
             baselines=("all_layers", "steering"),
             steer_scale=steer_scale,
-            evaluation=EvalConfig(max_new_tokens=16, task_max_new_tokens=24),
+            evaluation=EvalConfig(max_new_tokens=16, task_max_new_tokens=24, judges=judges),
             cache=cache,
         )
     else:
-        config = StudyConfig(restore=restore or RestoreConfig(), steer_scale=steer_scale, cache=cache)
+        config = StudyConfig(
+            restore=restore or RestoreConfig(),
+            steer_scale=steer_scale,
+            evaluation=EvalConfig(judges=judges),
+            cache=cache,
+        )
     study = run_study(
         pair, analysis, out, harmful=harmful, retain=retain, suite=suite, config=config, progress=progress, log=log
     )

@@ -121,6 +121,15 @@ CASES = {
     "--refusal-tokens abc": (lambda f: analyze(f, "--refusal-tokens", "abc"), "comma-separated integers"),
     "--refusal-tokens 99999": (lambda f: analyze(f, "--refusal-tokens", "99999"), "must be in [0,"),
     "--refusal-tokens -1 (analyze)": (lambda f: analyze(f, "--refusal-tokens", "-1"), "must be >= 0"),
+    "--judge keywords": (lambda f: evaluate(f, "--judge", "keywords"), "unknown judge 'keywords'"),
+    "--judge at a missing folder": (
+        lambda f: evaluate(f, "--judge", "guard:/no/such/guard"),
+        "not a local folder and the hub is offline",
+    ),
+    "run --judge at a missing folder": (
+        lambda f: ["run", "--out", f["out"], "--judge", "classifier:/no/such/judge"],
+        "not a local folder and the hub is offline",
+    ),
     "--selection-prompts -1": (lambda f: analyze(f, "--selection-prompts", "-1"), "selection_prompts must be >= 0"),
     "--refusal-tokens -1 (evaluate)": (lambda f: evaluate(f, "--refusal-tokens", "-1"), "must be in [0,"),
     "--steer-scales abc": (lambda f: analyze(f, "--steer-scales", "abc"), "comma-separated numbers"),

@@ -174,3 +174,46 @@ def test_agreement_of_two_judges_on_planted_decisions(classifier_dir):
     assert complied(SubstringJudge()(PROMPTS, ANSWERS), "refusal") == [False, True, False, True]
     with pytest.raises(ConfigError, match="same answers"):
         agreement("a", [True], "b", [True, False])
+
+
+def test_the_evaluation_table_carries_every_judge_and_the_report_their_agreement(classifier_dir, tmp_path):
+    from conftest import QUICK_EVAL, perturbed, tiny_suite
+
+    from interp.core.models import load_model
+    from interp.evaluation.table import Candidate, EvalConfig, evaluate_models
+    from interp.report.tables import judge_table, study_report
+
+    tiny = build_tiny(tmp_path / "tiny", "llama")
+    model = load_model(tiny)
+    other = perturbed(load_model(tiny))
+    guard = scripted_guard(tmp_path / "guard", "unsafe\nS2")
+    suite = tiny_suite()
+    specs = (f"classifier:{classifier_dir}", f"guard:{guard}")
+
+    def table(judges):
+        return evaluate_models(
+            [Candidate("base", model, plan="base"), Candidate("other", other, plan="finetuned")],
+            suite,
+            refusal_tokens=[5],
+            reference=other,
+            config=EvalConfig(**{**QUICK_EVAL.__dict__, "judges": judges}),
+            progress=False,
+            log=lambda _: None,
+        )
+
+    plain, judged = table(()), table(specs)
+    assert all(row.judges == {} for row in plain)
+    for row, alone in zip(judged, plain):
+        assert row.outcomes == alone.outcomes  # the substring list's answers and decisions are the same
+        assert set(row.judges) == {f"classifier:{classifier_dir}", f"guard:{guard}"}
+        for judged_row in row.judges.values():
+            assert set(judged_row["outcomes"]) == set(suite.sets()) - {"task"}
+            assert all(len(v) == len(suite.sets()[k]) for k, v in judged_row["outcomes"].items())
+        assert all(x == 1 for v in row.judges[f"guard:{guard}"]["outcomes"].values() for x in v)  # always unsafe
+    text = judge_table(judged)
+    assert len(text.splitlines()) == 2 + 2 * 2 and "(harm)" in text and "(refusal)" in text
+    assert "## Model judges" in study_report(judged, [], [], {}) and "## Model judges" not in study_report(
+        plain, [], [], {}
+    )
+    with pytest.raises(ConfigError, match="unknown judge"):
+        EvalConfig(judges=("keywords",))

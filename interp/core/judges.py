@@ -222,18 +222,31 @@ class GuardJudge:
         return out
 
 
+def check_judge_spec(spec: str, *, resolve: bool = False) -> None:
+    """Raise unless ``spec`` names a judge (without loading it); with ``resolve`` also unless its weights
+    can be found: a local folder, or a hub id while the hub is reachable (``HF_HUB_OFFLINE`` unset)."""
+    import os
+    from pathlib import Path
+
+    kind, _, where = spec.strip().partition(":")
+    if spec.strip() != "substring" and not (kind in ("classifier", "guard") and where):
+        raise ConfigError(f"unknown judge {spec!r}: use substring, classifier:PATH_OR_ID[@LABEL] or guard:PATH_OR_ID")
+    path = where.partition("@")[0] if kind == "classifier" else where
+    if resolve and path and not Path(path).is_dir() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ConfigError(f"judge {spec!r}: {path} is not a local folder and the hub is offline (HF_HUB_OFFLINE=1)")
+
+
 def parse_judge(spec: str, *, device: str = "cpu") -> Judge:
     """``substring``, ``classifier:PATH_OR_ID`` (``@LABEL`` names the refusal label) or ``guard:PATH_OR_ID``."""
+    check_judge_spec(spec)
     spec = spec.strip()
     if spec == "substring":
         return SubstringJudge()
     kind, _, where = spec.partition(":")
-    if kind == "classifier" and where:
+    if kind == "classifier":
         path, _, label = where.partition("@")
         return ClassifierJudge(path, label=label or None, device=device)
-    if kind == "guard" and where:
-        return GuardJudge(where, device=device)
-    raise ConfigError(f"unknown judge {spec!r}: use substring, classifier:PATH_OR_ID[@LABEL] or guard:PATH_OR_ID")
+    return GuardJudge(where, device=device)
 
 
 # ----------------------------------------------------------------------------- agreement

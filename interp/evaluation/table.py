@@ -12,6 +12,10 @@ teacher-forced on each harmless prompt followed by the fine-tuned model's own co
 scored at the last prompt position and every answer position but the last. Every rate keeps its
 per-prompt outcomes, so intervals and paired tests (``interp.evaluation.stats``) can be computed on the
 same prompts. Rows are cached on disk by the model's weights; answers by ``interp.core.generate``.
+
+Model judges (``EvalConfig.judges``, ``interp.core.judges``) judge the same answers beside the substring
+list: each row keeps every judge's per-prompt decisions on every judged set (``EvalRow.judges``), so the
+report gives each judge's rates with intervals and its agreement with the substring list.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ..core.bridge import Edit, decoder_layers, intervene, record_block_inputs, 
 from ..core.chat import ChatFormat, tokenize
 from ..core.generate import BATCH_SIZE, ENGINE_VERSION, Request, generate, generate_many
 from ..core.judge import JUDGE_WINDOW, REFUSAL_PHRASES, Behaviour
+from ..core.judges import Judge, check_judge_spec, parse_judge
 from ..core.kvcache import kv_cache, prefixed_batch, shared_prefix
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet, load_prompts, shared_data_dir
@@ -120,10 +125,13 @@ class EvalConfig:
     task_max_new_tokens: int = 48
     batch_size: int = BATCH_SIZE  # generation (interp.core.generate)
     kl_batch_size: int = 32
+    judges: tuple[str, ...] = ()  # model judges beside the substring list (``interp.core.judges.parse_judge``)
 
     def __post_init__(self) -> None:
         if min(self.max_new_tokens, self.task_max_new_tokens, self.batch_size, self.kl_batch_size) < 1:
             raise ConfigError("EvalConfig: token budgets and batch sizes must be >= 1")
+        for spec in self.judges:
+            check_judge_spec(spec)
 
 
 @dataclass
@@ -174,6 +182,8 @@ class EvalRow:
     train_seconds: float = 0.0
     plan: str | None = None
     info: dict = field(default_factory=dict)
+    # judge name -> {"kind", "outcomes": {set: [0/1 decision per prompt]}, "unparsed": {set: count}}
+    judges: dict = field(default_factory=dict)
 
     MEASURED = (
         "harmful_refusal",
@@ -187,6 +197,7 @@ class EvalRow:
         "examples",
         "n",
         "outcomes",
+        "judges",
     )
 
     def interval(self, column: str) -> tuple[float, float] | None:
@@ -311,7 +322,22 @@ def _requests(suite: EvalSuite, config: EvalConfig, refusal_tokens: Sequence[int
     return out
 
 
-def _measure(candidate: Candidate, suite: EvalSuite, answers: dict, kl: float) -> dict:
+def _model_judged(judges: Sequence[Judge], suite: EvalSuite, answers: dict) -> dict:
+    """``EvalRow.judges``: every model judge's decisions on every judged set (not the task set)."""
+    out = {}
+    for judge in judges:
+        outcomes, unparsed = {}, {}
+        for name, prompts in suite.sets().items():
+            if name == "task":
+                continue
+            verdicts = judge(prompts.instructions, answers[name].answers)
+            outcomes[name] = [int(v.decision) for v in verdicts]
+            unparsed[name] = sum(v.label == "unparsed" for v in verdicts)
+        out[judge.name] = {"kind": judge.kind, "outcomes": outcomes, "unparsed": unparsed}
+    return out
+
+
+def _measure(candidate: Candidate, suite: EvalSuite, answers: dict, kl: float, judges: Sequence[Judge] = ()) -> dict:
     """The measured fields of a row, from a candidate's answers (``interp.core.generate.Answers`` by set)."""
     judged = {name: Behaviour(prompts, answers[name].answers) for name, prompts in suite.sets().items()}
     outcomes = {name: [int(x) for x in b.refusals] for name, b in judged.items() if name != "task"}
@@ -334,6 +360,7 @@ def _measure(candidate: Candidate, suite: EvalSuite, answers: dict, kl: float) -
         | {"task": task.examples(2)},
         "n": suite.sizes(),
         "outcomes": outcomes,
+        "judges": _model_judged(judges, suite, answers),
     }
     for name, value in measured.items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -369,9 +396,11 @@ def evaluate_models(
     for name, prompts in suite.sets().items():
         budget = config.task_max_new_tokens if name == "task" else config.max_new_tokens
         reference.check_fits(prompts, chat, room=budget)
+    judges = [parse_judge(spec, device=str(reference.device)) for spec in config.judges]
     settings = [
         suite.hash,
-        asdict(config),
+        {k: v for k, v in asdict(config).items() if k != "judges"},  # judges enter by their weights, below
+        *([[judge.key for judge in judges]] if judges else []),  # (rows without judges keep their keys)
         list(refusal_tokens),
         reference.fingerprint,
         chat.to_dict(),
@@ -411,7 +440,7 @@ def evaluate_models(
         )
         kl_seconds = (time.perf_counter() - start) / len(todo)
         for i, kl in zip(todo, kls):
-            measured[i] = _measure(candidates[i], suite, answers[i], kl)
+            measured[i] = _measure(candidates[i], suite, answers[i], kl, judges)
             seconds[i] += kl_seconds
             if cache and paths[i] is not None:
                 write_cache_json(paths[i], measured[i])
@@ -419,7 +448,8 @@ def evaluate_models(
     for candidate, values, spent in zip(candidates, measured, seconds):
         row = EvalRow(
             name=candidate.name,
-            **{name: values.get(name) for name in EvalRow.MEASURED},
+            **{name: values.get(name) for name in EvalRow.MEASURED if name != "judges"},
+            judges=values.get("judges") or {},
             seconds=round(spent, 1),
             trainable_params=candidate.trainable_params,
             train_seconds=candidate.train_seconds,

@@ -236,12 +236,59 @@ def organism_table(manifest: dict) -> str:
     return markdown_table(head, rows)
 
 
+def judge_table(rows: Sequence) -> str:
+    """Every model judge's rates per model (``EvalRow.judges``: refusal rate for a refusal judge, unsafe
+    rate for a harm judge; Wilson 95% intervals) beside the substring list's, and their agreement on
+    "did the model comply?" over every judged answer of the row: Cohen's kappa and the confusion matrix
+    (rows: substring refused / complied; columns: the judge's refused-or-safe / complied-or-unsafe)."""
+    from ..core.judges import agreement
+
+    sets = [
+        ("harmful", "harmful"),
+        ("xstest_unsafe", "XSTest unsafe"),
+        ("harmless", "harmless"),
+        ("xstest", "XSTest safe"),
+    ]
+    head = ["model", "judge", *(label for _, label in sets), "kappa vs substring", "confusion", "unparsed"]
+    cells = []
+    for row in rows:
+        for name, judged in (row.judges or {}).items():
+            outcomes, kind = judged["outcomes"], judged["kind"]
+            rates = []
+            for key, _ in sets:
+                values = outcomes.get(key)
+                rates.append(
+                    "n/a"
+                    if not values
+                    else rate_cell(sum(values) / len(values), wilson_interval(sum(values), len(values)))
+                )
+            mine, theirs = [], []
+            for key in outcomes:
+                mine += [not refused for refused in row.outcomes[key]]
+                theirs += [bool(x) if kind == "harm" else not x for x in outcomes[key]]
+            both = agreement("substring", mine, name, theirs)
+            kappa = "n/a" if both.kappa != both.kappa else f"{both.kappa:.2f}"
+            cells.append(
+                [
+                    row.name,
+                    f"{name} ({kind})",
+                    *rates,
+                    kappa,
+                    str(both.confusion),
+                    str(sum(judged["unparsed"].values())),
+                ]
+            )
+    return markdown_table(head, cells)
+
+
 def study_report(rows: Sequence, targets: Sequence, paired: Sequence, seconds: dict[str, float]) -> str:
     """``report.md``: the evaluation table, prompt counts, targets, paired tests and time per stage."""
     lines = ["# Restoration study", "", results_table(rows), ""]
     sizes = rows[0].n if rows else {}
     lines += ["Prompts: " + ", ".join(f"{name} {n}" for name, n in sizes.items()) + ".", ""]
     lines += ["Rates: greedy answers judged on every prompt, with Wilson 95% intervals.", ""]
+    if any(row.judges for row in rows):
+        lines += ["## Model judges", "", judge_table(rows), ""]
     if targets:
         lines += ["## Targets", "", targets_table(targets), ""]
     if paired:
