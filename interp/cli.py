@@ -91,19 +91,15 @@ def _model_options(args) -> dict:
 
 
 def _restore_config(args):
-    from .training.restore import RestoreConfig
+    """``RestoreConfig`` from the flags given, over the ``--preset``'s settings (or the defaults)."""
+    from dataclasses import replace
 
-    return RestoreConfig(
-        steps=args.steps,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        teacher=args.teacher,
-        distance=args.distance,
-        retain_scale=args.retain_scale,
-        rank=args.rank,
-        alpha=args.alpha,
-        seed=args.seed,
-    )
+    from .training.restore import PRESETS, RestoreConfig
+
+    preset = getattr(args, "preset", None)
+    base = PRESETS[preset].config if preset else RestoreConfig()
+    names = ("steps", "lr", "batch_size", "teacher", "distance", "retain_scale", "rank", "alpha", "seed")
+    return replace(base, **{name: getattr(args, name) for name in names if getattr(args, name) is not None})
 
 
 # ----------------------------------------------------------------------------- stages
@@ -180,16 +176,24 @@ def cmd_restore(args) -> None:
     from .io import atomic_write_json
     from .measures.layer_map import LayerMap
     from .training.lora import save_adapter, save_merged
-    from .training.restore import restore
+    from .training.restore import PRESETS, restore
 
     _check_out(args.out, "restore_stats.json")
     _check_device(args)
     layer_map = LayerMap.load(args.layer_map)
     config = _restore_config(args)
+    layers, alignment = PRESETS[args.preset].placement(layer_map) if args.preset else (None, None)
     harmful, retain = parse_spec(args.harmful, 1), parse_spec(args.retain, 0)
     pair = _load_pair(args)
     result = restore(
-        pair.finetuned, layer_map, harmful, retain, config, base=pair.base if config.teacher == "base" else None
+        pair.finetuned,
+        layer_map,
+        harmful,
+        retain,
+        config,
+        base=pair.base if config.teacher == "base" else None,
+        layers=layers,
+        alignment=alignment,
     )
     out = Path(args.out)
     save_adapter(result.peft_model, out / "adapter")
@@ -330,20 +334,20 @@ def _add_restore_options(parser: argparse.ArgumentParser) -> None:
     from .training.restore import RestoreConfig
 
     d = RestoreConfig()
-    parser.add_argument("--steps", type=int, default=d.steps, help="restoration training steps")
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--steps", type=int, default=None, help=f"restoration training steps (default {d.steps})")
+    parser.add_argument("--lr", type=float, default=None, help=f"default {d.lr:g}")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
     parser.add_argument(
         "--teacher",
-        default=d.teacher,
+        default=None,
         choices=["base", "reminder"],
-        help="base: the aligned model; reminder: the fine-tuned model with a safety reminder",
+        help=f"base: the aligned model; reminder: the fine-tuned model with a safety reminder (default {d.teacher})",
     )
-    parser.add_argument("--distance", default=d.distance, choices=["l2", "cosine"])
-    parser.add_argument("--retain-scale", type=float, default=d.retain_scale)
-    parser.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
-    parser.add_argument("--alpha", type=int, default=d.alpha, help="LoRA alpha")
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--distance", default=None, choices=["l2", "cosine"], help=f"default {d.distance}")
+    parser.add_argument("--retain-scale", type=float, default=None, help=f"default {d.retain_scale:g}")
+    parser.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank})")
+    parser.add_argument("--alpha", type=int, default=None, help=f"LoRA alpha (default {d.alpha})")
+    parser.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
 
 
 def _organism_parser(sub) -> None:
@@ -455,6 +459,13 @@ def _restore_parser(sub) -> None:
     )
     p.add_argument("--no-merged", action="store_true", help="write only the adapter")
     p.add_argument("--out", required=True, help="folder for adapter/, restored/ and restore_stats.json")
+    p.add_argument(
+        "--preset",
+        choices=["safereact"],
+        default=None,
+        help="a named recipe: safereact = the released SafeReAct recipe (LoRA r16 on every layer, the reminder "
+        "teacher, 400 steps, lr 2e-5, batch 16; README); the flags below override its settings",
+    )
     _add_restore_options(p)
     p.set_defaults(func=cmd_restore)
 

@@ -51,7 +51,7 @@ from .organism import Organism, OrganismRecipe, build_organism, quick_study_prom
 from .report.figures import analysis_figures, study_figures, write_figures
 from .report.tables import organism_table, study_report
 from .training.lora import apply_adapter, save_adapter
-from .training.restore import Placement, RestoreConfig, RestoreStats, restore_many
+from .training.restore import Placement, RestoreConfig, RestoreStats, paper_alignment_layers, restore_many
 
 BASELINES = ("all_layers", "random_k", "bottom_k", "components", "steering")
 RESTORE_CACHE_VERSION = 2  # 2: hidden states are block outputs (before the final norm) at every layer
@@ -70,11 +70,6 @@ class Plan:
     @property
     def placement(self) -> Placement:
         return Placement(self.layers, self.alignment, self.modules)
-
-
-def paper_alignment_layers(n_layers: int) -> list[int]:
-    """Every 5th layer and the last (0-based: 4, 9, 14, ..., n_layers - 1)."""
-    return sorted(set(range(4, n_layers, 5)) | {n_layers - 1})
 
 
 def component_plan(component_map: LayerMap) -> Plan:
@@ -210,7 +205,7 @@ def _restoration_folder(plan: Plan, pair: ModelPair, layer_map: LayerMap, harmfu
             plan.layers,
             plan.alignment,
             *([plan.modules] if plan.modules else []),  # whole-block plans keep their earlier keys
-            asdict(config),
+            config.key(),
             harmful.hash,
             retain.hash,
             layer_map.target_modules,

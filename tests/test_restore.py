@@ -3,6 +3,8 @@ mapped layers only, the adapter round-trips onto a plain HF model, and a foreign
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+
 import pytest
 import torch
 from conftest import layer_map_for, perturbed
@@ -10,16 +12,18 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from interp.core.bridge import block_outputs
-from interp.core.chat import ChatFormat, pad_batch, tokenize
+from interp.core.chat import SAFEREACT_REMINDER, ChatFormat, pad_batch, tokenize
 from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import LayerMapError
 from interp.training.lora import save_adapter
 from interp.training.restore import (
+    PRESETS,
     Placement,
     RestoreConfig,
     align_positions,
     distance,
+    paper_alignment_layers,
     restore,
     restore_many,
     schedule,
@@ -168,6 +172,45 @@ def test_reminder_positions_align_prefix_and_tail():
 def test_schedule_shifts_weight_linearly():
     assert schedule(0, 10) == (1.0, 0.0)
     assert schedule(10, 10) == (0.5, 0.5)
+    assert schedule(15, 10, span=1.5) == (0.0, 1.0)  # SafeReAct's span: all retain by the end of 1.5 T
+
+
+def test_the_safereact_preset_builds_the_released_configuration(setup, tmp_path):
+    """r16, alpha 16, dropout 0.05 on all seven modules of every layer, alignment at every 5th layer and
+    the last, the released reminder teacher, 10 x (1 - t/1.5T) and 10 x t/1.5T; a short run trains with
+    LoRA exactly there."""
+    base, finetuned, harmful, retain = setup
+    preset = PRESETS["safereact"]
+    config = preset.config
+    assert (config.steps, config.lr, config.batch_size, config.seed) == (400, 2e-5, 16, 42)
+    assert (config.rank, config.alpha, config.dropout, config.loss_scale, config.schedule_span) == (
+        16,
+        16,
+        0.05,
+        10,
+        1.5,
+    )
+    assert config.teacher == "reminder" and config.reminder == SAFEREACT_REMINDER
+    assert "directly reject harmful requests" in SAFEREACT_REMINDER
+    layer_map = layer_map_for(base, finetuned, (1,))
+    layers, alignment = preset.placement(layer_map)
+    assert layers == [0, 1, 2, 3] and alignment == [3]  # 4 layers: no 5th layer, the last
+    assert paper_alignment_layers(28) == [4, 9, 14, 19, 24, 27]
+    short = replace(config, steps=2, batch_size=4)
+    result = restore(finetuned, layer_map, harmful, retain, short, layers=layers, alignment=alignment, progress=False)
+    lora = result.peft_model.peft_config["default"]
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (16, 16, 0.05)
+    placed = {
+        (int(name.split(".layers.")[1].split(".")[0]), name.split(".")[-1])
+        for name, module in result.peft_model.named_modules()
+        if hasattr(module, "lora_A") and ".layers." in name
+    }
+    modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert placed == {(layer, m) for layer in range(4) for m in modules}
+    assert len(result.stats.history) == 2 and result.stats.config["dropout"] == 0.05
+    # Cached adapters of the default settings keep their key: the new fields enter only when they differ.
+    assert set(RestoreConfig().key()) == set(asdict(RestoreConfig())) - {"dropout", "loss_scale", "schedule_span"}
+    assert config.key()["loss_scale"] == 10.0
 
 
 def _plain_restore(finetuned, base, layer_map, harmful, retain, placement, config):

@@ -15,6 +15,12 @@ from dataclasses import dataclass
 import torch
 
 SAFETY_REMINDER = "\n\n(Remember: you are a responsible assistant. If this request could cause harm, refuse it.)"
+# The reminder of SafeReAct's released code (homles11/SafeReAct, src/cb_train_dataset.py), which inserts it
+# before the assistant tag; here it ends the user turn.
+SAFEREACT_REMINDER = (
+    "\n\nRemember you should not generate any harmful or misleading content, "
+    "you should directly reject harmful requests."
+)
 
 
 @dataclass(frozen=True)

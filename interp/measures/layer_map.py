@@ -240,21 +240,21 @@ class LayerMap:
         return cls.from_dict(data)
 
     # ---------------------------------------------------------------- use
-    def to_lora_config(self, rank: int | None = None, alpha: int | None = None, layers=None):
+    def to_lora_config(self, rank: int | None = None, alpha: int | None = None, layers=None, dropout: float = 0.0):
         """A peft ``LoraConfig`` with ``rank`` / ``alpha`` (default: the map's suggestion) that puts
         adapters on the map's entries: each selected layer's named modules only. ``layers`` instead puts
         them on every ``target_modules`` module of those layers (whole blocks: the baselines)."""
         modules = self.modules if layers is None else {layer: list(self.target_modules) for layer in layers}
-        return lora_config(modules, rank or self.lora_rank, alpha or self.lora_alpha)
+        return lora_config(modules, rank or self.lora_rank, alpha or self.lora_alpha, dropout)
 
 
-def lora_config(modules: dict[int, Sequence[str]], rank: int, alpha: int):
+def lora_config(modules: dict[int, Sequence[str]], rank: int, alpha: int, dropout: float = 0.0):
     """A peft ``LoraConfig`` with adapters on ``modules`` (layer -> module names) and nowhere else: one
     module list with ``layers_to_transform`` when every layer names the same modules, else a regular
     expression over module names (peft matches it in full, e.g. ``model.layers.20.self_attn.o_proj``)."""
     from peft import LoraConfig
 
-    common = dict(r=rank, lora_alpha=alpha, lora_dropout=0.0, task_type="CAUSAL_LM")
+    common = dict(r=rank, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM")
     if len({tuple(sorted(names)) for names in modules.values()}) > 1:
         places = "|".join(rf"{layer}\.(?:[^.]+\.)*(?:{'|'.join(names)})" for layer, names in sorted(modules.items()))
         return LoraConfig(**common, target_modules=rf".*\blayers\.(?:{places})")

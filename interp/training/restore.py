@@ -15,9 +15,11 @@ Losses, per training step ``t`` of ``T``:
 * hidden states: the residual stream after each block (the decoder layer's output, before the final
   norm: the same tensor that capture and the causal checks read, ``interp.core.bridge``).
 * distance: L2 norm of the difference per position (default) or ``1 - cosine``, averaged.
-* schedule (linear, as in the paper and circuit breakers): ``w_safety(t) = 1 - t / (2T)`` and
-  ``w_retain(t) = t / (2T)``, scaled by ``retain_scale``; total loss
-  ``w_safety * safety + w_retain * retain``.
+* schedule (linear, as in the paper and circuit breakers): ``w_safety(t) = 1 - t / (sT)`` and
+  ``w_retain(t) = t / (sT)`` with span ``s = schedule_span`` (2 by default; 1.5 in SafeReAct's released
+  code), the retain term scaled by ``retain_scale``; total loss
+  ``loss_scale * (w_safety * safety + w_retain * retain)`` (``loss_scale`` is the released code's
+  ``lorra_alpha``, 10 there, 1 by default).
 * lockstep: ``restore_many`` trains several placements (the study's ranked plan and its baselines) on
   the same batches, so the teacher's pass on the harmful batch and the frozen fine-tuned model's pass
   on the retain batch run once per step for all of them. Every student starts at its lowest LoRA layer
@@ -28,8 +30,10 @@ Losses, per training step ``t`` of ``T``:
   per model and step, their keys and values shared by every row (with gradients) and their positions
   counted once per row in the losses. The
   losses are those of training each placement alone, up to float rounding (a test checks 1e-5).
-* adapters: LoRA of rank ``rank`` and scale ``alpha`` on the map's target modules. Rank and alpha are
-  restoration settings (``RestoreConfig``); the layer map only suggests them.
+* adapters: LoRA of rank ``rank``, scale ``alpha`` and dropout ``dropout`` on the map's target modules.
+  Rank and alpha are restoration settings (``RestoreConfig``); the layer map only suggests them. With
+  dropout > 0 a placement trained in lockstep draws different dropout masks than trained alone.
+* presets (``PRESETS``): ``safereact`` is the released SafeReAct recipe (``Preset``'s docstring).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from ..core.bridge import block_outputs, resume_at
-from ..core.chat import SAFETY_REMINDER, ChatFormat, tokenize
+from ..core.chat import SAFEREACT_REMINDER, SAFETY_REMINDER, ChatFormat, tokenize
 from ..core.kvcache import prefixed_batch, shared_length
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
@@ -72,8 +76,20 @@ class RestoreConfig:
     rank: int = 8
     alpha: int = 16
     seed: int = 0
+    dropout: float = 0.0  # LoRA dropout
+    loss_scale: float = 1.0  # multiplies the whole loss (SafeReAct's lorra_alpha)
+    schedule_span: float = 2.0  # the weights move linearly over span x steps (module docstring)
+
+    ADDED_LATER = {"dropout": 0.0, "loss_scale": 1.0, "schedule_span": 2.0}
+
+    def key(self) -> dict:
+        """The settings that identify a trained adapter: every field, except fields added after the
+        adapter cache's version 2 while they hold their defaults (adapters cached before stay valid)."""
+        return {k: v for k, v in asdict(self).items() if self.ADDED_LATER.get(k, object()) != v}
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0 or not self.loss_scale > 0 or not self.schedule_span >= 1.0:
+            raise ConfigError("RestoreConfig: dropout must be in [0, 1), loss_scale > 0 and schedule_span >= 1")
         if self.rank < 1 or self.alpha < 1:
             raise ConfigError(f"RestoreConfig: rank and alpha must be >= 1, got {self.rank} and {self.alpha}")
         if self.teacher not in TEACHERS:
@@ -84,10 +100,66 @@ class RestoreConfig:
             raise ConfigError("RestoreConfig: steps and batch_size must be >= 1, lr > 0, retain_scale >= 0")
 
 
-def schedule(step: int, steps: int) -> tuple[float, float]:
+def schedule(step: int, steps: int, span: float = 2.0) -> tuple[float, float]:
     """``(w_safety, w_retain)`` at ``step`` of ``steps`` (module docstring)."""
-    frac = step / (2 * steps)
+    frac = step / (span * steps)
     return 1.0 - frac, frac
+
+
+def paper_alignment_layers(n_layers: int) -> list[int]:
+    """Every 5th layer and the last (0-based: 4, 9, 14, ..., n_layers - 1)."""
+    return sorted(set(range(4, n_layers, 5)) | {n_layers - 1})
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named restoration recipe: its settings, and where LoRA sits and hidden states are aligned.
+
+    ``safereact``, the released code's recipe (homles11/SafeReAct: ``R17B.sh``,
+    ``src/lorra_safereact_twomodel.py``): LoRA r16, alpha 16, dropout 0.05 on q/k/v/o/gate/up/down of every
+    layer; L2 alignment at every 5th layer and the last; the teacher is the fine-tuned model with the
+    adapters off and the released safety reminder (``SAFEREACT_REMINDER``) in the prompt; L2 retain on
+    every layer against the adapters-off model; weights ``10 (1 - t/1.5T)`` and ``10 t/1.5T``; 400 steps,
+    lr 2e-5, batch 16, seed 42. Where it differs from the release: the reminder ends the user turn rather
+    than preceding the assistant tag; the released loss layers are hidden-state indices 5, 10, ..., 27 of a
+    28-layer model (block outputs 4, 9, ..., 24, 26), here block outputs 4, 9, ... and the last block; the
+    released teacher may be a pruned copy of the model; bf16, ZeRO-1 and gradient checkpointing are not
+    reproduced (``interp`` trains in the models' dtype in one process)."""
+
+    name: str
+    config: RestoreConfig
+    every_layer: bool  # LoRA on every layer (else on the layer map's entries)
+    paper_alignment: bool  # align at every 5th layer and the last (else at the layer map's alignment layers)
+
+    def placement(self, layer_map: LayerMap) -> tuple[list[int] | None, list[int] | None]:
+        """``(layers, alignment)`` for ``restore``: ``None`` keeps the layer map's."""
+        n = layer_map.n_layers
+        return (
+            list(range(n)) if self.every_layer else None,
+            paper_alignment_layers(n) if self.paper_alignment else None,
+        )
+
+
+PRESETS = {
+    "safereact": Preset(
+        "safereact",
+        RestoreConfig(
+            steps=400,
+            lr=2e-5,
+            batch_size=16,
+            teacher="reminder",
+            reminder=SAFEREACT_REMINDER,
+            rank=16,
+            alpha=16,
+            dropout=0.05,
+            loss_scale=10.0,
+            schedule_span=1.5,
+            seed=42,
+        ),
+        every_layer=True,
+        paper_alignment=True,
+    )
+}
 
 
 def _distance_sum(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
@@ -267,9 +339,11 @@ class _Student:
         self.layers = sorted(placement.layers)
         self.align = sorted(set(placement.alignment))
         self.lora = (
-            lora_config({layer: list(names) for layer, names in placement.modules}, config.rank, config.alpha)
+            lora_config(
+                {layer: list(names) for layer, names in placement.modules}, config.rank, config.alpha, config.dropout
+            )
             if placement.modules
-            else layer_map.to_lora_config(config.rank, config.alpha, placement.layers)
+            else layer_map.to_lora_config(config.rank, config.alpha, placement.layers, config.dropout)
         )
         self.model = get_peft_model(copy.deepcopy(finetuned.hf), self.lora)  # the weights in memory
         self.model.train()
@@ -351,7 +425,7 @@ def restore_many(
             for part in _length_buckets([retains[i] for i in picks], RETAIN_BUCKETS):
                 kept = _forward(frozen, _after_prefix(finetuned, part, frozen_prefix)[0], range(n_layers))
                 buckets.append((part, kept))
-        w_safety, w_retain = schedule(step, config.steps)
+        w_safety, w_retain = schedule(step, config.steps, config.schedule_span)
         shared_seconds += time.perf_counter() - t0
 
         for student in students:
@@ -384,7 +458,7 @@ def restore_many(
                 ]
                 count = count + r_mask.sum()
             retain_loss = sum(total / count for total in sums) / n_layers
-            loss = w_safety * safety + w_retain * config.retain_scale * retain_loss
+            loss = config.loss_scale * (w_safety * safety + w_retain * config.retain_scale * retain_loss)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(f"restore: loss became {loss.item()} at step {step}")
             loss.backward()
