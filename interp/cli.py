@@ -174,17 +174,20 @@ def cmd_restore(args) -> None:
     """LoRA on the layer map's layers of the fine-tuned model; writes the adapter and a merged folder."""
     from .core.prompts import parse_spec
     from .io import atomic_write_json
-    from .measures.layer_map import LayerMap
+    from .measures.layer_map import LayerMap, every_layer_map
     from .training.lora import save_adapter, save_merged
     from .training.restore import PRESETS, restore
 
     _check_out(args.out, "restore_stats.json")
     _check_device(args)
-    layer_map = LayerMap.load(args.layer_map)
+    if args.layer_map is None and not args.preset:
+        raise ConfigError("--layer-map is required (a --preset that puts LoRA on every layer can do without)")
+    layer_map = LayerMap.load(args.layer_map) if args.layer_map else None
     config = _restore_config(args)
-    layers, alignment = PRESETS[args.preset].placement(layer_map) if args.preset else (None, None)
     harmful, retain = parse_spec(args.harmful, 1), parse_spec(args.retain, 0)
     pair = _load_pair(args)
+    layer_map = layer_map or every_layer_map(pair.base, pair.finetuned)
+    layers, alignment = PRESETS[args.preset].placement(layer_map) if args.preset else (None, None)
     result = restore(
         pair.finetuned,
         layer_map,
@@ -450,7 +453,11 @@ def _restore_parser(sub) -> None:
         "format) and a merged Hugging Face folder.",
     )
     _add_pair_options(p)
-    p.add_argument("--layer-map", required=True, help="layer_map.json written by `interp analyze`")
+    p.add_argument(
+        "--layer-map",
+        default=None,
+        help="layer_map.json written by `interp analyze` (optional with --preset safereact: every layer)",
+    )
     p.add_argument("--harmful", default="builtin:harmful:train", help="harmful prompts to restore refusal on")
     p.add_argument(
         "--retain",

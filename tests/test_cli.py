@@ -164,3 +164,21 @@ def test_outputs_never_replace_what_interp_did_not_write(folders, capsys, tmp_pa
     out = tmp_path / "acts"
     assert main([*capture, str(out)]) == 0 and (out / "meta.json").exists()
     assert main([*capture, str(out)]) == 0  # its own previous output is replaced
+
+
+def test_restore_with_the_safereact_preset_needs_no_layer_map(folders, capsys):
+    """The released recipe on a model alone: LoRA on every layer, the reminder teacher; flags override
+    the preset's settings (here the steps and the batch)."""
+    base, ft, tmp = folders
+    args = ["restore", "--base", ft, "--finetuned", ft, "--preset", "safereact", "--steps", "2", "--batch-size", "2"]
+    assert (
+        main([*args, "--harmful", "builtin:harmful:val", "--retain", "builtin:harmless:val", "--out", str(tmp / "sr")])
+        == 0
+    )
+    stats = json.loads((tmp / "sr" / "restore_stats.json").read_text())
+    config = stats["config"]
+    assert (config["steps"], config["batch_size"], config["rank"], config["alpha"]) == (2, 2, 16, 16)
+    assert (config["teacher"], config["dropout"], config["loss_scale"], config["lr"]) == ("reminder", 0.05, 10.0, 2e-5)
+    assert stats["layers"] == [0, 1, 2, 3] and stats["alignment_layers"] == [3]
+    assert main(["restore", "--base", base, "--finetuned", ft, "--out", str(tmp / "no-map")]) == 2
+    assert "--layer-map is required" in capsys.readouterr().err

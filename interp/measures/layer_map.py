@@ -266,6 +266,23 @@ def lora_config(modules: dict[int, Sequence[str]], rank: int, alpha: int, dropou
     )
 
 
+def every_layer_map(base, finetuned) -> LayerMap:
+    """A map that selects every layer of ``finetuned`` with equal scores (no analysis behind it): for
+    recipes that put LoRA everywhere, such as the SafeReAct preset on a model studied alone."""
+    n = finetuned.n_layers
+    return LayerMap(
+        base_model=base.name,
+        finetuned_model=finetuned.name,
+        base_fingerprint=base.fingerprint,
+        finetuned_fingerprint=finetuned.fingerprint,
+        n_layers=n,
+        scores=[0.0] * n,
+        ranked_layers=list(range(n)),
+        selected_layers=list(range(n)),
+        alignment_layers=list(range(n)),
+    )
+
+
 def build_layer_map(
     metrics: PairMetrics,
     sweep: CausalSweep | None,
