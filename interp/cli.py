@@ -213,6 +213,7 @@ def cmd_restore(args) -> None:
 
 def cmd_evaluate(args) -> None:
     """The evaluation table for base, fine-tuned and any restored models or adapters."""
+    from .core.chat import ChatFormat
     from .core.generate import find_refusal_tokens
     from .core.judges import check_judge_spec
     from .core.models import check_pair, fresh_copy, load_model
@@ -220,7 +221,7 @@ def cmd_evaluate(args) -> None:
     from .evaluation.table import Candidate, EvalConfig, EvalSuite, evaluate_models
     from .evaluation.targets import paired_tests
     from .io import atomic_write_json, atomic_write_text
-    from .report.tables import judge_table, paired_table, results_table
+    from .report.tables import judge_table, paired_table, parts_table, results_table
     from .training.lora import apply_adapter
 
     _check_out(args.out, "evaluation.json")
@@ -241,6 +242,7 @@ def cmd_evaluate(args) -> None:
     if args.limit is not None:
         suite = suite.head(args.limit)
     tokens = _ints(args.refusal_tokens, "--refusal-tokens")
+    chat = ChatFormat.reasoning() if args.reasoning else ChatFormat()
     config = EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, judges=tuple(args.judge))
     for spec in config.judges:
         check_judge_spec(spec, resolve=True)
@@ -258,7 +260,13 @@ def cmd_evaluate(args) -> None:
     if not tokens:  # the base model's own most common first refusal tokens, as in the analysis
         tokens = find_refusal_tokens(pair.base, suite.harmful)
     rows = evaluate_models(
-        candidates, suite, refusal_tokens=tokens, reference=pair.finetuned, config=config, cache=not args.no_cache
+        candidates,
+        suite,
+        refusal_tokens=tokens,
+        reference=pair.finetuned,
+        config=config,
+        chat=chat,
+        cache=not args.no_cache,
     )
     tests = paired_tests(rows, against=("base", "finetuned"))
     out = Path(args.out)
@@ -273,6 +281,8 @@ def cmd_evaluate(args) -> None:
     )
     text = results_table(rows) + "\n\nPaired tests (each row against the base and the fine-tuned model):\n\n"
     text += paired_table(tests)
+    if chat.trace is not None:
+        text += "\n\nReasoning trace and final answer, judged apart (substring list):\n\n" + parts_table(rows)
     if config.judges:
         text += "\n\nModel judges beside the substring list (agreement on 'did the model comply?'):\n\n"
         text += judge_table(rows)
@@ -526,6 +536,12 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     _add_judge_option(p)
+    p.add_argument(
+        "--reasoning",
+        action="store_true",
+        help="an R1-style reasoning model: the answer starts inside <think>, and the trace and the final "
+        "answer (after </think>) are judged apart",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not reuse cached answers or rows")
     p.add_argument("--out", required=True, help="folder for evaluation.json and evaluation.md")
     p.set_defaults(func=cmd_evaluate)

@@ -10,6 +10,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,39 @@ def saved_pair(tiny_llama, tmp_path) -> ModelPair:
     perturbed(load_model(tiny_llama)).hf.save_pretrained(tmp_path / "ft")
     load_model(tiny_llama).tokenizer.save_pretrained(tmp_path / "ft")
     return ModelPair(load_model(tiny_llama), load_model(tmp_path / "ft"))
+
+
+def scripted_lm(
+    folder: Path, reply: str, after: str, chat_template: str | None = None, words: Sequence[str] = ()
+) -> Path:
+    """A tiny causal LM that answers ``reply`` whenever its prompt ends with the token ``after``.
+
+    Every block's attention and MLP output matrices are zeroed, so the last position's final hidden
+    state is its own token's embedding (normalised); the chain's tokens get one-hot embeddings and the
+    unembedding maps each to the next (the last to the end token). Each token of the reply must be
+    distinct: ``words`` are added to the vocabulary as whole tokens. ``chat_template`` replaces ChatML."""
+    build_tiny(folder, "llama", n_layers=2)
+    model = LlamaForCausalLM.from_pretrained(folder)
+    tokenizer = make_tokenizer()
+    if words:
+        tokenizer.add_tokens(list(words))
+        model.resize_token_embeddings(len(tokenizer))
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    start = tokenizer(after, add_special_tokens=False).input_ids[-1:]
+    chain = start + tokenizer(reply, add_special_tokens=False).input_ids
+    assert len(set(chain)) == len(chain), f"a token repeats in {tokenizer.convert_ids_to_tokens(chain)}"
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed = model.model.embed_tokens.weight
+        model.lm_head.weight.zero_()
+        for i, token in enumerate(chain):
+            embed[token] = 0.0
+            embed[token, i] = 1.0
+            following = chain[i + 1] if i + 1 < len(chain) else tokenizer.eos_token_id
+            model.lm_head.weight[following, i] = 10.0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny, make_tokenizer
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForSequenceClassification
+from conftest import build_tiny, make_tokenizer, scripted_lm
+from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from interp.core.judges import (
     ClassifierJudge,
@@ -84,26 +84,9 @@ def classifier_dir(tmp_path_factory) -> Path:
 
 
 def scripted_guard(folder: Path, reply: str) -> Path:
-    """A causal LM that answers ``reply`` to any conversation: its chat template ends with
-    ``<|im_start|>``, and each token of the reply (then the end token) follows the one before."""
-    build_tiny(folder, "llama", n_layers=2)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    tokenizer = make_tokenizer()
-    tokenizer.chat_template = (
-        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}{{ '<|im_start|>' }}"
-    )
-    chain = [tokenizer.convert_tokens_to_ids("<|im_start|>"), *tokenizer(reply, add_special_tokens=False).input_ids]
-    assert len(set(chain)) == len(chain)  # each token says what comes next
-    _silence(model)
-    _one_hot(model, chain)
-    with torch.no_grad():
-        model.lm_head.weight.zero_()
-        for i in range(len(chain)):
-            following = chain[i + 1] if i + 1 < len(chain) else tokenizer.eos_token_id
-            model.lm_head.weight[following, i] = 10.0
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    """A guard that answers ``reply`` to any conversation: its chat template ends with ``<|im_start|>``."""
+    template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}{{ '<|im_start|>' }}"
+    return scripted_lm(folder, reply, "<|im_start|>", template)
 
 
 def test_substring_judge_is_todays_list():

@@ -10,9 +10,11 @@ length so that padding stays small.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+
+from ..errors import ConfigError
 
 SAFETY_REMINDER = "\n\n(Remember: you are a responsible assistant. If this request could cause harm, refuse it.)"
 # The reminder of SafeReAct's released code (homles11/SafeReAct, src/cb_train_dataset.py), which inserts it
@@ -29,10 +31,45 @@ class ChatFormat:
 
     ``system_prompt=None`` keeps the template's own default system turn; ``""`` asks for none where
     the template allows it. ``user_suffix`` is appended to the user turn (e.g. a safety reminder).
+
+    Reasoning models: ``prefill`` is text the assistant turn starts with (``<think>\n`` for R1-style
+    models, as SafeReAct's evaluation does), and ``trace`` names the delimiters of the reasoning trace
+    (``("<think>", "</think>")``): ``split`` cuts an answer into its trace and its final answer.
     """
 
     system_prompt: str | None = None
     user_suffix: str = ""
+    prefill: str = ""
+    trace: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.trace is not None:
+            object.__setattr__(self, "trace", tuple(self.trace))  # JSON gives a list back
+            if len(self.trace) != 2 or not all(isinstance(t, str) and t for t in self.trace):
+                raise ConfigError(f"trace must be two non-empty delimiters (open, close), got {self.trace!r}")
+
+    @classmethod
+    def reasoning(cls, system_prompt: str | None = None) -> ChatFormat:
+        """R1-style: the assistant turn starts inside ``<think>``; the trace ends at ``</think>``."""
+        return cls(system_prompt, prefill="<think>\n", trace=("<think>", "</think>"))
+
+    def split(self, answer: str) -> tuple[str, str, bool]:
+        """``(trace, final answer, finished)`` of an answer generated after this format's prompt: the
+        trace is the text between the delimiters (it may begin in the prefill), the final answer what
+        follows the closing one; ``finished`` is False when the trace never closed (the budget ran out
+        inside it: no final answer). Without trace delimiters the whole answer is the final answer."""
+        if self.trace is None:
+            return "", answer.strip(), True
+        opening, closing = self.trace
+        text = self.prefill + answer
+        start = text.find(opening)
+        if start < 0:
+            return "", answer.strip(), True
+        start += len(opening)
+        end = text.find(closing, start)
+        if end < 0:
+            return text[start:].strip(), "", False
+        return text[start:end].strip(), text[end + len(closing) :].strip(), True
 
     def messages(self, instruction: str, answer: str | None = None) -> list[dict[str, str]]:
         messages = []
@@ -44,8 +81,9 @@ class ChatFormat:
         return messages
 
     def render(self, tokenizer, instruction: str) -> str:
-        """The prompt text up to and including the start of the assistant turn."""
-        return tokenizer.apply_chat_template(self.messages(instruction), tokenize=False, add_generation_prompt=True)
+        """The prompt text up to and including the start of the assistant turn (and the prefill)."""
+        text = tokenizer.apply_chat_template(self.messages(instruction), tokenize=False, add_generation_prompt=True)
+        return text + self.prefill
 
     def render_all(self, tokenizer, instructions: Sequence[str]) -> list[str]:
         return [self.render(tokenizer, text) for text in instructions]
@@ -56,10 +94,15 @@ class ChatFormat:
 
     def with_suffix(self, suffix: str) -> ChatFormat:
         """The same format with ``suffix`` appended to the user turn (e.g. a safety reminder)."""
-        return ChatFormat(self.system_prompt, self.user_suffix + suffix)
+        return replace(self, user_suffix=self.user_suffix + suffix)
 
     def to_dict(self) -> dict:
-        return {"system_prompt": self.system_prompt, "user_suffix": self.user_suffix}
+        """What identifies the format in cache keys (the reasoning fields only when set, so keys made
+        before they existed stay valid)."""
+        out = {"system_prompt": self.system_prompt, "user_suffix": self.user_suffix}
+        if self.prefill or self.trace:
+            out |= {"prefill": self.prefill, "trace": None if self.trace is None else list(self.trace)}
+        return out
 
 
 def tokenize(tokenizer, text: str) -> list[int]:

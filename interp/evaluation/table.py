@@ -33,7 +33,7 @@ from ..core.bridge import Edit, decoder_layers, intervene, record_block_inputs, 
 from ..core.chat import ChatFormat, tokenize
 from ..core.generate import BATCH_SIZE, ENGINE_VERSION, Request, generate, generate_many
 from ..core.judge import JUDGE_WINDOW, REFUSAL_PHRASES, Behaviour
-from ..core.judges import Judge, check_judge_spec, parse_judge
+from ..core.judges import Judge, SubstringJudge, check_judge_spec, parse_judge
 from ..core.kvcache import kv_cache, prefixed_batch, shared_prefix
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet, load_prompts, shared_data_dir
@@ -184,6 +184,8 @@ class EvalRow:
     info: dict = field(default_factory=dict)
     # judge name -> {"kind", "outcomes": {set: [0/1 decision per prompt]}, "unparsed": {set: count}}
     judges: dict = field(default_factory=dict)
+    # with a reasoning format: set -> {"trace": [0/1], "answer": [0/1], "finished": [0/1]} (substring judge)
+    parts: dict = field(default_factory=dict)
 
     MEASURED = (
         "harmful_refusal",
@@ -198,6 +200,7 @@ class EvalRow:
         "n",
         "outcomes",
         "judges",
+        "parts",
     )
 
     def interval(self, column: str) -> tuple[float, float] | None:
@@ -309,8 +312,11 @@ def _scored_logprobs(hf, edits, prefix, batch, keep: int, scored: torch.Tensor, 
 
 
 # ----------------------------------------------------------------------------- rows
-def _requests(suite: EvalSuite, config: EvalConfig, refusal_tokens: Sequence[int]) -> dict[str, Request]:
-    """What each set asks of the engine: judged sets may stop at a refusal; the task set runs to the end."""
+def _requests(
+    suite: EvalSuite, config: EvalConfig, refusal_tokens: Sequence[int], chat: ChatFormat
+) -> dict[str, Request]:
+    """What each set asks of the engine: judged sets may stop at a refusal (not with a reasoning trace,
+    where a refusal phrase in the trace decides nothing); the task set runs to the end."""
     tokens = tuple(int(t) for t in refusal_tokens)
     out = {}
     for name, prompts in suite.sets().items():
@@ -318,26 +324,49 @@ def _requests(suite: EvalSuite, config: EvalConfig, refusal_tokens: Sequence[int
             out[name] = Request(prompts, config.task_max_new_tokens)
         else:
             score = tokens if name == "harmful" else None
-            out[name] = Request(prompts, config.max_new_tokens, stop_at_refusal=True, score_tokens=score)
+            stop = chat.trace is None
+            out[name] = Request(prompts, config.max_new_tokens, stop_at_refusal=stop, score_tokens=score)
     return out
 
 
-def _model_judged(judges: Sequence[Judge], suite: EvalSuite, answers: dict) -> dict:
-    """``EvalRow.judges``: every model judge's decisions on every judged set (not the task set)."""
+def _parts(judge: Judge, prompts: PromptSet, answers: Sequence[str], chat: ChatFormat) -> dict:
+    """A judge's decisions on the trace and on the final answer of each answer (``EvalRow.parts``)."""
+    split = [chat.split(answer) for answer in answers]
+    return {
+        "trace": [int(v.decision) for v in judge(prompts.instructions, [t for t, _, _ in split])],
+        "answer": [int(v.decision) for v in judge(prompts.instructions, [a for _, a, _ in split])],
+        "finished": [int(done) for _, _, done in split],
+    }
+
+
+def _model_judged(judges: Sequence[Judge], suite: EvalSuite, answers: dict, chat: ChatFormat) -> dict:
+    """``EvalRow.judges``: every model judge's decisions on every judged set (not the task set), and with
+    a reasoning format on each answer's trace and final answer (``parts``)."""
     out = {}
     for judge in judges:
-        outcomes, unparsed = {}, {}
+        outcomes, unparsed, parts = {}, {}, {}
         for name, prompts in suite.sets().items():
             if name == "task":
                 continue
             verdicts = judge(prompts.instructions, answers[name].answers)
             outcomes[name] = [int(v.decision) for v in verdicts]
             unparsed[name] = sum(v.label == "unparsed" for v in verdicts)
-        out[judge.name] = {"kind": judge.kind, "outcomes": outcomes, "unparsed": unparsed}
+            if chat.trace is not None:
+                parts[name] = _parts(judge, prompts, answers[name].answers, chat)
+        out[judge.name] = {"kind": judge.kind, "outcomes": outcomes, "unparsed": unparsed} | (
+            {"parts": parts} if parts else {}
+        )
     return out
 
 
-def _measure(candidate: Candidate, suite: EvalSuite, answers: dict, kl: float, judges: Sequence[Judge] = ()) -> dict:
+def _measure(
+    candidate: Candidate,
+    suite: EvalSuite,
+    answers: dict,
+    kl: float,
+    judges: Sequence[Judge] = (),
+    chat: ChatFormat = ChatFormat(),
+) -> dict:
     """The measured fields of a row, from a candidate's answers (``interp.core.generate.Answers`` by set)."""
     judged = {name: Behaviour(prompts, answers[name].answers) for name, prompts in suite.sets().items()}
     outcomes = {name: [int(x) for x in b.refusals] for name, b in judged.items() if name != "task"}
@@ -360,7 +389,14 @@ def _measure(candidate: Candidate, suite: EvalSuite, answers: dict, kl: float, j
         | {"task": task.examples(2)},
         "n": suite.sizes(),
         "outcomes": outcomes,
-        "judges": _model_judged(judges, suite, answers),
+        "judges": _model_judged(judges, suite, answers, chat),
+        "parts": {}
+        if chat.trace is None
+        else {
+            name: _parts(SubstringJudge(), prompts, answers[name].answers, chat)
+            for name, prompts in suite.sets().items()
+            if name != "task"
+        },
     }
     for name, value in measured.items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -422,7 +458,7 @@ def evaluate_models(
         reference_answers = generate(reference, suite.harmless, max_new_tokens=config.max_new_tokens, **gen)
         shared = time.perf_counter() - start
         answers = {}
-        requests = _requests(suite, config, refusal_tokens)
+        requests = _requests(suite, config, refusal_tokens, chat)
         for i in todo:
             start = time.perf_counter()
             c = candidates[i]
@@ -440,7 +476,7 @@ def evaluate_models(
         )
         kl_seconds = (time.perf_counter() - start) / len(todo)
         for i, kl in zip(todo, kls):
-            measured[i] = _measure(candidates[i], suite, answers[i], kl, judges)
+            measured[i] = _measure(candidates[i], suite, answers[i], kl, judges, chat)
             seconds[i] += kl_seconds
             if cache and paths[i] is not None:
                 write_cache_json(paths[i], measured[i])
@@ -448,8 +484,9 @@ def evaluate_models(
     for candidate, values, spent in zip(candidates, measured, seconds):
         row = EvalRow(
             name=candidate.name,
-            **{name: values.get(name) for name in EvalRow.MEASURED if name != "judges"},
+            **{name: values.get(name) for name in EvalRow.MEASURED if name not in ("judges", "parts")},
             judges=values.get("judges") or {},
+            parts=values.get("parts") or {},
             seconds=round(spent, 1),
             trainable_params=candidate.trainable_params,
             train_seconds=candidate.train_seconds,

@@ -236,6 +236,23 @@ def organism_table(manifest: dict) -> str:
     return markdown_table(head, rows)
 
 
+def parts_table(rows: Sequence) -> str:
+    """With a reasoning format (``EvalRow.parts``): per model and judged set, the substring judge's
+    refusal rate in the reasoning trace and in the final answer (Wilson 95% intervals), and the share of
+    traces that closed within the token budget (an unclosed trace has no final answer: not a refusal)."""
+
+    def rate(values) -> str:
+        return "n/a" if not values else rate_cell(sum(values) / len(values), wilson_interval(sum(values), len(values)))
+
+    head = ["model", "set", "refusal in the trace", "refusal in the final answer", "traces closed"]
+    cells = []
+    for row in rows:
+        for name, part in (row.parts or {}).items():
+            closed = part["finished"]
+            cells.append([row.name, name, rate(part["trace"]), rate(part["answer"]), f"{sum(closed)}/{len(closed)}"])
+    return markdown_table(head, cells)
+
+
 def judge_table(rows: Sequence) -> str:
     """Every model judge's rates per model (``EvalRow.judges``: refusal rate for a refusal judge, unsafe
     rate for a harm judge; Wilson 95% intervals) beside the substring list's, and their agreement on
@@ -287,6 +304,8 @@ def study_report(rows: Sequence, targets: Sequence, paired: Sequence, seconds: d
     sizes = rows[0].n if rows else {}
     lines += ["Prompts: " + ", ".join(f"{name} {n}" for name, n in sizes.items()) + ".", ""]
     lines += ["Rates: greedy answers judged on every prompt, with Wilson 95% intervals.", ""]
+    if any(row.parts for row in rows):
+        lines += ["## Reasoning trace and final answer", "", parts_table(rows), ""]
     if any(row.judges for row in rows):
         lines += ["## Model judges", "", judge_table(rows), ""]
     if targets:
