@@ -214,7 +214,7 @@ def cmd_restore(args) -> None:
 def cmd_evaluate(args) -> None:
     """The evaluation table for base, fine-tuned and any restored models or adapters."""
     from .core.chat import ChatFormat
-    from .core.generate import find_refusal_tokens
+    from .core.generate import Sampling, find_refusal_tokens
     from .core.judges import check_judge_spec
     from .core.models import check_pair, fresh_copy, load_model
     from .core.prompts import parse_spec
@@ -243,7 +243,10 @@ def cmd_evaluate(args) -> None:
         suite = suite.head(args.limit)
     tokens = _ints(args.refusal_tokens, "--refusal-tokens")
     chat = ChatFormat.reasoning() if args.reasoning else ChatFormat()
-    config = EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, judges=tuple(args.judge))
+    sampling = None if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.sample_seed)
+    config = EvalConfig(
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, judges=tuple(args.judge), sampling=sampling
+    )
     for spec in config.judges:
         check_judge_spec(spec, resolve=True)
     pair = _load_pair(args)
@@ -542,6 +545,11 @@ def _evaluate_parser(sub) -> None:
         help="an R1-style reasoning model: the answer starts inside <think>, and the trace and the final "
         "answer (after </think>) are judged apart",
     )
+    p.add_argument(
+        "--temperature", type=float, default=0.0, help="0: greedy answers (default); > 0: one seeded sample per prompt"
+    )
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (with --temperature)")
     p.add_argument("--no-cache", action="store_true", help="do not reuse cached answers or rows")
     p.add_argument("--out", required=True, help="folder for evaluation.json and evaluation.md")
     p.set_defaults(func=cmd_evaluate)

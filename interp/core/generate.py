@@ -16,6 +16,12 @@ text so far is a prefix of the full answer, so the phrase stays where it is and 
 cannot change. Such an answer is kept as far as it was generated. Finished rows leave the batch in
 groups (each eviction copies the KV cache); until then their outputs are ignored.
 
+**Sampling.** A request with ``temperature > 0`` samples instead (``Sampling``): each token from the
+softmax of the logits divided by the temperature, restricted to the smallest set of tokens whose
+probability reaches ``top_p`` (nucleus sampling). Each row draws from its own generator, seeded by the
+request's seed and the prompt text, so a sample does not depend on which rows share its batch (up to
+float rounding of the logits). Several samples per prompt are several requests with different seeds.
+
 **Answer cache.** Answers are stored on disk under ``answers/`` keyed by the weights fingerprint, the
 intervention (``edits_key``; edits without a key are never cached), the chat format, the token budget
 and the judge, then by prompt. A complete answer serves every later request for that prompt; an answer
@@ -27,7 +33,7 @@ of the first step, and cached beside the answer.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -47,14 +53,41 @@ EVICT_FRACTION = 8  # finished rows leave the batch once they are an eighth of i
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """Sampled decoding (module docstring): ``temperature`` > 0, nucleus ``top_p`` in (0, 1], ``seed``."""
+
+    temperature: float = 0.6
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0 or not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampling needs temperature > 0 and top_p in (0, 1], got {self}")
+
+    def generator(self, text: str) -> torch.Generator:
+        """The generator of one row: seeded by the seed and the prompt text."""
+        return torch.Generator().manual_seed(int(stable_hash([self.seed, text]), 16) % (2**63))
+
+    def draw(self, logits: torch.Tensor, generator: torch.Generator) -> int:
+        """One token from ``logits`` ``[d_vocab]``."""
+        probs = torch.softmax(logits.float().cpu() / self.temperature, -1)
+        if self.top_p < 1:
+            ordered, index = probs.sort(descending=True)
+            keep = ordered.cumsum(-1) - ordered < self.top_p  # the smallest prefix reaching top_p
+            probs = torch.zeros_like(probs).scatter(0, index[keep], ordered[keep])
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@dataclass(frozen=True)
 class Request:
-    """One prompt set to answer: its token budget, whether the judge may stop a row early, and the
-    refusal tokens whose first-step log-odds to return (``None``: no score)."""
+    """One prompt set to answer: its token budget, whether the judge may stop a row early, the refusal
+    tokens whose first-step log-odds to return (``None``: no score), and ``sampling`` (``None``: greedy)."""
 
     prompts: PromptSet | Sequence[str]
     max_new_tokens: int = 48
     stop_at_refusal: bool = False
     score_tokens: tuple[int, ...] | None = None
+    sampling: Sampling | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -90,6 +123,8 @@ class _Row:
     answer: str | None = None
     stopped: bool = False  # stopped by the judge before end-of-sequence or the budget
     score: float | None = None
+    sampling: Sampling | None = None
+    generator: torch.Generator | None = None
 
 
 # ----------------------------------------------------------------------------- one batch
@@ -116,6 +151,10 @@ def _decode_batch(model: LoadedModel, rows: list[_Row], prefix: SharedPrefix) ->
     mask, last = mask.to(device), positions[:, -1].to(device)
     while True:
         next_tokens = logits.argmax(-1)
+        for j, r in enumerate(present):
+            row = rows[r]
+            if row.sampling is not None and row.answer is None:
+                next_tokens[j] = row.sampling.draw(logits[j], row.generator)
         for j, token in enumerate(next_tokens.tolist()):
             row = rows[present[j]]
             if row.answer is not None:  # finished earlier, still in the batch
@@ -160,35 +199,36 @@ class _AnswerStore:
         self.key = [model.fingerprint, edits_key, chat.to_dict(), REFUSAL_PHRASES, JUDGE_WINDOW, ENGINE_VERSION]
         self.files: dict[int, dict] = {}
 
-    def path(self, budget: int):
-        return cache_root() / "answers" / f"{stable_hash([*self.key, budget])}.json"
+    def path(self, budget: int, sampling: Sampling | None = None):
+        how = [] if sampling is None else [asdict(sampling)]  # greedy answers keep their keys
+        return cache_root() / "answers" / f"{stable_hash([*self.key, budget, *how])}.json"
 
-    def entries(self, budget: int) -> dict:
-        if budget not in self.files:
-            path = self.path(budget)
-            self.files[budget] = read_cache_json(path) or {}
-        return self.files[budget]
+    def entries(self, budget: int, sampling: Sampling | None = None) -> dict:
+        if (budget, sampling) not in self.files:
+            path = self.path(budget, sampling)
+            self.files[budget, sampling] = read_cache_json(path) or {}
+        return self.files[budget, sampling]
 
     def get(self, row: _Row) -> dict | None:
         """The cached entry for ``row`` if it can stand in for generating it (a stopped answer only
         where stopping is allowed)."""
-        entry = self.entries(row.budget).get(row.text)
+        entry = self.entries(row.budget, row.sampling).get(row.text)
         if entry is None or (entry["stopped"] and not row.stop_at_refusal):
             return None
         return entry
 
     def save(self, rows: Sequence[_Row]) -> None:
-        for budget in sorted({row.budget for row in rows}):
-            entries = self.entries(budget)
+        for budget, sampling in sorted({(row.budget, row.sampling) for row in rows}, key=repr):
+            entries = self.entries(budget, sampling)
             for row in rows:
-                if row.budget != budget:
+                if (row.budget, row.sampling) != (budget, sampling):
                     continue
                 old = entries.get(row.text)
                 scores = dict(old["scores"]) if old is not None and old["answer"] == row.answer else {}
                 if row.score is not None:
                     scores[_score_key(row.score_tokens)] = row.score
                 entries[row.text] = {"answer": row.answer, "stopped": row.stopped, "scores": scores}
-            write_cache_json(self.path(budget), entries)
+            write_cache_json(self.path(budget, sampling), entries)
 
 
 def _score_key(tokens: Sequence[int]) -> str:
@@ -207,9 +247,10 @@ def generate_many(
     cache: bool = True,
     progress: bool = True,
 ) -> list[Answers]:
-    """Greedy answers to every request, all prompts pooled into length-sorted batches (see the module
-    docstring). ``edits`` change the residual stream after the given blocks at every step; give them an
-    ``edits_key`` (any string that identifies them) to cache their answers."""
+    """Answers to every request (greedy, or sampled where a request says so), all prompts pooled into
+    length-sorted batches (see the module docstring). ``edits`` change the residual stream after the
+    given blocks at every step; give them an ``edits_key`` (any string that identifies them) to cache
+    their answers."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     rows: list[_Row] = []
@@ -218,7 +259,10 @@ def generate_many(
         if not instructions:
             raise ConfigError(f"request {r} has no prompts")
         for i, (text, ids) in enumerate(zip(instructions, chat.encode(model.tokenizer, instructions))):
-            rows.append(_Row(r, i, text, ids, request.max_new_tokens, request.stop_at_refusal, request.score_tokens))
+            row = _Row(r, i, text, ids, request.max_new_tokens, request.stop_at_refusal, request.score_tokens)
+            if request.sampling is not None:
+                row.sampling, row.generator = request.sampling, request.sampling.generator(text)
+            rows.append(row)
     store = _AnswerStore(model, edits_key if edits else "", chat) if cache and (not edits or edits_key) else None
     to_generate, to_score = [], []
     for row in rows:

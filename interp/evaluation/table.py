@@ -13,9 +13,12 @@ scored at the last prompt position and every answer position but the last. Every
 per-prompt outcomes, so intervals and paired tests (``interp.evaluation.stats``) can be computed on the
 same prompts. Rows are cached on disk by the model's weights; answers by ``interp.core.generate``.
 
-Model judges (``EvalConfig.judges``, ``interp.core.judges``) judge the same answers beside the substring
-list: each row keeps every judge's per-prompt decisions on every judged set (``EvalRow.judges``), so the
-report gives each judge's rates with intervals and its agreement with the substring list.
+Answers are greedy, or one seeded sample per prompt (``EvalConfig.sampling``, ``interp.core.generate``):
+a sampled answer is one random draw per prompt, so the Wilson interval over prompts still covers the
+rate under sampling. Model judges (``EvalConfig.judges``, ``interp.core.judges``) judge the same
+answers beside the substring list: each row keeps every judge's per-prompt decisions on every judged
+set (``EvalRow.judges``), so the report gives each judge's rates with intervals and its agreement with
+the substring list.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 
 from ..core.bridge import Edit, decoder_layers, intervene, record_block_inputs, resume_at
 from ..core.chat import ChatFormat, tokenize
-from ..core.generate import BATCH_SIZE, ENGINE_VERSION, Request, generate, generate_many
+from ..core.generate import BATCH_SIZE, ENGINE_VERSION, Request, Sampling, generate, generate_many
 from ..core.judge import JUDGE_WINDOW, REFUSAL_PHRASES, Behaviour
 from ..core.judges import Judge, SubstringJudge, check_judge_spec, parse_judge
 from ..core.kvcache import kv_cache, prefixed_batch, shared_prefix
@@ -126,6 +129,7 @@ class EvalConfig:
     batch_size: int = BATCH_SIZE  # generation (interp.core.generate)
     kl_batch_size: int = 32
     judges: tuple[str, ...] = ()  # model judges beside the substring list (``interp.core.judges.parse_judge``)
+    sampling: Sampling | None = None  # None: greedy answers; else one seeded sample per prompt
 
     def __post_init__(self) -> None:
         if min(self.max_new_tokens, self.task_max_new_tokens, self.batch_size, self.kl_batch_size) < 1:
@@ -321,11 +325,13 @@ def _requests(
     out = {}
     for name, prompts in suite.sets().items():
         if name == "task":
-            out[name] = Request(prompts, config.task_max_new_tokens)
+            out[name] = Request(prompts, config.task_max_new_tokens, sampling=config.sampling)
         else:
             score = tokens if name == "harmful" else None
             stop = chat.trace is None
-            out[name] = Request(prompts, config.max_new_tokens, stop_at_refusal=stop, score_tokens=score)
+            out[name] = Request(
+                prompts, config.max_new_tokens, stop_at_refusal=stop, score_tokens=score, sampling=config.sampling
+            )
     return out
 
 
@@ -435,7 +441,9 @@ def evaluate_models(
     judges = [parse_judge(spec, device=str(reference.device)) for spec in config.judges]
     settings = [
         suite.hash,
-        {k: v for k, v in asdict(config).items() if k != "judges"},  # judges enter by their weights, below
+        {  # judges enter by their weights, below; greedy rows keep the keys they had before sampling existed
+            k: v for k, v in asdict(config).items() if k != "judges" and not (k == "sampling" and v is None)
+        },
         *([[judge.key for judge in judges]] if judges else []),  # (rows without judges keep their keys)
         list(refusal_tokens),
         reference.fingerprint,
