@@ -174,7 +174,7 @@ def cmd_restore(args) -> None:
     """LoRA on the layer map's layers of the fine-tuned model; writes the adapter and a merged folder."""
     from .core.prompts import parse_spec
     from .io import atomic_write_json
-    from .measures.layer_map import LayerMap, every_layer_map
+    from .measures.layer_map import LayerMap, manual_layer_map
     from .training.lora import save_adapter, save_merged
     from .training.restore import PRESETS, restore
 
@@ -186,7 +186,7 @@ def cmd_restore(args) -> None:
     config = _restore_config(args)
     harmful, retain = parse_spec(args.harmful, 1), parse_spec(args.retain, 0)
     pair = _load_pair(args)
-    layer_map = layer_map or every_layer_map(pair.base, pair.finetuned)
+    layer_map = layer_map or manual_layer_map(pair.base, pair.finetuned, range(pair.n_layers))
     layers, alignment = PRESETS[args.preset].placement(layer_map) if args.preset else (None, None)
     result = restore(
         pair.finetuned,

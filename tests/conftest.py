@@ -21,7 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 from interp.core.models import LoadedModel, ModelPair, load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.evaluation.table import EvalConfig, EvalSuite
-from interp.measures.layer_map import LayerMap
+from interp.measures.layer_map import LayerMap, manual_layer_map
 
 D_MODEL, D_MLP, N_LAYERS = 64, 176, 4
 CHATML = (
@@ -118,18 +118,7 @@ def perturbed(model: LoadedModel, scale: float = 0.05, seed: int = 1) -> LoadedM
 
 def layer_map_for(base: LoadedModel, finetuned: LoadedModel, selected=(1, 2)) -> LayerMap:
     """A hand-made layer map for a pair, selecting ``selected``."""
-    n = finetuned.n_layers
-    return LayerMap(
-        base_model=base.name,
-        finetuned_model=finetuned.name,
-        base_fingerprint=base.fingerprint,
-        finetuned_fingerprint=finetuned.fingerprint,
-        n_layers=n,
-        scores=[0.0] * n,
-        ranked_layers=list(selected) + [layer for layer in range(n) if layer not in selected],
-        selected_layers=sorted(selected),
-        alignment_layers=sorted(set(selected) | {n - 1}),
-    )
+    return manual_layer_map(base, finetuned, selected)
 
 
 def tiny_suite() -> EvalSuite:
@@ -169,17 +158,30 @@ def scripted_lm(
     start = tokenizer(after, add_special_tokens=False).input_ids[-1:]
     chain = start + tokenizer(reply, add_special_tokens=False).input_ids
     assert len(set(chain)) == len(chain), f"a token repeats in {tokenizer.convert_ids_to_tokens(chain)}"
+    silence(model)
+    one_hot(model, chain)
     with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        embed = model.model.embed_tokens.weight
         model.lm_head.weight.zero_()
-        for i, token in enumerate(chain):
-            embed[token] = 0.0
-            embed[token, i] = 1.0
+        for i in range(len(chain)):
             following = chain[i + 1] if i + 1 < len(chain) else tokenizer.eos_token_id
             model.lm_head.weight[following, i] = 10.0
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def silence(model) -> None:
+    """Zero what every block writes: the residual stream stays the token embeddings."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+
+
+def one_hot(model, tokens: Sequence[int]) -> None:
+    """Token ``tokens[i]`` gets the embedding e_i."""
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        for i, token in enumerate(tokens):
+            embed[token] = 0.0
+            embed[token, i] = 1.0

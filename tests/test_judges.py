@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny, make_tokenizer, scripted_lm
+from conftest import D_MLP, D_MODEL, build_tiny, make_tokenizer, one_hot, scripted_lm, silence
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from interp.core.judges import (
@@ -36,22 +36,6 @@ ANSWERS = [
 PROMPTS = ["p1", "p2", "p3", "p4"]
 
 
-def _silence(model) -> None:
-    """Zero what every block writes: the residual stream stays the token embeddings."""
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-
-
-def _one_hot(model, tokens: list[int]) -> None:
-    with torch.no_grad():
-        embed = model.model.embed_tokens.weight
-        for i, token in enumerate(tokens):
-            embed[token] = 0.0
-            embed[token, i] = 1.0
-
-
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory) -> Path:
     """A refusal classifier that says REJECTION when an answer ends with '.', NORMAL with '!'."""
@@ -59,8 +43,8 @@ def classifier_dir(tmp_path_factory) -> Path:
     tokenizer = make_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=176,
+        hidden_size=D_MODEL,
+        intermediate_size=D_MLP,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -71,9 +55,9 @@ def classifier_dir(tmp_path_factory) -> Path:
     )
     torch.manual_seed(0)
     model = LlamaForSequenceClassification(config)
-    _silence(model)
+    silence(model)
     dot, bang = (tokenizer(c, add_special_tokens=False).input_ids[-1] for c in (".", "!"))
-    _one_hot(model, [dot, bang])
+    one_hot(model, [dot, bang])
     with torch.no_grad():
         model.score.weight.zero_()
         model.score.weight[1, 0] = 1.0  # REJECTION reads the '.' dimension

@@ -266,10 +266,11 @@ def lora_config(modules: dict[int, Sequence[str]], rank: int, alpha: int, dropou
     )
 
 
-def every_layer_map(base, finetuned) -> LayerMap:
-    """A map that selects every layer of ``finetuned`` with equal scores (no analysis behind it): for
-    recipes that put LoRA everywhere, such as the SafeReAct preset on a model studied alone."""
-    n = finetuned.n_layers
+def manual_layer_map(base, finetuned, selected: Sequence[int], alignment: Sequence[int] | None = None) -> LayerMap:
+    """A map chosen by hand, with no analysis behind it: ``selected`` ranked first (in that order), equal scores,
+    aligned at ``alignment`` (default: the selected layers and the last). With every layer selected it
+    serves recipes that put LoRA everywhere, such as the SafeReAct preset on a model studied alone."""
+    n, selected = finetuned.n_layers, list(selected)
     return LayerMap(
         base_model=base.name,
         finetuned_model=finetuned.name,
@@ -277,9 +278,9 @@ def every_layer_map(base, finetuned) -> LayerMap:
         finetuned_fingerprint=finetuned.fingerprint,
         n_layers=n,
         scores=[0.0] * n,
-        ranked_layers=list(range(n)),
-        selected_layers=list(range(n)),
-        alignment_layers=list(range(n)),
+        ranked_layers=selected + [layer for layer in range(n) if layer not in selected],
+        selected_layers=sorted(selected),
+        alignment_layers=sorted(set(selected) | {n - 1}) if alignment is None else sorted(set(alignment)),
     )
 
 
