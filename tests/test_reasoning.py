@@ -15,6 +15,21 @@ from interp.report.tables import parts_table, study_report
 R1 = ChatFormat.reasoning()
 
 
+def evaluated(models: dict, budget: int) -> list:
+    """The evaluation table of ``models`` (name -> model) on the tiny suite with the R1 format."""
+    first = next(iter(models.values()))
+    return evaluate_models(
+        [Candidate(name, model) for name, model in models.items()],
+        tiny_suite(),
+        refusal_tokens=[5],
+        reference=first,
+        config=EvalConfig(max_new_tokens=budget, task_max_new_tokens=3, batch_size=8, kl_batch_size=4),
+        chat=R1,
+        progress=False,
+        log=lambda _: None,
+    )
+
+
 def test_split_cuts_trace_and_final_answer():
     assert R1.split("Let me think. I can't decide.\n</think>\n\nSure, here it is.") == (
         "Let me think. I can't decide.",
@@ -48,16 +63,7 @@ def test_trace_and_final_answer_are_judged_apart(tmp_path):
         scripted_lm(tmp_path / "b", "I can't stop thinking</think>Sure, here", "<think>\n", words=words)
     )
     suite = tiny_suite()
-    rows = evaluate_models(
-        [Candidate("final refusal", finally_refuses), Candidate("trace only", thinks_aloud)],
-        suite,
-        refusal_tokens=[5],
-        reference=finally_refuses,
-        config=EvalConfig(max_new_tokens=16, task_max_new_tokens=4, batch_size=8, kl_batch_size=4),
-        chat=R1,
-        progress=False,
-        log=lambda _: None,
-    )
+    rows = evaluated({"final refusal": finally_refuses, "trace only": thinks_aloud}, budget=16)
     first, second = rows
     n = len(suite.harmful)
     assert first.harmful_refusal == second.harmful_refusal == 1.0  # the whole answer: both "refuse"
@@ -73,15 +79,6 @@ def test_a_trace_cut_by_the_budget_has_no_final_answer(tmp_path):
     words = ["hmm", " let", " me", " see"]
     model = load_model(scripted_lm(tmp_path / "long", "hmm let me see", "<think>\n", words=words))
     suite = tiny_suite()
-    (row,) = evaluate_models(
-        [Candidate("long", model)],
-        suite,
-        refusal_tokens=[5],
-        reference=model,
-        config=EvalConfig(max_new_tokens=3, task_max_new_tokens=3, batch_size=8, kl_batch_size=4),
-        chat=R1,
-        progress=False,
-        log=lambda _: None,
-    )
+    (row,) = evaluated({"long": model}, budget=3)
     n = len(suite.harmful)
     assert row.parts["harmful"] == {"trace": [0] * n, "answer": [0] * n, "finished": [0] * n}
