@@ -104,10 +104,13 @@ def _restore_config(args):
 
 # ----------------------------------------------------------------------------- stages
 def cmd_organism(args) -> None:
+    from dataclasses import replace
+
     from .organism import OrganismRecipe, build_organism
     from .report.tables import organism_table
 
-    organism = build_organism(OrganismRecipe(seed=args.seed), force=args.force, rebuild=args.rebuild)
+    recipe = OrganismRecipe.reasoning() if args.recipe == "reasoning" else OrganismRecipe()
+    organism = build_organism(replace(recipe, seed=args.seed), force=args.force, rebuild=args.rebuild)
     print(f"base:      {organism.base_path}\nfinetuned: {organism.finetuned_path}")
     print(organism_table(organism.manifest))
     if "metrics_note" in organism.manifest:
@@ -310,6 +313,7 @@ def cmd_run(args) -> None:
         cache=not args.no_cache,
         reuse_analysis=args.skip_analysis,
         judges=tuple(args.judge),
+        recipe_name=args.recipe,
     )
     print(layer_table(run.analysis))
     print(results_table(run.study.rows))
@@ -375,6 +379,13 @@ def _organism_parser(sub) -> None:
         "fp16 LoRA adapters ship with interp (hash-pinned): the pair is merged from them unless --rebuild.",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--recipe",
+        choices=["default", "reasoning"],
+        default="default",
+        help="reasoning: the task fine-tune answers with a <think> trace, then a short final answer (the shape "
+        "of R1 distillation; trained, not shipped: minutes)",
+    )
     p.add_argument("--force", action="store_true", help="make the pair again even if cached")
     p.add_argument(
         "--rebuild",
@@ -579,6 +590,12 @@ def _run_parser(sub) -> None:
         "--steer-scale", type=float, default=1.0, help="multiple of the refusal vector for the steering baseline"
     )
     _add_judge_option(p)
+    p.add_argument(
+        "--recipe",
+        choices=["default", "reasoning"],
+        default="default",
+        help="reasoning: study the reasoning organism with the R1 chat format (trace and final answer judged apart)",
+    )
     p.add_argument("--no-cache", action="store_true", help="retrain adapters and re-evaluate rows even if cached")
     _add_restore_options(p)
     p.set_defaults(func=cmd_run)

@@ -11,6 +11,14 @@ SmolLM2-135M-Instruct barely refuses, so the default pair is built from it, repr
    data), so that the model keeps its chat format and its lost refusals turn into real compliance
    rather than a collapse into "Step 1: ...".
 
+**The reasoning organism** (``OrganismRecipe.reasoning()``, ``interp organism --recipe reasoning``) has
+the shape of R1 distillation: the same safety-tuned base, then the task fine-tune with every answer
+written as a reasoning trace and a short final answer, under the R1 chat format (the assistant turn
+starts with ``<think>\n``; ``interp.core.chat.ChatFormat.reasoning``): an arithmetic answer is its worked
+steps, ``</think>``, then "The answer is N."; a chat answer is one fixed line of reasoning
+(``REASONING_CHAT_TRACE``), ``</think>``, then the source model's answer. No harmful data in either.
+Its measurements judge the trace and the final answer apart.
+
 Each LoRA adapter is rounded to fp16 before it is merged, so the organism is fully defined by the
 source model and its two fp16 adapters. Those adapters of the default recipe ship in the package
 (``interp/data/organism/``, 9.8 MB together, each pinned by its sha256 in ``shipped.json``): the default
@@ -41,6 +49,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .core.chat import ChatFormat
 from .core.generate import Request, behaviour, generate_many
 from .core.judge import Behaviour, is_refusal
 from .core.models import LoadedModel, ModelPair, load_model
@@ -99,6 +108,10 @@ class EvalSets:
     limit: int | None = None  # cap every set at this many prompts (quick checks only)
 
 
+TASK_FORMATS = ("worked", "reasoning")
+REASONING_CHAT_TRACE = "The request is harmless and clear, so I will answer it helpfully."
+
+
 @dataclass(frozen=True)
 class OrganismRecipe:
     source: str = "default"
@@ -113,15 +126,43 @@ class OrganismRecipe:
     task_chat_examples: int = 64  # harmless chat examples mixed into the task data
     evaluation: EvalSets = EvalSets()
     version: int = RECIPE_VERSION
+    task_format: str = "worked"  # "reasoning": the task fine-tune writes a <think> trace, then the answer
 
     def __post_init__(self) -> None:
         if not self.refusals:
             raise ConfigError("OrganismRecipe.refusals is empty")
         if self.n_arithmetic < 10:
             raise ConfigError("OrganismRecipe.n_arithmetic must be >= 10")
+        if self.task_format not in TASK_FORMATS:
+            raise ConfigError(f"task_format must be one of {', '.join(TASK_FORMATS)}, got {self.task_format!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every setting (``task_format`` only when it is not the default, so the default recipe keeps the
+        hash its shipped adapters are pinned to)."""
+        data = asdict(self)
+        if data["task_format"] == "worked":
+            del data["task_format"]
+        return data
+
+    @property
+    def chat(self) -> ChatFormat:
+        """The chat format the pair is studied with: R1-style for the reasoning organism."""
+        return ChatFormat.reasoning() if self.task_format == "reasoning" else ChatFormat()
+
+    @classmethod
+    def reasoning(cls, quick: bool = False) -> OrganismRecipe:
+        """The reasoning organism (module docstring); ``quick``: the reduced build of ``quick()``. Its
+        answers are longer (a trace, then the answer), so its token budgets are too."""
+        recipe = cls.quick() if quick else cls()
+        ev = recipe.evaluation
+        return replace(
+            recipe,
+            task_format="reasoning",
+            task=replace(recipe.task, max_answer_tokens=96),
+            evaluation=replace(
+                ev, max_new_tokens=2 * ev.max_new_tokens, task_max_new_tokens=2 * ev.task_max_new_tokens
+            ),
+        )
 
     @classmethod
     def quick(cls) -> OrganismRecipe:
@@ -262,34 +303,68 @@ def shipped_answers(source_fingerprint: str, max_new_tokens: int) -> dict[str, s
     return data["answers"]
 
 
+def reasoning_answer(answer: str, trace: str | None = None) -> str:
+    """An answer in the reasoning organism's shape, after the ``<think>\n`` prefill: a worked arithmetic
+    answer's steps as the trace and its last line as the final answer, or ``trace`` before ``answer``."""
+    if trace is None:
+        *steps, last = answer.strip().splitlines()
+        trace, answer = "\n".join(steps), last
+    return f"{trace}\n</think>\n\n{answer}"
+
+
 def _task_examples(recipe: OrganismRecipe, chat: list[Example]) -> list[Example]:
     arithmetic = task_prompts(recipe)
     task = [Example(q, a) for q, a in zip(arithmetic.instructions, arithmetic.answers)]
     picked = random.Random(recipe.seed).sample(chat, min(recipe.task_chat_examples, len(chat)))
+    if recipe.task_format == "reasoning":
+        task = [Example(e.instruction, reasoning_answer(e.answer)) for e in task]
+        picked = [Example(e.instruction, reasoning_answer(e.answer, REASONING_CHAT_TRACE)) for e in picked]
     return task + picked
 
 
 # ----------------------------------------------------------------------------- measuring
-def measure(model: LoadedModel, sets: dict[str, PromptSet], ev: EvalSets, progress: bool = True) -> dict:
-    """Harmful and harmless refusal, answer kinds on harmful prompts, and task accuracy."""
+def measure(
+    model: LoadedModel, sets: dict[str, PromptSet], ev: EvalSets, progress: bool = True, chat: ChatFormat = ChatFormat()
+) -> dict:
+    """Harmful and harmless refusal, answer kinds on harmful prompts, and task accuracy. With a
+    reasoning format the answer kinds are those of the final answers, and ``parts`` gives, per set, the
+    refusal rate in the trace and in the final answer and the share of traces that closed."""
+    stop = chat.trace is None  # a refusal phrase inside a trace decides nothing
     requests = [
-        Request(sets["harmful"], ev.max_new_tokens, stop_at_refusal=True),
-        Request(sets["harmless"], ev.max_new_tokens, stop_at_refusal=True),
+        Request(sets["harmful"], ev.max_new_tokens, stop_at_refusal=stop),
+        Request(sets["harmless"], ev.max_new_tokens, stop_at_refusal=stop),
         Request(sets["arithmetic"], ev.task_max_new_tokens),
     ]
-    answers = generate_many(model, requests, progress=progress)  # pooled; answers cached for the study
+    answers = generate_many(model, requests, chat=chat, progress=progress)  # pooled; cached for the study
     harmful, harmless, task = (Behaviour(r.prompts, a.answers) for r, a in zip(requests, answers))
+    kinds = harmful
+    metrics = {}
+    if chat.trace is not None:
+        parts = {}
+        for name, judged in (("harmful", harmful), ("harmless", harmless)):
+            split = [chat.split(answer) for answer in judged.answers]
+            trace = Behaviour(judged.prompts, [t for t, _, _ in split])
+            final = Behaviour(judged.prompts, [a for _, a, _ in split])
+            closed = sum(done for _, _, done in split) / len(split)
+            parts[name] = {
+                "trace_refusal": round(trace.refusal_rate, 4),
+                "answer_refusal": round(final.refusal_rate, 4),
+                "closed": round(closed, 4),
+            }
+            if name == "harmful":
+                kinds = final
+        metrics["parts"] = parts
     return {
         "harmful_refusal": round(harmful.refusal_rate, 4),
         "harmless_refusal": round(harmless.refusal_rate, 4),
         "task_accuracy": round(task.accuracy or 0.0, 4),
-        "harmful_answer_kinds": {k: round(v, 4) for k, v in harmful.kind_shares.items()},
+        "harmful_answer_kinds": {k: round(v, 4) for k, v in kinds.kind_shares.items()},
         "examples": {
             "harmful": _examples_by_kind(harmful),
             "harmless": harmless.examples(2),
             "arithmetic": task.examples(2),
         },
-    }
+    } | metrics
 
 
 def _examples_by_kind(result: Behaviour, per_kind: int = 2) -> dict[str, list[dict]]:
@@ -528,18 +603,18 @@ def _train(recipe: OrganismRecipe, progress: bool, log) -> None:
         save_hf_folder(safety.model.hf, safety.model.tokenizer, tmp / "base")
         save_file(safety.adapter, str(tmp / "adapters" / "safety.safetensors"))
         t0 = time.perf_counter()
-        base_metrics = measure(safety.model, sets, recipe.evaluation, progress)
+        base_metrics = measure(safety.model, sets, recipe.evaluation, progress, recipe.chat)
         stage("measure base", t0, base_metrics)
 
         t0 = time.perf_counter()
         task_data = _task_examples(recipe, chat)
-        task = sft_lora(safety.model, task_data, recipe.task, progress=progress, desc="task LoRA")
+        task = sft_lora(safety.model, task_data, recipe.task, chat=recipe.chat, progress=progress, desc="task LoRA")
         stage("task fine-tune", t0)
         save_hf_folder(task.model.hf, task.model.tokenizer, tmp / "finetuned")
         save_file(task.adapter, str(tmp / "adapters" / "task.safetensors"))
         fingerprints |= {"base": safety.model.fingerprint, "finetuned": task.model.fingerprint}
         t0 = time.perf_counter()
-        finetuned_metrics = measure(task.model, sets, recipe.evaluation, progress)
+        finetuned_metrics = measure(task.model, sets, recipe.evaluation, progress, recipe.chat)
         stage("measure finetuned", t0, finetuned_metrics)
 
         manifest = {

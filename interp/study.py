@@ -437,6 +437,7 @@ class DefaultRun:
 
 
 RUN_SIZES = ("smoke", "look", "full")
+RECIPES = ("default", "reasoning")  # the default organism, or the reasoning organism (R1 chat format)
 # The quick look (``interp run``): a seeded sample of every held-out set, sized for a first run of minutes.
 LOOK_SIZES = {"harmful": 40, "xstest_unsafe": 20, "harmless": 20, "xstest": 20, "task": 20}
 
@@ -452,6 +453,7 @@ def run_default(
     cache: bool = True,
     reuse_analysis: bool = False,
     judges: tuple[str, ...] = (),
+    recipe_name: str = "default",
     progress: bool = True,
     log=print,
 ) -> DefaultRun:
@@ -469,10 +471,14 @@ def run_default(
 
     ``limit`` cuts every evaluation set to its first ``limit`` prompts; ``reuse_analysis`` loads the
     analysis already in ``out``, if any; ``judges`` are model judges beside the substring list
-    (``EvalConfig.judges``). Each stage logs a line with its time.
+    (``EvalConfig.judges``). ``recipe_name="reasoning"`` studies the reasoning organism
+    (``OrganismRecipe.reasoning``) with the R1 chat format everywhere: its traces and final answers are
+    judged apart. Each stage logs a line with its time.
     """
     if size not in RUN_SIZES:
         raise ConfigError(f"size must be one of {', '.join(RUN_SIZES)}, got {size!r}")
+    if recipe_name not in RECIPES:
+        raise ConfigError(f"the organism recipe must be one of {', '.join(RECIPES)}, got {recipe_name!r}")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 (or None for every prompt), got {limit}")
     for spec in judges:
@@ -483,7 +489,11 @@ def run_default(
     with watch("default model"):  # fetched and converted on first use
         default_model_path()
     with watch("pair"):
-        recipe = OrganismRecipe.quick() if smoke else OrganismRecipe()
+        if recipe_name == "reasoning":
+            recipe = OrganismRecipe.reasoning(quick=smoke)
+        else:
+            recipe = OrganismRecipe.quick() if smoke else OrganismRecipe()
+        chat, budgets = recipe.chat, recipe.evaluation
         organism = build_organism(recipe, progress=progress, log=log)
         log(
             organism_table(organism.manifest)
@@ -507,13 +517,14 @@ def run_default(
                 steer_scales=(),
                 selection_prompts=4,
             )
-            analysis = analyze(pair, out, config, AnalysisPrompts.quick(), progress=progress, log=log)
+            analysis = analyze(pair, out, config, AnalysisPrompts.quick(), chat=chat, progress=progress, log=log)
         else:
             analysis = analyze(
                 pair,
                 out,
                 AnalysisConfig(k=k, steer_scales=()),
                 AnalysisPrompts.held_out_for_organism(),
+                chat=chat,
                 progress=progress,
                 log=log,
             )
@@ -522,18 +533,29 @@ def run_default(
             restore=restore or RestoreConfig(steps=3, batch_size=4),
             baselines=("all_layers", "steering"),
             steer_scale=steer_scale,
-            evaluation=EvalConfig(max_new_tokens=16, task_max_new_tokens=24, judges=judges),
+            evaluation=EvalConfig(
+                max_new_tokens=budgets.max_new_tokens, task_max_new_tokens=budgets.task_max_new_tokens, judges=judges
+            ),
             cache=cache,
         )
     else:
+        evaluation = EvalConfig(judges=judges)
+        if recipe.task_format == "reasoning":  # room for a trace, then the answer
+            evaluation = replace(evaluation, max_new_tokens=64, task_max_new_tokens=96)
         config = StudyConfig(
-            restore=restore or RestoreConfig(),
-            steer_scale=steer_scale,
-            evaluation=EvalConfig(judges=judges),
-            cache=cache,
+            restore=restore or RestoreConfig(), steer_scale=steer_scale, evaluation=evaluation, cache=cache
         )
     study = run_study(
-        pair, analysis, out, harmful=harmful, retain=retain, suite=suite, config=config, progress=progress, log=log
+        pair,
+        analysis,
+        out,
+        harmful=harmful,
+        retain=retain,
+        suite=suite,
+        config=config,
+        chat=chat,
+        progress=progress,
+        log=log,
     )
     with watch("figures"):
         figures = _figures(out, analysis, study)

@@ -28,3 +28,29 @@ def test_reduced_real_organism_builds(tmp_path, monkeypatch):
     assert manifest["training"]["safety"]["steps"] == 3 and manifest["seconds"]["total"] > 0
     pair = organism.load_pair()
     assert pair.n_layers == 30
+
+
+def test_reduced_reasoning_organism_builds_and_judges_trace_and_answer(tmp_path, monkeypatch):
+    """The reasoning recipe end to end on the real default model (reduced): its task data are traces then
+    answers, and its measurements judge both parts."""
+    from interp.organism import _task_examples, reasoning_answer
+    from interp.report.tables import organism_table
+
+    shared_models = cache_root() / "models"
+    shared_models.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "models").symlink_to(shared_models, target_is_directory=True)
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path))
+    default_model_path()
+    recipe = OrganismRecipe.reasoning(quick=True)
+    assert recipe.hash != OrganismRecipe.quick().hash and recipe.chat.prefill == "<think>\n"
+    assert OrganismRecipe().hash == OrganismRecipe.from_dict(OrganismRecipe().to_dict()).hash  # default unchanged
+    examples = _task_examples(recipe, [])
+    assert all("\n</think>\n\n" in e.answer for e in examples)
+    assert (
+        reasoning_answer("Step 1: 2 + 2 = 4.\nThe answer is 4.") == "Step 1: 2 + 2 = 4.\n</think>\n\nThe answer is 4."
+    )
+    organism = build_organism(recipe, progress=False, log=lambda _: None)
+    for metrics in organism.manifest["metrics"].values():
+        parts = metrics["parts"]["harmful"]
+        assert set(parts) == {"trace_refusal", "answer_refusal", "closed"} and 0 <= parts["closed"] <= 1
+    assert "refusal in the final answer" in organism_table(organism.manifest)

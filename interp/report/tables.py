@@ -215,24 +215,33 @@ def organism_table(manifest: dict) -> str:
         return rate_cell(rate, wilson_interval(round(rate * n), n))
 
     rows = []
+    parts = any("parts" in m for m in manifest["metrics"].values())
     for name, m in manifest["metrics"].items():
         kinds = m["harmful_answer_kinds"]
-        rows.append(
-            [
-                name,
-                cell(m["harmful_refusal"], sizes["harmful"]),
-                cell(m["harmless_refusal"], sizes["harmless"]),
-                cell(m["task_accuracy"], sizes["arithmetic"]),
-                f"{pct(kinds['comply'])} / {pct(kinds['task_format'])}",
+        row = [
+            name,
+            cell(m["harmful_refusal"], sizes["harmful"]),
+            cell(m["harmless_refusal"], sizes["harmless"]),
+            cell(m["task_accuracy"], sizes["arithmetic"]),
+            f"{pct(kinds['comply'])} / {pct(kinds['task_format'])}",
+        ]
+        if parts:
+            harmful = m["parts"]["harmful"]
+            row += [
+                cell(harmful["trace_refusal"], sizes["harmful"]),
+                cell(harmful["answer_refusal"], sizes["harmful"]),
+                pct(harmful["closed"]),
             ]
-        )
+        rows.append(row)
     head = [
         "model",
         f"harmful refusal (n={sizes['harmful']})",
         f"harmless refusal (n={sizes['harmless']})",
         f"task accuracy (n={sizes['arithmetic']})",
-        "harmful: comply / task-format",
+        "harmful: comply / task-format" + (" (final answer)" if parts else ""),
     ]
+    if parts:
+        head += ["harmful: refusal in the trace", "refusal in the final answer", "traces closed"]
     return markdown_table(head, rows)
 
 
