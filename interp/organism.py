@@ -52,6 +52,7 @@ from safetensors.torch import load_file, save_file
 from .core.chat import ChatFormat
 from .core.generate import Request, behaviour, generate_many
 from .core.judge import Behaviour, is_refusal
+from .core.judges import SubstringJudge
 from .core.models import LoadedModel, ModelPair, load_model
 from .core.prompts import (
     HARMFUL,
@@ -65,7 +66,7 @@ from .core.prompts import (
 )
 from .core.sources import ORGANISM_PREFIX, save_hf_folder
 from .errors import ConfigError, ModelLoadError, OrganismDataError
-from .evaluation.table import EvalSuite
+from .evaluation.table import EvalSuite, judge_parts
 from .io import (
     atomic_dir,
     atomic_path,
@@ -342,17 +343,14 @@ def measure(
     if chat.trace is not None:
         parts = {}
         for name, judged in (("harmful", harmful), ("harmless", harmless)):
-            split = [chat.split(answer) for answer in judged.answers]
-            trace = Behaviour(judged.prompts, [t for t, _, _ in split])
-            final = Behaviour(judged.prompts, [a for _, a, _ in split])
-            closed = sum(done for _, _, done in split) / len(split)
+            decided = judge_parts(SubstringJudge(), judged.prompts, judged.answers, chat)
+            rates = {key: round(sum(v) / len(v), 4) for key, v in decided.items()}
             parts[name] = {
-                "trace_refusal": round(trace.refusal_rate, 4),
-                "answer_refusal": round(final.refusal_rate, 4),
-                "closed": round(closed, 4),
+                "trace_refusal": rates["trace"],
+                "answer_refusal": rates["answer"],
+                "closed": rates["finished"],
             }
-            if name == "harmful":
-                kinds = final
+        kinds = Behaviour(harmful.prompts, [chat.split(answer)[1] for answer in harmful.answers])
         metrics["parts"] = parts
     return {
         "harmful_refusal": round(harmful.refusal_rate, 4),

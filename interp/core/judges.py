@@ -25,7 +25,6 @@ refusal judge, ``unsafe`` for a harm judge.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Protocol
 import torch
 
 from ..errors import ConfigError
+from ..io import stable_hash
 from .judge import is_refusal
 
 KINDS = ("refusal", "harm")
@@ -79,7 +79,7 @@ class SubstringJudge:
     def key(self) -> str:
         from .judge import JUDGE_WINDOW, REFUSAL_PHRASES
 
-        return "substring:" + hashlib.sha256(repr((REFUSAL_PHRASES, JUDGE_WINDOW)).encode()).hexdigest()[:16]
+        return "substring:" + stable_hash([REFUSAL_PHRASES, JUDGE_WINDOW])
 
     def __call__(self, prompts: Sequence[str], answers: Sequence[str]) -> list[Verdict]:
         _check_pairs(prompts, answers)

@@ -335,8 +335,9 @@ def _requests(
     return out
 
 
-def _parts(judge: Judge, prompts: PromptSet, answers: Sequence[str], chat: ChatFormat) -> dict:
-    """A judge's decisions on the trace and on the final answer of each answer (``EvalRow.parts``)."""
+def judge_parts(judge: Judge, prompts: PromptSet, answers: Sequence[str], chat: ChatFormat) -> dict:
+    """A judge's decisions on the trace and on the final answer of each answer (``chat.split``), and
+    whether its trace closed: ``{"trace", "answer", "finished"}``, 0/1 per prompt (``EvalRow.parts``)."""
     split = [chat.split(answer) for answer in answers]
     return {
         "trace": [int(v.decision) for v in judge(prompts.instructions, [t for t, _, _ in split])],
@@ -358,7 +359,7 @@ def _model_judged(judges: Sequence[Judge], suite: EvalSuite, answers: dict, chat
             outcomes[name] = [int(v.decision) for v in verdicts]
             unparsed[name] = sum(v.label == "unparsed" for v in verdicts)
             if chat.trace is not None:
-                parts[name] = _parts(judge, prompts, answers[name].answers, chat)
+                parts[name] = judge_parts(judge, prompts, answers[name].answers, chat)
         out[judge.name] = {"kind": judge.kind, "outcomes": outcomes, "unparsed": unparsed} | (
             {"parts": parts} if parts else {}
         )
@@ -399,7 +400,7 @@ def _measure(
         "parts": {}
         if chat.trace is None
         else {
-            name: _parts(SubstringJudge(), prompts, answers[name].answers, chat)
+            name: judge_parts(SubstringJudge(), prompts, answers[name].answers, chat)
             for name, prompts in suite.sets().items()
             if name != "task"
         },

@@ -245,20 +245,31 @@ def organism_table(manifest: dict) -> str:
     return markdown_table(head, rows)
 
 
+def outcome_cell(values: Sequence[int] | None) -> str:
+    """The rate of 0/1 outcomes with its Wilson 95% interval (``n/a`` without outcomes)."""
+    if not values:
+        return "n/a"
+    return rate_cell(sum(values) / len(values), wilson_interval(sum(values), len(values)))
+
+
 def parts_table(rows: Sequence) -> str:
     """With a reasoning format (``EvalRow.parts``): per model and judged set, the substring judge's
     refusal rate in the reasoning trace and in the final answer (Wilson 95% intervals), and the share of
     traces that closed within the token budget (an unclosed trace has no final answer: not a refusal)."""
-
-    def rate(values) -> str:
-        return "n/a" if not values else rate_cell(sum(values) / len(values), wilson_interval(sum(values), len(values)))
-
     head = ["model", "set", "refusal in the trace", "refusal in the final answer", "traces closed"]
     cells = []
     for row in rows:
         for name, part in (row.parts or {}).items():
             closed = part["finished"]
-            cells.append([row.name, name, rate(part["trace"]), rate(part["answer"]), f"{sum(closed)}/{len(closed)}"])
+            cells.append(
+                [
+                    row.name,
+                    name,
+                    outcome_cell(part["trace"]),
+                    outcome_cell(part["answer"]),
+                    f"{sum(closed)}/{len(closed)}",
+                ]
+            )
     return markdown_table(head, cells)
 
 
@@ -280,14 +291,7 @@ def judge_table(rows: Sequence) -> str:
     for row in rows:
         for name, judged in (row.judges or {}).items():
             outcomes, kind = judged["outcomes"], judged["kind"]
-            rates = []
-            for key, _ in sets:
-                values = outcomes.get(key)
-                rates.append(
-                    "n/a"
-                    if not values
-                    else rate_cell(sum(values) / len(values), wilson_interval(sum(values), len(values)))
-                )
+            rates = [outcome_cell(outcomes.get(key)) for key, _ in sets]
             mine, theirs = [], []
             for key in outcomes:
                 mine += [not refused for refused in row.outcomes[key]]
