@@ -247,8 +247,15 @@ def cmd_evaluate(args) -> None:
     tokens = _ints(args.refusal_tokens, "--refusal-tokens")
     chat = ChatFormat.reasoning() if args.reasoning else ChatFormat()
     sampling = None if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.sample_seed)
+    if args.trace_tokens is not None and not args.reasoning:
+        raise ConfigError("--trace-tokens needs --reasoning (a trace to budget)")
     config = EvalConfig(
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, judges=tuple(args.judge), sampling=sampling
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        judges=tuple(args.judge),
+        sampling=sampling,
+        samples=args.samples,
+        trace_tokens=args.trace_tokens,
     )
     for spec in config.judges:
         check_judge_spec(spec, resolve=True)
@@ -557,10 +564,24 @@ def _evaluate_parser(sub) -> None:
         "answer (after </think>) are judged apart",
     )
     p.add_argument(
-        "--temperature", type=float, default=0.0, help="0: greedy answers (default); > 0: one seeded sample per prompt"
+        "--temperature", type=float, default=0.0, help="0: greedy answers (default); > 0: seeded samples (--samples)"
     )
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature)")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (with --temperature)")
+    p.add_argument(
+        "--samples",
+        type=_positive,
+        default=1,
+        help="samples per prompt (with --temperature; seeds --sample-seed, +1, ...): rates over samples, "
+        "intervals over prompts",
+    )
+    p.add_argument(
+        "--trace-tokens",
+        type=_positive,
+        default=None,
+        help="with --reasoning: the trace's own budget; --max-new-tokens then counts after </think> "
+        "(default: one budget for the whole answer)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not reuse cached answers or rows")
     p.add_argument("--out", required=True, help="folder for evaluation.json and evaluation.md")
     p.set_defaults(func=cmd_evaluate)

@@ -122,6 +122,8 @@ CASES = {
     "--refusal-tokens 99999": (lambda f: analyze(f, "--refusal-tokens", "99999"), "must be in [0,"),
     "--refusal-tokens -1 (analyze)": (lambda f: analyze(f, "--refusal-tokens", "-1"), "must be >= 0"),
     "--judge keywords": (lambda f: evaluate(f, "--judge", "keywords"), "unknown judge 'keywords'"),
+    "--trace-tokens without --reasoning": (lambda f: evaluate(f, "--trace-tokens", "8"), "needs --reasoning"),
+    "--samples without --temperature": (lambda f: evaluate(f, "--samples", "3"), "samples=3 needs"),
     "--judge at a missing folder": (
         lambda f: evaluate(f, "--judge", "guard:/no/such/guard"),
         "not a local folder and the hub is offline",

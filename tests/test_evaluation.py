@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from conftest import QUICK_EVAL as QUICK
@@ -20,7 +21,14 @@ from interp.core.generate import Request, behaviour, generate, generate_many
 from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
-from interp.evaluation.stats import discordant, mcnemar_exact, paired_bootstrap, wilson_interval
+from interp.evaluation.stats import (
+    discordant,
+    mcnemar_exact,
+    paired_bootstrap,
+    paired_p_value,
+    rate_interval,
+    wilson_interval,
+)
 from interp.evaluation.table import Candidate, EvalRow, evaluate_models, first_changed_layer, kl_to_reference
 from interp.evaluation.targets import check_targets, paired_tests
 from interp.io import cache_root
@@ -216,6 +224,38 @@ def test_wilson_and_mcnemar_match_hand_computed_values():
         wilson_interval(3, 2)
     with pytest.raises(ConfigError):
         discordant([1, 0], [1])
+
+
+def test_the_clustered_interval_covers_a_rate_whose_samples_share_their_prompt():
+    """Prompts differ in how often they are refused (p_i = 0.05 or 0.55, half each; rate 0.30) and each is
+    sampled k = 5 times: the interval over shares of samples covers 0.30 about 95% of the time, where
+    Wilson's over all n k samples, which takes them as independent, covers it far less often."""
+    rng = np.random.default_rng(0)
+    n, k, covered, naive = 100, 5, 0, 0
+    for _ in range(400):
+        p_i = rng.choice([0.05, 0.55], size=n)
+        shares = rng.binomial(k, p_i) / k
+        low, high = rate_interval(shares, k)
+        covered += low <= 0.30 <= high
+        low, high = wilson_interval(round(shares.sum() * k), n * k)
+        naive += low <= 0.30 <= high
+    assert covered / 400 >= 0.92 and naive / 400 < 0.90
+    # every prompt's samples agree: Wilson over the prompts; independent samples: close to Wilson over samples
+    assert rate_interval([1.0, 0.0, 1.0, 0.0], 5) == wilson_interval(2, 4)
+    shares = rng.binomial(k, 0.3, size=400) / k
+    wide = rate_interval(shares, k)
+    assert wide == pytest.approx(wilson_interval(shares.sum() * k, 400 * k), abs=0.01)
+
+
+def test_the_paired_p_value_is_mcnemar_on_zero_one_outcomes_and_a_sign_flip_test_on_shares():
+    a, b = [1] * 8 + [0] * 12, [0] * 8 + [1] + [0] * 11
+    assert paired_p_value(a, b) == mcnemar_exact(*discordant(a, b)) == pytest.approx(mcnemar_exact(8, 1))
+    rng = np.random.default_rng(1)
+    shares = rng.integers(0, 6, size=60) / 5
+    assert paired_p_value(shares, shares) == 1.0
+    assert paired_p_value(np.minimum(shares + 0.4, 1.0), shares) < 1e-3  # higher on every prompt
+    noise = rng.choice([-0.2, 0.2], size=60)
+    assert paired_p_value(np.clip(shares + noise, 0, 1), shares) > 0.05
 
 
 def test_paired_bootstrap_covers_the_difference_and_keeps_the_pairing():

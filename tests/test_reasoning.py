@@ -3,6 +3,8 @@ answer are judged apart. Tiny scripted models give known answers (conftest.scrip
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from conftest import make_tokenizer, scripted_lm, tiny_suite
 
@@ -82,3 +84,109 @@ def test_a_trace_cut_by_the_budget_has_no_final_answer(tmp_path):
     (row,) = evaluated({"long": model}, budget=3)
     n = len(suite.harmful)
     assert row.parts["harmful"] == {"trace": [0] * n, "answer": [0] * n, "finished": [0] * n}
+
+
+# ----------------------------------------------------------------------------- budgets per part, early stops
+WORDS = ["a1", " a2", " a3", "</think>", "I can't", " b1", " b2", " b3"]
+
+
+def answers(model, chat, **request) -> list[str]:
+    from interp.core.generate import Request, generate_many
+
+    (got,) = generate_many(model, [Request(["q1", "q2"], **request)], chat=chat, cache=False, progress=False)
+    return got.answers
+
+
+def test_the_trace_and_the_final_answer_have_budgets_of_their_own(tmp_path):
+    """Trace 'a1 a2 a3', then the final answer 'I can't b1 b2 b3': with trace_tokens the trace's budget
+    ends an unclosed trace, and max_new_tokens counts from the closing delimiter."""
+    model = load_model(scripted_lm(tmp_path / "m", "a1 a2 a3</think>I can't b1 b2 b3", "<think>\n", words=WORDS))
+    full = "a1 a2 a3</think>I can't b1 b2 b3"
+    assert answers(model, R1, max_new_tokens=32) == [full] * 2
+    assert answers(model, R1, max_new_tokens=3, trace_tokens=2) == ["a1 a2"] * 2  # cut inside the trace
+    assert answers(model, R1, max_new_tokens=2, trace_tokens=8) == ["a1 a2 a3</think>I can't b1"] * 2
+    assert answers(model, R1, max_new_tokens=2) == ["a1 a2"] * 2  # one budget for the whole answer
+    with pytest.raises(ConfigError, match="budgets must be >= 1"):
+        answers(model, R1, trace_tokens=0)
+
+
+def test_a_reasoning_answer_stops_at_a_refusal_in_its_final_answer_only(tmp_path):
+    """Stopping at a refusal phrase is decided on the final answer: a phrase in the trace does not stop
+    generation, one after the closing delimiter does, and every judgment of the stopped answer (whole,
+    trace, final) equals the complete answer's."""
+    from interp.core.judge import is_refusal
+
+    final = load_model(scripted_lm(tmp_path / "f", "a1 a2</think>I can't b1 b2 b3", "<think>\n", words=WORDS))
+    trace = load_model(scripted_lm(tmp_path / "t", "a1 I can't a2</think> b1 b2 b3", "<think>\n", words=WORDS))
+    stopped = answers(final, R1, max_new_tokens=32, stop_at_refusal=True)
+    complete = answers(final, R1, max_new_tokens=32)
+    assert stopped == ["a1 a2</think>I can't"] * 2 and complete == ["a1 a2</think>I can't b1 b2 b3"] * 2
+    assert R1.split(stopped[0])[:2] == ("a1 a2", "I can't") and is_refusal(stopped[0]) == is_refusal(complete[0])
+    assert answers(trace, R1, max_new_tokens=32, stop_at_refusal=True) == ["a1 I can't a2</think> b1 b2 b3"] * 2
+    # without a reasoning format the phrase stops the answer wherever it is
+    plain = load_model(scripted_lm(tmp_path / "p", "a1 I can't a2 b1", "<|im_start|>assistant\n", words=WORDS))
+    assert answers(plain, ChatFormat(), max_new_tokens=32, stop_at_refusal=True) == ["a1 I can't"] * 2
+
+
+def test_evaluation_budgets_per_part_need_a_reasoning_format(tmp_path):
+    model = load_model(scripted_lm(tmp_path / "m", "a1 a2 a3</think>I can't b1 b2 b3", "<think>\n", words=WORDS))
+    config = EvalConfig(max_new_tokens=4, task_max_new_tokens=3, batch_size=8, kl_batch_size=4, trace_tokens=2)
+    assert config.room("harmful") == 6 and config.room("task") == 5
+    kwargs = {"refusal_tokens": [5], "reference": model, "config": config, "progress": False, "log": lambda _: None}
+    with pytest.raises(ConfigError, match="trace_tokens needs a reasoning chat format"):
+        evaluate_models([Candidate("m", model)], tiny_suite(), **kwargs)
+    (cut,) = evaluate_models([Candidate("m", model)], tiny_suite(), chat=R1, **kwargs)
+    n = len(tiny_suite().harmful)
+    assert cut.parts["harmful"] == {"trace": [0] * n, "answer": [0] * n, "finished": [0] * n}
+    roomy = replace(config, trace_tokens=4)
+    (full,) = evaluate_models([Candidate("m", model)], tiny_suite(), chat=R1, **(kwargs | {"config": roomy}))
+    assert full.parts["harmful"] == {"trace": [0] * n, "answer": [1] * n, "finished": [1] * n}
+
+
+# ----------------------------------------------------------------------------- several samples per prompt
+def test_several_samples_per_prompt_are_shares_of_samples_with_prompt_level_intervals(tmp_path):
+    """Three seeded samples per prompt from a model that starts its answer with "I can't" about half the
+    time at this temperature: each outcome is the mean of the three single-sample runs (seeds s, s + 1,
+    s + 2) on that prompt, and the row's interval is the clustered one."""
+    from interp.core.generate import Sampling
+    from interp.evaluation.stats import rate_interval
+
+    model = load_model(scripted_lm(tmp_path / "m", "I can't b1", "<|im_start|>assistant\n", words=WORDS))
+    suite = tiny_suite()
+    base = EvalConfig(max_new_tokens=4, task_max_new_tokens=3, batch_size=8, kl_batch_size=4)
+    kwargs = {"refusal_tokens": [5], "reference": model, "progress": False, "log": lambda _: None}
+
+    def row(config):
+        return evaluate_models([Candidate("m", model)], suite, config=config, **kwargs)[0]
+
+    sampling = Sampling(temperature=14.0, seed=7)  # the logit 10 * sqrt(d_model) against 307 others: about 1/2
+    merged = row(replace(base, sampling=sampling, samples=3))
+    singles = [row(replace(base, sampling=replace(sampling, seed=7 + k))) for k in range(3)]
+    assert merged.samples == 3 and all(s.samples == 1 for s in singles)
+    for name in ("harmful", "harmless", "xstest", "task"):
+        expected = [sum(column) / 3 for column in zip(*(s.outcomes[name] for s in singles))]
+        assert merged.outcomes[name] == pytest.approx(expected)
+    shares = merged.outcomes["harmful"] + merged.outcomes["harmless"] + merged.outcomes["xstest"]
+    assert any(0 < share < 1 for share in shares)  # the samples of some prompt disagree
+    assert merged.harmless_refusal == pytest.approx(sum(s.harmless_refusal for s in singles) / 3)
+    assert merged.interval("harmless_refusal") == rate_interval(merged.outcomes["harmless"], 3)
+    with pytest.raises(ConfigError, match="samples=3 needs"):
+        EvalConfig(samples=3)
+
+
+def test_the_evaluate_command_with_budgets_per_part_and_several_samples(saved_pair, tmp_path):
+    """``interp evaluate --reasoning --trace-tokens --temperature --samples``: shares of samples in the
+    JSON, the samples named in the table's note."""
+    import json
+
+    from interp.cli import main
+
+    out = tmp_path / "out"
+    args = ["evaluate", "--base", str(saved_pair.base.path), "--finetuned", str(saved_pair.finetuned.path)]
+    args += ["--limit", "3", "--max-new-tokens", "2", "--reasoning", "--trace-tokens", "3", "--refusal-tokens", "5"]
+    assert main([*args, "--temperature", "1.0", "--samples", "2", "--out", str(out)]) == 0
+    rows = json.loads((out / "evaluation.json").read_text())["models"]
+    assert {row["samples"] for row in rows} == {2}
+    shares = [x for row in rows for values in row["outcomes"].values() for x in values]
+    assert len(shares) == 2 * (3 + 3 + 3) and all(x in (0, 0.5, 1) for x in shares)
+    assert "Reasoning trace and final answer" in (out / "evaluation.md").read_text()

@@ -13,7 +13,15 @@ and then decoded one token per step into a KV cache preallocated for its longest
 leaves the batch at end-of-sequence, at its token budget, or, for a request with ``stop_at_refusal``, as
 soon as a refusal phrase lies inside the judge window of its answer so far (``interp.core.judge``): the
 text so far is a prefix of the full answer, so the phrase stays where it is and the judgment (refusal)
-cannot change. Such an answer is kept as far as it was generated. Finished rows leave the batch in
+cannot change. Such an answer is kept as far as it was generated.
+
+**Reasoning formats.** With a chat format that names trace delimiters (``ChatFormat.trace``) a row
+watches for the closing delimiter in its text; ``stop_at_refusal`` then looks for a refusal phrase in
+the final answer only (the text after the closing delimiter: the trace's judgment is fixed once it has
+closed, and the whole answer's too, since the phrase lies inside its judge window or the window was
+already full). A request with ``trace_tokens`` budgets the parts apart: up to ``trace_tokens`` tokens
+while the trace is open (a row whose trace reaches it ends there, with no final answer), then
+``max_new_tokens`` after the closing delimiter. Finished rows leave the batch in
 groups (each eviction copies the KV cache); until then their outputs are ignored.
 
 **Sampling.** A request with ``temperature > 0`` samples instead (``Sampling``): each token from the
@@ -81,17 +89,20 @@ class Sampling:
 @dataclass(frozen=True)
 class Request:
     """One prompt set to answer: its token budget, whether the judge may stop a row early, the refusal
-    tokens whose first-step log-odds to return (``None``: no score), and ``sampling`` (``None``: greedy)."""
+    tokens whose first-step log-odds to return (``None``: no score), ``sampling`` (``None``: greedy) and,
+    with a reasoning format, the trace's own budget (``None``: ``max_new_tokens`` is the whole answer's;
+    else ``max_new_tokens`` counts from the trace's end)."""
 
     prompts: PromptSet | Sequence[str]
     max_new_tokens: int = 48
     stop_at_refusal: bool = False
     score_tokens: tuple[int, ...] | None = None
     sampling: Sampling | None = None
+    trace_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_new_tokens < 1 or (self.trace_tokens is not None and self.trace_tokens < 1):
+            raise ConfigError(f"token budgets must be >= 1, got {self.max_new_tokens} and {self.trace_tokens}")
         if self.score_tokens is not None and not self.score_tokens:
             raise ConfigError("score_tokens is empty")
 
@@ -125,16 +136,32 @@ class _Row:
     score: float | None = None
     sampling: Sampling | None = None
     generator: torch.Generator | None = None
+    trace_budget: int | None = None  # the trace's own budget (Request.trace_tokens)
+    closed: int | None = None  # tokens generated when the trace's closing delimiter was complete
+
+    @property
+    def limit(self) -> int:
+        """The most tokens this row may generate from here on, as far as it is known."""
+        if self.trace_budget is None:
+            return self.budget
+        return self.trace_budget if self.closed is None else self.closed + self.budget
+
+    @property
+    def budget_key(self) -> int | list[int]:
+        """The budget as cache keys know it (one number unless the parts have their own)."""
+        return self.budget if self.trace_budget is None else [self.trace_budget, self.budget]
 
 
 # ----------------------------------------------------------------------------- one batch
 @torch.no_grad()
-def _decode_batch(model: LoadedModel, rows: list[_Row], prefix: SharedPrefix) -> None:
-    """Greedy answers for ``rows`` (one batch, ``[shared prefix][padding][rest]``), written into each row."""
+def _decode_batch(model: LoadedModel, rows: list[_Row], prefix: SharedPrefix, close: str | None = None) -> None:
+    """Answers for ``rows`` (one batch, ``[shared prefix][padding][rest]``), written into each row;
+    ``close`` is the reasoning trace's closing delimiter, if the format has one."""
     tokenizer, device = model.tokenizer, model.device
     eos = tokenizer.eos_token_id
     ids, mask, positions = prefixed_batch([row.ids for row in rows], prefix.length, tokenizer.pad_token_id)
-    cache = kv_cache(mask.shape[1] + max(row.budget for row in rows), prefix, len(rows))
+    room = max(row.budget + (row.trace_budget or 0) for row in rows)
+    cache = kv_cache(mask.shape[1] + room, prefix, len(rows))
     logits = model.hf(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
@@ -162,8 +189,10 @@ def _decode_batch(model: LoadedModel, rows: list[_Row], prefix: SharedPrefix) ->
             done = token == eos
             if not done:
                 row.tokens.append(token)
-                done = len(row.tokens) >= row.budget
-                if not done and row.stop_at_refusal and is_refusal(_text(tokenizer, row.tokens)):
+                if close is not None and row.closed is None and _closes(tokenizer, row.tokens, close):
+                    row.closed = len(row.tokens)
+                done = len(row.tokens) >= row.limit
+                if not done and row.stop_at_refusal and _decided(tokenizer, row, close):
                     done = row.stopped = True
             if done:
                 row.answer = _text(tokenizer, row.tokens)
@@ -190,6 +219,20 @@ def _text(tokenizer, tokens: Sequence[int]) -> str:
     return tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 
+def _closes(tokenizer, tokens: Sequence[int], close: str) -> bool:
+    """Whether the last tokens spell the closing delimiter (each token is at least one character, so
+    ``len(close)`` tokens hold it)."""
+    return close in tokenizer.decode(tokens[-len(close) :], skip_special_tokens=False)
+
+
+def _decided(tokenizer, row: _Row, close: str | None) -> bool:
+    """Whether the substring judge's refusal is decided: a refusal phrase in the answer's judge window,
+    with a reasoning format in the final answer's (after the trace has closed)."""
+    if close is None:
+        return is_refusal(_text(tokenizer, row.tokens))
+    return row.closed is not None and is_refusal(_text(tokenizer, row.tokens[row.closed :]))
+
+
 # ----------------------------------------------------------------------------- the answer cache
 class _AnswerStore:
     """Cached answers of one model under one intervention and chat format: a JSON file per token budget,
@@ -199,29 +242,30 @@ class _AnswerStore:
         self.key = [model.fingerprint, edits_key, chat.to_dict(), REFUSAL_PHRASES, JUDGE_WINDOW, ENGINE_VERSION]
         self.files: dict[int, dict] = {}
 
-    def path(self, budget: int, sampling: Sampling | None = None):
+    def path(self, budget: int | list[int], sampling: Sampling | None = None):
         how = [] if sampling is None else [asdict(sampling)]  # greedy answers keep their keys
         return cache_root() / "answers" / f"{stable_hash([*self.key, budget, *how])}.json"
 
-    def entries(self, budget: int, sampling: Sampling | None = None) -> dict:
-        if (budget, sampling) not in self.files:
-            path = self.path(budget, sampling)
-            self.files[budget, sampling] = read_cache_json(path) or {}
-        return self.files[budget, sampling]
+    def entries(self, budget: int | list[int], sampling: Sampling | None = None) -> dict:
+        key = (str(budget), sampling)
+        if key not in self.files:
+            self.files[key] = read_cache_json(self.path(budget, sampling)) or {}
+        return self.files[key]
 
     def get(self, row: _Row) -> dict | None:
         """The cached entry for ``row`` if it can stand in for generating it (a stopped answer only
         where stopping is allowed)."""
-        entry = self.entries(row.budget, row.sampling).get(row.text)
+        entry = self.entries(row.budget_key, row.sampling).get(row.text)
         if entry is None or (entry["stopped"] and not row.stop_at_refusal):
             return None
         return entry
 
     def save(self, rows: Sequence[_Row]) -> None:
-        for budget, sampling in sorted({(row.budget, row.sampling) for row in rows}, key=repr):
+        groups = {(str(row.budget_key), row.sampling): row.budget_key for row in rows}
+        for (name, sampling), budget in sorted(groups.items(), key=repr):
             entries = self.entries(budget, sampling)
             for row in rows:
-                if (row.budget, row.sampling) != (budget, sampling):
+                if (str(row.budget_key), row.sampling) != (name, sampling):
                     continue
                 old = entries.get(row.text)
                 scores = dict(old["scores"]) if old is not None and old["answer"] == row.answer else {}
@@ -260,6 +304,7 @@ def generate_many(
             raise ConfigError(f"request {r} has no prompts")
         for i, (text, ids) in enumerate(zip(instructions, chat.encode(model.tokenizer, instructions))):
             row = _Row(r, i, text, ids, request.max_new_tokens, request.stop_at_refusal, request.score_tokens)
+            row.trace_budget = request.trace_tokens
             if request.sampling is not None:
                 row.sampling, row.generator = request.sampling, request.sampling.generator(text)
             rows.append(row)
@@ -278,10 +323,11 @@ def generate_many(
     with intervene(model.hf, edits or {}):
         _score_first_step(model, to_score, batch_size)
         prefix = shared_prefix(model.hf, [row.ids for row in to_generate])
-        order = sorted(to_generate, key=lambda row: (row.budget, len(row.ids)))  # similar budgets share a batch
-        chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        order = sorted(to_generate, key=lambda row: (row.budget + (row.trace_budget or 0), len(row.ids)))
+        chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]  # similar budgets together
+        close = chat.trace[1] if chat.trace is not None else None
         for chunk in tqdm(chunks, desc=f"generate {model.name}", disable=not progress or not chunks):
-            _decode_batch(model, chunk, prefix)
+            _decode_batch(model, chunk, prefix, close)
     if store is not None and (to_generate or to_score):
         store.save(to_generate + to_score)
     out = [Answers([""] * len(request.instructions)) for request in requests]

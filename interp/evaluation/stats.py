@@ -13,6 +13,16 @@ It stays inside [0, 1] and keeps its coverage near 0% and 100%, where the normal
 ``min(1, 2 * P[Binomial(b + c, 1/2) <= min(b, c)])``; prompts both models judge alike carry no
 information about the difference.
 
+**Several samples per prompt.** With ``k`` sampled answers per prompt, a prompt's outcome is the share
+of its samples judged positive (``m_i`` in [0, 1]) and the rate is ``p = mean_i m_i``. Samples of one
+prompt are not independent, so the interval is Wilson's with the effective number of trials
+(Kish's design effect): ``n_eff = p (1 - p) / Var(p)``, ``Var(p) = sum_i (m_i - p)^2 / (n (n - 1))``,
+clamped to ``[n, n k]`` (no fewer trials than prompts, no more than samples); where every prompt's samples
+agree the interval is Wilson's over the ``n`` prompts. Paired tests on such outcomes use the paired
+sign-flip test: under the null hypothesis each prompt's difference ``d_i = a_i - b_i`` is as likely
+negated, so the p-value is the share of random sign flips (fixed seed) whose ``|sum d|`` reaches the
+observed one; on 0/1 outcomes this is exactly McNemar's test, which is computed exactly there.
+
 **Paired bootstrap interval** of a margin ``mean(a) - factor * mean(b) - offset`` over the same prompts:
 prompts are resampled with replacement (the same draw for ``a`` and ``b``, so the pairing is kept),
 ``resamples`` times with a fixed seed, and the 2.5th and 97.5th percentiles of the margin are reported.
@@ -30,23 +40,53 @@ from ..errors import ConfigError
 Z95 = 1.959963984540054
 
 
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of ``k`` successes in ``n`` trials."""
-    if n < 1 or not 0 <= k <= n:
+def wilson_interval(k: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of ``k`` successes in ``n`` trials (effective, possibly fractional,
+    counts allowed: ``rate_interval``)."""
+    if n < 1 or not 0 <= k <= n + 1e-9:
         raise ConfigError(f"wilson_interval needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    p = k / n
+    p = min(k / n, 1.0)
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def discordant(a: Sequence[int], b: Sequence[int]) -> tuple[int, int]:
-    """``(b, c)``: prompts positive for ``a`` only and for ``b`` only."""
+def rate_interval(values: Sequence[float], samples: int = 1) -> tuple[float, float]:
+    """The 95% interval of the rate behind per-prompt outcomes: Wilson's over prompts for 0/1 outcomes,
+    with the effective number of trials for shares of ``samples`` samples (module docstring)."""
+    if not len(values):
+        raise ConfigError("rate_interval needs at least one prompt")
+    m = np.asarray(values, dtype=float)
+    n = len(m)
+    if np.isin(m, (0.0, 1.0)).all():
+        return wilson_interval(int(m.sum()), n)
+    p = float(m.mean())
+    variance = float(((m - p) ** 2).sum()) / (n * (n - 1)) if n > 1 else 0.0
+    n_eff = n * samples if variance == 0 else min(max(p * (1 - p) / variance, n), n * samples)
+    return wilson_interval(p * n_eff, n_eff)
+
+
+def discordant(a: Sequence[float], b: Sequence[float]) -> tuple[int, int]:
+    """``(b, c)``: prompts where ``a`` is higher and where ``b`` is (for 0/1 outcomes: positive for
+    ``a`` only and for ``b`` only)."""
     _check_paired(a, b)
-    only_a = sum(1 for x, y in zip(a, b) if x and not y)
-    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    only_a = sum(1 for x, y in zip(a, b) if x > y)
+    only_b = sum(1 for x, y in zip(a, b) if y > x)
     return only_a, only_b
+
+
+def paired_p_value(a: Sequence[float], b: Sequence[float], *, flips: int = 20000, seed: int = 0) -> float:
+    """Two-sided p-value of "equal rates" on paired outcomes: exact McNemar on 0/1 outcomes, the paired
+    sign-flip test on shares of samples (module docstring)."""
+    _check_paired(a, b)
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if np.isin(d, (-1.0, 0.0, 1.0)).all():
+        return mcnemar_exact(*discordant(a, b))
+    d = d[d != 0]
+    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(flips, len(d)))
+    observed = abs(d.sum())
+    return float((np.abs(signs @ d) >= observed - 1e-12).mean())
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:

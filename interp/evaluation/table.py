@@ -13,9 +13,18 @@ scored at the last prompt position and every answer position but the last. Every
 per-prompt outcomes, so intervals and paired tests (``interp.evaluation.stats``) can be computed on the
 same prompts. Rows are cached on disk by the model's weights; answers by ``interp.core.generate``.
 
-Answers are greedy, or one seeded sample per prompt (``EvalConfig.sampling``, ``interp.core.generate``):
-a sampled answer is one random draw per prompt, so the Wilson interval over prompts still covers the
-rate under sampling. Model judges (``EvalConfig.judges``, ``interp.core.judges``) judge the same
+Answers are greedy, or ``EvalConfig.samples`` seeded samples per prompt (``EvalConfig.sampling``, seeds
+``seed, seed + 1, ...``; ``interp.core.generate``). With several samples a prompt's outcome is the share of
+its samples judged positive, the rate is the mean over prompts, and intervals and paired tests treat the
+prompt as the unit (``interp.evaluation.stats.rate_interval``, ``paired_p_value``; the paired bootstrap
+resamples prompts).
+
+With a reasoning format (``ChatFormat.trace``) and ``EvalConfig.trace_tokens`` the trace and the final
+answer have budgets of their own: up to ``trace_tokens`` tokens until the trace closes, then
+``max_new_tokens`` (``task_max_new_tokens`` for the task) after it. Generation stops early only once
+every judge has decided: with the substring list alone, at a refusal phrase in the final answer's judge
+window (the trace is closed, so its judgment is fixed too); with a model judge never (it reads the whole
+answer). Model judges (``EvalConfig.judges``, ``interp.core.judges``) judge the same
 answers beside the substring list: each row keeps every judge's per-prompt decisions on every judged
 set (``EvalRow.judges``), so the report gives each judge's rates with intervals and its agreement with
 the substring list.
@@ -27,7 +36,7 @@ import math
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -42,7 +51,7 @@ from ..core.models import LoadedModel
 from ..core.prompts import PromptSet, load_prompts, shared_data_dir
 from ..errors import ConfigError, NonFiniteActivationError, PromptFormatError
 from ..io import cache_root, read_cache_json, stable_hash, write_cache_json
-from .stats import wilson_interval
+from .stats import rate_interval
 
 EVAL_VERSION = 2  # bump when the judge or the measures change: invalidates cached rows
 
@@ -129,13 +138,30 @@ class EvalConfig:
     batch_size: int = BATCH_SIZE  # generation (interp.core.generate)
     kl_batch_size: int = 32
     judges: tuple[str, ...] = ()  # model judges beside the substring list (``interp.core.judges.parse_judge``)
-    sampling: Sampling | None = None  # None: greedy answers; else one seeded sample per prompt
+    sampling: Sampling | None = None  # None: greedy answers; else ``samples`` seeded samples per prompt
+    samples: int = 1
+    trace_tokens: int | None = None  # reasoning format: the trace's budget (the budgets above: after it)
 
     def __post_init__(self) -> None:
         if min(self.max_new_tokens, self.task_max_new_tokens, self.batch_size, self.kl_batch_size) < 1:
             raise ConfigError("EvalConfig: token budgets and batch sizes must be >= 1")
+        if self.samples < 1 or (self.samples > 1 and self.sampling is None):
+            raise ConfigError(f"EvalConfig: samples={self.samples} needs samples >= 1, and sampling when > 1")
+        if self.trace_tokens is not None and self.trace_tokens < 1:
+            raise ConfigError(f"EvalConfig: trace_tokens must be >= 1, got {self.trace_tokens}")
         for spec in self.judges:
             check_judge_spec(spec)
+
+    def room(self, name: str) -> int:
+        """The most tokens an answer to set ``name`` can take."""
+        budget = self.task_max_new_tokens if name == "task" else self.max_new_tokens
+        return budget + (self.trace_tokens or 0)
+
+    def key(self) -> dict:
+        """What identifies the settings in row cache keys (judges enter by their weights elsewhere; fields
+        at their defaults that came later are left out, so rows cached before them stay valid)."""
+        later = {"sampling": None, "samples": 1, "trace_tokens": None}
+        return {k: v for k, v in asdict(self).items() if k != "judges" and not (k in later and v == later[k])}
 
 
 @dataclass
@@ -190,6 +216,7 @@ class EvalRow:
     judges: dict = field(default_factory=dict)
     # with a reasoning format: set -> {"trace": [0/1], "answer": [0/1], "finished": [0/1]} (substring judge)
     parts: dict = field(default_factory=dict)
+    samples: int = 1  # answers per prompt: with more than one, each outcome is a share of samples
 
     MEASURED = (
         "harmful_refusal",
@@ -213,7 +240,7 @@ class EvalRow:
         if name is None:
             raise ConfigError(f"{column!r} is not a rate column; choose from {', '.join(COLUMNS.values())}")
         values = self.outcomes.get(name)
-        return None if not values else wilson_interval(sum(values), len(values))
+        return None if not values else rate_interval(values, self.samples)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -317,20 +344,21 @@ def _scored_logprobs(hf, edits, prefix, batch, keep: int, scored: torch.Tensor, 
 
 # ----------------------------------------------------------------------------- rows
 def _requests(
-    suite: EvalSuite, config: EvalConfig, refusal_tokens: Sequence[int], chat: ChatFormat
+    suite: EvalSuite, config: EvalConfig, refusal_tokens: Sequence[int], chat: ChatFormat, stop: bool, seed: int = 0
 ) -> dict[str, Request]:
-    """What each set asks of the engine: judged sets may stop at a refusal (not with a reasoning trace,
-    where a refusal phrase in the trace decides nothing); the task set runs to the end."""
+    """What each set asks of the engine for one sample (``seed`` offsets the sampling seed): judged sets
+    may stop once the judges have decided (``stop``: the substring list alone); the task runs to the end."""
     tokens = tuple(int(t) for t in refusal_tokens)
+    sampling = None if config.sampling is None else replace(config.sampling, seed=config.sampling.seed + seed)
+    trace = {} if config.trace_tokens is None else {"trace_tokens": config.trace_tokens}
     out = {}
     for name, prompts in suite.sets().items():
         if name == "task":
-            out[name] = Request(prompts, config.task_max_new_tokens, sampling=config.sampling)
+            out[name] = Request(prompts, config.task_max_new_tokens, sampling=sampling, **trace)
         else:
             score = tokens if name == "harmful" else None
-            stop = chat.trace is None
             out[name] = Request(
-                prompts, config.max_new_tokens, stop_at_refusal=stop, score_tokens=score, sampling=config.sampling
+                prompts, config.max_new_tokens, stop_at_refusal=stop, score_tokens=score, sampling=sampling, **trace
             )
     return out
 
@@ -411,6 +439,30 @@ def _measure(
     return measured
 
 
+def _merge_samples(measured: Sequence[dict]) -> dict:
+    """One row's measured fields from one ``_measure`` per sample: every per-prompt outcome list (the
+    substring list's, each judge's, each part's) becomes the share of samples per prompt, every rate and
+    share the mean over samples; the examples are the first sample's, the first-step refusal score is
+    the same for every sample."""
+    if len(measured) == 1:
+        return measured[0]
+
+    def mean(values):
+        first = values[0]
+        if isinstance(first, dict):
+            return {key: mean([v[key] for v in values]) for key in first}
+        if isinstance(first, list):
+            return [sum(column) / len(column) for column in zip(*values)]
+        if isinstance(first, bool | str) or first is None:
+            return first
+        return sum(values) / len(values)
+
+    out = {key: mean([m[key] for m in measured]) for key in measured[0] if key not in ("examples", "n")}
+    for name, judged in out["judges"].items():  # agreement is counted answer by answer: keep each sample's
+        judged["per_sample"] = [{"substring": m["outcomes"], "judge": m["judges"][name]["outcomes"]} for m in measured]
+    return out | {"examples": measured[0]["examples"], "n": measured[0]["n"], "samples": len(measured)}
+
+
 def evaluate_models(
     candidates: Sequence[Candidate],
     suite: EvalSuite,
@@ -436,16 +488,15 @@ def evaluate_models(
     if not refusal_tokens:
         raise ConfigError("evaluate_models: refusal_tokens is empty")
     reference.check_token_ids(list(refusal_tokens))
+    if config.trace_tokens is not None and chat.trace is None:
+        raise ConfigError("EvalConfig.trace_tokens needs a reasoning chat format (ChatFormat.trace)")
     for name, prompts in suite.sets().items():
-        budget = config.task_max_new_tokens if name == "task" else config.max_new_tokens
-        reference.check_fits(prompts, chat, room=budget)
+        reference.check_fits(prompts, chat, room=config.room(name))
     judges = [parse_judge(spec, device=str(reference.device)) for spec in config.judges]
     settings = [
         suite.hash,
-        {  # judges enter by their weights, below; greedy rows keep the keys they had before sampling existed
-            k: v for k, v in asdict(config).items() if k != "judges" and not (k == "sampling" and v is None)
-        },
-        *([[judge.key for judge in judges]] if judges else []),  # (rows without judges keep their keys)
+        config.key(),
+        *([[judge.key for judge in judges], "complete"] if judges else []),  # (rows without judges keep their keys)
         list(refusal_tokens),
         reference.fingerprint,
         chat.to_dict(),
@@ -467,12 +518,14 @@ def evaluate_models(
         reference_answers = generate(reference, suite.harmless, max_new_tokens=config.max_new_tokens, **gen)
         shared = time.perf_counter() - start
         answers = {}
-        requests = _requests(suite, config, refusal_tokens, chat)
+        stop = not judges
+        samples = [_requests(suite, config, refusal_tokens, chat, stop, seed=k) for k in range(config.samples)]
+        requests = [request for sample in samples for request in sample.values()]
         for i in todo:
             start = time.perf_counter()
             c = candidates[i]
-            got = generate_many(c.model, list(requests.values()), edits=c.edits, edits_key=c.edits_key, **gen)
-            answers[i] = dict(zip(requests, got))
+            got = iter(generate_many(c.model, requests, edits=c.edits, edits_key=c.edits_key, **gen))
+            answers[i] = [{name: next(got) for name in sample} for sample in samples]
             seconds[i] = time.perf_counter() - start + shared / len(todo)
         start = time.perf_counter()
         kls = kl_to_reference(
@@ -485,7 +538,7 @@ def evaluate_models(
         )
         kl_seconds = (time.perf_counter() - start) / len(todo)
         for i, kl in zip(todo, kls):
-            measured[i] = _measure(candidates[i], suite, answers[i], kl, judges, chat)
+            measured[i] = _merge_samples([_measure(candidates[i], suite, a, kl, judges, chat) for a in answers[i]])
             seconds[i] += kl_seconds
             if cache and paths[i] is not None:
                 write_cache_json(paths[i], measured[i])
@@ -496,6 +549,7 @@ def evaluate_models(
             **{name: values.get(name) for name in EvalRow.MEASURED if name not in ("judges", "parts")},
             judges=values.get("judges") or {},
             parts=values.get("parts") or {},
+            samples=values.get("samples", 1),
             seconds=round(spent, 1),
             trainable_params=candidate.trainable_params,
             train_seconds=candidate.train_seconds,

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from .stats import discordant, mcnemar_exact, paired_bootstrap
+from .stats import discordant, paired_bootstrap, paired_p_value
 from .table import COLUMNS, SET_OF_COLUMN, EvalRow
 
 VERDICTS = ("met", "missed", "not distinguishable")
@@ -106,7 +106,7 @@ def check_targets(rows: Sequence[EvalRow]) -> list[Target]:
         if (other := by_plan.get(key)) is not None:
             target = _rate_target(f"ranked refusal > {key}", ranked, other, "harmful_refusal", strict=True)
             if target is not None:
-                target.p_value = mcnemar_exact(*discordant(ranked.outcomes["harmful"], other.outcomes["harmful"]))
+                target.p_value = paired_p_value(ranked.outcomes["harmful"], other.outcomes["harmful"])
             out.append(target)
     if (parts := by_plan.get("components")) is not None:
         ratio = parts.trainable_params / max(ranked.trainable_params, 1)
@@ -124,7 +124,8 @@ def check_targets(rows: Sequence[EvalRow]) -> list[Target]:
 @dataclass
 class PairedTest:
     """One row against another on the same prompts: the difference of a rate, its 95% paired bootstrap
-    interval, the discordant counts and the exact McNemar p-value."""
+    interval, the discordant counts and the paired p-value (exact McNemar on 0/1 outcomes,
+    ``interp.evaluation.stats.paired_p_value``)."""
 
     model: str
     against: str
@@ -158,7 +159,7 @@ def paired_test(row: EvalRow, other: EvalRow, column: str) -> PairedTest | None:
         interval=(round(low, 4), round(high, 4)),
         only_model=only_x,
         only_against=only_y,
-        p_value=mcnemar_exact(only_x, only_y),
+        p_value=paired_p_value(x, y),
     )
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..evaluation.stats import wilson_interval
+from ..evaluation.stats import rate_interval, wilson_interval
 from ..measures.positions import KL_BOUNDS
 
 
@@ -245,17 +245,19 @@ def organism_table(manifest: dict) -> str:
     return markdown_table(head, rows)
 
 
-def outcome_cell(values: Sequence[int] | None) -> str:
-    """The rate of 0/1 outcomes with its Wilson 95% interval (``n/a`` without outcomes)."""
+def outcome_cell(values: Sequence[float] | None, samples: int = 1) -> str:
+    """The rate behind per-prompt outcomes (0/1, or shares of ``samples`` samples) with its 95% interval
+    (``interp.evaluation.stats.rate_interval``; ``n/a`` without outcomes)."""
     if not values:
         return "n/a"
-    return rate_cell(sum(values) / len(values), wilson_interval(sum(values), len(values)))
+    return rate_cell(sum(values) / len(values), rate_interval(values, samples))
 
 
 def parts_table(rows: Sequence) -> str:
     """With a reasoning format (``EvalRow.parts``): per model and judged set, the substring judge's
-    refusal rate in the reasoning trace and in the final answer (Wilson 95% intervals), and the share of
-    traces that closed within the token budget (an unclosed trace has no final answer: not a refusal)."""
+    refusal rate in the reasoning trace and in the final answer (95% intervals: ``outcome_cell``), and the
+    number of answers whose trace closed within the token budget (an unclosed trace has no final answer:
+    not a refusal)."""
     head = ["model", "set", "refusal in the trace", "refusal in the final answer", "traces closed"]
     cells = []
     for row in rows:
@@ -265,9 +267,9 @@ def parts_table(rows: Sequence) -> str:
                 [
                     row.name,
                     name,
-                    outcome_cell(part["trace"]),
-                    outcome_cell(part["answer"]),
-                    f"{sum(closed)}/{len(closed)}",
+                    outcome_cell(part["trace"], row.samples),
+                    outcome_cell(part["answer"], row.samples),
+                    f"{sum(closed) * row.samples:g}/{len(closed) * row.samples}",
                 ]
             )
     return markdown_table(head, cells)
@@ -275,7 +277,7 @@ def parts_table(rows: Sequence) -> str:
 
 def judge_table(rows: Sequence) -> str:
     """Every model judge's rates per model (``EvalRow.judges``: refusal rate for a refusal judge, unsafe
-    rate for a harm judge; Wilson 95% intervals) beside the substring list's, and their agreement on
+    rate for a harm judge; 95% intervals: ``outcome_cell``) beside the substring list's, and their agreement on
     "did the model comply?" over every judged answer of the row: Cohen's kappa and the confusion matrix
     (rows: substring refused / complied; columns: the judge's refused-or-safe / complied-or-unsafe)."""
     from ..core.judges import agreement
@@ -291,11 +293,12 @@ def judge_table(rows: Sequence) -> str:
     for row in rows:
         for name, judged in (row.judges or {}).items():
             outcomes, kind = judged["outcomes"], judged["kind"]
-            rates = [outcome_cell(outcomes.get(key)) for key, _ in sets]
+            rates = [outcome_cell(outcomes.get(key), row.samples) for key, _ in sets]
             mine, theirs = [], []
-            for key in outcomes:
-                mine += [not refused for refused in row.outcomes[key]]
-                theirs += [bool(x) if kind == "harm" else not x for x in outcomes[key]]
+            for sample in judged.get("per_sample") or [{"substring": row.outcomes, "judge": outcomes}]:
+                for key, decisions in sample["judge"].items():
+                    mine += [not refused for refused in sample["substring"][key]]
+                    theirs += [bool(x) if kind == "harm" else not x for x in decisions]
             both = agreement("substring", mine, name, theirs)
             kappa = "n/a" if both.kappa != both.kappa else f"{both.kappa:.2f}"
             cells.append(
@@ -316,7 +319,14 @@ def study_report(rows: Sequence, targets: Sequence, paired: Sequence, seconds: d
     lines = ["# Restoration study", "", results_table(rows), ""]
     sizes = rows[0].n if rows else {}
     lines += ["Prompts: " + ", ".join(f"{name} {n}" for name, n in sizes.items()) + ".", ""]
-    lines += ["Rates: greedy answers judged on every prompt, with Wilson 95% intervals.", ""]
+    samples = max((row.samples for row in rows), default=1)
+    lines += [
+        f"Rates: {samples} seeded samples per prompt, a prompt's outcome the share of its samples; 95% intervals "
+        "with the prompt as the unit (Wilson's with the effective number of trials); paired p-values by sign flips."
+        if samples > 1
+        else "Rates: one answer per prompt judged on every prompt, with Wilson 95% intervals.",
+        "",
+    ]
     if any(row.parts for row in rows):
         lines += ["## Reasoning trace and final answer", "", parts_table(rows), ""]
     if any(row.judges for row in rows):
