@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import distributed
 from .errors import ConfigError, InterpError, OutputExistsError
 
 
@@ -87,7 +88,8 @@ def _load_pair(args):
 
 
 def _model_options(args) -> dict:
-    return {"dtype": args.dtype, "device": args.device, "device_map": args.device_map}
+    """Loading options; under ``accelerate launch``, ``--device cuda`` is each process's own GPU."""
+    return {"dtype": args.dtype, "device": distributed.device(args.device), "device_map": args.device_map}
 
 
 def _restore_config(args):
@@ -645,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help (0), or a bad option: the parser printed its one line (2)
         return done.code if isinstance(done.code, int) else 2
     where = f"interp {args.command}"
+    if not distributed.is_main():  # one of several processes: the main one speaks for all
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     try:
         args.func(args)
     except KeyboardInterrupt:

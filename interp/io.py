@@ -1,7 +1,10 @@
 """Cache location, stable hashing, atomic writes and self-checking cache entries.
 
 Saved work is never left half written: files and folders are written under a temporary name, flushed to
-disk (``fsync``, the folder too) and renamed into place; they get the permissions the umask gives.
+disk (``fsync``, the folder too) and renamed into place; they get the permissions the umask gives. When
+several processes run one stage (``interp.distributed``), only the main process writes; the others write
+into a private folder that is dropped, and every write ends at a barrier, so all processes see the same
+files afterwards.
 
 Cache entries check themselves. A cache *file* (``write_cache_json``) stores its value with the sha256
 of the value's canonical JSON; a cache *folder* (``atomic_dir(..., checksums=True)``) holds
@@ -25,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .errors import OutputExistsError
 
 
@@ -91,6 +95,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise OutputExistsError(f"refusing to replace {path}: it is a folder, and a file is to be written there")
+    if not distributed.is_main():  # one of several processes: only the main one writes (module docstring)
+        with _discarded() as folder:
+            yield folder / path.name
+        return
+    try:
+        with _atomic_file(path) as tmp:
+            yield tmp
+    finally:
+        distributed.barrier()
+
+
+@contextmanager
+def _discarded() -> Iterator[Path]:
+    """A private temporary folder for a process that is not the main one: what it writes is dropped, after
+    the main process has written its copy (the barrier)."""
+    folder = Path(tempfile.mkdtemp(prefix="interp-discard-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        distributed.barrier()
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
@@ -144,6 +173,19 @@ def atomic_dir(path: str | Path, marker: str, checksums: bool = False) -> Iterat
     contents. Temporary folders that a killed process left beside ``path`` are removed first.
     """
     path = check_replaceable(path, marker)
+    if not distributed.is_main():  # one of several processes: only the main one writes (atomic_path)
+        with _discarded() as folder:
+            yield folder
+        return
+    try:
+        with _atomic_folder(path, marker, checksums) as tmp:
+            yield tmp
+    finally:
+        distributed.barrier()
+
+
+@contextmanager
+def _atomic_folder(path: Path, marker: str, checksums: bool) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(path)
     existed = path.exists()  # replacing it is the point; an entry that appears meanwhile is another writer's

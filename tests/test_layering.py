@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "interp"
 LAYERS = {
     "interp.errors": 0,
     "interp.io": 0,
+    "interp.distributed": 0,
     "interp.data": 0,
     "interp.core": 1,
     "interp.measures": 2,

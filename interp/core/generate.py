@@ -30,6 +30,9 @@ probability reaches ``top_p`` (nucleus sampling). Each row draws from its own ge
 request's seed and the prompt text, so a sample does not depend on which rows share its batch (up to
 float rounding of the logits). Several samples per prompt are several requests with different seeds.
 
+**Several processes.** Under ``accelerate launch`` each process decodes every N-th row of the sorted
+queue and the answers are gathered in order (``interp.distributed``); every process returns all of them.
+
 **Answer cache.** Answers are stored on disk under ``answers/`` keyed by the weights fingerprint, the
 intervention (``edits_key``; edits without a key are never cached), the chat format, the token budget
 and the judge, then by prompt. A complete answer serves every later request for that prompt; an answer
@@ -46,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..errors import ConfigError
 from ..io import cache_root, read_cache_json, stable_hash, write_cache_json
 from .bridge import Edit, intervene, last_logits
@@ -324,10 +328,14 @@ def generate_many(
         _score_first_step(model, to_score, batch_size)
         prefix = shared_prefix(model.hf, [row.ids for row in to_generate])
         order = sorted(to_generate, key=lambda row: (row.budget + (row.trace_budget or 0), len(row.ids)))
-        chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]  # similar budgets together
+        mine = distributed.split(order)  # this process's share when several run (interp.distributed)
+        chunks = [mine[s : s + batch_size] for s in range(0, len(mine), batch_size)]  # similar budgets together
         close = chat.trace[1] if chat.trace is not None else None
         for chunk in tqdm(chunks, desc=f"generate {model.name}", disable=not progress or not chunks):
             _decode_batch(model, chunk, prefix, close)
+        done = distributed.gather([(row.answer, row.stopped, row.score) for row in mine], len(order))
+        for row, (answer, stopped, score) in zip(order, done):
+            row.answer, row.stopped, row.score = answer, stopped, score
     if store is not None and (to_generate or to_score):
         store.save(to_generate + to_score)
     out = [Answers([""] * len(request.instructions)) for request in requests]

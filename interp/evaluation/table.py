@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..core.bridge import Edit, decoder_layers, intervene, record_block_inputs, resume_at
 from ..core.chat import ChatFormat, tokenize
 from ..core.generate import BATCH_SIZE, ENGINE_VERSION, Request, Sampling, generate, generate_many
@@ -306,7 +307,7 @@ def kl_to_reference(
             prefixes.append(shared_prefix(hf, prompt_ids))
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     count = 0
-    for start in range(0, len(order), batch_size):
+    for start in distributed.split(range(0, len(order), batch_size)):  # this process's batches
         index = order[start : start + batch_size]
         lengths = [len(cont_ids[i]) for i in index]
         keep = max(lengths) + 1
@@ -322,6 +323,8 @@ def kl_to_reference(
             cand = _scored_logprobs(hf, edits, prefix, (ids, mask, positions), keep, scored, resume)
             totals[i] += (ref.exp() * (ref - cand)).sum().item()
         count += int(scored.sum())
+    summed = distributed.all_sum(torch.tensor([*totals, count], dtype=torch.float64, device=reference.device))
+    *totals, count = summed.tolist()
     return [total / max(count, 1) for total in totals]
 
 

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..core.bridge import PLAIN_KINDS, StopForward, hook_names, parse_hook, read_points, resid_hook
 from ..core.chat import ChatFormat, batches, tokenize
 from ..core.kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_prefix
@@ -291,6 +292,7 @@ def capture(
         ends = first_read or [length - deepest + 1 for length in lengths]
         prefix = shared_prefix(model.hf, [ids[:end] for ids, end in zip(token_ids, ends)])
     todo = list(batches(token_ids, config.batch_size, tokenizer.pad_token_id))  # similar lengths share a batch
+    todo = distributed.split(todo)  # this process's batches when several run (interp.distributed)
     for chunk in tqdm(todo, desc=f"capture {model.name} / {prompts.name}", disable=not progress):
         batch = chunk.index
         if plain:  # rows [shared prefix][padding][rest]; activations cover the rest
@@ -340,6 +342,11 @@ def capture(
                 )
         except StopForward:
             pass
+    if distributed.launched():  # every process's rows, in place
+        mine = [i for chunk in todo for i in chunk.index]
+        for ((index, rows, slots),) in distributed.collect([(mine, out[mine], fired)]):
+            out[index] = rows
+            fired |= slots
     silent = [h for s, h in enumerate(hooks) if s not in fired]
     if silent:
         raise UnknownHookError(f"hooks never fired during the forward pass: {silent}")

@@ -34,6 +34,12 @@ Losses, per training step ``t`` of ``T``:
   Rank and alpha are restoration settings (``RestoreConfig``); the layer map only suggests them. With
   dropout > 0 a placement trained in lockstep draws different dropout masks than trained alone.
 * presets (``PRESETS``): ``safereact`` is the released SafeReAct recipe (``Preset``'s docstring).
+* several processes (``accelerate launch``, ``interp.distributed``): data parallel. Every process draws
+  the same global batch (the same seeded sampler) and takes every N-th row of it; the loss of a process
+  is its rows' share of the batch loss (sums over its rows divided by the whole batch's token count,
+  summed over processes), and the gradients are summed over processes before each optimizer step, so
+  every process takes the step of the whole batch: the loss history and the adapter do not depend on
+  the number of processes, up to float rounding (without dropout, whose masks differ).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from peft import PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from .. import distributed
 from ..core.bridge import block_outputs, resume_at
 from ..core.chat import SAFEREACT_REMINDER, SAFETY_REMINDER, ChatFormat, tokenize
 from ..core.kvcache import prefixed_batch, shared_length
@@ -348,6 +355,7 @@ class _Student:
         self.model = get_peft_model(copy.deepcopy(finetuned.hf), self.lora)  # the weights in memory
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable = params
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
         self.seconds = 0.0
         self.history: list[dict] = []
@@ -378,6 +386,10 @@ def restore_many(
         layer_map.check_model(base, role="base")
     if not placements:
         raise ConfigError("restore: no placements to train")
+    if min(config.batch_size, len(harmful), len(retain)) < distributed.world():
+        raise ConfigError(
+            f"restore: a batch of {config.batch_size} cannot give each of {distributed.world()} processes a row"
+        )
     for placement in placements:
         for name, values in (("layers", placement.layers), ("alignment", placement.alignment)):
             if not values or not all(0 <= layer < layer_map.n_layers for layer in values):
@@ -408,7 +420,7 @@ def restore_many(
     shared_seconds = time.perf_counter() - t0
     for step in tqdm(range(config.steps), desc="restore", disable=not progress):
         t0 = time.perf_counter()
-        picks = rng.sample(range(len(student_ids)), min(config.batch_size, len(student_ids)))
+        picks = distributed.split(rng.sample(range(len(student_ids)), min(config.batch_size, len(student_ids))))
         s_batch, t_batch = [student_ids[i] for i in picks], [teacher_ids[i] for i in picks]
         s_width, t_width = max(map(len, s_batch)) - P, max(map(len, t_batch)) - P
         # index[row, student column] = teacher column of the partner token, after the prefix: [batch, s_width]
@@ -420,7 +432,7 @@ def restore_many(
                 for layer, t in _forward(teacher.hf, t_inputs, aligned).items()
             }
             below = _forward(frozen, _after_prefix(finetuned, s_batch, frozen_prefix)[0], below_harmful)
-            picks = rng.sample(range(len(retains)), min(config.batch_size, len(retains)))
+            picks = distributed.split(rng.sample(range(len(retains)), min(config.batch_size, len(retains))))
             buckets = []  # (rows, the frozen model's block outputs at every layer) per length-sorted sub-batch
             for part in _length_buckets([retains[i] for i in picks], RETAIN_BUCKETS):
                 kept = _forward(frozen, _after_prefix(finetuned, part, frozen_prefix)[0], range(n_layers))
@@ -440,7 +452,7 @@ def restore_many(
 
             s_inputs, s_mask = _after_prefix(finetuned, s_batch, prefix)
             hidden = _forward(student.model, s_inputs, student.align, L, below)
-            count = len(s_batch) * P + s_mask.sum()
+            count = distributed.all_sum(len(s_batch) * P + s_mask.sum())  # over the whole batch
             safety = sum(
                 on_prefix(layer, teacher_prefix, len(s_batch))
                 + _distance_sum(hidden[layer], target[layer], s_mask, config.distance)
@@ -457,16 +469,18 @@ def restore_many(
                     for total, layer in zip(sums, range(L, n_layers))
                 ]
                 count = count + r_mask.sum()
+            count = distributed.all_sum(torch.as_tensor(count, device=finetuned.device))
             retain_loss = sum(total / count for total in sums) / n_layers
             loss = config.loss_scale * (w_safety * safety + w_retain * config.retain_scale * retain_loss)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(f"restore: loss became {loss.item()} at step {step}")
             loss.backward()
+            for parameter in student.trainable:  # each process's rows' share of the batch's gradient
+                distributed.all_sum(parameter.grad)
             student.optimizer.step()
             student.optimizer.zero_grad(set_to_none=True)
-            student.history.append(
-                {"step": step, "safety": safety.detach().item(), "retain": retain_loss.detach().item()}
-            )
+            losses = distributed.all_sum(torch.stack([safety.detach(), retain_loss.detach()])).tolist()
+            student.history.append({"step": step, "safety": losses[0], "retain": losses[1]})
             student.seconds += time.perf_counter() - t0
 
     results = []

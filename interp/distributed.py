@@ -1,0 +1,106 @@
+"""Data parallelism across the processes that ``accelerate launch`` starts (no process management here).
+
+Under ``accelerate launch --num_processes N -m interp <stage> ...`` every process runs the same stage on
+the same inputs and splits only the heavy loops:
+
+- ``split(items)`` gives a process every N-th item, from its rank on (``items[rank::N]``), and
+  ``gather(local, n)`` puts the processes' results back in the items' order, on every process;
+- ``collect(local)`` gives every process all processes' lists;
+- ``all_sum(tensor)`` adds a tensor over the processes, in place (the restoration's gradients and token
+  counts, on the model's device).
+
+After every gather all processes hold the same results, so they take the same branches: caches hit or
+miss alike, because only the main process writes (``interp.io``: every atomic write is the main process's
+and ends at a barrier all processes reach), so no process reads a file while another writes it. A
+process that dies ends the launch (``torchrun`` stops the others); since every write is a temporary
+name renamed into place, nothing half written is left behind.
+
+On one process (a plain ``interp`` call) every function is the identity, and accelerate is not imported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import cache
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def launched() -> bool:
+    """Whether this process is one of several (``WORLD_SIZE`` > 1, as ``accelerate launch`` sets it)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@cache
+def _state():
+    """accelerate's ``PartialState`` (it starts the process group: NCCL on GPUs, gloo on CPUs)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def world() -> int:
+    return _state().num_processes if launched() else 1
+
+
+def rank() -> int:
+    return _state().process_index if launched() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device(requested: str) -> str:
+    """The device of this process: ``cuda`` means this process's own GPU (its local rank) when launched."""
+    if launched() and requested == "cuda":
+        return f"cuda:{_state().local_process_index}"
+    return requested
+
+
+def split(items: Sequence[T]) -> list[T]:
+    """This process's share of ``items``: every ``world()``-th item from its rank on."""
+    return list(items)[rank() :: world()]
+
+
+def collect(local: Sequence[T]) -> list[list[T]]:
+    """Every process's ``local`` list, by rank, on every process."""
+    if not launched():
+        return [list(local)]
+    import torch.distributed as dist
+
+    parts: list = [None] * world()
+    dist.all_gather_object(parts, list(local))
+    return parts
+
+
+def gather(local: Sequence[T], n: int) -> list[T]:
+    """The ``split`` shares of all processes, back in the original order of the ``n`` items."""
+    out: list = [None] * n
+    for r, part in enumerate(collect(local)):
+        out[r :: world()] = part
+    return out
+
+
+def all_sum(tensor):
+    """``tensor`` summed over the processes, in place (returned for chaining)."""
+    if launched():
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_true(flag: bool) -> bool:
+    """Whether ``flag`` holds in any process."""
+    if not launched():
+        return flag
+    return any(flag for (flag,) in collect([bool(flag)]))
+
+
+def barrier() -> None:
+    if launched():
+        _state().wait_for_everyone()

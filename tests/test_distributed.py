@@ -1,0 +1,141 @@
+"""Data parallel stages under ``accelerate launch`` with 2 CPU processes (gloo) on tiny models: capture,
+evaluation and restoration give what one process gives, and a process that dies leaves nothing half
+written. Each command runs once in one process and once in two, each with its own empty cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import layer_map_for
+from safetensors.torch import load_file
+
+from interp.core.models import load_model
+from interp.measures.capture import Activations
+
+TOLERANCE = 1e-5  # relative: float rounding of batches cut differently
+
+
+def launch(args: list[str], processes: int, tmp: Path, name: str, env: dict | None = None):
+    """``interp ARGS`` in ``processes`` processes (``accelerate launch``), with its own cache."""
+    environment = os.environ | {"INTERP_CACHE": str(tmp / f"cache-{name}")} | (env or {})
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += (["--multi_gpu"] if processes > 1 else ["--cpu"]) + ["-m", "interp", *args]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def both(args_for, tmp: Path) -> tuple[Path, Path]:
+    """Run the command in 1 and in 2 processes; the two output folders."""
+    outs = []
+    for processes in (1, 2):
+        out = tmp / f"out-{processes}"
+        done = launch(args_for(out), processes, tmp, str(processes))
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs.append(out)
+    return outs[0], outs[1]
+
+
+@pytest.fixture()
+def pair_args(saved_pair) -> list[str]:
+    return ["--base", str(saved_pair.base.path), "--finetuned", str(saved_pair.finetuned.path)]
+
+
+def test_capture_in_two_processes_equals_one(tiny_llama, tmp_path):
+    one, two = both(lambda out: ["capture", "--model", str(tiny_llama), "--limit", "7", "--out", str(out)], tmp_path)
+    a, b = Activations.load(one), Activations.load(two)
+    assert a.tensor.shape == b.tensor.shape and a.tensor.shape[0] == 7
+    torch.testing.assert_close(b.tensor, a.tensor, rtol=TOLERANCE, atol=1e-6)
+
+
+def test_evaluation_in_two_processes_equals_one(pair_args, tmp_path):
+    def args(out):
+        return ["evaluate", *pair_args, "--limit", "5", "--max-new-tokens", "4", "--refusal-tokens", "5"] + [
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+        ]
+
+    one, two = both(args, tmp_path)
+    rows_1 = json.loads((one / "evaluation.json").read_text())["models"]
+    rows_2 = json.loads((two / "evaluation.json").read_text())["models"]
+    for a, b in zip(rows_1, rows_2):
+        assert a["outcomes"] == b["outcomes"] and a["examples"] == b["examples"]
+        assert b["kl"] == pytest.approx(a["kl"], abs=1e-6)  # float32 log-probabilities, other thread counts
+        assert b["refusal_score"] == pytest.approx(a["refusal_score"], rel=TOLERANCE)
+
+
+def restore_args(saved_pair, tmp_path: Path) -> callable:
+    layer_map = layer_map_for(load_model(saved_pair.base.path), load_model(saved_pair.finetuned.path))
+    layer_map.save(tmp_path / "layer_map.json")
+
+    def args(out):
+        return ["restore", "--base", str(saved_pair.base.path), "--finetuned", str(saved_pair.finetuned.path)] + [
+            "--layer-map",
+            str(tmp_path / "layer_map.json"),
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--harmful",
+            "builtin:harmful:val",
+            "--retain",
+            "builtin:harmless:val,builtin:general",
+            "--out",
+            str(out),
+        ]
+
+    return args
+
+
+def test_restoration_in_two_processes_equals_one(saved_pair, tmp_path):
+    """The same global batches, the gradient summed over the processes: the same loss history and adapter."""
+    one, two = both(restore_args(saved_pair, tmp_path), tmp_path)
+    history_1 = json.loads((one / "restore_stats.json").read_text())["history"]
+    history_2 = json.loads((two / "restore_stats.json").read_text())["history"]
+    assert len(history_1) == len(history_2) == 3
+    for a, b in zip(history_1, history_2):
+        assert b["safety"] == pytest.approx(a["safety"], rel=TOLERANCE)
+        assert b["retain"] == pytest.approx(a["retain"], rel=TOLERANCE)
+    adapter_1 = load_file(str(one / "adapter" / "adapter_model.safetensors"))
+    adapter_2 = load_file(str(two / "adapter" / "adapter_model.safetensors"))
+    assert adapter_1.keys() == adapter_2.keys() and adapter_1
+    moved = [name for name, w in adapter_1.items() if "lora_B" in name and w.abs().sum() > 0]
+    assert moved  # training changed the adapter (B starts at zero)
+    for name, weight in adapter_1.items():  # Adam divides by the root of tiny second moments: rounding grows
+        torch.testing.assert_close(adapter_2[name], weight, rtol=1e-3, atol=5e-5)
+
+
+def test_a_process_that_dies_mid_run_leaves_nothing_half_written(saved_pair, tmp_path):
+    """The second process exits hard at its second optimizer step (a ``sitecustomize`` on its path): the
+    launch fails, the output folder never appears and no temporary file is left beside it or in the cache."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import torch\n"
+        "    step = torch.optim.AdamW.step\n"
+        "    calls = []\n"
+        "    def dying(self, *args, **kwargs):\n"
+        "        calls.append(1)\n"
+        "        if len(calls) == 2:\n"
+        "            os._exit(9)\n"
+        "        return step(self, *args, **kwargs)\n"
+        "    torch.optim.AdamW.step = dying\n"
+    )
+    out = tmp_path / "restore-out"
+    path = os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")])
+    done = launch(restore_args(saved_pair, tmp_path)(out), 2, tmp_path, "dies", {"PYTHONPATH": path})
+    assert done.returncode != 0 and "exitcode  : 9" in done.stderr  # it died where the hook killed it
+    assert not out.exists()
+    leftovers = [p for p in tmp_path.rglob("*") if ".tmp" in p.name or p.name.endswith(".old")]
+    assert leftovers == []
