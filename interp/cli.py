@@ -67,6 +67,14 @@ def _check_out(path: str | Path, *markers: str) -> Path:
 def _check_device(args) -> None:
     import torch
 
+    from .core.models import check_quantize, parse_max_memory
+
+    if getattr(args, "max_memory", None):
+        if not args.device_map:
+            raise ConfigError("--max-memory needs --device-map (it bounds how the map spreads the model)")
+        parse_max_memory(args.max_memory)
+    if getattr(args, "quantize", None):
+        check_quantize(args.quantize)
     if getattr(args, "device_map", None):
         return
     try:
@@ -89,7 +97,15 @@ def _load_pair(args):
 
 def _model_options(args) -> dict:
     """Loading options; under ``accelerate launch``, ``--device cuda`` is each process's own GPU."""
-    return {"dtype": args.dtype, "device": distributed.device(args.device), "device_map": args.device_map}
+    from .core.models import parse_max_memory
+
+    return {
+        "dtype": args.dtype,
+        "device": distributed.device(args.device),
+        "device_map": args.device_map,
+        "max_memory": parse_max_memory(args.max_memory) if args.max_memory else None,
+        "quantize": args.quantize,
+    }
 
 
 def _restore_config(args):
@@ -342,6 +358,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument(
         "--device-map", default=None, help="'auto' to spread a large model over the available devices (accelerate)"
+    )
+    parser.add_argument(
+        "--max-memory",
+        default=None,
+        help="with --device-map: the most each device may hold, e.g. '0=70GiB,1=70GiB,cpu=200GiB'",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["4bit", "8bit"],
+        default=None,
+        help="load the weights in 4 or 8 bits (bitsandbytes; CUDA only): for inference stages and LoRA on top",
     )
 
 

@@ -122,6 +122,15 @@ CASES = {
     "--refusal-tokens 99999": (lambda f: analyze(f, "--refusal-tokens", "99999"), "must be in [0,"),
     "--refusal-tokens -1 (analyze)": (lambda f: analyze(f, "--refusal-tokens", "-1"), "must be >= 0"),
     "--judge keywords": (lambda f: evaluate(f, "--judge", "keywords"), "unknown judge 'keywords'"),
+    "--max-memory without --device-map": (
+        lambda f: evaluate(f, "--max-memory", "cpu=1GiB"),
+        "--max-memory needs --device-map",
+    ),
+    "--max-memory garbled": (
+        lambda f: evaluate(f, "--device-map", "auto", "--max-memory", "lots"),
+        "each entry is DEVICE=SIZE",
+    ),
+    "--quantize without CUDA": (lambda f: evaluate(f, "--quantize", "4bit"), "--quantize 4bit needs CUDA"),
     "--trace-tokens without --reasoning": (lambda f: evaluate(f, "--trace-tokens", "8"), "needs --reasoning"),
     "--samples without --temperature": (lambda f: evaluate(f, "--samples", "3"), "samples=3 needs"),
     "--judge at a missing folder": (

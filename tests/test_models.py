@@ -84,3 +84,17 @@ def test_loading_never_trains():
     """``organism:`` names are the organism stage's to resolve; loading one says so instead of training."""
     with pytest.raises(ModelLoadError, match="build_organism"):
         resolve_source("organism:base")
+
+
+def test_a_device_map_within_max_memory_gives_the_same_model(tiny_llama):
+    """``device_map='auto'`` with ``max_memory`` (accelerate's placement; all on the CPU here) loads the
+    same weights as a plain load: the same fingerprint and logits."""
+    from interp.core.models import parse_max_memory
+
+    plain = load_model(tiny_llama)
+    mapped = load_model(tiny_llama, device_map="auto", max_memory=parse_max_memory("cpu=2GiB"))
+    assert mapped.fingerprint == plain.fingerprint
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(mapped.hf(input_ids=ids).logits, plain.hf(input_ids=ids).logits)
+    assert parse_max_memory("0=70GiB, 1=70GiB,cpu=200GiB") == {0: "70GiB", 1: "70GiB", "cpu": "200GiB"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -155,17 +156,58 @@ def fresh_copy(model: LoadedModel) -> LoadedModel:
     return replace(load_model(model.path, dtype=model.hf.dtype, device=str(model.device)), name=model.name)
 
 
+def parse_max_memory(text: str) -> dict:
+    """``'0=70GiB,1=70GiB,cpu=200GiB'`` -> ``{0: '70GiB', 1: '70GiB', 'cpu': '200GiB'}`` (accelerate's
+    ``max_memory``: GPU index or ``cpu``/``disk`` -> a size)."""
+    out: dict = {}
+    for item in text.split(","):
+        name, sep, size = (part.strip() for part in item.partition("="))
+        if not sep or not name or not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)?", size, re.IGNORECASE):
+            raise ConfigError(f"--max-memory {text!r}: each entry is DEVICE=SIZE, e.g. 0=70GiB or cpu=200GiB")
+        if not (name.isdigit() or name in ("cpu", "disk")):
+            raise ConfigError(f"--max-memory {text!r}: device {name!r} is neither a GPU index nor cpu/disk")
+        out[int(name) if name.isdigit() else name] = size
+    return out
+
+
+def check_quantize(bits: str) -> None:
+    """``4bit``/``8bit`` loading needs bitsandbytes and CUDA: one line naming what is missing."""
+    if bits not in ("4bit", "8bit"):
+        raise ConfigError(f"quantize must be 4bit or 8bit, got {bits!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--quantize {bits} needs CUDA (bitsandbytes kernels); this machine has no CUDA device")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"--quantize {bits} needs bitsandbytes: pip install bitsandbytes") from None
+
+
 def load_model(
     source: str | Path,
     *,
     dtype: str | torch.dtype = "float32",
     device: str = "cpu",
     device_map: str | None = None,
+    max_memory: dict | None = None,
+    quantize: str | None = None,
 ) -> LoadedModel:
-    """Load a model by name (``interp.core.sources``) with a batch-ready tokenizer."""
+    """Load a model by name (``interp.core.sources``) with a batch-ready tokenizer. ``device_map``
+    (``auto``) spreads a large model over the devices, within ``max_memory``; ``quantize`` (``4bit``,
+    ``8bit``) loads the weights through bitsandbytes (CUDA only), on ``device_map`` or else ``device``."""
     path = resolve_source(source)
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     kwargs: dict = {"dtype": torch_dtype}
+    if quantize is not None:
+        check_quantize(quantize)
+        from transformers import BitsAndBytesConfig
+
+        bits = {"load_in_4bit": True, "bnb_4bit_compute_dtype": torch_dtype} if quantize == "4bit" else {}
+        kwargs["quantization_config"] = BitsAndBytesConfig(**(bits or {"load_in_8bit": True}))
+        device_map = device_map or {"": device}
+    if max_memory is not None:
+        if device_map is None:
+            raise ConfigError("max_memory needs a device_map (it bounds how the map spreads the model)")
+        kwargs["max_memory"] = max_memory
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
