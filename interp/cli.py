@@ -352,6 +352,32 @@ def cmd_run(args) -> None:
     print(f"total {sum(run.seconds.values()):.0f}s")
 
 
+def cmd_plan(args) -> None:
+    """What a study of the pair will need per stage, from the configs alone (no weights loaded)."""
+    from .plan import Calibration, ModelShape, PlanSettings, plan, render
+
+    for name in (args.base, args.finetuned):
+        if name.startswith("organism:"):
+            raise ConfigError(
+                f"plan reads configs only: give the organism's folder ({name} is printed by interp organism)"
+            )
+    _check_device(args)
+    settings = PlanSettings(
+        dtype=args.dtype,
+        prompt_tokens=args.prompt_tokens,
+        plans=args.plans,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        rank=args.rank,
+        eval_prompts=args.eval_prompts,
+        eval_models=args.eval_models,
+        max_new_tokens=args.max_new_tokens,
+    )
+    base, finetuned = ModelShape.load(args.base), ModelShape.load(args.finetuned)
+    calibration = None if args.no_calibration else Calibration.measure(finetuned, args.device, args.dtype)
+    print(render(plan(base, finetuned, settings, calibration), finetuned, settings, calibration))
+
+
 # ----------------------------------------------------------------------------- the parser
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -651,6 +677,30 @@ def _run_parser(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def _plan_parser(sub) -> None:
+    from .plan import PlanSettings
+
+    d = PlanSettings()
+    p = sub.add_parser(
+        "plan",
+        help="memory, passes, tokens and a time estimate per stage, from the two configs (no weights read)",
+    )
+    p.add_argument("--base", required=True, help="folder with config.json, a config.json, or a cached hub id")
+    p.add_argument("--finetuned", required=True, help="as --base")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", help="where the calibration runs (the device of the study)")
+    p.add_argument("--prompt-tokens", type=_positive, default=d.prompt_tokens, help="longest prompt in a batch")
+    p.add_argument("--plans", type=_positive, default=d.plans, help="restorations trained in lockstep")
+    p.add_argument("--steps", type=_positive, default=d.steps)
+    p.add_argument("--batch-size", type=_positive, default=d.batch_size)
+    p.add_argument("--rank", type=_positive, default=d.rank)
+    p.add_argument("--eval-prompts", type=_positive, default=d.eval_prompts, help="prompts of the evaluation suite")
+    p.add_argument("--eval-models", type=_positive, default=d.eval_models, help="rows of the evaluation table")
+    p.add_argument("--max-new-tokens", type=_positive, default=d.max_new_tokens)
+    p.add_argument("--no-calibration", action="store_true", help="no time estimate (nothing runs)")
+    p.set_defaults(func=cmd_plan)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors as one line (``interp <command>: error: ...``, exit 2), like the rest."""
 
@@ -663,7 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="interp", description="Where did safety go after fine-tuning, and how to put it back.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_organism_parser, _capture_parser, _analyze_parser, _restore_parser, _evaluate_parser, _run_parser):
+    stages = (_organism_parser, _capture_parser, _analyze_parser, _restore_parser, _evaluate_parser, _run_parser)
+    for add in (*stages, _plan_parser):
         add(sub)
     return parser
 

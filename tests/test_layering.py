@@ -25,6 +25,7 @@ LAYERS = {
     "interp.organism": 5,
     "interp.analyze": 6,
     "interp.study": 7,
+    "interp.plan": 7,
     "interp.cli": 8,
     "interp": 9,
 }
