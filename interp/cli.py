@@ -95,6 +95,16 @@ def _load_pair(args):
     return load_pair(resolve_model_name(args.base), resolve_model_name(args.finetuned), **_model_options(args))
 
 
+def _write_config(args, out, pair=None, **models) -> None:
+    """The resolved options and their provenance, as ``config.toml`` in the output folder."""
+    from .config_file import resolved
+    from .io import atomic_write_text
+
+    if pair is not None:
+        models = {"base": pair.base, "finetuned": pair.finetuned} | models
+    atomic_write_text(Path(out) / "config.toml", resolved(args, {k: m.fingerprint for k, m in models.items()}))
+
+
 def _model_options(args) -> dict:
     """Loading options; under ``accelerate launch``, ``--device cuda`` is each process's own GPU."""
     from .core.models import parse_max_memory
@@ -185,6 +195,7 @@ def cmd_analyze(args) -> None:
     out = Path(args.out)
     result = analyze(pair, out, config, prompts)
     write_figures(analysis_figures(result), out / "figures")
+    _write_config(args, out, pair)
     print(layer_table(result))
     print(f"selected layers: {result.layer_map.selected_layers}  ->  {out / 'layer_map.json'}")
     if result.component_map is not None:
@@ -222,6 +233,7 @@ def cmd_restore(args) -> None:
     out = Path(args.out)
     save_adapter(result.peft_model, out / "adapter")
     atomic_write_json(out / "restore_stats.json", result.stats.to_dict())
+    _write_config(args, out, pair)
     if not args.no_merged:
         save_merged(result.peft_model, pair.finetuned.tokenizer, out / "restored")
     stats = result.stats
@@ -310,6 +322,7 @@ def cmd_evaluate(args) -> None:
             "sizes": suite.sizes(),
         },
     )
+    _write_config(args, out, pair)
     text = results_table(rows) + "\n\nPaired tests (each row against the base and the fine-tuned model):\n\n"
     text += paired_table(tests)
     if chat.trace is not None:
@@ -340,6 +353,7 @@ def cmd_run(args) -> None:
         judges=tuple(args.judge),
         recipe_name=args.recipe,
     )
+    _write_config(args, run.folder, run.pair)
     print(layer_table(run.analysis))
     print(results_table(run.study.rows))
     for t in run.study.targets:
@@ -716,14 +730,37 @@ def build_parser() -> argparse.ArgumentParser:
     stages = (_organism_parser, _capture_parser, _analyze_parser, _restore_parser, _evaluate_parser, _run_parser)
     for add in (*stages, _plan_parser):
         add(sub)
+    for name, command in sub.choices.items():
+        command.add_argument(
+            "--config",
+            default=None,
+            help=f"a TOML file of {name}'s options (flags override it); the config.toml a run writes reruns it",
+        )
+    parser.set_defaults(commands=sub.choices)
     return parser
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, over the ``--config`` file's options where one is given (checked first)."""
+    from .config_file import read
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        command = args.commands[args.command]
+        command.set_defaults(**read(args.config, command))
+        args = parser.parse_args(argv)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(argv)
     except SystemExit as done:  # --help (0), or a bad option: the parser printed its one line (2)
         return done.code if isinstance(done.code, int) else 2
+    except ConfigError as error:  # a bad --config file
+        print(f"interp: error: {error}", file=sys.stderr)
+        return 2
     where = f"interp {args.command}"
     if not distributed.is_main():  # one of several processes: the main one speaks for all
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)

@@ -27,6 +27,7 @@ LAYERS = {
     "interp.study": 7,
     "interp.plan": 7,
     "interp.cli": 8,
+    "interp.config_file": 8,
     "interp": 9,
 }
 
