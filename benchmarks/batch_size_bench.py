@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256])
     args = parser.parse_args()
 
+    from interp.core.chat import ChatFormat
     from interp.core.generate import generate_many
     from interp.evaluation.table import EvalConfig, _requests
     from interp.organism import OrganismRecipe, build_organism, study_prompts
@@ -28,7 +29,7 @@ def main() -> None:
     recipe = OrganismRecipe()
     model = build_organism(recipe, log=lambda _: None).load_pair().finetuned
     suite = study_prompts(recipe)[2].head(args.per_set)
-    requests = list(_requests(suite, EvalConfig(), [57]).values())
+    requests = list(_requests(suite, EvalConfig(), [57], ChatFormat(), stop=True).values())
     n = sum(suite.sizes().values())
     print(f"{n} prompts {suite.sizes()}; load {os.getloadavg()[0]:.2f}")
     print("| batch size | s | ms per answer | load (1 min) |")

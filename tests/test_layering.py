@@ -56,7 +56,8 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            # ``from pkg import mod`` imports the module ``pkg.mod``; ``from pkg import name`` imports ``pkg``
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
         else:
             continue
         for name in names:

@@ -20,8 +20,8 @@ prompt are not independent, so the interval is Wilson's with the effective numbe
 clamped to ``[n, n k]`` (no fewer trials than prompts, no more than samples); where every prompt's samples
 agree the interval is Wilson's over the ``n`` prompts. Paired tests on such outcomes use the paired
 sign-flip test: under the null hypothesis each prompt's difference ``d_i = a_i - b_i`` is as likely
-negated, so the p-value is the share of random sign flips (fixed seed) whose ``|sum d|`` reaches the
-observed one; on 0/1 outcomes this is exactly McNemar's test, which is computed exactly there.
+negated, so the p-value is the share of random sign flips (fixed seed; the observed signs counted as one
+of them, so it is never 0) whose ``|sum d|`` reaches the observed one; on 0/1 outcomes this is exactly McNemar's test, which is computed exactly there.
 
 **Paired bootstrap interval** of a margin ``mean(a) - factor * mean(b) - offset`` over the same prompts:
 prompts are resampled with replacement (the same draw for ``a`` and ``b``, so the pairing is kept),
@@ -86,7 +86,8 @@ def paired_p_value(a: Sequence[float], b: Sequence[float], *, flips: int = 20000
     d = d[d != 0]
     signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(flips, len(d)))
     observed = abs(d.sum())
-    return float((np.abs(signs @ d) >= observed - 1e-12).mean())
+    hits = int((np.abs(signs @ d) >= observed - 1e-12).sum())
+    return (hits + 1) / (flips + 1)  # the observed signs count as one draw: never 0
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
