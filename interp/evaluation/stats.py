@@ -21,7 +21,8 @@ clamped to ``[n, n k]`` (no fewer trials than prompts, no more than samples); wh
 agree the interval is Wilson's over the ``n`` prompts. Paired tests on such outcomes use the paired
 sign-flip test: under the null hypothesis each prompt's difference ``d_i = a_i - b_i`` is as likely
 negated, so the p-value is the share of random sign flips (fixed seed; the observed signs counted as one
-of them, so it is never 0) whose ``|sum d|`` reaches the observed one; on 0/1 outcomes this is exactly McNemar's test, which is computed exactly there.
+of them, so it is never 0) whose ``|sum d|`` reaches the observed one; on 0/1 outcomes this is
+McNemar's test, which is then computed exactly.
 
 **Paired bootstrap interval** of a margin ``mean(a) - factor * mean(b) - offset`` over the same prompts:
 prompts are resampled with replacement (the same draw for ``a`` and ``b``, so the pairing is kept),
