@@ -97,12 +97,18 @@ def _load_pair(args):
 
 def _write_config(args, out, pair=None, **models) -> None:
     """The resolved options and their provenance, as ``config.toml`` in the output folder."""
+    from dataclasses import asdict
+
     from .config_file import resolved
     from .io import atomic_write_text
 
     if pair is not None:
         models = {"base": pair.base, "finetuned": pair.finetuned} | models
-    atomic_write_text(Path(out) / "config.toml", resolved(args, {k: m.fingerprint for k, m in models.items()}))
+    values = vars(args).copy()
+    if "lr" in values:  # the restoration options as resolved (flags over the preset or the defaults), seed included
+        values |= {name: value for name, value in asdict(_restore_config(args)).items() if name in values}
+    fingerprints = {k: m.fingerprint for k, m in models.items()}
+    atomic_write_text(Path(out) / "config.toml", resolved(argparse.Namespace(**values), fingerprints))
 
 
 def _model_options(args) -> dict:

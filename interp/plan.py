@@ -15,7 +15,8 @@ No weights are loaded: the shapes come from each model's ``config.json`` (``Mode
   their gradient and AdamW's two moments in float32 (16 bytes each); the activations kept for the
   backward pass, estimated as ``ACTIVATION_FACTOR`` vectors of ``d`` per token per block above the lowest
   adapted block in the model's dtype (an estimate: gradient checkpointing is not used);
-* **evaluate**: the key-value cache of one generation batch, ``2 L batch kv hd (prompt + budget)``
+* **evaluate**: every row's model, held at once (as ``evaluate_models`` holds its candidates), the
+  key-value cache of one generation batch, ``2 L batch kv hd (prompt + budget)``
   elements in the model's dtype (what ``interp.core.kvcache`` preallocates), and the generated tokens
   (an upper bound: every answer runs to its budget).
 
@@ -37,6 +38,8 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
+from .evaluation.table import EvalConfig
+from .training.restore import RestoreConfig
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ACTIVATION_FACTOR = 34  # d-sized tensors kept per token and block for the backward pass (attention + MLP)
@@ -132,7 +135,8 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class PlanSettings:
-    """The stage settings a plan counts with (a study's defaults; ``interp plan`` flags change them)."""
+    """The stage settings a plan counts with (the study's defaults: ``RestoreConfig``, ``EvalConfig``, the
+    full suite's 1,149 prompts and eight rows; ``interp plan`` flags change them)."""
 
     dtype: str = "float32"
     prompt_tokens: int = 96  # a prompt's tokens with the chat template (longest in a batch)
@@ -141,14 +145,14 @@ class PlanSettings:
     causal_prompts: int = 16
     selection_prompts: int = 16
     plans: int = 5  # placements trained in lockstep (ranked, all layers, random, bottom, components)
-    steps: int = 150
-    batch_size: int = 16
-    rank: int = 8
+    steps: int = RestoreConfig.steps
+    batch_size: int = RestoreConfig.batch_size
+    rank: int = RestoreConfig.rank
     lora_layers: int = 3  # blocks with LoRA in a ranked plan (the all-layer plan: every block)
     eval_prompts: int = 1149
     eval_models: int = 8
-    max_new_tokens: int = 32
-    generation_batch: int = 128
+    max_new_tokens: int = EvalConfig.max_new_tokens
+    generation_batch: int = EvalConfig.batch_size
 
     def __post_init__(self) -> None:
         if self.dtype not in BYTES:
@@ -260,7 +264,10 @@ def plan(
     batches = -(-s.eval_prompts // batch) * s.eval_models
     evaluate = StageCost(
         "evaluate",
-        {"weights (a model and the reference)": 2 * weight, f"KV cache (batch {batch})": kv},
+        {
+            f"weights ({s.eval_models} rows' models, held at once)": s.eval_models * weight,
+            f"KV cache (batch {batch})": kv,
+        },
         forwards=s.eval_prompts * s.eval_models,
         block_tokens=s.eval_prompts * s.eval_models * s.prompt_tokens * m.n_layers,
         generated=s.eval_prompts * s.eval_models * s.max_new_tokens,

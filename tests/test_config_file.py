@@ -7,7 +7,9 @@ import json
 import tomllib
 
 import pytest
+import torch
 from conftest import layer_map_for
+from safetensors.torch import load_file
 
 from interp.cli import build_parser, main
 from interp.config_file import read
@@ -60,5 +62,8 @@ def test_the_written_config_reruns_the_same_restoration_and_flags_override_the_f
     assert main(["restore", "--config", str(tmp_path / "a" / "config.toml"), "--out", str(tmp_path / "b")]) == 0
     history = [json.loads((tmp_path / x / "restore_stats.json").read_text())["history"] for x in "ab"]
     assert history[0] == history[1] and len(history[0]) == 2
+    adapters = [load_file(str(tmp_path / x / "adapter" / "adapter_model.safetensors")) for x in "ab"]
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
     assert main(["restore", "--config", str(study), "--steps", "3", "--out", str(tmp_path / "c")]) == 0
     assert len(json.loads((tmp_path / "c" / "restore_stats.json").read_text())["history"]) == 3
