@@ -31,7 +31,7 @@ from .core.prompts import (
     shared_data_dir,
 )
 from .errors import InterpError
-from .evaluation.stats import mcnemar_exact, paired_bootstrap, wilson_interval
+from .evaluation.stats import mcnemar_exact, paired_bootstrap, paired_p_value, rate_interval, wilson_interval
 from .evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
 from .evaluation.targets import PairedTest, Target, check_targets, paired_tests
 from .measures.capture import Activations, CaptureConfig, Positions, capture
@@ -42,6 +42,7 @@ from .measures.layer_map import LayerMap, build_layer_map, layer_scores, score_c
 from .measures.probes import LayerProbes
 from .measures.result import AnalysisResult, Projection
 from .organism import Organism, OrganismRecipe, build_organism, quick_study_prompts, study_prompts
+from .plan import ModelShape, PlanSettings
 from .report import plots
 from .report.figures import analysis_figures, save_figure, study_figures, write_figures
 from .report.tables import organism_table, paired_table, results_table, targets_table
@@ -69,12 +70,14 @@ __all__ = [
     "LayerProbes",
     "LoadedModel",
     "ModelPair",
+    "ModelShape",
     "Organism",
     "OrganismRecipe",
     "PairActivations",
     "PairMetrics",
     "PairedTest",
     "Plan",
+    "PlanSettings",
     "Positions",
     "Projection",
     "PromptSet",
@@ -113,11 +116,13 @@ __all__ = [
     "mcnemar_exact",
     "organism_table",
     "paired_bootstrap",
+    "paired_p_value",
     "paired_table",
     "paired_tests",
     "parse_spec",
     "plots",
     "quick_study_prompts",
+    "rate_interval",
     "restore",
     "results_table",
     "run_default",
