@@ -166,7 +166,7 @@ def cmd_capture(args) -> None:
     if args.limit is not None:
         prompts = prompts.head(args.limit)
     hooks = tuple(args.hooks.split(",")) if args.hooks else hook_names(model.n_layers, args.kind)
-    config = CaptureConfig(hooks=hooks, positions=positions, batch_size=args.batch_size)
+    config = CaptureConfig(hooks=hooks, positions=positions, batch_size=args.batch_size, chat=_chat(args))
     acts = capture(model, prompts, config)
     out = acts.save(Path(args.out))
     print(f"{tuple(acts.tensor.shape)} [prompt, hook, position, d_model] -> {out}")
@@ -199,7 +199,7 @@ def cmd_analyze(args) -> None:
     )
     pair = _load_pair(args)
     out = Path(args.out)
-    result = analyze(pair, out, config, prompts)
+    result = analyze(pair, out, config, prompts, chat=_chat(args))
     write_figures(analysis_figures(result), out / "figures")
     _write_config(args, out, pair)
     print(layer_table(result))
@@ -235,6 +235,7 @@ def cmd_restore(args) -> None:
         base=pair.base if config.teacher == "base" else None,
         layers=layers,
         alignment=alignment,
+        chat=_chat(args),
     )
     out = Path(args.out)
     save_adapter(result.peft_model, out / "adapter")
@@ -252,7 +253,6 @@ def cmd_restore(args) -> None:
 
 def cmd_evaluate(args) -> None:
     """The evaluation table for base, fine-tuned and any restored models or adapters."""
-    from .core.chat import ChatFormat
     from .core.generate import Sampling, find_refusal_tokens
     from .core.judges import check_judge_spec
     from .core.models import check_pair, fresh_copy, load_model
@@ -281,7 +281,7 @@ def cmd_evaluate(args) -> None:
     if args.limit is not None:
         suite = suite.head(args.limit)
     tokens = _ints(args.refusal_tokens, "--refusal-tokens")
-    chat = ChatFormat.reasoning() if args.reasoning else ChatFormat()
+    chat = _chat(args)
     sampling = None if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.sample_seed)
     if args.trace_tokens is not None and not args.reasoning:
         raise ConfigError("--trace-tokens needs --reasoning (a trace to budget)")
@@ -501,6 +501,7 @@ def _capture_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", required=True, help="folder to write the activations to")
     _add_model_options(p)
+    _add_reasoning_option(p)
     p.set_defaults(func=cmd_capture)
 
 
@@ -546,6 +547,7 @@ def _analyze_parser(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--out", required=True, help="run folder")
+    _add_reasoning_option(p)
     p.set_defaults(func=cmd_analyze)
 
 
@@ -580,7 +582,24 @@ def _restore_parser(sub) -> None:
         "teacher, 400 steps, lr 2e-5, batch 16; README); the flags below override its settings",
     )
     _add_restore_options(p)
+    _add_reasoning_option(p)
     p.set_defaults(func=cmd_restore)
+
+
+def _add_reasoning_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reasoning",
+        action="store_true",
+        help="an R1-style reasoning model: prompts end inside <think> (the assistant turn is prefilled with "
+        "'<think>\\n'); the evaluation judges the trace and the final answer (after </think>) apart",
+    )
+
+
+def _chat(args):
+    """The chat format the command's options ask for."""
+    from .core.chat import ChatFormat
+
+    return ChatFormat.reasoning() if getattr(args, "reasoning", False) else ChatFormat()
 
 
 def _add_judge_option(parser: argparse.ArgumentParser) -> None:
@@ -632,12 +651,7 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     _add_judge_option(p)
-    p.add_argument(
-        "--reasoning",
-        action="store_true",
-        help="an R1-style reasoning model: the answer starts inside <think>, and the trace and the final "
-        "answer (after </think>) are judged apart",
-    )
+    _add_reasoning_option(p)
     p.add_argument(
         "--temperature", type=float, default=0.0, help="0: greedy answers (default); > 0: seeded samples (--samples)"
     )

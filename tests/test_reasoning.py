@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import torch
 from conftest import make_tokenizer, scripted_lm, tiny_suite
 
 from interp.core.chat import ChatFormat
@@ -190,3 +191,27 @@ def test_the_evaluate_command_with_budgets_per_part_and_several_samples(saved_pa
     shares = [x for row in rows for values in row["outcomes"].values() for x in values]
     assert len(shares) == 2 * (3 + 3 + 3) and all(x in (0, 0.5, 1) for x in shares)
     assert "Reasoning trace and final answer" in (out / "evaluation.md").read_text()
+
+
+def test_capture_and_restore_take_the_reasoning_format(saved_pair, tmp_path, monkeypatch):
+    """``--reasoning`` on capture and restore: the prompts end in the prefill (the capture records the
+    format, and every prompt is longer by the prefill's tokens); restore trains with that format."""
+    import interp.training.restore as restoration
+    from interp.cli import main
+    from interp.measures.capture import Activations
+
+    model = str(saved_pair.base.path)
+    for name, extra in (("plain", []), ("r1", ["--reasoning"])):
+        assert main(["capture", "--model", model, "--limit", "2", "--out", str(tmp_path / name), *extra]) == 0
+    plain, r1 = Activations.load(tmp_path / "plain"), Activations.load(tmp_path / "r1")
+    assert r1.extra["chat"]["trace"] == ["<think>", "</think>"] and "trace" not in plain.extra["chat"]
+    assert all(a < b for a, b in zip(plain.extra["token_lengths"], r1.extra["token_lengths"]))
+    assert not torch.equal(plain.tensor, r1.tensor)
+
+    seen = []
+    real = restoration.restore
+    monkeypatch.setattr(restoration, "restore", lambda *a, **k: seen.append(k["chat"]) or real(*a, **k))
+    pair = ["--base", model, "--finetuned", str(saved_pair.finetuned.path)]
+    args = ["restore", *pair, "--preset", "safereact", "--steps", "1", "--batch-size", "2", "--no-merged"]
+    assert main([*args, "--reasoning", "--out", str(tmp_path / "restored")]) == 0
+    assert seen == [R1]
