@@ -67,6 +67,7 @@ def main() -> None:
     out = Path(args.out)
     atomic_write_text(out / "report.md", study_report(rows, [], paired, {"restore": train_seconds}))
     atomic_write_json(out / "restore_stats.json", stats.to_dict())
+    atomic_write_json(out / "report.json", {"models": [row.to_dict() for row in rows]})
     print(f"{out / 'report.md'}; load {os.getloadavg()[0]:.2f}")
 
 

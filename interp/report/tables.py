@@ -337,7 +337,7 @@ def study_report(rows: Sequence, targets: Sequence, paired: Sequence, seconds: d
         lines += [
             "## Paired tests",
             "",
-            "Each row against the ranked restoration and the base, on the same prompts.",
+            f"Each row against {' and '.join(dict.fromkeys(t.against for t in paired))}, on the same prompts.",
             "",
         ]
         lines += [paired_table(paired), ""]
