@@ -139,3 +139,25 @@ def test_a_process_that_dies_mid_run_leaves_nothing_half_written(saved_pair, tmp
     assert not out.exists()
     leftovers = [p for p in tmp_path.rglob("*") if ".tmp" in p.name or p.name.endswith(".old")]
     assert leftovers == []
+
+
+def test_the_causal_sweep_in_two_processes_equals_one(pair_args, tmp_path):
+    """``interp analyze``: the causal sweep's prompts split over the processes, its sums added."""
+
+    def args(out):
+        sets = ["--harmful", "builtin:harmful:val", "--harmless", "builtin:harmless:val"]
+        sets += ["--task", "builtin:arithmetic:val", "--refusal-tokens", "5", "--selection-prompts", "0"]
+        return ["analyze", *pair_args, *sets, "--causal-prompts", "6", "--batch-size", "2", "--steer-scales", "1"] + [
+            "--max-new-tokens",
+            "2",
+            "--no-components",
+            "--out",
+            str(out),
+        ]
+
+    one, two = both(args, tmp_path)
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (one, two)]
+    for name in ("add_effect", "ablate_effect", "patch_effect"):
+        assert metrics[1]["sweep"][name] == pytest.approx(metrics[0]["sweep"][name], rel=TOLERANCE, abs=1e-5)
+    assert metrics[1]["steering"] == metrics[0]["steering"]  # generation through the split engine
+    assert metrics[1]["selected_layers"] == metrics[0]["selected_layers"]

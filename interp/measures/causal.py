@@ -28,6 +28,7 @@ from ..core.judge import Behaviour, refusal_log_odds
 from ..core.kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_length
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
+from ..distributed import all_sum, split
 from ..errors import ConfigError
 from ..io import stable_hash
 
@@ -121,9 +122,8 @@ def causal_sweep(
     with torch.no_grad():
         prefix = {"ft": _run_prefix(finetuned, shared), "base": _run_prefix(base, shared)}
         edited: dict[tuple[str, int], SharedPrefix] = {}
-        for batch in tqdm(
-            list(batches(seqs, batch_size, base.tokenizer.pad_token_id)), desc="causal sweep", disable=not progress
-        ):
+        mine = split(list(batches(seqs, batch_size, base.tokenizer.pad_token_id)))  # this process's batches
+        for batch in tqdm(mine, desc="causal sweep", disable=not progress):
             ids, mask, positions = prefixed_batch(
                 [seqs[i] for i in batch.index], len(shared), base.tokenizer.pad_token_id
             )
@@ -157,6 +157,8 @@ def causal_sweep(
                     with resume_after(model.hf, layer, edit(resid[source][layer])):
                         logprobs = torch.log_softmax(last_logits(model.hf, after(edited[name, layer])), -1)
                     totals[name][layer] += float(refusal_log_odds(logprobs, token_ids).sum())
+    summed = all_sum(torch.tensor(np.stack([totals[name] for name in EFFECTS]), device=base.device))
+    totals = dict(zip(EFFECTS, summed.cpu().numpy()))  # over every process's prompts
     effects = {name: np.full(n_layers, np.nan) for name in EFFECTS}
     for layer in layers:
         effects["add_effect"][layer] = totals["add_effect"][layer] / len(seqs) - ft_score
