@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import layer_map_for
@@ -141,12 +142,13 @@ def test_a_process_that_dies_mid_run_leaves_nothing_half_written(saved_pair, tmp
     assert leftovers == []
 
 
-def test_the_causal_sweep_in_two_processes_equals_one(pair_args, tmp_path):
-    """``interp analyze``: the causal sweep's prompts split over the processes, its sums added."""
+def test_the_causal_sweep_and_the_selection_in_two_processes_equal_one(pair_args, tmp_path):
+    """``interp analyze``: the causal sweep's prompts and the direction selection's candidates split over
+    the processes, gathered."""
 
     def args(out):
         sets = ["--harmful", "builtin:harmful:val", "--harmless", "builtin:harmless:val"]
-        sets += ["--task", "builtin:arithmetic:val", "--refusal-tokens", "5", "--selection-prompts", "0"]
+        sets += ["--task", "builtin:arithmetic:val", "--refusal-tokens", "5", "--selection-prompts", "3"]
         return ["analyze", *pair_args, *sets, "--causal-prompts", "6", "--batch-size", "2", "--steer-scales", "1"] + [
             "--max-new-tokens",
             "2",
@@ -161,3 +163,46 @@ def test_the_causal_sweep_in_two_processes_equals_one(pair_args, tmp_path):
         assert metrics[1]["sweep"][name] == pytest.approx(metrics[0]["sweep"][name], rel=TOLERANCE, abs=1e-5)
     assert metrics[1]["steering"] == metrics[0]["steering"]  # generation through the split engine
     assert metrics[1]["selected_layers"] == metrics[0]["selected_layers"]
+    chosen = [m["selection"] for m in metrics]
+    for name in ("induce", "bypass", "kl"):  # unscored candidates are null
+        a, b = (np.array([[np.nan if x is None else x for x in row] for row in c[name]]) for c in chosen)
+        assert np.allclose(b, a, rtol=TOLERANCE, atol=1e-5, equal_nan=True)
+        assert name != "induce" or np.isfinite(a).all(axis=0).sum() >= 2  # every candidate layer was scored
+    assert chosen[1]["selected_layer"] == chosen[0]["selected_layer"]
+    assert chosen[1]["selected_position"] == chosen[0]["selected_position"]
+
+
+SELECTION_SCRIPT = """
+import sys
+import numpy as np
+import torch
+from interp.core.models import load_model
+from interp.core.prompts import harmful_prompts, harmless_prompts
+from interp.distributed import is_main
+from interp.measures.positions import select_direction
+
+model = load_model(sys.argv[1])
+vectors = torch.randn(2, model.n_layers, model.d_model, generator=torch.Generator().manual_seed(1)).numpy()
+harmful, harmless = harmful_prompts("val").head(3), harmless_prompts("val").head(3)
+s = select_direction(model, vectors, ["-2", "-1"], harmful, harmless, [5], batch_size=2, score_all=True, progress=False)
+if is_main():
+    np.save(sys.argv[2], np.stack([s.induce, s.bypass, s.kl]))
+"""
+
+
+def test_every_selection_score_in_two_processes_equals_one(tiny_llama, tmp_path):
+    """``select_direction`` with every candidate scored: induce, bypass and KL split over processes."""
+    script = tmp_path / "selection_run.py"  # not select.py: the standard library has a select module
+    script.write_text(SELECTION_SCRIPT)
+    scores = []
+    for processes in (1, 2):
+        out = tmp_path / f"scores-{processes}.npy"
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
+        command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        command += (["--multi_gpu"] if processes > 1 else ["--cpu"]) + [str(script), str(tiny_llama), str(out)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        scores.append(np.load(out))
+    scored = np.isfinite(scores[0])
+    assert scored[:, :, :3].all() and not scored[:, :, 3:].any()  # layers below 0.8 L, each scored
+    np.testing.assert_allclose(scores[1], scores[0], rtol=TOLERANCE, atol=1e-6)

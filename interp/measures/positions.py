@@ -51,6 +51,7 @@ from ..core.judge import refusal_log_odds
 from ..core.kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_length, shared_prefix
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
+from ..distributed import collect, split
 from ..errors import ConfigError
 from .compare import PairActivations, PairMetrics, compare
 
@@ -267,7 +268,8 @@ def select_direction(
     resid = [dict(zip(layers, block_outputs(hf, inputs(rows, plain_prefix), layers))) for rows in gentle]
 
     bypass, induce, kl = (np.full((n_pos, n_layers), np.nan) for _ in range(3))
-    for layer in tqdm(layers, desc="selection: induce", disable=not progress):
+    mine = split(layers)  # this process's layers when several run (interp.distributed)
+    for layer in tqdm(mine, desc="selection: induce", disable=not progress):
         # One pass per layer for every position's vector: rows are position-major copies of the prompts.
         added = vectors[:, layer].to(device)  # [position, d_model]
 
@@ -292,8 +294,12 @@ def select_direction(
             logprobs = log_softmax(copies, each, resume_after(hf, layer, hidden))
             scores.append(refusal_log_odds(logprobs, token_ids).reshape(n_pos, len(rows)))
         induce[:, layer] = torch.cat(scores, 1).mean(1).cpu().numpy()
+    for part in collect([(layer, induce[:, layer]) for layer in mine]):  # every process's layers
+        for layer, column in part:
+            induce[:, layer] = column
     todo = [(p, layer) for p in range(n_pos) for layer in layers if score_all or induce[p, layer] > 0]
-    for p, layer in tqdm(todo, desc="selection: bypass and KL", disable=not progress):
+    mine = split(todo)
+    for p, layer in tqdm(mine, desc="selection: bypass and KL", disable=not progress):
         scores, divergence = np.zeros(len(seqs)), []
         with ablated_everywhere(hf, vectors[p, layer] / vectors[p, layer].norm().clamp(min=1e-12)):
             prefix = shared_prefix(hf, seqs)
@@ -304,6 +310,9 @@ def select_direction(
                 divergence += per_row[torch.as_tensor(~is_harmful[rows])].tolist()
         bypass[p, layer] = scores[is_harmful].mean()
         kl[p, layer] = float(np.mean(divergence))
+    for part in collect([(p, layer, bypass[p, layer], kl[p, layer]) for p, layer in mine]):
+        for p, layer, b, k in part:
+            bypass[p, layer], kl[p, layer] = b, k
     return select(
         positions,
         bypass,
