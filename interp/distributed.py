@@ -94,13 +94,6 @@ def all_sum(tensor):
     return tensor
 
 
-def any_true(flag: bool) -> bool:
-    """Whether ``flag`` holds in any process."""
-    if not launched():
-        return flag
-    return any(flag for (flag,) in collect([bool(flag)]))
-
-
 def barrier() -> None:
     if launched():
         _state().wait_for_everyone()

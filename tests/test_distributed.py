@@ -22,13 +22,17 @@ from interp.measures.capture import Activations
 TOLERANCE = 1e-5  # relative: float rounding of batches cut differently
 
 
-def launch(args: list[str], processes: int, tmp: Path, name: str, env: dict | None = None):
-    """``interp ARGS`` in ``processes`` processes (``accelerate launch``), with its own cache."""
-    environment = os.environ | {"INTERP_CACHE": str(tmp / f"cache-{name}")} | (env or {})
+def accelerate(target: list[str], processes: int, env: dict | None = None):
+    """``accelerate launch`` of ``target`` (``-m module ...`` or a script and its arguments)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += (["--multi_gpu"] if processes > 1 else ["--cpu"]) + ["-m", "interp", *args]
-    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    command += (["--multi_gpu"] if processes > 1 else ["--cpu"]) + target
+    return subprocess.run(command, env=os.environ | (env or {}), capture_output=True, text=True, timeout=300)
+
+
+def launch(args: list[str], processes: int, tmp: Path, name: str, env: dict | None = None):
+    """``interp ARGS`` in ``processes`` processes, with its own cache."""
+    return accelerate(["-m", "interp", *args], processes, {"INTERP_CACHE": str(tmp / f"cache-{name}")} | (env or {}))
 
 
 def both(args_for, tmp: Path) -> tuple[Path, Path]:
@@ -197,10 +201,7 @@ def test_every_selection_score_in_two_processes_equals_one(tiny_llama, tmp_path)
     scores = []
     for processes in (1, 2):
         out = tmp_path / f"scores-{processes}.npy"
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
-        command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        command += (["--multi_gpu"] if processes > 1 else ["--cpu"]) + [str(script), str(tiny_llama), str(out)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        done = accelerate([str(script), str(tiny_llama), str(out)], processes)
         assert done.returncode == 0, done.stderr[-3000:]
         scores.append(np.load(out))
     scored = np.isfinite(scores[0])

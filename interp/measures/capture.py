@@ -344,7 +344,8 @@ def capture(
             pass
     if distributed.launched():  # every process's rows, in place
         mine = [i for chunk in todo for i in chunk.index]
-        for ((index, rows, slots),) in distributed.collect([(mine, out[mine], fired)]):
+        for part in distributed.collect([(mine, out[mine], fired)]):  # one entry per process
+            index, rows, slots = part[0]
             out[index] = rows
             fired |= slots
     silent = [h for s, h in enumerate(hooks) if s not in fired]
