@@ -9,7 +9,8 @@ an unknown key, a wrong kind of value or a value outside an option's choices is 
 
 Each command with an output folder writes ``config.toml`` there (``resolved``): every option as it was
 resolved (file, flags and defaults; unset options left out), then a ``[provenance]`` table with the
-package versions, the models' weight fingerprints and the time. Running the command again with that file
+time, the processes it ran in (``parallel``: ``none``, ``data`` or ``fsdp``, ``interp.distributed``), the
+package versions and the models' weight fingerprints. Running the command again with that file
 runs it with the same options.
 """
 
@@ -22,6 +23,7 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+from . import distributed
 from .errors import ConfigError
 
 IGNORED = {"func", "command", "commands", "debug", "config"}  # not options of a run
@@ -90,6 +92,8 @@ def resolved(args: argparse.Namespace, fingerprints: dict[str, str] | None = Non
             continue
         lines.append(f"{dest} = {_value(value)}")
     lines += ["", "[provenance]", f"written = {_value(time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))}"]
+    parallel = "fsdp" if distributed.sharded() else "data" if distributed.launched() else "none"
+    lines += [f"processes = {distributed.world()}", f"parallel = {_value(parallel)}"]
     for package in PACKAGES:
         try:
             lines.append(f"{_key(package)} = {_value(metadata.version(package))}")

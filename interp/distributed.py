@@ -15,6 +15,13 @@ and ends at a barrier all processes reach), so no process reads a file while ano
 process that dies ends the launch (``torchrun`` stops the others); since every write is a temporary
 name renamed into place, nothing half written is left behind.
 
+With FSDP (``accelerate launch --use_fsdp --fsdp_version 2``, or an accelerate config whose
+``distributed_type`` is ``FSDP``), ``sharded()`` is true and ``shard(model, blocks)`` spreads a trained
+model's weights over the processes (torch's FSDP2 ``fully_shard`` on every block, with the launch's
+``reshard_after_forward`` and CPU offload settings): each process keeps 1/N of every block between uses,
+and the block's gradients are summed over the processes as they are computed (reduce-scatter with
+divide factor 1: every process's loss is its rows' share of the batch loss, as without FSDP).
+
 On one process (a plain ``interp`` call) every function is the identity, and accelerate is not imported.
 """
 
@@ -52,6 +59,28 @@ def rank() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def sharded() -> bool:
+    """Whether the launch asked for FSDP (accelerate sets ``ACCELERATE_USE_FSDP``)."""
+    return launched() and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def shard(model, blocks) -> None:
+    """FSDP2 on each of ``blocks`` (``model``'s decoder layers), in place (module docstring). The rest of
+    the model (embeddings, final norm, unembedding) stays whole on every process: it is not trained."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import OffloadPolicy, fully_shard
+
+    plugin = FullyShardedDataParallelPlugin()  # the launch's FSDP settings (its environment)
+    if plugin.fsdp_version != 2:
+        raise ValueError(f"interp shards with FSDP2: launch with --fsdp_version 2, not {plugin.fsdp_version}")
+    offload = plugin.cpu_offload if isinstance(plugin.cpu_offload, OffloadPolicy) else OffloadPolicy()
+    reshard = plugin.reshard_after_forward if isinstance(plugin.reshard_after_forward, bool) else True
+    for block in blocks:
+        fully_shard(block, reshard_after_forward=reshard, offload_policy=offload)
+        block.set_gradient_divide_factor(1.0)  # a sum, not a mean
+        block.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no pre-multiplied sum
 
 
 def device(requested: str) -> str:

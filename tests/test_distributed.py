@@ -16,31 +16,37 @@ import torch
 from conftest import layer_map_for
 from safetensors.torch import load_file
 
+from interp.core.bridge import decoder_layers
 from interp.core.models import load_model
 from interp.measures.capture import Activations
 
 TOLERANCE = 1e-5  # relative: float rounding of batches cut differently
 
 
-def accelerate(target: list[str], processes: int, env: dict | None = None):
-    """``accelerate launch`` of ``target`` (``-m module ...`` or a script and its arguments)."""
+FSDP = ["--use_fsdp", "--fsdp_version", "2"]  # accelerate's FSDP2 flags (an accelerate config may set them)
+
+
+def accelerate(target: list[str], processes: int, env: dict | None = None, flags: list[str] = ()):
+    """``accelerate launch`` of ``target`` (``-m module ...`` or a script and its arguments); ``flags``:
+    the launch's kind for several processes (``--multi_gpu``, the default: DDP on gloo; ``FSDP``)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += (["--multi_gpu"] if processes > 1 else ["--cpu"]) + target
+    command += (list(flags or ["--multi_gpu"]) if processes > 1 else ["--cpu"]) + target
     return subprocess.run(command, env=os.environ | (env or {}), capture_output=True, text=True, timeout=300)
 
 
-def launch(args: list[str], processes: int, tmp: Path, name: str, env: dict | None = None):
+def launch(args: list[str], processes: int, tmp: Path, name: str, env: dict | None = None, flags: list[str] = ()):
     """``interp ARGS`` in ``processes`` processes, with its own cache."""
-    return accelerate(["-m", "interp", *args], processes, {"INTERP_CACHE": str(tmp / f"cache-{name}")} | (env or {}))
+    cache = {"INTERP_CACHE": str(tmp / f"cache-{name}")}
+    return accelerate(["-m", "interp", *args], processes, cache | (env or {}), flags)
 
 
-def both(args_for, tmp: Path) -> tuple[Path, Path]:
-    """Run the command in 1 and in 2 processes; the two output folders."""
+def both(args_for, tmp: Path, flags: list[str] = ()) -> tuple[Path, Path]:
+    """Run the command in 1 and in 2 processes (launched with ``flags``); the two output folders."""
     outs = []
     for processes in (1, 2):
         out = tmp / f"out-{processes}"
-        done = launch(args_for(out), processes, tmp, str(processes))
+        done = launch(args_for(out), processes, tmp, str(processes), flags=flags)
         assert done.returncode == 0, done.stderr[-3000:]
         outs.append(out)
     return outs[0], outs[1]
@@ -101,9 +107,14 @@ def restore_args(saved_pair, tmp_path: Path) -> callable:
     return args
 
 
-def test_restoration_in_two_processes_equals_one(saved_pair, tmp_path):
-    """The same global batches, the gradient summed over the processes: the same loss history and adapter."""
-    one, two = both(restore_args(saved_pair, tmp_path), tmp_path)
+@pytest.mark.parametrize("flags", [[], FSDP], ids=["ddp", "fsdp"])
+def test_restoration_in_two_processes_equals_one(saved_pair, tmp_path, flags):
+    """The same global batches, the gradient summed over the processes (by hand, or by FSDP's
+    reduce-scatter of the sharded blocks): the same loss history and adapter."""
+    one, two = both(restore_args(saved_pair, tmp_path), tmp_path, flags)
+    parallel = "fsdp" if flags else "data"
+    assert f'parallel = "{parallel}"' in (two / "config.toml").read_text()
+    assert 'parallel = "none"' in (one / "config.toml").read_text()
     history_1 = json.loads((one / "restore_stats.json").read_text())["history"]
     history_2 = json.loads((two / "restore_stats.json").read_text())["history"]
     assert len(history_1) == len(history_2) == 3
@@ -207,3 +218,41 @@ def test_every_selection_score_in_two_processes_equals_one(tiny_llama, tmp_path)
     scored = np.isfinite(scores[0])
     assert scored[:, :, :3].all() and not scored[:, :, 3:].any()  # layers below 0.8 L, each scored
     np.testing.assert_allclose(scores[1], scores[0], rtol=TOLERANCE, atol=1e-6)
+
+
+SHARD_SCRIPT = """
+import sys
+import torch
+from interp import distributed
+from interp.core.bridge import decoder_layers
+from interp.core.models import load_model
+
+model = load_model(sys.argv[1]).hf.train()
+blocks = decoder_layers(model)
+whole = sum(p.numel() for p in blocks.parameters())
+distributed.shard(model, blocks)
+local = sum(p.to_local().numel() for p in blocks.parameters())
+ids = torch.randint(3, 300, (2, 6), generator=torch.Generator().manual_seed(0))
+row = distributed.rank()
+model.model(input_ids=ids[row : row + 1]).last_hidden_state.pow(2).mean().mul(row + 1).backward()
+grads = {name: p.grad.full_tensor() for name, p in blocks.named_parameters()}
+if distributed.is_main():
+    torch.save({"whole": whole, "local": local, "grads": grads}, sys.argv[2])
+"""
+
+
+def test_fsdp_keeps_half_of_every_block_and_sums_the_gradients(tiny_llama, tmp_path):
+    """``distributed.shard`` under an FSDP launch: each process holds half of the blocks' weights, and the
+    gradients are the sum of the processes' (planted: process r's loss is r + 1 times its row's), not the mean."""
+    script = tmp_path / "shard_run.py"
+    script.write_text(SHARD_SCRIPT)
+    done = accelerate([str(script), str(tiny_llama), str(tmp_path / "sharded.pt")], 2, flags=FSDP)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sharded = torch.load(tmp_path / "sharded.pt")
+    assert sharded["whole"] / 2 <= sharded["local"] <= sharded["whole"] * 0.55  # dim 0 cut in two (rounded up)
+    model = load_model(tiny_llama).hf.train()
+    ids = torch.randint(3, 300, (2, 6), generator=torch.Generator().manual_seed(0))
+    loss = sum(model.model(input_ids=ids[r : r + 1]).last_hidden_state.pow(2).mean() * (r + 1) for r in range(2))
+    loss.backward()
+    for name, p in decoder_layers(model).named_parameters():
+        torch.testing.assert_close(sharded["grads"][name], p.grad, rtol=TOLERANCE, atol=1e-6)

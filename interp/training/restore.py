@@ -52,12 +52,13 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from .. import distributed
-from ..core.bridge import block_outputs, resume_at
+from ..core.bridge import block_outputs, decoder_layers, resume_at
 from ..core.chat import SAFEREACT_REMINDER, SAFETY_REMINDER, ChatFormat, tokenize
 from ..core.kvcache import prefixed_batch, shared_length
 from ..core.models import LoadedModel
@@ -354,6 +355,8 @@ class _Student:
         )
         self.model = get_peft_model(copy.deepcopy(finetuned.hf), self.lora)  # the weights in memory
         self.model.train()
+        if distributed.sharded():  # FSDP: each process keeps 1/N of every block (interp.distributed)
+            distributed.shard(self.model, decoder_layers(self.model))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable = params
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
@@ -389,6 +392,11 @@ def restore_many(
     if min(config.batch_size, len(harmful), len(retain)) < distributed.world():
         raise ConfigError(
             f"restore: a batch of {config.batch_size} cannot give each of {distributed.world()} processes a row"
+        )
+    if distributed.sharded() and min(config.batch_size, len(retain)) < RETAIN_BUCKETS * distributed.world():
+        raise ConfigError(  # every process runs every sharded block equally often: RETAIN_BUCKETS retain parts
+            f"restore: with FSDP a batch of {config.batch_size} cannot give each of {distributed.world()} processes"
+            f" {RETAIN_BUCKETS} retain rows"
         )
     for placement in placements:
         for name, values in (("layers", placement.layers), ("alignment", placement.alignment)):
@@ -474,9 +482,9 @@ def restore_many(
             loss = config.loss_scale * (w_safety * safety + w_retain * config.retain_scale * retain_loss)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(f"restore: loss became {loss.item()} at step {step}")
-            loss.backward()
-            for parameter in student.trainable:  # each process's rows' share of the batch's gradient
-                distributed.all_sum(parameter.grad)
+            loss.backward()  # with FSDP the blocks' gradients are summed over the processes here
+            for parameter in student.trainable if not distributed.sharded() else ():
+                distributed.all_sum(parameter.grad)  # each process's rows' share of the batch's gradient
             student.optimizer.step()
             student.optimizer.zero_grad(set_to_none=True)
             losses = distributed.all_sum(torch.stack([safety.detach(), retain_loss.detach()])).tolist()
@@ -485,6 +493,8 @@ def restore_many(
 
     results = []
     for student in students:
+        if distributed.sharded():
+            student.model = _whole(finetuned, student)
         student.model.eval()
         stats = RestoreStats(
             layers=student.layers,
@@ -500,6 +510,18 @@ def restore_many(
         )
         results.append(RestoreResult(student.model, stats))
     return results
+
+
+def _whole(finetuned: LoadedModel, student: _Student) -> PeftModel:
+    """A sharded student as a plain peft model on a fresh copy of ``finetuned`` (the weights LoRA does
+    not touch are the frozen fine-tuned model's): its adapter's shards gathered on every process."""
+    state = {
+        name: value.full_tensor() if isinstance(value, DTensor) else value
+        for name, value in get_peft_model_state_dict(student.model).items()
+    }
+    model = get_peft_model(copy.deepcopy(finetuned.hf), student.lora)
+    set_peft_model_state_dict(model, state)
+    return model
 
 
 def _length_buckets(seqs: list[list[int]], n: int) -> list[list[list[int]]]:
