@@ -2,8 +2,10 @@
 restoration on the default organism.
 
 Each command runs with an empty cache of its own (nothing reused), first in one process (torch's threads:
-all cores), then in two (one thread each, as accelerate sets it). Prints wall-clock seconds, the ratio and
-the load average before each run; run it on an idle machine.
+all cores), then in two (one thread each, as accelerate sets it); the restoration once more with FSDP
+(``accelerate launch --use_fsdp --fsdp_version 2``: the students' blocks sharded over the two). Prints
+wall-clock seconds, the ratio, the peak resident memory of the largest process (ru_maxrss over the
+launch and every process it reaped) and the load average before each run; run it on an idle machine.
 
     python benchmarks/distributed_bench.py [--limit 40] [--steps 6] [--layer-map runs/default/layer_map.json]
 """
@@ -17,16 +19,21 @@ import sys
 import tempfile
 import time
 
+FSDP = ["--use_fsdp", "--fsdp_version", "2"]
 
-def launch(args: list[str], processes: int, cache: str) -> float:
+
+def launch(args: list[str], processes: int, cache: str, kind: list[str] = ("--multi_gpu",)) -> tuple[float, float]:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += (["--multi_gpu"] if processes > 1 else ["--cpu"]) + ["-m", "interp", *args]
+    command += (list(kind) if processes > 1 else ["--cpu"]) + ["-m", "interp", *args]
     start = time.perf_counter()
-    done = subprocess.run(command, env=os.environ | {"INTERP_CACHE": cache}, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(done.stderr[-2000:])
-    return time.perf_counter() - start
+    with tempfile.TemporaryFile("w+") as log:
+        child = subprocess.Popen(command, env=os.environ | {"INTERP_CACHE": cache}, stdout=log, stderr=log, text=True)
+        _, status, usage = os.wait4(child.pid, 0)  # the launch and every process it reaped
+        if status:
+            log.seek(0)
+            raise SystemExit(log.read()[-2000:])
+    return time.perf_counter() - start, usage.ru_maxrss / 2**20  # KiB -> GiB: the largest single process
 
 
 def main() -> None:
@@ -41,6 +48,10 @@ def main() -> None:
     organism = build_organism(OrganismRecipe(), log=lambda _: None)
     base, ft = str(organism.base_path), str(organism.finetuned_path)
     pair = ["--base", base, "--finetuned", ft]
+    restore = [
+        "restore", *pair, "--layer-map", args.layer_map, "--steps", str(args.steps), "--batch-size", "16",
+        "--no-merged",
+    ]  # fmt: skip
     commands = {
         "capture (fine-tuned, 4 x limit harmful prompts, every layer, last 5 positions)": lambda out: [
             "capture", "--model", ft, "--prompts", "builtin:harmful:all", "--positions", "last:5",
@@ -49,23 +60,24 @@ def main() -> None:
         "evaluate (base and fine-tuned, 4 x limit prompts, greedy)": lambda out: [
             "evaluate", *pair, "--limit", str(args.limit), "--refusal-tokens", "57", "--no-cache", "--out", out,
         ],
-        f"restore ({args.steps} steps, batch 16, the layer map's blocks)": lambda out: [
-            "restore", *pair, "--layer-map", args.layer_map, "--steps", str(args.steps), "--batch-size", "16",
-            "--no-merged", "--out", out,
-        ],
+        f"restore ({args.steps} steps, batch 16, the layer map's blocks)": lambda out: [*restore, "--out", out],
+        f"restore, FSDP over the 2 processes ({args.steps} steps, batch 16)": lambda out: [*restore, "--out", out],
     }  # fmt: skip
     print(f"cores {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
-    print("| stage | 1 process s | 2 processes s | 2 / 1 | load before (1, 2) |")
-    print("|---|---|---|---|---|")
+    print("| stage | 1 process s | 2 processes s | 2 / 1 | largest process GiB (1, 2) | load before (1, 2) |")
+    print("|---|---|---|---|---|---|")
     for name, build in commands.items():
-        seconds, loads = [], []
+        seconds, memory, loads = [], [], []
         for processes in (1, 2):
             with tempfile.TemporaryDirectory() as tmp:
                 loads.append(os.getloadavg()[0])
-                seconds.append(launch(build(f"{tmp}/out"), processes, f"{tmp}/cache"))
+                kind = FSDP if "FSDP" in name else ["--multi_gpu"]
+                took, rss = launch(build(f"{tmp}/out"), processes, f"{tmp}/cache", kind)
+                seconds.append(took)
+                memory.append(rss)
         print(
             f"| {name} | {seconds[0]:.1f} | {seconds[1]:.1f} | {seconds[1] / seconds[0]:.2f} | "
-            f"{loads[0]:.2f}, {loads[1]:.2f} |",
+            f"{memory[0]:.2f}, {memory[1]:.2f} | {loads[0]:.2f}, {loads[1]:.2f} |",
             flush=True,
         )
 

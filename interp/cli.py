@@ -392,6 +392,8 @@ def cmd_plan(args) -> None:
         eval_prompts=args.eval_prompts,
         eval_models=args.eval_models,
         max_new_tokens=args.max_new_tokens,
+        processes=args.processes,
+        fsdp=args.fsdp,
     )
     base, finetuned = ModelShape.load(args.base), ModelShape.load(args.finetuned)
     calibration = None if args.no_calibration else Calibration.measure(finetuned, args.device, args.dtype)
@@ -731,6 +733,8 @@ def _plan_parser(sub) -> None:
     p.add_argument("--eval-prompts", type=_positive, default=d.eval_prompts, help="prompts of the evaluation suite")
     p.add_argument("--eval-models", type=_positive, default=d.eval_models, help="rows of the evaluation table")
     p.add_argument("--max-new-tokens", type=_positive, default=d.max_new_tokens)
+    p.add_argument("--processes", type=_positive, default=d.processes, help="accelerate launch --num_processes")
+    p.add_argument("--fsdp", action="store_true", help="the restoration's students sharded (an FSDP launch)")
     p.add_argument("--no-calibration", action="store_true", help="no time estimate (nothing runs)")
     p.set_defaults(func=cmd_plan)
 

@@ -20,6 +20,13 @@ No weights are loaded: the shapes come from each model's ``config.json`` (``Mode
   elements in the model's dtype (what ``interp.core.kvcache`` preallocates), and the generated tokens
   (an upper bound: every answer runs to its budget).
 
+**Several processes** (``processes`` N, ``interp.distributed``): the figures are per process. Data parallel:
+every process holds every model, its 1/N of each batch's rows (the restoration's activations / N) and
+the gathered captures. With ``fsdp`` each student's blocks are sharded: a student holds 1/N of its block
+weights (the rest of the model whole) and 1/N of its LoRA weights, gradients and AdamW moments (rounded
+up per tensor, so a little more); the teacher and the frozen model stay whole. Times are divided by N
+(ideal scaling: N devices that do not share compute).
+
 **Time** (``Calibration``): one block of the target's own shape (one layer, ``d``, ``m``, heads as in the
 config; a small vocabulary) is built on this device in the target dtype, and a prefill and a few decode
 steps are timed; a stage's estimate is its block-token count times the measured seconds per block-token
@@ -153,6 +160,8 @@ class PlanSettings:
     eval_models: int = 8
     max_new_tokens: int = EvalConfig.max_new_tokens
     generation_batch: int = EvalConfig.batch_size
+    processes: int = 1  # data-parallel processes (accelerate launch --num_processes)
+    fsdp: bool = False  # the restoration's students sharded over the processes
 
     def __post_init__(self) -> None:
         if self.dtype not in BYTES:
@@ -246,12 +255,17 @@ def plan(
     )
     lora = m.lora_params(s.rank, s.lora_layers) * (s.plans - 1) + m.lora_params(s.rank, m.n_layers)
     tokens = s.batch_size * 2 * s.prompt_tokens  # a harmful and a retain batch per step
-    kept = tokens * m.n_layers * m.d_model * ACTIVATION_FACTOR * BYTES[s.dtype]
+    rows = -(-tokens // s.processes)  # this process's share of the batch's tokens
+    kept = rows * m.n_layers * m.d_model * ACTIVATION_FACTOR * BYTES[s.dtype]
+    shards = s.processes if s.fsdp else 1
+    blocks = m.n_layers * m.block_params() * BYTES[s.dtype]
+    student = weight - blocks + -(-blocks // shards)
     restore = StageCost(
         "restore",
         {
-            f"weights ({s.plans} students, teacher, frozen)": (s.plans + 2) * weight,
-            "LoRA weights, gradients, AdamW": lora * ADAM_BYTES,
+            f"weights ({s.plans} students{' sharded' * s.fsdp})": s.plans * student,
+            "weights (teacher, frozen)": 2 * weight,
+            f"LoRA weights, gradients, AdamW{' sharded' * s.fsdp}": -(-lora * ADAM_BYTES // shards),
             "activations for the backward pass (estimate)": kept,
         },
         forwards=s.steps * s.batch_size * (2 + 2 * s.plans),
@@ -277,7 +291,8 @@ def plan(
     if calibration is not None:
         per_step = calibration.decode * max(1.0, batch / calibration.batch)  # compute-bound: grows with the batch
         for stage in stages:
-            stage.seconds = stage.block_tokens * calibration.prefill + stage.decode_steps * per_step
+            seconds = stage.block_tokens * calibration.prefill + stage.decode_steps * per_step
+            stage.seconds = seconds / s.processes
     return stages
 
 
@@ -293,10 +308,14 @@ def render(stages: list[StageCost], shape: ModelShape, settings: PlanSettings, c
             f"{calibration.prefill * 1e6:.1f} us per token and block (prefill), "
             f"{calibration.decode * 1e3:.1f} ms per decode step and block at batch {calibration.batch}"
         )
+    if settings.processes > 1:
+        kind = "FSDP for the restoration" if settings.fsdp else "data parallel"
+        lines.append(f"{settings.processes} processes, {kind}: memory per process, time on that many devices")
+    per_process = " per process" if settings.processes > 1 else ""
     for stage in stages:
         time_text = "" if stage.seconds is None else f", about {_duration(stage.seconds)} (estimate)"
         lines.append(
-            f"\n{stage.stage}: peak memory {_size(stage.peak)}; {stage.forwards:,} prompt passes, "
+            f"\n{stage.stage}: peak memory {_size(stage.peak)}{per_process}; {stage.forwards:,} prompt passes, "
             f"{stage.generated:,} generated tokens (at most){time_text}"
         )
         lines += [f"  {name}: {_size(size)}" for name, size in stage.memory.items()]

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from interp.core.bridge import decoder_layers
 from interp.core.models import load_model
 from interp.measures.capture import Activations
+from interp.plan import ModelShape, PlanSettings, plan
 
 TOLERANCE = 1e-5  # relative: float rounding of batches cut differently
 
@@ -232,27 +233,75 @@ blocks = decoder_layers(model)
 whole = sum(p.numel() for p in blocks.parameters())
 distributed.shard(model, blocks)
 local = sum(p.to_local().numel() for p in blocks.parameters())
+held = sum(getattr(p, "to_local", lambda p=p: p)().nbytes for p in model.parameters())  # this process's bytes
 ids = torch.randint(3, 300, (2, 6), generator=torch.Generator().manual_seed(0))
 row = distributed.rank()
 model.model(input_ids=ids[row : row + 1]).last_hidden_state.pow(2).mean().mul(row + 1).backward()
 grads = {name: p.grad.full_tensor() for name, p in blocks.named_parameters()}
 if distributed.is_main():
-    torch.save({"whole": whole, "local": local, "grads": grads}, sys.argv[2])
+    torch.save({"whole": whole, "local": local, "held": held, "grads": grads}, sys.argv[2])
 """
 
 
 def test_fsdp_keeps_half_of_every_block_and_sums_the_gradients(tiny_llama, tmp_path):
     """``distributed.shard`` under an FSDP launch: each process holds half of the blocks' weights, and the
-    gradients are the sum of the processes' (planted: process r's loss is r + 1 times its row's), not the mean."""
+    gradients are the sum of the processes' (planted: process r's loss is r + 1 times its row's), not the mean;
+    ``interp plan --processes 2 --fsdp`` counts the bytes a sharded student holds."""
     script = tmp_path / "shard_run.py"
     script.write_text(SHARD_SCRIPT)
     done = accelerate([str(script), str(tiny_llama), str(tmp_path / "sharded.pt")], 2, flags=FSDP)
     assert done.returncode == 0, done.stderr[-3000:]
     sharded = torch.load(tmp_path / "sharded.pt")
     assert sharded["whole"] / 2 <= sharded["local"] <= sharded["whole"] * 0.55  # dim 0 cut in two (rounded up)
+    shape = ModelShape.load(tiny_llama)
+    (restore,) = [s for s in plan(shape, shape, PlanSettings(plans=1, processes=2, fsdp=True)) if s.stage == "restore"]
+    assert restore.memory["weights (1 students sharded)"] == pytest.approx(sharded["held"], rel=0.01)
     model = load_model(tiny_llama).hf.train()
     ids = torch.randint(3, 300, (2, 6), generator=torch.Generator().manual_seed(0))
     loss = sum(model.model(input_ids=ids[r : r + 1]).last_hidden_state.pow(2).mean() * (r + 1) for r in range(2))
     loss.backward()
     for name, p in decoder_layers(model).named_parameters():
         torch.testing.assert_close(sharded["grads"][name], p.grad, rtol=TOLERANCE, atol=1e-6)
+
+
+LOCKSTEP_SCRIPT = """
+import sys
+import torch
+from interp import distributed
+from interp.core.models import load_model
+from interp.core.prompts import harmful_prompts, harmless_prompts
+from interp.measures.layer_map import LayerMap
+from interp.training.lora import adapter_state
+from interp.training.restore import Placement, RestoreConfig, restore_many
+
+base, finetuned = load_model(sys.argv[1]), load_model(sys.argv[2])
+placements = [Placement((1, 2), (2, 3)), Placement((0, 3), (3,)), Placement((2,), (1, 2))]
+config = RestoreConfig(steps=3, batch_size=4, lr=1e-3)
+harmful, retain = harmful_prompts("val"), harmless_prompts("val")
+results = restore_many(finetuned, LayerMap.load(sys.argv[3]), harmful, retain, placements, config, base=base)
+if distributed.is_main():
+    torch.save([(r.stats.history, adapter_state(r.peft_model, torch.float32)) for r in results], sys.argv[4])
+"""
+
+
+def test_plans_in_lockstep_under_fsdp_equal_one_process(saved_pair, tmp_path):
+    """Three placements trained in lockstep (lowest LoRA layers 1, 0 and 2), each student sharded: each
+    one's loss history and adapter are those of the single-process run."""
+    restore_args(saved_pair, tmp_path)  # writes the layer map
+    script = tmp_path / "lockstep_run.py"
+    script.write_text(LOCKSTEP_SCRIPT)
+    runs = []
+    for processes in (1, 2):
+        out = tmp_path / f"lockstep-{processes}.pt"
+        paths = [str(saved_pair.base.path), str(saved_pair.finetuned.path), str(tmp_path / "layer_map.json")]
+        done = accelerate([str(script), *paths, str(out)], processes, flags=FSDP)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(torch.load(out))
+    assert len(runs[0]) == len(runs[1]) == 3
+    for (history_1, adapter_1), (history_2, adapter_2) in zip(*runs):
+        for a, b in zip(history_1, history_2, strict=True):
+            assert b["safety"] == pytest.approx(a["safety"], rel=TOLERANCE)
+            assert b["retain"] == pytest.approx(a["retain"], rel=TOLERANCE, abs=1e-9)  # step 0: retain weight 0
+        assert adapter_1.keys() == adapter_2.keys() and adapter_1
+        for name, weight in adapter_1.items():
+            torch.testing.assert_close(adapter_2[name], weight, rtol=1e-3, atol=5e-5)

@@ -11,11 +11,12 @@ from conftest import layer_map_for, perturbed
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from interp import distributed
 from interp.core.bridge import block_outputs
 from interp.core.chat import SAFEREACT_REMINDER, ChatFormat, pad_batch, tokenize
 from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
-from interp.errors import LayerMapError
+from interp.errors import ConfigError, LayerMapError
 from interp.training.lora import save_adapter
 from interp.training.restore import (
     PRESETS,
@@ -281,3 +282,14 @@ def test_lockstep_losses_equal_each_plan_alone_and_plain_forwards(setup, tiny_ll
                 assert got["retain"] == pytest.approx(want["retain"], abs=1e-5, rel=0)
         assert result.stats.history[0]["retain"] == 0  # LoRA starts as the identity: student == frozen model
         assert result.stats.history[-1]["retain"] > 0  # and training moved it
+
+
+def test_fsdp_needs_two_retain_rows_per_process(saved_pair, monkeypatch):
+    """Under FSDP every process runs each sharded block once per retain part: a batch that leaves a process
+    fewer rows than parts is one clear error before any model is copied."""
+    monkeypatch.setattr(distributed, "sharded", lambda: True)
+    monkeypatch.setattr(distributed, "world", lambda: 3)
+    layer_map = layer_map_for(saved_pair.base, saved_pair.finetuned)
+    harmful, retain = harmful_prompts("val"), harmless_prompts("val")
+    with pytest.raises(ConfigError, match="with FSDP a batch of 5 cannot give each of 3 processes 2 retain rows"):
+        restore(saved_pair.finetuned, layer_map, harmful, retain, RestoreConfig(batch_size=5), base=saved_pair.base)

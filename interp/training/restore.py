@@ -39,7 +39,12 @@ Losses, per training step ``t`` of ``T``:
   is its rows' share of the batch loss (sums over its rows divided by the whole batch's token count,
   summed over processes), and the gradients are summed over processes before each optimizer step, so
   every process takes the step of the whole batch: the loss history and the adapter do not depend on
-  the number of processes, up to float rounding (without dropout, whose masks differ).
+  the number of processes, up to float rounding (without dropout, whose masks differ). Under an FSDP
+  launch every student's blocks are sharded over the processes (``interp.distributed.shard``: each holds
+  1/N of a student's block weights, LoRA gradients and AdamW state); the same sum is then FSDP's
+  reduce-scatter, and at the end each student's adapter is gathered into a plain peft model on a fresh
+  copy of the fine-tuned model. Every process must run every sharded block equally often, so each
+  process needs ``RETAIN_BUCKETS`` retain rows. The teacher and the frozen model stay whole.
 """
 
 from __future__ import annotations
@@ -132,7 +137,7 @@ class Preset:
     than preceding the assistant tag; the released loss layers are hidden-state indices 5, 10, ..., 27 of a
     28-layer model (block outputs 4, 9, ..., 24, 26), here block outputs 4, 9, ... and the last block; the
     released teacher may be a pruned copy of the model; bf16, ZeRO-1 and gradient checkpointing are not
-    reproduced (``interp`` trains in the models' dtype in one process)."""
+    reproduced (``interp`` trains in the models' dtype; ZeRO's role is FSDP's here, module docstring)."""
 
     name: str
     config: RestoreConfig
