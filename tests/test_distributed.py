@@ -159,8 +159,8 @@ def test_a_process_that_dies_mid_run_leaves_nothing_half_written(saved_pair, tmp
 
 
 def test_the_causal_sweep_and_the_selection_in_two_processes_equal_one(pair_args, tmp_path):
-    """``interp analyze``: the causal sweep's prompts and the direction selection's candidates split over
-    the processes, gathered."""
+    """``interp analyze``: the causal sweep's prompts, the component patching's batches and the direction
+    selection's candidates split over the processes, gathered."""
 
     def args(out):
         sets = ["--harmful", "builtin:harmful:val", "--harmless", "builtin:harmless:val"]
@@ -168,7 +168,6 @@ def test_the_causal_sweep_and_the_selection_in_two_processes_equal_one(pair_args
         return ["analyze", *pair_args, *sets, "--causal-prompts", "6", "--batch-size", "2", "--steer-scales", "1"] + [
             "--max-new-tokens",
             "2",
-            "--no-components",
             "--out",
             str(out),
         ]
@@ -178,6 +177,10 @@ def test_the_causal_sweep_and_the_selection_in_two_processes_equal_one(pair_args
     for name in ("add_effect", "ablate_effect", "patch_effect"):
         assert metrics[1]["sweep"][name] == pytest.approx(metrics[0]["sweep"][name], rel=TOLERANCE, abs=1e-5)
     assert metrics[1]["steering"] == metrics[0]["steering"]  # generation through the split engine
+    patched = [np.array(m["components"]["patch_effect"], dtype=float) for m in metrics]
+    assert np.isfinite(patched[0]).any()  # the component patching ran
+    np.testing.assert_allclose(patched[1], patched[0], rtol=TOLERANCE, atol=1e-5)
+    np.testing.assert_allclose(metrics[1]["components"]["score"], metrics[0]["components"]["score"], atol=1e-5)
     assert metrics[1]["selected_layers"] == metrics[0]["selected_layers"]
     chosen = [m["selection"] for m in metrics]
     for name in ("induce", "bypass", "kl"):  # unscored candidates are null

@@ -35,6 +35,7 @@ from ..core.chat import ChatFormat, batches
 from ..core.judge import refusal_log_odds
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
+from ..distributed import all_sum, split
 from ..errors import ConfigError, LayerMapError
 from .directions import as_layers
 from .layer_map import DEFAULT_WEIGHTS, KNOWN_MODULES, LayerMap
@@ -160,16 +161,16 @@ def patch_sweep(
 
     Per batch the base runs once (every component's output, at every position) and the fine-tuned model
     once (its residual stream after every block); each patched run then resumes the fine-tuned model
-    from the block's input, with that one component's output replaced by the base's."""
+    from the block's input, with that one component's output replaced by the base's. Under several
+    processes each runs every N-th batch and the sums are added (``interp.distributed``)."""
     n_layers = finetuned.n_layers
     layers = list(range(n_layers)) if layers is None else sorted(layers)
     seqs = chat.encode(base.tokenizer, harmful.instructions)
     totals = np.zeros((len(COMPONENTS), n_layers))
     plain = 0.0
     points = [(layer, HOOK_KIND[c]) for c in COMPONENTS for layer in layers]
-    for batch in tqdm(
-        list(batches(seqs, batch_size, base.tokenizer.pad_token_id)), desc="component patching", disable=not progress
-    ):
+    mine = split(list(batches(seqs, batch_size, base.tokenizer.pad_token_id)))  # this process's batches
+    for batch in tqdm(mine, desc="component patching", disable=not progress):
         inputs = batch.to(finetuned.device)
         written = dict(zip(points, read_points(base.hf, inputs, points)))
         entering = read_points(finetuned.hf, inputs, [(layer - 1, "resid_post") for layer in layers if layer > 0])
@@ -181,6 +182,8 @@ def patch_sweep(
                 with resume, replace_output(finetuned.hf, layer, HOOK_KIND[c], written[layer, HOOK_KIND[c]]):
                     logprobs = torch.log_softmax(last_logits(finetuned.hf, inputs), -1)
                 totals[row, layer] += float(refusal_log_odds(logprobs, token_ids).sum())
+    summed = all_sum(torch.tensor(np.append(totals.reshape(-1), plain), device=finetuned.device)).cpu().numpy()
+    totals, plain = summed[:-1].reshape(totals.shape), summed[-1]  # over every process's prompts
     effect = np.full((len(COMPONENTS), n_layers), np.nan)
     effect[:, layers] = (totals[:, layers] - plain) / len(seqs)
     return effect
