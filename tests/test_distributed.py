@@ -308,3 +308,38 @@ def test_plans_in_lockstep_under_fsdp_equal_one_process(saved_pair, tmp_path):
         assert adapter_1.keys() == adapter_2.keys() and adapter_1
         for name, weight in adapter_1.items():
             torch.testing.assert_close(adapter_2[name], weight, rtol=1e-3, atol=5e-5)
+
+
+SFT_SCRIPT = """
+import sys
+import torch
+from interp import distributed
+from interp.core.models import load_model
+from interp.core.prompts import harmful_prompts
+from interp.training.sft import Example, SFTConfig, sft_lora
+
+examples = [Example(q, "I cannot help with that request.") for q in harmful_prompts("val").instructions[:10]]
+config = SFTConfig(steps=4, batch_size=5, lr=1e-3, adapter_dtype="float32")
+result = sft_lora(load_model(sys.argv[1]), examples, config, progress=False)
+if distributed.is_main():
+    torch.save({"stats": result.stats, "adapter": result.adapter}, sys.argv[2])
+"""
+
+
+def test_fine_tuning_in_two_processes_equals_one(tiny_llama, tmp_path):
+    """The organisms' LoRA fine-tuning: rows split (3 and 2 of a batch of 5), the cross-entropy summed over
+    the whole batch's answer tokens and the gradients over the processes: the same losses and adapter."""
+    script = tmp_path / "sft_run.py"
+    script.write_text(SFT_SCRIPT)
+    runs = []
+    for processes in (1, 2):
+        out = tmp_path / f"sft-{processes}.pt"
+        done = accelerate([str(script), str(tiny_llama), str(out)], processes)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(torch.load(out))
+    one, two = runs
+    for key in ("loss_first", "loss_last"):
+        assert two["stats"][key] == pytest.approx(one["stats"][key], rel=1e-4)  # rounded to 4 places
+    assert one["adapter"].keys() == two["adapter"].keys() and one["adapter"]
+    for name, weight in one["adapter"].items():
+        torch.testing.assert_close(two["adapter"][name], weight, rtol=1e-3, atol=5e-5)

@@ -1,11 +1,16 @@
 """Supervised LoRA fine-tuning on (prompt, answer) pairs, merged back into the weights.
 
 Used to build model organisms (a safety-tuned base, then a benign task fine-tune). Loss is next-token
-cross-entropy on the answer tokens only; the prompt is rendered with the model's chat template.
+cross-entropy on the answer tokens only, averaged over the batch's answer tokens; the prompt is rendered
+with the model's chat template. Under several processes (``interp.distributed``) each takes every N-th row
+of the batch, its loss is its rows' cross-entropy summed over the whole batch's answer-token count, and
+the gradients are summed over the processes before each step: the losses and the adapter are those of
+one process, up to float rounding.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -15,6 +20,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..core.chat import ChatFormat, tokenize
 from ..core.models import LINEAR_MODULES, LoadedModel
 from ..errors import ConfigError, EmptyPromptSetError, TrainingDivergedError
@@ -100,18 +106,22 @@ def _collate(batch, pad_id: int):
     return ids, labels, mask
 
 
-def _answer_loss(peft_model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy on answer tokens, computing logits only where there is a label.
+def _answer_loss(
+    peft_model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum, count)``: next-token cross-entropy summed over the answer tokens, and their number,
+    computing logits only where there is a label.
 
-    Same value as the model's own ``labels=`` loss, without projecting every prompt position onto the
-    vocabulary (a large share of the step on a small model with a 49k vocabulary).
+    ``sum / count`` is the model's own ``labels=`` loss, without projecting every prompt position onto
+    the vocabulary (a large share of the step on a small model with a 49k vocabulary).
     """
     causal_lm = peft_model.get_base_model()
     hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [batch, seq, d_model]
     targets = labels[:, 1:]  # [batch, seq - 1]
     keep = targets != -100
     logits = causal_lm.lm_head(hidden[:, :-1][keep])  # [n_answer_tokens, d_vocab]
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+    total = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    return total, keep.sum().float()
 
 
 def sft_lora(
@@ -131,6 +141,10 @@ def sft_lora(
     """
     if not examples:
         raise EmptyPromptSetError("fine-tuning was given no examples")
+    if config.batch_size < distributed.world():
+        raise ConfigError(
+            f"{desc}: a batch of {config.batch_size} cannot give each of {distributed.world()} processes a row"
+        )
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     encoded = _encode(model, examples, chat, config.max_answer_tokens)
@@ -150,15 +164,20 @@ def sft_lora(
             rng.shuffle(fresh)
             order += fresh
         batch, order = order[: config.batch_size], order[config.batch_size :]
-        ids, labels, mask = _collate([encoded[i] for i in batch], model.tokenizer.pad_token_id)
-        loss = _answer_loss(peft_model, ids.to(model.device), mask.to(model.device), labels.to(model.device))
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(f"{desc}: loss became {loss.item()} at step {len(losses)}")
+        rows = [encoded[i] for i in distributed.split(batch)]  # this process's rows (every row on one)
+        ids, labels, mask = _collate(rows, model.tokenizer.pad_token_id)
+        total, count = _answer_loss(peft_model, ids.to(model.device), mask.to(model.device), labels.to(model.device))
+        loss = total / distributed.all_sum(count).clamp(min=1)  # this process's share of the batch loss
+        whole = distributed.all_sum(loss.detach().clone()).item()
+        if not math.isfinite(whole):
+            raise TrainingDivergedError(f"{desc}: loss became {whole} at step {len(losses)}")
         loss.backward()
+        for parameter in params:
+            distributed.all_sum(parameter.grad)  # the whole batch's gradient
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(whole)
     stats = {
         "steps": config.steps,
         "seconds": round(time.perf_counter() - start, 1),
