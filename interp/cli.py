@@ -789,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     if not distributed.is_main():  # one of several processes: the main one speaks for all
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     try:
+        if distributed.sharded():
+            distributed.fsdp_settings()  # a launch interp cannot shard with fails here, before any work
         args.func(args)
     except KeyboardInterrupt:
         if args.debug:
@@ -800,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if isinstance(error, OSError) and not isinstance(error, InterpError):
             error = f"{error.strerror or error}: {error.filename}" if error.filename else error
-        print(f"{where}: error: {error}", file=sys.stderr)
+        if distributed.is_main() or not isinstance(error, ConfigError):  # every process met the same setting
+            print(f"{where}: error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from functools import cache
 from typing import TypeVar
 
+from .errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -66,17 +68,28 @@ def sharded() -> bool:
     return launched() and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
+@cache
+def fsdp_settings():
+    """``(reshard_after_forward, offload_policy)`` of the FSDP launch (accelerate's plugin reads them from
+    the launch's environment); a ``ConfigError`` unless it asks for FSDP2."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    version = os.environ.get("FSDP_VERSION", "1")  # accelerate's default is FSDP1
+    if version != "2":
+        raise ConfigError(f"interp shards with FSDP2: launch with --fsdp_version 2 (this launch asks for {version})")
+    try:
+        plugin = FullyShardedDataParallelPlugin()
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError(f"the FSDP launch's settings: {error}") from None
+    return plugin.reshard_after_forward, plugin.cpu_offload
+
+
 def shard(model, blocks) -> None:
     """FSDP2 on each of ``blocks`` (``model``'s decoder layers), in place (module docstring). The rest of
     the model (embeddings, final norm, unembedding) stays whole on every process: it is not trained."""
-    from accelerate.utils import FullyShardedDataParallelPlugin
-    from torch.distributed.fsdp import OffloadPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
-    plugin = FullyShardedDataParallelPlugin()  # the launch's FSDP settings (its environment)
-    if plugin.fsdp_version != 2:
-        raise ValueError(f"interp shards with FSDP2: launch with --fsdp_version 2, not {plugin.fsdp_version}")
-    offload = plugin.cpu_offload if isinstance(plugin.cpu_offload, OffloadPolicy) else OffloadPolicy()
-    reshard = plugin.reshard_after_forward if isinstance(plugin.reshard_after_forward, bool) else True
+    reshard, offload = fsdp_settings()
     for block in blocks:
         fully_shard(block, reshard_after_forward=reshard, offload_policy=offload)
         block.set_gradient_divide_factor(1.0)  # a sum, not a mean

@@ -224,6 +224,15 @@ def test_every_selection_score_in_two_processes_equals_one(tiny_llama, tmp_path)
     np.testing.assert_allclose(scores[1], scores[0], rtol=TOLERANCE, atol=1e-6)
 
 
+def test_an_fsdp1_launch_is_one_clear_line_before_any_work(saved_pair, tmp_path):
+    """accelerate's default FSDP version is 1; interp shards with FSDP2 and says so once, before loading."""
+    out = tmp_path / "restore-out"
+    done = launch(restore_args(saved_pair, tmp_path)(out), 2, tmp_path, "v1", flags=["--use_fsdp"])
+    assert done.returncode != 0 and not out.exists()
+    message = "interp restore: error: interp shards with FSDP2: launch with --fsdp_version 2 (this launch asks for 1)"
+    assert done.stderr.count(message) == 1 and "Loading weights" not in done.stderr
+
+
 SHARD_SCRIPT = """
 import sys
 import torch
