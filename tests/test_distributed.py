@@ -53,6 +53,20 @@ def both(args_for, tmp: Path, flags: list[str] = ()) -> tuple[Path, Path]:
     return outs[0], outs[1]
 
 
+def script_in_both(source: str, args: list[str], tmp: Path, name: str, load=torch.load, flags: list[str] = ()):
+    """Run the script ``source`` with ``args`` and an output path last, in 1 and in 2 processes; both outputs."""
+    script = tmp / f"{name}_run.py"  # not select.py and the like: the standard library's module names
+    script.write_text(source)
+    outputs = []
+    for processes in (1, 2):
+        out = tmp / f"{name}-{processes}.out"
+        done = accelerate([str(script), *args, str(out)], processes, flags=flags)
+        assert done.returncode == 0, done.stderr[-3000:]
+        with out.open("rb") as file:
+            outputs.append(load(file))
+    return outputs
+
+
 @pytest.fixture()
 def pair_args(saved_pair) -> list[str]:
     return ["--base", str(saved_pair.base.path), "--finetuned", str(saved_pair.finetuned.path)]
@@ -205,20 +219,14 @@ vectors = torch.randn(2, model.n_layers, model.d_model, generator=torch.Generato
 harmful, harmless = harmful_prompts("val").head(3), harmless_prompts("val").head(3)
 s = select_direction(model, vectors, ["-2", "-1"], harmful, harmless, [5], batch_size=2, score_all=True, progress=False)
 if is_main():
-    np.save(sys.argv[2], np.stack([s.induce, s.bypass, s.kl]))
+    with open(sys.argv[2], "wb") as file:  # np.save would add .npy to a path
+        np.save(file, np.stack([s.induce, s.bypass, s.kl]))
 """
 
 
 def test_every_selection_score_in_two_processes_equals_one(tiny_llama, tmp_path):
     """``select_direction`` with every candidate scored: induce, bypass and KL split over processes."""
-    script = tmp_path / "selection_run.py"  # not select.py: the standard library has a select module
-    script.write_text(SELECTION_SCRIPT)
-    scores = []
-    for processes in (1, 2):
-        out = tmp_path / f"scores-{processes}.npy"
-        done = accelerate([str(script), str(tiny_llama), str(out)], processes)
-        assert done.returncode == 0, done.stderr[-3000:]
-        scores.append(np.load(out))
+    scores = script_in_both(SELECTION_SCRIPT, [str(tiny_llama)], tmp_path, "selection", load=np.load)
     scored = np.isfinite(scores[0])
     assert scored[:, :, :3].all() and not scored[:, :, 3:].any()  # layers below 0.8 L, each scored
     np.testing.assert_allclose(scores[1], scores[0], rtol=TOLERANCE, atol=1e-6)
@@ -300,15 +308,8 @@ def test_plans_in_lockstep_under_fsdp_equal_one_process(saved_pair, tmp_path):
     """Three placements trained in lockstep (lowest LoRA layers 1, 0 and 2), each student sharded: each
     one's loss history and adapter are those of the single-process run."""
     restore_args(saved_pair, tmp_path)  # writes the layer map
-    script = tmp_path / "lockstep_run.py"
-    script.write_text(LOCKSTEP_SCRIPT)
-    runs = []
-    for processes in (1, 2):
-        out = tmp_path / f"lockstep-{processes}.pt"
-        paths = [str(saved_pair.base.path), str(saved_pair.finetuned.path), str(tmp_path / "layer_map.json")]
-        done = accelerate([str(script), *paths, str(out)], processes, flags=FSDP)
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs.append(torch.load(out))
+    paths = [str(saved_pair.base.path), str(saved_pair.finetuned.path), str(tmp_path / "layer_map.json")]
+    runs = script_in_both(LOCKSTEP_SCRIPT, paths, tmp_path, "lockstep", flags=FSDP)
     assert len(runs[0]) == len(runs[1]) == 3
     for (history_1, adapter_1), (history_2, adapter_2) in zip(*runs):
         for a, b in zip(history_1, history_2, strict=True):
@@ -338,15 +339,7 @@ if distributed.is_main():
 def test_fine_tuning_in_two_processes_equals_one(tiny_llama, tmp_path):
     """The organisms' LoRA fine-tuning: rows split (3 and 2 of a batch of 5), the cross-entropy summed over
     the whole batch's answer tokens and the gradients over the processes: the same losses and adapter."""
-    script = tmp_path / "sft_run.py"
-    script.write_text(SFT_SCRIPT)
-    runs = []
-    for processes in (1, 2):
-        out = tmp_path / f"sft-{processes}.pt"
-        done = accelerate([str(script), str(tiny_llama), str(out)], processes)
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs.append(torch.load(out))
-    one, two = runs
+    one, two = script_in_both(SFT_SCRIPT, [str(tiny_llama)], tmp_path, "sft")
     for key in ("loss_first", "loss_last"):
         assert two["stats"][key] == pytest.approx(one["stats"][key], rel=1e-4)  # rounded to 4 places
     assert one["adapter"].keys() == two["adapter"].keys() and one["adapter"]
