@@ -3,7 +3,8 @@ restoration on the default organism.
 
 Each command runs with an empty cache of its own (nothing reused), first in one process (torch's threads:
 all cores), then in two (one thread each, as accelerate sets it); the restoration once more with FSDP
-(``accelerate launch --use_fsdp --fsdp_version 2``: the students' blocks sharded over the two). Prints
+(``accelerate launch --use_fsdp --fsdp_version 2``: the students' blocks sharded over the two); then four
+plans trained in lockstep (``restore_many``, as the study trains them), without and with FSDP. Prints
 wall-clock seconds, the ratio, the peak resident memory of the largest process (ru_maxrss over the
 launch and every process it reaped) and the load average before each run; run it on an idle machine.
 
@@ -18,14 +19,30 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 FSDP = ["--use_fsdp", "--fsdp_version", "2"]
+LOCKSTEP = """
+import sys
+from interp.core.models import load_model
+from interp.core.prompts import harmful_prompts, harmless_prompts
+from interp.measures.layer_map import LayerMap
+from interp.training.restore import Placement, RestoreConfig, restore_many
+
+base, finetuned, layer_map = load_model(sys.argv[1]), load_model(sys.argv[2]), LayerMap.load(sys.argv[3])
+n, top = layer_map.n_layers, tuple(layer_map.selected_layers)
+plans = [(top, top), (tuple(range(n)), (n - 1,)), ((12, 24, 27), (12, 24, 27)), ((4, 16, 17), (4, 16, 17))]
+config = RestoreConfig(steps=int(sys.argv[4]), batch_size=16)
+harmful, retain = harmful_prompts("train"), harmless_prompts("train")
+placements = [Placement(layers, tuple(sorted(set(align) | {n - 1}))) for layers, align in plans]
+restore_many(finetuned, layer_map, harmful, retain, placements, config, base=base, progress=False)
+"""
 
 
 def launch(args: list[str], processes: int, cache: str, kind: list[str] = ("--multi_gpu",)) -> tuple[float, float]:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += (list(kind) if processes > 1 else ["--cpu"]) + ["-m", "interp", *args]
+    command += (list(kind) if processes > 1 else ["--cpu"]) + args
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
         child = subprocess.Popen(command, env=os.environ | {"INTERP_CACHE": cache}, stdout=log, stderr=log, text=True)
@@ -52,6 +69,9 @@ def main() -> None:
         "restore", *pair, "--layer-map", args.layer_map, "--steps", str(args.steps), "--batch-size", "16",
         "--no-merged",
     ]  # fmt: skip
+    script = Path(tempfile.mkdtemp()) / "lockstep.py"
+    script.write_text(LOCKSTEP)
+    lockstep = [str(script), base, ft, args.layer_map, str(args.steps)]
     commands = {
         "capture (fine-tuned, 4 x limit harmful prompts, every layer, last 5 positions)": lambda out: [
             "capture", "--model", ft, "--prompts", "builtin:harmful:all", "--positions", "last:5",
@@ -62,6 +82,8 @@ def main() -> None:
         ],
         f"restore ({args.steps} steps, batch 16, the layer map's blocks)": lambda out: [*restore, "--out", out],
         f"restore, FSDP over the 2 processes ({args.steps} steps, batch 16)": lambda out: [*restore, "--out", out],
+        f"restore_many: 4 plans in lockstep ({args.steps} steps, batch 16)": lambda out: lockstep,
+        f"restore_many: 4 plans in lockstep, FSDP ({args.steps} steps, batch 16)": lambda out: lockstep,
     }  # fmt: skip
     print(f"cores {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
     print("| stage | 1 process s | 2 processes s | 2 / 1 | largest process GiB (1, 2) | load before (1, 2) |")
@@ -72,7 +94,9 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 loads.append(os.getloadavg()[0])
                 kind = FSDP if "FSDP" in name else ["--multi_gpu"]
-                took, rss = launch(build(f"{tmp}/out"), processes, f"{tmp}/cache", kind)
+                target = build(f"{tmp}/out")
+                target = target if target[0].endswith(".py") else ["-m", "interp", *target]
+                took, rss = launch(target, processes, f"{tmp}/cache", kind)
                 seconds.append(took)
                 memory.append(rss)
         print(

@@ -52,13 +52,13 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
-from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from torch.distributed.tensor import DTensor
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
@@ -248,8 +248,21 @@ class RestoreStats:
 
 @dataclass
 class RestoreResult:
-    peft_model: PeftModel  # the fine-tuned model with the trained adapter (not merged)
+    """A trained restoration: ``peft_model`` is the fine-tuned model with the trained adapter (not merged).
+
+    After a sharded (FSDP) restoration only the adapter is kept, gathered on every process; the peft
+    model is built from a fresh copy of the fine-tuned weights on first use, so the restoration itself
+    never holds every student whole at once."""
+
     stats: RestoreStats
+    _peft_model: PeftModel | None = field(default=None, repr=False)
+    _build: Callable[[], PeftModel] | None = field(default=None, repr=False)
+
+    @property
+    def peft_model(self) -> PeftModel:
+        if self._peft_model is None:
+            self._peft_model, self._build = self._build(), None
+        return self._peft_model
 
     def merged(self, finetuned: LoadedModel, name: str | None = None) -> LoadedModel:
         """The adapter merged into the weights, as a new ``LoadedModel`` (uses up ``peft_model``)."""
@@ -498,13 +511,17 @@ def restore_many(
 
     results = []
     for student in students:
-        if distributed.sharded():
-            student.model = _whole(finetuned, student)
-        student.model.eval()
+        trainable = trainable_parameters(student.model)  # a sharded parameter counts its whole shape
+        if distributed.sharded():  # the adapter's shards gathered (every process), the sharded copy freed
+            state = {key: value.full_tensor() for key, value in get_peft_model_state_dict(student.model).items()}
+            student.model, student.optimizer, student.trainable = None, None, []
+            result = partial(RestoreResult, _build=partial(_whole, finetuned, student.lora, state))
+        else:
+            result = partial(RestoreResult, _peft_model=student.model.eval())
         stats = RestoreStats(
             layers=student.layers,
             alignment_layers=student.align,
-            trainable_params=trainable_parameters(student.model),
+            trainable_params=trainable,
             steps=config.steps,
             seconds=round(student.seconds + shared_seconds / len(students), 1),
             config=asdict(config),
@@ -513,20 +530,16 @@ def restore_many(
             trained_with=len(students),
             shared_prefix_tokens=P,
         )
-        results.append(RestoreResult(student.model, stats))
+        results.append(result(stats))
     return results
 
 
-def _whole(finetuned: LoadedModel, student: _Student) -> PeftModel:
-    """A sharded student as a plain peft model on a fresh copy of ``finetuned`` (the weights LoRA does
-    not touch are the frozen fine-tuned model's): its adapter's shards gathered on every process."""
-    state = {
-        name: value.full_tensor() if isinstance(value, DTensor) else value
-        for name, value in get_peft_model_state_dict(student.model).items()
-    }
-    model = get_peft_model(copy.deepcopy(finetuned.hf), student.lora)
+def _whole(finetuned: LoadedModel, lora: LoraConfig, state: dict[str, torch.Tensor]) -> PeftModel:
+    """A plain peft model with the adapter ``state`` on a fresh copy of ``finetuned`` (the weights LoRA does
+    not touch are the frozen fine-tuned model's)."""
+    model = get_peft_model(copy.deepcopy(finetuned.hf), lora)
     set_peft_model_state_dict(model, state)
-    return model
+    return model.eval()
 
 
 def _length_buckets(seqs: list[list[int]], n: int) -> list[list[list[int]]]:
