@@ -7,6 +7,9 @@ all cores), then in two (one thread each, as accelerate sets it); the restoratio
 plans trained in lockstep (``restore_many``, as the study trains them), without and with FSDP. Prints
 wall-clock seconds, the ratio, the peak resident memory of the largest process (ru_maxrss over the
 launch and every process it reaped) and the load average before each run; run it on an idle machine.
+Every run gets glibc's ``MALLOC_MMAP_THRESHOLD_=1048576``: allocations over 1 MiB are mapped and returned
+on free, so the resident memory follows the live tensors (without it, glibc's heap keeps what FSDP's
+per-block gathers free, and the FSDP runs' peak grew by about 1.5 GiB here).
 
     python benchmarks/distributed_bench.py [--limit 40] [--steps 6] [--layer-map runs/default/layer_map.json]
 """
@@ -45,7 +48,8 @@ def launch(args: list[str], processes: int, cache: str, kind: list[str] = ("--mu
     command += (list(kind) if processes > 1 else ["--cpu"]) + args
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
-        child = subprocess.Popen(command, env=os.environ | {"INTERP_CACHE": cache}, stdout=log, stderr=log, text=True)
+        env = os.environ | {"INTERP_CACHE": cache, "MALLOC_MMAP_THRESHOLD_": str(2**20)}  # module docstring
+        child = subprocess.Popen(command, env=env, stdout=log, stderr=log, text=True)
         _, status, usage = os.wait4(child.pid, 0)  # the launch and every process it reaped
         if status:
             log.seek(0)
