@@ -42,9 +42,9 @@ Losses, per training step ``t`` of ``T``:
   the number of processes, up to float rounding (without dropout, whose masks differ). Under an FSDP
   launch every student's blocks are sharded over the processes (``interp.distributed.shard``: each holds
   1/N of a student's block weights, LoRA gradients and AdamW state); the same sum is then FSDP's
-  reduce-scatter, and at the end each student's adapter is gathered into a plain peft model on a fresh
-  copy of the fine-tuned model. Every process must run every sharded block equally often, so each
-  process needs ``RETAIN_BUCKETS`` retain rows. The teacher and the frozen model stay whole.
+  reduce-scatter, and at the end only each student's adapter is gathered (``RestoreResult`` builds the
+  peft model on first use). Every process must run every sharded block equally often, so each process
+  needs ``RETAIN_BUCKETS`` retain rows. The teacher and the frozen model stay whole.
 """
 
 from __future__ import annotations
@@ -501,8 +501,9 @@ def restore_many(
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(f"restore: loss became {loss.item()} at step {step}")
             loss.backward()  # with FSDP the blocks' gradients are summed over the processes here
-            for parameter in student.trainable if not distributed.sharded() else ():
-                distributed.all_sum(parameter.grad)  # each process's rows' share of the batch's gradient
+            if not distributed.sharded():
+                for parameter in student.trainable:  # each process's rows' share of the batch's gradient
+                    distributed.all_sum(parameter.grad)
             student.optimizer.step()
             student.optimizer.zero_grad(set_to_none=True)
             losses = distributed.all_sum(torch.stack([safety.detach(), retain_loss.detach()])).tolist()
