@@ -7,7 +7,7 @@ the same inputs and splits only the heavy loops:
   ``gather(local, n)`` puts the processes' results back in the items' order, on every process;
 - ``collect(local)`` gives every process all processes' lists;
 - ``all_sum(tensor)`` adds a tensor over the processes, in place (the restoration's gradients and token
-  counts, on the model's device).
+  counts, on the model's device); ``sum_array(values)`` adds a NumPy array (the sweeps' sums).
 
 After every gather all processes hold the same results, so they take the same branches: caches hit or
 miss alike, because only the main process writes (``interp.io``: every atomic write is the main process's
@@ -134,6 +134,15 @@ def all_sum(tensor):
 
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def sum_array(values):
+    """A NumPy array summed over the processes, as a new array (on this process's device in transit)."""
+    if not launched():
+        return values
+    import torch
+
+    return all_sum(torch.as_tensor(values, device=_state().device)).cpu().numpy()
 
 
 def barrier() -> None:

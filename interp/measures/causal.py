@@ -28,7 +28,7 @@ from ..core.judge import Behaviour, refusal_log_odds
 from ..core.kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_length
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
-from ..distributed import all_sum, split
+from ..distributed import split, sum_array
 from ..errors import ConfigError
 from ..io import stable_hash
 
@@ -157,8 +157,7 @@ def causal_sweep(
                     with resume_after(model.hf, layer, edit(resid[source][layer])):
                         logprobs = torch.log_softmax(last_logits(model.hf, after(edited[name, layer])), -1)
                     totals[name][layer] += float(refusal_log_odds(logprobs, token_ids).sum())
-    summed = all_sum(torch.tensor(np.stack([totals[name] for name in EFFECTS]), device=base.device))
-    totals = dict(zip(EFFECTS, summed.cpu().numpy()))  # over every process's prompts
+    totals = dict(zip(EFFECTS, sum_array(np.stack([totals[name] for name in EFFECTS]))))  # all processes' prompts
     effects = {name: np.full(n_layers, np.nan) for name in EFFECTS}
     for layer in layers:
         effects["add_effect"][layer] = totals["add_effect"][layer] / len(seqs) - ft_score

@@ -35,7 +35,7 @@ from ..core.chat import ChatFormat, batches
 from ..core.judge import refusal_log_odds
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
-from ..distributed import all_sum, split
+from ..distributed import split, sum_array
 from ..errors import ConfigError, LayerMapError
 from .directions import as_layers
 from .layer_map import DEFAULT_WEIGHTS, KNOWN_MODULES, LayerMap
@@ -182,8 +182,8 @@ def patch_sweep(
                 with resume, replace_output(finetuned.hf, layer, HOOK_KIND[c], written[layer, HOOK_KIND[c]]):
                     logprobs = torch.log_softmax(last_logits(finetuned.hf, inputs), -1)
                 totals[row, layer] += float(refusal_log_odds(logprobs, token_ids).sum())
-    summed = all_sum(torch.tensor(np.append(totals.reshape(-1), plain), device=finetuned.device)).cpu().numpy()
-    totals, plain = summed[:-1].reshape(totals.shape), summed[-1]  # over every process's prompts
+    summed = sum_array(np.append(totals.reshape(-1), plain))  # over every process's prompts
+    totals, plain = summed[:-1].reshape(totals.shape), summed[-1]
     effect = np.full((len(COMPONENTS), n_layers), np.nan)
     effect[:, layers] = (totals[:, layers] - plain) / len(seqs)
     return effect
