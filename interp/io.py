@@ -39,6 +39,37 @@ def cache_root() -> Path:
     return root
 
 
+# Bumped when the meaning of the keys changes (2: model fingerprints no longer hash the transformers
+# version, the folder or other metadata of a config). Entries made under another scheme are never served
+# (their keys differ); the first process that meets such a cache says so once and stamps it.
+CACHE_SCHEME = 2
+_scheme_noted = False
+
+
+def note_cache_scheme() -> None:
+    """Once per process: if the cache holds entries from an earlier key scheme, say in one line on stderr
+    that they will be rebuilt as they are needed; then stamp the cache with ``CACHE_SCHEME``."""
+    global _scheme_noted
+    if _scheme_noted:
+        return
+    _scheme_noted = True
+    root = cache_root()
+    stamp = root / "scheme"
+    found = stamp.read_text().strip() if stamp.is_file() else None
+    if found == str(CACHE_SCHEME):
+        return
+    if found is None and any(entry.name != "downloads" for entry in root.iterdir()):
+        print(
+            f"interp: the cache {root} holds entries keyed by an earlier fingerprint scheme (it hashed the "
+            "transformers version into every model's fingerprint); they are rebuilt as they are needed",
+            file=sys.stderr,
+        )
+    if distributed.is_main():  # a plain rename: this may run in one process only, so no barrier
+        tmp = root / f".scheme.{os.getpid()}"
+        tmp.write_text(f"{CACHE_SCHEME}\n")
+        os.replace(tmp, stamp)
+
+
 def stable_hash(obj: Any, length: int = 16) -> str:
     """A short hex digest of a JSON-serialisable object, independent of dict order."""
     text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))

@@ -58,6 +58,35 @@ def test_any_permutation_of_the_weights_changes_the_fingerprint(order):
     assert (model_fingerprint(permuted) == _BEFORE) == (order == list(range(24)))
 
 
+def test_the_fingerprint_ignores_the_transformers_version_and_the_folder(tiny_llama, tmp_path, monkeypatch):
+    """The same weights under two transformers releases (each writes its own version into every config's
+    ``to_dict``) and loaded from two folders are one model: one fingerprint, so shipped adapters and
+    caches stay valid across releases."""
+    import shutil
+
+    import transformers.configuration_utils as configuration
+
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tiny_llama, copy)
+    before = load_model(tiny_llama).fingerprint
+    monkeypatch.setattr(configuration, "__version__", "5.999.0")
+    other = load_model(copy)
+    assert other.hf.config.to_dict()["transformers_version"] == "5.999.0"
+    assert other.fingerprint == before
+
+
+@pytest.mark.parametrize("setting", ["rms_norm_eps", "rope_parameters", "max_position_embeddings"])
+def test_a_setting_of_the_forward_pass_changes_the_fingerprint(tiny_llama, setting):
+    model = load_model(tiny_llama)
+    before = model_fingerprint(model.hf)
+    config = model.hf.config
+    if setting == "rope_parameters":
+        config.rope_parameters = {**config.rope_parameters, "rope_theta": 2 * config.rope_parameters["rope_theta"]}
+    else:
+        setattr(config, setting, 2 * getattr(config, setting))
+    assert model_fingerprint(model.hf) != before
+
+
 def test_the_tokenizer_and_the_chat_template_are_in_the_fingerprint(tiny_llama):
     model = load_model(tiny_llama)
     other = load_model(tiny_llama)

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import ConfigError, ModelLoadError, ModelMismatchError
+from ..io import note_cache_scheme
 from .bridge import BRIDGE_KEY_PART, boot_bridge
 from .sources import hub_error, resolve_source
 
@@ -118,16 +119,45 @@ class LoadedModel:
         return LoadedModel(name=self.name if name is None else name, path=self.path, hf=hf, tokenizer=self.tokenizer)
 
 
+# Config fields that name where, when or with what a model was saved, or how it was initialised or what a
+# call returns, and not what its forward pass computes: left out of the fingerprint, so that a new
+# transformers release (it writes its own version into every config) or another folder keeps the
+# fingerprint of the same computation. The weights' dtype is in the weights' bytes.
+NOT_COMPUTATION = frozenset(
+    {
+        "transformers_version",
+        "architectures",
+        "dtype",
+        "torch_dtype",
+        "use_cache",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        "id2label",
+        "label2id",
+        "problem_type",
+        "initializer_range",
+    }
+)
+
+
+def computation_settings(config) -> dict:
+    """The config's fields that change the forward pass: everything but ``NOT_COMPUTATION`` and the
+    private fields (a leading ``_``: the folder it came from, the attention implementation)."""
+    return {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k not in NOT_COMPUTATION}
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of the config (without where it was loaded from) and of every tensor of the state dict:
-    its name, dtype, shape and every byte. Any change of any weight, a permutation included, changes it;
-    the same weights give the same fingerprint wherever they were saved or loaded (and with or without a
-    bridge booted on the model)."""
+    """sha256 of the config's ``computation_settings`` and of every tensor of the state dict: its name,
+    dtype, shape and every byte. Any change of any weight, a permutation included, or of a setting of the
+    forward pass (``rope_theta``, ``rms_norm_eps``, ...) changes it; the same weights give the same
+    fingerprint wherever they were saved or loaded, under any transformers version, and with or without
+    a bridge booted on the model."""
+    note_cache_scheme()
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
-        settings = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
-        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        digest.update(json.dumps(computation_settings(config), sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, param in sorted(model.state_dict().items()):
             tensor = param.detach().cpu().contiguous().reshape(-1)
