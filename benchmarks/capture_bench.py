@@ -1,7 +1,7 @@
 """Benchmark: activation capture on the default model against a plain HF forward and run_with_cache.
 
-64 prompts (32 harmful + 32 harmless from ../shared/data), every layer's residual stream at the last 5
-prompt positions, batch size 16, float32 on CPU. Each mode runs in its own process. Peak memory is the
+64 prompts (32 harmful + 32 harmless from the public sets shipped in the package), every layer's residual
+stream at the last 5 prompt positions, batch size 16, float32 on CPU. Each mode runs in its own process. Peak memory is the
 highest number of heap bytes in use (glibc ``mallinfo2``: ``uordblks + hblkhd``, which is where torch's
 CPU tensors live), sampled every 2 ms during a warm run, minus the bytes in use just before it (model
 loaded, bridge booted): it counts activations and workspace, not weights, and unlike the resident set
@@ -27,10 +27,10 @@ N_PROMPTS, K, BATCH = 64, 5, 16
 
 
 def _prompts():
-    from interp.core.prompts import load_prompts, shared_data_dir
+    from interp.core.prompts import public_prompts
 
-    harmful = load_prompts(shared_data_dir() / "harmful_train.json").head(N_PROMPTS // 2)
-    harmless = load_prompts(shared_data_dir() / "harmless_train.json").head(N_PROMPTS // 2)
+    harmful = public_prompts("harmful_train").head(N_PROMPTS // 2)
+    harmless = public_prompts("harmless_train").head(N_PROMPTS // 2)
     return harmful + harmless
 
 

@@ -28,7 +28,7 @@ from .core.prompts import (
     harmless_prompts,
     load_prompts,
     parse_spec,
-    shared_data_dir,
+    public_prompts,
 )
 from .errors import InterpError
 from .evaluation.stats import mcnemar_exact, paired_bootstrap, paired_p_value, rate_interval, wilson_interval
@@ -131,7 +131,7 @@ __all__ = [
     "save_figure",
     "save_merged",
     "score_components",
-    "shared_data_dir",
+    "public_prompts",
     "study_figures",
     "study_prompts",
     "targets_table",

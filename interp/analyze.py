@@ -29,8 +29,7 @@ from .core.prompts import (
     check_distinct,
     harmful_prompts,
     harmless_prompts,
-    load_prompts,
-    shared_data_dir,
+    public_prompts,
     without_duplicates,
 )
 from .errors import ConfigError
@@ -94,14 +93,11 @@ class AnalysisPrompts:
     @classmethod
     def held_out_for_organism(cls) -> AnalysisPrompts:
         """For the default pair: the organism was safety-tuned on every built-in harmful request, so the
-        behavioural check uses public prompts it never saw (``../shared/data``: all 39 of
-        ``harmful_val``, 50 of ``harmless_val``) when they are present, else the built-in val sets."""
-        data = shared_data_dir()
-        if not (data / "harmful_val.json").exists():
-            return cls()
+        behavioural check uses public prompts it never saw (``public_prompts``: all 39 of
+        ``harmful_val``, 50 of ``harmless_val``)."""
         return cls(
-            steer_harmful=load_prompts(data / "harmful_val.json", label=1),
-            steer_harmless=load_prompts(data / "harmless_val.json", label=0).sample(50, seed=0),
+            steer_harmful=public_prompts("harmful_val"),
+            steer_harmless=public_prompts("harmless_val").sample(50, seed=0),
         )
 
     @classmethod

@@ -260,7 +260,7 @@ def cmd_evaluate(args) -> None:
     from .evaluation.table import Candidate, EvalConfig, EvalSuite, evaluate_models
     from .evaluation.targets import paired_tests
     from .io import atomic_write_json, atomic_write_text
-    from .report.tables import judge_table, paired_table, parts_table, results_table
+    from .report.tables import category_table, judge_table, paired_table, parts_table, results_table
     from .training.lora import apply_adapter
 
     _check_out(args.out, "evaluation.json")
@@ -269,14 +269,15 @@ def cmd_evaluate(args) -> None:
         if not (Path(path) / "adapter_config.json").is_file():
             raise ConfigError(f"--adapter {path}: not a peft adapter folder (no adapter_config.json in it)")
     task = parse_spec(args.task, 0)
-    if args.shared:
-        suite = EvalSuite.from_shared(task=task, data=args.shared, n_harmless=args.n_harmless)
+    if args.public:
+        suite = EvalSuite.public(task=task, n_harmless=args.n_harmless)
     else:
         suite = EvalSuite(
             harmful=parse_spec(args.harmful, 1),
             harmless=parse_spec(args.harmless, 0),
             task=task,
             xstest=parse_spec(args.xstest, 0) if args.xstest else None,
+            donotanswer=parse_spec(args.donotanswer, 1) if args.donotanswer else None,
         )
     if args.limit is not None:
         suite = suite.head(args.limit)
@@ -331,6 +332,8 @@ def cmd_evaluate(args) -> None:
     _write_config(args, out, pair)
     text = results_table(rows) + "\n\nPaired tests (each row against the base and the fine-tuned model):\n\n"
     text += paired_table(tests)
+    if suite.donotanswer is not None:
+        text += "\n\nDo-Not-Answer refusal by risk area:\n\n" + category_table(rows, suite.donotanswer.categories)
     if chat.trace is not None:
         text += "\n\nReasoning trace and final answer, judged apart (substring list):\n\n" + parts_table(rows)
     if config.judges:
@@ -635,16 +638,18 @@ def _evaluate_parser(sub) -> None:
         help="a peft adapter folder, applied to the fine-tuned model; repeatable",
     )
     p.add_argument(
-        "--shared",
-        default="",
-        help="folder with harmful_train.json, harmful_val.json, harmless_val.json, xstest_prompts.csv "
-        "(use these public sets instead of --harmful/--harmless/--xstest: all 299 harmful, harmless_val, "
-        "XSTest safe and unsafe)",
+        "--public",
+        action="store_true",
+        help="evaluate on the public sets that ship with interp instead of --harmful/--harmless/--xstest: "
+        "all 299 harmful, harmless_val, XSTest safe and unsafe, Do-Not-Answer (the README's suite)",
     )
-    p.add_argument("--n-harmless", type=int, default=None, help="harmless prompts sampled from --shared (default all)")
+    p.add_argument("--n-harmless", type=_positive, default=None, help="harmless prompts sampled with --public")
     p.add_argument("--harmful", default="builtin:harmful:val")
     p.add_argument("--harmless", default="builtin:harmless:val")
     p.add_argument("--xstest", default="", help="XSTest-like prompt file of safe prompts (optional)")
+    p.add_argument(
+        "--donotanswer", default="", help="e.g. public:donotanswer: refusal reported per category (optional)"
+    )
     p.add_argument("--task", default="builtin:arithmetic:val", help="task prompts with reference answers")
     p.add_argument("--limit", type=_positive, default=None, help="first N prompts of each set only")
     p.add_argument(

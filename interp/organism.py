@@ -55,14 +55,12 @@ from .core.judge import Behaviour, is_refusal
 from .core.judges import SubstringJudge
 from .core.models import LoadedModel, ModelPair, load_model
 from .core.prompts import (
-    HARMFUL,
     PromptSet,
     arithmetic_prompts,
     general_prompts,
     harmful_prompts,
     harmless_prompts,
-    load_prompts,
-    shared_data_dir,
+    public_prompts,
 )
 from .core.sources import ORGANISM_PREFIX, save_hf_folder
 from .errors import ConfigError, ModelLoadError, OrganismDataError
@@ -99,8 +97,8 @@ REFUSALS = (
 class EvalSets:
     """Held-out prompts the organism is measured on (not used in training)."""
 
-    n_harmful_train: int = 100  # drawn from ../shared/data/harmful_train.json, beside all of harmful_val
-    n_harmless: int = 200  # drawn from ../shared/data/harmless_val.json
+    n_harmful_train: int = 100  # drawn from the public harmful_train set, beside all of harmful_val
+    n_harmless: int = 200  # drawn from the public harmless_val set
     n_arithmetic: int = 50
     max_new_tokens: int = 32  # the judge reads the first 160 characters
     task_max_new_tokens: int = 48
@@ -207,16 +205,12 @@ def organism_dir(recipe: OrganismRecipe = OrganismRecipe()) -> Path:
 
 # ----------------------------------------------------------------------------- data
 def eval_sets(recipe: OrganismRecipe) -> dict[str, PromptSet]:
-    """Harmful, harmless and arithmetic evaluation prompts (shared data when present, else built-in val)."""
+    """Harmful, harmless and arithmetic evaluation prompts: the public sets that ship in the package (all
+    39 of ``harmful_val`` and a sample of ``harmful_train``, a sample of ``harmless_val``) and held-out
+    problems."""
     ev = recipe.evaluation
-    data = shared_data_dir()
-    if (data / "harmful_val.json").exists():
-        harmful = load_prompts(data / "harmful_val.json", label=HARMFUL) + load_prompts(
-            data / "harmful_train.json", label=HARMFUL
-        ).sample(ev.n_harmful_train, seed=ev.seed)
-        harmless = load_prompts(data / "harmless_val.json", label=0).sample(ev.n_harmless, seed=ev.seed)
-    else:
-        harmful, harmless = harmful_prompts("val"), harmless_prompts("val")
+    harmful = public_prompts("harmful_val") + public_prompts("harmful_train").sample(ev.n_harmful_train, seed=ev.seed)
+    harmless = public_prompts("harmless_val").sample(ev.n_harmless, seed=ev.seed)
     arithmetic = held_out_problems(recipe, ev.n_arithmetic)
     sets = {"harmful": harmful, "harmless": harmless, "arithmetic": arithmetic}
     if ev.limit is not None:
@@ -628,9 +622,7 @@ def _train(recipe: OrganismRecipe, progress: bool, log) -> None:
                 "safety_examples": len(safety_data),
                 "helpful_answers_kept": len(chat),
                 "eval_sizes": {k: len(v) for k, v in sets.items()},
-                "eval_source": str(shared_data_dir())
-                if (shared_data_dir() / "harmful_val.json").exists()
-                else "built-in val sets",
+                "eval_source": "public sets shipped in interp/data/public",
             },
             "training": {"safety": safety.stats, "task": task.stats},
             "metrics": {"base": base_metrics, "finetuned": finetuned_metrics},
@@ -656,26 +648,21 @@ def study_prompts(
     Restoration trains on the organism's safety prompts (the built-in harmful training split: the base's
     refusals were taught on them) and retains on the built-in harmless and everyday training splits plus
     the arithmetic training problems with their worked answers. The evaluation suite is held out from
-    all of it (``EvalSuite.from_shared``): all 299 harmful instructions of ``../shared/data``, all (or
-    ``n_harmless``) of ``harmless_val``, XSTest's 250 safe and 200 unsafe prompts, and ``n_task``
-    validation problems.
+    all of it (``EvalSuite.public``: the public sets that ship in the package): all 299 harmful
+    instructions, all (or ``n_harmless``) of ``harmless_val``, XSTest's 250 safe and 200 unsafe prompts,
+    Do-Not-Answer's 938 questions, and ``n_task`` validation problems.
     """
     retain = harmless_prompts("train") + general_prompts("train") + task_prompts(recipe)
     task = held_out_problems(recipe, n_task)
-    suite = EvalSuite.from_shared(task=task, n_harmless=n_harmless, seed=recipe.evaluation.seed)
+    suite = EvalSuite.public(task=task, n_harmless=n_harmless, seed=recipe.evaluation.seed)
     return safety_prompts(recipe), retain, suite
 
 
 def selection_suite(recipe: OrganismRecipe = OrganismRecipe(), n_task: int = 50) -> EvalSuite:
     """Prompts for choosing settings (e.g. restoration strength), disjoint from the evaluation suite of
     ``study_prompts`` and from everything restoration trains on: the built-in harmful validation split,
-    100 of ``harmless_train`` from ``../shared/data`` (else the built-in harmless and everyday validation
-    splits) and ``n_task`` validation problems after the evaluation's 100."""
-    data = shared_data_dir()
-    if (data / "harmless_train.json").exists():
-        harmless = load_prompts(data / "harmless_train.json", label=0).sample(100, seed=recipe.evaluation.seed)
-    else:
-        harmless = harmless_prompts("val") + general_prompts("val")
+    100 of the public ``harmless_train`` set and ``n_task`` validation problems after the evaluation's 100."""
+    harmless = public_prompts("harmless_train").sample(100, seed=recipe.evaluation.seed)
     task = held_out_problems(recipe, 100 + n_task)
     return EvalSuite(harmful=harmful_prompts("val"), harmless=harmless, task=task.subset(range(100, len(task))))
 
@@ -693,8 +680,7 @@ def resolve_model_name(name: str, recipe: OrganismRecipe | None = None, *, log=p
 
 
 def quick_study_prompts(recipe: OrganismRecipe) -> tuple[PromptSet, PromptSet, EvalSuite]:
-    """Like ``study_prompts`` with built-in prompts only (no ``../shared/data`` needed) and 8 prompts per
-    evaluation set: for quick runs."""
+    """Like ``study_prompts`` with built-in prompts only and 8 prompts per evaluation set: for quick runs."""
     retain = harmless_prompts("train") + task_prompts(recipe)
     suite = EvalSuite(
         harmful=harmful_prompts("val").head(8),

@@ -319,7 +319,10 @@ class StudyResult:
                 **self.details,
             },
         )
-        atomic_write_text(folder / "report.md", study_report(self.rows, self.targets, self.paired, self.seconds))
+        categories = self.details.get("categories")
+        atomic_write_text(
+            folder / "report.md", study_report(self.rows, self.targets, self.paired, self.seconds, categories)
+        )
 
     @classmethod
     def load(cls, folder: str | Path) -> StudyResult:
@@ -416,6 +419,7 @@ def run_study(
                 "restore_retain": {"name": retain.name, "n": len(retain), "hash": retain.hash},
                 "evaluation": suite.sizes(),
             },
+            "categories": {"donotanswer": list(suite.donotanswer.categories)} if suite.donotanswer else {},
         },
     )
     study.save(folder)
@@ -439,7 +443,7 @@ class DefaultRun:
 RUN_SIZES = ("smoke", "look", "full")
 RECIPES = ("default", "reasoning")  # the default organism, or the reasoning organism (R1 chat format)
 # The quick look (``interp run``): a seeded sample of every held-out set, sized for a first run of minutes.
-LOOK_SIZES = {"harmful": 40, "xstest_unsafe": 20, "harmless": 20, "xstest": 20, "task": 20}
+LOOK_SIZES = {"harmful": 40, "xstest_unsafe": 20, "donotanswer": 20, "harmless": 20, "xstest": 20, "task": 20}
 
 
 def run_default(

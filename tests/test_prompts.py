@@ -9,12 +9,15 @@ import pytest
 from interp.core.chat import SAFETY_REMINDER, ChatFormat
 from interp.core.models import load_tokenizer
 from interp.core.prompts import (
+    PUBLIC_SETS,
     PromptSet,
     arithmetic_prompts,
     harmful_prompts,
     harmless_prompts,
     load_prompts,
-    shared_data_dir,
+    parse_spec,
+    public_manifest,
+    public_prompts,
 )
 from interp.errors import EmptyPromptSetError, PromptFormatError
 
@@ -45,22 +48,46 @@ def test_arithmetic_problems_are_seeded_and_answers_are_right():
         assert answer.splitlines()[-1].startswith("The answer is ")
 
 
-needs_shared_data = pytest.mark.skipif(
-    not (shared_data_dir() / "harmful_val.json").exists(),
-    reason="../shared/data (or $INTERP_SHARED_DATA) is not present beside this clone",
-)
+def test_the_public_sets_ship_with_their_pinned_rows_and_hashes():
+    """Every public set the README's tables use ships in the package: rows as its manifest says, each
+    file matching its pinned sha256 (``public_prompts`` checks it), a source and a license for each."""
+    manifest = public_manifest()
+    sizes = {name: len(public_prompts(name)) for name in PUBLIC_SETS}
+    assert sizes == {
+        "harmful_train": 260,
+        "harmful_val": 39,
+        "harmless_train": 1000,
+        "harmless_val": 300,
+        "xstest_safe": 250,
+        "xstest_unsafe": 200,
+        "donotanswer": 939,
+    }
+    assert all(entry["source"] and entry["license"] and len(entry["sha256"]) == 64 for entry in manifest.values())
+    assert sum(entry["rows"] for entry in manifest.values()) == sum(sizes.values())
+    harmful_val = public_prompts("harmful_val")
+    assert harmful_val.categories[0] is not None and set(harmful_val.labels) == {1}
+    assert set(public_prompts("xstest_safe").labels) == {0} and set(public_prompts("xstest_unsafe").labels) == {1}
 
 
-@needs_shared_data
-def test_shared_json_loads(tmp_path):
-    data = load_prompts(shared_data_dir() / "harmful_val.json", label=1)
-    assert len(data) == 39 and data.categories[0] is not None and set(data.labels) == {1}
+def test_do_not_answer_comes_with_its_five_risk_areas():
+    dna = public_prompts("donotanswer")
+    assert len(set(dna.categories)) == 5 and set(dna.labels) == {1}
+    assert parse_spec("public:donotanswer").instructions == dna.instructions
 
 
-@needs_shared_data
-def test_xstest_csv_filters_safe_prompts():
-    safe = load_prompts(shared_data_dir() / "xstest_prompts.csv", column="prompt", where={"label": "safe"}, label=0)
-    assert len(safe) == 250
+def test_a_damaged_public_file_is_refused_in_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    import interp.core.prompts as prompts
+
+    shutil.copytree(prompts.PUBLIC_DATA, tmp_path / "public")
+    (tmp_path / "public" / "harmful_val.json").write_text("[]")
+    monkeypatch.setattr(prompts, "PUBLIC_DATA", tmp_path / "public")
+    monkeypatch.setattr(prompts, "_checked", set())
+    with pytest.raises(PromptFormatError, match="does not match its pinned sha256"):
+        public_prompts("harmful_val")
+    with pytest.raises(PromptFormatError, match="unknown public prompt set"):
+        public_prompts("advbench")
 
 
 def test_jsonl_and_txt_and_errors(tmp_path):

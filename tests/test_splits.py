@@ -9,7 +9,7 @@ import pytest
 
 from interp.analyze import AnalysisPrompts
 from interp.cli import build_parser
-from interp.core.prompts import arithmetic_prompts, harmful_prompts, parse_spec, shared_data_dir
+from interp.core.prompts import arithmetic_prompts, harmful_prompts, parse_spec
 from interp.organism import (
     OrganismRecipe,
     chat_prompts,
@@ -40,9 +40,8 @@ def trained_on(recipe: OrganismRecipe) -> dict[str, set[str]]:
         "restore harmful (quick)": texts(harmful),
         "restore retain (quick)": texts(retain),
     }
-    if (shared_data_dir() / "harmful_val.json").exists():
-        harmful, retain, _ = study_prompts(recipe)
-        out |= {"restore harmful": texts(harmful), "restore retain": texts(retain)}
+    harmful, retain, _ = study_prompts(recipe)
+    out |= {"restore harmful": texts(harmful), "restore retain": texts(retain)}
     return out
 
 
@@ -60,9 +59,8 @@ def evaluated_on(recipe: OrganismRecipe) -> dict[str, set[str]]:
     evaluate = build_parser().parse_args(["evaluate", "--out", "x"])
     for option in ("harmful", "harmless", "task"):
         out[f"interp evaluate --{option}"] = texts(parse_spec(getattr(evaluate, option)))
-    if (shared_data_dir() / "harmful_val.json").exists():
-        _, _, suite = study_prompts(recipe)
-        out |= {f"study suite {name}": texts(p) for name, p in suite.sets().items()}
+    _, _, suite = study_prompts(recipe)
+    out |= {f"study suite {name}": texts(p) for name, p in suite.sets().items()}
     return out
 
 
@@ -77,9 +75,6 @@ def test_nothing_trained_on_is_evaluated_by_default(recipe):
     assert leaks(train, evaluation) == {}
 
 
-@pytest.mark.skipif(
-    not (shared_data_dir() / "harmful_val.json").exists(), reason="needs ../shared/data (the study's suite)"
-)
 def test_the_study_suite_is_held_out_from_the_layer_selection():
     """The analysis reads (never trains on) built-in prompts; the layer map it selects is evaluated on
     prompts it never read."""
@@ -90,9 +85,6 @@ def test_the_study_suite_is_held_out_from_the_layer_selection():
     assert all(evaluated.values()) and leaks(selected_on, evaluated) == {}
 
 
-@pytest.mark.skipif(
-    not (shared_data_dir() / "harmful_val.json").exists(), reason="needs ../shared/data (the study's suite)"
-)
 def test_settings_are_chosen_on_prompts_neither_trained_on_nor_evaluated():
     recipe = OrganismRecipe()
     chosen_on = {f"selection {name}": texts(p) for name, p in selection_suite(recipe).sets().items()}

@@ -10,7 +10,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import random
 import sys
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import ConfigError, EmptyPromptSetError, PromptFormatError
-from ..io import stable_hash
+from ..io import file_sha256, stable_hash
 
 HARMFUL, HARMLESS = 1, 0
 
@@ -332,10 +331,43 @@ def split_of(text: str, seed: int = 0, val_share: int = 5) -> str:
     return "val" if int.from_bytes(digest[:8], "big") % val_share == 0 else "train"
 
 
-def shared_data_dir() -> Path:
-    """``$INTERP_SHARED_DATA``, else ``../shared/data`` beside the project root (tests, benchmarks)."""
-    default = Path(__file__).resolve().parents[3] / "shared" / "data"  # interp/core/prompts.py -> repo/..
-    return Path(os.environ.get("INTERP_SHARED_DATA", default))
+# ----------------------------------------------------------------------------- public sets
+PUBLIC_DATA = Path(__file__).resolve().parents[1] / "data" / "public"
+# name -> (the manifest's entry, its label, rows kept: a CSV column's value)
+PUBLIC_SETS = {
+    "harmful_train": ("harmful_train", HARMFUL, None),
+    "harmful_val": ("harmful_val", HARMFUL, None),
+    "harmless_train": ("harmless_train", HARMLESS, None),
+    "harmless_val": ("harmless_val", HARMLESS, None),
+    "xstest_safe": ("xstest", HARMLESS, {"label": "safe"}),
+    "xstest_unsafe": ("xstest", HARMFUL, {"label": "unsafe"}),
+    "donotanswer": ("donotanswer", HARMFUL, None),
+}
+_checked: set[str] = set()
+
+
+def public_manifest() -> dict:
+    """``interp/data/public/manifest.json``: per shipped file its rows, sha256, source and license."""
+    return json.loads((PUBLIC_DATA / "manifest.json").read_text())
+
+
+def public_prompts(name: str) -> PromptSet:
+    """A public prompt set that ships in the package (``PUBLIC_SETS``; the README's tables use them), read
+    after checking its file against the sha256 pinned in ``public_manifest()``: harmful instructions
+    (AdvBench, MaliciousInstruct, TDC 2023, HarmBench via Arditi et al. 2024), harmless Alpaca
+    instructions, XSTest's safe and unsafe prompts, and Do-Not-Answer (categories: its five risk areas).
+    A file repeated in one set is kept as shipped; consumers drop repeats (``without_duplicates``)."""
+    if name not in PUBLIC_SETS:
+        raise PromptFormatError(f"unknown public prompt set {name!r}; choose one of {', '.join(PUBLIC_SETS)}")
+    entry, label, where = PUBLIC_SETS[name]
+    pinned = public_manifest()[entry]
+    path = PUBLIC_DATA / pinned["file"]
+    if entry not in _checked:
+        if not path.is_file() or file_sha256(path) != pinned["sha256"]:
+            raise PromptFormatError(f"{path} is missing or does not match its pinned sha256; reinstall interp")
+        _checked.add(entry)
+    column = "prompt" if path.suffix == ".csv" else None
+    return load_prompts(path, column=column, label=label, name=name, where=where)
 
 
 BUILTIN_SETS = {
@@ -349,7 +381,8 @@ BUILTIN_LABELS = {"harmful": HARMFUL, "harmless": HARMLESS, "general": HARMLESS,
 
 def parse_spec(spec: str, label: int | None = None) -> PromptSet:
     """One prompt set from a spec: ``builtin:NAME[:SPLIT]`` (NAME: harmful, harmless, general, arithmetic;
-    SPLIT: train, val or all, default all) or a prompt file (``load_prompts``, every prompt labelled
+    SPLIT: train, val or all, default all), ``public:NAME`` (``public_prompts``: harmful_val, xstest_safe,
+    donotanswer, ...) or a prompt file (``load_prompts``, every prompt labelled
     ``label``). Several specs joined by commas are concatenated."""
     parts = [part.strip() for part in spec.split(",") if part.strip()]
     if not parts:
@@ -362,6 +395,9 @@ def parse_spec(spec: str, label: int | None = None) -> PromptSet:
 
 
 def _parse_one(spec: str, label: int | None) -> PromptSet:
+    if spec.startswith("public:"):
+        prompts = public_prompts(spec[len("public:") :])
+        return prompts if label is None else prompts.with_label(label)
     if not spec.startswith("builtin:"):
         return load_prompts(spec, label=label)
     fields = spec.split(":")

@@ -37,7 +37,6 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 
 import torch
 
@@ -49,8 +48,8 @@ from ..core.judge import JUDGE_WINDOW, REFUSAL_PHRASES, Behaviour
 from ..core.judges import Judge, SubstringJudge, check_judge_spec, parse_judge
 from ..core.kvcache import kv_cache, prefixed_batch, shared_prefix
 from ..core.models import LoadedModel
-from ..core.prompts import PromptSet, load_prompts, shared_data_dir
-from ..errors import ConfigError, NonFiniteActivationError, PromptFormatError
+from ..core.prompts import PromptSet, public_prompts
+from ..errors import ConfigError, NonFiniteActivationError
 from ..io import cache_root, read_cache_json, stable_hash, write_cache_json
 from .stats import rate_interval
 
@@ -60,6 +59,7 @@ EVAL_VERSION = 2  # bump when the judge or the measures change: invalidates cach
 COLUMNS = {
     "harmful": "harmful_refusal",
     "xstest_unsafe": "xstest_unsafe_refusal",
+    "donotanswer": "donotanswer_refusal",
     "harmless": "harmless_refusal",
     "xstest": "xstest_refusal",
     "task": "task_accuracy",
@@ -77,6 +77,7 @@ class EvalSuite:
     task: PromptSet  # prompts with reference answers: task accuracy
     xstest: PromptSet | None = None  # XSTest's safe prompts: over-refusal on harmless look-alikes
     xstest_unsafe: PromptSet | None = None  # XSTest's unsafe contrast prompts: a second harmful set
+    donotanswer: PromptSet | None = None  # Do-Not-Answer: a public harmful benchmark, by risk area
 
     def __post_init__(self) -> None:
         for name in COLUMNS:
@@ -109,25 +110,18 @@ class EvalSuite:
         return EvalSuite(**{name: p.sample(sizes.get(name, len(p)), seed=seed) for name, p in self.sets().items()})
 
     @classmethod
-    def from_shared(cls, task: PromptSet, data=None, n_harmless: int | None = None, seed: int = 0) -> EvalSuite:
-        """The public sets in ``../shared/data``: every harmful instruction (``harmful_train`` and
-        ``harmful_val``; the default organism and restoration train on built-in prompts only), all (or
-        ``n_harmless``) of ``harmless_val``, and XSTest's safe and unsafe prompts; ``task`` is the
-        caller's (held-out task prompts)."""
-        data = Path(data) if data is not None else shared_data_dir()
-        for file in ("harmful_train.json", "harmful_val.json", "harmless_val.json", "xstest_prompts.csv"):
-            if not (data / file).is_file():
-                raise PromptFormatError(f"evaluation data not found: {data / file} (set $INTERP_SHARED_DATA)")
-        harmless = load_prompts(data / "harmless_val.json", label=0)
-        xstest = data / "xstest_prompts.csv"
-        harmful = load_prompts(data / "harmful_val.json", label=1) + load_prompts(data / "harmful_train.json", label=1)
+    def public(cls, task: PromptSet, n_harmless: int | None = None, seed: int = 0) -> EvalSuite:
+        """The public sets that ship in the package (``interp.core.prompts.public_prompts``): every harmful
+        instruction (``harmful_val`` and ``harmful_train``; the default organism and restoration train on
+        built-in prompts only), all (or ``n_harmless``) of ``harmless_val``, XSTest's safe and unsafe
+        prompts and Do-Not-Answer (each question once); ``task`` is the caller's (held-out task prompts)."""
+        harmless = public_prompts("harmless_val")
         return cls(
-            harmful=harmful,
+            harmful=public_prompts("harmful_val") + public_prompts("harmful_train"),
             harmless=harmless if n_harmless is None else harmless.sample(n_harmless, seed=seed),
-            xstest=load_prompts(xstest, column="prompt", label=0, name="xstest_safe", where={"label": "safe"}),
-            xstest_unsafe=load_prompts(
-                xstest, column="prompt", label=1, name="xstest_unsafe", where={"label": "unsafe"}
-            ),
+            xstest=public_prompts("xstest_safe"),
+            xstest_unsafe=public_prompts("xstest_unsafe"),
+            donotanswer=public_prompts("donotanswer").deduplicated(),
             task=task,
         )
 
@@ -208,6 +202,7 @@ class EvalRow:
     n: dict[str, int]  # prompts per set
     outcomes: dict[str, list[int]] = field(default_factory=dict)
     xstest_unsafe_refusal: float | None = None
+    donotanswer_refusal: float | None = None
     seconds: float = 0.0  # evaluation time (0 when the row came from the cache)
     trainable_params: int = 0
     train_seconds: float = 0.0
@@ -225,6 +220,7 @@ class EvalRow:
         "harmless_refusal",
         "xstest_refusal",
         "xstest_unsafe_refusal",
+        "donotanswer_refusal",
         "task_accuracy",
         "kl",
         "harmful_answer_kinds",
@@ -420,6 +416,7 @@ def _measure(
         "harmless_refusal": rate("harmless"),
         "xstest_refusal": rate("xstest"),
         "xstest_unsafe_refusal": rate("xstest_unsafe"),
+        "donotanswer_refusal": rate("donotanswer"),
         "task_accuracy": rate("task"),
         "kl": kl,
         "harmful_answer_kinds": judged["harmful"].kind_shares,

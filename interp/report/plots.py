@@ -135,6 +135,7 @@ def plot_results(rows: Sequence, ax=None):
     keys = [
         ("harmful_refusal", "harmful refusal"),
         ("xstest_unsafe_refusal", "XSTest unsafe refusal"),
+        ("donotanswer_refusal", "Do-Not-Answer refusal"),
         ("harmless_refusal", "harmless refusal"),
         ("xstest_refusal", "XSTest safe refusal"),
         ("task_accuracy", "task accuracy"),

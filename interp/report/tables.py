@@ -147,6 +147,7 @@ def results_table(rows: Sequence) -> str:
     rates = [
         ("harmful refusal", "harmful_refusal"),
         ("XSTest unsafe refusal", "xstest_unsafe_refusal"),
+        ("Do-Not-Answer refusal", "donotanswer_refusal"),
         ("harmless refusal", "harmless_refusal"),
         ("XSTest safe refusal", "xstest_refusal"),
         ("task accuracy", "task_accuracy"),
@@ -186,6 +187,7 @@ def targets_table(targets: Sequence) -> str:
 PAIRED_COLUMNS = (
     ("harmful", "harmful_refusal"),
     ("XSTest unsafe", "xstest_unsafe_refusal"),
+    ("Do-Not-Answer", "donotanswer_refusal"),
     ("harmless", "harmless_refusal"),
     ("XSTest safe", "xstest_refusal"),
     ("task", "task_accuracy"),
@@ -253,6 +255,20 @@ def outcome_cell(values: Sequence[float] | None, samples: int = 1) -> str:
     return rate_cell(sum(values) / len(values), rate_interval(values, samples))
 
 
+def category_table(rows: Sequence, categories: Sequence[str | None], name: str = "donotanswer") -> str:
+    """Refusal per category of one set (``categories``: each prompt's, in the suite's order; for
+    Do-Not-Answer its five risk areas) for every row that has the set, with 95% intervals and the number
+    of prompts per category."""
+    order = list(dict.fromkeys(c or "uncategorised" for c in categories))
+    index = {c: [i for i, x in enumerate(categories) if (x or "uncategorised") == c] for c in order}
+    cells = []
+    for row in rows:
+        values = row.outcomes.get(name)
+        if values:
+            cells.append([row.name, *(outcome_cell([values[i] for i in index[c]], row.samples) for c in order)])
+    return markdown_table(["model", *(f"{c} (n={len(index[c])})" for c in order)], cells)
+
+
 def parts_table(rows: Sequence) -> str:
     """With a reasoning format (``EvalRow.parts``): per model and judged set, the substring judge's
     refusal rate in the reasoning trace and in the final answer (95% intervals: ``outcome_cell``), and the
@@ -285,6 +301,7 @@ def judge_table(rows: Sequence) -> str:
     sets = [
         ("harmful", "harmful"),
         ("xstest_unsafe", "XSTest unsafe"),
+        ("donotanswer", "Do-Not-Answer"),
         ("harmless", "harmless"),
         ("xstest", "XSTest safe"),
     ]
@@ -314,8 +331,15 @@ def judge_table(rows: Sequence) -> str:
     return markdown_table(head, cells)
 
 
-def study_report(rows: Sequence, targets: Sequence, paired: Sequence, seconds: dict[str, float]) -> str:
-    """``report.md``: the evaluation table, prompt counts, targets, paired tests and time per stage."""
+def study_report(
+    rows: Sequence,
+    targets: Sequence,
+    paired: Sequence,
+    seconds: dict[str, float],
+    categories: dict[str, Sequence[str | None]] | None = None,
+) -> str:
+    """``report.md``: the evaluation table, prompt counts, refusal per category of the sets in
+    ``categories`` (Do-Not-Answer's risk areas), targets, paired tests and time per stage."""
     lines = ["# Restoration study", "", results_table(rows), ""]
     sizes = rows[0].n if rows else {}
     lines += ["Prompts: " + ", ".join(f"{name} {n}" for name, n in sizes.items()) + ".", ""]
@@ -327,6 +351,8 @@ def study_report(rows: Sequence, targets: Sequence, paired: Sequence, seconds: d
         else "Rates: one answer per prompt judged on every prompt, with Wilson 95% intervals.",
         "",
     ]
+    for name, labels in (categories or {}).items():
+        lines += [f"## Refusal by category: {name}", "", category_table(rows, labels, name), ""]
     if any(row.parts for row in rows):
         lines += ["## Reasoning trace and final answer", "", parts_table(rows), ""]
     if any(row.judges for row in rows):
