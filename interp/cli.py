@@ -344,12 +344,17 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_run(args) -> None:
-    """The whole study on the default pair: organism -> analysis -> restoration + baselines -> evaluation."""
+    """The whole study: organism (or the user's pair) -> analysis -> restoration + baselines -> evaluation."""
     from .analyze import layer_table
+    from .core.prompts import parse_spec
+    from .organism import resolve_model_name
     from .report.tables import results_table
     from .study import run_default
 
     _check_out(args.out, "report.json", "metrics.json")
+    _check_device(args)
+    task = parse_spec(args.task, 0) if args.task else None
+    own = (args.base, args.finetuned) != ("organism:base", "organism:finetuned")
     run = run_default(
         args.out,
         size="full" if args.full else "look",
@@ -361,6 +366,11 @@ def cmd_run(args) -> None:
         reuse_analysis=args.skip_analysis,
         judges=tuple(args.judge),
         recipe_name=args.recipe,
+        refusal_tokens=_ints(args.refusal_tokens, "--refusal-tokens") or None,
+        base=resolve_model_name(args.base) if own else None,
+        finetuned=resolve_model_name(args.finetuned) if own else None,
+        task=task,
+        load_options=_model_options(args),
     )
     _write_config(args, run.folder, run.pair)
     print(layer_table(run.analysis))
@@ -686,9 +696,9 @@ def _evaluate_parser(sub) -> None:
 def _run_parser(sub) -> None:
     p = sub.add_parser(
         "run",
-        help="the whole study on the embedded default pair",
-        description="Build or load the default pair, analyze it, export the layer map, restore "
-        "with it, train the baselines, evaluate everything and write one run folder "
+        help="the whole study, on the embedded default pair or on your own (--base, --finetuned)",
+        description="Build or load the default pair (or load yours: --base, --finetuned), analyze it, export "
+        "the layer map, restore with it, train the baselines, evaluate everything and write one run folder "
         "with report.md / report.json and figures. Without --full the evaluation is a quick look: a "
         "seeded sample of every held-out set.",
     )
@@ -714,6 +724,16 @@ def _run_parser(sub) -> None:
         help="reasoning: study the reasoning organism with the R1 chat format (trace and final answer judged apart)",
     )
     p.add_argument("--no-cache", action="store_true", help="retrain adapters and re-evaluate rows even if cached")
+    p.add_argument(
+        "--task",
+        default=None,
+        help="your task's prompts with reference answers (json/jsonl/csv with an 'answer' field; a third is held "
+        "out for task accuracy, the rest retained on); default: the built-in arithmetic problems",
+    )
+    p.add_argument(
+        "--refusal-tokens", default="", help="comma-separated token ids (default: read off the base's refusals)"
+    )
+    _add_pair_options(p)
     _add_restore_options(p)
     p.set_defaults(func=cmd_run)
 

@@ -31,37 +31,36 @@ from typing import Any
 from . import distributed
 from .errors import OutputExistsError
 
-
-def cache_root() -> Path:
-    """The suite's cache folder: ``$INTERP_CACHE``, or ``~/.cache/interp``."""
-    root = Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp")).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-# Bumped when the meaning of the keys changes (2: model fingerprints no longer hash the transformers
+# Bumped when the meaning of cache keys changes (2: model fingerprints no longer hash the transformers
 # version, the folder or other metadata of a config). Entries made under another scheme are never served
 # (their keys differ); the first process that meets such a cache says so once and stamps it.
 CACHE_SCHEME = 2
-_scheme_noted = False
+_scheme_checked: set[Path] = set()
 
 
-def note_cache_scheme() -> None:
-    """Once per process: if the cache holds entries from an earlier key scheme, say in one line on stderr
-    that they will be rebuilt as they are needed; then stamp the cache with ``CACHE_SCHEME``."""
-    global _scheme_noted
-    if _scheme_noted:
-        return
-    _scheme_noted = True
-    root = cache_root()
+def cache_root() -> Path:
+    """The suite's cache folder: ``$INTERP_CACHE``, or ``~/.cache/interp`` (``check_cache_scheme`` on
+    first use in a process)."""
+    root = Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp")).expanduser()
+    if root not in _scheme_checked:
+        _scheme_checked.add(root)
+        check_cache_scheme(root)
+    return root
+
+
+def check_cache_scheme(root: Path) -> None:
+    """Create ``root`` stamped with ``CACHE_SCHEME``; if it holds entries from an earlier key scheme, say
+    in one line on stderr that they will be rebuilt as they are needed, then stamp it."""
+    root.mkdir(parents=True, exist_ok=True)
     stamp = root / "scheme"
     found = stamp.read_text().strip() if stamp.is_file() else None
     if found == str(CACHE_SCHEME):
         return
-    if found is None and any(entry.name != "downloads" for entry in root.iterdir()):
+    if any(entry.name not in ("downloads", "scheme") and not entry.name.startswith(".") for entry in root.iterdir()):
         print(
-            f"interp: the cache {root} holds entries keyed by an earlier fingerprint scheme (it hashed the "
-            "transformers version into every model's fingerprint); they are rebuilt as they are needed",
+            f"interp: the cache {root} holds entries keyed by an earlier scheme ({found or 1}; now "
+            f"{CACHE_SCHEME}: model fingerprints no longer hash the transformers version); they are rebuilt as "
+            "they are needed",
             file=sys.stderr,
         )
     if distributed.is_main():  # a plain rename: this may run in one process only, so no barrier

@@ -37,7 +37,7 @@ import numpy as np
 from .analyze import AnalysisConfig, AnalysisPrompts, analyze
 from .core.chat import ChatFormat
 from .core.judges import check_judge_spec
-from .core.models import LoadedModel, ModelPair
+from .core.models import LoadedModel, ModelPair, load_pair
 from .core.prompts import PromptSet
 from .core.sources import default_model_path, save_hf_folder
 from .errors import ConfigError
@@ -47,7 +47,7 @@ from .io import Stopwatch, atomic_dir, atomic_write_json, atomic_write_text, cac
 from .measures.causal import steering_edits, steering_key
 from .measures.layer_map import LayerMap
 from .measures.result import AnalysisResult
-from .organism import Organism, OrganismRecipe, build_organism, quick_study_prompts, study_prompts
+from .organism import Organism, OrganismRecipe, build_organism, quick_study_prompts, split_task, study_prompts
 from .report.figures import analysis_figures, study_figures, write_figures
 from .report.tables import organism_table, study_report
 from .training.lora import apply_adapter, save_adapter
@@ -432,7 +432,7 @@ class DefaultRun:
     """Everything ``run_default`` made, in memory; ``folder`` holds the same on disk."""
 
     folder: Path
-    organism: Organism
+    organism: Organism | None  # None for a user's own pair
     pair: ModelPair
     analysis: AnalysisResult
     study: StudyResult
@@ -458,10 +458,15 @@ def run_default(
     reuse_analysis: bool = False,
     judges: tuple[str, ...] = (),
     recipe_name: str = "default",
+    refusal_tokens: tuple[int, ...] | None = None,
+    base: str | None = None,
+    finetuned: str | None = None,
+    task: PromptSet | None = None,
+    load_options: dict | None = None,
     progress: bool = True,
     log=print,
 ) -> DefaultRun:
-    """The whole study on the embedded default pair, into the run folder ``out``.
+    """The whole study on the embedded default pair, or on a user's own pair, into the run folder ``out``.
 
     Builds (or loads) the organism, analyzes it (no generation check: the study's steering row measures
     the same intervention on the suite), restores with the layer map, trains the baselines, evaluates
@@ -478,6 +483,13 @@ def run_default(
     (``EvalConfig.judges``). ``recipe_name="reasoning"`` studies the reasoning organism
     (``OrganismRecipe.reasoning``) with the R1 chat format everywhere: its traces and final answers are
     judged apart. Each stage logs a line with its time.
+
+    ``base`` and ``finetuned`` (a hub id, a local folder or a GGUF file; both or neither) study a user's
+    own pair instead of the organism, loaded with ``load_options`` (``load_model``'s dtype, device, ...)
+    and checked to be comparable before any work, with the same prompts, budgets and settings.
+    ``refusal_tokens``: the first tokens of a refusal (default: read off the base's refusals).
+    ``task``: the user's task prompts with reference answers in place of the arithmetic problems
+    (``split_task``: a third held out for the task accuracy, the rest retained on).
     """
     if size not in RUN_SIZES:
         raise ConfigError(f"size must be one of {', '.join(RUN_SIZES)}, got {size!r}")
@@ -487,24 +499,35 @@ def run_default(
         raise ConfigError(f"limit must be >= 1 (or None for every prompt), got {limit}")
     for spec in judges:
         check_judge_spec(spec, resolve=True)
+    if (base is None) != (finetuned is None):
+        raise ConfigError("give both a base and a fine-tuned model, or neither (the default pair)")
+    if base is not None and recipe_name != "default":
+        raise ConfigError(f"the recipe {recipe_name!r} names an organism; it cannot apply to a pair of your own")
+    if task is not None:
+        split_task(task)  # checked before any work
     smoke = size == "smoke"
     out = Path(out)
     watch = Stopwatch(log=lambda line: log(f"== {line}"))
-    with watch("default model"):  # fetched and converted on first use
-        default_model_path()
+    if base is None:
+        with watch("default model"):  # fetched and converted on first use
+            default_model_path()
     with watch("pair"):
         if recipe_name == "reasoning":
             recipe = OrganismRecipe.reasoning(quick=smoke)
         else:
             recipe = OrganismRecipe.quick() if smoke else OrganismRecipe()
         chat, budgets = recipe.chat, recipe.evaluation
-        organism = build_organism(recipe, progress=progress, log=log)
-        log(
-            organism_table(organism.manifest)
-            + (f"\n({organism.manifest['metrics_note']})" if "metrics_note" in organism.manifest else "")
-        )
-        pair = organism.load_pair()
-        harmful, retain, suite = quick_study_prompts(recipe) if smoke else study_prompts(recipe)
+        if base is None:
+            organism = build_organism(recipe, progress=progress, log=log)
+            log(
+                organism_table(organism.manifest)
+                + (f"\n({organism.manifest['metrics_note']})" if "metrics_note" in organism.manifest else "")
+            )
+            pair = organism.load_pair(**(load_options or {}))
+        else:  # a user's pair: the organism recipe gives only the prompt draws and budgets
+            organism, pair = None, load_pair(base, finetuned, **(load_options or {}))
+            log(f"pair: {pair.base.name} -> {pair.finetuned.name}")
+        harmful, retain, suite = quick_study_prompts(recipe, task) if smoke else study_prompts(recipe, task=task)
         if size == "look":
             suite = suite.sample(LOOK_SIZES, seed=recipe.evaluation.seed)
         if limit is not None:
@@ -516,18 +539,25 @@ def run_default(
         elif smoke:
             config = AnalysisConfig(
                 k=k,
+                refusal_tokens=refusal_tokens,
                 causal_prompts=4,
                 causal_layers=tuple(range(0, pair.n_layers, 6)),
                 steer_scales=(),
                 selection_prompts=4,
             )
-            analysis = analyze(pair, out, config, AnalysisPrompts.quick(), chat=chat, progress=progress, log=log)
+            prompts = AnalysisPrompts.quick()
+            if task is not None:
+                prompts = replace(prompts, task=split_task(task)[0].head(24))
+            analysis = analyze(pair, out, config, prompts, chat=chat, progress=progress, log=log)
         else:
+            prompts = AnalysisPrompts.held_out_for_organism()
+            if task is not None:
+                prompts = replace(prompts, task=split_task(task)[0])
             analysis = analyze(
                 pair,
                 out,
-                AnalysisConfig(k=k, steer_scales=()),
-                AnalysisPrompts.held_out_for_organism(),
+                AnalysisConfig(k=k, steer_scales=(), refusal_tokens=refusal_tokens),
+                prompts,
                 chat=chat,
                 progress=progress,
                 log=log,
@@ -563,7 +593,7 @@ def run_default(
     )
     with watch("figures"):
         figures = _figures(out, analysis, study)
-    first = {stage: watch.seconds[stage] for stage in ("default model", "pair", "analysis")}
+    first = {stage: watch.seconds[stage] for stage in ("default model", "pair", "analysis") if stage in watch.seconds}
     seconds = first | study.seconds | {"figures": watch.seconds["figures"]}
     return DefaultRun(out, organism, pair, analysis, study, figures, seconds)
 

@@ -182,3 +182,35 @@ def test_restore_with_the_safereact_preset_needs_no_layer_map(folders, capsys):
     assert stats["layers"] == [0, 1, 2, 3] and stats["alignment_layers"] == [3]
     assert main(["restore", "--base", base, "--finetuned", ft, "--out", str(tmp / "no-map")]) == 2
     assert "--layer-map is required" in capsys.readouterr().err
+
+
+def test_the_whole_study_runs_on_a_pair_of_ones_own(folders, tmp_path, capsys):
+    """`interp run --base X --finetuned Y --task FILE`: analysis, restoration and baselines, evaluation and
+    report on a user's pair of folders, with their own task prompts (a third held out for task accuracy)."""
+    base, ft, tmp = folders
+    task = [{"instruction": f"What is {a} plus {a + 3}?", "answer": str(2 * a + 3)} for a in range(30)]
+    (tmp_path / "task.json").write_text(json.dumps(task))
+    argv = ["run", "--base", base, "--finetuned", ft, "--task", str(tmp_path / "task.json")]
+    argv += ["--limit", "3", "--steps", "2", "--batch-size", "4", "--k", "2", "--refusal-tokens", "5"]
+    argv += ["--out", str(tmp / "study")]
+    assert main(argv) == 0
+    report = json.loads((tmp / "study" / "report.json").read_text())
+    names = [m["name"] for m in report["models"]]
+    assert names[:3] == ["base", "finetuned", "restored (ranked top-2)"] and "steering" in " ".join(names)
+    held_out = report["prompts"]["evaluation"]["task"]
+    assert held_out == 3 and report["prompts"]["restore_retain"]["n"] > 0
+    layer_map = json.loads((tmp / "study" / "layer_map.json").read_text())
+    assert (layer_map["base_model"], layer_map["finetuned_model"]) == (base, ft)
+    assert (tmp / "study" / "adapter" / "adapter_config.json").exists()
+    assert "Do-Not-Answer refusal" in (tmp / "study" / "report.md").read_text()
+
+
+def test_a_run_on_ones_own_pair_checks_its_task_file_before_any_work(folders, tmp_path, capsys):
+    base, ft, tmp = folders
+    (tmp_path / "task.json").write_text(json.dumps([{"instruction": "What is 1 plus 1?"}] * 2))
+    one_line_error(
+        capsys,
+        ["run", "--base", base, "--finetuned", ft, "--task", str(tmp_path / "task.json"), "--out", str(tmp / "x")],
+        "every prompt needs a reference answer",
+    )
+    assert not (tmp / "x").exists()

@@ -124,7 +124,9 @@ def test_a_frontier_trains_evaluates_and_reuses_its_adapters(saved_pair, tmp_pat
     kinds = [r.info["kind"] for r in frontier.rows]
     assert kinds == ["base", "finetuned", "ranked", "random", "random", "ranked", "random", "random", "all_layers"]
     trained = [r for r in frontier.rows if r.info["kind"] not in ("base", "finetuned")]
-    assert all(r.trainable_params > 0 and r.train_seconds > 0 for r in trained)
+    # a time is reported for every trained row (a tiny plan can train in under the 0.1 s it is rounded to)
+    assert all(r.trainable_params > 0 and r.train_seconds >= 0 for r in trained)
+    assert all(r.train_seconds == 0 for r in frontier.rows if r.info["kind"] in ("base", "finetuned"))
     assert trained[0].trainable_params * 4 == trained[-1].trainable_params  # one layer of four
     for name in ("frontier.json", "frontier.md", "figures/frontier.png", "figures/frontier.svg"):
         assert (tmp_path / "frontier" / name).exists(), name

@@ -330,3 +330,17 @@ def test_a_layer_map_with_a_huge_layer_count_is_refused_without_building_it():
             selected_layers=[0],
             alignment_layers=[0],
         )
+
+
+def test_a_cache_from_an_earlier_key_scheme_is_named_once_and_a_new_one_is_not(tmp_path, capsys):
+    from interp.io import CACHE_SCHEME, check_cache_scheme
+
+    check_cache_scheme(tmp_path / "new")
+    assert capsys.readouterr().err == "" and (tmp_path / "new" / "scheme").read_text() == f"{CACHE_SCHEME}\n"
+    old = tmp_path / "old"
+    (old / "answers").mkdir(parents=True)  # an entry of a cache made before the stamp existed
+    check_cache_scheme(old)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "earlier scheme" in err[0] and "rebuilt" in err[0]
+    check_cache_scheme(old)
+    assert capsys.readouterr().err == ""

@@ -18,7 +18,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import ConfigError, ModelLoadError, ModelMismatchError
-from ..io import note_cache_scheme
 from .bridge import BRIDGE_KEY_PART, boot_bridge
 from .sources import hub_error, resolve_source
 
@@ -153,7 +152,6 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     forward pass (``rope_theta``, ``rms_norm_eps``, ...) changes it; the same weights give the same
     fingerprint wherever they were saved or loaded, under any transformers version, and with or without
     a bridge booted on the model."""
-    note_cache_scheme()
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
