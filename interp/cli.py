@@ -124,6 +124,14 @@ def _model_options(args) -> dict:
     }
 
 
+RESTORE_FLAGS = ("steps", "lr", "batch_size", "teacher", "distance", "retain_scale", "rank", "alpha", "seed")
+
+
+def _restore_flags(args) -> dict:
+    """The restoration options given on the command line (or in ``--config``)."""
+    return {name: getattr(args, name) for name in RESTORE_FLAGS if getattr(args, name, None) is not None}
+
+
 def _restore_config(args):
     """``RestoreConfig`` from the flags given, over the ``--preset``'s settings (or the defaults)."""
     from dataclasses import replace
@@ -132,8 +140,7 @@ def _restore_config(args):
 
     preset = getattr(args, "preset", None)
     base = PRESETS[preset].config if preset else RestoreConfig()
-    names = ("steps", "lr", "batch_size", "teacher", "distance", "retain_scale", "rank", "alpha", "seed")
-    return replace(base, **{name: getattr(args, name) for name in names if getattr(args, name) is not None})
+    return replace(base, **_restore_flags(args))
 
 
 # ----------------------------------------------------------------------------- stages
@@ -353,14 +360,16 @@ def cmd_run(args) -> None:
 
     _check_out(args.out, "report.json", "metrics.json")
     _check_device(args)
+    if args.full and args.smoke:
+        raise ConfigError("--full and --smoke are two sizes of run: choose one")
     task = parse_spec(args.task, 0) if args.task else None
     own = (args.base, args.finetuned) != ("organism:base", "organism:finetuned")
     run = run_default(
         args.out,
-        size="full" if args.full else "look",
+        size="full" if args.full else "smoke" if args.smoke else "look",
         k=args.k,
         limit=args.limit,
-        restore=_restore_config(args),
+        restore=None if args.smoke and not _restore_flags(args) else _restore_config(args),  # smoke: its own
         steer_scale=args.steer_scale,
         cache=not args.no_cache,
         reuse_analysis=args.skip_analysis,
@@ -707,6 +716,12 @@ def _run_parser(sub) -> None:
         "--full",
         action="store_true",
         help="evaluate on the whole held-out suite (the README's table) instead of the quick look's sample",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest run: the reduced organism (or your pair), 8 prompts per set, 3 restoration steps: "
+        "checks that everything works end to end (CI), its numbers mean nothing",
     )
     p.add_argument("--k", type=_positive, default=3, help="layers to select for restoration")
     p.add_argument(
