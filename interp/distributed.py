@@ -27,6 +27,7 @@ On one process (a plain ``interp`` call) every function is the identity, and acc
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Sequence
 from functools import cache
@@ -44,11 +45,25 @@ def launched() -> bool:
 
 @cache
 def _state():
-    """accelerate's ``PartialState`` (it starts the process group: NCCL on GPUs, gloo on CPUs)."""
+    """accelerate's ``PartialState`` (it starts the process group: NCCL on GPUs, gloo on CPUs), with the
+    group destroyed at exit (``_close``)."""
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
+    atexit.register(_close)
+    return state
+
+
+def _close() -> None:
+    """Destroy the process group while the interpreter is still whole. Left to interpreter finalization,
+    gloo's worker threads can still hold work with tensors in it, and a process that finishes first (a
+    loaded machine makes that likely) aborts with "terminate called without an active exception"
+    (pytorch/pytorch#190489 and #179291)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world() -> int:
