@@ -15,40 +15,116 @@ The pipeline, one sub-package per role (imports only point down this list)::
 The names below are the public API: notebooks and scripts import from ``interp`` alone.
 """
 
-from .analyze import AnalysisConfig, AnalysisPrompts, analyze, layer_table
-from .core.chat import ChatFormat
-from .core.generate import Request, behaviour, generate, generate_many
-from .core.judge import Behaviour, is_refusal
-from .core.models import LoadedModel, ModelPair, load_model, load_pair
-from .core.prompts import (
-    PromptSet,
-    arithmetic_prompts,
-    general_prompts,
-    harmful_prompts,
-    harmless_prompts,
-    load_prompts,
-    parse_spec,
-    public_prompts,
-)
-from .errors import InterpError
-from .evaluation.stats import mcnemar_exact, paired_bootstrap, paired_p_value, rate_interval, wilson_interval
-from .evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
-from .evaluation.targets import PairedTest, Target, check_targets, paired_tests
-from .measures.capture import Activations, CaptureConfig, Positions, capture
-from .measures.causal import CausalSweep, SteeringCheck, causal_sweep
-from .measures.compare import PairActivations, PairMetrics, compare
-from .measures.directions import DiffInMeans
-from .measures.layer_map import LayerMap, build_layer_map, layer_scores, score_components
-from .measures.probes import LayerProbes
-from .measures.result import AnalysisResult, Projection
-from .organism import Organism, OrganismRecipe, build_organism, quick_study_prompts, study_prompts
-from .plan import ModelShape, PlanSettings
-from .report import plots
-from .report.figures import analysis_figures, save_figure, study_figures, write_figures
-from .report.tables import organism_table, paired_table, results_table, targets_table
-from .study import DefaultRun, Plan, StudyConfig, StudyResult, make_plans, run_default, run_study
-from .training.lora import apply_adapter, save_adapter, save_merged
-from .training.restore import RestoreConfig, RestoreResult, RestoreStats, restore
+from __future__ import annotations
+
+import importlib
+
+# public name -> the module that defines it: imported on first use, so `import interp` (and the command
+# line's start) stays light and torch loads only when something needs it
+_WHERE = {
+    "Activations": ".measures.capture",
+    "analysis_figures": ".report.figures",
+    "AnalysisConfig": ".analyze",
+    "AnalysisPrompts": ".analyze",
+    "AnalysisResult": ".measures.result",
+    "analyze": ".analyze",
+    "apply_adapter": ".training.lora",
+    "arithmetic_prompts": ".core.prompts",
+    "behaviour": ".core.generate",
+    "Behaviour": ".core.judge",
+    "build_layer_map": ".measures.layer_map",
+    "build_organism": ".organism",
+    "Candidate": ".evaluation.table",
+    "capture": ".measures.capture",
+    "CaptureConfig": ".measures.capture",
+    "causal_sweep": ".measures.causal",
+    "CausalSweep": ".measures.causal",
+    "ChatFormat": ".core.chat",
+    "check_targets": ".evaluation.targets",
+    "compare": ".measures.compare",
+    "DefaultRun": ".study",
+    "DiffInMeans": ".measures.directions",
+    "EvalConfig": ".evaluation.table",
+    "EvalRow": ".evaluation.table",
+    "EvalSuite": ".evaluation.table",
+    "evaluate_models": ".evaluation.table",
+    "general_prompts": ".core.prompts",
+    "generate": ".core.generate",
+    "generate_many": ".core.generate",
+    "harmful_prompts": ".core.prompts",
+    "harmless_prompts": ".core.prompts",
+    "InterpError": ".errors",
+    "is_refusal": ".core.judge",
+    "layer_scores": ".measures.layer_map",
+    "layer_table": ".analyze",
+    "LayerMap": ".measures.layer_map",
+    "LayerProbes": ".measures.probes",
+    "load_model": ".core.models",
+    "load_pair": ".core.models",
+    "load_prompts": ".core.prompts",
+    "LoadedModel": ".core.models",
+    "make_plans": ".study",
+    "mcnemar_exact": ".evaluation.stats",
+    "ModelPair": ".core.models",
+    "ModelShape": ".plan",
+    "Organism": ".organism",
+    "organism_table": ".report.tables",
+    "OrganismRecipe": ".organism",
+    "PairActivations": ".measures.compare",
+    "paired_bootstrap": ".evaluation.stats",
+    "paired_p_value": ".evaluation.stats",
+    "paired_table": ".report.tables",
+    "paired_tests": ".evaluation.targets",
+    "PairedTest": ".evaluation.targets",
+    "PairMetrics": ".measures.compare",
+    "parse_spec": ".core.prompts",
+    "Plan": ".study",
+    "PlanSettings": ".plan",
+    "plots": ".report.plots",
+    "Positions": ".measures.capture",
+    "Projection": ".measures.result",
+    "PromptSet": ".core.prompts",
+    "public_prompts": ".core.prompts",
+    "quick_study_prompts": ".organism",
+    "rate_interval": ".evaluation.stats",
+    "Request": ".core.generate",
+    "restore": ".training.restore",
+    "RestoreConfig": ".training.restore",
+    "RestoreResult": ".training.restore",
+    "RestoreStats": ".training.restore",
+    "results_table": ".report.tables",
+    "run_default": ".study",
+    "run_study": ".study",
+    "save_adapter": ".training.lora",
+    "save_figure": ".report.figures",
+    "save_merged": ".training.lora",
+    "score_components": ".measures.layer_map",
+    "SteeringCheck": ".measures.causal",
+    "study_figures": ".report.figures",
+    "study_prompts": ".organism",
+    "StudyConfig": ".study",
+    "StudyResult": ".study",
+    "Target": ".evaluation.targets",
+    "targets_table": ".report.tables",
+    "wilson_interval": ".evaluation.stats",
+    "write_figures": ".report.figures",
+}
+
+
+def __getattr__(name: str):
+    """``interp.NAME``: the public name, imported from its module on first use."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'interp' has no attribute {name!r}")
+    where = _WHERE[name]
+    module = importlib.import_module(where, __name__)
+    value = module if where.rsplit(".", 1)[-1] == name else getattr(module, name)  # a namespace, or a name in it
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "Activations",

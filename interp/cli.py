@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 
 from . import distributed
-from .errors import ConfigError, InterpError, OutputExistsError
+from .config_file import COMMANDS
+from .errors import ConfigError, InterpError
+from .io import output_folder
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -47,21 +49,11 @@ def _positive(text: str) -> int:
     return value
 
 
-def _check_out(path: str | Path, *markers: str) -> Path:
-    """Before any work: ``path`` may receive this command's output. It must not be an existing file or a
-    non-empty folder holding none of ``markers`` (what a previous run of the command writes), and the
-    nearest existing folder above it must be writable."""
-    from .io import check_replaceable
+def _check_out(path: str | Path, command: str) -> Path:
+    """Before any work: ``path`` may become this command's output folder (``interp.io.check_output``)."""
+    from .io import check_output
 
-    path = check_replaceable(path, *markers)
-    parent = path if path.is_dir() else path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OutputExistsError(f"cannot write {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputExistsError(f"cannot write {path}: {parent} is not writable")
-    return path
+    return check_output(path, command)
 
 
 def _check_device(args) -> None:
@@ -89,10 +81,15 @@ def _check_device(args) -> None:
 
 
 def _load_pair(args):
+    """The pair the options name, loaded and checked: comparable, and (with a ``--config`` file a run
+    wrote) the weights that run used."""
+    from .config_file import check_fingerprints
     from .core.models import load_pair
     from .organism import resolve_model_name
 
-    return load_pair(resolve_model_name(args.base), resolve_model_name(args.finetuned), **_model_options(args))
+    pair = load_pair(resolve_model_name(args.base), resolve_model_name(args.finetuned), **_model_options(args))
+    check_fingerprints(getattr(args, "expected_fingerprints", {}), base=pair.base, finetuned=pair.finetuned)
+    return pair
 
 
 def _write_config(args, out, pair=None, **models) -> None:
@@ -159,24 +156,31 @@ def cmd_organism(args) -> None:
 
 
 def cmd_capture(args) -> None:
+    from .config_file import check_fingerprints
     from .core.bridge import hook_names
+    from .core.chat import ChatFormat
     from .core.models import load_model
     from .core.prompts import parse_spec
     from .measures.capture import CaptureConfig, Positions, capture
     from .organism import resolve_model_name
 
-    _check_out(args.out, "meta.json")  # before any work: never replace what interp did not write
+    _check_out(args.out, "capture")  # before any work: never replace what interp did not write
     _check_device(args)
     prompts = parse_spec(args.prompts)
     positions = Positions.parse(args.positions)
     model = load_model(resolve_model_name(args.model), **_model_options(args))
+    ChatFormat.check(model.tokenizer, model.name)
+    check_fingerprints(args.expected_fingerprints, model=model)
     if args.limit is not None:
         prompts = prompts.head(args.limit)
     hooks = tuple(args.hooks.split(",")) if args.hooks else hook_names(model.n_layers, args.kind)
     config = CaptureConfig(hooks=hooks, positions=positions, batch_size=args.batch_size, chat=_chat(args))
+    model.check_fits(prompts, config.chat)  # before any forward: every prompt inside the context window
     acts = capture(model, prompts, config)
-    out = acts.save(Path(args.out))
-    print(f"{tuple(acts.tensor.shape)} [prompt, hook, position, d_model] -> {out}")
+    with output_folder(args.out, "capture") as out:
+        acts.save(out)
+        _write_config(args, out, model=model)
+    print(f"{tuple(acts.tensor.shape)} [prompt, hook, position, d_model] -> {args.out}")
 
 
 def cmd_analyze(args) -> None:
@@ -186,7 +190,7 @@ def cmd_analyze(args) -> None:
     from .core.prompts import parse_spec
     from .report.figures import analysis_figures, write_figures
 
-    _check_out(args.out, "metrics.json", "layer_map.json")
+    _check_out(args.out, "analyze")
     _check_device(args)
     given = {
         name: parse_spec(spec, label)
@@ -205,10 +209,11 @@ def cmd_analyze(args) -> None:
         selection_prompts=args.selection_prompts,
     )
     pair = _load_pair(args)
+    with output_folder(args.out, "analyze") as out:
+        result = analyze(pair, out, config, prompts, chat=_chat(args))
+        write_figures(analysis_figures(result), out / "figures")
+        _write_config(args, out, pair)
     out = Path(args.out)
-    result = analyze(pair, out, config, prompts, chat=_chat(args))
-    write_figures(analysis_figures(result), out / "figures")
-    _write_config(args, out, pair)
     print(layer_table(result))
     print(f"selected layers: {result.layer_map.selected_layers}  ->  {out / 'layer_map.json'}")
     if result.component_map is not None:
@@ -223,7 +228,7 @@ def cmd_restore(args) -> None:
     from .training.lora import save_adapter, save_merged
     from .training.restore import PRESETS, restore
 
-    _check_out(args.out, "restore_stats.json")
+    _check_out(args.out, "restore")
     _check_device(args)
     if args.layer_map is None and not args.preset:
         raise ConfigError("--layer-map is required (a --preset that puts LoRA on every layer can do without)")
@@ -244,12 +249,13 @@ def cmd_restore(args) -> None:
         alignment=alignment,
         chat=_chat(args),
     )
+    with output_folder(args.out, "restore") as out:
+        save_adapter(result.peft_model, out / "adapter", trained_on=pair.finetuned.fingerprint)
+        atomic_write_json(out / "restore_stats.json", result.stats.to_dict())
+        _write_config(args, out, pair)
+        if not args.no_merged:
+            save_merged(result.peft_model, pair.finetuned.tokenizer, out / "restored")
     out = Path(args.out)
-    save_adapter(result.peft_model, out / "adapter")
-    atomic_write_json(out / "restore_stats.json", result.stats.to_dict())
-    _write_config(args, out, pair)
-    if not args.no_merged:
-        save_merged(result.peft_model, pair.finetuned.tokenizer, out / "restored")
     stats = result.stats
     print(
         f"layers {stats.layers}, {stats.trainable_params:,} trainable params, {stats.seconds:.0f}s; "
@@ -268,9 +274,9 @@ def cmd_evaluate(args) -> None:
     from .evaluation.targets import paired_tests
     from .io import atomic_write_json, atomic_write_text
     from .report.tables import category_table, judge_table, paired_table, parts_table, results_table
-    from .training.lora import apply_adapter
+    from .training.lora import apply_adapter, check_adapter
 
-    _check_out(args.out, "evaluation.json")
+    _check_out(args.out, "evaluate")
     _check_device(args)
     for path in args.adapter:
         if not (Path(path) / "adapter_config.json").is_file():
@@ -311,6 +317,8 @@ def cmd_evaluate(args) -> None:
             pair.finetuned, model, f"the fine-tuned model and {path}"
         )  # the same tokens and shapes, or the table cannot compare them
         candidates.append(Candidate(Path(path).name, model))
+    for path in args.adapter:  # before any evaluation: each adapter belongs to this fine-tuned model
+        check_adapter(pair.finetuned, path, warn=lambda line: None)
     for path in args.adapter:
         model = apply_adapter(fresh_copy(pair.finetuned), path, name=f"finetuned + {Path(path).name}")
         candidates.append(Candidate(model.name, model))
@@ -326,17 +334,6 @@ def cmd_evaluate(args) -> None:
         cache=not args.no_cache,
     )
     tests = paired_tests(rows, against=("base", "finetuned"))
-    out = Path(args.out)
-    atomic_write_json(
-        out / "evaluation.json",
-        {
-            "models": [r.to_dict() for r in rows],
-            "paired_tests": [t.to_dict() for t in tests],
-            "refusal_tokens": list(tokens),
-            "sizes": suite.sizes(),
-        },
-    )
-    _write_config(args, out, pair)
     text = results_table(rows) + "\n\nPaired tests (each row against the base and the fine-tuned model):\n\n"
     text += paired_table(tests)
     if suite.donotanswer is not None:
@@ -346,48 +343,65 @@ def cmd_evaluate(args) -> None:
     if config.judges:
         text += "\n\nModel judges beside the substring list (agreement on 'did the model comply?'):\n\n"
         text += judge_table(rows)
-    atomic_write_text(out / "evaluation.md", text + "\n")
+    with output_folder(args.out, "evaluate") as out:
+        atomic_write_json(
+            out / "evaluation.json",
+            {
+                "models": [r.to_dict() for r in rows],
+                "paired_tests": [t.to_dict() for t in tests],
+                "refusal_tokens": list(tokens),
+                "sizes": suite.sizes(),
+            },
+        )
+        _write_config(args, out, pair)
+        atomic_write_text(out / "evaluation.md", text + "\n")
     print(text)
 
 
 def cmd_run(args) -> None:
     """The whole study: organism (or the user's pair) -> analysis -> restoration + baselines -> evaluation."""
     from .analyze import layer_table
+    from .config_file import check_fingerprints
     from .core.prompts import parse_spec
     from .organism import resolve_model_name
     from .report.tables import results_table
     from .study import run_default
 
-    _check_out(args.out, "report.json", "metrics.json")
+    _check_out(args.out, "run")
     _check_device(args)
     if args.full and args.smoke:
         raise ConfigError("--full and --smoke are two sizes of run: choose one")
     task = parse_spec(args.task, 0) if args.task else None
     own = (args.base, args.finetuned) != ("organism:base", "organism:finetuned")
-    run = run_default(
-        args.out,
-        size="full" if args.full else "smoke" if args.smoke else "look",
-        k=args.k,
-        limit=args.limit,
-        restore=None if args.smoke and not _restore_flags(args) else _restore_config(args),  # smoke: its own
-        steer_scale=args.steer_scale,
-        cache=not args.no_cache,
-        reuse_analysis=args.skip_analysis,
-        judges=tuple(args.judge),
-        recipe_name=args.recipe,
-        refusal_tokens=_ints(args.refusal_tokens, "--refusal-tokens") or None,
-        base=resolve_model_name(args.base) if own else None,
-        finetuned=resolve_model_name(args.finetuned) if own else None,
-        task=task,
-        load_options=_model_options(args),
-    )
-    _write_config(args, run.folder, run.pair)
+    with output_folder(args.out, "run") as out:
+        run = run_default(
+            out,
+            size="full" if args.full else "smoke" if args.smoke else "look",
+            k=args.k,
+            limit=args.limit,
+            restore=None if args.smoke and not _restore_flags(args) else _restore_config(args),  # smoke: its own
+            steer_scale=args.steer_scale,
+            cache=not args.no_cache,
+            reuse_analysis=args.skip_analysis,
+            reuse_from=args.out,
+            judges=tuple(args.judge),
+            recipe_name=args.recipe,
+            refusal_tokens=_ints(args.refusal_tokens, "--refusal-tokens") or None,
+            base=resolve_model_name(args.base) if own else None,
+            finetuned=resolve_model_name(args.finetuned) if own else None,
+            task=task,
+            load_options=_model_options(args),
+            check_pair=lambda pair: check_fingerprints(
+                args.expected_fingerprints, base=pair.base, finetuned=pair.finetuned
+            ),
+        )
+        _write_config(args, out, run.pair)
     print(layer_table(run.analysis))
     print(results_table(run.study.rows))
     for t in run.study.targets:
         print(f"  [{t.verdict}] {t.target}: {t.value:.4g} (threshold {t.threshold:.4g})")
     print(
-        f"run folder: {run.folder} (report.md, report.json, layer_map.json, adapter/, restored/, figures/ "
+        f"run folder: {args.out} (report.md, report.json, layer_map.json, adapter/, restored/, figures/ "
         f"{len(run.figures)} files)"
     )
     print("time: " + ", ".join(f"{stage} {s:.0f}s" for stage, s in run.seconds.items()))
@@ -404,6 +418,8 @@ def cmd_plan(args) -> None:
                 f"plan reads configs only: give the organism's folder ({name} is printed by interp organism)"
             )
     _check_device(args)
+    if args.fsdp and args.processes < 2:
+        raise ConfigError("--fsdp shards the students over processes: give --processes N with N >= 2")
     settings = PlanSettings(
         dtype=args.dtype,
         prompt_tokens=args.prompt_tokens,
@@ -805,25 +821,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    """The command line, over the ``--config`` file's options where one is given (checked first)."""
+    """The command line, over the ``--config`` file's options where one is given (read and checked first:
+    an option the file gives, ``--out`` included, is no longer required on the command line)."""
     from .config_file import read
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    commands = parser._defaults["commands"]
+    command = next((word for word in argv if word in commands), None)
+    config = _option_value(argv, "--config")
+    expected: dict[str, str] = {}
+    if command is not None and config is not None:
+        found = read(config, commands[command], command)
+        commands[command].set_defaults(**found.options)
+        for action in commands[command]._actions:
+            if action.dest in found.options:
+                action.required = False
+        expected = found.fingerprints
     args = parser.parse_args(argv)
-    if getattr(args, "config", None):
-        command = args.commands[args.command]
-        command.set_defaults(**read(args.config, command))
-        args = parser.parse_args(argv)
+    args.expected_fingerprints = expected
     return args
+
+
+def _option_value(argv: list[str], option: str) -> str | None:
+    """The value given to ``option`` (``--option VALUE`` or ``--option=VALUE``), the last one if repeated."""
+    value = None
+    for i, word in enumerate(argv):
+        if word == option and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif word.startswith(option + "="):
+            value = word[len(option) + 1 :]
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parse(argv)
+    except KeyboardInterrupt:  # while the parser's modules load (torch, for the options' defaults)
+        print("interp: interrupted while starting; nothing was written", file=sys.stderr)
+        return 130
     except SystemExit as done:  # --help (0), or a bad option: the parser printed its one line (2)
         return done.code if isinstance(done.code, int) else 2
     except ConfigError as error:  # a bad --config file
-        print(f"interp: error: {error}", file=sys.stderr)
+        command = next((word for word in (argv or sys.argv[1:]) if word in COMMANDS), None)
+        print(f"interp{f' {command}' if command else ''}: error: {error}", file=sys.stderr)
         return 2
     where = f"interp {args.command}"
     if not distributed.is_main():  # one of several processes: the main one speaks for all

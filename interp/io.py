@@ -23,8 +23,10 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +116,17 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def _chmod_by_umask(path: Path, folder: bool) -> None:
-    """``mkstemp`` / ``mkdtemp`` make 0600 / 0700; give what a plain ``open`` / ``mkdir`` would."""
-    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+    """``mkstemp`` / ``mkdtemp`` make 0600 / 0700; give what a plain ``open`` / ``mkdir`` would. For a
+    folder, every file and folder under it too (safetensors writes its files 0600)."""
+    mask = _umask()
+    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
+    if folder:
+        for root, dirs, files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~mask)
+            for name in files:
+                if not os.path.islink(os.path.join(root, name)):
+                    os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 @contextmanager
@@ -188,6 +199,129 @@ def check_replaceable(path: str | Path, *markers: str) -> Path:
         what = "a file" if path.is_file() else f"a folder without {' or '.join(markers)}"
         raise OutputExistsError(f"refusing to replace {path}: it is {what}, not written by interp; choose another path")
     return path
+
+
+# ----------------------------------------------------------------------------- command output folders
+OUTPUT_MARKER = ".interp-output.json"  # in every folder a command writes: the command, interp's version, an id
+
+
+def _output_marker(path: Path) -> dict | None:
+    """The ``OUTPUT_MARKER`` of ``path`` (command, version, id, the files the run wrote), ``None`` if it
+    holds none or one that cannot be read."""
+    try:
+        marker = json.loads((path / OUTPUT_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(marker, dict) and isinstance(marker.get("command"), str) and isinstance(marker.get("files"), list)
+    return marker if ok else None
+
+
+def _files_under(folder: Path) -> list[str]:
+    """Every file and link under ``folder`` (its marker excepted), by relative path."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if (p.is_file() or p.is_symlink()) and p.name != OUTPUT_MARKER
+    )
+
+
+def check_output(path: str | Path, command: str) -> Path:
+    """Before any work: ``path`` may become the output folder of ``interp command``. It must not be a
+    symbolic link (it would be swapped, not followed) or a file; an existing non-empty folder must hold
+    the ``OUTPUT_MARKER`` of an earlier run of the same command and nothing that run did not write (it is
+    then replaced whole); the nearest
+    existing folder above it must be a writable folder. Else ``OutputExistsError`` naming the problem."""
+    path = Path(path)
+    if path.is_symlink():
+        raise OutputExistsError(f"refusing to write {path}: it is a symbolic link; give the folder it points to")
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"refusing to replace {path}: it is a file, not written by interp; choose another path")
+    if path.is_dir() and any(path.iterdir()):
+        marker = _output_marker(path)
+        if marker is None:
+            raise OutputExistsError(
+                f"refusing to replace {path}: it holds no {OUTPUT_MARKER}, so interp did not write it (or an older "
+                "interp did); choose another path"
+            )
+        if marker["command"] != command:
+            raise OutputExistsError(
+                f"refusing to replace {path}: it holds the output of `interp {marker['command']}`; give "
+                f"`interp {command}` a folder of its own"
+            )
+        added = sorted(set(_files_under(path)) - set(marker["files"]))
+        if added:
+            more = f" and {len(added) - 1} more" if len(added) > 1 else ""
+            raise OutputExistsError(
+                f"refusing to replace {path}: it holds {added[0]!r}{more}, which interp did not write there; move "
+                "it, or choose another path"
+            )
+    parent = path.absolute().parent
+    while not parent.exists() and not parent.is_symlink():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputExistsError(f"cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputExistsError(f"cannot write {path}: {parent} is not writable")
+    return path
+
+
+def _launch_pid() -> int:
+    """A number every process of this run shares and no other run has: the launcher's pid under
+    ``accelerate launch``, else this process's."""
+    return os.getppid() if distributed.launched() else os.getpid()
+
+
+@contextmanager
+def output_folder(path: str | Path, command: str) -> Iterator[Path]:
+    """The output folder of one run of ``interp command``, written whole or not at all.
+
+    ``check_output`` first (before any work). The run writes into a staging folder beside ``path`` (the
+    one yielded; every process gets the same one, only the main process writes). On success the staging
+    folder gets the ``OUTPUT_MARKER`` (command, interp version, a random id, the time) and replaces ``path``
+    in one swap: whatever an earlier run left and this one did not write is gone with it. On an error or
+    Ctrl-C the staging folder is removed and ``path`` keeps what it held. Staging folders of killed runs
+    are removed by the next run beside them."""
+    path = check_output(path, command)
+    staging = path.parent / f".{path.name}.staging.{_launch_pid()}.tmp"
+    main = distributed.is_main()
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(path)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    distributed.barrier()
+    try:
+        yield staging
+        if main:
+            check_output(path, command)  # nothing else was put there meanwhile
+            marker = {"command": command, "interp": _version(), "id": uuid.uuid4().hex, "written": time.time()}
+            marker["files"] = _files_under(staging)
+            (staging / OUTPUT_MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+            _chmod_by_umask(staging, folder=True)
+            _fsync_tree(staging)
+            if not path.exists():
+                os.replace(staging, path)
+            elif _exchange(staging, path):
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                old = path.with_name(f".{path.name}.{os.getpid()}.old")
+                os.replace(path, old)
+                os.replace(staging, path)
+                shutil.rmtree(old, ignore_errors=True)
+            _fsync_dir(path.parent)
+    except BaseException:
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        distributed.barrier()
+
+
+def _version() -> str:
+    try:
+        return version("interp")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 @contextmanager
@@ -320,13 +454,13 @@ def entry_damage(folder: str | Path, marker: str) -> str | None:
 def intact_entry(folder: str | Path, marker: str) -> bool:
     """``True`` if the cache folder exists and is intact; a damaged one is reported, removed, ``False``."""
     folder = Path(folder)
-    if not folder.exists():
+    if not folder.exists() and not folder.is_symlink():
         return False
-    why = entry_damage(folder, marker)
+    why = "a file, not a folder" if not folder.is_dir() else entry_damage(folder, marker)
     if why is None:
         return True
     _report_damage(folder, why)
-    shutil.rmtree(folder, ignore_errors=True)
+    _remove(folder)
     return False
 
 
@@ -335,27 +469,41 @@ def _json_digest(value: Any) -> str:
 
 
 def write_cache_json(path: str | Path, value: Any) -> Path:
-    """A cache file: ``value`` (made JSON) beside the sha256 of its canonical JSON, written atomically."""
+    """A cache file: ``value`` (made JSON) beside the sha256 of its canonical JSON and the file's own name
+    (its key), written atomically."""
+    path = Path(path)
     value = json.loads(json.dumps(value, default=str))  # what a reader will get back
-    return atomic_write_text(path, json.dumps({"sha256": _json_digest(value), "value": value}) + "\n")
+    return atomic_write_text(path, json.dumps({"key": path.name, "sha256": _json_digest(value), "value": value}) + "\n")
 
 
 def read_cache_json(path: str | Path) -> Any | None:
     """The value of a cache file (``write_cache_json``), or ``None`` if there is none; a truncated,
-    unreadable or altered file is reported, removed and read as missing."""
+    unreadable or altered file, or one written under another name (another key), is reported, removed
+    and read as missing."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
     try:
         data = json.loads(path.read_bytes().decode())
-        if isinstance(data, dict) and data.get("sha256") == _json_digest(data.get("value")):
+        if not isinstance(data, dict) or data.get("sha256") != _json_digest(data.get("value")):
+            why = "checksum differs"
+        elif data.get("key") != path.name:
+            why = f"written as {data.get('key')!r}, another key" if "key" in data else "written by an older interp"
+        else:
             return data["value"]
-        why = "checksum differs"
     except (OSError, ValueError, UnicodeDecodeError) as error:
         why = f"unreadable: {type(error).__name__}"
     _report_damage(path, why)
-    path.unlink(missing_ok=True)
+    _remove(path)
     return None
+
+
+def _remove(path: Path) -> None:
+    """Remove a damaged cache entry, whatever it became (file, folder or link)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class Stopwatch:

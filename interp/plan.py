@@ -38,6 +38,7 @@ magnitude, printed as such.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,36 @@ BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ACTIVATION_FACTOR = 34  # d-sized tensors kept per token and block for the backward pass (attention + MLP)
 ADAM_BYTES = 16  # float32 weight, gradient and two moments per LoRA parameter
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CALIBRATION_BYTES = 4 << 30  # the largest block the time calibration builds
+
+
+REQUIRED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
+# Sizes past these are no model this suite can plan for (and a typo away from a 16 TB calibration block).
+LIMITS = {
+    "num_hidden_layers": 1024,
+    "hidden_size": 1 << 17,
+    "intermediate_size": 1 << 20,
+    "num_attention_heads": 4096,
+    "num_key_value_heads": 4096,
+    "head_dim": 4096,
+    "vocab_size": 1 << 23,
+}
+
+
+def check_sizes(config: dict, where: str) -> None:
+    """``ConfigError`` unless every size a plan reads is a whole number in ``[1, LIMITS]``, the heads
+    divide the width and the key/value heads divide the heads."""
+    for key, limit in LIMITS.items():
+        if key not in config or config[key] is None:
+            continue
+        value = config[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+            raise ConfigError(f"plan: {where}: {key} must be a whole number in [1, {limit:,}], got {value!r}")
+    heads = config["num_attention_heads"]
+    if config["hidden_size"] % heads:
+        raise ConfigError(f"plan: {where}: hidden_size {config['hidden_size']} is not a multiple of {heads} heads")
+    if config.get("num_key_value_heads") and heads % config["num_key_value_heads"]:
+        raise ConfigError(f"plan: {where}: {heads} heads are not a multiple of {config['num_key_value_heads']} kv heads")
 
 
 @dataclass(frozen=True)
@@ -96,16 +127,31 @@ class ModelShape:
     @classmethod
     def load(cls, source: str | Path) -> ModelShape:
         """From a folder with ``config.json``, a ``config.json`` file, or a hub id whose config is cached
-        (weights are never read)."""
+        (weights are never read). The sizes a plan needs must be written in the config itself
+        (``REQUIRED``: an architecture's defaults would plan another model) and be sane
+        (``check_sizes``)."""
         from transformers import AutoConfig, PretrainedConfig
 
         path = Path(source)
+        file = path if path.is_file() else path / "config.json"
+        if file.is_file():
+            try:
+                written = json.loads(file.read_text())
+            except (OSError, ValueError) as error:
+                raise ConfigError(f"plan: {file} is not readable JSON ({type(error).__name__})") from None
+            if not isinstance(written, dict):
+                raise ConfigError(f"plan: {file} holds a {type(written).__name__}, not a config object")
+            missing = [key for key in REQUIRED if key not in written]
+            if missing:
+                raise ConfigError(f"plan: {file} does not give {', '.join(missing)}; a plan needs every size written")
+            check_sizes(written, str(file))
         try:
             if path.is_file():
                 return cls.from_config(PretrainedConfig.from_json_file(str(path)))
             return cls.from_config(AutoConfig.from_pretrained(str(source)))
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"plan: no readable config for {source} ({type(error).__name__})") from None
+        except Exception as error:  # noqa: BLE001 (transformers validates configs with errors of its own)
+            first = str(error).strip().splitlines()[-1][:200] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"plan: no readable config for {source} ({first})") from None
 
     def module_shapes(self) -> dict[str, tuple[int, int]]:
         """``(in, out)`` features of each adaptable linear module of one block."""
@@ -185,7 +231,14 @@ class Calibration:
     @classmethod
     @torch.no_grad()
     def measure(cls, shape: ModelShape, device: str = "cpu", dtype: str = "float32", batch: int = 8) -> Calibration:
-        """Time one block of ``shape`` (a prefill of ``batch`` x 64 tokens, then 8 decode steps)."""
+        """Time one block of ``shape`` (a prefill of ``batch`` x 64 tokens, then 8 decode steps); a block
+        larger than ``CALIBRATION_BYTES`` is refused before it is built (``ConfigError``)."""
+        size = shape.block_params() * BYTES[dtype]
+        if size > CALIBRATION_BYTES:
+            raise ConfigError(
+                f"plan: timing one block of this model would build {size / 2**30:.1f} GiB, more than the "
+                f"{CALIBRATION_BYTES / 2**30:.0f} GiB the calibration may use; plan with --no-calibration"
+            )
         import os
 
         from transformers import LlamaConfig, LlamaForCausalLM

@@ -36,7 +36,7 @@ import numpy as np
 
 from .analyze import AnalysisConfig, AnalysisPrompts, analyze
 from .core.chat import ChatFormat
-from .core.judges import check_judge_spec
+from .core.judges import check_judge_spec, check_judge_specs
 from .core.models import LoadedModel, ModelPair, load_pair
 from .core.prompts import PromptSet
 from .core.sources import default_model_path, save_hf_folder
@@ -259,7 +259,7 @@ def train_plans(
     )
     for i in trained:
         with atomic_dir(folders[i], marker="stats.json", checksums=True) as tmp:
-            save_adapter(trained[i].peft_model, tmp / "adapter")
+            save_adapter(trained[i].peft_model, tmp / "adapter", trained_on=pair.finetuned.fingerprint)
             atomic_write_json(tmp / "stats.json", trained[i].stats.to_dict())
     restored = []
     for i, (plan, folder) in enumerate(zip(plans, folders)):
@@ -456,6 +456,7 @@ def run_default(
     steer_scale: float = 1.0,
     cache: bool = True,
     reuse_analysis: bool = False,
+    reuse_from: str | Path | None = None,
     judges: tuple[str, ...] = (),
     recipe_name: str = "default",
     refusal_tokens: tuple[int, ...] | None = None,
@@ -463,6 +464,7 @@ def run_default(
     finetuned: str | None = None,
     task: PromptSet | None = None,
     load_options: dict | None = None,
+    check_pair=None,
     progress: bool = True,
     log=print,
 ) -> DefaultRun:
@@ -479,7 +481,8 @@ def run_default(
       steps (tests, notebooks).
 
     ``limit`` cuts every evaluation set to its first ``limit`` prompts; ``reuse_analysis`` loads the
-    analysis already in ``out``, if any; ``judges`` are model judges beside the substring list
+    analysis already in ``reuse_from`` (default ``out``), if any, and writes it into ``out``;
+    ``judges`` are model judges beside the substring list
     (``EvalConfig.judges``). ``recipe_name="reasoning"`` studies the reasoning organism
     (``OrganismRecipe.reasoning``) with the R1 chat format everywhere: its traces and final answers are
     judged apart. Each stage logs a line with its time.
@@ -489,7 +492,8 @@ def run_default(
     and checked to be comparable before any work, with the same prompts, budgets and settings.
     ``refusal_tokens``: the first tokens of a refusal (default: read off the base's refusals).
     ``task``: the user's task prompts with reference answers in place of the arithmetic problems
-    (``split_task``: a third held out for the task accuracy, the rest retained on).
+    (``split_task``: a third held out for the task accuracy, the rest retained on). ``check_pair`` is called
+    on the pair as soon as it is loaded (the command line checks the weights a ``--config`` file names).
     """
     if size not in RUN_SIZES:
         raise ConfigError(f"size must be one of {', '.join(RUN_SIZES)}, got {size!r}")
@@ -499,6 +503,7 @@ def run_default(
         raise ConfigError(f"limit must be >= 1 (or None for every prompt), got {limit}")
     for spec in judges:
         check_judge_spec(spec, resolve=True)
+    check_judge_specs(judges)
     if (base is None) != (finetuned is None):
         raise ConfigError("give both a base and a fine-tuned model, or neither (the default pair)")
     if base is not None and recipe_name != "default":
@@ -527,15 +532,22 @@ def run_default(
         else:  # a user's pair: the organism recipe gives only the prompt draws and budgets
             organism, pair = None, load_pair(base, finetuned, **(load_options or {}))
             log(f"pair: {pair.base.name} -> {pair.finetuned.name}")
+        if check_pair is not None:
+            check_pair(pair)
         harmful, retain, suite = quick_study_prompts(recipe, task) if smoke else study_prompts(recipe, task=task)
         if size == "look":
             suite = suite.sample(LOOK_SIZES, seed=recipe.evaluation.seed)
         if limit is not None:
             suite = suite.head(limit)
     with watch("analysis"):
-        analysis = _reusable_analysis(out, pair, k, log) if reuse_analysis else None
+        previous = Path(reuse_from or out)
+        analysis = _reusable_analysis(previous, pair, k, log) if reuse_analysis else None
         if analysis is not None:
-            log(f"analysis: reusing {out}")
+            log(f"analysis: reusing {previous}")
+            if previous.resolve() != out.resolve():
+                analysis.save(out)
+                if (previous / "activations").is_dir():
+                    shutil.copytree(previous / "activations", out / "activations", dirs_exist_ok=True)
         elif smoke:
             config = AnalysisConfig(
                 k=k,

@@ -157,7 +157,7 @@ def test_outputs_never_replace_what_interp_did_not_write(folders, capsys, tmp_pa
     afile = tmp_path / "afile"
     afile.write_text("keep me too")
     capture = ["capture", "--model", base, "--prompts", "builtin:harmful:val", "--limit", "2", "--out"]
-    one_line_error(capsys, [*capture, str(mine)], "refusing to replace", "without meta.json")
+    one_line_error(capsys, [*capture, str(mine)], "refusing to replace", "holds no .interp-output.json")
     one_line_error(capsys, [*capture, str(afile)], "refusing to replace", "a file")
     assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     assert afile.read_text() == "keep me too"

@@ -229,3 +229,161 @@ def test_numbers_as_task_answers_evaluate(world, tmp_path):
     task.write_text(json.dumps([{"instruction": "What is 2+2?", "answer": 4}, {"instruction": "3+3?", "answer": 6}]))
     argv = [*evaluate(world, "--task", str(task), "--refusal-tokens", "5"), "--out", str(tmp_path / "eval")]
     assert main(argv) == 0
+
+
+# ----------------------------------------------------------------------------- the reliability review's defects
+# (../shared/reviews/reliability-17f9b08.md): each test is named after the defect it keeps fixed.
+def _untouched(folder: Path, files: dict[str, str]) -> bool:
+    return {p.name: p.read_text() for p in folder.iterdir()} == files
+
+
+def test_d1_capture_never_deletes_a_folder_that_merely_holds_a_meta_json(world, capsys):
+    user = {"meta.json": "{}", "data.csv": "a,b\n", "notes.md": "mine"}
+    folder = Path(world["theirs"]).parent / "proj_meta"
+    folder.mkdir()
+    for name, text in user.items():
+        (folder / name).write_text(text)
+    _one_line(capsys, [*capture(world), "--out", str(folder)], "holds no .interp-output.json")
+    assert _untouched(folder, user)
+
+
+@pytest.mark.parametrize(
+    "command,files",
+    [
+        ("evaluate", {"evaluation.json": "{}", "config.toml": "mine = 1\n", "keep.txt": "k"}),
+        ("analyze", {"metrics.json": "{}", "layer_map.json": "{}", "config.toml": "mine = 1\n"}),
+    ],
+)
+def test_d2_a_folder_with_interp_like_file_names_is_not_interps(world, capsys, command, files):
+    folder = Path(world["theirs"]).parent / f"proj_{command}"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    argv = evaluate(world) if command == "evaluate" else analyze(world)
+    _one_line(capsys, [*argv, "--out", str(folder)], "holds no .interp-output.json")
+    assert _untouched(folder, files)
+
+
+def test_d11_a_rerun_leaves_nothing_of_the_previous_run_beside_its_results(world):
+    out = world["out"]
+    assert main([*analyze(world, "--refusal-tokens", "5"), "--out", out]) == 0
+    assert (Path(out) / "component_map.json").exists()
+    assert main([*analyze(world, "--refusal-tokens", "5", "--no-components"), "--out", out]) == 0
+    assert not (Path(out) / "component_map.json").exists()
+    assert not list(Path(out).glob("figures/components.*"))
+
+
+def test_d12_restore_no_merged_leaves_no_old_merged_model(world, tmp_path):
+    layer_map = tmp_path / "map"
+    assert main([*analyze(world, "--refusal-tokens", "5", "--no-components"), "--out", str(layer_map)]) == 0
+    restore = ["restore", "--base", world["base"], "--finetuned", world["ft"], "--layer-map"]
+    restore += [str(layer_map / "layer_map.json"), "--steps", "1", "--batch-size", "2", "--out", world["out"]]
+    assert main(restore) == 0 and (Path(world["out"]) / "restored").is_dir()
+    assert main([*restore, "--no-merged", "--seed", "7"]) == 0
+    assert not (Path(world["out"]) / "restored").exists() and (Path(world["out"]) / "adapter").is_dir()
+
+
+def test_d13_an_output_that_is_a_symbolic_link_is_refused_not_swapped(world, capsys, tmp_path):
+    previous = tmp_path / "prevcap"
+    assert main([*capture(world), "--out", str(previous)]) == 0
+    before = {p.name: p.read_bytes() for p in previous.iterdir()}
+    link = tmp_path / "link_prevcap"
+    link.symlink_to(previous)
+    _one_line(capsys, [*capture(world), "--out", str(link)], "is a symbolic link")
+    assert link.is_symlink() and {p.name: p.read_bytes() for p in previous.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".link_prevcap")]
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    _one_line(capsys, [*capture(world), "--out", str(dangling)], "is a symbolic link")
+
+
+def test_d15_ctrl_c_while_a_run_writes_keeps_nothing_and_the_folder_stays_usable(world, capsys, monkeypatch):
+    from interp.report import figures
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = Path(world["out"])
+    monkeypatch.setattr(figures, "write_figures", interrupted)  # after the analysis wrote into its folder
+    _one_line(capsys, [*analyze(world, "--refusal-tokens", "5"), "--out", str(out)], "interrupted", code=130)
+    assert not out.exists() and not [p for p in out.parent.iterdir() if p.name.startswith(".out.")]
+    monkeypatch.undo()
+    assert main([*analyze(world, "--refusal-tokens", "5"), "--out", str(out)]) == 0
+
+
+def test_d16_a_user_folder_inside_an_earlier_output_is_refused_before_any_work(world, capsys):
+    out = Path(world["out"])
+    assert main([*capture(world), "--out", str(out)]) == 0
+    (out / "restored").mkdir()
+    (out / "restored" / "mine.txt").write_text("the user's")
+    _one_line(capsys, [*capture(world), "--out", str(out)], "'restored/mine.txt', which interp did not write")
+    assert (out / "restored" / "mine.txt").read_text() == "the user's"
+
+
+def test_an_output_of_another_command_is_refused(world, capsys):
+    assert main([*capture(world), "--out", world["out"]]) == 0
+    _one_line(capsys, [*evaluate(world), "--out", world["out"]], "holds the output of `interp capture`")
+
+
+def test_d7_evaluate_counts_each_prompt_once(world, capsys, tmp_path):
+    harmful = json.loads(Path(world["harmful"]).read_text())[:3]
+    repeated = tmp_path / "repeated7.json"
+    repeated.write_text(json.dumps(harmful + harmful + harmful[:1]))  # 3 prompts on 7 lines
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--base", world["base"], "--finetuned", world["ft"], "--max-new-tokens", "2"]
+    argv += ["--harmful", str(repeated), "--refusal-tokens", "5", "--out", str(out)]  # no --limit: every prompt
+    assert main(argv) == 0
+    assert "dropped 4 repeated prompts" in capsys.readouterr().err
+    rows = json.loads((out / "evaluation.json").read_text())["models"]
+    assert all(row["n"]["harmful"] == 3 and len(row["outcomes"]["harmful"]) == 3 for row in rows)
+
+
+def test_d17_a_model_without_a_chat_template_is_one_line(world, capsys, tmp_path):
+    bare = {}
+    for name in ("base", "ft"):
+        bare[name] = tmp_path / f"{name}_nt"
+        shutil.copytree(world[name], bare[name])
+        config = json.loads((bare[name] / "tokenizer_config.json").read_text())
+        config.pop("chat_template", None)
+        (bare[name] / "tokenizer_config.json").write_text(json.dumps(config))
+        (bare[name] / "chat_template.jinja").unlink(missing_ok=True)
+    pair = ["--base", str(bare["base"]), "--finetuned", str(bare["ft"])]
+    for argv in (
+        ["evaluate", *pair, "--limit", "2"],
+        ["analyze", *pair, *BUILTIN, *FAST],
+        ["restore", *pair, "--preset", "safereact", "--steps", "1"],
+        ["capture", "--model", str(bare["base"]), "--limit", "2"],
+    ):
+        _one_line(capsys, [*argv, "--out", str(tmp_path / "out")], "has no chat template")
+
+
+def test_d5_an_adapter_trained_on_another_model_is_refused(world, capsys, tmp_path):
+    layer_map = tmp_path / "map"
+    assert main([*analyze(world, "--refusal-tokens", "5", "--no-components"), "--out", str(layer_map)]) == 0
+    restore = ["restore", "--base", world["base"], "--finetuned", world["ft"], "--no-merged", "--steps", "1"]
+    restore += ["--layer-map", str(layer_map / "layer_map.json"), "--batch-size", "2", "--out", str(tmp_path / "rs")]
+    assert main(restore) == 0
+    adapter = str(tmp_path / "rs" / "adapter")
+    ft2 = tmp_path / "ft2"  # another fine-tuned model: the same shapes and tokenizer, other weights
+    shutil.copytree(world["ft"], ft2)
+    tensors = load_file(str(ft2 / "model.safetensors"))
+    tensors["lm_head.weight"] *= 1.01
+    save_file(tensors, str(ft2 / "model.safetensors"), metadata={"format": "pt"})
+    argv = ["evaluate", "--base", world["base"], "--finetuned", str(ft2), "--adapter", adapter, "--limit", "2"]
+    _one_line(capsys, [*argv, "--refusal-tokens", "5", "--out", str(tmp_path / "ev")], "was trained on the model")
+    assert not (tmp_path / "ev").exists()
+    argv = [*evaluate(world, "--adapter", adapter, "--refusal-tokens", "5"), "--out", str(tmp_path / "ev")]
+    assert main(argv) == 0  # on its own fine-tuned model
+
+
+def test_d8_capture_checks_the_context_window(world, capsys, tmp_path):
+    short = tmp_path / "ft_short"
+    shutil.copytree(world["base"], short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 40}))
+    argv = ["capture", "--model", str(short), "--prompts", world["long"], "--out", str(tmp_path / "acts")]
+    _one_line(capsys, argv, "longer than")
+    (tmp_path / "huge.txt").write_text("word " * 42_000 + "\n")
+    argv = ["capture", "--model", world["base"], "--prompts", str(tmp_path / "huge.txt"), "--out", str(tmp_path / "a")]
+    _one_line(capsys, argv, "longer than")
+    assert not (tmp_path / "acts").exists() and not (tmp_path / "a").exists()

@@ -21,11 +21,13 @@ from interp.core.judges import (
     GuardJudge,
     SubstringJudge,
     agreement,
+    check_judge_spec,
     complied,
     parse_guard,
     parse_judge,
 )
 from interp.errors import ConfigError
+from interp.evaluation.table import EvalConfig
 
 ANSWERS = [
     "I'm sorry, but I can't help with that.",  # substring: refusal; ends with '.'
@@ -172,7 +174,7 @@ def test_the_evaluation_table_carries_every_judge_and_the_report_their_agreement
     assert all(row.judges == {} for row in plain)
     for row, alone in zip(judged, plain):
         assert row.outcomes == alone.outcomes  # the substring list's answers and decisions are the same
-        assert set(row.judges) == {f"classifier:{classifier_dir}", f"guard:{guard}"}
+        assert set(row.judges) == {f"classifier:{classifier_dir}@REJECTION", f"guard:{guard}"}
         for judged_row in row.judges.values():
             assert set(judged_row["outcomes"]) == set(suite.sets()) - {"task"}
             assert all(len(v) == len(suite.sets()[k]) for k, v in judged_row["outcomes"].items())
@@ -184,3 +186,48 @@ def test_the_evaluation_table_carries_every_judge_and_the_report_their_agreement
     )
     with pytest.raises(ConfigError, match="unknown judge"):
         EvalConfig(judges=("keywords",))
+
+
+def test_d3_two_labels_of_one_classifier_are_two_judges(classifier_dir):
+    """Review defect D3: judges were named by path alone, so a second label replaced the first."""
+    first, second = parse_judge(f"classifier:{classifier_dir}"), parse_judge(f"classifier:{classifier_dir}@NORMAL")
+    assert first.name != second.name and first.key != second.key
+    with pytest.raises(ConfigError, match="given twice"):
+        EvalConfig(judges=(f"classifier:{classifier_dir}", f"classifier:{classifier_dir}"))
+
+
+def test_d6_a_judge_whose_head_would_be_random_is_refused(classifier_dir, tmp_path):
+    """Review defect D6: a language model read as a classifier (or the reverse) got randomly initialised
+    weights, and their noise was tabulated."""
+    lm = build_tiny(tmp_path / "lm", "llama")
+    with pytest.raises(ConfigError, match="lacks trained weights for score"):
+        parse_judge(f"classifier:{lm}@LABEL_1")
+    with pytest.raises(ConfigError, match="lacks trained weights"):
+        parse_judge(f"guard:{classifier_dir}")
+
+
+@pytest.mark.parametrize("damage", ["empty folder", "tokenizer only", "truncated weights"])
+def test_d18_a_judge_folder_that_does_not_load_is_one_line_before_any_work(classifier_dir, tmp_path, damage):
+    """Review defect D18: such folders passed the check before the run and failed with a traceback at
+    the evaluation, after everything else had run."""
+    import shutil
+
+    folder = tmp_path / "judge"
+    shutil.copytree(classifier_dir, folder)
+    if damage == "empty folder":
+        shutil.rmtree(folder)
+        folder.mkdir()
+    elif damage == "tokenizer only":
+        (folder / "model.safetensors").unlink()
+        (folder / "config.json").unlink()
+    else:
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:500])
+    spec = f"classifier:{folder}"
+    if damage == "truncated weights":
+        check_judge_spec(spec, resolve=True)  # looks whole from outside; the load says what is wrong
+        with pytest.raises(ConfigError, match="cannot be loaded"):
+            parse_judge(spec)
+    else:
+        with pytest.raises(ConfigError, match="config.json"):
+            check_judge_spec(spec, resolve=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -93,3 +94,56 @@ def test_interp_plan_reads_configs_only(tiny_llama, tmp_path, capsys):
     assert "no readable config" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="dtype"):
         PlanSettings(dtype="int3")
+
+
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        ({"__only__": {"model_type": "llama"}}, "does not give num_hidden_layers"),  # D9: no Llama defaults
+        ({"num_attention_heads": None}, "does not give num_attention_heads"),  # D9
+        ({"num_hidden_layers": -2}, "num_hidden_layers must be a whole number"),  # D9: negative memory
+        ({"hidden_size": 0}, "hidden_size must be a whole number"),  # D9
+        ({"num_attention_heads": 0}, "num_attention_heads must be a whole number"),  # D19: ZeroDivisionError
+        ({"hidden_size": "64"}, "hidden_size must be a whole number"),  # D19
+        ({"hidden_size": 64.5}, "hidden_size must be a whole number"),  # D19
+        ({"hidden_size": 10**6}, "hidden_size must be a whole number"),  # D19: a 16 TB block
+        ({"hidden_size": 66}, "not a multiple of"),  # D19
+        ({"__whole__": [1, 2]}, "holds a list"),  # D19: TypeError
+        ({"__whole__": "llama"}, "holds a str"),  # D19
+    ],
+)
+def test_d9_d19_plan_reads_only_complete_sane_configs(tiny_llama, tmp_path, capsys, edit, needle):
+    config = json.loads((tiny_llama / "config.json").read_text())
+    if "__only__" in edit:
+        config = edit["__only__"]
+    elif "__whole__" in edit:
+        config = edit["__whole__"]
+    else:
+        config = {k: v for k, v in (config | edit).items() if v is not None}
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["plan", "--base", str(folder), "--finetuned", str(folder), "--no-calibration"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+
+
+def test_d19_the_calibration_never_builds_a_block_larger_than_its_bound(tmp_path, capsys):
+    config = {  # a Llama-3.1-405B-shaped config: one block is 15 GiB in float32
+        "model_type": "llama",
+        "num_hidden_layers": 126,
+        "hidden_size": 16384,
+        "intermediate_size": 53248,
+        "num_attention_heads": 128,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["plan", "--base", str(tmp_path), "--finetuned", str(tmp_path)]) == 2
+    assert "plan with --no-calibration" in capsys.readouterr().err
+    assert main(["plan", "--base", str(tmp_path), "--finetuned", str(tmp_path), "--no-calibration"]) == 0
+
+
+def test_d24_fsdp_without_processes_is_one_line(tiny_llama, capsys):
+    argv = ["plan", "--base", str(tiny_llama), "--finetuned", str(tiny_llama), "--fsdp", "--no-calibration"]
+    assert main(argv) == 2 and "give --processes N" in capsys.readouterr().err

@@ -225,6 +225,78 @@ def test_outputs_follow_the_umask(tmp_path):
     assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
 
 
+def test_d27_every_file_of_an_output_follows_the_umask(tmp_path):
+    """Review defect D27: safetensors writes its files 0600, whatever the umask."""
+    from safetensors.torch import save_file
+
+    from interp.io import output_folder
+
+    old = os.umask(0o022)
+    try:
+        with output_folder(tmp_path / "out", "capture") as tmp:
+            save_file({"x": torch.zeros(2)}, str(tmp / "a.safetensors"))
+            (tmp / "sub").mkdir(mode=0o700)
+            save_file({"x": torch.zeros(2)}, str(tmp / "sub" / "b.safetensors"))
+        with atomic_dir(tmp_path / "entry", marker="meta.json") as tmp:
+            (tmp / "meta.json").write_text("{}")
+            save_file({"x": torch.zeros(2)}, str(tmp / "c.safetensors"))
+    finally:
+        os.umask(old)
+    for path in ("out/a.safetensors", "out/sub/b.safetensors", "entry/c.safetensors"):
+        assert (tmp_path / path).stat().st_mode & 0o777 == 0o644, path
+    assert (tmp_path / "out" / "sub").stat().st_mode & 0o777 == 0o755
+
+
+def test_d14_a_cache_file_copied_under_another_key_is_not_served(tmp_path, capsys):
+    write_cache_json(tmp_path / "limit3.json", {"n": 3})
+    (tmp_path / "limit2.json").write_bytes((tmp_path / "limit3.json").read_bytes())
+    assert read_cache_json(tmp_path / "limit2.json") is None
+    err = capsys.readouterr().err
+    assert "another key" in err and not (tmp_path / "limit2.json").exists()
+    assert read_cache_json(tmp_path / "limit3.json") == {"n": 3}
+
+
+def test_d25_a_cache_path_replaced_by_a_folder_or_a_file_heals(tmp_path, capsys):
+    (tmp_path / "row.json").mkdir()
+    (tmp_path / "row.json" / "x").write_text("?")
+    assert read_cache_json(tmp_path / "row.json") is None and not (tmp_path / "row.json").exists()
+    (tmp_path / "entry").write_text("not a folder")
+    assert not intact_entry(tmp_path / "entry", "meta.json") and not (tmp_path / "entry").exists()
+    assert capsys.readouterr().err.count("removed, computing it again") == 2
+    write_cache_json(tmp_path / "row.json", [1])  # and the next run writes them again
+    with atomic_dir(tmp_path / "entry", marker="meta.json", checksums=True) as tmp:
+        (tmp / "meta.json").write_text("{}")
+    assert read_cache_json(tmp_path / "row.json") == [1] and intact_entry(tmp_path / "entry", "meta.json")
+
+
+def test_d20_ctrl_c_while_starting_is_one_line_and_exit_130(monkeypatch, capsys):
+    from interp import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["analyze", "--out", "x"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err
+
+
+def test_d20_a_real_ctrl_c_during_start_up_is_one_line(tmp_path):
+    child = subprocess.Popen(
+        [sys.executable, "-m", "interp", "analyze", "--out", str(tmp_path / "out")],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"INTERP_CACHE": str(tmp_path / "cache")},
+    )
+    import time
+
+    time.sleep(1.0)  # importing torch for the parser's defaults
+    child.send_signal(signal.SIGINT)
+    err = child.communicate(timeout=120)[1]
+    assert child.returncode == 130 and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_file_is_never_written_over_a_folder(tmp_path):
     (tmp_path / "report.md").mkdir()
     with pytest.raises(OutputExistsError, match="is a folder"):

@@ -80,8 +80,19 @@ class ChatFormat:
             messages.append({"role": "assistant", "content": answer})
         return messages
 
+    @staticmethod
+    def check(tokenizer, name: str = "the model") -> None:
+        """``ConfigError`` if ``tokenizer`` has no chat template: every prompt is rendered as a chat turn,
+        and a base (non-instruct) checkpoint has none to render it with."""
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(
+                f"{name} has no chat template (a base checkpoint?): interp renders every prompt as a chat turn; "
+                "use an instruct or chat model, or add a chat_template to its tokenizer_config.json"
+            )
+
     def render(self, tokenizer, instruction: str) -> str:
         """The prompt text up to and including the start of the assistant turn (and the prefill)."""
+        self.check(tokenizer)
         text = tokenizer.apply_chat_template(self.messages(instruction), tokenize=False, add_generation_prompt=True)
         return text + self.prefill
 

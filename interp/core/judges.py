@@ -96,6 +96,26 @@ def _weights_key(model, tokenizer) -> str:
     return model_fingerprint(model) + tokenizer_fingerprint(tokenizer)
 
 
+def _load_judge(path: str, kind: str, tokenizer_class, model_class):
+    """``(tokenizer, model)`` of a judge; ``ConfigError`` in one line if either cannot be loaded or if
+    any of the model's weights is missing from the folder (transformers would initialise it at random:
+    a classifier head that was never trained, or a classifier loaded as a language model)."""
+    try:
+        tokenizer = tokenizer_class.from_pretrained(path)
+        model, info = model_class.from_pretrained(path, output_loading_info=True)
+    except Exception as error:  # noqa: BLE001 (safetensors, json, torch and transformers each raise their own)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{kind} judge {path!r} cannot be loaded: {first}") from error
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise ConfigError(
+            f"{kind} judge {path!r} lacks trained weights for {missing[0]}"
+            f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}: they would be random (is it a "
+            f"{'sequence classifier' if kind == 'classifier' else 'generative guard model'}?)"
+        )
+    return tokenizer, model
+
+
 class ClassifierJudge:
     """A sequence classifier of answers (module docstring)."""
 
@@ -104,11 +124,8 @@ class ClassifierJudge:
     def __init__(self, path: str, *, label: str | None = None, batch_size: int = 16, device: str = "cpu"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
-        except OSError as error:
-            raise ConfigError(f"classifier judge {path!r} cannot be loaded: {error}") from error
+        self.tokenizer, self.model = _load_judge(path, "classifier", AutoTokenizer, AutoModelForSequenceClassification)
+        self.model = self.model.to(device).eval()
         names = {int(i): str(name) for i, name in self.model.config.id2label.items()}
         if label is None:
             found = [i for i, name in names.items() if "refus" in name.lower() or "reject" in name.lower()]
@@ -124,8 +141,8 @@ class ClassifierJudge:
                     f"classifier judge {path!r} has no label {label!r}; its labels: {sorted(names.values())}"
                 )
             self.index = next(i for i, name in names.items() if name == label)
-        self.name = f"classifier:{path}"
         self.label = names[self.index]
+        self.name = f"classifier:{path}@{self.label}"  # one name per (weights, label): two labels, two judges
         self.batch_size, self.device = batch_size, device
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -134,7 +151,7 @@ class ClassifierJudge:
 
     @property
     def key(self) -> str:
-        return f"{self.name}@{self.label}:{_weights_key(self.model, self.tokenizer)}"
+        return f"{self.name}:{_weights_key(self.model, self.tokenizer)}"
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], answers: Sequence[str]) -> list[Verdict]:
@@ -170,11 +187,8 @@ class GuardJudge:
     def __init__(self, path: str, *, batch_size: int = 8, device: str = "cpu", max_new_tokens: int = 12):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
-        except OSError as error:
-            raise ConfigError(f"guard judge {path!r} cannot be loaded: {error}") from error
+        self.tokenizer, self.model = _load_judge(path, "guard", AutoTokenizer, AutoModelForCausalLM)
+        self.model = self.model.to(device).eval()
         if not self.tokenizer.chat_template:
             raise ConfigError(f"guard judge {path!r} has no chat template to render the conversation with")
         if self.tokenizer.pad_token is None:
@@ -224,7 +238,9 @@ class GuardJudge:
 
 def check_judge_spec(spec: str, *, resolve: bool = False) -> None:
     """Raise unless ``spec`` names a judge (without loading it); with ``resolve`` also unless its weights
-    can be found: a local folder, or a hub id while the hub is reachable (``HF_HUB_OFFLINE`` unset)."""
+    can be found: a local folder with a readable ``config.json`` and a weights file, or a hub id while the
+    hub is reachable (``HF_HUB_OFFLINE`` unset)."""
+    import json
     import os
     from pathlib import Path
 
@@ -232,8 +248,28 @@ def check_judge_spec(spec: str, *, resolve: bool = False) -> None:
     if spec.strip() != "substring" and not (kind in ("classifier", "guard") and where):
         raise ConfigError(f"unknown judge {spec!r}: use substring, classifier:PATH_OR_ID[@LABEL] or guard:PATH_OR_ID")
     path = where.partition("@")[0] if kind == "classifier" else where
-    if resolve and path and not Path(path).is_dir() and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ConfigError(f"judge {spec!r}: {path} is not a local folder and the hub is offline (HF_HUB_OFFLINE=1)")
+    if not resolve or not path:
+        return
+    folder = Path(path)
+    if not folder.is_dir():
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ConfigError(f"judge {spec!r}: {path} is not a local folder and the hub is offline (HF_HUB_OFFLINE=1)")
+        return
+    try:
+        json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"judge {spec!r}: {folder / 'config.json'} cannot be read ({type(error).__name__})") from None
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+        raise ConfigError(f"judge {spec!r}: {path} holds no weights (*.safetensors or pytorch_model*.bin)")
+
+
+def check_judge_specs(specs: Sequence[str]) -> None:
+    """Each judge once: the same judge twice would be one column reported twice."""
+    seen = set()
+    for spec in specs:
+        if spec.strip() in seen:
+            raise ConfigError(f"the judge {spec.strip()!r} is given twice")
+        seen.add(spec.strip())
 
 
 def parse_judge(spec: str, *, device: str = "cpu") -> Judge:

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from ..errors import ConfigError, ModelLoadError, ModelMismatchError
 from .bridge import BRIDGE_KEY_PART, boot_bridge
+from .chat import ChatFormat
 from .sources import hub_error, resolve_source
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -270,7 +271,10 @@ class ModelPair:
 
 def check_pair(base: LoadedModel, finetuned: LoadedModel, what: str = "base and fine-tuned models") -> None:
     """Raise ``ModelMismatchError`` naming the first value that differs between the two models:
-    architecture, layers, width, tokenizer vocabulary, special tokens, chat template."""
+    architecture, layers, width, tokenizer vocabulary, special tokens, chat template; ``ConfigError`` if
+    they have no chat template (``ChatFormat.check``)."""
+    for model in (base, finetuned):
+        ChatFormat.check(model.tokenizer, model.name)
 
     def arch(m: LoadedModel) -> str:
         return ",".join(m.hf.config.architectures or [type(m.hf).__name__])

@@ -45,10 +45,10 @@ from ..core.bridge import Edit, decoder_layers, intervene, record_block_inputs, 
 from ..core.chat import ChatFormat, tokenize
 from ..core.generate import BATCH_SIZE, ENGINE_VERSION, Request, Sampling, generate, generate_many
 from ..core.judge import JUDGE_WINDOW, REFUSAL_PHRASES, Behaviour
-from ..core.judges import Judge, SubstringJudge, check_judge_spec, parse_judge
+from ..core.judges import Judge, SubstringJudge, check_judge_spec, check_judge_specs, parse_judge
 from ..core.kvcache import kv_cache, prefixed_batch, shared_prefix
 from ..core.models import LoadedModel
-from ..core.prompts import PromptSet, public_prompts
+from ..core.prompts import PromptSet, public_prompts, without_duplicates
 from ..errors import ConfigError, NonFiniteActivationError
 from ..io import cache_root, read_cache_json, stable_hash, write_cache_json
 from .stats import rate_interval
@@ -80,10 +80,12 @@ class EvalSuite:
     donotanswer: PromptSet | None = None  # Do-Not-Answer: a public harmful benchmark, by risk area
 
     def __post_init__(self) -> None:
+        """Every set has prompts, each once: repeats are dropped with a warning (a repeated prompt would
+        count as an independent sample and narrow the intervals)."""
         for name in COLUMNS:
             prompts = getattr(self, name)
             if prompts is not None:
-                prompts.require_nonempty()
+                setattr(self, name, without_duplicates(prompts.require_nonempty()))
         if any(a is None for a in self.task.answers):
             raise ConfigError(f"task prompt set {self.task.name!r} needs a reference answer for every prompt")
 
@@ -146,6 +148,7 @@ class EvalConfig:
             raise ConfigError(f"EvalConfig: trace_tokens must be >= 1, got {self.trace_tokens}")
         for spec in self.judges:
             check_judge_spec(spec)
+        check_judge_specs(self.judges)
 
     def room(self, name: str) -> int:
         """The most tokens an answer to set ``name`` can take."""

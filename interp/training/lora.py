@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..core.bridge import BRIDGE_KEY_PART
 from ..core.models import LoadedModel
 from ..core.sources import save_hf_folder
+from ..errors import ModelMismatchError
 from ..io import atomic_dir
 
 
@@ -25,14 +28,20 @@ def trainable_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_adapter(model: PeftModel, folder: str | Path) -> Path:
-    """Save the adapter in peft's format, loadable with ``PeftModel.from_pretrained`` on a plain HF model."""
+TRAINED_ON = "interp_trained_on"  # the adapter file's metadata: the fingerprint of the model it was trained on
+
+
+def save_adapter(model: PeftModel, folder: str | Path, trained_on: str | None = None) -> Path:
+    """Save the adapter in peft's format, loadable with ``PeftModel.from_pretrained`` on a plain HF model;
+    ``trained_on`` (the fingerprint of the model under the adapter) goes into the weights file's metadata,
+    so ``apply_adapter`` can refuse to put it on another model."""
     folder = Path(folder)
     with atomic_dir(folder, marker="adapter_config.json") as tmp:
         model.save_pretrained(tmp)
         weights = load_file(str(tmp / "adapter_model.safetensors"))
         cleaned = {key.replace(BRIDGE_KEY_PART, ""): value for key, value in weights.items()}
-        save_file(cleaned, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        metadata = {"format": "pt"} | ({TRAINED_ON: trained_on} if trained_on else {})
+        save_file(cleaned, str(tmp / "adapter_model.safetensors"), metadata=metadata)
         config_path = tmp / "adapter_config.json"
         config = json.loads(config_path.read_text())
         if isinstance(config.get("target_modules"), list):
@@ -46,9 +55,34 @@ def merged(model: LoadedModel, peft_model: PeftModel, name: str | None = None) -
     return model.with_hf(peft_model.merge_and_unload(), name=name)
 
 
+def adapter_trained_on(adapter: str | Path) -> str | None:
+    """The fingerprint of the model a saved adapter was trained on (``save_adapter``), ``None`` if the
+    adapter does not say (saved by peft itself or by an older interp)."""
+    weights = Path(adapter) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None
+    with safe_open(str(weights), framework="pt") as handle:
+        return (handle.metadata() or {}).get(TRAINED_ON)
+
+
+def check_adapter(model: LoadedModel, adapter: str | Path, warn=None) -> None:
+    """``ModelMismatchError`` if ``adapter`` was trained on other weights than ``model``'s; an adapter that
+    does not say is applied with a warning."""
+    trained_on = adapter_trained_on(adapter)
+    if trained_on is None:
+        message = f"adapter {adapter} does not say which model it was trained on; applied to {model.name} unchecked"
+        (warn or (lambda line: print(f"interp: warning: {line}", file=sys.stderr)))(message)
+    elif trained_on != model.fingerprint:
+        raise ModelMismatchError(
+            f"adapter {adapter} was trained on the model with fingerprint {trained_on}, not on {model.name} "
+            f"({model.fingerprint}): it would change weights it was never trained with"
+        )
+
+
 def apply_adapter(model: LoadedModel, adapter: str | Path, name: str | None = None) -> LoadedModel:
-    """``model``'s weights with a saved adapter merged in, as a new ``LoadedModel`` (``model.hf`` is used up:
-    pass a fresh copy if the original is still needed)."""
+    """``model``'s weights with a saved adapter merged in, as a new ``LoadedModel``, after ``check_adapter``
+    (``model.hf`` is used up: pass a fresh copy if the original is still needed)."""
+    check_adapter(model, adapter)
     return merged(model, PeftModel.from_pretrained(model.hf, adapter), name=name)
 
 
