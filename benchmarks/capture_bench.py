@@ -1,8 +1,8 @@
 """Benchmark: activation capture on the default model against a plain HF forward and run_with_cache.
 
 64 prompts (32 harmful + 32 harmless from the public sets shipped in the package), every layer's residual
-stream at the last 5 prompt positions, batch size 16, float32 on CPU. Each mode runs in its own process. Peak memory is the
-highest number of heap bytes in use (glibc ``mallinfo2``: ``uordblks + hblkhd``, which is where torch's
+stream at the last 5 prompt positions, batch size 16, float32 on CPU. Each mode runs in its own process. Peak
+memory is the highest number of heap bytes in use (glibc ``mallinfo2``: ``uordblks + hblkhd``, which is where torch's
 CPU tensors live), sampled every 2 ms during a warm run, minus the bytes in use just before it (model
 loaded, bridge booted): it counts activations and workspace, not weights, and unlike the resident set
 size it does not include memory the allocator keeps cached. Wall time is the best of the warm runs.

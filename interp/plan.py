@@ -81,8 +81,9 @@ def check_sizes(config: dict, where: str) -> None:
     heads = config["num_attention_heads"]
     if config["hidden_size"] % heads:
         raise ConfigError(f"plan: {where}: hidden_size {config['hidden_size']} is not a multiple of {heads} heads")
-    if config.get("num_key_value_heads") and heads % config["num_key_value_heads"]:
-        raise ConfigError(f"plan: {where}: {heads} heads are not a multiple of {config['num_key_value_heads']} kv heads")
+    kv_heads = config.get("num_key_value_heads")
+    if kv_heads and heads % kv_heads:
+        raise ConfigError(f"plan: {where}: {heads} heads are not a multiple of {kv_heads} key/value heads")
 
 
 @dataclass(frozen=True)
