@@ -160,13 +160,13 @@ def cmd_capture(args) -> None:
     from .core.bridge import hook_names
     from .core.chat import ChatFormat
     from .core.models import load_model
-    from .core.prompts import parse_spec
+    from .core.prompts import parse_spec, without_duplicates
     from .measures.capture import CaptureConfig, Positions, capture
     from .organism import resolve_model_name
 
     _check_out(args.out, "capture")  # before any work: never replace what interp did not write
     _check_device(args)
-    prompts = parse_spec(args.prompts)
+    prompts = without_duplicates(parse_spec(args.prompts))
     positions = Positions.parse(args.positions)
     model = load_model(resolve_model_name(args.model), **_model_options(args))
     ChatFormat.check(model.tokenizer, model.name)
@@ -222,7 +222,7 @@ def cmd_analyze(args) -> None:
 
 def cmd_restore(args) -> None:
     """LoRA on the layer map's layers of the fine-tuned model; writes the adapter and a merged folder."""
-    from .core.prompts import parse_spec
+    from .core.prompts import parse_spec, without_duplicates
     from .io import atomic_write_json
     from .measures.layer_map import LayerMap, manual_layer_map
     from .training.lora import save_adapter, save_merged
@@ -234,7 +234,9 @@ def cmd_restore(args) -> None:
         raise ConfigError("--layer-map is required (a --preset that puts LoRA on every layer can do without)")
     layer_map = LayerMap.load(args.layer_map) if args.layer_map else None
     config = _restore_config(args)
-    harmful, retain = parse_spec(args.harmful, 1), parse_spec(args.retain, 0)
+    harmful, retain = (
+        without_duplicates(parse_spec(spec, label)) for spec, label in ((args.harmful, 1), (args.retain, 0))
+    )
     pair = _load_pair(args)
     layer_map = layer_map or manual_layer_map(pair.base, pair.finetuned, range(pair.n_layers))
     layers, alignment = PRESETS[args.preset].placement(layer_map) if args.preset else (None, None)
@@ -810,6 +812,13 @@ def build_parser() -> argparse.ArgumentParser:
     stages = (_organism_parser, _capture_parser, _analyze_parser, _restore_parser, _evaluate_parser, _run_parser)
     for add in (*stages, _plan_parser):
         add(sub)
+    for command in sub.choices.values():  # every on/off flag can be turned off again (a --config file's true)
+        for action in list(command._actions):
+            flag = next((o for o in action.option_strings if o.startswith("--")), None)
+            if isinstance(action, argparse._StoreTrueAction) and flag and not flag.startswith("--no-"):
+                command.add_argument(
+                    f"--no-{flag[2:]}", dest=action.dest, action="store_false", help=f"undo {flag} (e.g. from --config)"
+                )
     for name, command in sub.choices.items():
         command.add_argument(
             "--config",

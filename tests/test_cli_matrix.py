@@ -387,3 +387,18 @@ def test_d8_capture_checks_the_context_window(world, capsys, tmp_path):
     argv = ["capture", "--model", world["base"], "--prompts", str(tmp_path / "huge.txt"), "--out", str(tmp_path / "a")]
     _one_line(capsys, argv, "longer than")
     assert not (tmp_path / "acts").exists() and not (tmp_path / "a").exists()
+
+
+def test_d21_samples_are_bounded_before_any_request_is_built(world, capsys):
+    argv = [*evaluate(world, "--temperature", "0.7", "--samples", "100000000"), "--out", world["out"]]
+    _one_line(capsys, argv, "samples <= 1000")
+
+
+def test_d26_a_flag_a_config_file_sets_can_be_turned_off(world, tmp_path):
+    from interp.cli import _parse
+
+    (tmp_path / "study.toml").write_text("reasoning = true\n")
+    args = _parse([*evaluate(world), "--config", str(tmp_path / "study.toml"), "--out", world["out"]])
+    assert args.reasoning is True
+    args = _parse([*evaluate(world), "--config", str(tmp_path / "study.toml"), "--no-reasoning", "--out", world["out"]])
+    assert args.reasoning is False

@@ -65,6 +65,7 @@ COLUMNS = {
     "task": "task_accuracy",
 }
 SET_OF_COLUMN = {column: name for name, column in COLUMNS.items()}
+MAX_SAMPLES = 1000  # samples per prompt: past this, the requests alone would not fit in memory
 
 
 # ----------------------------------------------------------------------------- the evaluation table
@@ -142,8 +143,10 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if min(self.max_new_tokens, self.task_max_new_tokens, self.batch_size, self.kl_batch_size) < 1:
             raise ConfigError("EvalConfig: token budgets and batch sizes must be >= 1")
-        if self.samples < 1 or (self.samples > 1 and self.sampling is None):
-            raise ConfigError(f"EvalConfig: samples={self.samples} needs samples >= 1, and sampling when > 1")
+        if not 1 <= self.samples <= MAX_SAMPLES or (self.samples > 1 and self.sampling is None):
+            raise ConfigError(
+                f"EvalConfig: samples={self.samples} needs 1 <= samples <= {MAX_SAMPLES}, and sampling when > 1"
+            )
         if self.trace_tokens is not None and self.trace_tokens < 1:
             raise ConfigError(f"EvalConfig: trace_tokens must be >= 1, got {self.trace_tokens}")
         for spec in self.judges:
