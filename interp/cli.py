@@ -898,5 +898,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """The ``interp`` command (and ``python -m interp``): ``main``'s exit code. After a Ctrl-C the process
+    leaves at once with 130: CPython marks a process whose KeyboardInterrupt arrived while an extension
+    ran Python code (torch does while it imports), and at a normal exit it would then kill itself with
+    SIGINT, caught or not."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

@@ -299,16 +299,7 @@ def output_folder(path: str | Path, command: str) -> Iterator[Path]:
             (staging / OUTPUT_MARKER).write_text(json.dumps(marker, indent=1) + "\n")
             _chmod_by_umask(staging, folder=True)
             _fsync_tree(staging)
-            if not path.exists():
-                os.replace(staging, path)
-            elif _exchange(staging, path):
-                shutil.rmtree(staging, ignore_errors=True)
-            else:
-                old = path.with_name(f".{path.name}.{os.getpid()}.old")
-                os.replace(path, old)
-                os.replace(staging, path)
-                shutil.rmtree(old, ignore_errors=True)
-            _fsync_dir(path.parent)
+            _put_in_place(staging, path)
     except BaseException:
         if main:
             shutil.rmtree(staging, ignore_errors=True)
@@ -362,20 +353,26 @@ def _atomic_folder(path: Path, marker: str, checksums: bool) -> Iterator[Path]:
         _fsync_tree(tmp)
         if checksums and not existed and path.exists() and entry_damage(path, marker) is None:
             shutil.rmtree(tmp)  # another process wrote the same entry first: readers keep seeing it
-        elif path.exists():
-            if _exchange(tmp, path):  # one atomic swap: readers see the old entry or the new, never none
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                old = path.with_name(f".{path.name}.{os.getpid()}.old")
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
+            _put_in_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _put_in_place(new: Path, path: Path) -> None:
+    """The finished folder ``new`` becomes ``path``: one atomic swap where ``path`` exists (readers see the
+    old folder or the new, never none; the old one is then removed), a rename where it does not."""
+    if not path.exists():
+        os.replace(new, path)
+    elif _exchange(new, path):
+        shutil.rmtree(new, ignore_errors=True)
+    else:
+        old = path.with_name(f".{path.name}.{os.getpid()}.old")
+        os.replace(path, old)
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
 
 
 def _exchange(a: Path, b: Path) -> bool:
