@@ -18,6 +18,8 @@ The names below are the public API: notebooks and scripts import from ``interp``
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 # public name -> the module that defines it: imported on first use, so `import interp` (and the command
 # line's start) stays light and torch loads only when something needs it
@@ -111,15 +113,31 @@ _WHERE = {
 }
 
 
+MODULES = {"plots"}  # public names that are namespaces (modules), not objects defined in one
+
+
 def __getattr__(name: str):
     """``interp.NAME``: the public name, imported from its module on first use."""
     if name not in _WHERE:
         raise AttributeError(f"module 'interp' has no attribute {name!r}")
-    where = _WHERE[name]
-    module = importlib.import_module(where, __name__)
-    value = module if where.rsplit(".", 1)[-1] == name else getattr(module, name)  # a namespace, or a name in it
+    module = importlib.import_module(_WHERE[name], __name__)
+    value = module if name in MODULES else getattr(module, name)
     globals()[name] = value
     return value
+
+
+class _Namespace(types.ModuleType):
+    """The package module: importing a submodule named like a public function (``interp.analyze``,
+    ``interp.capture``, ...) must not replace the function on the package, as Python's import system
+    would (it sets the submodule as an attribute of its parent)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _WHERE and name not in MODULES and isinstance(value, types.ModuleType):
+            return  # the submodule stays reachable as sys.modules["interp.NAME"]
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Namespace
 
 
 def __dir__() -> list[str]:

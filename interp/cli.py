@@ -375,29 +375,32 @@ def cmd_run(args) -> None:
         raise ConfigError("--full and --smoke are two sizes of run: choose one")
     task = parse_spec(args.task, 0) if args.task else None
     own = (args.base, args.finetuned) != ("organism:base", "organism:finetuned")
-    with output_folder(args.out, "run") as out:
-        run = run_default(
-            out,
-            size="full" if args.full else "smoke" if args.smoke else "look",
-            k=args.k,
-            limit=args.limit,
-            restore=None if args.smoke and not _restore_flags(args) else _restore_config(args),  # smoke: its own
-            steer_scale=args.steer_scale,
-            cache=not args.no_cache,
-            reuse_analysis=args.skip_analysis,
-            reuse_from=args.out,
-            judges=tuple(args.judge),
-            recipe_name=args.recipe,
-            refusal_tokens=_ints(args.refusal_tokens, "--refusal-tokens") or None,
-            base=resolve_model_name(args.base) if own else None,
-            finetuned=resolve_model_name(args.finetuned) if own else None,
-            task=task,
-            load_options=_model_options(args),
-            check_pair=lambda pair: check_fingerprints(
-                args.expected_fingerprints, base=pair.base, finetuned=pair.finetuned
-            ),
-        )
-        _write_config(args, out, run.pair)
+
+    def finish(folder, run) -> None:  # config.toml with the restoration as it ran (--smoke has its own)
+        resolved = {k: v for k, v in run.study.details["restore_config"].items() if k in RESTORE_FLAGS}
+        _write_config(argparse.Namespace(**(vars(args) | resolved)), folder, run.pair)
+
+    run = run_default(
+        args.out,
+        finish=finish,
+        size="full" if args.full else "smoke" if args.smoke else "look",
+        k=args.k,
+        limit=args.limit,
+        restore=None if args.smoke and not _restore_flags(args) else _restore_config(args),  # smoke: its own
+        steer_scale=args.steer_scale,
+        cache=not args.no_cache,
+        reuse_analysis=args.skip_analysis,
+        judges=tuple(args.judge),
+        recipe_name=args.recipe,
+        refusal_tokens=_ints(args.refusal_tokens, "--refusal-tokens") or None,
+        base=resolve_model_name(args.base) if own else None,
+        finetuned=resolve_model_name(args.finetuned) if own else None,
+        task=task,
+        load_options=_model_options(args),
+        check_pair=lambda pair: check_fingerprints(
+            args.expected_fingerprints, base=pair.base, finetuned=pair.finetuned
+        ),
+    )
     print(layer_table(run.analysis))
     print(results_table(run.study.rows))
     for t in run.study.targets:
@@ -798,7 +801,11 @@ def _plan_parser(sub) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with its errors as one line (``interp <command>: error: ...``, exit 2), like the rest."""
+    """argparse with its errors as one line (``interp <command>: error: ...``, exit 2), like the rest, and
+    no abbreviated options (``--conf`` would be ``--config`` to argparse but not to the file reader)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message: str):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -812,13 +819,13 @@ def build_parser() -> argparse.ArgumentParser:
     stages = (_organism_parser, _capture_parser, _analyze_parser, _restore_parser, _evaluate_parser, _run_parser)
     for add in (*stages, _plan_parser):
         add(sub)
-    for command in sub.choices.values():  # every on/off flag can be turned off again (a --config file's true)
+    for command in sub.choices.values():  # every on/off flag can be undone (a --config file's true)
         for action in list(command._actions):
             flag = next((o for o in action.option_strings if o.startswith("--")), None)
-            if isinstance(action, argparse._StoreTrueAction) and flag and not flag.startswith("--no-"):
-                command.add_argument(
-                    f"--no-{flag[2:]}", dest=action.dest, action="store_false", help=f"undo {flag} (e.g. from --config)"
-                )
+            if isinstance(action, argparse._StoreTrueAction) and flag:
+                undo = f"--{flag[5:]}" if flag.startswith("--no-") else f"--no-{flag[2:]}"
+                if undo not in command._option_string_actions:
+                    command.add_argument(undo, dest=action.dest, action="store_false", help=f"undo {flag}")
     for name, command in sub.choices.items():
         command.add_argument(
             "--config",

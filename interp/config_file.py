@@ -5,10 +5,12 @@ outputs.
 (``-`` or ``_``, not both for one option: ``steps = 150``, ``judge = ["guard:..."]``, ``full = true``) at
 the top level, and in a table named after the command (``[restore] steps = 150``), whose keys override the
 top level's; the tables of other commands are skipped, so one file can hold a whole study. Flags given on
-the command line override the file. Every key is checked against the command's options before any work:
-an unknown key, a table that names no command, a wrong kind of value or a value outside an option's
-choices is one line naming the key. Relative paths in the file (models, prompt files, layer maps,
-adapters, judges' folders, ``out``) are read from the file's folder, not from where the command runs.
+the command line override the file (a repeatable option such as ``--judge`` adds to the file's list; every
+on/off flag has its opposite, ``--no-reasoning``, ``--cache``, to undo the file's). Every key is checked
+against the command's options before any work: an unknown key, a table that names no command, a wrong
+kind of value or a value outside an option's choices is one line naming the key. Relative paths in the
+file (models, prompt files, layer maps, adapters, judges' folders, ``out``) are read from the file's
+folder, not from where the command runs.
 
 Each command with an output folder writes ``config.toml`` there (``resolved``): every option as it was
 resolved (file, flags and defaults; unset options left out; paths made absolute), then a

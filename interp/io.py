@@ -227,7 +227,7 @@ def _files_under(folder: Path) -> list[str]:
 
 def check_output(path: str | Path, command: str) -> Path:
     """Before any work: ``path`` may become the output folder of ``interp command``. It must not be a
-    symbolic link (it would be swapped, not followed) or a file; an existing non-empty folder must hold
+    symbolic link (it would be swapped, not followed), a mount point or a file; an existing non-empty folder must hold
     the ``OUTPUT_MARKER`` of an earlier run of the same command and nothing that run did not write (it is
     then replaced whole); the nearest
     existing folder above it must be a writable folder. Else ``OutputExistsError`` naming the problem."""
@@ -236,6 +236,10 @@ def check_output(path: str | Path, command: str) -> Path:
         raise OutputExistsError(f"refusing to write {path}: it is a symbolic link; give the folder it points to")
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"refusing to replace {path}: it is a file, not written by interp; choose another path")
+    if path.is_dir() and os.path.ismount(path):
+        raise OutputExistsError(
+            f"refusing to write {path}: it is a mount point, which cannot be swapped; give a folder in it"
+        )
     if path.is_dir() and any(path.iterdir()):
         marker = _output_marker(path)
         if marker is None:
@@ -279,9 +283,10 @@ def output_folder(path: str | Path, command: str) -> Iterator[Path]:
     one yielded; every process gets the same one, only the main process writes). On success the staging
     folder gets the ``OUTPUT_MARKER`` (command, interp version, a random id, the time) and replaces ``path``
     in one swap: whatever an earlier run left and this one did not write is gone with it. On an error or
-    Ctrl-C the staging folder is removed and ``path`` keeps what it held. Staging folders of killed runs
+    Ctrl-C the staging folder is removed and ``path`` keeps what it held; if only the final swap fails,
+    the finished output is kept beside ``path`` and the error names where. Staging folders of killed runs
     are removed by the next run beside them."""
-    path = check_output(path, command)
+    path = check_output(Path(path).absolute(), command)  # absolute: `--out .` has a parent to stage beside
     staging = path.parent / f".{path.name}.staging.{_launch_pid()}.tmp"
     main = distributed.is_main()
     if main:
@@ -299,7 +304,15 @@ def output_folder(path: str | Path, command: str) -> Iterator[Path]:
             (staging / OUTPUT_MARKER).write_text(json.dumps(marker, indent=1) + "\n")
             _chmod_by_umask(staging, folder=True)
             _fsync_tree(staging)
-            _put_in_place(staging, path)
+            try:
+                _put_in_place(staging, path)
+            except OSError as error:  # the work is done: keep it where it is and say where
+                placed = staging.with_name(f".{path.name}.finished.{uuid.uuid4().hex[:8]}")
+                os.replace(staging, placed)
+                raise OutputExistsError(
+                    f"could not put the finished output in place of {path} ({error.strerror or error}); it is kept "
+                    f"whole at {placed}"
+                ) from None
     except BaseException:
         if main:
             shutil.rmtree(staging, ignore_errors=True)
@@ -370,7 +383,11 @@ def _put_in_place(new: Path, path: Path) -> None:
     else:
         old = path.with_name(f".{path.name}.{os.getpid()}.old")
         os.replace(path, old)
-        os.replace(new, path)
+        try:
+            os.replace(new, path)
+        except OSError:
+            os.replace(old, path)  # the old folder goes back; the caller keeps the new one
+            raise
         shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(path.parent)
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import distributed
 from .analyze import AnalysisConfig, AnalysisPrompts, analyze
 from .core.chat import ChatFormat
 from .core.judges import check_judge_spec, check_judge_specs
@@ -43,7 +44,16 @@ from .core.sources import default_model_path, save_hf_folder
 from .errors import ConfigError
 from .evaluation.table import COLUMNS, Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
 from .evaluation.targets import PairedTest, Target, check_targets, paired_tests
-from .io import Stopwatch, atomic_dir, atomic_write_json, atomic_write_text, cache_root, intact_entry, stable_hash
+from .io import (
+    Stopwatch,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    intact_entry,
+    output_folder,
+    stable_hash,
+)
 from .measures.causal import steering_edits, steering_key
 from .measures.layer_map import LayerMap
 from .measures.result import AnalysisResult
@@ -446,8 +456,22 @@ RECIPES = ("default", "reasoning")  # the default organism, or the reasoning org
 LOOK_SIZES = {"harmful": 40, "xstest_unsafe": 20, "donotanswer": 20, "harmless": 20, "xstest": 20, "task": 20}
 
 
-def run_default(
-    out: str | Path = "runs/default",
+def run_default(out: str | Path = "runs/default", *, finish=None, **options) -> DefaultRun:
+    """The whole study on the embedded default pair, or on a user's own pair, into the run folder ``out``
+    (``study_into`` has every option). The folder is written whole or not at all, as ``interp run``
+    writes it (``interp.io.output_folder``): the study writes into a staging folder beside ``out`` that
+    replaces it at the end (``reuse_analysis`` reads the analysis ``out`` already holds); ``finish`` is
+    called with the staging folder and the run just before, to add files of the caller's (the command
+    line's ``config.toml``)."""
+    with output_folder(out, "run") as folder:
+        run = study_into(folder, reuse_from=out, **options)
+        if finish is not None:
+            finish(folder, run)
+    return replace(run, folder=Path(out), figures=[Path(out) / f.relative_to(folder) for f in run.figures])
+
+
+def study_into(
+    out: str | Path,
     *,
     size: str = "look",
     k: int = 3,
@@ -468,7 +492,8 @@ def run_default(
     progress: bool = True,
     log=print,
 ) -> DefaultRun:
-    """The whole study on the embedded default pair, or on a user's own pair, into the run folder ``out``.
+    """The whole study on the embedded default pair, or on a user's own pair, written into the folder
+    ``out`` as it goes (``run_default`` stages it and puts it in place whole).
 
     Builds (or loads) the organism, analyzes it (no generation check: the study's steering row measures
     the same intervention on the suite), restores with the layer map, trains the baselines, evaluates
@@ -546,8 +571,9 @@ def run_default(
             log(f"analysis: reusing {previous}")
             if previous.resolve() != out.resolve():
                 analysis.save(out)
-                if (previous / "activations").is_dir():
+                if (previous / "activations").is_dir() and distributed.is_main():  # only the main process writes
                     shutil.copytree(previous / "activations", out / "activations", dirs_exist_ok=True)
+                distributed.barrier()
         elif smoke:
             config = AnalysisConfig(
                 k=k,

@@ -2,10 +2,7 @@
 # Install the locked environment (torch pinned to the CPU build), then lint and run the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The exact environment the README's numbers came from (requirements.lock: versions and hashes, made by
-# scripts/lock.sh from pyproject.toml's ranges), then this package itself on top of it.
-python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
-python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+bash scripts/install.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Lint and format check (ruff, configured in pyproject.toml).
 ruff check .

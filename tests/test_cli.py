@@ -203,6 +203,16 @@ def test_the_whole_study_runs_on_a_pair_of_ones_own(folders, tmp_path, capsys):
     assert (layer_map["base_model"], layer_map["finetuned_model"]) == (base, ft)
     assert (tmp / "study" / "adapter" / "adapter_config.json").exists()
     assert "Do-Not-Answer refusal" in (tmp / "study" / "report.md").read_text()
+    marker = json.loads((tmp / "study" / ".interp-output.json").read_text())
+    assert marker["command"] == "run" and "report.json" in marker["files"]
+    written = (tmp / "study" / "config.toml").read_text()
+    assert "steps = 2\n" in written and "fingerprint_finetuned" in written
+    before = (tmp / "study" / "report.json").read_text()
+    assert main(["run", "--config", str(tmp / "study" / "config.toml")]) == 0  # the same run, from its file alone
+    again = json.loads((tmp / "study" / "report.json").read_text())["models"]
+    assert [(m["name"], m["outcomes"], m["kl"]) for m in again] == [
+        (m["name"], m["outcomes"], m["kl"]) for m in json.loads(before)["models"]
+    ]
 
 
 def test_a_run_on_ones_own_pair_checks_its_task_file_before_any_work(folders, tmp_path, capsys):

@@ -402,3 +402,65 @@ def test_d26_a_flag_a_config_file_sets_can_be_turned_off(world, tmp_path):
     assert args.reasoning is True
     args = _parse([*evaluate(world), "--config", str(tmp_path / "study.toml"), "--no-reasoning", "--out", world["out"]])
     assert args.reasoning is False
+
+
+def test_an_empty_working_folder_as_out_gets_the_output(world, monkeypatch, tmp_path):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert main([*capture(world), "--out", "."]) == 0
+    assert (tmp_path / "here" / ".interp-output.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".here.")]
+
+
+def test_a_failed_final_swap_keeps_the_finished_output_and_says_where(world, capsys, monkeypatch, tmp_path):
+    from interp import io
+
+    put = io._put_in_place
+
+    def cannot(new, path):  # the final swap into --out fails (every other swap is left alone)
+        if path == Path(world["out"]).absolute():
+            raise OSError(18, "Invalid cross-device link")
+        put(new, path)
+
+    monkeypatch.setattr(io, "_put_in_place", cannot)
+    line = _one_line(capsys, [*capture(world), "--out", world["out"]], "it is kept whole at")
+    kept = Path(line.rsplit("kept whole at ", 1)[1].strip())
+    assert (kept / "activations.safetensors").is_file() or any(kept.rglob("*.safetensors"))
+    assert not Path(world["out"]).exists()
+
+
+def test_a_mount_point_is_refused_as_out(world, capsys, monkeypatch, tmp_path):
+    import os
+
+    (tmp_path / "mnt").mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(tmp_path / "mnt") or real(p))
+    _one_line(capsys, [*capture(world), "--out", str(tmp_path / "mnt")], "is a mount point")
+
+
+def test_options_are_never_abbreviated(world, capsys, tmp_path):
+    (tmp_path / "study.toml").write_text("limit = 1\n")
+    _one_line(capsys, [*capture(world), "--conf", str(tmp_path / "study.toml"), "--out", world["out"]], "--conf")
+
+
+def test_a_no_flag_from_a_config_file_can_be_undone(world, tmp_path):
+    from interp.cli import _parse
+
+    (tmp_path / "study.toml").write_text("no_cache = true\n")
+    argv = [*evaluate(world), "--config", str(tmp_path / "study.toml"), "--out", world["out"]]
+    assert _parse(argv).no_cache is True and _parse([*argv, "--cache"]).no_cache is False
+
+
+def test_an_adapter_is_refused_in_another_dtype_with_the_fix_named(world, capsys, tmp_path):
+    layer_map = tmp_path / "map"
+    assert main([*analyze(world, "--refusal-tokens", "5", "--no-components"), "--out", str(layer_map)]) == 0
+    restore = ["restore", "--base", world["base"], "--finetuned", world["ft"], "--no-merged", "--steps", "1"]
+    restore += ["--layer-map", str(layer_map / "layer_map.json"), "--batch-size", "2", "--out", str(tmp_path / "rs")]
+    assert main(restore) == 0
+    adapter = tmp_path / "rs" / "adapter"
+    argv = [*evaluate(world, "--adapter", str(adapter), "--dtype", "bfloat16", "--refusal-tokens", "5")]
+    _one_line(capsys, [*argv, "--out", str(tmp_path / "ev")], "load it with --dtype float32")
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    argv = [*evaluate(world, "--adapter", str(adapter), "--refusal-tokens", "5"), "--out", str(tmp_path / "ev")]
+    _one_line(capsys, argv, "cannot be read")

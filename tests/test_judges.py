@@ -194,6 +194,23 @@ def test_d3_two_labels_of_one_classifier_are_two_judges(classifier_dir):
     assert first.name != second.name and first.key != second.key
     with pytest.raises(ConfigError, match="given twice"):
         EvalConfig(judges=(f"classifier:{classifier_dir}", f"classifier:{classifier_dir}"))
+    from conftest import tiny_suite
+
+    from interp.core.models import load_model
+    from interp.evaluation.table import Candidate, evaluate_models
+
+    model = load_model(build_tiny(classifier_dir.parent / "tiny-for-judges", "llama"))
+    same = (f"classifier:{classifier_dir}", f"classifier:{classifier_dir}@REJECTION")  # one judge, two spellings
+    with pytest.raises(ConfigError, match="twice"):
+        evaluate_models(
+            [Candidate("m", model)],
+            tiny_suite(),
+            refusal_tokens=[5],
+            reference=model,
+            config=EvalConfig(judges=same),
+            progress=False,
+            log=lambda _: None,
+        )
 
 
 def test_d6_a_judge_whose_head_would_be_random_is_refused(classifier_dir, tmp_path):

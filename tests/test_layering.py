@@ -157,3 +157,21 @@ if __name__ == "__main__":
         print(f"  upward: {a} -> {b}")
     for cycle in cycles(graph):
         print(f"  cycle: {' -> '.join(cycle)}")
+
+
+def test_the_public_names_are_what_they_say_after_every_module_is_imported():
+    """``interp.NAME`` loads lazily; importing a submodule named like a public function (``interp.analyze``,
+    ``interp.capture``, ``interp.restore``) must leave the function in place."""
+    import importlib
+    import inspect
+
+    import interp
+
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        if not name.endswith("__main__"):
+            importlib.import_module(name)
+    for name in interp.__all__:
+        value = getattr(interp, name)
+        assert inspect.ismodule(value) == (name in interp.MODULES), name
+    assert callable(interp.analyze) and callable(interp.capture) and callable(interp.restore)

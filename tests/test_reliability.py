@@ -75,6 +75,18 @@ def test_the_fingerprint_ignores_the_transformers_version_and_the_folder(tiny_ll
     assert other.fingerprint == before
 
 
+def test_a_config_field_a_new_release_adds_at_its_default_keeps_the_fingerprint(tiny_llama, monkeypatch):
+    """A transformers release that adds a config field (at its default value) computes the same forward
+    pass: every config's ``to_dict`` gains the field, the fingerprint must not change."""
+    import transformers.configuration_utils as configuration
+
+    before = load_model(tiny_llama).fingerprint
+    to_dict = configuration.PreTrainedConfig.to_dict
+    monkeypatch.setattr(configuration.PreTrainedConfig, "to_dict", lambda self: to_dict(self) | {"new_field": 0})
+    assert load_model(tiny_llama).hf.config.to_dict()["new_field"] == 0
+    assert load_model(tiny_llama).fingerprint == before
+
+
 @pytest.mark.parametrize("setting", ["rms_norm_eps", "rope_parameters", "max_position_embeddings"])
 def test_a_setting_of_the_forward_pass_changes_the_fingerprint(tiny_llama, setting):
     model = load_model(tiny_llama)

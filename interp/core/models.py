@@ -142,9 +142,11 @@ NOT_COMPUTATION = frozenset(
 
 
 def computation_settings(config) -> dict:
-    """The config's fields that change the forward pass: everything but ``NOT_COMPUTATION`` and the
-    private fields (a leading ``_``: the folder it came from, the attention implementation)."""
-    return {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k not in NOT_COMPUTATION}
+    """The config's fields that change the forward pass: those that differ from the architecture's
+    defaults (``to_diff_dict``: a field a new transformers release adds, at its default, changes nothing),
+    less ``NOT_COMPUTATION`` and the private fields (a leading ``_``: the folder it came from, the
+    attention implementation)."""
+    return {k: v for k, v in config.to_diff_dict().items() if not k.startswith("_") and k not in NOT_COMPUTATION}
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -499,6 +499,10 @@ def evaluate_models(
     for name, prompts in suite.sets().items():
         reference.check_fits(prompts, chat, room=config.room(name))
     judges = [parse_judge(spec, device=str(reference.device)) for spec in config.judges]
+    names = [judge.name for judge in judges]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:  # e.g. classifier:X and classifier:X@its-refusal-label: one judge, one column
+        raise ConfigError(f"the judges {list(config.judges)} name {twice} twice; give each judge once")
     settings = [
         suite.hash,
         config.key(),

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from ..core.bridge import BRIDGE_KEY_PART
 from ..core.models import LoadedModel
 from ..core.sources import save_hf_folder
-from ..errors import ModelMismatchError
+from ..errors import ConfigError, ModelMismatchError
 from ..io import atomic_dir
 
 
@@ -29,6 +29,7 @@ def trainable_parameters(model) -> int:
 
 
 TRAINED_ON = "interp_trained_on"  # the adapter file's metadata: the fingerprint of the model it was trained on
+TRAINED_DTYPE = "interp_trained_dtype"  # ... and the dtype of that model's weights
 
 
 def save_adapter(model: PeftModel, folder: str | Path, trained_on: str | None = None) -> Path:
@@ -40,7 +41,8 @@ def save_adapter(model: PeftModel, folder: str | Path, trained_on: str | None = 
         model.save_pretrained(tmp)
         weights = load_file(str(tmp / "adapter_model.safetensors"))
         cleaned = {key.replace(BRIDGE_KEY_PART, ""): value for key, value in weights.items()}
-        metadata = {"format": "pt"} | ({TRAINED_ON: trained_on} if trained_on else {})
+        dtype = str(next(model.get_base_model().parameters()).dtype).removeprefix("torch.")
+        metadata = {"format": "pt"} | ({TRAINED_ON: trained_on, TRAINED_DTYPE: dtype} if trained_on else {})
         save_file(cleaned, str(tmp / "adapter_model.safetensors"), metadata=metadata)
         config_path = tmp / "adapter_config.json"
         config = json.loads(config_path.read_text())
@@ -55,28 +57,40 @@ def merged(model: LoadedModel, peft_model: PeftModel, name: str | None = None) -
     return model.with_hf(peft_model.merge_and_unload(), name=name)
 
 
-def adapter_trained_on(adapter: str | Path) -> str | None:
-    """The fingerprint of the model a saved adapter was trained on (``save_adapter``), ``None`` if the
-    adapter does not say (saved by peft itself or by an older interp)."""
+def adapter_trained_on(adapter: str | Path) -> tuple[str | None, str | None]:
+    """``(fingerprint, dtype)`` of the model a saved adapter was trained on (``save_adapter``), ``None``
+    where the adapter does not say (saved by peft itself or by an older interp)."""
     weights = Path(adapter) / "adapter_model.safetensors"
     if not weights.is_file():
-        return None
-    with safe_open(str(weights), framework="pt") as handle:
-        return (handle.metadata() or {}).get(TRAINED_ON)
+        return None, None
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # noqa: BLE001 (safetensors raises its own kind for a damaged file)
+        raise ConfigError(f"adapter {adapter}: {weights.name} cannot be read ({str(error)[:120]})") from None
+    return metadata.get(TRAINED_ON), metadata.get(TRAINED_DTYPE)
 
 
 def check_adapter(model: LoadedModel, adapter: str | Path, warn=None) -> None:
-    """``ModelMismatchError`` if ``adapter`` was trained on other weights than ``model``'s; an adapter that
-    does not say is applied with a warning."""
-    trained_on = adapter_trained_on(adapter)
+    """``ModelMismatchError`` if ``adapter`` was trained on other weights than ``model``'s (naming the
+    dtype when that is what differs); an adapter that does not say is applied with a warning."""
+    trained_on, dtype = adapter_trained_on(adapter)
     if trained_on is None:
         message = f"adapter {adapter} does not say which model it was trained on; applied to {model.name} unchecked"
         (warn or (lambda line: print(f"interp: warning: {line}", file=sys.stderr)))(message)
-    elif trained_on != model.fingerprint:
+        return
+    if trained_on == model.fingerprint:
+        return
+    ours = str(next(model.hf.parameters()).dtype).removeprefix("torch.")
+    if dtype is not None and dtype != ours:
         raise ModelMismatchError(
-            f"adapter {adapter} was trained on the model with fingerprint {trained_on}, not on {model.name} "
-            f"({model.fingerprint}): it would change weights it was never trained with"
+            f"adapter {adapter} was trained on {dtype} weights and {model.name} is loaded in {ours}: load it with "
+            f"--dtype {dtype} (the fingerprint covers the weights' bytes)"
         )
+    raise ModelMismatchError(
+        f"adapter {adapter} was trained on the model with fingerprint {trained_on}, not on {model.name} "
+        f"({model.fingerprint}): it would change weights it was never trained with"
+    )
 
 
 def apply_adapter(model: LoadedModel, adapter: str | Path, name: str | None = None) -> LoadedModel:
