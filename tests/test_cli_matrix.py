@@ -357,13 +357,18 @@ def test_d17_a_model_without_a_chat_template_is_one_line(world, capsys, tmp_path
         _one_line(capsys, [*argv, "--out", str(tmp_path / "out")], "has no chat template")
 
 
-def test_d5_an_adapter_trained_on_another_model_is_refused(world, capsys, tmp_path):
+def _trained_adapter(world, tmp_path) -> Path:
+    """An adapter `interp restore` trained on the tiny fine-tuned model (one step)."""
     layer_map = tmp_path / "map"
     assert main([*analyze(world, "--refusal-tokens", "5", "--no-components"), "--out", str(layer_map)]) == 0
     restore = ["restore", "--base", world["base"], "--finetuned", world["ft"], "--no-merged", "--steps", "1"]
     restore += ["--layer-map", str(layer_map / "layer_map.json"), "--batch-size", "2", "--out", str(tmp_path / "rs")]
     assert main(restore) == 0
-    adapter = str(tmp_path / "rs" / "adapter")
+    return tmp_path / "rs" / "adapter"
+
+
+def test_d5_an_adapter_trained_on_another_model_is_refused(world, capsys, tmp_path):
+    adapter = str(_trained_adapter(world, tmp_path))
     ft2 = tmp_path / "ft2"  # another fine-tuned model: the same shapes and tokenizer, other weights
     shutil.copytree(world["ft"], ft2)
     tensors = load_file(str(ft2 / "model.safetensors"))
@@ -452,12 +457,7 @@ def test_a_no_flag_from_a_config_file_can_be_undone(world, tmp_path):
 
 
 def test_an_adapter_is_refused_in_another_dtype_with_the_fix_named(world, capsys, tmp_path):
-    layer_map = tmp_path / "map"
-    assert main([*analyze(world, "--refusal-tokens", "5", "--no-components"), "--out", str(layer_map)]) == 0
-    restore = ["restore", "--base", world["base"], "--finetuned", world["ft"], "--no-merged", "--steps", "1"]
-    restore += ["--layer-map", str(layer_map / "layer_map.json"), "--batch-size", "2", "--out", str(tmp_path / "rs")]
-    assert main(restore) == 0
-    adapter = tmp_path / "rs" / "adapter"
+    adapter = _trained_adapter(world, tmp_path)
     argv = [*evaluate(world, "--adapter", str(adapter), "--dtype", "bfloat16", "--refusal-tokens", "5")]
     _one_line(capsys, [*argv, "--out", str(tmp_path / "ev")], "load it with --dtype float32")
     weights = adapter / "adapter_model.safetensors"
