@@ -20,7 +20,7 @@ from pathlib import Path
 from . import distributed
 from .config_file import COMMANDS
 from .errors import ConfigError, InterpError
-from .io import output_folder
+from .io import check_output, output_folder
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -47,13 +47,6 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
-
-
-def _check_out(path: str | Path, command: str) -> Path:
-    """Before any work: ``path`` may become this command's output folder (``interp.io.check_output``)."""
-    from .io import check_output
-
-    return check_output(path, command)
 
 
 def _check_device(args) -> None:
@@ -164,7 +157,7 @@ def cmd_capture(args) -> None:
     from .measures.capture import CaptureConfig, Positions, capture
     from .organism import resolve_model_name
 
-    _check_out(args.out, "capture")  # before any work: never replace what interp did not write
+    check_output(args.out, "capture")  # before any work: never replace what interp did not write
     _check_device(args)
     prompts = without_duplicates(parse_spec(args.prompts))
     positions = Positions.parse(args.positions)
@@ -190,7 +183,7 @@ def cmd_analyze(args) -> None:
     from .core.prompts import parse_spec
     from .report.figures import analysis_figures, write_figures
 
-    _check_out(args.out, "analyze")
+    check_output(args.out, "analyze")
     _check_device(args)
     given = {
         name: parse_spec(spec, label)
@@ -228,7 +221,7 @@ def cmd_restore(args) -> None:
     from .training.lora import save_adapter, save_merged
     from .training.restore import PRESETS, restore
 
-    _check_out(args.out, "restore")
+    check_output(args.out, "restore")
     _check_device(args)
     if args.layer_map is None and not args.preset:
         raise ConfigError("--layer-map is required (a --preset that puts LoRA on every layer can do without)")
@@ -278,7 +271,7 @@ def cmd_evaluate(args) -> None:
     from .report.tables import category_table, judge_table, paired_table, parts_table, results_table
     from .training.lora import apply_adapter, check_adapter
 
-    _check_out(args.out, "evaluate")
+    check_output(args.out, "evaluate")
     _check_device(args)
     for path in args.adapter:
         if not (Path(path) / "adapter_config.json").is_file():
@@ -369,7 +362,7 @@ def cmd_run(args) -> None:
     from .report.tables import results_table
     from .study import run_default
 
-    _check_out(args.out, "run")
+    check_output(args.out, "run")
     _check_device(args)
     if args.full and args.smoke:
         raise ConfigError("--full and --smoke are two sizes of run: choose one")
