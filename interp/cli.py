@@ -22,6 +22,9 @@ from .config_file import COMMANDS
 from .errors import ConfigError, InterpError
 from .io import check_output, output_folder
 
+# --dtype: interp.core.models.DTYPE_CHOICES, written out so the parser needs no torch (tests hold them equal)
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
 
 # ----------------------------------------------------------------------------- helpers
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -60,17 +63,29 @@ def _check_device(args) -> None:
         parse_max_memory(args.max_memory)
     if getattr(args, "quantize", None):
         check_quantize(args.quantize)
-    if getattr(args, "device_map", None):
-        return
+    if not getattr(args, "device_map", None):
+        _check_device_name(args.device)
+    if getattr(args, "dtype", None) == "auto":  # resolved once, so config.toml records what ran
+        from .core.models import compute_dtype
+
+        device = "cuda" if getattr(args, "device_map", None) and torch.cuda.is_available() else args.device
+        args.dtype, why = compute_dtype(distributed.device(device))
+        if distributed.is_main():
+            print(f"compute dtype: {args.dtype} ({why}; --dtype overrides)", flush=True)
+
+
+def _check_device_name(name: str) -> None:
+    import torch
+
     try:
-        device = torch.device(args.device)
+        device = torch.device(name)
     except RuntimeError as error:
-        raise ConfigError(f"--device {args.device!r} is not a torch device ({error})") from None
+        raise ConfigError(f"--device {name!r} is not a torch device ({error})") from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available.get(device.type, False):
-        raise ConfigError(f"--device {args.device}: this torch build or machine has no {device.type}; use --device cpu")
+        raise ConfigError(f"--device {name}: this torch build or machine has no {device.type}; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA devices are visible")
+        raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices are visible")
 
 
 def _load_pair(args):
@@ -438,7 +453,12 @@ def cmd_plan(args) -> None:
 
 # ----------------------------------------------------------------------------- the parser
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="weights and matmuls; auto: bfloat16 on a device with fast bf16 (AMX/AVX512-BF16 CPU, CUDA), else float32",
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument(
         "--device-map", default=None, help="'auto' to spread a large model over the available devices (accelerate)"
@@ -777,7 +797,7 @@ def _plan_parser(sub) -> None:
     )
     p.add_argument("--base", required=True, help="folder with config.json, a config.json, or a cached hub id")
     p.add_argument("--finetuned", required=True, help="as --base")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="as for the study (auto: this device's)")
     p.add_argument("--device", default="cpu", help="where the calibration runs (the device of the study)")
     p.add_argument("--prompt-tokens", type=_positive, default=d.prompt_tokens, help="longest prompt in a batch")
     p.add_argument("--plans", type=_positive, default=d.plans, help="restorations trained in lockstep")

@@ -138,11 +138,14 @@ class OrganismRecipe:
             raise ConfigError(f"task_format must be one of {', '.join(TASK_FORMATS)}, got {self.task_format!r}")
 
     def to_dict(self) -> dict:
-        """Every setting (``task_format`` only when it is not the default, so the default recipe keeps the
-        hash its shipped adapters are pinned to)."""
+        """Every setting (``task_format`` and the fine-tunes' ``compute_dtype`` only when they are not the
+        defaults, so the default recipe keeps the hash its shipped adapters are pinned to)."""
         data = asdict(self)
         if data["task_format"] == "worked":
             del data["task_format"]
+        for part in ("safety", "task"):  # likewise a float32 fine-tune (the shipped adapters were trained so)
+            if data[part]["compute_dtype"] == "float32":
+                del data[part]["compute_dtype"]
         return data
 
     @property

@@ -38,7 +38,7 @@ from . import distributed
 from .analyze import AnalysisConfig, AnalysisPrompts, analyze
 from .core.chat import ChatFormat
 from .core.judges import check_judge_spec, check_judge_specs
-from .core.models import LoadedModel, ModelPair, load_pair
+from .core.models import LoadedModel, ModelPair, compute_dtype, load_pair
 from .core.prompts import PromptSet
 from .core.sources import default_model_path, save_hf_folder
 from .errors import ConfigError
@@ -513,7 +513,8 @@ def study_into(
     judged apart. Each stage logs a line with its time.
 
     ``base`` and ``finetuned`` (a hub id, a local folder or a GGUF file; both or neither) study a user's
-    own pair instead of the organism, loaded with ``load_options`` (``load_model``'s dtype, device, ...)
+    own pair instead of the organism, loaded with ``load_options`` (``load_model``'s dtype, device, ...;
+    the dtype defaults to ``"auto"``: ``compute_dtype`` of the device, logged)
     and checked to be comparable before any work, with the same prompts, budgets and settings.
     ``refusal_tokens``: the first tokens of a refusal (default: read off the base's refusals).
     ``task``: the user's task prompts with reference answers in place of the arithmetic problems
@@ -537,6 +538,10 @@ def study_into(
         split_task(task)  # checked before any work
     smoke = size == "smoke"
     out = Path(out)
+    load_options = {"dtype": "auto"} | (load_options or {})
+    if load_options["dtype"] == "auto":
+        load_options["dtype"], why = compute_dtype(load_options.get("device", "cpu"))
+        log(f"compute dtype: {load_options['dtype']} ({why})")
     watch = Stopwatch(log=lambda line: log(f"== {line}"))
     if base is None:
         with watch("default model"):  # fetched and converted on first use
@@ -553,9 +558,9 @@ def study_into(
                 organism_table(organism.manifest)
                 + (f"\n({organism.manifest['metrics_note']})" if "metrics_note" in organism.manifest else "")
             )
-            pair = organism.load_pair(**(load_options or {}))
+            pair = organism.load_pair(**load_options)
         else:  # a user's pair: the organism recipe gives only the prompt draws and budgets
-            organism, pair = None, load_pair(base, finetuned, **(load_options or {}))
+            organism, pair = None, load_pair(base, finetuned, **load_options)
             log(f"pair: {pair.base.name} -> {pair.finetuned.name}")
         if check_pair is not None:
             check_pair(pair)

@@ -23,6 +23,45 @@ from .chat import ChatFormat
 from .sources import hub_error, resolve_source
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)  # what --dtype takes; "auto" is ``compute_dtype(device)``
+
+
+def compute_dtype(device: str | torch.device = "cpu") -> tuple[str, str]:
+    """``(dtype, why)``: the dtype a study computes in on ``device``, and the reason in a few words.
+
+    ``bfloat16`` where the device multiplies it fast (CUDA with bf16 support; a CPU with AMX-BF16 or
+    AVX512-BF16 units, where torch's oneDNN matmuls run 7-10x faster than float32: see
+    ``benchmarks/dtype_bench.py``), ``float32`` elsewhere (bf16 there is emulated and slower).
+    bfloat16 keeps float32's range with an 8-bit mantissa: weights and matrix products run in it, while
+    what must be exact (captured activations, log-probabilities, losses, optimizer state) is float32."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bfloat16", "CUDA device with bf16 support"
+        return "float32", "CUDA device without bf16 support"
+    if kind == "cpu":
+        capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+        units = [
+            name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if capabilities.get(flag)
+        ]
+        if units:
+            return "bfloat16", f"CPU with {' and '.join(units)}"
+        return "float32", "CPU without bf16 matrix units"
+    return "float32", f"{kind} device (no bf16 measured there)"
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> str | torch.dtype:
+    """``dtype`` itself, or for ``"auto"`` the ``compute_dtype`` of ``device``; ``ConfigError`` for a name
+    that is neither."""
+    if not isinstance(dtype, str):
+        return dtype
+    if dtype == "auto":
+        return compute_dtype(device)[0]
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
+    return dtype
+
+
 # The linear modules of a Llama-style block, where LoRA adapters go.
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -49,6 +88,23 @@ def load_error(source, path: str, error: Exception) -> Exception:
 
 
 # ----------------------------------------------------------------------------- loaded models
+def _contiguous_input(module, args):
+    return (args[0].contiguous(), *args[1:])
+
+
+def contiguous_unembedding(hf: PreTrainedModel) -> None:
+    """Make the unembedding's input contiguous before it is projected (once per model; copies keep it).
+
+    ``logits_to_keep`` hands it a slice of the last positions, ``[batch, 1, d_model]`` with the stride of
+    the whole sequence. On such an input torch's ``linear`` multiplies by the weight folded into one
+    matrix only while the weight requires grad; frozen (a merged restoration, a loaded adapter) it runs a
+    batched product that first copies the ``[d_vocab, d_model]`` weight once per row: 2.2 GB and 2.8 s for
+    39 rows of SmolLM2, against 5 ms for the folded product. A contiguous copy of the slice costs nothing."""
+    head = hf.get_output_embeddings()
+    if head is not None and _contiguous_input not in head._forward_pre_hooks.values():
+        head.register_forward_pre_hook(_contiguous_input)
+
+
 @dataclass
 class LoadedModel:
     """A Hugging Face causal LM with its tokenizer, and a TransformerLens bridge booted on demand."""
@@ -59,6 +115,9 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     _bridge: object | None = field(default=None, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        contiguous_unembedding(self.hf)
 
     @property
     def n_layers(self) -> int:
@@ -71,6 +130,11 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> str:
+        """The weights' dtype, e.g. ``"bfloat16"`` (what the model computes in)."""
+        return str(next(self.hf.parameters()).dtype).removeprefix("torch.")
 
     @property
     def bridge(self):
@@ -222,9 +286,12 @@ def load_model(
     max_memory: dict | None = None,
     quantize: str | None = None,
 ) -> LoadedModel:
-    """Load a model by name (``interp.core.sources``) with a batch-ready tokenizer. ``device_map``
+    """Load a model by name (``interp.core.sources``) with a batch-ready tokenizer, its weights in
+    ``dtype`` (``"auto"``: ``compute_dtype(device)``; the fingerprint covers the weights' bytes, so every
+    cache key and layer map tells the dtypes apart). ``device_map``
     (``auto``) spreads a large model over the devices, within ``max_memory``; ``quantize`` (``4bit``,
     ``8bit``) loads the weights through bitsandbytes (CUDA only), on ``device_map`` or else ``device``."""
+    dtype = resolve_dtype(dtype, device)
     path = resolve_source(source)
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     kwargs: dict = {"dtype": torch_dtype}

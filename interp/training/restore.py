@@ -176,7 +176,9 @@ PRESETS = {
 
 
 def _distance_sum(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
-    """Sum over masked positions of the per-position distance; ``a``, ``b``: ``[batch, seq, d_model]``."""
+    """Sum over masked positions of the per-position distance; ``a``, ``b``: ``[batch, seq, d_model]``, in
+    float32 whatever the models compute in."""
+    a, b = a.float(), b.float()
     if kind == "l2":
         per_position = (a - b).norm(dim=-1)
     else:

@@ -6,6 +6,11 @@ with the model's chat template. Under several processes (``interp.distributed``)
 of the batch, its loss is its rows' cross-entropy summed over the whole batch's answer-token count, and
 the gradients are summed over the processes before each step: the losses and the adapter are those of
 one process, up to float rounding.
+
+``compute_dtype="bfloat16"`` runs the forward and backward passes under ``torch.autocast``: matrix
+products in bf16 (the frozen weights are cast as they are used), while the weights, the LoRA parameters,
+their gradients and AdamW's moments stay in the model's dtype (float32), and the cross-entropy is taken
+on float32 logits. The merged weights are float32 either way.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ..errors import ConfigError, EmptyPromptSetError, TrainingDivergedError
 from .lora import adapter_state, merge_adapter_state, trainable_parameters
 
 ADAPTER_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class SFTConfig:
     max_answer_tokens: int = 96
     adapter_dtype: str = "float16"  # the trained adapter is rounded to this before it is merged (and stored)
     seed: int = 0
+    compute_dtype: str = "float32"  # "bfloat16": forward and backward under bf16 autocast (module docstring)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "rank", "alpha", "max_answer_tokens"):
@@ -51,6 +58,8 @@ class SFTConfig:
             raise ConfigError("SFTConfig.target_modules is empty")
         if self.adapter_dtype not in ADAPTER_DTYPES:
             raise ConfigError(f"SFTConfig.adapter_dtype must be one of {sorted(ADAPTER_DTYPES)}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"SFTConfig.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}")
 
     def lora_config(self) -> LoraConfig:
         return LoraConfig(
@@ -166,7 +175,8 @@ def sft_lora(
         batch, order = order[: config.batch_size], order[config.batch_size :]
         rows = [encoded[i] for i in distributed.split(batch)]  # this process's rows (every row on one)
         ids, labels, mask = _collate(rows, model.tokenizer.pad_token_id)
-        total, count = _answer_loss(peft_model, ids.to(model.device), mask.to(model.device), labels.to(model.device))
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.compute_dtype == "bfloat16"):
+            total, count = _answer_loss(peft_model, *(t.to(model.device) for t in (ids, mask, labels)))
         loss = total / distributed.all_sum(count).clamp(min=1)  # this process's share of the batch loss
         whole = distributed.all_sum(loss.detach().clone()).item()
         if not math.isfinite(whole):
