@@ -97,6 +97,13 @@ def tiny_model_dir(request, tiny_llama, tiny_qwen) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def float32_by_default(monkeypatch):
+    """``--dtype auto`` resolves to float32 in tests, whatever this CPU has (tests that mean bfloat16 say
+    so), so every machine runs the same numbers."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})
+
+
+@pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch, request):
     """Each test gets its own cache, except tests marked slow, which share the real one."""
     if request.node.get_closest_marker("slow") is None:

@@ -124,3 +124,19 @@ def test_bf16_autocast_fine_tune_keeps_float32_weights_and_losses(tiny_llama):
     assert fast.stats["loss_last"] == pytest.approx(results["float32"].stats["loss_last"], rel=0.05)
     with pytest.raises(ConfigError, match="compute_dtype"):
         SFTConfig(compute_dtype="float16")
+
+
+def test_the_command_line_prints_its_choice_and_records_the_dtype_that_ran(tiny_llama, tmp_path, capsys, monkeypatch):
+    import tomllib
+
+    from interp.cli import main
+
+    bf16_cpu(monkeypatch, {"amx_bf16": True})
+    argv = ["capture", "--model", str(tiny_llama), "--prompts", "builtin:harmful:val", "--limit", "2"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert "compute dtype: bfloat16 (CPU with AMX-BF16; --dtype overrides)" in capsys.readouterr().out
+    written = tomllib.loads((tmp_path / "a" / "config.toml").read_text())
+    assert written["dtype"] == "bfloat16"  # what ran, not "auto": a rerun elsewhere computes the same
+    assert main([*argv, "--dtype", "float32", "--out", str(tmp_path / "b")]) == 0
+    assert "compute dtype" not in capsys.readouterr().out
+    assert tomllib.loads((tmp_path / "b" / "config.toml").read_text())["dtype"] == "float32"
