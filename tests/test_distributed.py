@@ -37,9 +37,10 @@ def accelerate(target: list[str], processes: int, env: dict | None = None, flags
 
 
 def launch(args: list[str], processes: int, tmp: Path, name: str, env: dict | None = None, flags: list[str] = ()):
-    """``interp ARGS`` in ``processes`` processes, with its own cache."""
+    """``interp ARGS`` in ``processes`` processes, with its own cache, in float32 (as every test computes:
+    ``conftest.float32_by_default`` does not reach a child process)."""
     cache = {"INTERP_CACHE": str(tmp / f"cache-{name}")}
-    return accelerate(["-m", "interp", *args], processes, cache | (env or {}), flags)
+    return accelerate(["-m", "interp", *args, "--dtype", "float32"], processes, cache | (env or {}), flags)
 
 
 def both(args_for, tmp: Path, flags: list[str] = ()) -> tuple[Path, Path]:

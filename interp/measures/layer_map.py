@@ -195,8 +195,9 @@ class LayerMap:
         if model.fingerprint != expected:
             raise LayerMapError(
                 f"layer map was made for {role} model {expected} ({getattr(self, role + '_model')}), "
-                f"not for {model.name} ({model.fingerprint}, {model.dtype}; a fingerprint covers the weights' "
-                "bytes, so the same weights in another dtype are another model: load them as the map's were)"
+                f"not for {model.name} ({model.fingerprint}{', ' + model.dtype if hasattr(model, 'dtype') else ''}; "
+                "a fingerprint covers the weights' bytes, so the same weights in another dtype are another model: "
+                "load them as the map's were)"
             )
 
     # ---------------------------------------------------------------- io

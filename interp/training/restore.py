@@ -357,6 +357,17 @@ def _after_prefix(model: LoadedModel, seqs: Sequence[Sequence[int]], prefix: _Pr
     return inputs | {"cache": cache, "use_cache": True}, mask[:, len(prefix.ids) :].to(device)
 
 
+def _trainable_copy(hf):
+    """A copy of ``hf`` to put LoRA on. On a CPU in bfloat16/float16 it attends eagerly (matmul, softmax in
+    float32, matmul): there torch's flash-attention kernel is fast forward but its backward is about 3x
+    slower than eager attention's forward and backward together (``benchmarks/dtype_bench.py`` notes)."""
+    model = copy.deepcopy(hf)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        model.set_attn_implementation("eager")
+    return model
+
+
 class _Student:
     """One placement in training: its peft model, optimizer, history and the time of its own work."""
 
@@ -373,7 +384,7 @@ class _Student:
             if placement.modules
             else layer_map.to_lora_config(config.rank, config.alpha, placement.layers, config.dropout)
         )
-        self.model = get_peft_model(copy.deepcopy(finetuned.hf), self.lora)  # the weights in memory
+        self.model = get_peft_model(_trainable_copy(finetuned.hf), self.lora)  # the weights in memory
         self.model.train()
         if distributed.sharded():  # FSDP: each process keeps 1/N of every block (interp.distributed)
             distributed.shard(self.model, decoder_layers(self.model))
