@@ -359,8 +359,8 @@ def _after_prefix(model: LoadedModel, seqs: Sequence[Sequence[int]], prefix: _Pr
 
 def _trainable_copy(hf):
     """A copy of ``hf`` to put LoRA on. On a CPU in bfloat16/float16 it attends eagerly (matmul, softmax in
-    float32, matmul): there torch's flash-attention kernel is fast forward but its backward is about 3x
-    slower than eager attention's forward and backward together (``benchmarks/dtype_bench.py`` notes)."""
+    float32, matmul): there torch's flash-attention kernel is fast forward but slow backward (forward and
+    backward at [4 rows, 9 heads, 75 x 99 positions]: 5.3 ms flash, 1.9 ms eager; 2 threads, bf16)."""
     model = copy.deepcopy(hf)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):

@@ -32,7 +32,7 @@ from ..errors import ConfigError, EmptyPromptSetError, TrainingDivergedError
 from .lora import adapter_state, merge_adapter_state, trainable_parameters
 
 ADAPTER_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class SFTConfig:
         if self.adapter_dtype not in ADAPTER_DTYPES:
             raise ConfigError(f"SFTConfig.adapter_dtype must be one of {sorted(ADAPTER_DTYPES)}")
         if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ConfigError(f"SFTConfig.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}")
+            raise ConfigError(f"SFTConfig.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}")
 
     def lora_config(self) -> LoraConfig:
         return LoraConfig(
