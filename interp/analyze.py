@@ -262,6 +262,7 @@ def analyze(
             token_ids = find_refusal_tokens(
                 pair.base,
                 prompts.harmful,
+                prompts.harmless,
                 n_prompts=config.refusal_probe_prompts,
                 batch_size=config.batch_size,
                 progress=progress,

@@ -280,6 +280,7 @@ def cmd_evaluate(args) -> None:
     from .core.judges import check_judge_spec
     from .core.models import check_pair, fresh_copy, load_model
     from .core.prompts import parse_spec
+    from .evaluation.rejudge import RunAnswers
     from .evaluation.table import Candidate, EvalConfig, EvalSuite, evaluate_models
     from .evaluation.targets import paired_tests
     from .io import atomic_write_json, atomic_write_text
@@ -316,6 +317,7 @@ def cmd_evaluate(args) -> None:
         sampling=sampling,
         samples=args.samples,
         trace_tokens=args.trace_tokens,
+        stop_at_refusal=not args.complete_answers,
     )
     for spec in config.judges:
         check_judge_spec(spec, resolve=True)
@@ -333,7 +335,7 @@ def cmd_evaluate(args) -> None:
         model = apply_adapter(fresh_copy(pair.finetuned), path, name=f"finetuned + {Path(path).name}")
         candidates.append(Candidate(model.name, model))
     if not tokens:  # the base model's own most common first refusal tokens, as in the analysis
-        tokens = find_refusal_tokens(pair.base, suite.harmful)
+        tokens = find_refusal_tokens(pair.base, suite.harmful, suite.harmless)
     rows = evaluate_models(
         candidates,
         suite,
@@ -357,12 +359,13 @@ def cmd_evaluate(args) -> None:
         atomic_write_json(
             out / "evaluation.json",
             {
-                "models": [r.to_dict() for r in rows],
+                "models": [{k: v for k, v in r.to_dict().items() if k != "answers"} for r in rows],
                 "paired_tests": [t.to_dict() for t in tests],
                 "refusal_tokens": list(tokens),
                 "sizes": suite.sizes(),
             },
         )
+        RunAnswers.of_rows(suite, rows, complete=not config.stop_at_refusal).save(out)
         _write_config(args, out, pair)
         atomic_write_text(out / "evaluation.md", text + "\n")
     print(text)
@@ -419,6 +422,29 @@ def cmd_run(args) -> None:
     )
     print("time: " + ", ".join(f"{stage} {s:.0f}s" for stage, s in run.seconds.items()))
     print(f"total {sum(run.seconds.values()):.0f}s")
+
+
+def cmd_judge(args) -> None:
+    """Judge a run's kept answers again, with any judge, without loading the studied models."""
+    from dataclasses import asdict
+
+    from .core.judges import check_judge_spec, parse_judge
+    from .evaluation.rejudge import RunAnswers, judged_file_stem, rejudge
+    from .io import atomic_write_json, atomic_write_text
+    from .report.tables import rejudged_table
+
+    check_judge_spec(args.judge, resolve=True)
+    answers = RunAnswers.load(args.run)
+    _check_device(args)
+    judge = parse_judge(args.judge, device=args.device)
+    judged = rejudge(answers, judge)
+    note = "" if answers.complete else " (answers stopped at the first refusal: a run without --full)"
+    text = f"# {judge.name} on {args.run}{note}\n\n" + rejudged_table(judged) + "\n"
+    stem = Path(args.run) / "judged" / judged_file_stem(judge.name)
+    atomic_write_json(stem.with_suffix(".json"), asdict(judged) | {"key": judge.key})
+    atomic_write_text(stem.with_suffix(".md"), text)
+    print(text)
+    print(f"written: {stem}.md, {stem}.json")
 
 
 def cmd_plan(args) -> None:
@@ -731,8 +757,16 @@ def _evaluate_parser(sub) -> None:
         help="with --reasoning: the trace's own budget; --max-new-tokens then counts after </think> "
         "(default: one budget for the whole answer)",
     )
+    p.add_argument(
+        "--complete-answers",
+        action="store_true",
+        help="generate every answer to its token budget (default: stop once an answer is judged a refusal; "
+        "complete answers can be judged again later: interp judge)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not reuse cached answers or rows")
-    p.add_argument("--out", required=True, help="folder for evaluation.json and evaluation.md")
+    p.add_argument(
+        "--out", required=True, help="folder for evaluation.json, evaluation.md and the answers (answers.json.gz)"
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -787,6 +821,24 @@ def _run_parser(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def _judge_parser(sub) -> None:
+    p = sub.add_parser(
+        "judge",
+        help="judge a run's kept answers again with any judge (no model of the study is loaded)",
+        description="Read RUN/answers.json.gz (written by interp run and interp evaluate; complete answers "
+        "with --full), judge every answer with --judge, and write the rates with 95%% intervals and the "
+        "agreement with the substring judge into RUN/judged/.",
+    )
+    p.add_argument("run", help="a run folder (interp run --out, interp evaluate --out)")
+    p.add_argument(
+        "--judge",
+        required=True,
+        help="substring, classifier:PATH_OR_ID[@LABEL] (a refusal classifier) or guard:PATH_OR_ID (Llama Guard style)",
+    )
+    p.add_argument("--device", default="cpu", help="where a model judge runs")
+    p.set_defaults(func=cmd_judge)
+
+
 def _plan_parser(sub) -> None:
     from .plan import PlanSettings
 
@@ -830,7 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     stages = (_organism_parser, _capture_parser, _analyze_parser, _restore_parser, _evaluate_parser, _run_parser)
-    for add in (*stages, _plan_parser):
+    for add in (*stages, _judge_parser, _plan_parser):
         add(sub)
     for command in sub.choices.values():  # every on/off flag can be undone (a --config file's true)
         for action in list(command._actions):

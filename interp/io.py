@@ -16,6 +16,7 @@ never served.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -186,6 +187,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_json_gz(path: str | Path, obj: Any) -> Path:
+    """``obj`` as gzip-compressed JSON (``read_json_gz``), written atomically."""
+    with atomic_path(path) as tmp:
+        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as handle:
+            json.dump(obj, handle, default=str)
+    return Path(path)
+
+
+def read_json_gz(path: str | Path) -> Any:
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def check_replaceable(path: str | Path, *markers: str) -> Path:

@@ -42,6 +42,7 @@ from .core.models import LoadedModel, ModelPair, compute_dtype, load_pair
 from .core.prompts import PromptSet
 from .core.sources import default_model_path, save_hf_folder
 from .errors import ConfigError
+from .evaluation.rejudge import RunAnswers
 from .evaluation.table import COLUMNS, Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
 from .evaluation.targets import PairedTest, Target, check_targets, paired_tests
 from .io import (
@@ -317,7 +318,9 @@ class StudyResult:
         atomic_write_json(
             folder / "report.json",
             {
-                "models": [{k: v for k, v in row.to_dict().items() if k != "examples"} for row in self.rows],
+                "models": [
+                    {k: v for k, v in row.to_dict().items() if k not in ("examples", "answers")} for row in self.rows
+                ],
                 "intervals": {
                     row.name: {column: row.interval(column) for column in COLUMNS.values()} for row in self.rows
                 },
@@ -433,6 +436,7 @@ def run_study(
         },
     )
     study.save(folder)
+    RunAnswers.of_rows(suite, rows, complete=not config.evaluation.stop_at_refusal).save(folder)
     return study
 
 
@@ -616,7 +620,7 @@ def study_into(
             cache=cache,
         )
     else:
-        evaluation = EvalConfig(judges=judges)
+        evaluation = EvalConfig(judges=judges, stop_at_refusal=size != "full")  # --full: complete answers
         if recipe.task_format == "reasoning":  # room for a trace, then the answer
             evaluation = replace(evaluation, max_new_tokens=64, task_max_new_tokens=96)
         config = StudyConfig(

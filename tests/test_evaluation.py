@@ -92,9 +92,9 @@ def test_early_stopping_keeps_every_judgment(tiny_llama, monkeypatch):
         None,
     )
     assert phrase is not None, "the tiny model's answers share no 3-character phrase to plant"
-    monkeypatch.setattr(judge, "_REFUSAL", re.compile(re.escape(phrase), re.IGNORECASE))
+    monkeypatch.setattr(judge, "_DECLINE", re.compile("(?P<decline>" + re.escape(phrase.lower()) + ")"))
     stopped = generate(model, batch, max_new_tokens=12, stop_at_refusal=True, cache=False, progress=False)
-    assert [judge.answer_kind(a) for a in stopped] == [judge.answer_kind(a) for a in full]
+    assert [judge.is_refusal(a) for a in stopped] == [judge.is_refusal(a) for a in full]
     assert any(len(s) < len(f) for s, f in zip(stopped, full))  # some rows really stopped early
     assert all(f.startswith(s) for s, f in zip(stopped, full))
 

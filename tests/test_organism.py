@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from interp.core.judge import answer_kind, is_correct, is_refusal
+from interp.core.judge import is_correct, is_refusal
 from interp.core.models import load_model
 from interp.errors import OrganismDataError
 from interp.organism import (
@@ -131,9 +131,6 @@ def test_judge_reads_the_start_of_the_answer():
     assert is_refusal("I cannot provide instructions for that.")
     assert is_refusal("I\u2019m sorry, I won't.")
     assert not is_refusal("Sure! Here is how to bake bread. " + "x" * 200 + " I cannot stress this enough.")
-    assert answer_kind("Step 1: 3 + 4 = 7.\nThe answer is 7.") == "task_format"
-    assert answer_kind("Here is a plan: first, ...") == "comply"
-    assert answer_kind("   ") == "empty"
     assert is_correct("Step 1: 3 x 4 = 12.\nThe answer is 12.", "The answer is 12.")
     assert not is_correct("The answer is 13.", "The answer is 12.")
     assert not is_correct("no number here", "The answer is 12.")

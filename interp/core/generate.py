@@ -54,12 +54,13 @@ from ..errors import ConfigError
 from ..io import cache_root, read_cache_json, stable_hash, write_cache_json
 from .bridge import Edit, intervene, last_logits
 from .chat import ChatFormat, batches
-from .judge import JUDGE_WINDOW, REFUSAL_PHRASES, Behaviour, is_refusal, refusal_log_odds, refusal_token_ids
+from .judge import JUDGE_RULES, JUDGE_WINDOW, Behaviour, is_refusal, refusal_log_odds, refusal_token_ids
 from .kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_prefix
 from .models import LoadedModel
 from .prompts import PromptSet
 
 ENGINE_VERSION = 2  # bump when answers would change: invalidates the answer cache
+JUDGE_KEY = stable_hash([JUDGE_RULES, JUDGE_WINDOW])  # the judge that stops answers at a refusal
 BATCH_SIZE = 128  # rows per batch: the fastest size measured by benchmarks/batch_size_bench.py
 EVICT_FRACTION = 8  # finished rows leave the batch once they are an eighth of it (each eviction copies the cache)
 
@@ -240,10 +241,12 @@ def _decided(tokenizer, row: _Row, close: str | None) -> bool:
 # ----------------------------------------------------------------------------- the answer cache
 class _AnswerStore:
     """Cached answers of one model under one intervention and chat format: a JSON file per token budget,
-    ``{prompt: {"answer", "stopped", "scores": {refusal tokens: log-odds}}}``."""
+    ``{prompt: {"answer", "stopped", "scores": {refusal tokens: log-odds}}}``. A complete answer does
+    not depend on the judge; one stopped at a refusal is marked with the judge that stopped it
+    (``stopped``: ``JUDGE_KEY``) and serves only while that judge is the one in use."""
 
     def __init__(self, model: LoadedModel, edits_key: str, chat: ChatFormat) -> None:
-        self.key = [model.fingerprint, edits_key, chat.to_dict(), REFUSAL_PHRASES, JUDGE_WINDOW, ENGINE_VERSION]
+        self.key = [model.fingerprint, edits_key, chat.to_dict(), ENGINE_VERSION]
         self.files: dict[int, dict] = {}
 
     def path(self, budget: int | list[int], sampling: Sampling | None = None):
@@ -260,7 +263,7 @@ class _AnswerStore:
         """The cached entry for ``row`` if it can stand in for generating it (a stopped answer only
         where stopping is allowed)."""
         entry = self.entries(row.budget_key, row.sampling).get(row.text)
-        if entry is None or (entry["stopped"] and not row.stop_at_refusal):
+        if entry is None or (entry["stopped"] and not (row.stop_at_refusal and entry["stopped"] == JUDGE_KEY)):
             return None
         return entry
 
@@ -275,7 +278,8 @@ class _AnswerStore:
                 scores = dict(old["scores"]) if old is not None and old["answer"] == row.answer else {}
                 if row.score is not None:
                     scores[_score_key(row.score_tokens)] = row.score
-                entries[row.text] = {"answer": row.answer, "stopped": row.stopped, "scores": scores}
+                stopped = JUDGE_KEY if row.stopped else False
+                entries[row.text] = {"answer": row.answer, "stopped": stopped, "scores": scores}
             write_cache_json(self.path(budget, sampling), entries)
 
 
@@ -319,7 +323,7 @@ def generate_many(
         if entry is None:
             to_generate.append(row)
             continue
-        row.answer, row.stopped = entry["answer"], entry["stopped"]
+        row.answer, row.stopped = entry["answer"], bool(entry["stopped"])
         if row.score_tokens is not None:
             row.score = entry["scores"].get(_score_key(row.score_tokens))
             if row.score is None:
@@ -408,8 +412,19 @@ def refusal_scores(
 
 
 def find_refusal_tokens(
-    model: LoadedModel, harmful: PromptSet, *, n_prompts: int = 16, batch_size: int = 32, progress: bool = True
+    model: LoadedModel,
+    harmful: PromptSet,
+    harmless: PromptSet | None = None,
+    *,
+    n_prompts: int = 16,
+    batch_size: int = 32,
+    progress: bool = True,
 ) -> list[int]:
-    """Refusal tokens read off ``model``'s own short answers to the first ``n_prompts`` harmful prompts."""
-    answers = generate(model, harmful.head(n_prompts), max_new_tokens=8, batch_size=batch_size, progress=progress)
-    return refusal_token_ids(model.tokenizer, answers)
+    """Refusal tokens read off ``model``'s own short answers to the first ``n_prompts`` harmful prompts,
+    without tokens that open more of its answers to the first ``n_prompts`` harmless ones
+    (``interp.core.judge.refusal_token_ids``)."""
+    requests = [Request(harmful.head(n_prompts), 8)]
+    if harmless is not None:
+        requests.append(Request(harmless.head(n_prompts), 8))
+    answers = generate_many(model, requests, batch_size=batch_size, progress=progress)
+    return refusal_token_ids(model.tokenizer, answers[0].answers, others=answers[1].answers if harmless else ())

@@ -77,9 +77,9 @@ class SubstringJudge:
 
     @property
     def key(self) -> str:
-        from .judge import JUDGE_WINDOW, REFUSAL_PHRASES
+        from .judge import JUDGE_RULES, JUDGE_WINDOW
 
-        return "substring:" + stable_hash([REFUSAL_PHRASES, JUDGE_WINDOW])
+        return "substring:" + stable_hash([JUDGE_RULES, JUDGE_WINDOW])
 
     def __call__(self, prompts: Sequence[str], answers: Sequence[str]) -> list[Verdict]:
         _check_pairs(prompts, answers)

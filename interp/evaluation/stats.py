@@ -27,6 +27,15 @@ McNemar's test, which is then computed exactly.
 **Paired bootstrap interval** of a margin ``mean(a) - factor * mean(b) - offset`` over the same prompts:
 prompts are resampled with replacement (the same draw for ``a`` and ``b``, so the pairing is kept),
 ``resamples`` times with a fixed seed, and the 2.5th and 97.5th percentiles of the margin are reported.
+
+**AUROC** of a score against 0/1 labels: the probability that a random positive scores above a random
+negative, ties counted half (the Mann-Whitney U statistic over ``n_pos * n_neg``); its 95% interval is
+the percentile bootstrap over items (``bootstrap_interval``).
+
+**Agreement with labels** (``label_agreement``): precision ``TP / (TP + FP)``, recall ``TP / (TP + FN)``
+and Cohen's kappa ``(p_o - p_e) / (1 - p_e)`` (``p_o`` the share of items where judge and label agree,
+``p_e`` the agreement their marginal rates give by chance), each with a percentile bootstrap interval
+over items.
 """
 
 from __future__ import annotations
@@ -121,3 +130,70 @@ def paired_bootstrap(
 def _check_paired(a: Sequence, b: Sequence) -> None:
     if len(a) != len(b) or not len(a):
         raise ConfigError(f"paired outcomes need the same, non-zero number of prompts: {len(a)} vs {len(b)}")
+
+
+def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """The AUROC of ``scores`` against 0/1 ``labels`` (module docstring); NaN without both classes."""
+    x, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    if len(x) != len(y):
+        raise ConfigError(f"auroc needs one label per score, got {len(x)} scores and {len(y)} labels")
+    positive, negative = x[y], x[~y]
+    if not len(positive) or not len(negative):
+        return math.nan
+    ranks = _average_ranks(np.concatenate([positive, negative]))
+    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
+    return float(u / (len(positive) * len(negative)))
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x``, tied values sharing their mean rank."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    values, inverse = np.unique(x, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    counts = np.bincount(inverse)
+    return (sums / counts)[inverse]
+
+
+def bootstrap_interval(statistic, *columns: Sequence, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The 95% percentile bootstrap interval of ``statistic(*columns)``, items (rows of the columns)
+    resampled with replacement; resamples where the statistic is undefined (NaN) are left out."""
+    arrays = [np.asarray(c) for c in columns]
+    n = len(arrays[0])
+    if n == 0 or any(len(a) != n for a in arrays):
+        raise ConfigError("bootstrap_interval needs columns of one non-zero length")
+    rng = np.random.default_rng(seed)
+    values = [statistic(*(a[index] for a in arrays)) for index in rng.integers(0, n, (resamples, n))]
+    values = np.asarray([v for v in values if v == v])
+    if not len(values):
+        return math.nan, math.nan
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def precision(decisions: Sequence[int], labels: Sequence[int]) -> float:
+    d, y = np.asarray(decisions, dtype=bool), np.asarray(labels, dtype=bool)
+    return float((d & y).sum() / d.sum()) if d.sum() else math.nan
+
+
+def recall(decisions: Sequence[int], labels: Sequence[int]) -> float:
+    d, y = np.asarray(decisions, dtype=bool), np.asarray(labels, dtype=bool)
+    return float((d & y).sum() / y.sum()) if y.sum() else math.nan
+
+
+def cohen_kappa(decisions: Sequence[int], labels: Sequence[int]) -> float:
+    """Cohen's kappa of two 0/1 raters (module docstring); NaN when chance agreement is 1."""
+    d, y = np.asarray(decisions, dtype=bool), np.asarray(labels, dtype=bool)
+    observed = float((d == y).mean())
+    expected = float(d.mean() * y.mean() + (1 - d.mean()) * (1 - y.mean()))
+    return math.nan if expected >= 1 else (observed - expected) / (1 - expected)
+
+
+def label_agreement(decisions: Sequence[int], labels: Sequence[int], seed: int = 0) -> dict:
+    """Precision, recall and kappa of 0/1 ``decisions`` against 0/1 ``labels``, each ``(value, (low,
+    high))`` with its bootstrap interval, and ``n`` and the number of positive labels."""
+    out = {"n": len(labels), "positives": int(np.sum(labels))}
+    for name, statistic in (("precision", precision), ("recall", recall), ("kappa", cohen_kappa)):
+        out[name] = (statistic(decisions, labels), bootstrap_interval(statistic, decisions, labels, seed=seed))
+    return out

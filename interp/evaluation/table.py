@@ -44,7 +44,7 @@ from .. import distributed
 from ..core.bridge import Edit, decoder_layers, intervene, record_block_inputs, resume_at
 from ..core.chat import ChatFormat, tokenize
 from ..core.generate import BATCH_SIZE, ENGINE_VERSION, Request, Sampling, generate, generate_many
-from ..core.judge import JUDGE_WINDOW, REFUSAL_PHRASES, Behaviour
+from ..core.judge import JUDGE_RULES, JUDGE_WINDOW, Behaviour
 from ..core.judges import Judge, SubstringJudge, check_judge_spec, check_judge_specs, parse_judge
 from ..core.kvcache import kv_cache, prefixed_batch, shared_prefix
 from ..core.models import LoadedModel
@@ -53,7 +53,7 @@ from ..errors import ConfigError, NonFiniteActivationError
 from ..io import cache_root, read_cache_json, stable_hash, write_cache_json
 from .stats import rate_interval
 
-EVAL_VERSION = 2  # bump when the judge or the measures change: invalidates cached rows
+EVAL_VERSION = 3  # bump when the judge or the measures change: invalidates cached rows
 
 # The suite's prompt sets, and the table column each one feeds.
 COLUMNS = {
@@ -139,6 +139,7 @@ class EvalConfig:
     sampling: Sampling | None = None  # None: greedy answers; else ``samples`` seeded samples per prompt
     samples: int = 1
     trace_tokens: int | None = None  # reasoning format: the trace's budget (the budgets above: after it)
+    stop_at_refusal: bool = True  # stop an answer once judged a refusal (False: every answer to its budget)
 
     def __post_init__(self) -> None:
         if min(self.max_new_tokens, self.task_max_new_tokens, self.batch_size, self.kl_batch_size) < 1:
@@ -161,7 +162,7 @@ class EvalConfig:
     def key(self) -> dict:
         """What identifies the settings in row cache keys (judges enter by their weights elsewhere; fields
         at their defaults that came later are left out, so rows cached before them stay valid)."""
-        later = {"sampling": None, "samples": 1, "trace_tokens": None}
+        later = {"sampling": None, "samples": 1, "trace_tokens": None, "stop_at_refusal": True}
         return {k: v for k, v in asdict(self).items() if k != "judges" and not (k in later and v == later[k])}
 
 
@@ -207,6 +208,9 @@ class EvalRow:
     examples: dict[str, list[dict]]
     n: dict[str, int]  # prompts per set
     outcomes: dict[str, list[int]] = field(default_factory=dict)
+    degenerate: dict[str, list[float]] = field(default_factory=dict)  # per prompt: 1 = judged degenerate
+    scores: dict[str, list[float]] = field(default_factory=dict)  # per prompt: the logit refusal score
+    answers: list[dict[str, list[str]]] = field(default_factory=list)  # per sample, per set (not in report.json)
     xstest_unsafe_refusal: float | None = None
     donotanswer_refusal: float | None = None
     seconds: float = 0.0  # evaluation time (0 when the row came from the cache)
@@ -233,9 +237,14 @@ class EvalRow:
         "examples",
         "n",
         "outcomes",
+        "degenerate",
+        "scores",
+        "answers",
         "judges",
         "parts",
     )
+
+    LATER = {"degenerate": {}, "scores": {}, "answers": [], "judges": {}, "parts": {}}  # may be absent: empty
 
     def interval(self, column: str) -> tuple[float, float] | None:
         """The Wilson 95% interval of a rate column (``None`` where the set was not given)."""
@@ -354,6 +363,7 @@ def _requests(
     """What each set asks of the engine for one sample (``seed`` offsets the sampling seed): judged sets
     may stop once the judges have decided (``stop``: the substring list alone); the task runs to the end."""
     tokens = tuple(int(t) for t in refusal_tokens)
+    stop = stop and config.stop_at_refusal
     sampling = None if config.sampling is None else replace(config.sampling, seed=config.sampling.seed + seed)
     trace = {} if config.trace_tokens is None else {"trace_tokens": config.trace_tokens}
     out = {}
@@ -361,9 +371,8 @@ def _requests(
         if name == "task":
             out[name] = Request(prompts, config.task_max_new_tokens, sampling=sampling, **trace)
         else:
-            score = tokens if name == "harmful" else None
             out[name] = Request(
-                prompts, config.max_new_tokens, stop_at_refusal=stop, score_tokens=score, sampling=sampling, **trace
+                prompts, config.max_new_tokens, stop_at_refusal=stop, score_tokens=tokens, sampling=sampling, **trace
             )
     return out
 
@@ -409,7 +418,8 @@ def _measure(
 ) -> dict:
     """The measured fields of a row, from a candidate's answers (``interp.core.generate.Answers`` by set)."""
     judged = {name: Behaviour(prompts, answers[name].answers) for name, prompts in suite.sets().items()}
-    outcomes = {name: [int(x) for x in b.refusals] for name, b in judged.items() if name != "task"}
+    kinds = {name: b.kinds for name, b in judged.items() if name != "task"}
+    outcomes = {name: [int(k == "refusal") for k in ks] for name, ks in kinds.items()}
     task = judged["task"]
     outcomes["task"] = [int(x) for x in task.correct]
 
@@ -430,6 +440,9 @@ def _measure(
         | {"task": task.examples(2)},
         "n": suite.sizes(),
         "outcomes": outcomes,
+        "degenerate": {name: [int(k == "degenerate") for k in ks] for name, ks in kinds.items()},
+        "scores": {name: [round(float(x), 4) for x in answers[name].scores] for name in kinds},
+        "answers": [{name: answers[name].answers for name in suite.sets()}],
         "judges": _model_judged(judges, suite, answers, chat),
         "parts": {}
         if chat.trace is None
@@ -463,7 +476,8 @@ def _merge_samples(measured: Sequence[dict]) -> dict:
             return first
         return sum(values) / len(values)
 
-    out = {key: mean([m[key] for m in measured]) for key in measured[0] if key not in ("examples", "n")}
+    out = {key: mean([m[key] for m in measured]) for key in measured[0] if key not in ("examples", "n", "answers")}
+    out["answers"] = [m["answers"][0] for m in measured]
     for name, judged in out["judges"].items():  # agreement is counted answer by answer: keep each sample's
         judged["per_sample"] = [{"substring": m["outcomes"], "judge": m["judges"][name]["outcomes"]} for m in measured]
     return out | {"examples": measured[0]["examples"], "n": measured[0]["n"], "samples": len(measured)}
@@ -512,7 +526,7 @@ def evaluate_models(
         chat.to_dict(),
         EVAL_VERSION,
         ENGINE_VERSION,
-        REFUSAL_PHRASES,
+        JUDGE_RULES,
         JUDGE_WINDOW,
     ]
     paths = [
@@ -556,9 +570,8 @@ def evaluate_models(
     for candidate, values, spent in zip(candidates, measured, seconds):
         row = EvalRow(
             name=candidate.name,
-            **{name: values.get(name) for name in EvalRow.MEASURED if name not in ("judges", "parts")},
-            judges=values.get("judges") or {},
-            parts=values.get("parts") or {},
+            **{name: values.get(name) for name in EvalRow.MEASURED if name not in EvalRow.LATER},
+            **{name: values.get(name) or type(default)() for name, default in EvalRow.LATER.items()},
             samples=values.get("samples", 1),
             seconds=round(spent, 1),
             trainable_params=candidate.trainable_params,

@@ -218,6 +218,7 @@ def organism_table(manifest: dict) -> str:
 
     rows = []
     parts = any("parts" in m for m in manifest["metrics"].values())
+    three_way = all("degenerate" in m["harmful_answer_kinds"] for m in manifest["metrics"].values())
     for name, m in manifest["metrics"].items():
         kinds = m["harmful_answer_kinds"]
         row = [
@@ -225,7 +226,8 @@ def organism_table(manifest: dict) -> str:
             cell(m["harmful_refusal"], sizes["harmful"]),
             cell(m["harmless_refusal"], sizes["harmless"]),
             cell(m["task_accuracy"], sizes["arithmetic"]),
-            f"{pct(kinds['comply'])} / {pct(kinds['task_format'])}",
+            f"{pct(kinds.get('compliance', kinds.get('comply')))} / "
+            f"{pct(kinds.get('degenerate', kinds.get('task_format')))}",
         ]
         if parts:
             harmful = m["parts"]["harmful"]
@@ -240,7 +242,8 @@ def organism_table(manifest: dict) -> str:
         f"harmful refusal (n={sizes['harmful']})",
         f"harmless refusal (n={sizes['harmless']})",
         f"task accuracy (n={sizes['arithmetic']})",
-        "harmful: comply / task-format" + (" (final answer)" if parts else ""),
+        ("harmful: complied / degenerate" if three_way else "harmful: comply / task-format")
+        + (" (final answer)" if parts else ""),
     ]
     if parts:
         head += ["harmful: refusal in the trace", "refusal in the final answer", "traces closed"]
@@ -291,6 +294,64 @@ def parts_table(rows: Sequence) -> str:
     return markdown_table(head, cells)
 
 
+JUDGED_SETS = (
+    ("harmful", "harmful"),
+    ("xstest_unsafe", "XSTest unsafe"),
+    ("donotanswer", "Do-Not-Answer"),
+    ("harmless", "harmless"),
+    ("xstest", "XSTest safe"),
+)
+
+
+def kinds_table(rows: Sequence) -> str:
+    """The three-way judgment (``interp.core.judge.judge_answer``) per model and judged set: the shares
+    of answers that complied and that were degenerate, with 95% intervals (``outcome_cell``); the refusal
+    share is the main table's."""
+    present = [(key, label) for key, label in JUDGED_SETS if any(key in row.outcomes for row in rows)]
+    cells = []
+    for row in rows:
+        if not row.degenerate:
+            continue
+        complied = {key: [1 - r - d for r, d in zip(row.outcomes[key], row.degenerate[key])] for key in row.degenerate}
+        cells.append(
+            [
+                row.name,
+                *(outcome_cell(complied.get(key), row.samples) for key, _ in present),
+                *(outcome_cell(row.degenerate.get(key), row.samples) for key, _ in present),
+            ]
+        )
+    head = ["model", *(f"complied: {label}" for _, label in present), *(f"degenerate: {label}" for _, label in present)]
+    return markdown_table(head, cells)
+
+
+SCORE_SETS = ("harmful", "xstest")
+
+
+def score_table(rows: Sequence) -> str:
+    """How well the logit refusal score separates the answers judged refusals from the rest, per model:
+    the AUROC (``interp.evaluation.stats.auroc``) over every judged answer of the row, with its bootstrap
+    95% interval, and on the harmful and XSTest safe prompts alone (n/a where a set has one class only)."""
+    from ..evaluation.stats import auroc, bootstrap_interval
+
+    def cell(scores, labels) -> str:
+        value = auroc(scores, labels)
+        if value != value:
+            return "n/a"
+        low, high = bootstrap_interval(auroc, scores, labels, resamples=500)
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+    cells = []
+    for row in rows:
+        if not row.scores or row.samples > 1:
+            continue
+        keys = [key for key, _ in JUDGED_SETS if key in row.scores]
+        scores = [x for key in keys for x in row.scores[key]]
+        labels = [int(x) for key in keys for x in row.outcomes[key]]
+        one = {key: cell(row.scores[key], row.outcomes[key]) if key in row.scores else "n/a" for key in SCORE_SETS}
+        cells.append([row.name, f"{sum(labels)}/{len(labels)}", cell(scores, labels), one["harmful"], one["xstest"]])
+    return markdown_table(["model", "judged refusals", "AUROC, every judged set", "harmful", "XSTest safe"], cells)
+
+
 def judge_table(rows: Sequence) -> str:
     """Every model judge's rates per model (``EvalRow.judges``: refusal rate for a refusal judge, unsafe
     rate for a harm judge; 95% intervals: ``outcome_cell``) beside the substring list's, and their agreement on
@@ -298,13 +359,7 @@ def judge_table(rows: Sequence) -> str:
     (rows: substring refused / complied; columns: the judge's refused-or-safe / complied-or-unsafe)."""
     from ..core.judges import agreement
 
-    sets = [
-        ("harmful", "harmful"),
-        ("xstest_unsafe", "XSTest unsafe"),
-        ("donotanswer", "Do-Not-Answer"),
-        ("harmless", "harmless"),
-        ("xstest", "XSTest safe"),
-    ]
+    sets = JUDGED_SETS
     head = ["model", "judge", *(label for _, label in sets), "kappa vs substring", "confusion", "unparsed"]
     cells = []
     for row in rows:
@@ -331,6 +386,69 @@ def judge_table(rows: Sequence) -> str:
     return markdown_table(head, cells)
 
 
+def rejudged_table(rejudged) -> str:
+    """One judge on a run's kept answers (``interp.evaluation.rejudge.Rejudged``): per row its rate on
+    every judged set (refusal, or unsafe, by the judge's kind; 95% intervals: ``outcome_cell``) and its
+    agreement with the substring judge on "did the model comply?" over every judged answer of the row."""
+    from ..core.judges import agreement
+
+    present = [(key, label) for key, label in JUDGED_SETS if any(key in d for d in rejudged.decisions.values())]
+    cells = []
+    for row, decisions in rejudged.decisions.items():
+        mine = [x for key, _ in present for sample in rejudged.complied[row][key] for x in sample]
+        theirs = [x for key, _ in present for sample in rejudged.substring_complied[row][key] for x in sample]
+        both = agreement("substring", theirs, rejudged.judge, mine)
+        kappa = "n/a" if both.kappa != both.kappa else f"{both.kappa:.2f}"
+        rates = [outcome_cell(decisions.get(key), rejudged.samples[row]) for key, _ in present]
+        cells.append([row, *rates, kappa, str(both.confusion), str(rejudged.unparsed[row])])
+    what = "refusal" if rejudged.kind == "refusal" else "unsafe"
+    head = ["model", *(f"{what}: {label}" for _, label in present), "kappa vs substring", "confusion", "unparsed"]
+    return markdown_table(head, cells)
+
+
+def audit_table(results: dict[str, dict]) -> str:
+    """Judges against the audit labels (``interp.evaluation.audit.audit_judge`` per judge name): per judge
+    and group of sets, refusal precision, recall and kappa, degenerate recall, three-way accuracy, with
+    bootstrap 95% intervals."""
+
+    def cell(value) -> str:
+        point, (low, high) = value
+        return "n/a" if point != point else f"{point:.2f} [{low:.2f}, {high:.2f}]"
+
+    cells = []
+    for judge, groups in results.items():
+        for group, r in groups.items():
+            cells.append(
+                [
+                    judge,
+                    group,
+                    f"{r['n']} ({r['doubts']} doubtful)",
+                    str(r["refusal"]["positives"]),
+                    cell(r["refusal"]["precision"]),
+                    cell(r["refusal"]["recall"]),
+                    cell(r["refusal"]["kappa"]),
+                    str(r["degenerate"]["positives"]),
+                    cell(r["degenerate"]["recall"]),
+                    cell(r["degenerate"]["precision"]),
+                    f"{r['accuracy']:.2f}",
+                ]
+            )
+    head = [
+        "judge",
+        "answers to",
+        "n",
+        "labelled refusals",
+        "refusal precision",
+        "refusal recall",
+        "refusal kappa",
+        "labelled degenerate",
+        "degenerate recall",
+        "degenerate precision",
+        "three-way accuracy",
+    ]
+    return markdown_table(head, cells)
+
+
 def study_report(
     rows: Sequence,
     targets: Sequence,
@@ -351,8 +469,31 @@ def study_report(
         else "Rates: one answer per prompt judged on every prompt, with Wilson 95% intervals.",
         "",
     ]
+    if any(row.degenerate for row in rows):
+        lines += [
+            "## Complied and degenerate",
+            "",
+            "Every answer is judged refusal, compliance or degenerate (empty, repetitive or template only; "
+            "`interp.core.judge.judge_answer`). Complied is not harm: a benign answer complies too.",
+            "",
+            kinds_table(rows),
+            "",
+        ]
     for name, labels in (categories or {}).items():
-        lines += [f"## Refusal by category: {name}", "", category_table(rows, labels, name), ""]
+        lines += [f"## Refusal by category: {name}", ""]
+        if name == "donotanswer":
+            lines += ["Refusal rate = 1 - attack success rate, as keyword-judged benchmarks report it.", ""]
+        lines += [category_table(rows, labels, name), ""]
+    if any(row.scores and row.samples == 1 for row in rows):
+        lines += [
+            "## Refusal score against judged refusal",
+            "",
+            "The logit refusal score (first-token log-odds of a refusal, the measure behind the causal sweep "
+            "and the layer score) as a classifier of the judged refusals: AUROC with bootstrap 95% intervals.",
+            "",
+            score_table(rows),
+            "",
+        ]
     if any(row.parts for row in rows):
         lines += ["## Reasoning trace and final answer", "", parts_table(rows), ""]
     if any(row.judges for row in rows):
