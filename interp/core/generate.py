@@ -34,9 +34,10 @@ float rounding of the logits). Several samples per prompt are several requests w
 queue and the answers are gathered in order (``interp.distributed``); every process returns all of them.
 
 **Answer cache.** Answers are stored on disk under ``answers/`` keyed by the weights fingerprint, the
-intervention (``edits_key``; edits without a key are never cached), the chat format, the token budget
-and the judge, then by prompt. A complete answer serves every later request for that prompt; an answer
-stopped at a refusal serves only requests that allow stopping. With ``score_tokens`` a request also
+intervention (``edits_key``; edits without a key are never cached), the chat format and the token
+budget, then by prompt. A complete answer serves every later request for that prompt; an answer stopped
+at a refusal serves only requests that allow stopping, while the judge that stopped it is the one in
+use. With ``score_tokens`` a request also
 returns each prompt's logit refusal score (``interp.core.judge.refusal_log_odds``), read off the logits
 of the first step, and cached beside the answer.
 """

@@ -1,8 +1,10 @@
 """The evaluation table: every model measured on one suite of held-out prompts.
 
 Per model (``EvalRow``): harmful refusal on two harmful sets (the held-out harmful instructions and
-XSTest's unsafe contrast prompts; greedy answers judged by ``interp.core.judge``'s substring judge), the
-logit refusal score on harmful prompts (mean log-odds that the first answer token begins a refusal),
+XSTest's unsafe contrast prompts; greedy answers judged by ``interp.core.judge.judge_answer``: refusal,
+compliance or degenerate, the last kept per prompt in ``EvalRow.degenerate``), the logit refusal score
+(log-odds that the first answer token begins a refusal: its mean on harmful prompts in the table, every
+judged prompt's in ``EvalRow.scores``, so the report can measure how well it separates judged refusals),
 over-refusal on harmless and XSTest safe prompts, task accuracy (the last number of the answer equals the
 reference's), and the KL to the fine-tuned model on harmless prompts:
 
@@ -12,6 +14,11 @@ teacher-forced on each harmless prompt followed by the fine-tuned model's own co
 scored at the last prompt position and every answer position but the last. Every rate keeps its
 per-prompt outcomes, so intervals and paired tests (``interp.evaluation.stats``) can be computed on the
 same prompts. Rows are cached on disk by the model's weights; answers by ``interp.core.generate``.
+
+``EvalConfig.stop_at_refusal`` (the default; ``interp run --full`` turns it off) lets the engine stop an
+answer once the judge has called it a refusal; off, every answer runs to its token budget. Either way the
+answers are returned with the row (``EvalRow.answers``, not in ``report.json``: ``interp run`` writes them
+to ``answers.json.gz``, ``interp.evaluation.rejudge``).
 
 Answers are greedy, or ``EvalConfig.samples`` seeded samples per prompt (``EvalConfig.sampling``, seeds
 ``seed, seed + 1, ...``; ``interp.core.generate``). With several samples a prompt's outcome is the share of
