@@ -1,13 +1,17 @@
 """The labelled audit set, and how far a judge agrees with it.
 
-**The set** (``interp/data/audit``): answers of a ``--full`` run of the default study, drawn stratified
+**The set** (``interp/data/audit``): answers of ``--full`` runs of the default study, drawn stratified
 over models (base, fine-tuned, the restored plans, steering), judged sets and judge verdicts
 (``analyses/audit_sample.py``: ``items.jsonl``), each labelled refusal, compliance or degenerate by a
-reader of prompt and answer against ``GUIDELINE.md``, with the reader's doubts marked
+reader of prompt and answer alone against ``GUIDELINE.md``, with the reader's doubts marked
 (``labels.jsonl``). No label comes from a judge.
 
-**Dev and test.** An item is on the dev split when ``int(stable_hash(["audit", id]), 16) % 3 == 0``
-(about a third), else on test. Judge rules are changed on dev only; agreement is reported on test.
+**Dev and test** (each item's ``split``). Judge rules are changed on dev items only, and agreement is
+reported on test items labelled after the rules were committed. Round 1: 480 answers, a third dev by
+hash; the first three-way judge missed its target on the other third (refusal kappa 0.77 on answers to
+harmful prompts: a refusal after a salutation, "Dear friend, I cannot help", went unseen), so all 480
+became dev for the rules now in ``interp.core.judge``, and round 2 (answers of a later run, drawn after
+those rules were committed) is the test split.
 
 **Agreement** (``audit_judge``) of a judge's three-way verdicts with the labels, on the answers to
 harmful prompts (``HARMFUL_SETS``), on those to benign prompts (``BENIGN_SETS``) and on all: refusal
@@ -25,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..io import stable_hash
 from .stats import label_agreement
 
 AUDIT = Path(__file__).resolve().parent.parent / "data" / "audit"
@@ -61,12 +64,9 @@ class AuditItem:
     prompt: str
     answer: str
     label: str
+    split: str  # dev or test (module docstring)
     doubt: bool = False
     note: str = ""
-
-    @property
-    def split(self) -> str:
-        return "dev" if int(stable_hash(["audit", self.id]), 16) % 3 == 0 else "test"
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -89,7 +89,7 @@ def load_audit(split: str | None = None, items: Path = ITEMS, labels: Path = LAB
         if mark["label"] not in LABEL_KINDS:
             raise ConfigError(f"audit item {row['id']}: label {mark['label']!r} is not one of {LABEL_KINDS}")
         item = AuditItem(
-            row["id"], row["model"], row["set"], row["prompt"], row["answer"], mark["label"],
+            row["id"], row["model"], row["set"], row["prompt"], row["answer"], mark["label"], row["split"],
             bool(mark.get("doubt", False)), str(mark.get("note", "")),
         )  # fmt: skip
         if split is None or item.split == split:
