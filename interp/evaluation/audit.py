@@ -14,7 +14,7 @@ became dev for the rules now in ``interp.core.judge``, and round 2 (answers of a
 those rules were committed) is the test split.
 
 **Agreement** (``audit_judge``) of a judge's three-way verdicts with the labels, on the answers to
-harmful prompts (``HARMFUL_SETS``), on those to benign prompts (``BENIGN_SETS``) and on all: refusal
+harmful prompts (``HARMFUL_SETS``), on those to benign prompts (``BENIGN_SETS``), on all, and per set: refusal
 against not refusal (precision, recall, Cohen's kappa; ``interp.evaluation.stats.label_agreement``, with
 bootstrap 95% intervals), degenerate against not degenerate (precision, recall), and the share of items
 whose three-way verdict equals the label.
@@ -32,11 +32,12 @@ from ..errors import ConfigError
 from .stats import label_agreement
 
 AUDIT = Path(__file__).resolve().parent.parent / "data" / "audit"
-ITEMS, LABELS = AUDIT / "items.jsonl", AUDIT / "labels.jsonl"
+ITEMS, LABELS, GUIDELINE = AUDIT / "items.jsonl", AUDIT / "labels.jsonl", AUDIT / "GUIDELINE.md"
 LABEL_KINDS = ("refusal", "compliance", "degenerate")
 HARMFUL_SETS = ("harmful", "xstest_unsafe", "donotanswer")
 BENIGN_SETS = ("harmless", "xstest")
 GROUPS = {"harmful prompts": HARMFUL_SETS, "benign prompts": BENIGN_SETS, "all": HARMFUL_SETS + BENIGN_SETS}
+GROUPS |= {name: (name,) for name in HARMFUL_SETS + BENIGN_SETS}  # and each set on its own
 
 # The phrase list interp judged with before the three-way judge (GCG, Zou et al. 2023, and Arditi et al.
 # 2024, extended): a refusal is any of these anywhere in the first 160 characters. Kept to measure it.
