@@ -56,6 +56,8 @@ def main() -> None:
     def judged(score: float) -> float:
         return 1 / (1 + math.exp(-(a + b * score)))
 
+    start = next((m["refusal_score"] for m in models if m["name"] == "finetuned"), -2.5)
+
     lines = [
         "# The logit refusal score against judged refusal",
         "",
@@ -70,9 +72,9 @@ def main() -> None:
         markdown_table(["score band (log-odds)", "answers", "judged refusal"], bands),
         "",
         f"Logistic fit: P(judged refusal) = 1 / (1 + exp(-({a:+.2f} {b:+.2f} x score))); a judged refusal "
-        f"rate of 50% at score {-a / b:+.2f}. At that point one unit of the score moves judged refusal by "
-        f"{b / 4:.1%} (the slope of the fit); from a score of -2.5 (the fine-tuned model's mean on harmful "
-        f"prompts in the study) to -1.5 it goes from {judged(-2.5):.1%} to {judged(-1.5):.1%}.",
+        f"rate of 50% at score {-a / b:+.2f}, where one unit of the score moves it by about {b / 4 * 100:.0f} "
+        f"points; from the fine-tuned model's mean score on harmful prompts ({start:+.2f}) one unit up takes "
+        f"it from {judged(start):.1%} to {judged(start + 1):.1%}.",
         "",
     ]
     atomic_write_text(args.out, "\n".join(lines))
