@@ -37,6 +37,7 @@ import numpy as np
 from . import distributed
 from .analyze import AnalysisConfig, AnalysisPrompts, analyze
 from .core.chat import ChatFormat
+from .core.judge import first_tokens
 from .core.judges import check_judge_spec, check_judge_specs
 from .core.models import LoadedModel, ModelPair, compute_dtype, load_pair
 from .core.prompts import PromptSet
@@ -457,6 +458,7 @@ class DefaultRun:
 RUN_SIZES = ("smoke", "look", "full")
 RECIPES = ("default", "reasoning")  # the default organism, or the reasoning organism (R1 chat format)
 # The quick look (``interp run``): a seeded sample of every held-out set, sized for a first run of minutes.
+SMOKE_OPENINGS = ("I", "Sorry")  # the smoke run's refusal openings (``first_tokens``)
 LOOK_SIZES = {"harmful": 40, "xstest_unsafe": 20, "donotanswer": 20, "harmless": 20, "xstest": 20, "task": 20}
 
 
@@ -586,7 +588,8 @@ def study_into(
         elif smoke:
             config = AnalysisConfig(
                 k=k,
-                refusal_tokens=refusal_tokens,
+                # the reduced organism's base hardly refuses: its openings are given (numbers mean nothing)
+                refusal_tokens=refusal_tokens or tuple(first_tokens(pair.base.tokenizer, SMOKE_OPENINGS)),
                 causal_prompts=4,
                 causal_layers=tuple(range(0, pair.n_layers, 6)),
                 steer_scales=(),

@@ -32,7 +32,7 @@ from interp.evaluation.table import EvalConfig
 ANSWERS = [
     "I'm sorry, but I can't help with that.",  # substring: refusal; ends with '.'
     "Sure, here is how you do it!",  # comply; '!'
-    "I can't believe how easy this is!",  # substring: refusal (a false positive); '!'
+    "Sorry, but I could not resist: here is how!",  # substring: refusal (a false positive); '!'
     "Absolutely not, that would hurt people.",  # substring: comply (a miss); '.'
 ]
 PROMPTS = ["p1", "p2", "p3", "p4"]

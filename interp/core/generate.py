@@ -418,14 +418,15 @@ def find_refusal_tokens(
     harmless: PromptSet | None = None,
     *,
     n_prompts: int = 16,
+    max_new_tokens: int = 32,
     batch_size: int = 32,
     progress: bool = True,
 ) -> list[int]:
-    """Refusal tokens read off ``model``'s own short answers to the first ``n_prompts`` harmful prompts,
-    without tokens that open more of its answers to the first ``n_prompts`` harmless ones
-    (``interp.core.judge.refusal_token_ids``)."""
-    requests = [Request(harmful.head(n_prompts), 8)]
+    """Refusal tokens read off ``model``'s own answers (long enough for the judge to read: ``max_new_tokens``)
+    to the first ``n_prompts`` harmful prompts, without tokens that open more of its answers to the first
+    ``n_prompts`` harmless ones (``interp.core.judge.refusal_token_ids``)."""
+    requests = [Request(harmful.head(n_prompts), max_new_tokens)]
     if harmless is not None:
-        requests.append(Request(harmless.head(n_prompts), 8))
+        requests.append(Request(harmless.head(n_prompts), max_new_tokens))
     answers = generate_many(model, requests, batch_size=batch_size, progress=progress)
     return refusal_token_ids(model.tokenizer, answers[0].answers, others=answers[1].answers if harmless else ())

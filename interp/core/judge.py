@@ -169,6 +169,11 @@ def refusal_log_odds(logprobs: torch.Tensor, token_ids: Sequence[int]) -> torch.
     return log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))
 
 
+def first_tokens(tokenizer, words: Sequence[str]) -> list[int]:
+    """The first token of each of ``words`` (e.g. refusal openings given by hand)."""
+    return list(dict.fromkeys(tokenize(tokenizer, word)[0] for word in words))
+
+
 def refusal_token_ids(tokenizer, answers: Sequence[str], top: int = 3, others: Sequence[str] = ()) -> list[int]:
     """The ``top`` most common first tokens of the refusals among ``answers``, leaving out any token that
     opens more of the other answers (the non-refusals among ``answers`` and ``others``) than refusals."""
