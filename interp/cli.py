@@ -430,19 +430,26 @@ def cmd_judge(args) -> None:
 
     from .core.judges import check_judge_spec, parse_judge
     from .evaluation.rejudge import RunAnswers, judged_file_stem, rejudge
-    from .io import atomic_write_json, atomic_write_text
+    from .io import add_to_output, atomic_write_json, atomic_write_text
     from .report.tables import rejudged_table
 
     check_judge_spec(args.judge, resolve=True)
     answers = RunAnswers.load(args.run)
+    add_to_output(args.run, "run|evaluate", lambda folder: [])  # checked before the judge loads
     _check_device(args)
     judge = parse_judge(args.judge, device=args.device)
     judged = rejudge(answers, judge)
     note = "" if answers.complete else " (answers stopped at the first refusal: a run without --full)"
     text = f"# {judge.name} on {args.run}{note}\n\n" + rejudged_table(judged) + "\n"
     stem = Path(args.run) / "judged" / judged_file_stem(judge.name)
-    atomic_write_json(stem.with_suffix(".json"), asdict(judged) | {"key": judge.key})
-    atomic_write_text(stem.with_suffix(".md"), text)
+
+    def write(folder: Path) -> list[Path]:
+        return [
+            atomic_write_json(stem.with_suffix(".json"), asdict(judged) | {"key": judge.key}),
+            atomic_write_text(stem.with_suffix(".md"), text),
+        ]
+
+    add_to_output(args.run, "run|evaluate", write)
     print(text)
     print(f"written: {stem}.md, {stem}.json")
 

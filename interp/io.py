@@ -283,6 +283,22 @@ def check_output(path: str | Path, command: str) -> Path:
     return path
 
 
+def add_to_output(folder: str | Path, command: str, write) -> list[Path]:
+    """Add files to the finished output folder of ``interp command`` (or one of ``command``'s ``|``-joined
+    names): ``write(folder)`` writes them (atomically, each) and returns their paths, which join the
+    folder's ``OUTPUT_MARKER`` list, so a later run of the command may still replace the folder whole.
+    ``OutputExistsError`` before anything is written if ``folder`` is not such an output."""
+    folder = Path(folder)
+    marker = _output_marker(folder)
+    if marker is None or marker["command"] not in command.split("|"):
+        names = command.replace("|", "` or `interp ")
+        raise OutputExistsError(f"{folder} is not the output of `interp {names}` (no matching {OUTPUT_MARKER})")
+    paths = write(folder)
+    marker["files"] = sorted(set(marker["files"]) | {Path(p).relative_to(folder).as_posix() for p in paths})
+    atomic_write_text(folder / OUTPUT_MARKER, json.dumps(marker, indent=1) + "\n")
+    return paths
+
+
 def _launch_pid() -> int:
     """A number every process of this run shares and no other run has: the launcher's pid under
     ``accelerate launch``, else this process's."""

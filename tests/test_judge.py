@@ -126,13 +126,21 @@ def test_a_folder_without_answers_is_one_line(tmp_path):
 
 def test_interp_judge_writes_rates_and_agreement(tmp_path, capsys):
     from interp.cli import main
+    from interp.io import check_output, output_folder
 
-    _answers().save(tmp_path)
-    assert main(["judge", str(tmp_path), "--judge", "substring"]) == 0
-    text = (tmp_path / "judged" / "substring.md").read_text()
+    run = tmp_path / "run"
+    with output_folder(run, "run") as staging:
+        _answers().save(staging)
+    assert main(["judge", str(run), "--judge", "substring"]) == 0
+    text = (run / "judged" / "substring.md").read_text()
     assert "| base | 33.3% [" in text and "kappa vs substring" in text
+    check_output(run, "run")  # the judged files joined the run's own: a rerun may still replace the folder
     assert main(["judge", str(tmp_path / "none"), "--judge", "substring"]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    _answers().save(tmp_path / "loose")  # answers in a folder interp run did not write: refused, nothing added
+    assert main(["judge", str(tmp_path / "loose"), "--judge", "substring"]) == 2
+    assert "not the output of `interp run`" in capsys.readouterr().err
+    assert not (tmp_path / "loose" / "judged").exists()
 
 
 def test_auroc_matches_the_pairwise_definition():
