@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.chat import ChatFormat
-from .core.generate import find_refusal_tokens
+from .core.generate import REFUSAL_PROBE_PROMPTS, find_refusal_tokens
 from .core.models import ModelPair
 from .core.prompts import (
     PromptSet,
@@ -63,7 +63,7 @@ class AnalysisConfig:
     batch_size: int = 32
     causal_prompts: int = 16  # harmful prompts in the per-layer causal sweep
     causal_layers: tuple[int, ...] | None = None  # None: every layer
-    refusal_probe_prompts: int = 128  # base answers (harmful and harmless) read to find the refusal tokens
+    refusal_probe_prompts: int = REFUSAL_PROBE_PROMPTS  # base answers per set read to find the refusal tokens
     refusal_tokens: tuple[int, ...] | None = None  # explicit refusal token ids (skips reading answers)
     steer_scales: tuple[float, ...] = (1.0, 2.0)  # multiples of the base refusal vector tried by generation; () skips
     steer_max_new_tokens: int = 32

@@ -62,6 +62,8 @@ from .prompts import PromptSet
 
 ENGINE_VERSION = 2  # bump when answers would change: invalidates the answer cache
 JUDGE_KEY = stable_hash([JUDGE_RULES, JUDGE_WINDOW])  # the judge that stops answers at a refusal
+# Answers read per set to find the refusal tokens: 16 saw only the default base's "I", 128 also its "Sorry".
+REFUSAL_PROBE_PROMPTS = 128
 BATCH_SIZE = 128  # rows per batch: the fastest size measured by benchmarks/batch_size_bench.py
 EVICT_FRACTION = 8  # finished rows leave the batch once they are an eighth of it (each eviction copies the cache)
 
@@ -417,7 +419,7 @@ def find_refusal_tokens(
     harmful: PromptSet,
     harmless: PromptSet | None = None,
     *,
-    n_prompts: int = 16,
+    n_prompts: int = REFUSAL_PROBE_PROMPTS,
     max_new_tokens: int = 32,
     batch_size: int = 32,
     progress: bool = True,
