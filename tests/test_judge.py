@@ -163,3 +163,35 @@ def test_label_agreement_on_planted_decisions():
     assert got["kappa"][0] == pytest.approx(cohen_kappa(half, labels))
     low, high = got["kappa"][1]
     assert low < got["kappa"][0] < high
+
+
+def test_holm_matches_its_definition():
+    from interp.evaluation.stats import holm
+
+    p = [0.01, 0.04, 0.03, 0.2]
+    # sorted 0.01, 0.03, 0.04, 0.2 times 4, 3, 2, 1 -> 0.04, 0.09, 0.08 -> 0.09 (monotone), 0.2
+    assert holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    with pytest.raises(ConfigError):
+        holm([0.1, float("nan")])
+
+
+def test_mirrored_paired_tests_count_once_in_the_holm_family():
+    from interp.evaluation.targets import PairedTest, with_holm
+
+    def test(model, against, column, p):
+        return PairedTest(model, against, column, 0.1, (0.0, 0.2), 3, 1, p)
+
+    family = with_holm([test("a", "b", "harmful", 0.01), test("b", "a", "harmful", 0.01), test("a", "b", "task", 0.04)])
+    assert [t.holm_p for t in family] == pytest.approx([0.02, 0.02, 0.04])
+
+
+def test_protocol_parts_are_fixed_disjoint_and_about_a_third_dev():
+    from interp.core.prompts import public_prompts
+
+    harmful = public_prompts("harmful_val") + public_prompts("harmful_train")
+    dev, test = harmful.part("dev"), harmful.part("test")
+    assert not set(dev.instructions) & set(test.instructions)
+    assert len(dev) + len(test) == len(harmful) and 0.25 < len(dev) / len(harmful) < 0.42
+    head = harmful.head(50)  # a prompt's part does not depend on the set it is in
+    assert head.part("dev").instructions == tuple(t for t in dev.instructions if t in head.instructions)

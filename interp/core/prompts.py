@@ -89,6 +89,13 @@ class PromptSet:
         indices = sorted(random.Random(seed).sample(range(len(self)), min(n, len(self))))
         return self.subset(indices)
 
+    def part(self, part: str) -> PromptSet:
+        """The ``dev`` or ``test`` part of the set (``protocol_part``: about a third dev, by a hash of each
+        text), in order: every choice is made on dev, claims are read from test."""
+        if part not in PROTOCOL_PARTS:
+            raise ConfigError(f"part must be one of {', '.join(PROTOCOL_PARTS)}, got {part!r}")
+        return self.subset([i for i, text in enumerate(self.instructions) if protocol_part(text) == part], part)
+
     def with_label(self, label: int | None) -> PromptSet:
         return replace(self, labels=(label,) * len(self))
 
@@ -329,6 +336,16 @@ def split_of(text: str, seed: int = 0, val_share: int = 5) -> str:
     """``val`` for about one in ``val_share`` texts, else ``train``, by a hash of the text and the seed."""
     digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
     return "val" if int.from_bytes(digest[:8], "big") % val_share == 0 else "train"
+
+
+PROTOCOL_PARTS = ("dev", "test")
+
+
+def protocol_part(text: str) -> str:
+    """``dev`` for about one text in three, else ``test``, by a hash of the text alone (fixed once: a prompt
+    is on the same side in every set, run and organism)."""
+    digest = hashlib.sha256(f"protocol:{text}".encode()).digest()
+    return "dev" if int.from_bytes(digest[:8], "big") % 3 == 0 else "test"
 
 
 # ----------------------------------------------------------------------------- public sets

@@ -28,6 +28,11 @@ McNemar's test, which is then computed exactly.
 prompts are resampled with replacement (the same draw for ``a`` and ``b``, so the pairing is kept),
 ``resamples`` times with a fixed seed, and the 2.5th and 97.5th percentiles of the margin are reported.
 
+**Holm's correction** (Holm 1979) of ``m`` p-values for the family-wise error rate: sorted ascending,
+the ``i``-th (from 0) is multiplied by ``m - i``, made non-decreasing along the order and capped at 1;
+a hypothesis is rejected at level ``alpha`` when its adjusted p is at most ``alpha``. It controls the
+chance of any false rejection under any dependence between the tests.
+
 **AUROC** of a score against 0/1 labels: the probability that a random positive scores above a random
 negative, ties counted half (the Mann-Whitney U statistic over ``n_pos * n_neg``); its 95% interval is
 the percentile bootstrap over items (``bootstrap_interval``).
@@ -197,3 +202,15 @@ def label_agreement(decisions: Sequence[int], labels: Sequence[int], seed: int =
     for name, statistic in (("precision", precision), ("recall", recall), ("kappa", cohen_kappa)):
         out[name] = (statistic(decisions, labels), bootstrap_interval(statistic, decisions, labels, seed=seed))
     return out
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values in the input order (module docstring)."""
+    p = np.asarray(p_values, dtype=float)
+    if np.isnan(p).any() or ((p < 0) | (p > 1)).any():
+        raise ConfigError("holm needs p-values in [0, 1]")
+    order = np.argsort(p, kind="mergesort")
+    adjusted = np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p))))
+    out = np.empty(len(p))
+    out[order] = np.minimum(adjusted, 1.0)
+    return out.tolist()

@@ -112,6 +112,10 @@ class EvalSuite:
         """Every set cut to its first ``n`` prompts (quick runs)."""
         return EvalSuite(**{name: prompts.head(n) for name, prompts in self.sets().items()})
 
+    def part(self, part: str) -> EvalSuite:
+        """Every set's ``dev`` or ``test`` part (``PromptSet.part``)."""
+        return EvalSuite(**{name: prompts.part(part) for name, prompts in self.sets().items()})
+
     def sample(self, sizes: dict[str, int], seed: int = 0) -> EvalSuite:
         """A seeded sample of ``sizes[name]`` prompts of every set (``PromptSet.sample``; in their order)."""
         unknown = set(sizes) - set(COLUMNS)

@@ -17,9 +17,9 @@ Targets on parameters and time are exact.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-from .stats import discordant, paired_bootstrap, paired_p_value
+from .stats import discordant, holm, paired_bootstrap, paired_p_value
 from .table import COLUMNS, SET_OF_COLUMN, EvalRow
 
 VERDICTS = ("met", "missed", "not distinguishable")
@@ -135,6 +135,7 @@ class PairedTest:
     only_model: int  # prompts positive for ``model`` only
     only_against: int
     p_value: float
+    holm_p: float | None = None  # Holm-adjusted over the family it was tested in (``paired_tests``)
 
     def __post_init__(self) -> None:
         self.interval = tuple(self.interval)  # JSON gives a list back
@@ -175,4 +176,14 @@ def paired_tests(rows: Sequence[EvalRow], against: Sequence[str] = ("ranked", "b
         for row in rows:
             if row is not other:
                 out += [t for column in COLUMNS.values() if (t := paired_test(row, other, column)) is not None]
-    return out
+    return with_holm(out)
+
+
+def with_holm(tests: Sequence[PairedTest]) -> list[PairedTest]:
+    """``tests`` with their Holm-adjusted p-values over the family of distinct tests among them (a test and
+    its mirror, A vs B and B vs A on one column, count once and share the adjusted p)."""
+    keys = [(frozenset((t.model, t.against)), t.column) for t in tests]
+    distinct = list(dict.fromkeys(keys))
+    first = {key: next(t for t, k in zip(tests, keys) if k == key) for key in distinct}
+    adjusted = dict(zip(distinct, holm([first[key].p_value for key in distinct]))) if distinct else {}
+    return [replace(t, holm_p=adjusted[key]) for t, key in zip(tests, keys)]

@@ -196,7 +196,8 @@ PAIRED_COLUMNS = (
 
 def paired_table(tests: Sequence) -> str:
     """Paired comparisons (``PairedTest``s), one line per pair of rows: the difference in points with its
-    95% paired bootstrap interval and the exact McNemar p-value, per rate."""
+    95% paired bootstrap interval, the exact McNemar p-value and its Holm adjustment over the table's
+    distinct tests, per rate."""
     pairs: dict[tuple[str, str], dict] = {}
     for t in tests:
         pairs.setdefault((t.model, t.against), {})[t.column] = t
@@ -504,7 +505,8 @@ def study_report(
         lines += [
             "## Paired tests",
             "",
-            f"Each row against {' and '.join(dict.fromkeys(t.against for t in paired))}, on the same prompts.",
+            f"Each row against {' and '.join(dict.fromkeys(t.against for t in paired))}, on the same prompts; "
+            "p: exact McNemar; Holm: adjusted over the table's distinct tests.",
             "",
         ]
         lines += [paired_table(paired), ""]
@@ -513,9 +515,11 @@ def study_report(
 
 
 def _difference_cell(test) -> str:
-    """``+4.0 [+0.7, +7.4] p=0.036``: a ``PairedTest``'s difference in points, interval and McNemar p."""
+    """``+4.0 [+0.7, +7.4] p=0.036 (Holm 0.41)``: a ``PairedTest``'s difference in points, interval, McNemar
+    p and, where the test has one, its Holm-adjusted p."""
     low, high = (100 * x for x in test.interval)
-    return f"{100 * test.difference:+.1f} [{low:+.1f}, {high:+.1f}] p={test.p_value:.2g}"
+    holm = "" if getattr(test, "holm_p", None) is None else f" (Holm {test.holm_p:.2g})"
+    return f"{100 * test.difference:+.1f} [{low:+.1f}, {high:+.1f}] p={test.p_value:.2g}{holm}"
 
 
 def frontier_table(points: Sequence, comparisons: Sequence) -> str:
