@@ -78,10 +78,15 @@ class Plan:
     layers: tuple[int, ...]
     alignment: tuple[int, ...]
     modules: tuple[tuple[int, tuple[str, ...]], ...] = ()  # (layer, module names); empty: whole blocks
+    lr: float | None = None  # its own learning rate (None: the restoration config's)
 
     @property
     def placement(self) -> Placement:
-        return Placement(self.layers, self.alignment, self.modules)
+        return Placement(self.layers, self.alignment, self.modules, self.lr)
+
+    def aligned_at(self, alignment: Sequence[int]) -> Plan:
+        """The same plan aligned at ``alignment`` (the protocol's shared, plan-independent layers)."""
+        return replace(self, alignment=tuple(sorted(set(alignment))))
 
 
 def component_plan(component_map: LayerMap) -> Plan:
@@ -140,27 +145,44 @@ def ranked_plan(layer_map: LayerMap, k: int) -> Plan:
 
 
 def random_plans(
-    layer_map: LayerMap, draws: int, seed: int = 0, low: int = 0, key: str = "random_k", k: int | None = None
+    layer_map: LayerMap,
+    draws: int,
+    seed: int = 0,
+    low: int = 0,
+    key: str = "random_k",
+    k: int | None = None,
+    holding: int | None = None,
+    exclude: Sequence[Sequence[int]] = (),
 ) -> list[Plan]:
     """``draws`` distinct plans with LoRA on ``k`` layers drawn at random from ``low .. n_layers - 1``
-    (seeded ``seed``, ``seed + 1``, ...; a draw that repeats an earlier one is skipped, so no layer set
-    counts twice; ``k`` defaults to the map's selected count), aligned there and at the last layer. With
-    ``low`` at the ranked plan's lowest layer the draws share its depth range, so "late layers help" and
-    "these layers help" can be told apart. The first draw with ``low=0`` is the study's ``random_k``."""
+    (seeded ``seed``, ``seed + 1``, ...; a draw that repeats an earlier one or is in ``exclude`` is
+    skipped, so no layer set counts twice; ``k`` defaults to the map's selected count), aligned there and
+    at the last layer. With ``low`` at the ranked plan's lowest layer the draws share its depth range, so
+    "late layers help" and "these layers help" can be told apart; ``holding`` puts that layer in every
+    draw (the ranked plan's deepest, say) and draws the other ``k - 1``. The first draw with ``low=0`` is
+    the study's ``random_k``."""
     n = layer_map.n_layers
     k = len(layer_map.selected_layers) if k is None else k
     if not 1 <= k <= n:
         raise ConfigError(f"random_plans: k must be in [1, {n}], got {k}")
     if not 0 <= low <= n - k:
         raise ConfigError(f"random_plans: low must be in [0, {n - k}] to draw {k} layers, got {low}")
-    if draws > math.comb(n - low, k):
-        raise ConfigError(f"random_plans: only {math.comb(n - low, k)} distinct sets of {k} layers, {draws} asked")
+    if holding is not None and not low <= holding < n:
+        raise ConfigError(f"random_plans: the layer every draw holds must be in [{low}, {n}), got {holding}")
+    pool = [layer for layer in range(low, n) if layer != holding]
+    fixed = [] if holding is None else [holding]
+    excluded = [sorted(layers) for layers in exclude]
+    drawable = set(pool) | set(fixed)
+    reachable = [x for x in excluded if len(x) == k and set(fixed) <= set(x) <= drawable]  # sets a draw could hit
+    possible = math.comb(len(pool), k - len(fixed)) - len(reachable)
+    if draws > possible:
+        raise ConfigError(f"random_plans: only {possible} distinct sets of {k} layers, {draws} asked")
     drawn: list[list[int]] = []
     offset = seed
     while len(drawn) < draws:
-        layers = sorted(random.Random(offset).sample(range(low, n), k))
+        layers = sorted(fixed + random.Random(offset).sample(pool, k - len(fixed)))
         offset += 1
-        if layers not in drawn:
+        if layers not in drawn and layers not in excluded:
             drawn.append(layers)
     plans = []
     for i, layers in enumerate(drawn):
@@ -217,6 +239,7 @@ def _restoration_folder(plan: Plan, pair: ModelPair, layer_map: LayerMap, harmfu
             plan.layers,
             plan.alignment,
             *([plan.modules] if plan.modules else []),  # whole-block plans keep their earlier keys
+            *([plan.lr] if plan.lr is not None else []),  # as do plans at the config's lr
             config.key(),
             harmful.hash,
             retain.hash,

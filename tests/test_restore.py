@@ -293,3 +293,16 @@ def test_fsdp_needs_two_retain_rows_per_process(saved_pair, monkeypatch):
     harmful, retain = harmful_prompts("val"), harmless_prompts("val")
     with pytest.raises(ConfigError, match="with FSDP a batch of 5 cannot give each of 3 processes 2 retain rows"):
         restore(saved_pair.finetuned, layer_map, harmful, retain, RestoreConfig(batch_size=5), base=saved_pair.base)
+
+
+def test_each_placement_trains_at_its_own_lr_in_lockstep(setup):
+    """A placement's own lr is the one its optimizer uses: at the config's lr it trains exactly as without
+    one, at another lr its losses part from the first step's update on."""
+    base, finetuned, harmful, retain = setup
+    layer_map = layer_map_for(base, finetuned)
+    config = RestoreConfig(steps=3, lr=1e-2, batch_size=6)
+    placements = [Placement((2, 3), (2, 3)), Placement((2, 3), (2, 3), lr=1e-2), Placement((2, 3), (2, 3), lr=1e-4)]
+    same, own, slow = restore_many(finetuned, layer_map, harmful, retain, placements, config, base=base, progress=False)
+    assert [h["safety"] for h in own.stats.history] == [h["safety"] for h in same.stats.history]
+    assert slow.stats.history[0]["safety"] == pytest.approx(same.stats.history[0]["safety"])  # before any update
+    assert slow.stats.history[-1]["safety"] != pytest.approx(same.stats.history[-1]["safety"], rel=1e-3)

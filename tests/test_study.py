@@ -187,3 +187,19 @@ def test_random_plans_are_seeded_draws_within_their_depth_range(pair):
     assert sorted(p.layers for p in singles) == [(0,), (1,), (2,), (3,)]
     with pytest.raises(ConfigError, match="only 4 distinct sets"):
         random_plans(layer_map, 5, k=1)
+
+
+def test_draws_can_hold_a_layer_and_avoid_given_sets():
+    from interp.study import random_plans
+
+    class Map:  # the two attributes random_plans reads
+        n_layers, selected_layers = 30, [20, 26, 29]
+
+    draws = random_plans(Map(), draws=9, seed=3, low=20, holding=29, exclude=[[20, 26, 29]])
+    assert len({plan.layers for plan in draws}) == 9
+    assert all(29 in plan.layers and min(plan.layers) >= 20 and plan.layers != (20, 26, 29) for plan in draws)
+    assert all(plan.alignment == tuple(sorted(set(plan.layers) | {29})) for plan in draws)
+    with pytest.raises(ConfigError, match="only 36 distinct sets"):  # C(9, 2) = 36 pairs beside 29, none excluded
+        random_plans(Map(), draws=37, low=20, holding=29)
+    shared = draws[0].aligned_at([4, 9, 14, 19, 24, 29])
+    assert shared.layers == draws[0].layers and shared.alignment == (4, 9, 14, 19, 24, 29)

@@ -204,11 +204,13 @@ def align_positions(student: list[int], teacher: list[int]) -> list[int]:
 class Placement:
     """Where one restoration puts LoRA (``layers``) and where it aligns hidden states (``alignment``).
     ``modules`` (layer, module names) narrows LoRA to those modules of each layer (a version 2 layer
-    map's entries); empty: every target module of each layer (whole blocks)."""
+    map's entries); empty: every target module of each layer (whole blocks). ``lr`` gives the placement
+    a learning rate of its own (each plan at its tuned lr, trained in lockstep with the others)."""
 
     layers: tuple[int, ...]
     alignment: tuple[int, ...]
     modules: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    lr: float | None = None  # this placement's learning rate (None: the config's)
 
     @property
     def start(self) -> int:
@@ -390,7 +392,7 @@ class _Student:
             distributed.shard(self.model, decoder_layers(self.model))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable = params
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(params, lr=placement.lr or config.lr, weight_decay=0.0)
         self.seconds = 0.0
         self.history: list[dict] = []
 
