@@ -1,15 +1,11 @@
 """The three-way judge, the refusal tokens, re-judging kept answers, and the statistics behind the audit."""
 
-import math
-
-import numpy as np
 import pytest
 
 from interp.core.judge import is_degenerate, is_refusal, judge_answer, refusal_token_ids
 from interp.core.judges import SubstringJudge
 from interp.errors import ConfigError
 from interp.evaluation.rejudge import RunAnswers, judged_file_stem, rejudge
-from interp.evaluation.stats import auroc, cohen_kappa, label_agreement
 
 
 @pytest.mark.parametrize(
@@ -141,49 +137,6 @@ def test_interp_judge_writes_rates_and_agreement(tmp_path, capsys):
     assert main(["judge", str(tmp_path / "loose"), "--judge", "substring"]) == 2
     assert "not the output of `interp run`" in capsys.readouterr().err
     assert not (tmp_path / "loose" / "judged").exists()
-
-
-def test_auroc_matches_the_pairwise_definition():
-    rng = np.random.default_rng(0)
-    scores, labels = rng.normal(size=60).round(1), rng.integers(0, 2, 60)
-    pairs = [
-        (s > t) + 0.5 * (s == t) for s, y in zip(scores, labels) if y for t, z in zip(scores, labels) if not z
-    ]  # fmt: skip
-    assert auroc(scores, labels) == pytest.approx(np.mean(pairs))
-    assert math.isnan(auroc([1, 2], [1, 1]))
-
-
-def test_label_agreement_on_planted_decisions():
-    labels = [1] * 40 + [0] * 60
-    perfect = label_agreement(labels, labels)
-    assert perfect["kappa"][0] == 1 and perfect["precision"][0] == 1 and perfect["recall"][0] == 1
-    half = [1] * 20 + [0] * 20 + [0] * 60  # finds half the positives, no false alarm
-    got = label_agreement(half, labels)
-    assert got["precision"][0] == 1 and got["recall"][0] == 0.5
-    assert got["kappa"][0] == pytest.approx(cohen_kappa(half, labels))
-    low, high = got["kappa"][1]
-    assert low < got["kappa"][0] < high
-
-
-def test_holm_matches_its_definition():
-    from interp.evaluation.stats import holm
-
-    p = [0.01, 0.04, 0.03, 0.2]
-    # sorted 0.01, 0.03, 0.04, 0.2 times 4, 3, 2, 1 -> 0.04, 0.09, 0.08 -> 0.09 (monotone), 0.2
-    assert holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.2])
-    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
-    with pytest.raises(ConfigError):
-        holm([0.1, float("nan")])
-
-
-def test_mirrored_paired_tests_count_once_in_the_holm_family():
-    from interp.evaluation.targets import PairedTest, with_holm
-
-    def test(model, against, column, p):
-        return PairedTest(model, against, column, 0.1, (0.0, 0.2), 3, 1, p)
-
-    family = with_holm([test("a", "b", "harmful", 0.01), test("b", "a", "harmful", 0.01), test("a", "b", "task", 0.04)])
-    assert [t.holm_p for t in family] == pytest.approx([0.02, 0.02, 0.04])
 
 
 def test_protocol_parts_are_fixed_disjoint_and_about_a_third_dev():

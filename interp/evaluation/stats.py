@@ -33,6 +33,16 @@ the ``i``-th (from 0) is multiplied by ``m - i``, made non-decreasing along the 
 a hypothesis is rejected at level ``alpha`` when its adjusted p is at most ``alpha``. It controls the
 chance of any false rejection under any dependence between the tests.
 
+**Rank test over seeds** (``rank_sum_p``): per seed, the rank of one plan among itself and ``n - 1``
+random draws trained with that seed (1 = highest; ties count against the plan, ``rank_among``). If the
+plan is exchangeable with the draws, each rank is uniform on ``1..n`` and independent across seeds; the
+p-value is the exact probability that the sum of the ranks is at most the observed sum (by convolution).
+With one seed it is ``rank / n``: above all 19 draws, p = 0.05.
+
+**Matched over-refusal** (``matched_refusal``): a threshold on the refusal score that makes a model
+refuse a given share of safe prompts (the base's judged over-refusal), and the share of harmful prompts
+it refuses at that threshold: the ROC curve of harmful vs safe prompts read at one false-positive rate.
+
 **AUROC** of a score against 0/1 labels: the probability that a random positive scores above a random
 negative, ties counted half (the Mann-Whitney U statistic over ``n_pos * n_neg``); its 95% interval is
 the percentile bootstrap over items (``bootstrap_interval``).
@@ -214,3 +224,39 @@ def holm(p_values: Sequence[float]) -> list[float]:
     out = np.empty(len(p))
     out[order] = np.minimum(adjusted, 1.0)
     return out.tolist()
+
+
+def rank_among(value: float, others: Sequence[float]) -> int:
+    """1 + the number of ``others`` at or above ``value`` (ties count against ``value``)."""
+    return 1 + sum(other >= value for other in others)
+
+
+def rank_sum_p(ranks: Sequence[int], n: int) -> float:
+    """P(sum of independent uniform ranks on 1..n <= sum(ranks)), exactly (module docstring)."""
+    if n < 1 or not ranks or any(not 1 <= r <= n for r in ranks):
+        raise ConfigError(f"rank_sum_p needs ranks in 1..{n}, got {list(ranks)}")
+    distribution = np.zeros(1)
+    distribution[0] = 1.0  # the sum of no ranks is 0
+    for _ in ranks:
+        distribution = np.convolve(distribution, np.full(n, 1.0 / n))  # index i: sum i + (count of ranks)
+    observed = sum(ranks) - len(ranks)  # shift: each rank counted from 0
+    return float(min(1.0, distribution[: observed + 1].sum()))
+
+
+def matched_refusal(harmful: Sequence[float], safe: Sequence[float], safe_rate: float) -> tuple[float, float]:
+    """``(threshold, harmful rate)``: the score threshold at which the share of ``safe`` scores above it is
+    ``safe_rate`` (the empirical quantile), and the share of ``harmful`` scores above it."""
+    if not 0 <= safe_rate <= 1 or not len(harmful) or not len(safe):
+        raise ConfigError(f"matched_refusal needs scores of both sets and a rate in [0, 1], got {safe_rate}")
+    threshold = float(np.quantile(np.asarray(safe, dtype=float), 1 - safe_rate))
+    return threshold, float(np.mean(np.asarray(harmful, dtype=float) > threshold))
+
+
+def rate_at(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """``y`` at ``x`` by linear interpolation along the points ``(xs, ys)`` sorted by ``xs`` (a strength
+    sweep: harmful refusal at a given over-refusal); NaN outside the points' range."""
+    order = np.argsort(np.asarray(xs, dtype=float), kind="mergesort")
+    px, py = np.asarray(xs, dtype=float)[order], np.asarray(ys, dtype=float)[order]
+    if not len(px) or x < px[0] or x > px[-1]:
+        return math.nan
+    return float(np.interp(x, px, py))
