@@ -306,3 +306,26 @@ def test_each_placement_trains_at_its_own_lr_in_lockstep(setup):
     assert [h["safety"] for h in own.stats.history] == [h["safety"] for h in same.stats.history]
     assert slow.stats.history[0]["safety"] == pytest.approx(same.stats.history[0]["safety"])  # before any update
     assert slow.stats.history[-1]["safety"] != pytest.approx(same.stats.history[-1]["safety"], rel=1e-3)
+
+
+def test_checkpoints_keep_the_adapter_along_the_run(setup):
+    """The adapter kept at the last step is the trained one; earlier ones are what the run held then."""
+    base, finetuned, harmful, retain = setup
+    layer_map = layer_map_for(base, finetuned)
+    config = RestoreConfig(steps=3, lr=1e-2, batch_size=6)
+    (result,) = restore_many(
+        finetuned, layer_map, harmful, retain, [Placement((2, 3), (2, 3))], config, base=base,
+        checkpoints=(1, 3), progress=False,
+    )  # fmt: skip
+    assert sorted(result.checkpoints) == [1, 3]
+    last = result.merged_at(3, finetuned).hf.state_dict()
+    first = result.merged_at(1, finetuned).hf.state_dict()
+    final = result.merged(finetuned).hf.state_dict()
+    assert all(torch.equal(last[key], final[key]) for key in final)
+    assert any(not torch.equal(first[key], final[key]) for key in final)
+    with pytest.raises(ConfigError, match="no checkpoint at step 2"):
+        result.merged_at(2, finetuned)
+    with pytest.raises(ConfigError, match="checkpoints must be steps"):
+        restore_many(
+            finetuned, layer_map, harmful, retain, [Placement((2,), (2,))], config, checkpoints=(4,), base=base
+        )

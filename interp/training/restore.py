@@ -261,6 +261,8 @@ class RestoreResult:
     stats: RestoreStats
     _peft_model: PeftModel | None = field(default=None, repr=False)
     _build: Callable[[], PeftModel] | None = field(default=None, repr=False)
+    checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)  # step -> adapter
+    lora: LoraConfig | None = field(default=None, repr=False)
 
     @property
     def peft_model(self) -> PeftModel:
@@ -271,6 +273,13 @@ class RestoreResult:
     def merged(self, finetuned: LoadedModel, name: str | None = None) -> LoadedModel:
         """The adapter merged into the weights, as a new ``LoadedModel`` (uses up ``peft_model``)."""
         return merged(finetuned, self.peft_model, name=name)
+
+    def merged_at(self, step: int, finetuned: LoadedModel, name: str | None = None) -> LoadedModel:
+        """The adapter as it was after ``step`` steps (one of ``restore_many``'s ``checkpoints``), merged
+        into a fresh copy of the weights."""
+        if step not in self.checkpoints:
+            raise ConfigError(f"no checkpoint at step {step}; the restoration kept {sorted(self.checkpoints)}")
+        return merged(finetuned, _whole(finetuned, self.lora, self.checkpoints[step]), name=name)
 
 
 def restore(
@@ -395,6 +404,7 @@ class _Student:
         self.optimizer = torch.optim.AdamW(params, lr=placement.lr or config.lr, weight_decay=0.0)
         self.seconds = 0.0
         self.history: list[dict] = []
+        self.checkpoints: dict[int, dict[str, torch.Tensor]] = {}
 
 
 def restore_many(
@@ -407,10 +417,13 @@ def restore_many(
     *,
     base: LoadedModel | None = None,
     chat: ChatFormat = ChatFormat(),
+    checkpoints: Sequence[int] = (),
     progress: bool = True,
 ) -> list[RestoreResult]:
     """Train one LoRA restoration per placement, in lockstep (module docstring), each on a fresh copy of
-    ``finetuned``; ``finetuned`` itself stays unchanged (it is the frozen model of the retain loss)."""
+    ``finetuned``; ``finetuned`` itself stays unchanged (it is the frozen model of the retain loss).
+    ``checkpoints``: steps after which each adapter's weights are kept (``RestoreResult.merged_at``: a
+    strength sweep from one run)."""
     harmful.require_nonempty()
     retain.require_nonempty()
     layer_map.check_model(finetuned)
@@ -422,6 +435,8 @@ def restore_many(
         layer_map.check_model(base, role="base")
     if not placements:
         raise ConfigError("restore: no placements to train")
+    if any(not 1 <= step <= config.steps for step in checkpoints):
+        raise ConfigError(f"restore: checkpoints must be steps in [1, {config.steps}], got {list(checkpoints)}")
     if min(config.batch_size, len(harmful), len(retain)) < distributed.world():
         raise ConfigError(
             f"restore: a batch of {config.batch_size} cannot give each of {distributed.world()} processes a row"
@@ -524,12 +539,14 @@ def restore_many(
             losses = distributed.all_sum(torch.stack([safety.detach(), retain_loss.detach()])).tolist()
             student.history.append({"step": step, "safety": losses[0], "retain": losses[1]})
             student.seconds += time.perf_counter() - t0
+            if step + 1 in checkpoints:
+                student.checkpoints[step + 1] = _adapter_state(student.model)
 
     results = []
     for student in students:
         trainable = trainable_parameters(student.model)  # a sharded parameter counts its whole shape
         if distributed.sharded():  # the adapter's shards gathered (every process), the sharded copy freed
-            state = {key: value.full_tensor() for key, value in get_peft_model_state_dict(student.model).items()}
+            state = _adapter_state(student.model)
             student.model, student.optimizer, student.trainable = None, None, []
             result = partial(RestoreResult, _build=partial(_whole, finetuned, student.lora, state))
         else:
@@ -546,8 +563,14 @@ def restore_many(
             trained_with=len(students),
             shared_prefix_tokens=P,
         )
-        results.append(result(stats))
+        results.append(result(stats, checkpoints=student.checkpoints, lora=student.lora))
     return results
+
+
+def _adapter_state(model: PeftModel) -> dict[str, torch.Tensor]:
+    """A copy of the adapter's weights (whole: a sharded parameter's shards gathered on every process)."""
+    state = get_peft_model_state_dict(model)
+    return {key: (v.full_tensor() if distributed.sharded() else v).detach().clone() for key, v in state.items()}
 
 
 def _whole(finetuned: LoadedModel, lora: LoraConfig, state: dict[str, torch.Tensor]) -> PeftModel:
