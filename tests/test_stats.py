@@ -77,3 +77,19 @@ def test_matched_refusal_reads_the_roc_at_the_safe_rate():
     assert rate == pytest.approx(np.mean(harmful > threshold))
     assert rate_at([0.1, 0.3, 0.2], [0.5, 0.9, 0.7], 0.25) == pytest.approx(0.8)
     assert math.isnan(rate_at([0.1, 0.3], [0.5, 0.9], 0.5))
+
+
+def test_mixed_difference_widens_with_draw_noise():
+    from interp.evaluation.stats import mixed_difference
+
+    rng = np.random.default_rng(0)
+    plan = (rng.random((3, 200)) < 0.7).astype(float)
+    quiet = (rng.random((3, 19, 200)) < 0.5).astype(float)
+    rates = rng.uniform(0.2, 0.8, (3, 19, 1))  # draws that differ from each other
+    noisy = (rng.random((3, 19, 200)) < rates).astype(float)
+    estimate, (low, high) = mixed_difference(plan, quiet, resamples=500)
+    assert estimate == pytest.approx(plan.mean() - quiet.mean()) and low < estimate < high
+    _, (low2, high2) = mixed_difference(plan, noisy, resamples=500)
+    assert high2 - low2 > high - low
+    with pytest.raises(ConfigError):
+        mixed_difference(plan, quiet[:2])

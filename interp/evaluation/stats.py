@@ -39,6 +39,11 @@ plan is exchangeable with the draws, each rank is uniform on ``1..n`` and indepe
 p-value is the exact probability that the sum of the ranks is at most the observed sum (by convolution).
 With one seed it is ``rank / n``: above all 19 draws, p = 0.05.
 
+**Mixed estimate over seeds, draws and prompts** (``mixed_difference``): the mean over seeds of one
+plan's rate minus the mean rate of that seed's random draws; its 95% interval is the percentile
+bootstrap that resamples seeds, then each seed's draws, then prompts (the same prompts for the plan and
+the draws of a resample), so seed-to-seed, draw-to-draw and prompt noise all widen it.
+
 **Matched over-refusal** (``matched_refusal``): a threshold on the refusal score that makes a model
 refuse a given share of safe prompts (the base's judged over-refusal), and the share of harmful prompts
 it refuses at that threshold: the ROC curve of harmful vs safe prompts read at one false-positive rate.
@@ -260,3 +265,27 @@ def rate_at(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     if not len(px) or x < px[0] or x > px[-1]:
         return math.nan
     return float(np.interp(x, px, py))
+
+
+def mixed_difference(
+    plan: Sequence[Sequence[float]], draws: Sequence[Sequence[Sequence[float]]], resamples: int = 2000, seed: int = 0
+) -> tuple[float, tuple[float, float]]:
+    """``(estimate, interval)`` of the plan's rate minus its draws' (module docstring): ``plan[seed][prompt]``
+    and ``draws[seed][draw][prompt]`` per-prompt outcomes."""
+    x = np.asarray(plan, dtype=float)  # [seed, prompt]
+    d = np.asarray(draws, dtype=float)  # [seed, draw, prompt]
+    if x.ndim != 2 or d.ndim != 3 or d.shape[0] != x.shape[0] or d.shape[2] != x.shape[1] or d.shape[1] < 1:
+        raise ConfigError(f"mixed_difference needs [seed, prompt] and [seed, draw, prompt], got {x.shape}, {d.shape}")
+    estimate = float((x.mean(1) - d.mean(2).mean(1)).mean())
+    rng = np.random.default_rng(seed)
+    n_seeds, n_draws, n_prompts = d.shape
+    values = np.empty(resamples)
+    for r in range(resamples):
+        seeds = rng.integers(0, n_seeds, n_seeds)
+        picked = rng.integers(0, n_draws, (n_seeds, n_draws))
+        prompts = rng.integers(0, n_prompts, n_prompts)
+        ours = x[seeds][:, prompts].mean(1)
+        theirs = d[seeds[:, None], picked][:, :, prompts].mean(2).mean(1)
+        values[r] = (ours - theirs).mean()
+    low, high = np.percentile(values, [2.5, 97.5])
+    return estimate, (float(low), float(high))
