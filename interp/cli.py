@@ -454,6 +454,33 @@ def cmd_judge(args) -> None:
     print(f"written: {stem}.md, {stem}.json")
 
 
+def cmd_protocol(args) -> None:
+    """The pre-registered test of the central claim (interp/data/protocol.toml) on the default pair."""
+    from .evaluation.table import EvalConfig
+    from .protocol import Protocol, run_protocol
+    from .study import prepare
+    from .training.restore import RestoreConfig
+
+    check_output(args.out, "protocol")
+    _check_device(args)
+    protocol = Protocol.load()
+    protocol = protocol.tiny() if args.tiny else protocol
+    with output_folder(args.out, "protocol") as folder:
+        prepared = prepare(folder, size="smoke" if args.tiny else "full", k=protocol.k,
+                           load_options=_model_options(args))  # fmt: skip
+        budgets = prepared.recipe.evaluation
+        small = EvalConfig(max_new_tokens=budgets.max_new_tokens, task_max_new_tokens=budgets.task_max_new_tokens)
+        restore = RestoreConfig(batch_size=4) if args.tiny else RestoreConfig()
+        result = run_protocol(
+            prepared.pair, prepared.analysis, folder, harmful=prepared.harmful, retain=prepared.retain,
+            suite=prepared.suite, protocol=protocol, restore=restore, evaluation=small if args.tiny else EvalConfig(),
+            chat=prepared.recipe.chat, dev_only=args.dev_only,
+        )  # fmt: skip
+        _write_config(args, folder, prepared.pair)
+    print((Path(args.out) / "protocol.md").read_text())
+    print("time: " + ", ".join(f"{stage} {s:.0f}s" for stage, s in {**prepared.seconds, **result.seconds}.items()))
+
+
 def cmd_plan(args) -> None:
     """What a study of the pair will need per stage, from the configs alone (no weights loaded)."""
     from .plan import Calibration, ModelShape, PlanSettings, plan, render
@@ -846,6 +873,21 @@ def _judge_parser(sub) -> None:
     p.set_defaults(func=cmd_judge)
 
 
+def _protocol_parser(sub) -> None:
+    p = sub.add_parser(
+        "protocol",
+        help="the pre-registered test of the layer map: seeds, random draws, per-plan lr, matched over-refusal",
+        description="Follow interp/data/protocol.toml on the default pair: choose each plan family's learning "
+        "rate on the dev part of the suite, train every plan (ranked, bottom, all layers, random draws) at "
+        "every seed, judge them on the test part, and write the claim table (protocol.md, protocol.json).",
+    )
+    p.add_argument("--out", default="runs/protocol", help="output folder")
+    p.add_argument("--tiny", action="store_true", help="the reduced organism, two seeds, three draws, a few steps (CI)")
+    p.add_argument("--dev-only", action="store_true", help="stop once the learning rates are chosen on dev")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_protocol)
+
+
 def _plan_parser(sub) -> None:
     from .plan import PlanSettings
 
@@ -889,7 +931,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     stages = (_organism_parser, _capture_parser, _analyze_parser, _restore_parser, _evaluate_parser, _run_parser)
-    for add in (*stages, _judge_parser, _plan_parser):
+    for add in (*stages, _judge_parser, _protocol_parser, _plan_parser):
         add(sub)
     for command in sub.choices.values():  # every on/off flag can be undone (a --config file's true)
         for action in list(command._actions):

@@ -193,11 +193,13 @@ def run_protocol(
     restore: RestoreConfig = RestoreConfig(),
     evaluation: EvalConfig = EvalConfig(),
     chat: ChatFormat = ChatFormat(),
+    dev_only: bool = False,
     cache: bool = True,
     progress: bool = True,
     log=print,
 ) -> ProtocolResult:
-    """The protocol on ``pair`` (module docstring), written into ``folder`` (``protocol.md``, ``protocol.json``)."""
+    """The protocol on ``pair`` (module docstring), written into ``folder`` (``protocol.md``, ``protocol.json``).
+    ``dev_only`` stops after the learning rates are chosen on dev: nothing is read from the test parts."""
     protocol = protocol or Protocol.load()
     watch = Stopwatch(log=lambda line: log(f"== {line}"))
     families = protocol_plans(analysis, protocol)
@@ -240,6 +242,10 @@ def run_protocol(
             qualified = [s for s in scored if s[0]]
             lrs[family] = max(qualified)[3] if qualified else max(scored, key=lambda s: s[2])[3]
         log("protocol: lr per family on dev: " + ", ".join(f"{f} {lr:g}" for f, lr in lrs.items()))
+    if dev_only:
+        result = ProtocolResult(lrs, trials, {}, {}, [], dict(watch.seconds))
+        result.save(folder)
+        return result
 
     test = _claim_suite(suite, "test")
     plans = {
@@ -373,6 +379,23 @@ def protocol_report(result: ProtocolResult) -> str:
         markdown_table(["claim", "what", "estimate (points)", "95% interval", "p", "Holm p", "verdict", "rank"], cells),
         "",
         "Learning rate per family, chosen on dev: " + ", ".join(f"{f} {lr:g}" for f, lr in result.lrs.items()) + ".",
+        "",
+        markdown_table(
+            ["family", "lr", "dev harmful refusal", "dev over-refusal", "dev task", "within the bounds"],
+            [
+                [
+                    t["family"],
+                    f"{t['lr']:g}",
+                    f"{t['harmful']:.1%}",
+                    f"{t['safe']:.1%}",
+                    f"{t['task']:.1%}",
+                    "yes" if t["ok"] else "no",
+                ]
+                for t in result.lr_trials
+            ],
+        ),  # fmt: skip
+        "",
+        "Time per stage: " + ", ".join(f"{stage} {s:.0f} s" for stage, s in result.seconds.items()) + ".",
         "",
     ]
     return "\n".join(lines)

@@ -4,8 +4,8 @@ Every trained plan gets the same losses, data, step budget and seed; only where 
 hidden states are aligned differ:
 
 * ``ranked``: LoRA on the map's selected layers, aligned at the map's alignment layers (selected + last).
-* ``all_layers``: the paper's recipe: LoRA on every layer, aligned at every 5th layer (0-based 4, 9,
-  14, ...) and the last.
+* ``all_layers``: LoRA on every layer (the paper's placement; not its lr, steps, rank or teacher),
+  aligned at every 5th layer (0-based 4, 9, 14, ...) and the last.
 * ``random_k``: LoRA on ``k`` layers drawn at random (seeded), aligned there and at the last layer.
 * ``bottom_k``: the ``k`` lowest-ranked layers, aligned there and at the last layer.
 * ``components``: LoRA on the ``k`` top-ranked components (attention: q/k/v/o, MLP: gate/up/down of
@@ -122,7 +122,7 @@ def make_plans(
         )
     ]
     if "all_layers" in baselines:
-        plans.append(Plan("all_layers", "all layers (paper recipe)", tuple(range(n)), tuple(paper_alignment_layers(n))))
+        plans.append(Plan("all_layers", "all layers", tuple(range(n)), tuple(paper_alignment_layers(n))))
     if "random_k" in baselines:
         plans += random_plans(layer_map, draws=1, seed=seed)
     if "bottom_k" in baselines:
@@ -499,18 +499,28 @@ def run_default(out: str | Path = "runs/default", *, finish=None, **options) -> 
     return replace(run, folder=Path(out), figures=[Path(out) / f.relative_to(folder) for f in run.figures])
 
 
-def study_into(
+@dataclass
+class Prepared:
+    """The first stages of a study: the pair, its analysis and the study's prompts."""
+
+    organism: Organism | None  # None for a user's own pair
+    pair: ModelPair
+    analysis: AnalysisResult
+    recipe: OrganismRecipe  # its chat format and budgets (for a user's pair: only those)
+    harmful: PromptSet  # restoration's harmful prompts
+    retain: PromptSet  # restoration's retain prompts
+    suite: EvalSuite
+    seconds: dict[str, float]
+
+
+def prepare(
     out: str | Path,
     *,
     size: str = "look",
     k: int = 3,
     limit: int | None = None,
-    restore: RestoreConfig | None = None,
-    steer_scale: float = 1.0,
-    cache: bool = True,
     reuse_analysis: bool = False,
     reuse_from: str | Path | None = None,
-    judges: tuple[str, ...] = (),
     recipe_name: str = "default",
     refusal_tokens: tuple[int, ...] | None = None,
     base: str | None = None,
@@ -520,45 +530,15 @@ def study_into(
     check_pair=None,
     progress: bool = True,
     log=print,
-) -> DefaultRun:
-    """The whole study on the embedded default pair, or on a user's own pair, written into the folder
-    ``out`` as it goes (``run_default`` stages it and puts it in place whole).
-
-    Builds (or loads) the organism, analyzes it (no generation check: the study's steering row measures
-    the same intervention on the suite), restores with the layer map, trains the baselines, evaluates
-    everything and writes the figures. ``size``:
-
-    * ``look`` (``interp run``): the default pair and restorations, evaluated on a seeded sample of every
-      held-out set (``LOOK_SIZES``): a first look in minutes, with intervals as wide as its sample;
-    * ``full`` (``interp run --full``): the whole held-out suite (``study_prompts``): the README's table;
-    * ``smoke``: the reduced organism (``OrganismRecipe.quick``), small prompt sets and a few training
-      steps (tests, notebooks).
-
-    ``limit`` cuts every evaluation set to its first ``limit`` prompts; ``reuse_analysis`` loads the
-    analysis already in ``reuse_from`` (default ``out``), if any, and writes it into ``out``;
-    ``judges`` are model judges beside the substring list
-    (``EvalConfig.judges``). ``recipe_name="reasoning"`` studies the reasoning organism
-    (``OrganismRecipe.reasoning``) with the R1 chat format everywhere: its traces and final answers are
-    judged apart. Each stage logs a line with its time.
-
-    ``base`` and ``finetuned`` (a hub id, a local folder or a GGUF file; both or neither) study a user's
-    own pair instead of the organism, loaded with ``load_options`` (``load_model``'s dtype, device, ...;
-    the dtype defaults to ``"auto"``: ``compute_dtype`` of the device, logged)
-    and checked to be comparable before any work, with the same prompts, budgets and settings.
-    ``refusal_tokens``: the first tokens of a refusal (default: read off the base's refusals).
-    ``task``: the user's task prompts with reference answers in place of the arithmetic problems
-    (``split_task``: a third held out for the task accuracy, the rest retained on). ``check_pair`` is called
-    on the pair as soon as it is loaded (the command line checks the weights a ``--config`` file names).
-    """
+) -> Prepared:
+    """The pair (the default organism, or ``base`` and ``finetuned``), its analysis written into ``out``
+    and the study's prompts, as ``study_into`` describes them (its options, same names)."""
     if size not in RUN_SIZES:
         raise ConfigError(f"size must be one of {', '.join(RUN_SIZES)}, got {size!r}")
     if recipe_name not in RECIPES:
         raise ConfigError(f"the organism recipe must be one of {', '.join(RECIPES)}, got {recipe_name!r}")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 (or None for every prompt), got {limit}")
-    for spec in judges:
-        check_judge_spec(spec, resolve=True)
-    check_judge_specs(judges)
     if (base is None) != (finetuned is None):
         raise ConfigError("give both a base and a fine-tuned model, or neither (the default pair)")
     if base is not None and recipe_name != "default":
@@ -580,7 +560,7 @@ def study_into(
             recipe = OrganismRecipe.reasoning(quick=smoke)
         else:
             recipe = OrganismRecipe.quick() if smoke else OrganismRecipe()
-        chat, budgets = recipe.chat, recipe.evaluation
+        chat = recipe.chat
         if base is None:
             organism = build_organism(recipe, progress=progress, log=log)
             log(
@@ -635,6 +615,88 @@ def study_into(
                 progress=progress,
                 log=log,
             )
+    seconds = {stage: watch.seconds[stage] for stage in ("default model", "pair", "analysis") if stage in watch.seconds}
+    return Prepared(organism, pair, analysis, recipe, harmful, retain, suite, seconds)
+
+
+def study_into(
+    out: str | Path,
+    *,
+    size: str = "look",
+    k: int = 3,
+    limit: int | None = None,
+    restore: RestoreConfig | None = None,
+    steer_scale: float = 1.0,
+    cache: bool = True,
+    reuse_analysis: bool = False,
+    reuse_from: str | Path | None = None,
+    judges: tuple[str, ...] = (),
+    recipe_name: str = "default",
+    refusal_tokens: tuple[int, ...] | None = None,
+    base: str | None = None,
+    finetuned: str | None = None,
+    task: PromptSet | None = None,
+    load_options: dict | None = None,
+    check_pair=None,
+    progress: bool = True,
+    log=print,
+) -> DefaultRun:
+    """The whole study on the embedded default pair, or on a user's own pair, written into the folder
+    ``out`` as it goes (``run_default`` stages it and puts it in place whole).
+
+    Builds (or loads) the organism, analyzes it (no generation check: the study's steering row measures
+    the same intervention on the suite), restores with the layer map, trains the baselines, evaluates
+    everything and writes the figures. ``size``:
+
+    * ``look`` (``interp run``): the default pair and restorations, evaluated on a seeded sample of every
+      held-out set (``LOOK_SIZES``): a first look in minutes, with intervals as wide as its sample;
+    * ``full`` (``interp run --full``): the whole held-out suite (``study_prompts``): the README's table;
+    * ``smoke``: the reduced organism (``OrganismRecipe.quick``), small prompt sets and a few training
+      steps (tests, notebooks).
+
+    ``limit`` cuts every evaluation set to its first ``limit`` prompts; ``reuse_analysis`` loads the
+    analysis already in ``reuse_from`` (default ``out``), if any, and writes it into ``out``;
+    ``judges`` are model judges beside the substring list
+    (``EvalConfig.judges``). ``recipe_name="reasoning"`` studies the reasoning organism
+    (``OrganismRecipe.reasoning``) with the R1 chat format everywhere: its traces and final answers are
+    judged apart. Each stage logs a line with its time.
+
+    ``base`` and ``finetuned`` (a hub id, a local folder or a GGUF file; both or neither) study a user's
+    own pair instead of the organism, loaded with ``load_options`` (``load_model``'s dtype, device, ...;
+    the dtype defaults to ``"auto"``: ``compute_dtype`` of the device, logged)
+    and checked to be comparable before any work, with the same prompts, budgets and settings.
+    ``refusal_tokens``: the first tokens of a refusal (default: read off the base's refusals).
+    ``task``: the user's task prompts with reference answers in place of the arithmetic problems
+    (``split_task``: a third held out for the task accuracy, the rest retained on). ``check_pair`` is called
+    on the pair as soon as it is loaded (the command line checks the weights a ``--config`` file names).
+    """
+    if size not in RUN_SIZES:
+        raise ConfigError(f"size must be one of {', '.join(RUN_SIZES)}, got {size!r}")
+    for spec in judges:
+        check_judge_spec(spec, resolve=True)
+    check_judge_specs(judges)
+    prepared = prepare(
+        out,
+        size=size,
+        k=k,
+        limit=limit,
+        reuse_analysis=reuse_analysis,
+        reuse_from=reuse_from,
+        recipe_name=recipe_name,
+        refusal_tokens=refusal_tokens,
+        base=base,
+        finetuned=finetuned,
+        task=task,
+        load_options=load_options,
+        check_pair=check_pair,
+        progress=progress,
+        log=log,
+    )
+    organism, pair, analysis, recipe = prepared.organism, prepared.pair, prepared.analysis, prepared.recipe
+    harmful, retain, suite = prepared.harmful, prepared.retain, prepared.suite
+    chat, budgets = recipe.chat, recipe.evaluation
+    smoke, out = size == "smoke", Path(out)
+    watch = Stopwatch(log=lambda line: log(f"== {line}"))
     if smoke:
         config = StudyConfig(
             restore=restore or RestoreConfig(steps=3, batch_size=4),
@@ -666,7 +728,7 @@ def study_into(
     )
     with watch("figures"):
         figures = _figures(out, analysis, study)
-    first = {stage: watch.seconds[stage] for stage in ("default model", "pair", "analysis") if stage in watch.seconds}
+    first = prepared.seconds
     seconds = first | study.seconds | {"figures": watch.seconds["figures"]}
     return DefaultRun(out, organism, pair, analysis, study, figures, seconds)
 

@@ -178,7 +178,7 @@ FRONTIER_STYLE = {  # kind -> (colour, marker, label)
     "ranked": ("tab:blue", "o", "ranked top-k"),
     "random mean": ("tab:orange", "s", "random k (mean of draws)"),
     "random": ("tab:orange", ".", "random k (each draw)"),
-    "all_layers": ("tab:green", "*", "all layers (paper recipe)"),
+    "all_layers": ("tab:green", "*", "all layers"),
 }
 
 
