@@ -17,8 +17,9 @@
 4. **The claims** (``Claim``): H1, the rank of ranked among each seed's draws on judged harmful refusal
    (``interp.evaluation.stats.rank_sum_p``) with the mixed estimate over seeds, draws and prompts; H2a, the
    same on harmful refusal at the base's over-refusal (``matched_refusal`` on the refusal score); H2b, the
-   strength sweep read at the base's over-refusal (``rate_at``); H3, ranked against all layers (one-sided
-   bootstrap over seeds and prompts of ranked - all layers + 0.05). Holm over the family's p-values.
+   strength sweep read at the base's over-refusal (``rate_at``); H3, ranked against all layers: the share
+   of bootstrap values (seeds, then prompts, resampled) of ranked - all layers at or below -0.05 is its
+   one-sided p. Holm over the family's p-values.
 
 The "safe" set, whose refusal is over-refusal, is XSTest safe where the suite has it, else harmless.
 """
@@ -30,16 +31,19 @@ import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from .core.chat import ChatFormat
 from .core.models import ModelPair
 from .core.prompts import PromptSet
 from .errors import ConfigError
-from .evaluation.stats import holm, matched_refusal, mixed_difference, rank_among, rank_sum_p, rate_at
+from .evaluation.stats import holm, matched_refusal, mixed_difference, mixed_samples, rank_among, rank_sum_p, rate_at
 from .evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
 from .io import Stopwatch, atomic_write_json, atomic_write_text
 from .measures.result import AnalysisResult
+from .report.figures import save_figure
+from .report.plots import plot_strength_sweep
 from .report.tables import markdown_table
 from .study import Plan, make_plans, random_plans, train_plans
 from .training.restore import RestoreConfig, paper_alignment_layers, restore_many
@@ -121,6 +125,7 @@ class ProtocolResult:
     sweep: dict[str, list[dict]]  # plan -> [{step, harmful, safe}] on test
     claims: list[Claim]
     seconds: dict[str, float]
+    histories: dict[int, dict[str, list[dict]]] = field(default_factory=dict)  # seed -> plan -> loss per step
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -131,9 +136,14 @@ class ProtocolResult:
         atomic_write_json(
             folder / "protocol.json",
             {"lrs": self.lrs, "lr_trials": self.lr_trials, "rows": rows, "sweep": self.sweep}
-            | {"claims": [asdict(c) for c in self.claims], "seconds": self.seconds},
+            | {"claims": [asdict(c) for c in self.claims], "seconds": self.seconds, "histories": self.histories},
         )
         atomic_write_text(folder / "protocol.md", protocol_report(self))
+        if self.sweep:
+            draws = [name for name in self.sweep if name.startswith("random-")]
+            fig = plot_strength_sweep(self.sweep, draws)
+            save_figure(fig, folder / "figures", "strength_sweep")
+            plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- the plans
@@ -208,9 +218,12 @@ def run_protocol(
     safe = _safe(suite)
     reference = [Candidate("base", pair.base, plan="base"), Candidate("finetuned", pair.finetuned, plan="finetuned")]
 
+    histories: dict[int, dict[str, list[dict]]] = {}
+
     def judged(plans: list[Plan], config: RestoreConfig, on: EvalSuite) -> list[EvalRow]:
         restored = train_plans(plans, pair, analysis.layer_map, harmful, retain, config, chat=chat, cache=cache,
                                progress=progress)  # fmt: skip
+        histories.setdefault(config.seed, {}).update({r.plan.name: r.stats.history for r in restored})
         candidates = reference + [r.candidate() for r in restored]
         return evaluate_models(
             candidates, on, refusal_tokens=tokens, reference=pair.finetuned, config=evaluation, chat=chat,
@@ -261,7 +274,7 @@ def run_protocol(
         sweep = _strength_sweep(pair, analysis, plans, protocol, restore, harmful, retain, test, tokens, evaluation,
                                 chat, cache, progress, log)  # fmt: skip
     claims = _claims(by_seed, plans, sweep, safe, protocol)
-    result = ProtocolResult(lrs, trials, by_seed, sweep, claims, dict(watch.seconds))
+    result = ProtocolResult(lrs, trials, by_seed, sweep, claims, dict(watch.seconds), histories)
     result.save(folder)
     return result
 
@@ -336,13 +349,13 @@ def _claims(by_seed: dict[int, list[EvalRow]], plans: dict, sweep: dict, safe: s
         Claim("H2b", "strength sweep: ranked vs draws at the base's over-refusal",
               ranked_at - (float(np.mean(others)) if others else math.nan), None, None, detail={"at": at})
     )  # fmt: skip
-    ranked = np.concatenate([row(s, names["ranked"][0]).outcomes["harmful"] for s in seeds]).astype(float)
-    every = np.concatenate([row(s, names["all_layers"][0]).outcomes["harmful"] for s in seeds]).astype(float)
-    margins = _bootstrap_margins(ranked, every, protocol.margin)
+    ranked = [[float(x) for x in row(s, names["ranked"][0]).outcomes["harmful"]] for s in seeds]
+    every = [[[float(x) for x in row(s, names["all_layers"][0]).outcomes["harmful"]]] for s in seeds]
+    estimate, values = mixed_samples(ranked, every)  # seeds, then prompts, resampled
+    low, high = np.percentile(values, [2.5, 97.5])
     claims.append(
-        Claim("H3", "ranked within 5 points of all layers, harmful refusal", float(ranked.mean() - every.mean()),
-              tuple(float(x) - protocol.margin for x in np.percentile(margins, [2.5, 97.5])),
-              float((margins <= 0).mean()))
+        Claim("H3", "ranked within 5 points of all layers, harmful refusal", estimate, (float(low), float(high)),
+              float((values <= -protocol.margin).mean()))
     )  # fmt: skip
     tested = [c for c in claims if c.p_value is not None]
     for claim, adjusted in zip(tested, holm([c.p_value for c in tested])):
@@ -351,17 +364,36 @@ def _claims(by_seed: dict[int, list[EvalRow]], plans: dict, sweep: dict, safe: s
     return claims
 
 
-def _bootstrap_margins(a: np.ndarray, b: np.ndarray, margin: float, resamples: int = 4000) -> np.ndarray:
-    draws = np.random.default_rng(0).integers(0, len(a), (resamples, len(a)))
-    return a[draws].mean(1) - b[draws].mean(1) + margin
-
-
 def _verdict(claim: Claim, protocol: Protocol) -> str:
     if claim.name == "H3":
         return "supported" if claim.interval[0] > -protocol.margin else "not supported"
     if claim.holm_p <= protocol.alpha:
         return "supported"
     return "refuted" if claim.interval is not None and claim.interval[1] < 0 else "undecided"
+
+
+def _seed_table(result: ProtocolResult) -> list[str]:
+    """Harmful refusal (judged, test part) of every plan per seed, the mean and the seed-to-seed standard
+    deviation; the draws as the mean of their rates per seed."""
+    if not result.rows:
+        return []
+    seeds = sorted(result.rows)
+    rates: dict[str, list[float]] = {}
+    for seed in seeds:
+        draws = []
+        for row in result.rows[seed][2:]:
+            if row.plan and row.plan.startswith(("draw", "draw-deep")):
+                draws.append(row.harmful_refusal)
+            else:
+                rates.setdefault(row.name, []).append(row.harmful_refusal)
+        rates.setdefault(f"mean of {len(draws)} draws", []).append(float(np.mean(draws)))
+    cells = [
+        [name, *(f"{v:.1%}" for v in values), f"{np.mean(values):.1%}",
+         f"{100 * np.std(values, ddof=1):.1f}" if len(values) > 1 else "n/a"]
+        for name, values in rates.items()
+    ]  # fmt: skip
+    head = ["plan", *(f"seed {s}" for s in seeds), "mean", "seed-to-seed SD (points)"]
+    return ["Harmful refusal on the test part, per seed:", "", markdown_table(head, cells), ""]
 
 
 def protocol_report(result: ProtocolResult) -> str:
@@ -373,10 +405,11 @@ def protocol_report(result: ProtocolResult) -> str:
          c.verdict, ", ".join(f"seed {s}: {r}" for s, r in c.detail.get("ranks", {}).items())]
         for c in result.claims
     ]  # fmt: skip
+    head = ["claim", "what", "estimate (points)", "95% interval", "p", "Holm p", "verdict", "rank"]
     lines = [
         "# The pre-registered test (interp/data/protocol.toml)",
         "",
-        markdown_table(["claim", "what", "estimate (points)", "95% interval", "p", "Holm p", "verdict", "rank"], cells),
+        markdown_table(head, cells) if cells else "Not run on test yet (--dev-only): the learning rates only.",
         "",
         "Learning rate per family, chosen on dev: " + ", ".join(f"{f} {lr:g}" for f, lr in result.lrs.items()) + ".",
         "",
@@ -395,6 +428,7 @@ def protocol_report(result: ProtocolResult) -> str:
             ],
         ),  # fmt: skip
         "",
+        *_seed_table(result),
         "Time per stage: " + ", ".join(f"{stage} {s:.0f} s" for stage, s in result.seconds.items()) + ".",
         "",
     ]

@@ -76,4 +76,7 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
     assert {point["step"] for point in result.sweep[next(iter(n for n in result.sweep if n != "base"))]} == {2, 4}
     saved = json.loads((tmp_path / "protocol.json").read_text())
     assert [c["name"] for c in saved["claims"]] == ["H1", "H2a", "H2b", "H3"]
-    assert "| H1 |" in (tmp_path / "protocol.md").read_text()
+    report = (tmp_path / "protocol.md").read_text()
+    assert "| H1 |" in report and "seed-to-seed SD" in report
+    assert (tmp_path / "figures" / "strength_sweep.png").exists()
+    assert set(saved["histories"]) == {"0", "1"}  # the loss per step of every plan at every seed

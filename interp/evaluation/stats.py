@@ -272,6 +272,16 @@ def mixed_difference(
 ) -> tuple[float, tuple[float, float]]:
     """``(estimate, interval)`` of the plan's rate minus its draws' (module docstring): ``plan[seed][prompt]``
     and ``draws[seed][draw][prompt]`` per-prompt outcomes."""
+    estimate, values = mixed_samples(plan, draws, resamples, seed)
+    low, high = np.percentile(values, [2.5, 97.5])
+    return estimate, (float(low), float(high))
+
+
+def mixed_samples(
+    plan: Sequence[Sequence[float]], draws: Sequence[Sequence[Sequence[float]]], resamples: int = 2000, seed: int = 0
+) -> tuple[float, np.ndarray]:
+    """The estimate of ``mixed_difference`` and its ``resamples`` bootstrap values (one-sided tests read
+    them: the share at or below a margin)."""
     x = np.asarray(plan, dtype=float)  # [seed, prompt]
     d = np.asarray(draws, dtype=float)  # [seed, draw, prompt]
     if x.ndim != 2 or d.ndim != 3 or d.shape[0] != x.shape[0] or d.shape[2] != x.shape[1] or d.shape[1] < 1:
@@ -287,5 +297,4 @@ def mixed_difference(
         ours = x[seeds][:, prompts].mean(1)
         theirs = d[seeds[:, None], picked][:, :, prompts].mean(2).mean(1)
         values[r] = (ours - theirs).mean()
-    low, high = np.percentile(values, [2.5, 97.5])
-    return estimate, (float(low), float(high))
+    return estimate, values

@@ -317,3 +317,32 @@ def plot_components(lost: np.ndarray, patch: np.ndarray, chosen: Sequence[tuple[
     axes[0].legend(fontsize=8)
     axes[1].set(xlabel="layer (triangles: the component plan)")
     return fig
+
+
+def plot_strength_sweep(sweep: dict[str, Sequence[dict]], draws: Sequence[str] = (), ax=None):
+    """Harmful refusal against over-refusal along each plan's restoration (one point per checkpoint,
+    labelled with its step; ``sweep``: plan -> ``[{step, harmful, safe}]``, ``base`` a single point);
+    the plans named in ``draws`` in grey, without labels, as the draws' band."""
+    fig, ax = _axes(ax, figsize=(6, 4.5))
+    for name, points in sweep.items():
+        if name == "base":
+            continue
+        xs, ys = [100 * p["safe"] for p in points], [100 * p["harmful"] for p in points]
+        if name in draws:
+            ax.plot(xs, ys, "-", color="0.7", lw=1, zorder=1)
+            continue
+        line = ax.plot(xs, ys, "o-", label=name, zorder=2)[0]
+        for p, x, y in zip(points, xs, ys):
+            ax.annotate(
+                str(p["step"]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7, color=line.get_color()
+            )
+    if draws:
+        ax.plot([], [], "-", color="0.7", label=f"{len(draws)} random draws")
+    for p in sweep.get("base", ()):
+        ax.scatter([100 * p["safe"]], [100 * p["harmful"]], marker="*", s=120, color="black", zorder=3, label="base")
+        ax.axvline(100 * p["safe"], color="black", lw=0.6, ls=":")
+    ax.set_xlabel("over-refusal (% of safe prompts refused)")
+    ax.set_ylabel("harmful refusal (%)")
+    ax.set_title("Restoration strength: refusal against over-refusal")
+    ax.legend(fontsize=7)
+    return fig
