@@ -26,6 +26,7 @@ LAYERS = {
     "interp.analyze": 6,
     "interp.study": 7,
     "interp.plan": 7,
+    "interp.protocol": 7,
     "interp.cli": 8,
     "interp.config_file": 8,
     "interp": 9,
