@@ -456,10 +456,12 @@ def cmd_judge(args) -> None:
 
 def cmd_protocol(args) -> None:
     """The pre-registered test of the central claim (interp/data/protocol.toml) on the default pair."""
+    from dataclasses import replace
+
     from .evaluation.table import EvalConfig
     from .protocol import Protocol, run_protocol
     from .study import prepare
-    from .training.restore import RestoreConfig
+    from .training.restore import PRESETS, RestoreConfig
 
     check_output(args.out, "protocol")
     _check_device(args)
@@ -471,10 +473,13 @@ def cmd_protocol(args) -> None:
         budgets = prepared.recipe.evaluation
         small = EvalConfig(max_new_tokens=budgets.max_new_tokens, task_max_new_tokens=budgets.task_max_new_tokens)
         restore = RestoreConfig(batch_size=4) if args.tiny else RestoreConfig()
+        released = PRESETS["safereact"].config if args.released else None
+        if released is not None and args.tiny:
+            released = replace(released, steps=2, batch_size=4)
         result = run_protocol(
             prepared.pair, prepared.analysis, folder, harmful=prepared.harmful, retain=prepared.retain,
             suite=prepared.suite, protocol=protocol, restore=restore, evaluation=small if args.tiny else EvalConfig(),
-            chat=prepared.recipe.chat, dev_only=args.dev_only,
+            chat=prepared.recipe.chat, dev_only=args.dev_only, released=released,
         )  # fmt: skip
         _write_config(args, folder, prepared.pair)
     print((Path(args.out) / "protocol.md").read_text())
@@ -884,6 +889,9 @@ def _protocol_parser(sub) -> None:
     p.add_argument("--out", default="runs/protocol", help="output folder")
     p.add_argument("--tiny", action="store_true", help="the reduced organism, two seeds, three draws, a few steps (CI)")
     p.add_argument("--dev-only", action="store_true", help="stop once the learning rates are chosen on dev")
+    p.add_argument(
+        "--released", action="store_true", help="also train the released SafeReAct recipe for H4 (~23 min here)"
+    )
     _add_model_options(p)
     p.set_defaults(func=cmd_protocol)
 

@@ -204,12 +204,16 @@ def run_protocol(
     evaluation: EvalConfig = EvalConfig(),
     chat: ChatFormat = ChatFormat(),
     dev_only: bool = False,
+    released: RestoreConfig | None = None,
     cache: bool = True,
     progress: bool = True,
     log=print,
 ) -> ProtocolResult:
     """The protocol on ``pair`` (module docstring), written into ``folder`` (``protocol.md``, ``protocol.json``).
-    ``dev_only`` stops after the learning rates are chosen on dev: nothing is read from the test parts."""
+    ``dev_only`` stops after the learning rates are chosen on dev: nothing is read from the test parts.
+    ``released``: the released SafeReAct recipe's settings (``PRESETS["safereact"].config``; about 23 min
+    on this CPU), trained once with LoRA on every layer and judged beside the plans for H4; ``None``: H4
+    is not run."""
     protocol = protocol or Protocol.load()
     watch = Stopwatch(log=lambda line: log(f"== {line}"))
     families = protocol_plans(analysis, protocol)
@@ -270,10 +274,17 @@ def run_protocol(
     with watch("every plan at every seed"):
         for seed in protocol.seeds:
             by_seed[seed] = judged(order, replace(restore, steps=short, seed=seed), test)
+    if released is not None:
+        with watch("released recipe"):
+            n = analysis.layer_map.n_layers
+            recipe = Plan("released", "released SafeReAct recipe", tuple(range(n)), tuple(paper_alignment_layers(n)))
+            rows = judged([recipe], released, test)
+            for seed in protocol.seeds:  # one training (the release's seed), compared with every seed's plans
+                by_seed[seed].append(rows[-1])
     with watch("strength sweep"):
         sweep = _strength_sweep(pair, analysis, plans, protocol, restore, harmful, retain, test, tokens, evaluation,
                                 chat, cache, progress, log)  # fmt: skip
-    claims = _claims(by_seed, plans, sweep, safe, protocol)
+    claims = _claims(by_seed, plans | ({"released": [recipe]} if released is not None else {}), sweep, safe, protocol)
     result = ProtocolResult(lrs, trials, by_seed, sweep, claims, dict(watch.seconds), histories)
     result.save(folder)
     return result
@@ -350,13 +361,17 @@ def _claims(by_seed: dict[int, list[EvalRow]], plans: dict, sweep: dict, safe: s
               ranked_at - (float(np.mean(others)) if others else math.nan), None, None, detail={"at": at})
     )  # fmt: skip
     ranked = [[float(x) for x in row(s, names["ranked"][0]).outcomes["harmful"]] for s in seeds]
-    every = [[[float(x) for x in row(s, names["all_layers"][0]).outcomes["harmful"]]] for s in seeds]
-    estimate, values = mixed_samples(ranked, every)  # seeds, then prompts, resampled
-    low, high = np.percentile(values, [2.5, 97.5])
-    claims.append(
-        Claim("H3", "ranked within 5 points of all layers, harmful refusal", estimate, (float(low), float(high)),
-              float((values <= -protocol.margin).mean()))
-    )  # fmt: skip
+    for label, family, what in (
+        ("H3", "all_layers", "ranked within 5 points of all layers, harmful refusal"),
+        ("H4", "released", "ranked within 5 points of the released recipe, harmful refusal"),
+    ):
+        if family not in names:
+            continue
+        other = [[[float(x) for x in row(s, names[family][0]).outcomes["harmful"]]] for s in seeds]
+        estimate, values = mixed_samples(ranked, other)  # seeds, then prompts, resampled
+        low, high = np.percentile(values, [2.5, 97.5])
+        p_value = float((values <= -protocol.margin).mean())
+        claims.append(Claim(label, what, estimate, (float(low), float(high)), p_value))
     tested = [c for c in claims if c.p_value is not None]
     for claim, adjusted in zip(tested, holm([c.p_value for c in tested])):
         claim.holm_p = adjusted
@@ -365,7 +380,7 @@ def _claims(by_seed: dict[int, list[EvalRow]], plans: dict, sweep: dict, safe: s
 
 
 def _verdict(claim: Claim, protocol: Protocol) -> str:
-    if claim.name == "H3":
+    if claim.name in ("H3", "H4"):
         return "supported" if claim.interval[0] > -protocol.margin else "not supported"
     if claim.holm_p <= protocol.alpha:
         return "supported"

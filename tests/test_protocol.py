@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from conftest import QUICK_EVAL
@@ -12,7 +13,7 @@ from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_pr
 from interp.errors import ConfigError
 from interp.evaluation.table import EvalSuite
 from interp.protocol import PROTOCOL, Protocol, protocol_plans, run_protocol
-from interp.training.restore import RestoreConfig, paper_alignment_layers
+from interp.training.restore import PRESETS, RestoreConfig, paper_alignment_layers
 
 
 def test_the_protocol_file_is_read_and_checked(tmp_path):
@@ -62,21 +63,22 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
         harmful=harmful_prompts("train").head(8),
         retain=harmless_prompts("train").head(8) + arithmetic_prompts("train", n=20).head(8),
         suite=suite, protocol=Protocol().tiny(), restore=RestoreConfig(batch_size=4), evaluation=QUICK_EVAL,
-        progress=False, log=lambda _: None,
+        released=replace(PRESETS["safereact"].config, steps=2, batch_size=4), progress=False, log=lambda _: None,
     )  # fmt: skip
     assert set(result.lrs) == {"ranked", "bottom", "all_layers", "draws"}
     assert all(lr in Protocol().tiny().lr_grid for lr in result.lrs.values())
-    assert sorted(result.rows) == [0, 1] and all(len(rows) == 2 + 3 + 3 for rows in result.rows.values())
+    assert sorted(result.rows) == [0, 1] and all(len(rows) == 2 + 3 + 3 + 1 for rows in result.rows.values())
+    assert all(rows[-1].name == "released SafeReAct recipe" for rows in result.rows.values())  # trained once
     test_harmful = len(suite.harmful.part("test"))
     assert all(len(row.outcomes["harmful"]) == test_harmful for rows in result.rows.values() for row in rows)
     claims = {c.name: c for c in result.claims}
-    assert set(claims) == {"H1", "H2a", "H2b", "H3"}
+    assert set(claims) == {"H1", "H2a", "H2b", "H3", "H4"}
     assert claims["H1"].detail["ranks"].keys() == {0, 1} and 0 < claims["H1"].p_value <= 1
     assert all(c.holm_p >= c.p_value for c in claims.values() if c.p_value is not None)
     assert {point["step"] for point in result.sweep[next(iter(n for n in result.sweep if n != "base"))]} == {2, 4}
     saved = json.loads((tmp_path / "protocol.json").read_text())
-    assert [c["name"] for c in saved["claims"]] == ["H1", "H2a", "H2b", "H3"]
+    assert [c["name"] for c in saved["claims"]] == ["H1", "H2a", "H2b", "H3", "H4"]
     report = (tmp_path / "protocol.md").read_text()
     assert "| H1 |" in report and "seed-to-seed SD" in report
     assert (tmp_path / "figures" / "strength_sweep.png").exists()
-    assert set(saved["histories"]) == {"0", "1"}  # the loss per step of every plan at every seed
+    assert set(saved["histories"]) == {"0", "1", "42"}  # the loss per step of every plan (42: the released recipe)
