@@ -153,9 +153,7 @@ def protocol_plans(analysis: AnalysisResult, protocol: Protocol) -> dict[str, li
     layer_map = analysis.layer_map
     n = layer_map.n_layers
     shared = paper_alignment_layers(n)
-    ranked = make_plans(layer_map, ())[0]
-    every = make_plans(layer_map, ("all_layers",))[1]
-    bottom = make_plans(layer_map, ("bottom_k",))[1]
+    ranked, every, bottom = make_plans(layer_map, ("all_layers", "bottom_k"))
     taken = [list(ranked.layers), list(bottom.layers)]  # the depth range is the narrower pool: drawn first
     deep = random_plans(
         layer_map,
@@ -175,8 +173,8 @@ def protocol_plans(analysis: AnalysisResult, protocol: Protocol) -> dict[str, li
     return {family: [p.aligned_at(shared) for p in plans] for family, plans in families.items()}
 
 
-def _with_lr(plan: Plan, lr: float, suffix: str = "") -> Plan:
-    return replace(plan, lr=lr, key=f"{plan.key}@{lr:g}{suffix}", name=f"{plan.name} lr {lr:g}{suffix}")
+def _with_lr(plan: Plan, lr: float) -> Plan:
+    return replace(plan, lr=lr, key=f"{plan.key}@{lr:g}", name=f"{plan.name} lr {lr:g}")
 
 
 def _safe(suite: EvalSuite) -> str:
