@@ -128,6 +128,19 @@ def layer_map_for(base: LoadedModel, finetuned: LoadedModel, selected=(1, 2)) ->
     return manual_layer_map(base, finetuned, selected)
 
 
+def small_analysis_prompts():
+    """A few built-in prompts per set: enough for an analysis of a tiny pair."""
+    from interp.analyze import AnalysisPrompts
+
+    return AnalysisPrompts(
+        harmful=harmful_prompts("train").head(16),
+        harmless=harmless_prompts("train").head(16),
+        task=arithmetic_prompts("train", n=30).head(16),
+        steer_harmful=harmful_prompts("val").head(4),
+        steer_harmless=harmless_prompts("val").head(4),
+    )
+
+
 def tiny_suite() -> EvalSuite:
     return EvalSuite(
         harmful=harmful_prompts("val").head(4),

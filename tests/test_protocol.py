@@ -6,9 +6,9 @@ import json
 from dataclasses import replace
 
 import pytest
-from conftest import QUICK_EVAL
+from conftest import QUICK_EVAL, small_analysis_prompts
 
-from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
+from interp.analyze import AnalysisConfig, analyze
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
 from interp.evaluation.table import EvalSuite
@@ -28,13 +28,7 @@ def test_the_protocol_file_is_read_and_checked(tmp_path):
 
 @pytest.fixture()
 def analysed(saved_pair, tmp_path):
-    small = AnalysisPrompts(
-        harmful=harmful_prompts("train").head(16),
-        harmless=harmless_prompts("train").head(16),
-        task=arithmetic_prompts("train", n=30).head(16),
-        steer_harmful=harmful_prompts("val").head(4),
-        steer_harmless=harmless_prompts("val").head(4),
-    )
+    small = small_analysis_prompts()
     config = AnalysisConfig(k=2, causal_prompts=4, steer_max_new_tokens=4, refusal_tokens=(5,), steer_scales=())
     return saved_pair, analyze(saved_pair, tmp_path / "run", config, small, progress=False, log=lambda _: None)
 

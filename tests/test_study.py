@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import QUICK_EVAL as QUICK
-from conftest import layer_map_for, tiny_suite
+from conftest import layer_map_for, small_analysis_prompts, tiny_suite
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
+from interp.analyze import AnalysisConfig, analyze
 from interp.core.judge import refusal_log_odds
 from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
@@ -62,13 +62,7 @@ def test_plans_follow_the_map_and_the_paper(pair):
 
 
 def test_a_study_writes_adapters_a_merged_model_and_a_report(pair, tmp_path):
-    small = AnalysisPrompts(
-        harmful=harmful_prompts("train").head(16),
-        harmless=harmless_prompts("train").head(16),
-        task=arithmetic_prompts("train", n=30).head(16),
-        steer_harmful=harmful_prompts("val").head(4),
-        steer_harmless=harmless_prompts("val").head(4),
-    )
+    small = small_analysis_prompts()
     folder = tmp_path / "run"
     analysis = analyze(
         pair,
