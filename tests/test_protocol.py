@@ -11,8 +11,16 @@ from conftest import QUICK_EVAL, small_analysis_prompts
 from interp.analyze import AnalysisConfig, analyze
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
-from interp.evaluation.table import EvalSuite
-from interp.protocol import PROTOCOL, Protocol, protocol_plans, run_protocol
+from interp.evaluation.table import EvalRow, EvalSuite
+from interp.protocol import (
+    PROTOCOL,
+    Protocol,
+    ProtocolResult,
+    plan_summary,
+    protocol_plans,
+    protocol_report,
+    run_protocol,
+)
 from interp.training.restore import PRESETS, RestoreConfig, paper_alignment_layers
 
 
@@ -75,4 +83,30 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
     report = (tmp_path / "protocol.md").read_text()
     assert "| H1 |" in report and "seed-to-seed SD" in report
     assert (tmp_path / "figures" / "strength_sweep.png").exists()
-    assert set(saved["histories"]) == {"0", "1", "42"}  # the loss per step of every plan (42: the released recipe)
+    # the loss per step of every plan in every training run (seed 42: the released recipe)
+    assert set(saved["histories"]) == {
+        "lr grid on dev, 2 steps", "2 steps, seed 0", "2 steps, seed 1", "2 steps, seed 42", "4 steps, seed 0",
+    }  # fmt: skip
+    assert (tmp_path / "figures" / "training_curves_4_steps_seed_0.png").exists()
+    assert "harmful at the base's over-refusal" in report and "3 draws" in report
+    assert protocol_report(ProtocolResult.load(tmp_path)) == report  # the saved result renders the same report
+
+
+def _row(name: str, plan: str, harmful: list[float], safe: list[float], refused: list[int], over: list[int]) -> EvalRow:
+    outcomes = {"harmful": refused, "xstest": over}
+    return EvalRow(name, sum(refused) / len(refused), 0.0, 0.0, None, None, 0.0, {}, {}, {}, outcomes,
+                   scores={"harmful": harmful, "xstest": safe}, plan=plan)  # fmt: skip
+
+
+def test_the_plan_summary_reads_planted_scores():
+    """A plan whose scores separate harmful from safe prompts perfectly has AUROC 1 and, at the base's
+    over-refusal (1 of 4 safe prompts), refuses every harmful prompt above the matched threshold."""
+    base = _row("base", "base", [0.0] * 4, [0.0] * 4, [0, 0, 0, 0], [1, 0, 0, 0])
+    ranked = _row("ranked", "ranked@0.003", [5.0, 6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0], [1, 1, 1, 0], [0, 0, 0, 1])
+    mixed = _row("random-3", "draw-1@0.01", [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], [1, 0, 0, 0], [0, 0, 0, 0])
+    summaries = {s.name: s for s in plan_summary({0: [base, ranked, mixed], 1: [base, ranked, mixed]}, "xstest")}
+    assert summaries["ranked"].mean("auroc") == 1.0 and summaries["ranked"].auroc_interval == (1.0, 1.0)
+    assert summaries["ranked"].mean("matched") == 1.0 and summaries["ranked"].mean("harmful") == 0.75
+    assert summaries["1 draws"].family == "draws" and summaries["1 draws"].mean("auroc") == 0.5
+    assert summaries["1 draws"].mean("matched") == 0.25  # scores like the safe prompts': refuses as many (1 of 4)
+    assert summaries["ranked"].sd("harmful") == 0.0 and summaries["1 draws"].auroc_interval is None

@@ -158,12 +158,17 @@ def plot_results(rows: Sequence, ax=None):
     return fig
 
 
-def plot_restore_history(histories: dict[str, Sequence[dict]], ax=None):
+def plot_restore_history(histories: dict[str, Sequence[dict]], ax=None, draws: dict[str, Sequence[dict]] | None = None):
     """Safety loss (solid) and retain loss (dashed) per training step, one colour per restoration.
 
-    ``histories`` maps a name to ``RestoreStats.history`` (``{"step", "safety", "retain"}`` per step).
+    ``histories`` maps a name to ``RestoreStats.history`` (``{"step", "safety", "retain"}`` per step);
+    ``draws``, the same for random draws, drawn in grey (safety loss only) as their band.
     """
     fig, ax = _axes(ax)
+    for i, history in enumerate((draws or {}).values()):
+        steps = [h["step"] for h in history]
+        ax.plot(steps, [h["safety"] for h in history], color="0.75", lw=0.8, zorder=0,
+                label=f"{len(draws)} random draws: safety" if i == 0 else None)  # fmt: skip
     for i, (name, history) in enumerate(histories.items()):
         steps = [h["step"] for h in history]
         color = f"C{i}"
