@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from conftest import QUICK_EVAL, small_analysis_prompts
 
 from interp.analyze import AnalysisConfig, analyze
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
+from interp.evaluation.stats import spearman
 from interp.evaluation.table import EvalRow, EvalSuite
 from interp.protocol import (
     PROTOCOL,
@@ -21,6 +24,8 @@ from interp.protocol import (
     protocol_report,
     run_protocol,
 )
+from interp.protocol.layers import LayerValidity, layer_validity, layers_report
+from interp.protocol.run import Bench
 from interp.training.restore import PRESETS, RestoreConfig, paper_alignment_layers
 
 
@@ -110,3 +115,47 @@ def test_the_plan_summary_reads_planted_scores():
     assert summaries["1 draws"].family == "draws" and summaries["1 draws"].mean("auroc") == 0.5
     assert summaries["1 draws"].mean("matched") == 0.25  # scores like the safe prompts': refuses as many (1 of 4)
     assert summaries["ranked"].sd("harmful") == 0.0 and summaries["1 draws"].auroc_interval is None
+
+
+def test_the_per_block_ground_truth_runs_at_a_tiny_size(analysed, tmp_path):
+    """Every block trained alone at every seed, judged on dev; each candidate ranking gets a rho in [-1, 1]
+    with an interval, the gradient candidate one step-0 value per block, and the result reloads."""
+    pair, analysis = analysed
+    suite = EvalSuite(
+        harmful=harmful_prompts("val").head(24),
+        harmless=harmless_prompts("val").head(12),
+        task=arithmetic_prompts("val", n=40).head(12),
+        xstest=harmless_prompts("train").head(24),
+    )
+    bench = Bench(pair, analysis, harmful_prompts("train").head(8),
+                  harmless_prompts("train").head(8) + arithmetic_prompts("train", n=20).head(8), QUICK_EVAL,
+                  progress=False, log=lambda _: None)  # fmt: skip
+    result = layer_validity(bench, suite, protocol=Protocol().tiny(), restore=RestoreConfig(batch_size=4))
+    n = pair.n_layers
+    assert result.seeds == [0, 1] and np.asarray(result.gain).shape == (2, n)
+    assert set(result.candidates) == {"score", "suppression", "causal", "amplification", "patch effect", "gradient"}
+    assert all(len(values) == n for values in result.candidates.values())
+    assert all(g > 0 for g in result.candidates["gradient"])  # every block's LoRA gets a gradient at step 0
+    rho, (low, high) = result.rho("gradient")
+    assert (
+        math.isnan(rho) if np.ptp(result.mean_gain) == 0 else -1 <= low <= rho <= high <= 1
+    )  # (2 steps may move nothing)
+    result.save(tmp_path)
+    assert LayerValidity.load(tmp_path) == result and "Spearman" in (tmp_path / "layers.md").read_text()
+    assert (tmp_path / "figures" / "layer_validity.png").exists()
+
+
+def test_layer_validity_scores_a_planted_ranking():
+    """A candidate ordered like the ground truth gets rho 1, its reverse -1; seeds that agree are stable."""
+    result = LayerValidity(
+        0.01, [], [0, 1], gain=[[0.1, 0.2, 0.3, 0.5], [0.1, 0.2, 0.4, 0.6]], matched=[[0.0] * 4] * 2,
+        over=[[0.0] * 4] * 2, finetuned=0.2, candidates={"good": [1, 2, 3, 9], "reverse": [4, 3, 2, 1]},
+    )  # fmt: skip
+    assert result.rho("good")[0] == 1.0 and result.rho("reverse")[0] == -1.0 and result.stability() == 1.0
+    assert "| good | +1.00 |" in layers_report(result)
+
+
+def test_spearman_matches_its_definition():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0 and spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6 * 2 / (4 * 15)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))

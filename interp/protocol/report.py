@@ -31,31 +31,38 @@ class ProtocolResult:
     histories: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # run -> plan -> loss per step
     safe: str = "xstest"  # the set whose refusal is over-refusal
 
-    def save(self, folder: str | Path) -> None:
-        """``protocol.json`` (everything but the answers), ``protocol.md`` and the figures, into ``folder``."""
+    def save(self, folder: str | Path) -> list[Path]:
+        """``protocol.json`` (everything but the answers), ``protocol.md`` and the figures, into ``folder``;
+        returns the paths written."""
         folder = Path(folder)
         rows = {
             seed: [{k: v for k, v in row.to_dict().items() if k not in ("answers", "examples")} for row in rows]
             for seed, rows in self.rows.items()
         }
-        atomic_write_json(
-            folder / "protocol.json",
-            {"lrs": self.lrs, "lr_trials": self.lr_trials, "rows": rows, "sweep": self.sweep, "safe": self.safe}
-            | {"claims": [asdict(c) for c in self.claims], "seconds": self.seconds, "histories": self.histories},
-        )
-        atomic_write_text(folder / "protocol.md", protocol_report(self))
+        paths = [
+            atomic_write_json(folder / "protocol.json", self._saved(rows)),
+            atomic_write_text(folder / "protocol.md", protocol_report(self)),
+        ]
         if self.sweep:
             draws = [name for name in self.sweep if name.startswith("random-")]
             fig = plot_strength_sweep(self.sweep, draws)
-            save_figure(fig, folder / "figures", "strength_sweep")
+            paths += save_figure(fig, folder / "figures", "strength_sweep")
             plt.close(fig)
         for run, histories in self.histories.items():
             fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
             named = {n: h for n, h in histories.items() if not n.startswith("random-")}
             plot_restore_history(named, ax=ax, draws={n: h for n, h in histories.items() if n not in named})
             ax.set_title(f"Restoration losses, {run}")
-            save_figure(fig, folder / "figures", "training_curves_" + run.replace(" ", "_").replace(",", ""))
+            paths += save_figure(fig, folder / "figures", "training_curves_" + run.replace(" ", "_").replace(",", ""))
             plt.close(fig)
+        return paths
+
+    def _saved(self, rows: dict) -> dict:
+        return {"lrs": self.lrs, "lr_trials": self.lr_trials, "rows": rows, "sweep": self.sweep, "safe": self.safe} | {
+            "claims": [asdict(c) for c in self.claims],
+            "seconds": self.seconds,
+            "histories": self.histories,
+        }
 
     @classmethod
     def load(cls, folder: str | Path) -> ProtocolResult:
@@ -68,7 +75,10 @@ class ProtocolResult:
         return cls(
             data["lrs"],
             data["lr_trials"],
-            {int(seed): [EvalRow.from_dict(row) for row in rows] for seed, rows in data["rows"].items()},
+            {
+                int(seed): [EvalRow.from_dict({"examples": {}} | row) for row in rows]
+                for seed, rows in data["rows"].items()
+            },
             data["sweep"],
             [Claim(**c | {"interval": c["interval"] and tuple(c["interval"])}) for c in data["claims"]],
             data["seconds"],

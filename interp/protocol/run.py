@@ -21,7 +21,8 @@ The "safe" set, whose refusal is over-refusal, is XSTest safe where the suite ha
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from ..measures.result import AnalysisResult
 from ..study import Plan, train_plans
 from ..training.restore import RestoreConfig, paper_alignment_layers, restore_many
 from .claims import claims_of, rate
-from .design import Protocol, protocol_plans
+from .design import FAMILIES, Protocol, protocol_plans
 from .report import ProtocolResult
 
 
@@ -47,11 +48,83 @@ def _safe(suite: EvalSuite) -> str:
     return "xstest" if suite.xstest is not None else "harmless"
 
 
-def _claim_suite(suite: EvalSuite, part: str) -> EvalSuite:
+def claim_suite(suite: EvalSuite, part: str) -> EvalSuite:
     """The sets the claims read, ``part`` of each (harmful, XSTest unsafe and safe where present, and the
     harmless and task sets every row needs)."""
     keep = {"harmful", "xstest_unsafe", "xstest", "harmless", "task"}
     return EvalSuite(**{name: p.part(part) for name, p in suite.sets().items() if name in keep})
+
+
+@dataclass
+class Bench:
+    """What every train-and-judge step of the protocol shares: the pair and its analysis, the training
+    prompts, the settings; ``histories`` collects every run's losses (run -> plan -> loss per step)."""
+
+    pair: ModelPair
+    analysis: AnalysisResult
+    harmful: PromptSet
+    retain: PromptSet
+    evaluation: EvalConfig = EvalConfig()
+    chat: ChatFormat = ChatFormat()
+    cache: bool = True
+    progress: bool = True
+    log: Callable[[str], None] = print
+    histories: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
+
+    def judged(self, plans: list[Plan], config: RestoreConfig, on: EvalSuite, label: str = "") -> list[EvalRow]:
+        """Train ``plans`` (cached, in lockstep) and judge them on ``on``: the rows of the base, the
+        fine-tuned model, then every plan; each row's ``info["first_gradient"]`` is its step-0 gradient."""
+        restored = train_plans(plans, self.pair, self.analysis.layer_map, self.harmful, self.retain, config,
+                               chat=self.chat, cache=self.cache, progress=self.progress)  # fmt: skip
+        run = label or f"{config.steps} steps, seed {config.seed}"
+        self.histories.setdefault(run, {}).update({r.plan.name: r.stats.history for r in restored})
+        reference = [
+            Candidate("base", self.pair.base, plan="base"),
+            Candidate("finetuned", self.pair.finetuned, plan="finetuned"),
+        ]
+        rows = evaluate_models(
+            reference + [r.candidate() for r in restored], on, refusal_tokens=self.analysis.refusal_tokens,
+            reference=self.pair.finetuned, config=self.evaluation, chat=self.chat, cache=self.cache,
+            progress=self.progress, log=self.log,
+        )  # fmt: skip
+        for row, r in zip(rows[2:], restored):
+            row.info["first_gradient"] = r.stats.first_gradient
+        return rows
+
+
+def choose_lr(family: str, rows: dict[float, list[EvalRow]], base: EvalRow, ft: EvalRow, safe: str,
+              margin: float) -> tuple[float, list[dict]]:  # fmt: skip
+    """The file's lr rule: ``rows[lr]`` are a family's dev rows at that lr; the lr with the highest mean
+    harmful refusal among those whose over-refusal is at most the base's + ``margin`` and whose task
+    accuracy is at least the fine-tuned model's - ``margin`` (the lowest over-refusal if none qualifies).
+    Returns it and a trial record per lr."""
+    scored, trials = [], []
+    for lr, mine in rows.items():
+        harmful_rate = float(np.mean([r.harmful_refusal for r in mine]))
+        over = float(np.mean([rate(r, safe) for r in mine]))
+        task = float(np.mean([r.task_accuracy for r in mine]))
+        ok = over <= rate(base, safe) + margin and task >= ft.task_accuracy - margin
+        scored.append((ok, harmful_rate, -over, lr))
+        trials.append({"family": family, "lr": lr, "harmful": harmful_rate, "safe": over, "task": task, "ok": ok})
+    qualified = [s for s in scored if s[0]]
+    return (max(qualified)[3] if qualified else max(scored, key=lambda s: s[2])[3]), trials
+
+
+def choose_lrs(bench: Bench, families: dict[str, list[Plan]], protocol: Protocol, restore: RestoreConfig,
+               dev: EvalSuite) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+    """Every family at every lr of the grid, seed 0, the short budget, in lockstep, judged on ``dev``;
+    each family's lr by ``choose_lr``."""
+    tried = {family: [_with_lr(p, lr) for lr in protocol.lr_grid for p in plans] for family, plans in families.items()}
+    order = [p for plans in tried.values() for p in plans]
+    short = protocol.budgets[0]
+    rows = bench.judged(order, replace(restore, steps=short, seed=0), dev, label=f"lr grid on dev, {short} steps")
+    base, ft, by_key = rows[0], rows[1], dict(zip([p.key for p in order], rows[2:]))
+    lrs, trials = {}, []
+    for family, plans in tried.items():
+        by_lr = {lr: [by_key[p.key] for p in plans if p.lr == lr] for lr in protocol.lr_grid}
+        lrs[family], tried_here = choose_lr(family, by_lr, base, ft, _safe(dev), protocol.margin)
+        trials += tried_here
+    return lrs, trials
 
 
 # ----------------------------------------------------------------------------- the run
@@ -80,101 +153,66 @@ def run_protocol(
     is not run."""
     protocol = protocol or Protocol.load()
     watch = Stopwatch(log=lambda line: log(f"== {line}"))
+    bench = Bench(pair, analysis, harmful, retain, evaluation, chat, cache, progress, log)
     families = protocol_plans(analysis, protocol)
-    short, long = protocol.budgets
-    tokens = analysis.refusal_tokens
     safe = _safe(suite)
-    reference = [Candidate("base", pair.base, plan="base"), Candidate("finetuned", pair.finetuned, plan="finetuned")]
-
-    histories: dict[str, dict[str, list[dict]]] = {}  # "<steps> steps, seed <s>" -> plan -> loss per step
-
-    def judged(plans: list[Plan], config: RestoreConfig, on: EvalSuite, label: str = "") -> list[EvalRow]:
-        restored = train_plans(plans, pair, analysis.layer_map, harmful, retain, config, chat=chat, cache=cache,
-                               progress=progress)  # fmt: skip
-        run = label or f"{config.steps} steps, seed {config.seed}"
-        histories.setdefault(run, {}).update({r.plan.name: r.stats.history for r in restored})
-        candidates = reference + [r.candidate() for r in restored]
-        return evaluate_models(
-            candidates, on, refusal_tokens=tokens, reference=pair.finetuned, config=evaluation, chat=chat,
-            cache=cache, progress=progress, log=log,
-        )  # fmt: skip
 
     with watch("lr on dev"):
-        dev = _claim_suite(suite, "dev")
-        tried = {
-            family: [_with_lr(plan, lr) for lr in protocol.lr_grid for plan in plans]
-            for family, plans in (("ranked", families["ranked"]), ("bottom", families["bottom"]),
-                                  ("all_layers", families["all_layers"]), ("draws", families["tuning"]))
-        }  # fmt: skip
-        rows = judged([p for plans in tried.values() for p in plans], replace(restore, steps=short, seed=0), dev,
-                      label=f"lr grid on dev, {short} steps")  # fmt: skip
-        base, ft, trained = rows[0], rows[1], rows[2:]
-        by_key = dict(zip([p.key for plans in tried.values() for p in plans], trained))
-        lrs, trials = {}, []
-        for family, plans in tried.items():
-            scored = []
-            for lr in protocol.lr_grid:
-                mine = [by_key[p.key] for p in plans if p.lr == lr]
-                harmful_rate = float(np.mean([r.harmful_refusal for r in mine]))
-                over = float(np.mean([rate(r, safe) for r in mine]))
-                task = float(np.mean([r.task_accuracy for r in mine]))
-                ok = over <= rate(base, safe) + protocol.margin and task >= ft.task_accuracy - protocol.margin
-                scored.append((ok, harmful_rate, -over, lr))
-                trial = {"family": family, "lr": lr, "harmful": harmful_rate, "safe": over, "task": task, "ok": ok}
-                trials.append(trial)
-            qualified = [s for s in scored if s[0]]
-            lrs[family] = max(qualified)[3] if qualified else max(scored, key=lambda s: s[2])[3]
+        tuning = {family: families[family] for family in ("ranked", "bottom", "all_layers")}
+        lrs, trials = choose_lrs(bench, tuning | {"draws": families["tuning"]}, protocol, restore,
+                                 claim_suite(suite, "dev"))  # fmt: skip
         log("protocol: lr per family on dev: " + ", ".join(f"{f} {lr:g}" for f, lr in lrs.items()))
     if dev_only:
-        result = ProtocolResult(lrs, trials, {}, {}, [], dict(watch.seconds), histories, safe)
+        result = ProtocolResult(lrs, trials, {}, {}, [], dict(watch.seconds), bench.histories, safe)
         result.save(folder)
         return result
 
-    test = _claim_suite(suite, "test")
-    plans = {
-        family: [_with_lr(p, lrs[family]) for p in families[family]]
-        for family in ("ranked", "bottom", "all_layers", "draws")
-    }
-    order = [p for family in ("ranked", "bottom", "all_layers", "draws") for p in plans[family]]
+    test = claim_suite(suite, "test")
+    plans = {family: [_with_lr(p, lrs[family]) for p in families[family]] for family in FAMILIES}
+    order = [p for family in FAMILIES for p in plans[family]]
     by_seed: dict[int, list[EvalRow]] = {}
     with watch("every plan at every seed"):
         for seed in protocol.seeds:
-            by_seed[seed] = judged(order, replace(restore, steps=short, seed=seed), test)
+            by_seed[seed] = bench.judged(order, replace(restore, steps=protocol.budgets[0], seed=seed), test)
     if released is not None:
         with watch("released recipe"):
             n = analysis.layer_map.n_layers
             recipe = Plan("released", "released SafeReAct recipe", tuple(range(n)), tuple(paper_alignment_layers(n)))
-            rows = judged([recipe], released, test)
+            rows = bench.judged([recipe], released, test)
             for seed in protocol.seeds:  # one training (the release's seed), compared with every seed's plans
                 by_seed[seed].append(rows[-1])
+            plans["released"] = [recipe]
     with watch("strength sweep"):
-        sweep = _strength_sweep(pair, analysis, plans, protocol, restore, harmful, retain, test, tokens, evaluation,
-                                chat, cache, progress, log, histories)  # fmt: skip
-    claims = claims_of(by_seed, plans | ({"released": [recipe]} if released is not None else {}), sweep, safe, protocol)
-    result = ProtocolResult(lrs, trials, by_seed, sweep, claims, dict(watch.seconds), histories, safe)
+        sweep = _strength_sweep(bench, plans, protocol, restore, test)
+    claims = claims_of(by_seed, plans, sweep, safe, protocol)
+    result = ProtocolResult(lrs, trials, by_seed, sweep, claims, dict(watch.seconds), bench.histories, safe)
     result.save(folder)
     return result
 
 
-def _strength_sweep(pair, analysis, plans, protocol, restore, harmful, retain, test, tokens, evaluation, chat, cache,
-                    progress, log, histories) -> dict[str, list[dict]]:  # fmt: skip
+def _strength_sweep(
+    bench: Bench, plans: dict[str, list[Plan]], protocol: Protocol, restore: RestoreConfig, test: EvalSuite
+) -> dict[str, list[dict]]:
     """One long run of the long-budget plans (first seed), judged at every checkpoint on the test parts."""
+    pair = bench.pair
     chosen = plans["ranked"] + plans["bottom"] + plans["all_layers"] + plans["draws"][: protocol.long_budget_draws]
     config = replace(restore, steps=protocol.budgets[1], seed=protocol.seeds[0])
     teacher = pair.base if config.teacher == "base" else None
     results = restore_many(
-        pair.finetuned, analysis.layer_map, harmful, retain, [p.placement for p in chosen], config, base=teacher,
-        chat=chat, checkpoints=protocol.checkpoints, progress=progress,
+        pair.finetuned, bench.analysis.layer_map, bench.harmful, bench.retain, [p.placement for p in chosen], config,
+        base=teacher, chat=bench.chat, checkpoints=protocol.checkpoints, progress=bench.progress,
     )  # fmt: skip
-    histories[f"{config.steps} steps, seed {config.seed}"] = {p.name: r.stats.history for p, r in zip(chosen, results)}
+    bench.histories[f"{config.steps} steps, seed {config.seed}"] = {
+        p.name: r.stats.history for p, r in zip(chosen, results)
+    }
     candidates = [Candidate("base", pair.base, plan="base")]
     for plan, result in zip(chosen, results):
         for step in protocol.checkpoints:
             model = result.merged_at(step, pair.finetuned, name=f"{plan.name} @{step}")
             candidates.append(Candidate(f"{plan.name} @{step}", model, plan=f"{plan.key}@{step}"))
     rows = evaluate_models(
-        candidates, test, refusal_tokens=tokens, reference=pair.finetuned, config=evaluation, chat=chat,
-        cache=cache, progress=progress, log=log,
+        candidates, test, refusal_tokens=bench.analysis.refusal_tokens, reference=pair.finetuned,
+        config=bench.evaluation, chat=bench.chat, cache=bench.cache, progress=bench.progress, log=bench.log,
     )  # fmt: skip
     safe = _safe(test)
     base = {"step": 0, "harmful": rows[0].harmful_refusal, "safe": rate(rows[0], safe)}

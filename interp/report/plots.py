@@ -351,3 +351,18 @@ def plot_strength_sweep(sweep: dict[str, Sequence[dict]], draws: Sequence[str] =
     ax.set_title("Restoration strength: refusal against over-refusal")
     ax.legend(fontsize=7)
     return fig
+
+
+def plot_layer_validity(gain_mean: Sequence[float], gain_sd: Sequence[float], candidates: dict[str, Sequence[float]]):
+    """Top: restoration gain of a LoRA on each single block (points, mean over seeds, seed SD as error
+    bars); below it, one panel per candidate ranking's value per block, on a shared block axis."""
+    fig, axes = plt.subplots(1 + len(candidates), 1, figsize=(7, 2 + 1.3 * len(candidates)), sharex=True,
+                             constrained_layout=True)  # fmt: skip
+    blocks = np.arange(len(gain_mean))
+    axes[0].bar(blocks, 100 * np.asarray(gain_mean), yerr=100 * np.asarray(gain_sd), color="tab:blue", capsize=2)
+    axes[0].set(ylabel="gain (points)", title="Restoration gain of LoRA on one block, and the candidate rankings")
+    for ax, (name, values) in zip(axes[1:], candidates.items()):
+        ax.bar(blocks, values, color="0.5")
+        ax.set_ylabel(name, fontsize=8)
+    axes[-1].set_xlabel("block")
+    return fig
