@@ -20,7 +20,7 @@ from pathlib import Path
 from . import distributed
 from .config_file import COMMANDS
 from .errors import ConfigError, InterpError
-from .io import check_output, output_folder
+from .io import Stopwatch, check_output, output_folder
 
 # --dtype: interp.core.models.DTYPE_CHOICES, written out so the parser needs no torch (tests hold them equal)
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -460,6 +460,8 @@ def cmd_protocol(args) -> None:
 
     from .evaluation.table import EvalConfig
     from .protocol import Protocol, run_protocol
+    from .protocol.layers import layer_validity
+    from .protocol.run import Bench
     from .study import prepare
     from .training.restore import PRESETS, RestoreConfig
 
@@ -476,14 +478,24 @@ def cmd_protocol(args) -> None:
         released = PRESETS["safereact"].config if args.released else None
         if released is not None and args.tiny:
             released = replace(released, steps=2, batch_size=4)
-        result = run_protocol(
-            prepared.pair, prepared.analysis, folder, harmful=prepared.harmful, retain=prepared.retain,
-            suite=prepared.suite, protocol=protocol, restore=restore, evaluation=small if args.tiny else EvalConfig(),
-            chat=prepared.recipe.chat, dev_only=args.dev_only, released=released,
-        )  # fmt: skip
+        evaluation = small if args.tiny else EvalConfig()
+        if args.layers:  # the per-block ground truth on dev, and the candidate rankings against it
+            bench = Bench(prepared.pair, prepared.analysis, prepared.harmful, prepared.retain, evaluation,
+                          prepared.recipe.chat)  # fmt: skip
+            watch = Stopwatch()
+            with watch("single blocks"):
+                layer_validity(bench, prepared.suite, protocol=protocol, restore=restore).save(folder)
+            seconds = watch.seconds
+        else:
+            result = run_protocol(
+                prepared.pair, prepared.analysis, folder, harmful=prepared.harmful, retain=prepared.retain,
+                suite=prepared.suite, protocol=protocol, restore=restore, evaluation=evaluation,
+                chat=prepared.recipe.chat, dev_only=args.dev_only, released=released,
+            )  # fmt: skip
+            seconds = result.seconds
         _write_config(args, folder, prepared.pair)
-    print((Path(args.out) / "protocol.md").read_text())
-    print("time: " + ", ".join(f"{stage} {s:.0f}s" for stage, s in {**prepared.seconds, **result.seconds}.items()))
+    print((Path(args.out) / ("layers.md" if args.layers else "protocol.md")).read_text())
+    print("time: " + ", ".join(f"{stage} {s:.0f}s" for stage, s in {**prepared.seconds, **seconds}.items()))
 
 
 def cmd_plan(args) -> None:
@@ -889,6 +901,11 @@ def _protocol_parser(sub) -> None:
     p.add_argument("--out", default="runs/protocol", help="output folder")
     p.add_argument("--tiny", action="store_true", help="the reduced organism, two seeds, three draws, a few steps (CI)")
     p.add_argument("--dev-only", action="store_true", help="stop once the learning rates are chosen on dev")
+    p.add_argument(
+        "--layers", action="store_true",
+        help="instead: LoRA on every single block at every seed, judged on dev (the per-block ground truth), and"
+        " how well each candidate ranking predicts it (layers.md)",
+    )  # fmt: skip
     p.add_argument(
         "--released", action="store_true", help="also train the released SafeReAct recipe for H4 (~23 min here)"
     )

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from conftest import QUICK_EVAL, small_analysis_prompts
 
 from interp.analyze import AnalysisConfig, analyze
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
-from interp.evaluation.table import EvalSuite
-from interp.protocol import PROTOCOL, Protocol, protocol_plans, run_protocol
+from interp.evaluation.stats import spearman
+from interp.evaluation.table import EvalRow, EvalSuite
+from interp.protocol import (
+    PROTOCOL,
+    Protocol,
+    ProtocolResult,
+    plan_summary,
+    protocol_plans,
+    protocol_report,
+    run_protocol,
+)
+from interp.protocol.layers import LayerValidity, layer_validity, layers_report
+from interp.protocol.run import Bench
 from interp.training.restore import PRESETS, RestoreConfig, paper_alignment_layers
 
 
@@ -75,4 +88,74 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
     report = (tmp_path / "protocol.md").read_text()
     assert "| H1 |" in report and "seed-to-seed SD" in report
     assert (tmp_path / "figures" / "strength_sweep.png").exists()
-    assert set(saved["histories"]) == {"0", "1", "42"}  # the loss per step of every plan (42: the released recipe)
+    # the loss per step of every plan in every training run (seed 42: the released recipe)
+    assert set(saved["histories"]) == {
+        "lr grid on dev, 2 steps", "2 steps, seed 0", "2 steps, seed 1", "2 steps, seed 42", "4 steps, seed 0",
+    }  # fmt: skip
+    assert (tmp_path / "figures" / "training_curves_4_steps_seed_0.png").exists()
+    assert "harmful at the base's over-refusal" in report and "3 draws" in report
+    assert protocol_report(ProtocolResult.load(tmp_path)) == report  # the saved result renders the same report
+
+
+def _row(name: str, plan: str, harmful: list[float], safe: list[float], refused: list[int], over: list[int]) -> EvalRow:
+    outcomes = {"harmful": refused, "xstest": over}
+    return EvalRow(name, sum(refused) / len(refused), 0.0, 0.0, None, None, 0.0, {}, {}, {}, outcomes,
+                   scores={"harmful": harmful, "xstest": safe}, plan=plan)  # fmt: skip
+
+
+def test_the_plan_summary_reads_planted_scores():
+    """A plan whose scores separate harmful from safe prompts perfectly has AUROC 1 and, at the base's
+    over-refusal (1 of 4 safe prompts), refuses every harmful prompt above the matched threshold."""
+    base = _row("base", "base", [0.0] * 4, [0.0] * 4, [0, 0, 0, 0], [1, 0, 0, 0])
+    ranked = _row("ranked", "ranked@0.003", [5.0, 6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0], [1, 1, 1, 0], [0, 0, 0, 1])
+    mixed = _row("random-3", "draw-1@0.01", [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], [1, 0, 0, 0], [0, 0, 0, 0])
+    summaries = {s.name: s for s in plan_summary({0: [base, ranked, mixed], 1: [base, ranked, mixed]}, "xstest")}
+    assert summaries["ranked"].mean("auroc") == 1.0 and summaries["ranked"].auroc_interval == (1.0, 1.0)
+    assert summaries["ranked"].mean("matched") == 1.0 and summaries["ranked"].mean("harmful") == 0.75
+    assert summaries["1 draws"].family == "draws" and summaries["1 draws"].mean("auroc") == 0.5
+    assert summaries["1 draws"].mean("matched") == 0.25  # scores like the safe prompts': refuses as many (1 of 4)
+    assert summaries["ranked"].sd("harmful") == 0.0 and summaries["1 draws"].auroc_interval is None
+
+
+def test_the_per_block_ground_truth_runs_at_a_tiny_size(analysed, tmp_path):
+    """Every block trained alone at every seed, judged on dev; each candidate ranking gets a rho in [-1, 1]
+    with an interval, the gradient candidate one step-0 value per block, and the result reloads."""
+    pair, analysis = analysed
+    suite = EvalSuite(
+        harmful=harmful_prompts("val").head(24),
+        harmless=harmless_prompts("val").head(12),
+        task=arithmetic_prompts("val", n=40).head(12),
+        xstest=harmless_prompts("train").head(24),
+    )
+    bench = Bench(pair, analysis, harmful_prompts("train").head(8),
+                  harmless_prompts("train").head(8) + arithmetic_prompts("train", n=20).head(8), QUICK_EVAL,
+                  progress=False, log=lambda _: None)  # fmt: skip
+    result = layer_validity(bench, suite, protocol=Protocol().tiny(), restore=RestoreConfig(batch_size=4))
+    n = pair.n_layers
+    assert result.seeds == [0, 1] and np.asarray(result.gain).shape == (2, n)
+    assert set(result.candidates) == {"score", "suppression", "causal", "amplification", "patch effect", "gradient"}
+    assert all(len(values) == n for values in result.candidates.values())
+    assert all(g > 0 for g in result.candidates["gradient"])  # every block's LoRA gets a gradient at step 0
+    rho, (low, high) = result.rho("gradient")
+    assert (
+        math.isnan(rho) if np.ptp(result.mean_gain) == 0 else -1 <= low <= rho <= high <= 1
+    )  # (2 steps may move nothing)
+    result.save(tmp_path)
+    assert LayerValidity.load(tmp_path) == result and "Spearman" in (tmp_path / "layers.md").read_text()
+    assert (tmp_path / "figures" / "layer_validity.png").exists()
+
+
+def test_layer_validity_scores_a_planted_ranking():
+    """A candidate ordered like the ground truth gets rho 1, its reverse -1; seeds that agree are stable."""
+    result = LayerValidity(
+        0.01, [], [0, 1], gain=[[0.1, 0.2, 0.3, 0.5], [0.1, 0.2, 0.4, 0.6]], matched=[[0.0] * 4] * 2,
+        over=[[0.0] * 4] * 2, finetuned=0.2, candidates={"good": [1, 2, 3, 9], "reverse": [4, 3, 2, 1]},
+    )  # fmt: skip
+    assert result.rho("good")[0] == 1.0 and result.rho("reverse")[0] == -1.0 and result.stability() == 1.0
+    assert "| good | +1.00 |" in layers_report(result)
+
+
+def test_spearman_matches_its_definition():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0 and spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6 * 2 / (4 * 15)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))

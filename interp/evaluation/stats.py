@@ -52,6 +52,10 @@ it refuses at that threshold: the ROC curve of harmful vs safe prompts read at o
 negative, ties counted half (the Mann-Whitney U statistic over ``n_pos * n_neg``); its 95% interval is
 the percentile bootstrap over items (``bootstrap_interval``).
 
+**Spearman's rho** (``spearman``): Pearson's correlation of the two variables' average ranks (ties share
+their mean rank); NaN where either is constant. Its interval here is the percentile bootstrap over items
+(``bootstrap_interval``: layers, for a score against a per-layer ground truth).
+
 **Agreement with labels** (``label_agreement``): precision ``TP / (TP + FP)``, recall ``TP / (TP + FN)``
 and Cohen's kappa ``(p_o - p_e) / (1 - p_e)`` (``p_o`` the share of items where judge and label agree,
 ``p_e`` the agreement their marginal rates give by chance), each with a percentile bootstrap interval
@@ -174,6 +178,16 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     sums = np.bincount(inverse, weights=ranks)
     counts = np.bincount(inverse)
     return (sums / counts)[inverse]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation of ``x`` and ``y`` (module docstring)."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(a) != len(b) or len(a) < 2:
+        raise ConfigError(f"spearman needs two sequences of one length >= 2, got {len(a)} and {len(b)}")
+    ra, rb = _average_ranks(a) - (len(a) + 1) / 2, _average_ranks(b) - (len(b) + 1) / 2
+    scale = math.sqrt(float((ra**2).sum() * (rb**2).sum()))
+    return float((ra * rb).sum() / scale) if scale > 0 else math.nan
 
 
 def bootstrap_interval(statistic, *columns: Sequence, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:

@@ -158,12 +158,17 @@ def plot_results(rows: Sequence, ax=None):
     return fig
 
 
-def plot_restore_history(histories: dict[str, Sequence[dict]], ax=None):
+def plot_restore_history(histories: dict[str, Sequence[dict]], ax=None, draws: dict[str, Sequence[dict]] | None = None):
     """Safety loss (solid) and retain loss (dashed) per training step, one colour per restoration.
 
-    ``histories`` maps a name to ``RestoreStats.history`` (``{"step", "safety", "retain"}`` per step).
+    ``histories`` maps a name to ``RestoreStats.history`` (``{"step", "safety", "retain"}`` per step);
+    ``draws``, the same for random draws, drawn in grey (safety loss only) as their band.
     """
     fig, ax = _axes(ax)
+    for i, history in enumerate((draws or {}).values()):
+        steps = [h["step"] for h in history]
+        ax.plot(steps, [h["safety"] for h in history], color="0.75", lw=0.8, zorder=0,
+                label=f"{len(draws)} random draws: safety" if i == 0 else None)  # fmt: skip
     for i, (name, history) in enumerate(histories.items()):
         steps = [h["step"] for h in history]
         color = f"C{i}"
@@ -345,4 +350,19 @@ def plot_strength_sweep(sweep: dict[str, Sequence[dict]], draws: Sequence[str] =
     ax.set_ylabel("harmful refusal (%)")
     ax.set_title("Restoration strength: refusal against over-refusal")
     ax.legend(fontsize=7)
+    return fig
+
+
+def plot_layer_validity(gain_mean: Sequence[float], gain_sd: Sequence[float], candidates: dict[str, Sequence[float]]):
+    """Top: restoration gain of a LoRA on each single block (points, mean over seeds, seed SD as error
+    bars); below it, one panel per candidate ranking's value per block, on a shared block axis."""
+    fig, axes = plt.subplots(1 + len(candidates), 1, figsize=(7, 2 + 1.3 * len(candidates)), sharex=True,
+                             constrained_layout=True)  # fmt: skip
+    blocks = np.arange(len(gain_mean))
+    axes[0].bar(blocks, 100 * np.asarray(gain_mean), yerr=100 * np.asarray(gain_sd), color="tab:blue", capsize=2)
+    axes[0].set(ylabel="gain (points)", title="Restoration gain of LoRA on one block, and the candidate rankings")
+    for ax, (name, values) in zip(axes[1:], candidates.items()):
+        ax.bar(blocks, values, color="0.5")
+        ax.set_ylabel(name, fontsize=8)
+    axes[-1].set_xlabel("block")
     return fig

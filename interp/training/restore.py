@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -236,6 +237,7 @@ class RestoreStats:
     shared_seconds: float = 0.0
     trained_with: int = 1
     shared_prefix_tokens: int = 0  # tokens every prompt starts with: run once per model and step
+    first_gradient: list[float] = field(default_factory=list)  # per block: squared norm of step 0's LoRA gradient
 
     @property
     def alone_seconds(self) -> float:
@@ -405,6 +407,7 @@ class _Student:
         self.seconds = 0.0
         self.history: list[dict] = []
         self.checkpoints: dict[int, dict[str, torch.Tensor]] = {}
+        self.first_gradient: list[float] = []
 
 
 def restore_many(
@@ -534,6 +537,8 @@ def restore_many(
             if not distributed.sharded():
                 for parameter in student.trainable:  # each process's rows' share of the batch's gradient
                     distributed.all_sum(parameter.grad)
+            if step == 0:
+                student.first_gradient = _block_gradients(student.model, n_layers)
             student.optimizer.step()
             student.optimizer.zero_grad(set_to_none=True)
             losses = distributed.all_sum(torch.stack([safety.detach(), retain_loss.detach()])).tolist()
@@ -562,9 +567,23 @@ def restore_many(
             shared_seconds=round(shared_seconds, 1),
             trained_with=len(students),
             shared_prefix_tokens=P,
+            first_gradient=student.first_gradient,
         )
         results.append(result(stats, checkpoints=student.checkpoints, lora=student.lora))
     return results
+
+
+def _block_gradients(model: PeftModel, n_layers: int) -> list[float]:
+    """Per block, the squared norm of the gradient of the trainable (LoRA) weights (0 without any). At
+    step 0 the LoRA B matrices are zero, so this is ``||dL/dB||^2``: a first-order measure of how fast a
+    LoRA in that block can lower the loss (``interp.protocol.layers``)."""
+    out = [0.0] * n_layers
+    for name, parameter in model.named_parameters():
+        found = re.search(r"\.layers\.(\d+)\.", name)
+        if parameter.grad is not None and found:
+            grad = parameter.grad.full_tensor() if distributed.sharded() else parameter.grad
+            out[int(found.group(1))] += float(grad.float().pow(2).sum())
+    return out
 
 
 def _adapter_state(model: PeftModel) -> dict[str, torch.Tensor]:

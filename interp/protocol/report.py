@@ -1,0 +1,168 @@
+"""The protocol's result (``ProtocolResult``: saved as ``protocol.json`` and read back) and its report
+(``protocol.md`` with the figures ``strength_sweep`` and ``training_curves``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..errors import ConfigError
+from ..evaluation.table import EvalRow
+from ..io import atomic_write_json, atomic_write_text
+from ..report.figures import save_figure
+from ..report.plots import plot_restore_history, plot_strength_sweep
+from ..report.tables import markdown_table
+from .claims import Claim, PlanSummary, plan_summary
+
+
+@dataclass
+class ProtocolResult:
+    lrs: dict[str, float]  # family -> chosen lr
+    lr_trials: list[dict]  # every (family, lr) on dev
+    rows: dict[int, list[EvalRow]]  # seed -> the test rows (base and fine-tuned first)
+    sweep: dict[str, list[dict]]  # plan -> [{step, harmful, safe}] on test
+    claims: list[Claim]
+    seconds: dict[str, float]
+    histories: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # run -> plan -> loss per step
+    safe: str = "xstest"  # the set whose refusal is over-refusal
+
+    def save(self, folder: str | Path) -> list[Path]:
+        """``protocol.json`` (everything but the answers), ``protocol.md`` and the figures, into ``folder``;
+        returns the paths written."""
+        folder = Path(folder)
+        rows = {
+            seed: [{k: v for k, v in row.to_dict().items() if k not in ("answers", "examples")} for row in rows]
+            for seed, rows in self.rows.items()
+        }
+        paths = [
+            atomic_write_json(folder / "protocol.json", self._saved(rows)),
+            atomic_write_text(folder / "protocol.md", protocol_report(self)),
+        ]
+        if self.sweep:
+            draws = [name for name in self.sweep if name.startswith("random-")]
+            fig = plot_strength_sweep(self.sweep, draws)
+            paths += save_figure(fig, folder / "figures", "strength_sweep")
+            plt.close(fig)
+        for run, histories in self.histories.items():
+            fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+            named = {n: h for n, h in histories.items() if not n.startswith("random-")}
+            plot_restore_history(named, ax=ax, draws={n: h for n, h in histories.items() if n not in named})
+            ax.set_title(f"Restoration losses, {run}")
+            paths += save_figure(fig, folder / "figures", "training_curves_" + run.replace(" ", "_").replace(",", ""))
+            plt.close(fig)
+        return paths
+
+    def _saved(self, rows: dict) -> dict:
+        return {"lrs": self.lrs, "lr_trials": self.lr_trials, "rows": rows, "sweep": self.sweep, "safe": self.safe} | {
+            "claims": [asdict(c) for c in self.claims],
+            "seconds": self.seconds,
+            "histories": self.histories,
+        }
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ProtocolResult:
+        """The result a protocol run saved in ``folder`` (``protocol.json``)."""
+        path = Path(folder) / "protocol.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{path} cannot be read as a protocol result ({error})") from None
+        return cls(
+            data["lrs"],
+            data["lr_trials"],
+            {
+                int(seed): [EvalRow.from_dict({"examples": {}} | row) for row in rows]
+                for seed, rows in data["rows"].items()
+            },
+            data["sweep"],
+            [Claim(**c | {"interval": c["interval"] and tuple(c["interval"])}) for c in data["claims"]],
+            data["seconds"],
+            data.get("histories", {}),
+            data.get("safe", "xstest"),
+        )
+
+
+def _pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _summary_table(summaries: list[PlanSummary], seeds: list[int]) -> list[str]:
+    """Per plan: harmful refusal per seed, its mean and seed-to-seed SD, the other claim sets, harmful
+    refusal at the base's over-refusal, and the AUROC (``interp.protocol.claims`` module docstring)."""
+    cells = []
+    for s in summaries:
+        if s.family in ("base", "finetuned", "released") or len(s.per_seed["harmful"]) == 1:
+            per_seed = [_pct(s.per_seed["harmful"][0])] + [""] * (len(seeds) - 1)
+            sd = "trained once" if s.family == "released" else "(no training)"
+        elif s.family == "draws":  # [seed, draw]: each draw's seed-to-seed SD, then their median
+            grid = np.asarray(s.per_seed["harmful"]).reshape(len(seeds), -1)
+            per_seed = [f"{_pct(row.mean())} ({_pct(row.min())}-{_pct(row.max())})" for row in grid]
+            sd = f"{100 * float(np.median(grid.std(0, ddof=1))):.1f} (median of the draws')"
+        else:
+            per_seed = [_pct(v) for v in s.per_seed["harmful"]]
+            sd = f"{100 * s.sd('harmful'):.1f}"
+        auroc = f"{s.mean('auroc'):.3f}" + (
+            "" if s.auroc_interval is None else f" [{s.auroc_interval[0]:.3f}, {s.auroc_interval[1]:.3f}]"
+        )
+        cells.append([
+            s.name, *per_seed, _pct(s.mean("harmful")), sd, _pct(s.mean("xstest_unsafe")), _pct(s.mean("safe")),
+            _pct(s.mean("matched")), auroc,
+        ])  # fmt: skip
+    head = [
+        "plan", *(f"harmful, seed {s}" for s in seeds), "harmful, mean", "seed-to-seed SD (points)",
+        "XSTest unsafe", "over-refusal (XSTest safe)", "harmful at the base's over-refusal", "AUROC harmful vs safe",
+    ]  # fmt: skip
+    return [
+        "Every plan on the test part (refusal in %, judged; the draws: mean over draws per seed, with their range):",
+        "",
+        markdown_table(head, cells),
+        "",
+    ]
+
+
+def protocol_report(result: ProtocolResult) -> str:
+    """``protocol.md``: the claim table, the lr chosen per family, every plan on test, the sweep's readings."""
+    cells = [
+        [c.name, c.what, f"{100 * c.estimate:+.1f}",
+         "" if c.interval is None else f"[{100 * c.interval[0]:+.1f}, {100 * c.interval[1]:+.1f}]",
+         "" if c.p_value is None else f"{c.p_value:.3g}", "" if c.holm_p is None else f"{c.holm_p:.3g}",
+         c.verdict, ", ".join(f"seed {s}: {r}" for s, r in c.detail.get("ranks", {}).items())]
+        for c in result.claims
+    ]  # fmt: skip
+    head = ["claim", "what", "estimate (points)", "95% interval", "p", "Holm p", "verdict", "rank among draws"]
+    trials = [
+        [t["family"], f"{t['lr']:g}", f"{t['harmful']:.1%}", f"{t['safe']:.1%}", f"{t['task']:.1%}",
+         "yes" if t["ok"] else "no"]
+        for t in result.lr_trials
+    ]  # fmt: skip
+    lines = [
+        "# The pre-registered test (interp/data/protocol.toml)",
+        "",
+        markdown_table(head, cells) if cells else "Not run on test yet (--dev-only): the learning rates only.",
+        "",
+        "Learning rate per family, chosen on dev: " + ", ".join(f"{f} {lr:g}" for f, lr in result.lrs.items()) + ".",
+        "",
+        markdown_table(
+            ["family", "lr", "dev harmful refusal", "dev over-refusal", "dev task", "within the bounds"], trials
+        ),  # fmt: skip
+        "",
+    ]
+    if result.rows:
+        lines += _summary_table(plan_summary(result.rows, result.safe), sorted(result.rows))
+    at = next((c.detail.get("at") for c in result.claims if c.name == "H2b"), None)
+    if at:
+        readings = [[name, _pct(value)] for name, value in at.items()]
+        lines += [
+            "Strength sweep (seed 0, checkpoints of the long run): harmful refusal at the base's over-refusal, "
+            "interpolated along each plan's curve (n/a: the curve does not reach it):",
+            "",
+            markdown_table(["plan", "harmful refusal at the base's over-refusal (%)"], readings),
+            "",
+        ]
+    lines += ["Time per stage: " + ", ".join(f"{stage} {s:.0f} s" for stage, s in result.seconds.items()) + ".", ""]
+    return "\n".join(lines)
