@@ -215,6 +215,7 @@ class Restored:
     stats: RestoreStats
     adapter: Path  # the adapter in peft's format
     cached: bool
+    checkpoints: dict[int, Path] = field(default_factory=dict)  # step -> the adapter after that many steps
 
     def candidate(self, seconds: float | None = None, **info) -> Candidate:
         """This restoration as a row of the evaluation table; ``seconds`` is its training time (default
@@ -229,9 +230,11 @@ class Restored:
         )
 
 
-def _restoration_folder(plan: Plan, pair: ModelPair, layer_map: LayerMap, harmful, retain, config, chat) -> Path:
+def _restoration_folder(
+    plan: Plan, pair: ModelPair, layer_map: LayerMap, harmful, retain, config, chat, checkpoints: Sequence[int] = ()
+) -> Path:
     """Where ``plan``'s trained adapter is cached: keyed by both models' weights, the plan, the settings,
-    the prompts and the chat format."""
+    the prompts, the chat format and the checkpoints kept."""
     key = stable_hash(
         [
             pair.base.fingerprint,
@@ -247,6 +250,7 @@ def _restoration_folder(plan: Plan, pair: ModelPair, layer_map: LayerMap, harmfu
             chat.system_prompt,
             chat.user_suffix,
             RESTORE_CACHE_VERSION,
+            *([sorted(checkpoints)] if checkpoints else []),  # (plans without checkpoints keep their keys)
         ]
     )
     return cache_root() / "restorations" / key
@@ -263,12 +267,14 @@ def train_plans(
     chat: ChatFormat = ChatFormat(),
     cache: bool = True,
     progress: bool = True,
+    checkpoints: Sequence[int] = (),
 ) -> list[Restored]:
     """Restore the fine-tuned model with every plan and merge each adapter into a copy of its weights.
 
     Cached adapters are reloaded; the plans not in the cache train together, in lockstep
-    (``restore_many``: same batches, shared teacher and frozen passes)."""
-    folders = [_restoration_folder(plan, pair, layer_map, harmful, retain, config, chat) for plan in plans]
+    (``restore_many``: same batches, shared teacher and frozen passes). ``checkpoints``: steps after
+    which each adapter is kept too (``Restored.checkpoints``: a strength sweep from one run)."""
+    folders = [_restoration_folder(plan, pair, layer_map, harmful, retain, config, chat, checkpoints) for plan in plans]
     # Plans not in the cache, each distinct adapter once (two plans on the same layers share it).
     missing: list[int] = []
     for i, folder in enumerate(folders):
@@ -286,6 +292,7 @@ def train_plans(
                 config,
                 base=pair.base if config.teacher == "base" else None,
                 chat=chat,
+                checkpoints=checkpoints,
                 progress=progress,
             )
             if missing
@@ -295,6 +302,9 @@ def train_plans(
     for i in trained:
         with atomic_dir(folders[i], marker="stats.json", checksums=True) as tmp:
             save_adapter(trained[i].peft_model, tmp / "adapter", trained_on=pair.finetuned.fingerprint)
+            for step in checkpoints:
+                kept = trained[i].peft_at(step, pair.finetuned)
+                save_adapter(kept, tmp / f"checkpoint-{step}", trained_on=pair.finetuned.fingerprint)
             atomic_write_json(tmp / "stats.json", trained[i].stats.to_dict())
     restored = []
     for i, (plan, folder) in enumerate(zip(plans, folders)):
@@ -306,7 +316,8 @@ def train_plans(
             student = replace(pair.finetuned, hf=copy.deepcopy(pair.finetuned.hf))
             model = apply_adapter(student, folder / "adapter", name=plan.name)
         trained_now = any(folders[j] == folder for j in trained)
-        restored.append(Restored(plan, model, stats, folder / "adapter", cached=not trained_now))
+        kept = {step: folder / f"checkpoint-{step}" for step in checkpoints}
+        restored.append(Restored(plan, model, stats, folder / "adapter", cached=not trained_now, checkpoints=kept))
     return restored
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from conftest import QUICK_EVAL, small_analysis_prompts
 
 from interp.analyze import AnalysisConfig, analyze
@@ -26,6 +28,8 @@ from interp.protocol import (
 )
 from interp.protocol.layers import LayerValidity, layer_validity, layers_report
 from interp.protocol.run import Bench
+from interp.study import Plan, train_plans
+from interp.training.lora import apply_adapter
 from interp.training.restore import PRESETS, RestoreConfig, paper_alignment_layers
 
 
@@ -159,3 +163,24 @@ def test_spearman_matches_its_definition():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0 and spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
     assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6 * 2 / (4 * 15)
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_checkpoints_are_cached_with_the_adapter(analysed):
+    """A strength sweep's run is cached whole: a second call reloads the adapter and every checkpoint, and
+    the last checkpoint merged is the trained model."""
+    pair, analysis = analysed
+    plan = Plan("ranked", "ranked", (1, 2), tuple(paper_alignment_layers(pair.n_layers)))
+    harmful, retain = harmful_prompts("train").head(8), harmless_prompts("train").head(8)
+    config = RestoreConfig(steps=2, batch_size=4, lr=1e-2)
+    (first,) = train_plans(
+        [plan], pair, analysis.layer_map, harmful, retain, config, checkpoints=(1, 2), progress=False
+    )
+    (again,) = train_plans(
+        [plan], pair, analysis.layer_map, harmful, retain, config, checkpoints=(1, 2), progress=False
+    )
+    assert not first.cached and again.cached and sorted(again.checkpoints) == [1, 2]
+    last = apply_adapter(replace(pair.finetuned, hf=copy.deepcopy(pair.finetuned.hf)), again.checkpoints[2])
+    trained = again.model.hf.state_dict()
+    assert all(torch.equal(value, trained[key]) for key, value in last.hf.state_dict().items())
+    (plain,) = train_plans([plan], pair, analysis.layer_map, harmful, retain, config, progress=False)
+    assert not plain.cached and plain.checkpoints == {}  # without checkpoints: its own cache entry

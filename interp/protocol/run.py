@@ -22,6 +22,7 @@ The "safe" set, whose refusal is over-refusal, is XSTest safe where the suite ha
 from __future__ import annotations
 
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,7 +35,8 @@ from ..evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evalua
 from ..io import Stopwatch
 from ..measures.result import AnalysisResult
 from ..study import Plan, train_plans
-from ..training.restore import RestoreConfig, paper_alignment_layers, restore_many
+from ..training.lora import apply_adapter
+from ..training.restore import RestoreConfig, paper_alignment_layers
 from .claims import claims_of, rate
 from .design import FAMILIES, Protocol, protocol_plans
 from .report import ProtocolResult
@@ -197,19 +199,16 @@ def _strength_sweep(
     pair = bench.pair
     chosen = plans["ranked"] + plans["bottom"] + plans["all_layers"] + plans["draws"][: protocol.long_budget_draws]
     config = replace(restore, steps=protocol.budgets[1], seed=protocol.seeds[0])
-    teacher = pair.base if config.teacher == "base" else None
-    results = restore_many(
-        pair.finetuned, bench.analysis.layer_map, bench.harmful, bench.retain, [p.placement for p in chosen], config,
-        base=teacher, chat=bench.chat, checkpoints=protocol.checkpoints, progress=bench.progress,
-    )  # fmt: skip
-    bench.histories[f"{config.steps} steps, seed {config.seed}"] = {
-        p.name: r.stats.history for p, r in zip(chosen, results)
-    }
+    restored = train_plans(chosen, pair, bench.analysis.layer_map, bench.harmful, bench.retain, config,
+                           chat=bench.chat, cache=bench.cache, progress=bench.progress,
+                           checkpoints=protocol.checkpoints)  # fmt: skip
+    bench.histories[f"{config.steps} steps, seed {config.seed}"] = {r.plan.name: r.stats.history for r in restored}
     candidates = [Candidate("base", pair.base, plan="base")]
-    for plan, result in zip(chosen, results):
+    for r in restored:
         for step in protocol.checkpoints:
-            model = result.merged_at(step, pair.finetuned, name=f"{plan.name} @{step}")
-            candidates.append(Candidate(f"{plan.name} @{step}", model, plan=f"{plan.key}@{step}"))
+            copy = replace(pair.finetuned, hf=deepcopy(pair.finetuned.hf))
+            model = apply_adapter(copy, r.checkpoints[step], name=f"{r.plan.name} @{step}")
+            candidates.append(Candidate(f"{r.plan.name} @{step}", model, plan=f"{r.plan.key}@{step}"))
     rows = evaluate_models(
         candidates, test, refusal_tokens=bench.analysis.refusal_tokens, reference=pair.finetuned,
         config=bench.evaluation, chat=bench.chat, cache=bench.cache, progress=bench.progress, log=bench.log,

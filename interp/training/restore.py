@@ -276,12 +276,16 @@ class RestoreResult:
         """The adapter merged into the weights, as a new ``LoadedModel`` (uses up ``peft_model``)."""
         return merged(finetuned, self.peft_model, name=name)
 
-    def merged_at(self, step: int, finetuned: LoadedModel, name: str | None = None) -> LoadedModel:
-        """The adapter as it was after ``step`` steps (one of ``restore_many``'s ``checkpoints``), merged
-        into a fresh copy of the weights."""
+    def peft_at(self, step: int, finetuned: LoadedModel) -> PeftModel:
+        """The adapter as it was after ``step`` steps (one of ``restore_many``'s ``checkpoints``) on a fresh
+        copy of the weights."""
         if step not in self.checkpoints:
             raise ConfigError(f"no checkpoint at step {step}; the restoration kept {sorted(self.checkpoints)}")
-        return merged(finetuned, _whole(finetuned, self.lora, self.checkpoints[step]), name=name)
+        return _whole(finetuned, self.lora, self.checkpoints[step])
+
+    def merged_at(self, step: int, finetuned: LoadedModel, name: str | None = None) -> LoadedModel:
+        """The adapter after ``step`` steps merged into a fresh copy of the weights (``peft_at``)."""
+        return merged(finetuned, self.peft_at(step, finetuned), name=name)
 
 
 def restore(
