@@ -63,9 +63,10 @@ from .organism import Organism, OrganismRecipe, build_organism, quick_study_prom
 from .report.figures import analysis_figures, study_figures, write_figures
 from .report.tables import organism_table, study_report
 from .training.lora import apply_adapter, save_adapter
-from .training.restore import Placement, RestoreConfig, RestoreStats, paper_alignment_layers, restore_many
+from .training.restore import PRESETS, Placement, RestoreConfig, RestoreStats, paper_alignment_layers, restore_many
 
-BASELINES = ("all_layers", "random_k", "bottom_k", "components", "steering")
+BASELINES = ("all_layers", "random_k", "bottom_k", "components", "steering", "released")
+LOOK_BASELINES = BASELINES[:-1]  # the released recipe (400 steps; about 23 min on 2 CPU cores) runs in --full
 RESTORE_CACHE_VERSION = 2  # 2: hidden states are block outputs (before the final norm) at every layer
 
 
@@ -133,6 +134,14 @@ def make_plans(
     return plans
 
 
+def released_plan(n_layers: int) -> Plan:
+    """The released SafeReAct recipe's placement: LoRA on every layer, aligned at the paper's grid; it trains
+    with its own settings (``PRESETS["safereact"].config``: r16, lr 2e-5, 400 steps, the reminder teacher)."""
+    return Plan(
+        "released", "released SafeReAct recipe", tuple(range(n_layers)), tuple(paper_alignment_layers(n_layers))
+    )
+
+
 def ranked_plan(layer_map: LayerMap, k: int) -> Plan:
     """LoRA on the map's ``k`` top-ranked layers, aligned there and at the last layer. With ``k`` = the
     map's selected count this is the study's ``ranked`` plan (the same layers and alignment)."""
@@ -194,7 +203,7 @@ def random_plans(
 @dataclass(frozen=True)
 class StudyConfig:
     restore: RestoreConfig = RestoreConfig()
-    baselines: tuple[str, ...] = BASELINES
+    baselines: tuple[str, ...] = LOOK_BASELINES
     steer_scale: float = 1.0
     evaluation: EvalConfig = EvalConfig()
     cache: bool = True  # reuse trained adapters and evaluated rows from the cache
@@ -412,6 +421,13 @@ def run_study(
         restored = train_plans(
             plans, pair, layer_map, harmful, retain, config.restore, chat=chat, cache=config.cache, progress=progress
         )
+    if "released" in config.baselines:  # its own settings, so not in the lockstep above
+        with watch("released recipe"):
+            recipe = [released_plan(layer_map.n_layers)]
+            released = PRESETS["safereact"].config
+            restored += train_plans(
+                recipe, pair, layer_map, harmful, retain, released, chat=chat, cache=config.cache, progress=progress
+            )
     for result in restored:
         target = (
             folder / "adapter" if result.plan.key == "ranked" else folder / "baselines" / result.plan.key / "adapter"
@@ -723,7 +739,11 @@ def study_into(
         if recipe.task_format == "reasoning":  # room for a trace, then the answer
             evaluation = replace(evaluation, max_new_tokens=64, task_max_new_tokens=96)
         config = StudyConfig(
-            restore=restore or RestoreConfig(), steer_scale=steer_scale, evaluation=evaluation, cache=cache
+            restore=restore or RestoreConfig(),
+            baselines=BASELINES if size == "full" else LOOK_BASELINES,
+            steer_scale=steer_scale,
+            evaluation=evaluation,
+            cache=cache,
         )
     study = run_study(
         pair,

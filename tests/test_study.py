@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,8 +21,16 @@ from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError, EmptyPromptSetError
 from interp.evaluation.table import EvalConfig, EvalSuite
-from interp.study import StudyConfig, StudyResult, make_plans, paper_alignment_layers, random_plans, run_study
-from interp.training.restore import RestoreConfig
+from interp.study import (
+    StudyConfig,
+    StudyResult,
+    make_plans,
+    paper_alignment_layers,
+    random_plans,
+    released_plan,
+    run_study,
+)
+from interp.training.restore import PRESETS, RestoreConfig
 
 
 @pytest.fixture()
@@ -197,3 +206,25 @@ def test_draws_can_hold_a_layer_and_avoid_given_sets():
         random_plans(Map(), draws=37, low=20, holding=29)
     shared = draws[0].aligned_at([4, 9, 14, 19, 24, 29])
     assert shared.layers == draws[0].layers and shared.alignment == (4, 9, 14, 19, 24, 29)
+
+
+def test_the_released_recipe_is_a_row_of_its_own_settings(pair, tmp_path, monkeypatch):
+    """``released`` (on by ``interp run --full``) trains the released recipe's placement with its own
+    settings, apart from the lockstep plans, and shares its cache entry with the protocol's H4 row."""
+    analysis = analyze(pair, tmp_path / "run", AnalysisConfig(k=2, causal_prompts=4, steer_max_new_tokens=4,
+                       refusal_tokens=(5,), steer_scales=()), small_analysis_prompts(), progress=False,
+                       log=lambda _: None)  # fmt: skip
+    preset = PRESETS["safereact"]
+    monkeypatch.setitem(PRESETS, "safereact", replace(preset, config=replace(preset.config, steps=2, batch_size=4)))
+    harmful, retain = harmful_prompts("train").head(8), harmless_prompts("train").head(8)
+    result = run_study(
+        pair, analysis, tmp_path / "run", harmful=harmful, retain=retain, suite=tiny_suite(),
+        config=StudyConfig(restore=RestoreConfig(steps=2, batch_size=4), baselines=("released",), evaluation=QUICK),
+        progress=False, log=lambda _: None,
+    )  # fmt: skip
+    released = result.restored[-1]
+    assert [r.plan.key for r in result.restored] == ["ranked", "released"] and released.stats.steps == 2
+    assert released.stats.config["rank"] == 16 and released.stats.config["teacher"] == "reminder"
+    assert (tmp_path / "run" / "baselines" / "released" / "adapter" / "adapter_config.json").exists()
+    assert released.plan == released_plan(pair.n_layers)
+    assert "released" not in StudyConfig().baselines  # the quick look leaves it out (400 steps)

@@ -34,9 +34,9 @@ from ..core.prompts import PromptSet
 from ..evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
 from ..io import Stopwatch
 from ..measures.result import AnalysisResult
-from ..study import Plan, train_plans
+from ..study import Plan, released_plan, train_plans
 from ..training.lora import apply_adapter
-from ..training.restore import RestoreConfig, paper_alignment_layers
+from ..training.restore import RestoreConfig
 from .claims import claims_of, rate
 from .design import FAMILIES, Protocol, protocol_plans
 from .report import ProtocolResult
@@ -178,8 +178,7 @@ def run_protocol(
             by_seed[seed] = bench.judged(order, replace(restore, steps=protocol.budgets[0], seed=seed), test)
     if released is not None:
         with watch("released recipe"):
-            n = analysis.layer_map.n_layers
-            recipe = Plan("released", "released SafeReAct recipe", tuple(range(n)), tuple(paper_alignment_layers(n)))
+            recipe = released_plan(analysis.layer_map.n_layers)
             rows = bench.judged([recipe], released, test)
             for seed in protocol.seeds:  # one training (the release's seed), compared with every seed's plans
                 by_seed[seed].append(rows[-1])
