@@ -458,10 +458,11 @@ def cmd_protocol(args) -> None:
     """The pre-registered test of the central claim (interp/data/protocol.toml) on the default pair."""
     from dataclasses import replace
 
+    from .core.models import load_model
     from .evaluation.table import EvalConfig
     from .protocol import Protocol, run_protocol
+    from .protocol.bench import Bench
     from .protocol.layers import layer_validity
-    from .protocol.run import Bench
     from .study import prepare
     from .training.restore import PRESETS, RestoreConfig
 
@@ -491,6 +492,7 @@ def cmd_protocol(args) -> None:
                 prepared.pair, prepared.analysis, folder, harmful=prepared.harmful, retain=prepared.retain,
                 suite=prepared.suite, protocol=protocol, restore=restore, evaluation=evaluation,
                 chat=prepared.recipe.chat, dev_only=args.dev_only, released=released,
+                unaligned=load_model(prepared.recipe.source, dtype="float32") if args.peers else None,
             )  # fmt: skip
             seconds = result.seconds
         _write_config(args, folder, prepared.pair)
@@ -909,6 +911,11 @@ def _protocol_parser(sub) -> None:
     p.add_argument(
         "--released", action="store_true", help="also train the released SafeReAct recipe for H4 (~23 min here)"
     )
+    p.add_argument(
+        "--peers", action="store_true",
+        help="also the published weight-space methods (interpolation, RESTA, Safe LoRA, Antidote), each at its"
+        " dev-chosen setting, from the organism's source, base and fine-tuned weights",
+    )  # fmt: skip
     _add_model_options(p)
     p.set_defaults(func=cmd_protocol)
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import QUICK_EVAL, small_analysis_prompts
+from conftest import QUICK_EVAL, perturbed, small_analysis_prompts
 
 from interp.analyze import AnalysisConfig, analyze
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
@@ -26,8 +26,9 @@ from interp.protocol import (
     protocol_report,
     run_protocol,
 )
+from interp.protocol.bench import Bench
 from interp.protocol.layers import LayerValidity, layer_validity, layers_report
-from interp.protocol.run import Bench
+from interp.protocol.peers import SETTINGS
 from interp.study import Plan, train_plans
 from interp.training.lora import apply_adapter
 from interp.training.restore import PRESETS, RestoreConfig, paper_alignment_layers
@@ -75,11 +76,17 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
         retain=harmless_prompts("train").head(8) + arithmetic_prompts("train", n=20).head(8),
         suite=suite, protocol=Protocol().tiny(), restore=RestoreConfig(batch_size=4), evaluation=QUICK_EVAL,
         released=replace(PRESETS["safereact"].config, steps=2, batch_size=4), progress=False, log=lambda _: None,
+        unaligned=perturbed(pair.base, scale=0.05, seed=3),
     )  # fmt: skip
     assert set(result.lrs) == {"ranked", "bottom", "all_layers", "draws"}
     assert all(lr in Protocol().tiny().lr_grid for lr in result.lrs.values())
-    assert sorted(result.rows) == [0, 1] and all(len(rows) == 2 + 3 + 3 + 1 for rows in result.rows.values())
-    assert all(rows[-1].name == "released SafeReAct recipe" for rows in result.rows.values())  # trained once
+    n_peers = len(SETTINGS)
+    assert sorted(result.rows) == [0, 1] and all(len(rows) == 2 + 3 + 3 + 1 + n_peers for rows in result.rows.values())
+    assert all(rows[-1 - n_peers].name == "released SafeReAct recipe" for rows in result.rows.values())  # trained once
+    assert [p["method"] for p in result.peers] == list(SETTINGS)  # each at a setting it tried on dev
+    assert all(p["setting"] in {str(x) for x in SETTINGS[p["method"]]} for p in result.peers)
+    assert len(result.peer_trials) == sum(len(v) for v in SETTINGS.values())
+    assert all(r.plan.startswith("peer:") for r in result.rows[0][-n_peers:])
     test_harmful = len(suite.harmful.part("test"))
     assert all(len(row.outcomes["harmful"]) == test_harmful for rows in result.rows.values() for row in rows)
     claims = {c.name: c for c in result.claims}
@@ -97,7 +104,7 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
         "lr grid on dev, 2 steps", "2 steps, seed 0", "2 steps, seed 1", "2 steps, seed 42", "4 steps, seed 0",
     }  # fmt: skip
     assert (tmp_path / "figures" / "training_curves_4_steps_seed_0.png").exists()
-    assert "harmful at the base's over-refusal" in report and "3 draws" in report
+    assert "harmful at the base's over-refusal" in report and "3 draws" in report and "Published methods" in report
     assert protocol_report(ProtocolResult.load(tmp_path)) == report  # the saved result renders the same report
 
 

@@ -153,6 +153,11 @@ class PlanSummary:
         return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
+def _once(family: str) -> bool:
+    """Made once, not per seed: the released recipe (one training) and the published methods."""
+    return family == "released" or family.startswith("peer:")
+
+
 MEASURES = ("harmful", "xstest_unsafe", "safe", "matched", "auroc")
 
 
@@ -171,7 +176,7 @@ def plan_summary(
             family = family_of(row.plan or row.name)
             name = f"{n_draws} draws" if family == "draws" else row.name
             entry = out.setdefault(name, PlanSummary(name, family, {m: [] for m in MEASURES}))
-            if family == "released" and entry.per_seed["harmful"]:
+            if _once(family) and entry.per_seed["harmful"]:  # one model, listed beside every seed
                 continue
             values = {
                 "harmful": rate(row, "harmful"),
@@ -187,7 +192,7 @@ def plan_summary(
         if entry.family == "draws":
             continue
         rows = [r for s in sorted(by_seed) for r in by_seed[s] if r.name == entry.name]
-        rows = rows[:1] if entry.family == "released" else rows
+        rows = rows[:1] if _once(entry.family) else rows
         n_h, n_s = len(rows[0].scores["harmful"]), len(rows[0].scores[safe])
         values = np.empty(resamples)
         for i in range(resamples):

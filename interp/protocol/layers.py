@@ -43,9 +43,9 @@ from ..report.plots import plot_layer_validity
 from ..report.tables import markdown_table
 from ..study import Plan
 from ..training.restore import RestoreConfig, paper_alignment_layers
+from .bench import Bench, choose_setting, claim_suite, safe_set, with_lr
 from .claims import matched, rate
 from .design import Protocol
-from .run import Bench, _safe, _with_lr, choose_lr, claim_suite
 
 
 @dataclass
@@ -111,18 +111,18 @@ def layer_validity(
     seeds = tuple(seeds or protocol.seeds)
     plans = single_block_plans(n, paper_alignment_layers(n))
     dev = claim_suite(suite, "dev")
-    safe = _safe(dev)
+    safe = safe_set(dev)
     short = protocol.budgets[0]
     tuning = [plans[n // 4], plans[n // 2], plans[3 * n // 4]]
-    tried = [_with_lr(p, lr) for lr in protocol.lr_grid for p in tuning]
+    tried = [with_lr(p, lr) for lr in protocol.lr_grid for p in tuning]
     rows = bench.judged(tried, replace(restore, steps=short, seed=seeds[0]), dev, label="single blocks: lr on dev")
     base, ft = rows[0], rows[1]
     by_lr = {lr: [r for p, r in zip(tried, rows[2:]) if p.lr == lr] for lr in protocol.lr_grid}
-    lr, trials = choose_lr("single block", by_lr, base, ft, safe, protocol.margin)
+    lr, trials = choose_setting("single block", by_lr, base, ft, safe, protocol.margin)
     bench.log(f"layers: single-block lr on dev {lr:g}")
     gain, matches, over, gradients = [], [], [], []
     for seed in seeds:
-        rows = bench.judged([_with_lr(p, lr) for p in plans], replace(restore, steps=short, seed=seed), dev,
+        rows = bench.judged([with_lr(p, lr) for p in plans], replace(restore, steps=short, seed=seed), dev,
                             label=f"single blocks, seed {seed}")  # fmt: skip
         base, ft, mine = rows[0], rows[1], rows[2:]
         gain.append([r.harmful_refusal - ft.harmful_refusal for r in mine])

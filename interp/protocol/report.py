@@ -30,6 +30,8 @@ class ProtocolResult:
     seconds: dict[str, float]
     histories: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # run -> plan -> loss per step
     safe: str = "xstest"  # the set whose refusal is over-refusal
+    peers: list[dict] = field(default_factory=list)  # per published method: its dev-chosen setting and cost
+    peer_trials: list[dict] = field(default_factory=list)  # every method's settings on dev
 
     def save(self, folder: str | Path) -> list[Path]:
         """``protocol.json`` (everything but the answers), ``protocol.md`` and the figures, into ``folder``;
@@ -62,6 +64,8 @@ class ProtocolResult:
             "claims": [asdict(c) for c in self.claims],
             "seconds": self.seconds,
             "histories": self.histories,
+            "peers": self.peers,
+            "peer_trials": self.peer_trials,
         }
 
     @classmethod
@@ -84,6 +88,8 @@ class ProtocolResult:
             data["seconds"],
             data.get("histories", {}),
             data.get("safe", "xstest"),
+            data.get("peers", []),
+            data.get("peer_trials", []),
         )
 
 
@@ -96,7 +102,11 @@ def _summary_table(summaries: list[PlanSummary], seeds: list[int]) -> list[str]:
     refusal at the base's over-refusal, and the AUROC (``interp.protocol.claims`` module docstring)."""
     cells = []
     for s in summaries:
-        if s.family in ("base", "finetuned", "released") or len(s.per_seed["harmful"]) == 1:
+        if (
+            s.family in ("base", "finetuned", "released")
+            or s.family.startswith("peer:")
+            or len(s.per_seed["harmful"]) == 1
+        ):
             per_seed = [_pct(s.per_seed["harmful"][0])] + [""] * (len(seeds) - 1)
             sd = "trained once" if s.family == "released" else "(no training)"
         elif s.family == "draws":  # [seed, draw]: each draw's seed-to-seed SD, then their median
@@ -154,6 +164,20 @@ def protocol_report(result: ProtocolResult) -> str:
     ]
     if result.rows:
         lines += _summary_table(plan_summary(result.rows, result.safe), sorted(result.rows))
+    if result.peers:
+        chosen = [[p["method"], p["setting"], f"{p['seconds']:.0f}", "0", p["needs"]] for p in result.peers]
+        tried = [[t["family"], str(t["setting"]), f"{t['harmful']:.1%}", f"{t['safe']:.1%}", f"{t['task']:.1%}",
+                  "yes" if t["ok"] else "no"] for t in result.peer_trials]  # fmt: skip
+        lines += [
+            "Published methods (`interp.protocol.peers`): the setting chosen on dev by the same rule, and the cost:",
+            "",
+            markdown_table(["method", "setting", "seconds to make", "trainable params", "needs"], chosen),
+            "",
+            markdown_table(
+                ["method", "setting", "dev harmful refusal", "dev over-refusal", "dev task", "within the bounds"], tried
+            ),  # fmt: skip
+            "",
+        ]
     at = next((c.detail.get("at") for c in result.claims if c.name == "H2b"), None)
     if at:
         readings = [[name, _pct(value)] for name, value in at.items()]

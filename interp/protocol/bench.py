@@ -1,0 +1,112 @@
+"""What the protocol's stages share: a ``Bench`` that trains plans and judges models against the base and
+the fine-tuned model, the claim sets' parts, and the file's rule for choosing a setting on dev."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..core.chat import ChatFormat
+from ..core.models import ModelPair
+from ..core.prompts import PromptSet
+from ..evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
+from ..measures.result import AnalysisResult
+from ..study import Plan, train_plans
+from ..training.restore import RestoreConfig
+from .claims import rate
+from .design import Protocol
+
+
+def with_lr(plan: Plan, lr: float) -> Plan:
+    """``plan`` at its own learning rate ``lr`` (its key and name say which)."""
+    return replace(plan, lr=lr, key=f"{plan.key}@{lr:g}", name=f"{plan.name} lr {lr:g}")
+
+
+def safe_set(suite: EvalSuite) -> str:
+    """The set whose refusal is over-refusal: XSTest safe where the suite has it, else harmless."""
+    return "xstest" if suite.xstest is not None else "harmless"
+
+
+def claim_suite(suite: EvalSuite, part: str) -> EvalSuite:
+    """The sets the claims read, ``part`` of each (harmful, XSTest unsafe and safe where present, and the
+    harmless and task sets every row needs)."""
+    keep = {"harmful", "xstest_unsafe", "xstest", "harmless", "task"}
+    return EvalSuite(**{name: p.part(part) for name, p in suite.sets().items() if name in keep})
+
+
+@dataclass
+class Bench:
+    """What every train-and-judge step of the protocol shares: the pair and its analysis, the training
+    prompts, the settings; ``histories`` collects every run's losses (run -> plan -> loss per step)."""
+
+    pair: ModelPair
+    analysis: AnalysisResult
+    harmful: PromptSet
+    retain: PromptSet
+    evaluation: EvalConfig = EvalConfig()
+    chat: ChatFormat = ChatFormat()
+    cache: bool = True
+    progress: bool = True
+    log: Callable[[str], None] = print
+    histories: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
+
+    def judged(self, plans: list[Plan], config: RestoreConfig, on: EvalSuite, label: str = "") -> list[EvalRow]:
+        """Train ``plans`` (cached, in lockstep) and judge them on ``on`` (``judge``); each plan's row holds
+        its step-0 LoRA gradient per block in ``info["first_gradient"]``."""
+        restored = train_plans(plans, self.pair, self.analysis.layer_map, self.harmful, self.retain, config,
+                               chat=self.chat, cache=self.cache, progress=self.progress)  # fmt: skip
+        run = label or f"{config.steps} steps, seed {config.seed}"
+        self.histories.setdefault(run, {}).update({r.plan.name: r.stats.history for r in restored})
+        rows = self.judge([r.candidate() for r in restored], on)
+        for row, r in zip(rows[2:], restored):
+            row.info["first_gradient"] = r.stats.first_gradient
+        return rows
+
+    def judge(self, candidates: list[Candidate], on: EvalSuite) -> list[EvalRow]:
+        """The rows of the base, the fine-tuned model, then every candidate, judged on ``on``."""
+        reference = [
+            Candidate("base", self.pair.base, plan="base"),
+            Candidate("finetuned", self.pair.finetuned, plan="finetuned"),
+        ]
+        return evaluate_models(
+            reference + list(candidates), on, refusal_tokens=self.analysis.refusal_tokens,
+            reference=self.pair.finetuned, config=self.evaluation, chat=self.chat, cache=self.cache,
+            progress=self.progress, log=self.log,
+        )  # fmt: skip
+
+
+def choose_setting(family: str, rows: dict, base: EvalRow, ft: EvalRow, safe: str, margin: float,
+                   key: str = "lr") -> tuple:  # fmt: skip
+    """The file's rule: ``rows[setting]`` are a family's dev rows at that setting (an lr, a method's knob);
+    the setting with the highest mean harmful refusal among those whose over-refusal is at most the base's
+    + ``margin`` and whose task accuracy is at least the fine-tuned model's - ``margin`` (the lowest
+    over-refusal if none qualifies). Returns it and a trial record per setting (the setting under ``key``)."""
+    scored, trials = [], []
+    for i, (setting, mine) in enumerate(rows.items()):
+        harmful_rate = float(np.mean([r.harmful_refusal for r in mine]))
+        over = float(np.mean([rate(r, safe) for r in mine]))
+        task = float(np.mean([r.task_accuracy for r in mine]))
+        ok = over <= rate(base, safe) + margin and task >= ft.task_accuracy - margin
+        scored.append((ok, harmful_rate, -over, -i, setting))  # ties: the setting listed first
+        trials.append({"family": family, key: setting, "harmful": harmful_rate, "safe": over, "task": task, "ok": ok})
+    qualified = [s for s in scored if s[0]]
+    return (max(qualified)[4] if qualified else max(scored, key=lambda s: (s[2], s[3]))[4]), trials
+
+
+def choose_lrs(bench: Bench, families: dict[str, list[Plan]], protocol: Protocol, restore: RestoreConfig,
+               dev: EvalSuite) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+    """Every family at every lr of the grid, seed 0, the short budget, in lockstep, judged on ``dev``;
+    each family's lr by ``choose_lr``."""
+    tried = {family: [with_lr(p, lr) for lr in protocol.lr_grid for p in plans] for family, plans in families.items()}
+    order = [p for plans in tried.values() for p in plans]
+    short = protocol.budgets[0]
+    rows = bench.judged(order, replace(restore, steps=short, seed=0), dev, label=f"lr grid on dev, {short} steps")
+    base, ft, by_key = rows[0], rows[1], dict(zip([p.key for p in order], rows[2:]))
+    lrs, trials = {}, []
+    for family, plans in tried.items():
+        by_lr = {lr: [by_key[p.key] for p in plans if p.lr == lr] for lr in protocol.lr_grid}
+        lrs[family], tried_here = choose_setting(family, by_lr, base, ft, safe_set(dev), protocol.margin)
+        trials += tried_here
+    return lrs, trials
