@@ -466,6 +466,8 @@ def cmd_protocol(args) -> None:
     from .study import prepare
     from .training.restore import PRESETS, RestoreConfig
 
+    if args.layers and (args.released or args.peers or args.dev_only):
+        raise ConfigError("--layers runs the per-block study alone: drop --released, --peers and --dev-only")
     check_output(args.out, "protocol")
     _check_device(args)
     protocol = Protocol.load()

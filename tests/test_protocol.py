@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import QUICK_EVAL, perturbed, small_analysis_prompts
 
+from interp import cli
 from interp.analyze import AnalysisConfig, analyze
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
@@ -191,3 +192,9 @@ def test_checkpoints_are_cached_with_the_adapter(analysed):
     assert all(torch.equal(value, trained[key]) for key, value in last.hf.state_dict().items())
     (plain,) = train_plans([plan], pair, analysis.layer_map, harmful, retain, config, progress=False)
     assert not plain.cached and plain.checkpoints == {}  # without checkpoints: its own cache entry
+
+
+def test_the_layer_study_alone_is_asked_for_in_one_line(capsys):
+    """``--layers`` with the test run's options is one clear line, exit 2, before any model loads."""
+    assert cli.main(["protocol", "--layers", "--peers", "--out", "unused"]) == 2
+    assert "--layers runs the per-block study alone" in capsys.readouterr().err
