@@ -40,6 +40,8 @@ from .design import FAMILIES, Protocol, protocol_plans
 from .peers import peer_rows
 from .report import ProtocolResult
 
+SWEEP_FILLER = 16  # harmless and task prompts in the strength sweep's suite (no claim reads them)
+
 
 # ----------------------------------------------------------------------------- the run
 def run_protocol(
@@ -118,8 +120,14 @@ def run_protocol(
 def _strength_sweep(
     bench: Bench, plans: dict[str, list[Plan]], protocol: Protocol, restore: RestoreConfig, test: EvalSuite
 ) -> dict[str, list[dict]]:
-    """One long run of the long-budget plans (first seed), judged at every checkpoint on the test parts."""
+    """One long run of the long-budget plans (first seed), judged at every checkpoint on the test parts of
+    harmful and the safe set (the file's amendment 1; the first ``SWEEP_FILLER`` prompts of harmless and the
+    task stand in for the columns every row has, and nothing reads them)."""
     pair = bench.pair
+    safe = safe_set(test)
+    harmless = test.harmless if safe == "harmless" else test.harmless.head(SWEEP_FILLER)
+    extra = {} if safe == "harmless" else {safe: getattr(test, safe)}
+    test = EvalSuite(harmful=test.harmful, harmless=harmless, task=test.task.head(SWEEP_FILLER), **extra)
     chosen = plans["ranked"] + plans["bottom"] + plans["all_layers"] + plans["draws"][: protocol.long_budget_draws]
     config = replace(restore, steps=protocol.budgets[1], seed=protocol.seeds[0])
     restored = train_plans(chosen, pair, bench.analysis.layer_map, bench.harmful, bench.retain, config,
@@ -136,7 +144,6 @@ def _strength_sweep(
         candidates, test, refusal_tokens=bench.analysis.refusal_tokens, reference=pair.finetuned,
         config=bench.evaluation, chat=bench.chat, cache=bench.cache, progress=bench.progress, log=bench.log,
     )  # fmt: skip
-    safe = safe_set(test)
     base = {"step": 0, "harmful": rows[0].harmful_refusal, "safe": rate(rows[0], safe)}
     out: dict[str, list[dict]] = {"base": [base]}
     for row in rows[1:]:
