@@ -70,6 +70,7 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
         harmless=harmless_prompts("val").head(12),
         task=arithmetic_prompts("val", n=40).head(12),
         xstest=harmless_prompts("train").head(24),
+        donotanswer=harmful_prompts("train").head(12),
     )
     result = run_protocol(
         pair, analysis, tmp_path,
@@ -105,6 +106,11 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
         "lr grid on dev, 2 steps", "2 steps, seed 0", "2 steps, seed 1", "2 steps, seed 42", "4 steps, seed 0",
     }  # fmt: skip
     assert (tmp_path / "figures" / "training_curves_4_steps_seed_0.png").exists()
+    assert [r.plan.split("@")[0] for r in result.full_table] == [
+        "base", "finetuned", "ranked", "bottom_k", "all_layers", "released",
+    ]  # fmt: skip
+    assert all(r.donotanswer_refusal is not None for r in result.full_table) and "full table" in report
+    assert "Holm over H1, H2a, H3, H4" in report
     assert "harmful at the base's over-refusal" in report and "3 draws" in report and "Published methods" in report
     assert protocol_report(ProtocolResult.load(tmp_path)) == report  # the saved result renders the same report
 

@@ -185,6 +185,8 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(a) != len(b) or len(a) < 2:
         raise ConfigError(f"spearman needs two sequences of one length >= 2, got {len(a)} and {len(b)}")
+    if np.isnan(a).any() or np.isnan(b).any():
+        return math.nan
     ra, rb = _average_ranks(a) - (len(a) + 1) / 2, _average_ranks(b) - (len(b) + 1) / 2
     scale = math.sqrt(float((ra**2).sum() * (rb**2).sum()))
     return float((ra * rb).sum() / scale) if scale > 0 else math.nan

@@ -117,6 +117,7 @@ def claims_of(
     for claim, adjusted in zip(tested, holm([c.p_value for c in tested])):
         claim.holm_p = adjusted
         claim.verdict = _verdict(claim, protocol)
+        claim.detail["holm_family"] = [c.name for c in tested]  # the file's four; three without --released
     by_name = {c.name: c for c in claims}
     h2a, h2b = by_name["H2a"], by_name["H2b"]
     if h2a.verdict == "supported" and not h2b.estimate > 0:  # the file's H2: (a) and (b) agree in sign
@@ -129,8 +130,12 @@ def claims_of(
 
 
 def _verdict(claim: Claim, protocol: Protocol) -> str:
+    """The file's [decisions]: H1 supported / refuted / undecided; H2 (read on H2a, then the sweep's sign)
+    supported or not; H3 and H4 by the interval's lower end against the margin."""
     if claim.name in ("H3", "H4"):
         return "supported" if claim.interval[0] > -protocol.margin else "not supported"
+    if claim.name == "H2a":
+        return "supported" if claim.holm_p <= protocol.alpha else "not supported"
     if claim.holm_p <= protocol.alpha:
         return "supported"
     return "refuted" if claim.interval is not None and claim.interval[1] < 0 else "undecided"

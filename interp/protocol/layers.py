@@ -141,11 +141,13 @@ def layer_validity(
 
 def layers_report(result: LayerValidity) -> str:
     """``layers.md``: the candidates' validity, then the ground truth per block."""
-    validity = []
+    validity, best_rho = [], {}
     for name in result.candidates:
         rho, (low, high) = result.rho(name)
         top3 = sorted(np.argsort(-np.asarray(result.candidates[name]), kind="stable")[:3].tolist())
         validity.append([name, f"{rho:+.2f}", f"[{low:+.2f}, {high:+.2f}]", str(top3)])
+        best_rho[name] = -math.inf if math.isnan(rho) else rho
+    chosen = max(best_rho, key=best_rho.get)
     gain, matches, over = (np.asarray(x) for x in (result.gain, result.matched, result.over))
     best = sorted(np.argsort(-gain.mean(0), kind="stable")[:3].tolist())
     per_layer = [
@@ -164,6 +166,8 @@ def layers_report(result: LayerValidity) -> str:
         "",
         markdown_table(["candidate", "Spearman rho with the gain", "95% interval (blocks resampled)", "its top 3"],
                        validity),  # fmt: skip
+        "",
+        f"By the protocol file's [ranking] rule (the highest dev rho), the default ranking becomes: **{chosen}**.",
         "",
         markdown_table(["block", "gain (points)", "seed SD", "harmful at the base's over-refusal (%)",
                         "over-refusal (%)", *result.candidates], per_layer),  # fmt: skip

@@ -16,7 +16,7 @@ from ..evaluation.table import EvalRow
 from ..io import atomic_write_json, atomic_write_text
 from ..report.figures import save_figure
 from ..report.plots import plot_restore_history, plot_strength_sweep
-from ..report.tables import markdown_table
+from ..report.tables import markdown_table, results_table
 from .claims import Claim, PlanSummary, plan_summary
 
 
@@ -32,15 +32,13 @@ class ProtocolResult:
     safe: str = "xstest"  # the set whose refusal is over-refusal
     peers: list[dict] = field(default_factory=list)  # per published method: its dev-chosen setting and cost
     peer_trials: list[dict] = field(default_factory=list)  # every method's settings on dev
+    full_table: list[EvalRow] = field(default_factory=list)  # the named plans at the first seed, every test set
 
     def save(self, folder: str | Path) -> list[Path]:
         """``protocol.json`` (everything but the answers), ``protocol.md`` and the figures, into ``folder``;
         returns the paths written."""
         folder = Path(folder)
-        rows = {
-            seed: [{k: v for k, v in row.to_dict().items() if k not in ("answers", "examples")} for row in rows]
-            for seed, rows in self.rows.items()
-        }
+        rows = {seed: [_saved_row(row) for row in rows] for seed, rows in self.rows.items()}
         paths = [
             atomic_write_json(folder / "protocol.json", self._saved(rows)),
             atomic_write_text(folder / "protocol.md", protocol_report(self)),
@@ -66,6 +64,7 @@ class ProtocolResult:
             "histories": self.histories,
             "peers": self.peers,
             "peer_trials": self.peer_trials,
+            "full_table": [_saved_row(row) for row in self.full_table],
         }
 
     @classmethod
@@ -90,7 +89,12 @@ class ProtocolResult:
             data.get("safe", "xstest"),
             data.get("peers", []),
             data.get("peer_trials", []),
+            [EvalRow.from_dict({"examples": {}} | row) for row in data.get("full_table", [])],
         )
+
+
+def _saved_row(row: EvalRow) -> dict:
+    return {k: v for k, v in row.to_dict().items() if k not in ("answers", "examples")}
 
 
 def _pct(value: float) -> str:
@@ -150,11 +154,18 @@ def protocol_report(result: ProtocolResult) -> str:
          "yes" if t["ok"] else "no"]
         for t in result.lr_trials
     ]  # fmt: skip
+    family = next((c.detail.get("holm_family") for c in result.claims if c.detail.get("holm_family")), None)
+    note = [] if not family else [
+        f"Holm over {', '.join(family)}" + ("" if "H4" in family else " (H4 not run: it needs --released)")
+        + "; H2 is supported only if H2a is and the strength sweep (H2b) agrees in sign.",
+        "",
+    ]  # fmt: skip
     lines = [
         "# The pre-registered test (interp/data/protocol.toml)",
         "",
         markdown_table(head, cells) if cells else "Not run on test yet (--dev-only): the learning rates only.",
         "",
+        *note,
         "Learning rate per family, chosen on dev: " + ", ".join(f"{f} {lr:g}" for f, lr in result.lrs.items()) + ".",
         "",
         markdown_table(
@@ -164,6 +175,13 @@ def protocol_report(result: ProtocolResult) -> str:
     ]
     if result.rows:
         lines += _summary_table(plan_summary(result.rows, result.safe), sorted(result.rows))
+    if result.full_table:
+        lines += [
+            "The named plans at the first seed on every test set (amendment 1's full table; Wilson 95% intervals):",
+            "",
+            results_table(result.full_table),
+            "",
+        ]
     if result.peers:
         chosen = [[p["method"], p["setting"], f"{p['seconds']:.0f}", "0", p["needs"]] for p in result.peers]
         tried = [[t["family"], str(t["setting"]), f"{t['harmful']:.1%}", f"{t['safe']:.1%}", f"{t['task']:.1%}",

@@ -100,6 +100,15 @@ def run_protocol(
             for seed in protocol.seeds:  # one training (the release's seed), compared with every seed's plans
                 by_seed[seed].append(rows[-1])
             plans["released"] = [recipe]
+    full: list[EvalRow] = []
+    if suite.donotanswer is not None:  # amendment 1: the full table of the named plans at the first seed
+        with watch("full table"):
+            every = suite.part("test")
+            seed = protocol.seeds[0]
+            full = bench.judged([plans[f][0] for f in ("ranked", "bottom", "all_layers")],
+                                replace(restore, steps=protocol.budgets[0], seed=seed), every)  # fmt: skip
+            if "released" in plans:
+                full += bench.judged(plans["released"], released, every)[2:]
     peers, peer_trials = [], []
     if unaligned is not None:
         with watch("peer methods"):
@@ -112,7 +121,7 @@ def run_protocol(
         sweep = _strength_sweep(bench, plans, protocol, restore, test)
     claims = claims_of(by_seed, plans, sweep, safe, protocol)
     result = ProtocolResult(lrs, trials, by_seed, sweep, claims, dict(watch.seconds), bench.histories, safe, peers,
-                            peer_trials)  # fmt: skip
+                            peer_trials, full)  # fmt: skip
     result.save(folder)
     return result
 
