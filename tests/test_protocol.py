@@ -133,6 +133,8 @@ def test_the_plan_summary_reads_planted_scores():
     assert summaries["1 draws"].family == "draws" and summaries["1 draws"].mean("auroc") == 0.5
     assert summaries["1 draws"].mean("matched") == 0.25  # scores like the safe prompts': refuses as many (1 of 4)
     assert summaries["ranked"].sd("harmful") == 0.0 and summaries["1 draws"].auroc_interval is None
+    low, high = summaries["ranked"].intervals["harmful"]
+    assert 0.0 <= low <= 0.75 <= high <= 1.0 and summaries["ranked"].intervals["matched"] == (1.0, 1.0)
 
 
 def test_the_per_block_ground_truth_runs_at_a_tiny_size(analysed, tmp_path):

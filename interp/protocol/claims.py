@@ -149,6 +149,7 @@ class PlanSummary:
     family: str
     per_seed: dict[str, list[float]]  # measure -> one value per seed (draws: one per seed and draw)
     auroc_interval: tuple[float, float] | None = None  # of the seed-mean AUROC, prompts resampled
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # harmful, matched: prompts resampled
 
     def mean(self, measure: str) -> float:
         return float(np.mean(self.per_seed[measure]))
@@ -208,4 +209,11 @@ def plan_summary(
             ])  # fmt: skip
         low, high = np.percentile(values, [2.5, 97.5])
         entry.auroc_interval = (float(low), float(high))
+        base = by_seed[sorted(by_seed)[0]][0]
+        refused = np.asarray([r.outcomes["harmful"] for r in rows], dtype=float)  # [seed, prompt]
+        at_base = np.asarray([matched(base, r, safe) for r in rows])  # [seed, prompt]
+        picks = rng.integers(0, n_h, (resamples, n_h))
+        for measure, values in (("harmful", refused), ("matched", at_base)):
+            means = values[:, picks].mean(axis=(0, 2))  # the seed-mean rate of each prompt resample
+            entry.intervals[measure] = tuple(float(x) for x in np.percentile(means, [2.5, 97.5]))
     return list(out.values())

@@ -97,6 +97,13 @@ def _saved_row(row: EvalRow) -> dict:
     return {k: v for k, v in row.to_dict().items() if k not in ("answers", "examples")}
 
 
+def _with_interval(summary: PlanSummary, measure: str) -> str:
+    """The seed-mean rate in %, with its 95% interval over prompts where the summary has one."""
+    low_high = summary.intervals.get(measure)
+    interval = "" if low_high is None else f" [{_pct(low_high[0])}, {_pct(low_high[1])}]"
+    return _pct(summary.mean(measure)) + interval
+
+
 def _pct(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
 
@@ -124,8 +131,8 @@ def _summary_table(summaries: list[PlanSummary], seeds: list[int]) -> list[str]:
             "" if s.auroc_interval is None else f" [{s.auroc_interval[0]:.3f}, {s.auroc_interval[1]:.3f}]"
         )
         cells.append([
-            s.name, *per_seed, _pct(s.mean("harmful")), sd, _pct(s.mean("xstest_unsafe")), _pct(s.mean("safe")),
-            _pct(s.mean("matched")), auroc,
+            s.name, *per_seed, _with_interval(s, "harmful"), sd, _pct(s.mean("xstest_unsafe")), _pct(s.mean("safe")),
+            _with_interval(s, "matched"), auroc,
         ])  # fmt: skip
     head = [
         "plan", *(f"harmful, seed {s}" for s in seeds), "harmful, mean", "seed-to-seed SD (points)",
