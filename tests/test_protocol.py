@@ -63,15 +63,20 @@ def test_every_plan_aligns_at_the_shared_layers_and_no_draw_repeats(analysed):
     assert sum(deepest in plan.layers for plan in families["draws"]) >= 1
 
 
-def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
-    pair, analysis = analysed
-    suite = EvalSuite(
+def _tiny_suite(**more) -> EvalSuite:
+    """Sets large enough that every dev and test part has prompts."""
+    return EvalSuite(
         harmful=harmful_prompts("val").head(24),
         harmless=harmless_prompts("val").head(12),
         task=arithmetic_prompts("val", n=40).head(12),
         xstest=harmless_prompts("train").head(24),
-        donotanswer=harmful_prompts("train").head(12),
+        **more,
     )
+
+
+def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
+    pair, analysis = analysed
+    suite = _tiny_suite(donotanswer=harmful_prompts("train").head(12))
     result = run_protocol(
         pair, analysis, tmp_path,
         harmful=harmful_prompts("train").head(8),
@@ -141,12 +146,7 @@ def test_the_per_block_ground_truth_runs_at_a_tiny_size(analysed, tmp_path):
     """Every block trained alone at every seed, judged on dev; each candidate ranking gets a rho in [-1, 1]
     with an interval, the gradient candidate one step-0 value per block, and the result reloads."""
     pair, analysis = analysed
-    suite = EvalSuite(
-        harmful=harmful_prompts("val").head(24),
-        harmless=harmless_prompts("val").head(12),
-        task=arithmetic_prompts("val", n=40).head(12),
-        xstest=harmless_prompts("train").head(24),
-    )
+    suite = _tiny_suite()
     bench = Bench(pair, analysis, harmful_prompts("train").head(8),
                   harmless_prompts("train").head(8) + arithmetic_prompts("train", n=20).head(8), QUICK_EVAL,
                   progress=False, log=lambda _: None)  # fmt: skip
