@@ -132,7 +132,7 @@ class AnalysisPrompts:
 PAIR_SETS = ("harmful", "harmless", "task")
 
 
-def _capture_all(
+def capture_pair(
     pair: ModelPair, prompts: AnalysisPrompts, config: AnalysisConfig, chat: ChatFormat, progress: bool
 ) -> dict[str, Activations]:
     """``{role}_{kind}``: the residual stream at the last ``positions`` tokens; with ``components``,
@@ -241,11 +241,11 @@ def analyze(
         result = AnalysisResult.load(cached)
         log(f"analyze: loaded from the cache ({cached})")
         if folder is not None:
-            _write(folder, result, _capture_all(pair, prompts, config, chat, progress), log)
+            _write(folder, result, capture_pair(pair, prompts, config, chat, progress), log)
         return result
     watch = Stopwatch(log=lambda line: log(f"analyze: {line}"))
     with watch("capture and measure"):
-        acts = _capture_all(pair, prompts, config, chat, progress)
+        acts = capture_pair(pair, prompts, config, chat, progress)
         resid = {
             f"{role}_{kind}": acts[f"{role}_{kind}"].tensor.numpy() for role in ("base", "ft") for kind in PAIR_SETS
         }

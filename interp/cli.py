@@ -487,7 +487,9 @@ def cmd_protocol(args) -> None:
                           prepared.recipe.chat)  # fmt: skip
             watch = Stopwatch()
             with watch("single blocks"):
-                layer_validity(bench, prepared.suite, protocol=protocol, restore=restore).save(folder)
+                unaligned = load_model(prepared.recipe.source, dtype="float32") if prepared.organism else None
+                layer_validity(bench, prepared.suite, protocol=protocol, restore=restore, prompts=prepared.prompts,
+                               unaligned=unaligned).save(folder)  # fmt: skip
             seconds = watch.seconds
         else:
             result = run_protocol(

@@ -538,6 +538,7 @@ class Prepared:
     retain: PromptSet  # restoration's retain prompts
     suite: EvalSuite
     seconds: dict[str, float]
+    prompts: AnalysisPrompts  # the analysis's prompts (``analysis_prompts``)
 
 
 def prepare(
@@ -605,6 +606,7 @@ def prepare(
             suite = suite.sample(LOOK_SIZES, seed=recipe.evaluation.seed)
         if limit is not None:
             suite = suite.head(limit)
+    prompts = analysis_prompts(size, task)
     with watch("analysis"):
         previous = Path(reuse_from or out)
         analysis = _reusable_analysis(previous, pair, k, log) if reuse_analysis else None
@@ -625,14 +627,8 @@ def prepare(
                 steer_scales=(),
                 selection_prompts=4,
             )
-            prompts = AnalysisPrompts.quick()
-            if task is not None:
-                prompts = replace(prompts, task=split_task(task)[0].head(24))
             analysis = analyze(pair, out, config, prompts, chat=chat, progress=progress, log=log)
         else:
-            prompts = AnalysisPrompts.held_out_for_organism()
-            if task is not None:
-                prompts = replace(prompts, task=split_task(task)[0])
             analysis = analyze(
                 pair,
                 out,
@@ -643,7 +639,17 @@ def prepare(
                 log=log,
             )
     seconds = {stage: watch.seconds[stage] for stage in ("default model", "pair", "analysis") if stage in watch.seconds}
-    return Prepared(organism, pair, analysis, recipe, harmful, retain, suite, seconds)
+    return Prepared(organism, pair, analysis, recipe, harmful, retain, suite, seconds, prompts)
+
+
+def analysis_prompts(size: str, task: PromptSet | None = None) -> AnalysisPrompts:
+    """The analysis's prompts for a run of ``size``: small sets for ``smoke``, else the organism's held-out
+    steering prompts; ``task`` (a user's task set) replaces the arithmetic prompts by its training part."""
+    if size == "smoke":
+        prompts = AnalysisPrompts.quick()
+        return prompts if task is None else replace(prompts, task=split_task(task)[0].head(24))
+    prompts = AnalysisPrompts.held_out_for_organism()
+    return prompts if task is None else replace(prompts, task=split_task(task)[0])
 
 
 def study_into(

@@ -26,6 +26,7 @@ from interp.training.peers import (
     projected_cosine,
     resta,
     safe_lora,
+    safe_lora_cosines,
     weight_deltas,
 )
 
@@ -256,6 +257,7 @@ def test_safe_lora_projects_the_module_whose_update_leaves_the_alignment_subspac
     assert layers.shape == (N_LAYERS,)
     assert int(np.argmin(layers)) == ORTHOGONAL[0]
     assert layers[ORTHOGONAL[0]] == pytest.approx(6 / 7, abs=1e-4)  # six modules at 1, one at 0
+    assert safe_lora_cosines(finetuned, aligned, unaligned, projection) == result.cosines  # no model made
 
 
 def test_the_released_projection_shrinks_an_update_in_the_span(subspace_triple):
@@ -351,3 +353,22 @@ def test_antidote_fraction_zero_changes_nothing_and_bad_settings_are_refused(lou
         antidote(loud_columns, [], fraction=0.1)
     with pytest.raises(ConfigError):
         antidote(loud_columns, prompts, fraction=0.1, per="layer")
+
+
+def test_antidote_on_the_task_update_prunes_only_where_the_update_is(loud_columns):
+    """With the aligned model given, only the fine-tune's update is scored: a planted update on three columns
+    of block 1's o_proj is what gets pruned (back to the aligned weights), and weights the fine-tune did not
+    touch never change, however loud their inputs."""
+    aligned = loud_columns
+    finetuned = aligned.with_hf(copy.deepcopy(aligned.hf))
+    key, columns = (1, "o_proj"), [5, 9, 30]
+    with torch.no_grad():
+        linear(finetuned, key).weight[:, columns] += 0.5
+    prompts = harmful_prompts("train").head(6)
+    d_in = linear(finetuned, key).weight.shape[1]
+    pruned = antidote(finetuned, prompts, fraction=len(columns) / d_in, aligned=aligned, batch_size=4)
+    restored = weight(pruned, key)
+    assert torch.equal(restored, weight(aligned, key))  # every planted entry is back to its aligned value
+    for other in KEYS:
+        if other != key:  # untouched by the fine-tune: untouched by pruning (the loud block-0 columns included)
+            assert torch.equal(weight(pruned, other), weight(finetuned, other)), other

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 from dataclasses import replace
@@ -13,7 +14,7 @@ import torch
 from conftest import QUICK_EVAL, perturbed, small_analysis_prompts
 
 from interp import cli
-from interp.analyze import AnalysisConfig, analyze
+from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
 from interp.evaluation.stats import spearman
@@ -28,7 +29,7 @@ from interp.protocol import (
     run_protocol,
 )
 from interp.protocol.bench import Bench
-from interp.protocol.layers import LayerValidity, layer_validity, layers_report
+from interp.protocol.layers import SET_CHECK_TOP, LayerValidity, layer_validity, layers_report, top_k
 from interp.protocol.peers import SETTINGS
 from interp.study import Plan, train_plans
 from interp.training.lora import apply_adapter
@@ -150,10 +151,19 @@ def test_the_per_block_ground_truth_runs_at_a_tiny_size(analysed, tmp_path):
     bench = Bench(pair, analysis, harmful_prompts("train").head(8),
                   harmless_prompts("train").head(8) + arithmetic_prompts("train", n=20).head(8), QUICK_EVAL,
                   progress=False, log=lambda _: None)  # fmt: skip
-    result = layer_validity(bench, suite, protocol=Protocol().tiny(), restore=RestoreConfig(batch_size=4))
+    result = layer_validity(bench, suite, protocol=Protocol().tiny(), restore=RestoreConfig(batch_size=4),
+                            prompts=AnalysisPrompts.quick())  # fmt: skip
     n = pair.n_layers
     assert result.seeds == [0, 1] and np.asarray(result.gain).shape == (2, n)
-    assert set(result.candidates) == {"score", "suppression", "causal", "amplification", "patch effect", "gradient"}
+    names = {"score", "suppression", "causal", "amplification", "patch effect", "gradient", "evidence"}
+    assert set(result.candidates) == names
+    assert len(result.evidence["causal"]["low"]) == n and result.evidence["n_causal_prompts"] == 24
+    # greedy grows one block per step; the set check holds every pair and triple of the best blocks
+    assert [len(step["set"]) for step in result.greedy] == [1, 2, 3] and len(result.greedy[0]["tried"]) == n
+    top = top_k(result.mean_gain, min(SET_CHECK_TOP, n))
+    checked = {tuple(s["layers"]) for s in result.sets}
+    assert all(c in checked for k in (2, 3) for c in itertools.combinations(top, k))
+    assert all(tuple(top_k(values, 3)) in checked for values in result.candidates.values())
     assert all(len(values) == n for values in result.candidates.values())
     assert all(g > 0 for g in result.candidates["gradient"])  # every block's LoRA gets a gradient at step 0
     rho, (low, high) = result.rho("gradient")
@@ -161,7 +171,9 @@ def test_the_per_block_ground_truth_runs_at_a_tiny_size(analysed, tmp_path):
         math.isnan(rho) if np.ptp(result.mean_gain) == 0 else -1 <= low <= rho <= high <= 1
     )  # (2 steps may move nothing)
     result.save(tmp_path)
-    assert LayerValidity.load(tmp_path) == result and "Spearman" in (tmp_path / "layers.md").read_text()
+    assert LayerValidity.load(tmp_path) == result
+    report = (tmp_path / "layers.md").read_text()
+    assert "rho with the gain" in report and "best 3 by matched" in report and "evidence score's terms" in report
     assert (tmp_path / "figures" / "layer_validity.png").exists()
 
 

@@ -9,7 +9,8 @@ stream after block ``l`` (``interp.core.bridge``), at every position:
 * ``patch``: the base model's residual put into the fine-tuned model.
 
 Each gives a per-layer effect: ``add_effect = score(ft + v) - score(ft)``, ``ablate_effect =
-score(base) - score(base - u)``, ``patch_effect = score(ft <- base) - score(ft)``.
+score(base) - score(base - u)``, ``patch_effect = score(ft <- base) - score(ft)``. The patch effect is also
+kept per prompt (``patch_by_prompt``), so an interval over prompts can be put on it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class CausalSweep:
     """Per-layer effects on the mean refusal score of harmful prompts (module docstring).
 
     ``add_effect``, ``ablate_effect``, ``patch_effect`` are ``[layer]`` arrays with NaN at layers not
-    swept; ``score_base`` / ``score_finetuned`` are the unmodified mean scores.
+    swept; ``score_base`` / ``score_finetuned`` are the unmodified mean scores; ``patch_by_prompt`` is
+    ``[prompt, layer]``, each prompt's patch effect (NaN at layers not swept; None in sweeps saved before
+    it was kept).
     """
 
     layers: list[int]
@@ -50,6 +53,7 @@ class CausalSweep:
     score_base: float
     score_finetuned: float
     refusal_tokens: list[int]
+    patch_by_prompt: np.ndarray | None = None
 
     @property
     def best_add_layer(self) -> int:
@@ -63,11 +67,18 @@ class CausalSweep:
         out = asdict(self)
         for name in EFFECTS:
             out[name] = [None if not np.isfinite(x) else float(x) for x in getattr(self, name)]
+        if self.patch_by_prompt is not None:
+            out["patch_by_prompt"] = [
+                [None if not np.isfinite(x) else float(x) for x in row] for row in self.patch_by_prompt
+            ]
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> CausalSweep:
         effects = {name: np.array([np.nan if x is None else x for x in data[name]], dtype=float) for name in EFFECTS}
+        if data.get("patch_by_prompt") is not None:
+            rows = data["patch_by_prompt"]
+            effects["patch_by_prompt"] = np.array([[np.nan if x is None else x for x in r] for r in rows], dtype=float)
         return cls(**{**data, **effects})
 
 
@@ -109,15 +120,17 @@ def causal_sweep(
     vectors = torch.tensor(refusal_vectors, dtype=torch.float32)
     units = vectors / vectors.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
-    def score(model: LoadedModel) -> float:
-        return float(refusal_scores(model, harmful, token_ids, chat=chat, batch_size=batch_size).mean())
+    def score(model: LoadedModel) -> np.ndarray:
+        return refusal_scores(model, harmful, token_ids, chat=chat, batch_size=batch_size).numpy().astype(float)
 
-    ft_score, base_score = score(finetuned), score(base)
+    ft_by_prompt = score(finetuned)
+    ft_score, base_score = float(ft_by_prompt.mean()), float(score(base).mean())
     # Each intervention resumes from the unmodified residual stream after its block: the blocks below it
     # do not run again (exact: they would compute the same tensor). The prompts' shared prefix (the
     # system turn) runs once per model, and once per intervention for the blocks after the edit.
     totals = {name: np.zeros(n_layers) for name in EFFECTS}
     seqs = chat.encode(base.tokenizer, harmful.instructions)
+    patched = np.zeros((len(seqs), n_layers))  # [prompt, layer]: log-odds with the base residual patched in
     shared = seqs[0][: shared_length(seqs)]
     with torch.no_grad():
         prefix = {"ft": _run_prefix(finetuned, shared), "base": _run_prefix(base, shared)}
@@ -156,19 +169,26 @@ def causal_sweep(
                         )
                     with resume_after(model.hf, layer, edit(resid[source][layer])):
                         logprobs = torch.log_softmax(last_logits(model.hf, after(edited[name, layer])), -1)
-                    totals[name][layer] += float(refusal_log_odds(logprobs, token_ids).sum())
+                    odds = refusal_log_odds(logprobs, token_ids).float().cpu().numpy()
+                    totals[name][layer] += float(odds.sum())
+                    if name == "patch_effect":
+                        patched[batch.index, layer] = odds
     totals = dict(zip(EFFECTS, sum_array(np.stack([totals[name] for name in EFFECTS]))))  # all processes' prompts
+    patched = sum_array(patched)  # each process filled its own prompts' rows
     effects = {name: np.full(n_layers, np.nan) for name in EFFECTS}
     for layer in layers:
         effects["add_effect"][layer] = totals["add_effect"][layer] / len(seqs) - ft_score
         effects["ablate_effect"][layer] = base_score - totals["ablate_effect"][layer] / len(seqs)
         effects["patch_effect"][layer] = totals["patch_effect"][layer] / len(seqs) - ft_score
+    by_prompt = np.full((len(seqs), n_layers), np.nan)
+    by_prompt[:, layers] = patched[:, layers] - ft_by_prompt[:, None]
     return CausalSweep(
         layers=layers,
         **effects,
         score_base=base_score,
         score_finetuned=ft_score,
         refusal_tokens=[int(t) for t in token_ids],
+        patch_by_prompt=by_prompt,
     )
 
 

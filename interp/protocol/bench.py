@@ -13,7 +13,7 @@ from ..core.models import ModelPair
 from ..core.prompts import PromptSet
 from ..evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
 from ..measures.result import AnalysisResult
-from ..study import Plan, train_plans
+from ..study import Plan, Restored, train_plans
 from ..training.restore import RestoreConfig
 from .claims import rate
 from .design import Protocol
@@ -55,14 +55,19 @@ class Bench:
     def judged(self, plans: list[Plan], config: RestoreConfig, on: EvalSuite, label: str = "") -> list[EvalRow]:
         """Train ``plans`` (cached, in lockstep) and judge them on ``on`` (``judge``); each plan's row holds
         its step-0 LoRA gradient per block in ``info["first_gradient"]``."""
-        restored = train_plans(plans, self.pair, self.analysis.layer_map, self.harmful, self.retain, config,
-                               chat=self.chat, cache=self.cache, progress=self.progress)  # fmt: skip
-        run = label or f"{config.steps} steps, seed {config.seed}"
-        self.histories.setdefault(run, {}).update({r.plan.name: r.stats.history for r in restored})
+        restored = self.train(plans, config, label)
         rows = self.judge([r.candidate() for r in restored], on)
         for row, r in zip(rows[2:], restored):
             row.info["first_gradient"] = r.stats.first_gradient
         return rows
+
+    def train(self, plans: list[Plan], config: RestoreConfig, label: str = "") -> list[Restored]:
+        """Train ``plans`` (cached, in lockstep); their losses go to ``histories[label]``."""
+        restored = train_plans(plans, self.pair, self.analysis.layer_map, self.harmful, self.retain, config,
+                               chat=self.chat, cache=self.cache, progress=self.progress)  # fmt: skip
+        run = label or f"{config.steps} steps, seed {config.seed}"
+        self.histories.setdefault(run, {}).update({r.plan.name: r.stats.history for r in restored})
+        return restored
 
     def judge(self, candidates: list[Candidate], on: EvalSuite) -> list[EvalRow]:
         """The rows of the base, the fine-tuned model, then every candidate, judged on ``on``."""

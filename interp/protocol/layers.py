@@ -19,33 +19,57 @@ blocks at depths n/4, n/2 and 3n/4):
   initialised LoRA B (``RestoreStats.first_gradient``), mean over the seeds' first batches: to first
   order, how fast a LoRA there can lower the loss.
 
-**Validity**: Spearman's rho of each candidate with the mean gain over seeds, its 95% interval from a
-bootstrap over blocks (``interp.evaluation.stats``); the ground truth's own stability is the mean rho
-between two seeds' gains.
+* ``evidence``: the causal increment in log-odds, with the representational terms added only where their
+  interval lies above zero (``interp.measures.evidence``), on ``EVIDENCE_PROMPTS`` analysis-side prompts;
+* ``Safe LoRA cosine``: minus a block's mean Safe LoRA cosine (``interp.training.peers.cosine_layer_map``), a
+  weight-space map; it needs the unaligned source.
+
+**Validity**: Spearman's rho of each candidate with the mean gain over seeds (and with the matched
+refusal), its 95% interval from a bootstrap over blocks (``interp.evaluation.stats``); the ground truth's
+own stability is the mean rho between two seeds' gains.
+
+**Sets** (seed 0, dev): ``greedy`` forward selection (``GREEDY_STEPS`` steps; each trains every one-block
+extension of the current set for ``GREEDY_TRAIN_STEPS`` steps and keeps the one with the highest harmful
+refusal at the base's over-refusal, read from refusal scores alone); and the set check: every pair and
+triple of the ``SET_CHECK_TOP`` best single blocks, at the short budget, judged, so that each candidate's
+top 2 and top 3 can be put beside the best pair and triple found.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
-from ..evaluation.stats import bootstrap_interval, spearman
+from ..analyze import AnalysisConfig, AnalysisPrompts, capture_pair
+from ..core.generate import refusal_scores
+from ..core.models import LoadedModel
+from ..evaluation.stats import bootstrap_interval, matched_refusal, spearman
 from ..evaluation.table import EvalSuite
 from ..io import atomic_write_json, atomic_write_text
+from ..measures.causal import causal_sweep
+from ..measures.compare import PairActivations
+from ..measures.evidence import Evidence, evidence
 from ..measures.layer_map import score_components
 from ..report.figures import save_figure
 from ..report.plots import plot_layer_validity
 from ..report.tables import markdown_table
 from ..study import Plan
+from ..training.peers import cosine_layer_map, safe_lora_cosines
 from ..training.restore import RestoreConfig, paper_alignment_layers
 from .bench import Bench, choose_setting, claim_suite, safe_set, with_lr
 from .claims import matched, rate
 from .design import Protocol
+
+EVIDENCE_PROMPTS = 64
+GREEDY_STEPS, GREEDY_TRAIN_STEPS = 3, 8
+SET_CHECK_TOP = 6
 
 
 @dataclass
@@ -60,14 +84,23 @@ class LayerValidity:
     over: list[list[float]]  # [seed][layer]: over-refusal of block l's model (judged, dev)
     finetuned: float  # the fine-tuned model's dev harmful refusal
     candidates: dict[str, list[float]]  # name -> [layer]
+    evidence: dict | None = None  # interp.measures.evidence.Evidence.to_dict(): every term with its interval
+    greedy: list[dict] = field(default_factory=list)  # per step: the set kept, its value, every extension's
+    sets: list[dict] = field(default_factory=list)  # the set check: layers, gain, matched (seed 0, dev)
 
     @property
     def mean_gain(self) -> np.ndarray:
         return np.asarray(self.gain).mean(0)
 
-    def rho(self, name: str) -> tuple[float, tuple[float, float]]:
-        """Spearman's rho of candidate ``name`` with the mean gain, and its bootstrap interval over blocks."""
-        x, y = np.asarray(self.candidates[name], dtype=float), self.mean_gain
+    @property
+    def mean_matched(self) -> np.ndarray:
+        return np.asarray(self.matched).mean(0)
+
+    def rho(self, name: str, target: str = "gain") -> tuple[float, tuple[float, float]]:
+        """Spearman's rho of candidate ``name`` with the mean gain (or ``target="matched"``: the mean
+        harmful refusal at the base's over-refusal), and its bootstrap interval over blocks."""
+        x = np.asarray(self.candidates[name], dtype=float)
+        y = self.mean_gain if target == "gain" else self.mean_matched
         return spearman(x, y), bootstrap_interval(spearman, x, y)
 
     def stability(self) -> float:
@@ -104,25 +137,30 @@ def layer_validity(
     protocol: Protocol,
     restore: RestoreConfig = RestoreConfig(),
     seeds: tuple[int, ...] | None = None,
+    prompts: AnalysisPrompts | None = None,
+    unaligned: LoadedModel | None = None,
+    sets: bool = True,
 ) -> LayerValidity:
-    """The ground truth and the candidates' validity on ``suite``'s dev parts (module docstring)."""
+    """The ground truth and the candidates' validity on ``suite``'s dev parts (module docstring). With
+    ``prompts`` (the analysis's), the ``evidence`` candidate; with ``unaligned``, Safe LoRA's cosine; with
+    ``sets``, greedy selection and the set check."""
     analysis = bench.analysis
     n = analysis.layer_map.n_layers
     seeds = tuple(seeds or protocol.seeds)
     plans = single_block_plans(n, paper_alignment_layers(n))
     dev = claim_suite(suite, "dev")
     safe = safe_set(dev)
-    short = protocol.budgets[0]
+    short = replace(restore, steps=protocol.budgets[0])
     tuning = [plans[n // 4], plans[n // 2], plans[3 * n // 4]]
     tried = [with_lr(p, lr) for lr in protocol.lr_grid for p in tuning]
-    rows = bench.judged(tried, replace(restore, steps=short, seed=seeds[0]), dev, label="single blocks: lr on dev")
+    rows = bench.judged(tried, replace(short, seed=seeds[0]), dev, label="single blocks: lr on dev")
     base, ft = rows[0], rows[1]
     by_lr = {lr: [r for p, r in zip(tried, rows[2:]) if p.lr == lr] for lr in protocol.lr_grid}
     lr, trials = choose_setting("single block", by_lr, base, ft, safe, protocol.margin)
     bench.log(f"layers: single-block lr on dev {lr:g}")
     gain, matches, over, gradients = [], [], [], []
     for seed in seeds:
-        rows = bench.judged([with_lr(p, lr) for p in plans], replace(restore, steps=short, seed=seed), dev,
+        rows = bench.judged([with_lr(p, lr) for p in plans], replace(short, seed=seed), dev,
                             label=f"single blocks, seed {seed}")  # fmt: skip
         base, ft, mine = rows[0], rows[1], rows[2:]
         gain.append([r.harmful_refusal - ft.harmful_refusal for r in mine])
@@ -136,20 +174,130 @@ def layer_validity(
         "patch effect": np.nan_to_num(np.asarray(analysis.sweep.patch_effect, dtype=float)).tolist(),
         "gradient": np.asarray(gradients).mean(0).tolist(),
     }
-    return LayerValidity(lr, trials, list(seeds), gain, matches, over, ft.harmful_refusal, candidates)
+    found = measure_evidence(bench, prompts) if prompts is not None else None
+    if found is not None:
+        candidates["evidence"] = found.score.tolist()
+    if unaligned is not None:
+        cosines = safe_lora_cosines(bench.pair.finetuned, bench.pair.base, unaligned)
+        candidates["Safe LoRA cosine"] = (-cosine_layer_map(cosines, n)).tolist()
+    result = LayerValidity(lr, trials, list(seeds), gain, matches, over, ft.harmful_refusal, candidates,
+                           None if found is None else found.to_dict())  # fmt: skip
+    if sets:
+        align = paper_alignment_layers(n)
+        result.greedy = greedy_selection(bench, dev, n, align, lr, replace(restore, steps=GREEDY_TRAIN_STEPS, seed=0))
+        result.sets = set_check(bench, dev, result, align, replace(short, seed=0))
+    return result
+
+
+def measure_evidence(bench: Bench, prompts: AnalysisPrompts) -> Evidence:
+    """``interp.measures.evidence`` on the pair: its activations at the last prompt token (the analysis's
+    capture, from its cache) and a causal sweep kept per prompt on ``EVIDENCE_PROMPTS`` harmful prompts."""
+    pair = bench.pair
+    acts = capture_pair(pair, prompts, AnalysisConfig(components=False), bench.chat, bench.progress)
+    last = PairActivations(**{name: a.tensor.numpy()[:, :, -1] for name, a in acts.items()})
+    vectors = (last.base_harmful.mean(0) - last.base_harmless.mean(0)).astype(np.float32)  # [layer, d_model]
+    harmful = prompts.harmful.sample(min(EVIDENCE_PROMPTS, len(prompts.harmful)), 0)
+    sweep = causal_sweep(pair.base, pair.finetuned, harmful, vectors, bench.analysis.refusal_tokens,
+                         chat=bench.chat, progress=bench.progress)  # fmt: skip
+    return evidence(sweep, last)
+
+
+def _set_plan(layers, alignment, lr: float) -> Plan:
+    layers = tuple(sorted(layers))
+    label = "+".join(map(str, layers))
+    return with_lr(Plan(f"set-{label}", f"blocks {label}", layers, tuple(alignment)), lr)
+
+
+def scored_matched(bench: Bench, plans: list[Plan], config: RestoreConfig, on: EvalSuite, label: str) -> list[float]:
+    """Train ``plans``; each one's harmful refusal on ``on`` at the base's judged over-refusal, read from
+    refusal scores alone (a prefill per prompt, no generation)."""
+    safe = safe_set(on)
+    base_rate = rate(bench.judge([], on)[0], safe)
+    sets, tokens = on.sets(), bench.analysis.refusal_tokens
+    values = []
+    for r in bench.train(plans, config, label):
+        with torch.no_grad():
+            harmful = refusal_scores(r.model, sets["harmful"], tokens, chat=bench.chat).numpy()
+            other = refusal_scores(r.model, sets[safe], tokens, chat=bench.chat).numpy()
+        values.append(matched_refusal(harmful, other, base_rate)[1])
+    return values
+
+
+def greedy_selection(bench: Bench, dev: EvalSuite, n_layers: int, alignment, lr: float,
+                     config: RestoreConfig, steps: int = GREEDY_STEPS) -> list[dict]:  # fmt: skip
+    """Forward selection (module docstring): per step, the set kept, its value and every extension's."""
+    chosen, trace = [], []
+    for step in range(steps):
+        extra = [layer for layer in range(n_layers) if layer not in chosen]
+        plans = [_set_plan([*chosen, layer], alignment, lr) for layer in extra]
+        values = scored_matched(bench, plans, config, dev, label=f"greedy step {step + 1}, {config.steps} steps")
+        best = int(np.argmax(values))
+        chosen.append(extra[best])
+        trace.append({"set": sorted(chosen), "value": values[best], "tried": dict(zip(extra, values))})
+        bench.log(
+            f"layers: greedy step {step + 1}: {sorted(chosen)} ({100 * values[best]:.1f}% at matched over-refusal)"
+        )
+    return trace
+
+
+def set_check(bench: Bench, dev: EvalSuite, result: LayerValidity, alignment, config: RestoreConfig) -> list[dict]:
+    """Every pair and triple of the ``SET_CHECK_TOP`` best single blocks, and every candidate's (and
+    greedy's) top 2 and top 3, trained at ``config`` and judged on ``dev``: layers, gain, matched."""
+    top = np.argsort(-result.mean_gain, kind="stable")[:SET_CHECK_TOP].tolist()
+    wanted = {tuple(sorted(c)) for k in (2, 3) for c in itertools.combinations(top, k)}
+    wanted |= {tuple(sorted(top_k(values, k))) for values in result.candidates.values() for k in (2, 3)}
+    wanted |= {tuple(step["set"]) for step in result.greedy if len(step["set"]) in (2, 3)}
+    order = sorted(wanted, key=lambda s: (len(s), s))
+    rows = bench.judged([_set_plan(s, alignment, result.lr) for s in order], config, dev, label="set check")
+    base, ft, safe = rows[0], rows[1], safe_set(dev)
+    return [{"layers": list(s), "gain": r.harmful_refusal - ft.harmful_refusal,
+             "matched": float(np.mean(matched(base, r, safe))), "over": rate(r, safe)}
+            for s, r in zip(order, rows[2:])]  # fmt: skip
+
+
+def top_k(values, k: int) -> list[int]:
+    """The ``k`` blocks with the highest values (NaN last; ties: the lower block)."""
+    v = np.nan_to_num(np.asarray(values, dtype=float), nan=-np.inf)
+    return sorted(np.argsort(-v, kind="stable")[:k].tolist())
 
 
 def layers_report(result: LayerValidity) -> str:
-    """``layers.md``: the candidates' validity, then the ground truth per block."""
+    """``layers.md``: the candidates' validity, the set check, greedy's steps, then the ground truth and
+    the evidence score's terms per block."""
     validity, best_rho = [], {}
-    for name in result.candidates:
+    for name, values in result.candidates.items():
         rho, (low, high) = result.rho(name)
-        top3 = sorted(np.argsort(-np.asarray(result.candidates[name]), kind="stable")[:3].tolist())
-        validity.append([name, f"{rho:+.2f}", f"[{low:+.2f}, {high:+.2f}]", str(top3)])
+        rho_m, (low_m, high_m) = result.rho(name, "matched")
+        validity.append([name, f"{rho:+.2f}", f"[{low:+.2f}, {high:+.2f}]", f"{rho_m:+.2f}",
+                         f"[{low_m:+.2f}, {high_m:+.2f}]", str(top_k(values, 3))])  # fmt: skip
         best_rho[name] = -math.inf if math.isnan(rho) else rho
     chosen = max(best_rho, key=best_rho.get)
     gain, matches, over = (np.asarray(x) for x in (result.gain, result.matched, result.over))
-    best = sorted(np.argsort(-gain.mean(0), kind="stable")[:3].tolist())
+    lines = [
+        "# Which single block restores best (dev parts)",
+        "",
+        f"LoRA on one block at a time, {len(result.seeds)} seeds (lr {result.lr:g}, chosen on dev); the fine-tuned"
+        f" model refuses {100 * result.finetuned:.1f}% of dev harmful prompts. Ground truth's seed-to-seed"
+        f" stability (mean Spearman between seeds): {result.stability():.2f}. Best three single blocks:"
+        f" {top_k(gain.mean(0), 3)} by gain, {top_k(matches.mean(0), 3)} at the base's over-refusal.",
+        "",
+        markdown_table(
+            [
+                "candidate",
+                "rho with the gain",
+                "95% interval",
+                "rho at matched over-refusal",
+                "95% interval",
+                "its top 3",
+            ],
+            validity,
+        ),  # fmt: skip
+        "",
+        "Intervals: blocks resampled. By the protocol file's [ranking] rule (the highest dev rho with the gain),"
+        f" the default ranking becomes: **{chosen}**.",
+        "",
+    ]
+    lines += _sets_section(result)
     per_layer = [
         [str(layer), f"{100 * gain[:, layer].mean():+.1f}",
          f"{100 * gain[:, layer].std(ddof=1):.1f}" if len(gain) > 1 else "n/a",
@@ -157,19 +305,73 @@ def layers_report(result: LayerValidity) -> str:
          *(f"{result.candidates[name][layer]:.3g}" for name in result.candidates)]
         for layer in range(gain.shape[1])
     ]  # fmt: skip
-    return "\n".join([
-        "# Which single block restores best (dev parts)",
+    lines += [
+        "## Per block",
         "",
-        f"LoRA on one block at a time, {len(result.seeds)} seeds (lr {result.lr:g}, chosen on dev); the fine-tuned"
-        f" model refuses {100 * result.finetuned:.1f}% of dev harmful prompts. Ground truth's seed-to-seed"
-        f" stability (mean Spearman between seeds): {result.stability():.2f}. Best three single blocks: {best}.",
+        markdown_table(
+            [
+                "block",
+                "gain (points)",
+                "seed SD",
+                "harmful at the base's over-refusal (%)",
+                "over-refusal (%)",
+                *result.candidates,
+            ],
+            per_layer,
+        ),  # fmt: skip
         "",
-        markdown_table(["candidate", "Spearman rho with the gain", "95% interval (blocks resampled)", "its top 3"],
-                       validity),  # fmt: skip
+    ]
+    if result.evidence is not None:
+        lines += _evidence_section(result.evidence)
+    return "\n".join(lines)
+
+
+def _set_row(label: str, s: dict) -> list[str]:
+    return [label, str(s["layers"]), f"{100 * s['gain']:+.1f}", f"{100 * s['matched']:.1f}", f"{100 * s['over']:.1f}"]
+
+
+def _sets_section(result: LayerValidity) -> list[str]:
+    if not result.sets:
+        return []
+    by_layers = {tuple(s["layers"]): s for s in result.sets}
+    rows = []
+    for k in (2, 3):
+        for measure in ("gain", "matched"):
+            best = max((s for s in result.sets if len(s["layers"]) == k), key=lambda s: s[measure])
+            rows.append(_set_row(f"best {k} by {measure}", best))
+    for name, values in result.candidates.items():
+        rows += [_set_row(f"{name}, top {k}", by_layers[tuple(top_k(values, k))]) for k in (2, 3)]
+    rows += [_set_row(f"greedy, {len(s['set'])} steps", by_layers[tuple(s["set"])])
+             for s in result.greedy if tuple(s["set"]) in by_layers]  # fmt: skip
+    out = [
+        "## Sets of 2 and 3 blocks (seed 0, dev, judged)",
         "",
-        f"By the protocol file's [ranking] rule (the highest dev rho), the default ranking becomes: **{chosen}**.",
+        f"Every pair and triple of the {SET_CHECK_TOP} best single blocks, and each candidate's top 2 and 3, at the"
+        f" short budget (lr {result.lr:g}); {len(result.sets)} sets. One seed: read differences under about"
+        " 5 points as noise (the seed SD of single blocks above).",
         "",
-        markdown_table(["block", "gain (points)", "seed SD", "harmful at the base's over-refusal (%)",
-                        "over-refusal (%)", *result.candidates], per_layer),  # fmt: skip
+        markdown_table(
+            ["set", "blocks", "gain (points)", "harmful at the base's over-refusal (%)", "over-refusal (%)"], rows
+        ),  # fmt: skip
         "",
-    ])  # fmt: skip
+    ]
+    if result.greedy:
+        steps = [[str(i + 1), str(s["set"]), f"{100 * s['value']:.1f}"] for i, s in enumerate(result.greedy)]
+        out += [f"Greedy forward selection ({GREEDY_TRAIN_STEPS} steps per try, refusal scores at the base's"
+                " over-refusal):", "", markdown_table(["step", "set kept", "value (%)"], steps), ""]  # fmt: skip
+    return out
+
+
+def _evidence_section(found: dict) -> list[str]:
+    terms = [found[name] for name in ("causal", "suppression", "amplification")]
+    rows = [
+        [str(layer), *(f"{t['value'][layer]:+.3g} [{t['low'][layer]:+.3g}, {t['high'][layer]:+.3g}]" for t in terms),
+         f"{found['score'][layer]:+.3g}"]
+        for layer in range(len(found["score"]))
+    ]  # fmt: skip
+    return [
+        f"## The evidence score's terms ({found['n_causal_prompts']} causal prompts; 95% intervals over prompts)",
+        "",
+        markdown_table(["block", *(f"{t['name']} ({t['unit']})" for t in terms), "evidence (log-odds)"], rows),
+        "",
+    ]

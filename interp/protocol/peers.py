@@ -11,7 +11,9 @@ the pair's dtype before it is judged. The settings tried on dev (``SETTINGS``):
 * Safe LoRA with the released projection and with the exact projector, each selecting the release's
   default 10 lowest-cosine modules or every module at cosine <= 0.5 (the release's threshold);
 * Antidote, the top 1%, 5% or 10% of weights per output row by Wanda score on the restoration's harmful
-  prompts (their inputs through the fine-tuned model) set to zero.
+  prompts (their inputs through the fine-tuned model) set to zero; and Antidote on the task update alone
+  (scores ``|W_ft - W_aligned| n_j``, the top 5%, 10%, 20% or 40% per row returned to the aligned weights),
+  the analogue of the release pruning only its adapter (amendment 6).
 
 Cost per method: the seconds to make the model (no training; Antidote includes its calibration pass),
 trainable parameters (none), and what it needs (``NEEDS``).
@@ -37,6 +39,7 @@ SETTINGS: dict[str, tuple] = {
     "Safe LoRA (released)": ("10 modules", "cos <= 0.5"),
     "Safe LoRA (exact projector)": ("10 modules", "cos <= 0.5"),
     "Antidote": (0.01, 0.05, 0.1),
+    "Antidote (task update)": (0.05, 0.1, 0.2, 0.4),
 }
 NEEDS = {
     "interpolation": "aligned and fine-tuned weights",
@@ -45,6 +48,7 @@ NEEDS = {
     "Safe LoRA (released)": "unaligned, aligned and fine-tuned weights",
     "Safe LoRA (exact projector)": "unaligned, aligned and fine-tuned weights",
     "Antidote": "fine-tuned weights and harmful prompts",
+    "Antidote (task update)": "aligned and fine-tuned weights and harmful prompts",
 }
 
 
@@ -82,7 +86,8 @@ def peer_candidates(
             select = {"select": "number", "n_modules": 10} if setting == "10 modules" else {"select": "threshold"}
             model = safe_lora(ft, al, un, projection=projection, threshold=0.5, **select).model
         else:
-            model = antidote(ft, bench.harmful, setting, chat=bench.chat)
+            aligned = al if "task update" in method else None
+            model = antidote(ft, bench.harmful, setting, aligned=aligned, chat=bench.chat)
         seconds = time.perf_counter() - start
         label = f"{method} ({setting:g})" if isinstance(setting, float) else f"{method} ({setting})"
         model = model.with_hf(model.hf.to(dtype), name=label)

@@ -90,9 +90,11 @@ the highest-scored weights are set to zero:
 
 How the release differs: (1) For its LoRA fine-tunes (the default, ``full_finetuning="False"``) it prunes the
 *adapter's factor matrices* (``lora_A`` and ``lora_B`` of ``q_proj`` and ``v_proj``, its fine-tune's targets), not
-merged weights; for a full fine-tune it prunes ``q_proj``, ``k_proj`` and ``v_proj``. This module prunes the merged
-weights of all seven modules by default (``modules`` narrows this), so it can also remove aligned weights and not
-only the task update. (2) Its calibration runs right-padded batches without an attention mask, so padding tokens add
+merged weights; for a full fine-tune it prunes ``q_proj``, ``k_proj`` and ``v_proj``. With ``aligned`` this module
+prunes the task update ``dW = W_ft - W_aligned`` of all seven modules (``modules`` narrows this): scores
+``|dW_ij| n_j``, and a pruned entry returns to its aligned value, which is the release's pruning of the adapter
+(for an adapter merged into the weights, its update) without its restriction to q and v. Without ``aligned`` it
+prunes the merged weights themselves, which also removes aligned weights and not only the task update. (2) Its calibration runs right-padded batches without an attention mask, so padding tokens add
 to ``n_j``; here padding is masked out. (3) It keeps ``n_j^2`` as a running mean over samples; that is a constant
 factor per module and changes no ranking.
 """
@@ -296,6 +298,30 @@ class SafeLoraResult:
         return cosine_layer_map(self.cosines, self.model.n_layers)
 
 
+def _safe_lora_parts(finetuned, aligned, unaligned, projection: Projection, rank: int | None):
+    """Safe LoRA's per-module factor ``A`` (``C = A A^T``, made on demand: no store of them all), the task deltas
+    ``dW`` and the aligned weights."""
+    _check_models(finetuned, aligned, unaligned)
+    safety, task = weight_deltas(aligned, unaligned), weight_deltas(finetuned, aligned)  # V and dW
+    al, un = block_weights(aligned), block_weights(unaligned)
+    stored = [{key: m.weight.dtype for key, m in block_linears(model.hf).items()} for model in (aligned, unaligned)]
+
+    def factor(key: ModuleKey) -> torch.Tensor:
+        coarser = max(stored[0][key], stored[1][key], key=lambda dtype: torch.finfo(dtype).eps)
+        noise = rounding_bound(al[key], un[key], coarser) if projection == "exact" else 0.0
+        return alignment_factor(safety[key], projection, rank=rank, noise=noise)
+
+    return factor, task, al
+
+
+def safe_lora_cosines(
+    finetuned: LoadedModel, aligned: LoadedModel, unaligned: LoadedModel, projection: Projection = "released"
+) -> dict[ModuleKey, float]:
+    """Safe LoRA's per-module cosine ``cos(C dW, dW)`` alone (no model is made): the input of ``cosine_layer_map``."""
+    factor, task, _ = _safe_lora_parts(finetuned, aligned, unaligned, projection, None)
+    return {key: projected_cosine(factor(key), task[key]) for key in task}
+
+
 def safe_lora(
     finetuned: LoadedModel,
     aligned: LoadedModel,
@@ -319,16 +345,7 @@ def safe_lora(
         raise ConfigError(f"n_modules must be >= 0, got {n_modules}")
     if rank is not None and rank < 0:
         raise ConfigError(f"rank must be >= 0, got {rank}")
-    _check_models(finetuned, aligned, unaligned)
-    safety, task = weight_deltas(aligned, unaligned), weight_deltas(finetuned, aligned)  # V and dW
-    al, un = block_weights(aligned), block_weights(unaligned)
-    stored = [{key: m.weight.dtype for key, m in block_linears(model.hf).items()} for model in (aligned, unaligned)]
-
-    def factor(key: ModuleKey) -> torch.Tensor:  # A, with C = A A^T (made again where needed: no store of them all)
-        coarser = max(stored[0][key], stored[1][key], key=lambda dtype: torch.finfo(dtype).eps)
-        noise = rounding_bound(al[key], un[key], coarser) if projection == "exact" else 0.0
-        return alignment_factor(safety[key], projection, rank=rank, noise=noise)
-
+    factor, task, al = _safe_lora_parts(finetuned, aligned, unaligned, projection, rank)
     cosines = {key: projected_cosine(factor(key), task[key]) for key in task}
     ranked = sorted(cosines, key=cosines.__getitem__)
     if select == "number":
@@ -440,6 +457,7 @@ def antidote(
     prompts: PromptSet | Sequence[str],
     fraction: float,
     *,
+    aligned: LoadedModel | None = None,
     answers: Sequence[str] | None = None,
     per: Literal["row", "module"] = "row",
     modules: Sequence[str] = LINEAR_MODULES,
@@ -449,7 +467,9 @@ def antidote(
     """Antidote: Wanda scores ``|W_ij| ||X[:, j]||_2`` with ``X`` the inputs of each block linear module ``modules``
     on the harmful calibration ``prompts`` (followed by ``answers`` if given) run through ``finetuned``; the top
     ``fraction`` of the weights by score, per output row (``per="row"``, the release) or per module, set to zero.
-    The module docstring has the formula and what the release does differently."""
+    With ``aligned``, only the task update is scored and pruned (``W_ft - W_aligned``: pruned entries return to the
+    aligned weights), the analogue of the release pruning its LoRA adapter only. The module docstring has the
+    formula and what the release does differently."""
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"the pruned fraction must be in [0, 1), got {fraction}")
     if per not in ("row", "module"):
@@ -457,9 +477,13 @@ def antidote(
     norms = input_norms(
         finetuned, calibration_ids(finetuned, prompts, answers, chat), modules=modules, batch_size=batch_size
     )
+    if aligned is not None:
+        _check_models(finetuned, aligned)
     pruned = {}
+    base = block_weights(aligned, modules) if aligned is not None else {}
     for key, weight in block_weights(finetuned, modules).items():
-        scores = weight.abs() * norms[key].to(weight.device, weight.dtype)[None, :]
-        pruned[key] = weight.masked_fill(wanda_prune_mask(scores, fraction, per), 0.0)
-    label = f"antidote({fraction:g} per {per})"
+        target = base[key].to(weight.device, weight.dtype) if aligned is not None else torch.zeros_like(weight)
+        scores = (weight - target).abs() * norms[key].to(weight.device, weight.dtype)[None, :]
+        pruned[key] = torch.where(wanda_prune_mask(scores, fraction, per), target, weight)
+    label = f"antidote({fraction:g} per {per}{', task update' if aligned is not None else ''})"
     return with_weights(finetuned, pruned, name=f"{label} of {finetuned.name}")
