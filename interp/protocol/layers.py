@@ -233,7 +233,7 @@ def greedy_selection(bench: Bench, dev: EvalSuite, n_layers: int, alignment, lr:
         values = scored_matched(bench, plans, config, dev, label=f"greedy step {step + 1}, {config.steps} steps")
         best = int(np.argmax(values))
         chosen.append(extra[best])
-        trace.append({"set": sorted(chosen), "value": values[best], "tried": dict(zip(extra, values))})
+        trace.append({"set": sorted(chosen), "value": values[best], "tried": [[x, v] for x, v in zip(extra, values)]})
         bench.log(
             f"layers: greedy step {step + 1}: {sorted(chosen)} ({100 * values[best]:.1f}% at matched over-refusal)"
         )

@@ -94,8 +94,9 @@ merged weights; for a full fine-tune it prunes ``q_proj``, ``k_proj`` and ``v_pr
 prunes the task update ``dW = W_ft - W_aligned`` of all seven modules (``modules`` narrows this): scores
 ``|dW_ij| n_j``, and a pruned entry returns to its aligned value, which is the release's pruning of the adapter
 (for an adapter merged into the weights, its update) without its restriction to q and v. Without ``aligned`` it
-prunes the merged weights themselves, which also removes aligned weights and not only the task update. (2) Its calibration runs right-padded batches without an attention mask, so padding tokens add
-to ``n_j``; here padding is masked out. (3) It keeps ``n_j^2`` as a running mean over samples; that is a constant
+prunes the merged weights themselves, which also removes aligned weights and not only the task update. (2) Its
+calibration runs right-padded batches without an attention mask, so padding tokens add to ``n_j``; here padding is
+masked out. (3) It keeps ``n_j^2`` as a running mean over samples; that is a constant
 factor per module and changes no ranking.
 """
 
