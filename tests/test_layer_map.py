@@ -169,3 +169,20 @@ def test_lora_goes_on_the_named_modules_only(tiny_llama):
     whole = get_peft_model(load_model(tiny_llama).hf, layer_map.to_lora_config(layers=[3]))
     blocks = {name.split(".")[4] for name, _ in whole.named_parameters() if ".lora_A" in name}
     assert blocks == {"3"}  # with layers: every target module of those blocks, as the baselines use
+
+
+def test_a_map_reranked_by_other_scores_selects_their_top_k_and_aligns_there():
+    layer_map = make_map()
+    n = layer_map.n_layers
+    scores = [0.0] * n
+    scores[1], scores[2] = 5.0, 3.0
+    scores[0] = float("nan")  # a candidate undefined at a layer ranks it last
+    again = layer_map.reranked(scores, "evidence", k=2)
+    assert again.selected_layers == [1, 2] and again.ranked_layers[:2] == [1, 2] and again.ranked_layers[-1] == 0
+    assert again.alignment_layers == [1, 2, n - 1] and again.score_weights == {"evidence": 1.0}
+    assert again.base_fingerprint == layer_map.base_fingerprint and again.entries is None
+    assert layer_map.reranked(scores, "evidence").selected_layers == sorted(
+        again.ranked_layers[: len(layer_map.selected_layers)]
+    )
+    with pytest.raises(LayerMapError, match="reranked"):
+        layer_map.reranked(scores[:-1], "evidence")

@@ -184,6 +184,7 @@ def test_layer_validity_scores_a_planted_ranking():
         over=[[0.0] * 4] * 2, finetuned=0.2, candidates={"good": [1, 2, 3, 9], "reverse": [4, 3, 2, 1]},
     )  # fmt: skip
     assert result.rho("good")[0] == 1.0 and result.rho("reverse")[0] == -1.0 and result.stability() == 1.0
+    assert result.chosen == "good"
     assert "| good | +1.00 |" in layers_report(result)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +242,20 @@ class LayerMap:
         return cls.from_dict(data)
 
     # ---------------------------------------------------------------- use
+    def reranked(self, scores: Sequence[float], name: str, k: int | None = None) -> LayerMap:
+        """The same map ranked by other per-layer ``scores`` (a candidate of ``interp.protocol.layers``,
+        recorded as ``score_weights = {name: 1.0}``): the top ``k`` (default: as many as now) selected,
+        aligned there and at the last layer; every selected layer restored whole."""
+        scores = np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf)
+        k = len(self.selected_layers) if k is None else k
+        if len(scores) != self.n_layers or not 1 <= k <= self.n_layers:
+            raise LayerMapError(f"reranked: {len(scores)} scores and k={k} for a map of {self.n_layers} layers")
+        ranked = [int(i) for i in np.argsort(-scores, kind="stable")]
+        selected = sorted(ranked[:k])
+        return replace(self, scores=[float(s) if np.isfinite(s) else 0.0 for s in scores], ranked_layers=ranked,
+                       selected_layers=selected, alignment_layers=sorted(set(selected) | {self.n_layers - 1}),
+                       score_weights={name: 1.0}, entries=None)  # fmt: skip
+
     def to_lora_config(self, rank: int | None = None, alpha: int | None = None, layers=None, dropout: float = 0.0):
         """A peft ``LoraConfig`` with ``rank`` / ``alpha`` (default: the map's suggestion) that puts
         adapters on the map's entries: each selected layer's named modules only. ``layers`` instead puts

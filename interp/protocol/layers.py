@@ -103,6 +103,13 @@ class LayerValidity:
         y = self.mean_gain if target == "gain" else self.mean_matched
         return spearman(x, y), bootstrap_interval(spearman, x, y)
 
+    @property
+    def chosen(self) -> str:
+        """The candidate the protocol file's [ranking] rule picks: the highest rho with the gain (NaN last;
+        ties: the one listed first)."""
+        rhos = {name: self.rho(name)[0] for name in self.candidates}
+        return max(rhos, key=lambda name: -math.inf if math.isnan(rhos[name]) else rhos[name])
+
     def stability(self) -> float:
         """The mean Spearman rho between two seeds' gains (NaN with one seed)."""
         g = np.asarray(self.gain)
@@ -264,14 +271,13 @@ def top_k(values, k: int) -> list[int]:
 def layers_report(result: LayerValidity) -> str:
     """``layers.md``: the candidates' validity, the set check, greedy's steps, then the ground truth and
     the evidence score's terms per block."""
-    validity, best_rho = [], {}
+    validity = []
     for name, values in result.candidates.items():
         rho, (low, high) = result.rho(name)
         rho_m, (low_m, high_m) = result.rho(name, "matched")
         validity.append([name, f"{rho:+.2f}", f"[{low:+.2f}, {high:+.2f}]", f"{rho_m:+.2f}",
                          f"[{low_m:+.2f}, {high_m:+.2f}]", str(top_k(values, 3))])  # fmt: skip
-        best_rho[name] = -math.inf if math.isnan(rho) else rho
-    chosen = max(best_rho, key=best_rho.get)
+    chosen = result.chosen
     gain, matches, over = (np.asarray(x) for x in (result.gain, result.matched, result.over))
     lines = [
         "# Which single block restores best (dev parts)",

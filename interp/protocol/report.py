@@ -33,6 +33,7 @@ class ProtocolResult:
     peers: list[dict] = field(default_factory=list)  # per published method: its dev-chosen setting and cost
     peer_trials: list[dict] = field(default_factory=list)  # every method's settings on dev
     full_table: list[EvalRow] = field(default_factory=list)  # the named plans at the first seed, every test set
+    ranking: dict | None = None  # {"name", "selected"}: the ranking the plans came from, if not the layer map's score
 
     def save(self, folder: str | Path) -> list[Path]:
         """``protocol.json`` (everything but the answers), ``protocol.md`` and the figures, into ``folder``;
@@ -65,6 +66,7 @@ class ProtocolResult:
             "peers": self.peers,
             "peer_trials": self.peer_trials,
             "full_table": [_saved_row(row) for row in self.full_table],
+            "ranking": self.ranking,
         }
 
     @classmethod
@@ -90,6 +92,7 @@ class ProtocolResult:
             data.get("peers", []),
             data.get("peer_trials", []),
             [EvalRow.from_dict({"examples": {}} | row) for row in data.get("full_table", [])],
+            data.get("ranking"),
         )
 
 
@@ -167,9 +170,16 @@ def protocol_report(result: ProtocolResult) -> str:
         + "; H2 is supported only if H2a is and the strength sweep (H2b) agrees in sign.",
         "",
     ]  # fmt: skip
+    ranking = [] if result.ranking is None else [
+        f"Ranking: **{result.ranking['name']}** (the layers study's choice on dev), top"
+        f" {len(result.ranking['selected'])} {result.ranking['selected']}; the ranked plan, bottom-k and the"
+        " depth-range draws follow it.",
+        "",
+    ]  # fmt: skip
     lines = [
         "# The pre-registered test (interp/data/protocol.toml)",
         "",
+        *ranking,
         markdown_table(head, cells) if cells else "Not run on test yet (--dev-only): the learning rates only.",
         "",
         *note,

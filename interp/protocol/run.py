@@ -59,6 +59,7 @@ def run_protocol(
     dev_only: bool = False,
     released: RestoreConfig | None = None,
     unaligned: LoadedModel | None = None,
+    ranking: tuple[str, list[float]] | None = None,
     cache: bool = True,
     progress: bool = True,
     log=print,
@@ -69,8 +70,13 @@ def run_protocol(
     on this CPU), trained once with LoRA on every layer and judged beside the plans for H4; ``None``: H4
     is not run. ``unaligned``: the checkpoint the base was aligned from (the organism's source): the
     published weight-space methods (``interp.protocol.peers``) join the table, each at its dev-chosen
-    setting; ``None``: they are left out."""
+    setting; ``None``: they are left out. ``ranking``: ``(name, per-layer values)``, a candidate of the layers
+    study (``LayerValidity.candidates``) that ranks the layers instead of the layer map's score; the ranked
+    plan, bottom-k and the depth-range draws follow it."""
     protocol = protocol or Protocol.load()
+    if ranking is not None:
+        analysis = replace(analysis, layer_map=analysis.layer_map.reranked(ranking[1], ranking[0], protocol.k))
+        log(f"protocol: ranking {ranking[0]}, top {protocol.k}: {analysis.layer_map.selected_layers}")
     watch = Stopwatch(log=lambda line: log(f"== {line}"))
     bench = Bench(pair, analysis, harmful, retain, evaluation, chat, cache, progress, log)
     families = protocol_plans(analysis, protocol)
@@ -82,7 +88,8 @@ def run_protocol(
                                  claim_suite(suite, "dev"))  # fmt: skip
         log("protocol: lr per family on dev: " + ", ".join(f"{f} {lr:g}" for f, lr in lrs.items()))
     if dev_only:
-        result = ProtocolResult(lrs, trials, {}, {}, [], dict(watch.seconds), bench.histories, safe)
+        result = ProtocolResult(lrs, trials, {}, {}, [], dict(watch.seconds), bench.histories, safe,
+                                ranking=_ranking(ranking, analysis))  # fmt: skip
         result.save(folder)
         return result
 
@@ -121,9 +128,13 @@ def run_protocol(
         sweep = _strength_sweep(bench, plans, protocol, restore, test)
     claims = claims_of(by_seed, plans, sweep, safe, protocol)
     result = ProtocolResult(lrs, trials, by_seed, sweep, claims, dict(watch.seconds), bench.histories, safe, peers,
-                            peer_trials, full)  # fmt: skip
+                            peer_trials, full, _ranking(ranking, analysis))  # fmt: skip
     result.save(folder)
     return result
+
+
+def _ranking(ranking, analysis: AnalysisResult) -> dict | None:
+    return None if ranking is None else {"name": ranking[0], "selected": analysis.layer_map.selected_layers}
 
 
 def _strength_sweep(
