@@ -180,7 +180,7 @@ def test_a_map_reranked_by_other_scores_selects_their_top_k_and_aligns_there():
     again = layer_map.reranked(scores, "evidence", k=2)
     assert again.selected_layers == [1, 2] and again.ranked_layers[:2] == [1, 2] and again.ranked_layers[-1] == 0
     assert again.alignment_layers == [1, 2, n - 1] and again.score_weights == {"evidence": 1.0}
-    assert again.base_fingerprint == layer_map.base_fingerprint and again.entries is None
+    assert again.base_fingerprint == layer_map.base_fingerprint and sorted(again.modules) == [1, 2]  # whole blocks
     assert layer_map.reranked(scores, "evidence").selected_layers == sorted(
         again.ranked_layers[: len(layer_map.selected_layers)]
     )
