@@ -7,9 +7,10 @@ The pipeline, one sub-package per role (imports only point down this list)::
     training/    LoRA adapters, supervised fine-tuning, restoration
     evaluation/  the evaluation table, intervals and paired tests, the restoration targets
     report/      markdown tables, plots, the figure registry
-    organism.py  stage 0: the default model-organism pair
+    organism/    stage 0: the default model-organism pair
     analyze.py   stage 1: analyze(pair) -> AnalysisResult
-    study.py     stage 2: run_study(pair, analysis) -> StudyResult; run_default() is `interp run`
+    study.py     stage 2: run_study(pair, analysis) -> StudyResult (plans: study_plans.py, their
+                 training: study_training.py); run_default() in default_run.py is `interp run`
     cli.py       the command line
 
 The names below are the public API: notebooks and scripts import from ``interp`` alone.
