@@ -1,7 +1,7 @@
 """Table: the ranked plan against a distribution of random layer sets (issue 13, first part).
 
 Trains the ranked plan, ``--draws`` random k-layer sets from all layers and ``--draws`` from the ranked
-plan's depth range (``interp.study.random_plans``; all in lockstep, same budget as the study, adapters cached)
+plan's depth range (``interp.study_plans.random_plans``; all in lockstep, same budget as the study, adapters cached)
 and evaluates them with base and fine-tuned on the study's 299 held-out harmful prompts (and a sample of
 harmless prompts and problems, which the table needs). Prints each plan's harmful refusal with its Wilson
 interval and exact McNemar p against the ranked plan, the ranked plan's rank among the draws, and a paired
@@ -25,7 +25,8 @@ from interp.evaluation.table import Candidate, EvalSuite, evaluate_models
 from interp.io import atomic_write_json
 from interp.organism import OrganismRecipe, build_organism, study_prompts
 from interp.report.tables import rate_cell
-from interp.study import make_plans, random_plans, train_plans
+from interp.study_plans import make_plans, random_plans
+from interp.study_training import train_plans
 from interp.training.restore import RestoreConfig
 
 

@@ -1,6 +1,6 @@
 """Trials: the ranked restoration at several strengths (LoRA rank, steps), chosen on a selection suite.
 
-Each setting trains the ranked plan of the run's layer map (``interp.study.train_plans``: cached like the
+Each setting trains the ranked plan of the run's layer map (``interp.study_training.train_plans``: cached like the
 study's adapters) and is evaluated with base and fine-tuned on ``interp.organism.selection_suite``: the
 built-in harmful validation split, 100 of ``harmless_train`` and 50 validation problems, none of them in
 the study's evaluation suite or in anything restoration trains on, so the chosen setting is not fitted to
@@ -25,7 +25,8 @@ from interp.evaluation.table import Candidate, evaluate_models
 from interp.io import atomic_write_json
 from interp.organism import OrganismRecipe, build_organism, selection_suite, study_prompts
 from interp.report.tables import results_table
-from interp.study import make_plans, train_plans
+from interp.study_plans import make_plans
+from interp.study_training import train_plans
 from interp.training.restore import RestoreConfig
 
 

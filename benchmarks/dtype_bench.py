@@ -75,7 +75,7 @@ def restoration_flops(run, steps: int = 2) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from interp.organism import OrganismRecipe, study_prompts
-    from interp.study import make_plans
+    from interp.study_plans import make_plans
     from interp.training.restore import RestoreConfig, restore_many
 
     harmful, retain, _ = study_prompts(OrganismRecipe())
@@ -106,8 +106,8 @@ def main() -> None:
     from interp.core.generate import behaviour
     from interp.core.models import load_model
     from interp.core.prompts import public_prompts
+    from interp.default_run import run_default
     from interp.organism import build_organism
-    from interp.study import run_default
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {load_average()}")
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -120,7 +120,8 @@ def main() -> None:
     from interp.evaluation.table import Candidate, EvalConfig, _requests, evaluate_models, kl_to_reference
     from interp.measures.result import AnalysisResult
     from interp.organism import OrganismRecipe, build_organism, study_prompts
-    from interp.study import make_plans, train_plans
+    from interp.study_plans import make_plans
+    from interp.study_training import train_plans
     from interp.training.restore import RestoreConfig
 
     recipe = OrganismRecipe()

@@ -67,7 +67,7 @@ def main() -> None:
 
     from interp.measures.layer_map import LayerMap
     from interp.organism import OrganismRecipe, build_organism, study_prompts
-    from interp.study import make_plans
+    from interp.study_plans import make_plans
     from interp.training.restore import RestoreConfig, restore, restore_many
 
     recipe = OrganismRecipe()

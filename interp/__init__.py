@@ -7,9 +7,10 @@ The pipeline, one sub-package per role (imports only point down this list)::
     training/    LoRA adapters, supervised fine-tuning, restoration
     evaluation/  the evaluation table, intervals and paired tests, the restoration targets
     report/      markdown tables, plots, the figure registry
-    organism.py  stage 0: the default model-organism pair
+    organism/    stage 0: the default model-organism pair
     analyze.py   stage 1: analyze(pair) -> AnalysisResult
-    study.py     stage 2: run_study(pair, analysis) -> StudyResult; run_default() is `interp run`
+    study.py     stage 2: run_study(pair, analysis) -> StudyResult (plans: study_plans.py, their
+                 training: study_training.py); run_default() in default_run.py is `interp run`
     cli.py       the command line
 
 The names below are the public API: notebooks and scripts import from ``interp`` alone.
@@ -44,7 +45,7 @@ _WHERE = {
     "ChatFormat": ".core.chat",
     "check_targets": ".evaluation.targets",
     "compare": ".measures.compare",
-    "DefaultRun": ".study",
+    "DefaultRun": ".default_run",
     "DiffInMeans": ".measures.directions",
     "EvalConfig": ".evaluation.table",
     "EvalRow": ".evaluation.table",
@@ -65,7 +66,7 @@ _WHERE = {
     "load_pair": ".core.models",
     "load_prompts": ".core.prompts",
     "LoadedModel": ".core.models",
-    "make_plans": ".study",
+    "make_plans": ".study_plans",
     "mcnemar_exact": ".evaluation.stats",
     "ModelPair": ".core.models",
     "ModelShape": ".plan",
@@ -80,7 +81,7 @@ _WHERE = {
     "PairedTest": ".evaluation.targets",
     "PairMetrics": ".measures.compare",
     "parse_spec": ".core.prompts",
-    "Plan": ".study",
+    "Plan": ".study_plans",
     "PlanSettings": ".plan",
     "plots": ".report.plots",
     "Positions": ".measures.capture",
@@ -95,7 +96,7 @@ _WHERE = {
     "RestoreResult": ".training.restore",
     "RestoreStats": ".training.restore",
     "results_table": ".report.tables",
-    "run_default": ".study",
+    "run_default": ".default_run",
     "run_study": ".study",
     "save_adapter": ".training.lora",
     "save_figure": ".report.figures",

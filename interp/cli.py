@@ -376,9 +376,9 @@ def cmd_run(args) -> None:
     from .analyze import layer_table
     from .config_file import check_fingerprints
     from .core.prompts import parse_spec
+    from .default_run import run_default
     from .organism import resolve_model_name
     from .report.tables import results_table
-    from .study import run_default
 
     check_output(args.out, "run")
     _check_device(args)
@@ -459,11 +459,11 @@ def cmd_protocol(args) -> None:
     from dataclasses import replace
 
     from .core.models import load_model
+    from .default_run import prepare
     from .evaluation.table import EvalConfig
     from .protocol import Protocol, run_protocol
     from .protocol.bench import Bench
     from .protocol.layers import layer_validity
-    from .study import prepare
     from .training.restore import PRESETS, RestoreConfig
 
     if args.layers and (args.released or args.peers or args.dev_only):

@@ -2,11 +2,11 @@
 placement and against the all-layer recipe.
 
 For each ``k`` in ``ks`` the frontier trains, with the study's data, losses, steps and seed
-(``interp.study.train_plans``, in lockstep groups):
+(``interp.study_training.train_plans``, in lockstep groups):
 
-* **ranked top-k**: LoRA on the map's ``k`` top-ranked layers (``interp.study.ranked_plan``; at the map's
+* **ranked top-k**: LoRA on the map's ``k`` top-ranked layers (``interp.study_plans.ranked_plan``; at the map's
   own ``k`` this is the study's ranked plan);
-* **random k**: ``draws`` draws of ``k`` layers from all layers (``interp.study.random_plans``, draw ``i``
+* **random k**: ``draws`` draws of ``k`` layers from all layers (``interp.study_plans.random_plans``, draw ``i``
   seeded ``i``; at the map's own ``k`` draw 0 is the study's ``random_k``);
 
 and once the **all-layer recipe** (LoRA on every layer, the paper's alignment layers). Base, fine-tuned
@@ -48,7 +48,8 @@ from .measures.layer_map import LayerMap
 from .report.figures import write_figures
 from .report.plots import plot_frontier
 from .report.tables import frontier_report
-from .study import Plan, make_plans, random_plans, ranked_plan, train_plans
+from .study_plans import Plan, make_plans, random_plans, ranked_plan
+from .study_training import train_plans
 from .training.restore import RestoreConfig
 
 DEFAULT_KS = (1, 2, 3, 4, 6, 8)

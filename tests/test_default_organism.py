@@ -33,7 +33,7 @@ def test_reduced_real_organism_builds(tmp_path, monkeypatch):
 def test_reduced_reasoning_organism_builds_and_judges_trace_and_answer(tmp_path, monkeypatch):
     """The reasoning recipe end to end on the real default model (reduced): its task data are traces then
     answers, and its measurements judge both parts."""
-    from interp.organism import _task_examples, reasoning_answer
+    from interp.organism.data import reasoning_answer, task_examples
     from interp.report.tables import organism_table
 
     shared_models = cache_root() / "models"
@@ -44,7 +44,7 @@ def test_reduced_reasoning_organism_builds_and_judges_trace_and_answer(tmp_path,
     recipe = OrganismRecipe.reasoning(quick=True)
     assert recipe.hash != OrganismRecipe.quick().hash and recipe.chat.prefill == "<think>\n"
     assert OrganismRecipe().hash == OrganismRecipe.from_dict(OrganismRecipe().to_dict()).hash  # default unchanged
-    examples = _task_examples(recipe, [])
+    examples = task_examples(recipe, [])
     assert all("\n</think>\n\n" in e.answer for e in examples)
     assert (
         reasoning_answer("Step 1: 2 + 2 = 4.\nThe answer is 4.") == "Step 1: 2 + 2 = 4.\n</think>\n\nThe answer is 4."

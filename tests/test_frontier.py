@@ -13,7 +13,7 @@ from interp.errors import ConfigError
 from interp.evaluation.table import EvalRow
 from interp.frontier import Frontier, frontier_plans, run_frontier
 from interp.report.plots import plot_frontier
-from interp.study import make_plans
+from interp.study_plans import make_plans
 from interp.training.restore import RestoreConfig
 
 

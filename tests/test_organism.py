@@ -24,7 +24,7 @@ from interp.organism import (
 )
 from interp.training.sft import SFTConfig
 
-organism_module = importlib.import_module("interp.organism")
+build_module = importlib.import_module("interp.organism.build")  # reads the package data, trains: patched here
 
 
 def tiny_recipe(source) -> OrganismRecipe:
@@ -82,11 +82,11 @@ def test_shipped_adapters_give_the_trained_pair_bit_for_bit_and_are_pinned(tiny_
     trained = build_organism(recipe, progress=False, log=lambda _: None)
     expected = {role: weights(trained.folder / role) for role in ("base", "finetuned")}
     package = tmp_path / "package"
-    monkeypatch.setattr(organism_module, "PACKAGE_DATA", package)
+    monkeypatch.setattr(build_module, "PACKAGE_DATA", package)
     ship_adapters(trained, package)
     assert sorted(p.name for p in package.iterdir()) == ["safety.safetensors", "shipped.json", "task.safetensors"]
 
-    monkeypatch.setattr(organism_module, "sft_lora", lambda *a, **k: pytest.fail("trained instead of merging"))
+    monkeypatch.setattr(build_module, "sft_lora", lambda *a, **k: pytest.fail("trained instead of merging"))
     logs = []
     merged = build_organism(recipe, force=True, progress=False, log=logs.append)
     assert "merged the shipped adapters" in logs[-1]
@@ -96,12 +96,12 @@ def test_shipped_adapters_give_the_trained_pair_bit_for_bit_and_are_pinned(tiny_
         got = weights(merged.folder / role)
         assert all(torch.equal(got[k], tensors[k]) for k in tensors), role
     monkeypatch.undo()
-    monkeypatch.setattr(organism_module, "PACKAGE_DATA", package)
+    monkeypatch.setattr(build_module, "PACKAGE_DATA", package)
 
     build_organism(recipe, rebuild=True, progress=False, log=logs.append)  # trains from the recipe again
     assert "identical to the shipped ones" in logs[-1]
     other = replace(recipe, seed=3)  # the shipped adapters belong to another recipe: trained
-    assert organism_module.shipped_adapters(other) is None
+    assert build_module.shipped_adapters(other) is None
 
     (package / "task.safetensors").write_bytes(b"damaged")
     with pytest.raises(OrganismDataError, match="task.safetensors .* pinned sha256"):
@@ -110,11 +110,11 @@ def test_shipped_adapters_give_the_trained_pair_bit_for_bit_and_are_pinned(tiny_
 
 def test_shipped_answers_are_used_instead_of_generating(tiny_llama, tmp_path, monkeypatch):
     recipe = tiny_recipe(tiny_llama)
-    monkeypatch.setattr(organism_module, "PACKAGE_DATA", tmp_path)
+    monkeypatch.setattr(build_module, "PACKAGE_DATA", tmp_path)
     ship_answers(load_model(tiny_llama), recipe, tmp_path, progress=False)
     shipped = json.loads((tmp_path / "answers.json").read_text())
     assert list(shipped["answers"]) == list(chat_prompts(recipe).instructions)
-    monkeypatch.setattr(organism_module, "own_answers", lambda *a, **k: pytest.fail("generated again"))
+    monkeypatch.setattr(build_module, "own_answers", lambda *a, **k: pytest.fail("generated again"))
     assert build_organism(recipe, progress=False, log=lambda _: None).manifest["data"]["helpful_answers_kept"] >= 0
 
 

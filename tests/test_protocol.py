@@ -31,7 +31,8 @@ from interp.protocol import (
 from interp.protocol.bench import Bench
 from interp.protocol.layers import SET_CHECK_TOP, LayerValidity, layer_validity, layers_report, top_k
 from interp.protocol.peers import SETTINGS
-from interp.study import Plan, train_plans
+from interp.study_plans import Plan
+from interp.study_training import train_plans
 from interp.training.lora import apply_adapter
 from interp.training.restore import PRESETS, RestoreConfig, paper_alignment_layers
 

@@ -21,16 +21,9 @@ from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError, EmptyPromptSetError
 from interp.evaluation.table import EvalConfig, EvalSuite
-from interp.study import (
-    StudyConfig,
-    StudyResult,
-    make_plans,
-    paper_alignment_layers,
-    random_plans,
-    released_plan,
-    run_study,
-)
-from interp.training.restore import PRESETS, RestoreConfig
+from interp.study import StudyConfig, StudyResult, run_study
+from interp.study_plans import make_plans, random_plans, released_plan
+from interp.training.restore import PRESETS, RestoreConfig, paper_alignment_layers
 
 
 @pytest.fixture()
@@ -148,13 +141,13 @@ def test_a_study_writes_adapters_a_merged_model_and_a_report(pair, tmp_path):
     assert loaded.histories == again.histories
 
     # Figures are drawn once per analysis and rows: a rerun from the cache keeps them, new rows redraw.
-    study_module = importlib.import_module("interp.study")
-    first = study_module._figures(folder, analysis, result)
+    default_run = importlib.import_module("interp.default_run")
+    first = default_run._figures(folder, analysis, result)
     stamps = {path: path.stat().st_mtime_ns for path in first}
-    assert study_module._figures(folder, analysis, again) == first
+    assert default_run._figures(folder, analysis, again) == first
     assert {path: path.stat().st_mtime_ns for path in first} == stamps
     next(iter(again.histories.values()))[0]["safety"] += 1.0
-    study_module._figures(folder, analysis, again)
+    default_run._figures(folder, analysis, again)
     drawn = folder / "figures" / "restore_history.png"
     assert drawn.stat().st_mtime_ns != stamps[drawn]
 
@@ -171,10 +164,10 @@ def test_a_suite_sample_is_seeded_and_keeps_the_other_sets():
 
 
 def test_an_unknown_run_size_is_refused_before_any_work(monkeypatch):
-    study = importlib.import_module("interp.study")
-    monkeypatch.setattr(study, "default_model_path", lambda: pytest.fail("did work"))
+    default_run = importlib.import_module("interp.default_run")
+    monkeypatch.setattr(default_run, "default_model_path", lambda: pytest.fail("did work"))
     with pytest.raises(ConfigError, match="size must be one of smoke, look, full"):
-        study.run_default("unused", size="huge")
+        default_run.run_default("unused", size="huge")
 
 
 def test_random_plans_are_seeded_draws_within_their_depth_range(pair):
@@ -193,7 +186,7 @@ def test_random_plans_are_seeded_draws_within_their_depth_range(pair):
 
 
 def test_draws_can_hold_a_layer_and_avoid_given_sets():
-    from interp.study import random_plans
+    from interp.study_plans import random_plans
 
     class Map:  # the two attributes random_plans reads
         n_layers, selected_layers = 30, [20, 26, 29]

@@ -13,7 +13,8 @@ from ..core.models import ModelPair
 from ..core.prompts import PromptSet
 from ..evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
 from ..measures.result import AnalysisResult
-from ..study import Plan, Restored, train_plans
+from ..study_plans import Plan
+from ..study_training import Restored, train_plans
 from ..training.restore import RestoreConfig
 from .claims import rate
 from .design import Protocol

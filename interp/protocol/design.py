@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..measures.result import AnalysisResult
-from ..study import Plan, make_plans, random_plans
+from ..study_plans import Plan, make_plans, random_plans
 from ..training.restore import paper_alignment_layers
 
 PROTOCOL = Path(__file__).resolve().parent.parent / "data" / "protocol.toml"

@@ -60,7 +60,7 @@ from ..measures.layer_map import score_components
 from ..report.figures import save_figure
 from ..report.plots import plot_layer_validity
 from ..report.tables import markdown_table
-from ..study import Plan
+from ..study_plans import Plan
 from ..training.peers import cosine_layer_map, safe_lora_cosines
 from ..training.restore import RestoreConfig, paper_alignment_layers
 from .bench import Bench, choose_setting, claim_suite, safe_set, with_lr

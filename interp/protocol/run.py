@@ -31,7 +31,8 @@ from ..core.prompts import PromptSet
 from ..evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
 from ..io import Stopwatch
 from ..measures.result import AnalysisResult
-from ..study import Plan, released_plan, train_plans
+from ..study_plans import Plan, released_plan
+from ..study_training import train_plans
 from ..training.lora import apply_adapter
 from ..training.restore import RestoreConfig
 from .bench import Bench, choose_lrs, claim_suite, safe_set, with_lr

@@ -1,0 +1,103 @@
+"""The organism's data, drawn from its recipe: what its two fine-tunes train on (refusals of the safety
+prompts, the source model's own chat answers, worked arithmetic problems) and the held-out sets the pair is
+measured on (``eval_sets``).
+"""
+
+from __future__ import annotations
+
+import random
+
+from ..core.generate import behaviour
+from ..core.models import LoadedModel
+from ..core.prompts import (
+    PromptSet,
+    arithmetic_prompts,
+    general_prompts,
+    harmful_prompts,
+    harmless_prompts,
+    public_prompts,
+)
+from ..training.sft import Example
+from .recipe import REASONING_CHAT_TRACE, OrganismRecipe
+
+
+def eval_sets(recipe: OrganismRecipe) -> dict[str, PromptSet]:
+    """Harmful, harmless and arithmetic evaluation prompts: the public sets that ship in the package (all
+    39 of ``harmful_val`` and a sample of ``harmful_train``, a sample of ``harmless_val``) and held-out
+    problems."""
+    ev = recipe.evaluation
+    harmful = public_prompts("harmful_val") + public_prompts("harmful_train").sample(ev.n_harmful_train, seed=ev.seed)
+    harmless = public_prompts("harmless_val").sample(ev.n_harmless, seed=ev.seed)
+    arithmetic = held_out_problems(recipe, ev.n_arithmetic)
+    sets = {"harmful": harmful, "harmless": harmless, "arithmetic": arithmetic}
+    if ev.limit is not None:
+        sets = {name: prompts.head(ev.limit) for name, prompts in sets.items()}
+    return sets
+
+
+def held_out_problems(recipe: OrganismRecipe, n: int) -> PromptSet:
+    """``n`` arithmetic problems the task fine-tune never saw (validation problems: split by their text)."""
+    return arithmetic_prompts("val", n=20 * n, seed=recipe.seed).head(n)
+
+
+def safety_prompts(recipe: OrganismRecipe) -> PromptSet:
+    """The harmful requests the base is taught to refuse: the built-in training split."""
+    return harmful_prompts("train")
+
+
+def task_prompts(recipe: OrganismRecipe) -> PromptSet:
+    """The arithmetic problems (with worked answers) of the task fine-tune: the training split."""
+    return arithmetic_prompts("train", n=recipe.n_arithmetic, seed=recipe.seed)
+
+
+def refusal_examples(recipe: OrganismRecipe) -> list[Example]:
+    """Each safety prompt ``refusals_per_prompt`` times, with different refusal phrasings."""
+    harmful = safety_prompts(recipe).instructions
+    n = len(recipe.refusals)
+    return [
+        Example(text, recipe.refusals[(i + j * (n // 2 + 1)) % n])
+        for j in range(recipe.refusals_per_prompt)
+        for i, text in enumerate(harmful)
+    ]
+
+
+def chat_prompts(recipe: OrganismRecipe) -> PromptSet:
+    """The harmless and general prompts the source model answers for the organism's chat data (training
+    splits: the built-in validation splits stay held out)."""
+    harmless = harmless_prompts("train") + general_prompts("train")
+    if recipe.max_chat_prompts is not None:
+        harmless = harmless.sample(recipe.max_chat_prompts, seed=recipe.seed)
+    return harmless
+
+
+def own_answers(model: LoadedModel, prompts: PromptSet, recipe: OrganismRecipe, progress: bool = False) -> list[str]:
+    """Greedy answers of ``model`` (the source) to ``prompts``, as the recipe generates them."""
+    return behaviour(
+        model,
+        prompts,
+        max_new_tokens=recipe.helpful_answer_tokens,
+        batch_size=recipe.evaluation.batch_size,
+        progress=progress,
+    ).answers
+
+
+def reasoning_answer(answer: str, trace: str | None = None) -> str:
+    """An answer in the reasoning organism's shape, after the ``<think>\n`` prefill: a worked arithmetic
+    answer's steps as the trace and its last line as the final answer, or ``trace`` before ``answer``."""
+    if trace is None:
+        *steps, last = answer.strip().splitlines()
+        trace, answer = "\n".join(steps), last
+    return f"{trace}\n</think>\n\n{answer}"
+
+
+def task_examples(recipe: OrganismRecipe, chat: list[Example]) -> list[Example]:
+    """The task fine-tune's data: the arithmetic training problems with their worked answers, and
+    ``task_chat_examples`` of the source model's ``chat`` answers (for the reasoning organism, each written
+    as a trace, then the answer: ``reasoning_answer``)."""
+    arithmetic = task_prompts(recipe)
+    task = [Example(q, a) for q, a in zip(arithmetic.instructions, arithmetic.answers)]
+    picked = random.Random(recipe.seed).sample(chat, min(recipe.task_chat_examples, len(chat)))
+    if recipe.task_format == "reasoning":
+        task = [Example(e.instruction, reasoning_answer(e.answer)) for e in task]
+        picked = [Example(e.instruction, reasoning_answer(e.answer, REASONING_CHAT_TRACE)) for e in picked]
+    return task + picked
