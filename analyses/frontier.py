@@ -22,7 +22,7 @@ from _common import ROOT
 from interp import AnalysisResult
 from interp.evaluation.table import EvalSuite
 from interp.frontier import DEFAULT_KS, frontier_plans, run_frontier
-from interp.io import Stopwatch
+from interp.io.stopwatch import Stopwatch
 from interp.organism import OrganismRecipe, build_organism, study_prompts
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import interp
 from interp.core.generate import find_refusal_tokens
-from interp.io import atomic_write_json, atomic_write_text
+from interp.io.atomic import atomic_write_json, atomic_write_text
 from interp.measures.layer_map import manual_layer_map
 from interp.report.tables import study_report
 from interp.study import LOOK_SIZES

@@ -22,7 +22,7 @@ from _common import ROOT
 
 from interp import AnalysisResult
 from interp.evaluation.table import Candidate, evaluate_models
-from interp.io import atomic_write_json
+from interp.io.atomic import atomic_write_json
 from interp.organism import OrganismRecipe, build_organism, selection_suite, study_prompts
 from interp.report.tables import results_table
 from interp.study import make_plans, train_plans

@@ -33,16 +33,10 @@ from .core.prompts import (
     without_duplicates,
 )
 from .errors import ConfigError
-from .io import (
-    Stopwatch,
-    atomic_dir,
-    atomic_write_text,
-    cache_root,
-    intact_entry,
-    read_cache_json,
-    stable_hash,
-    write_cache_json,
-)
+from .io.atomic import atomic_dir, atomic_write_text
+from .io.cache import cache_root, intact_entry, read_cache_json, write_cache_json
+from .io.hashing import stable_hash
+from .io.stopwatch import Stopwatch
 from .measures.capture import Activations, CaptureConfig, Positions, capture
 from .measures.causal import CausalSweep, causal_sweep, steering_check
 from .measures.compare import PairActivations, base_refusal_directions, pca_2d

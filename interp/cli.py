@@ -20,7 +20,8 @@ from pathlib import Path
 from . import distributed
 from .config_file import COMMANDS
 from .errors import ConfigError, InterpError
-from .io import Stopwatch, check_output, output_folder
+from .io.atomic import check_output, output_folder
+from .io.stopwatch import Stopwatch
 
 # --dtype: interp.core.models.DTYPE_CHOICES, written out so the parser needs no torch (tests hold them equal)
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -105,7 +106,7 @@ def _write_config(args, out, pair=None, **models) -> None:
     from dataclasses import asdict
 
     from .config_file import resolved
-    from .io import atomic_write_text
+    from .io.atomic import atomic_write_text
 
     if pair is not None:
         models = {"base": pair.base, "finetuned": pair.finetuned} | models
@@ -231,7 +232,7 @@ def cmd_analyze(args) -> None:
 def cmd_restore(args) -> None:
     """LoRA on the layer map's layers of the fine-tuned model; writes the adapter and a merged folder."""
     from .core.prompts import parse_spec, without_duplicates
-    from .io import atomic_write_json
+    from .io.atomic import atomic_write_json
     from .measures.layer_map import LayerMap, manual_layer_map
     from .training.lora import save_adapter, save_merged
     from .training.restore import PRESETS, restore
@@ -283,7 +284,7 @@ def cmd_evaluate(args) -> None:
     from .evaluation.rejudge import RunAnswers
     from .evaluation.table import Candidate, EvalConfig, EvalSuite, evaluate_models
     from .evaluation.targets import paired_tests
-    from .io import atomic_write_json, atomic_write_text
+    from .io.atomic import atomic_write_json, atomic_write_text
     from .report.tables import category_table, judge_table, paired_table, parts_table, results_table
     from .training.lora import apply_adapter, check_adapter
 
@@ -430,7 +431,7 @@ def cmd_judge(args) -> None:
 
     from .core.judges import check_judge_spec, parse_judge
     from .evaluation.rejudge import RunAnswers, judged_file_stem, rejudge
-    from .io import add_to_output, atomic_write_json, atomic_write_text
+    from .io.atomic import add_to_output, atomic_write_json, atomic_write_text
     from .report.tables import rejudged_table
 
     check_judge_spec(args.judge, resolve=True)

@@ -43,7 +43,7 @@ from .errors import ConfigError
 from .evaluation.stats import paired_bootstrap
 from .evaluation.table import Candidate, EvalRow, EvalSuite, evaluate_models
 from .evaluation.targets import PairedTest, paired_test
-from .io import atomic_write_json, atomic_write_text
+from .io.atomic import atomic_write_json, atomic_write_text
 from .measures.layer_map import LayerMap
 from .report.figures import write_figures
 from .report.plots import plot_frontier

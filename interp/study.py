@@ -46,16 +46,10 @@ from .errors import ConfigError
 from .evaluation.rejudge import RunAnswers
 from .evaluation.table import COLUMNS, Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
 from .evaluation.targets import PairedTest, Target, check_targets, paired_tests
-from .io import (
-    Stopwatch,
-    atomic_dir,
-    atomic_write_json,
-    atomic_write_text,
-    cache_root,
-    intact_entry,
-    output_folder,
-    stable_hash,
-)
+from .io.atomic import atomic_dir, atomic_write_json, atomic_write_text, output_folder
+from .io.cache import cache_root, intact_entry
+from .io.hashing import stable_hash
+from .io.stopwatch import Stopwatch
 from .measures.causal import steering_edits, steering_key
 from .measures.layer_map import LayerMap
 from .measures.result import AnalysisResult

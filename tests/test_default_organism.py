@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from interp.core.sources import default_model_path
-from interp.io import cache_root
+from interp.io.cache import cache_root
 from interp.organism import OrganismRecipe, build_organism
 
 pytestmark = pytest.mark.slow

@@ -31,7 +31,7 @@ from interp.evaluation.stats import (
 )
 from interp.evaluation.table import Candidate, EvalRow, evaluate_models, first_changed_layer, kl_to_reference
 from interp.evaluation.targets import check_targets, paired_tests
-from interp.io import cache_root
+from interp.io.cache import cache_root
 from interp.report.tables import paired_table, results_table, targets_table
 
 

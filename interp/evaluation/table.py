@@ -57,7 +57,8 @@ from ..core.kvcache import kv_cache, prefixed_batch, shared_prefix
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet, public_prompts, without_duplicates
 from ..errors import ConfigError, NonFiniteActivationError
-from ..io import cache_root, read_cache_json, stable_hash, write_cache_json
+from ..io.cache import cache_root, read_cache_json, write_cache_json
+from ..io.hashing import stable_hash
 from .stats import rate_interval
 
 EVAL_VERSION = 3  # bump when the judge or the measures change: invalidates cached rows

@@ -52,7 +52,7 @@ from ..core.generate import refusal_scores
 from ..core.models import LoadedModel
 from ..evaluation.stats import bootstrap_interval, matched_refusal, spearman
 from ..evaluation.table import EvalSuite
-from ..io import atomic_write_json, atomic_write_text
+from ..io.atomic import atomic_write_json, atomic_write_text
 from ..measures.causal import causal_sweep
 from ..measures.compare import PairActivations
 from ..measures.evidence import Evidence, evidence

@@ -29,7 +29,7 @@ from ..core.chat import ChatFormat
 from ..core.models import LoadedModel, ModelPair
 from ..core.prompts import PromptSet
 from ..evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
-from ..io import Stopwatch
+from ..io.stopwatch import Stopwatch
 from ..measures.result import AnalysisResult
 from ..study import Plan, released_plan, train_plans
 from ..training.lora import apply_adapter
