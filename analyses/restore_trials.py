@@ -21,7 +21,8 @@ from pathlib import Path
 from _common import ROOT
 
 from interp import AnalysisResult
-from interp.evaluation.table import Candidate, evaluate_models
+from interp.evaluation.suite import Candidate
+from interp.evaluation.table import evaluate_models
 from interp.io.atomic import atomic_write_json
 from interp.organism import OrganismRecipe, build_organism, selection_suite, study_prompts
 from interp.report.tables import results_table

@@ -282,7 +282,8 @@ def cmd_evaluate(args) -> None:
     from .core.models import check_pair, fresh_copy, load_model
     from .core.prompts import parse_spec
     from .evaluation.rejudge import RunAnswers
-    from .evaluation.table import Candidate, EvalConfig, EvalSuite, evaluate_models
+    from .evaluation.suite import Candidate, EvalConfig, EvalSuite
+    from .evaluation.table import evaluate_models
     from .evaluation.targets import paired_tests
     from .io.atomic import atomic_write_json, atomic_write_text
     from .report.tables import category_table, judge_table, paired_table, parts_table, results_table
@@ -460,7 +461,7 @@ def cmd_protocol(args) -> None:
     from dataclasses import replace
 
     from .core.models import load_model
-    from .evaluation.table import EvalConfig
+    from .evaluation.suite import EvalConfig
     from .protocol import Protocol, run_protocol
     from .protocol.bench import Bench
     from .protocol.layers import layer_validity
@@ -755,7 +756,7 @@ def _add_judge_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_parser(sub) -> None:
-    from .evaluation.table import EvalConfig
+    from .evaluation.suite import EvalConfig
 
     d = EvalConfig()
     p = sub.add_parser(

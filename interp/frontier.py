@@ -41,7 +41,8 @@ from .core.models import ModelPair
 from .core.prompts import PromptSet
 from .errors import ConfigError
 from .evaluation.stats import paired_bootstrap
-from .evaluation.table import Candidate, EvalRow, EvalSuite, evaluate_models
+from .evaluation.suite import Candidate, EvalRow, EvalSuite
+from .evaluation.table import evaluate_models
 from .evaluation.targets import PairedTest, paired_test
 from .io.atomic import atomic_write_json, atomic_write_text
 from .measures.layer_map import LayerMap

@@ -66,7 +66,8 @@ from .core.prompts import (
 )
 from .core.sources import ORGANISM_PREFIX, save_hf_folder
 from .errors import ConfigError, ModelLoadError, OrganismDataError
-from .evaluation.table import EvalSuite, judge_parts
+from .evaluation.suite import EvalSuite
+from .evaluation.table import judge_parts
 from .io.atomic import atomic_dir, atomic_path, atomic_write_json
 from .io.cache import cache_root, intact_entry, read_cache_json, write_cache_json
 from .io.hashing import file_sha256, stable_hash

@@ -44,7 +44,8 @@ from .core.prompts import PromptSet
 from .core.sources import default_model_path, save_hf_folder
 from .errors import ConfigError
 from .evaluation.rejudge import RunAnswers
-from .evaluation.table import COLUMNS, Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
+from .evaluation.suite import COLUMNS, Candidate, EvalConfig, EvalRow, EvalSuite
+from .evaluation.table import evaluate_models
 from .evaluation.targets import PairedTest, Target, check_targets, paired_tests
 from .io.atomic import atomic_dir, atomic_write_json, atomic_write_text, output_folder
 from .io.cache import cache_root, intact_entry

@@ -20,7 +20,7 @@ from interp.core.judge import refusal_log_odds
 from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError, EmptyPromptSetError
-from interp.evaluation.table import EvalConfig, EvalSuite
+from interp.evaluation.suite import EvalConfig, EvalSuite
 from interp.study import (
     StudyConfig,
     StudyResult,

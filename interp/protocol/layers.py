@@ -51,7 +51,7 @@ from ..analyze import AnalysisConfig, AnalysisPrompts, capture_pair
 from ..core.generate import refusal_scores
 from ..core.models import LoadedModel
 from ..evaluation.stats import bootstrap_interval, matched_refusal, spearman
-from ..evaluation.table import EvalSuite
+from ..evaluation.suite import EvalSuite
 from ..io.atomic import atomic_write_json, atomic_write_text
 from ..measures.causal import causal_sweep
 from ..measures.compare import PairActivations

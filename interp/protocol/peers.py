@@ -28,7 +28,7 @@ import torch
 
 from ..core.models import LoadedModel, ModelPair, load_model
 from ..errors import ConfigError
-from ..evaluation.table import Candidate, EvalRow, EvalSuite
+from ..evaluation.suite import Candidate, EvalRow, EvalSuite
 from ..training.peers import antidote, interpolate, resta, safe_lora
 from .bench import Bench, choose_setting, safe_set
 

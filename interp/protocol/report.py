@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..errors import ConfigError
-from ..evaluation.table import EvalRow
+from ..evaluation.suite import EvalRow
 from ..io.atomic import atomic_write_json, atomic_write_text
 from ..report.figures import save_figure
 from ..report.plots import plot_restore_history, plot_strength_sweep

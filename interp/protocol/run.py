@@ -28,7 +28,8 @@ from pathlib import Path
 from ..core.chat import ChatFormat
 from ..core.models import LoadedModel, ModelPair
 from ..core.prompts import PromptSet
-from ..evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
+from ..evaluation.suite import Candidate, EvalConfig, EvalRow, EvalSuite
+from ..evaluation.table import evaluate_models
 from ..io.stopwatch import Stopwatch
 from ..measures.result import AnalysisResult
 from ..study import Plan, released_plan, train_plans
