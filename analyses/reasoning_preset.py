@@ -24,7 +24,7 @@ import interp
 from interp.core.generate import find_refusal_tokens
 from interp.io.atomic import atomic_write_json, atomic_write_text
 from interp.measures.layer_map import manual_layer_map
-from interp.report.tables import study_report
+from interp.report.study_tables import study_report
 from interp.study import LOOK_SIZES
 from interp.training.restore import PRESETS, restore
 

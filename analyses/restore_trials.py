@@ -25,7 +25,7 @@ from interp.evaluation.suite import Candidate
 from interp.evaluation.table import evaluate_models
 from interp.io.atomic import atomic_write_json
 from interp.organism import OrganismRecipe, build_organism, selection_suite, study_prompts
-from interp.report.tables import results_table
+from interp.report.study_tables import results_table
 from interp.study import make_plans, train_plans
 from interp.training.restore import RestoreConfig
 

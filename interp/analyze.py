@@ -44,7 +44,7 @@ from .measures.components import attribute, component_hooks, component_map, patc
 from .measures.layer_map import build_layer_map
 from .measures.positions import position_metrics, position_tokens, select_direction
 from .measures.result import AnalysisResult, Projection
-from .report.tables import component_table, per_layer_table, position_table, selection_table
+from .report.analysis_tables import component_table, per_layer_table, position_table, selection_table
 
 SWEEP_VERSION = 2  # bump when the causal sweep's measures change: invalidates cached sweeps
 ANALYSIS_VERSION = 2  # bump when any measure or the ranking changes: invalidates cached analyses

@@ -154,7 +154,7 @@ def cmd_organism(args) -> None:
     from dataclasses import replace
 
     from .organism import OrganismRecipe, build_organism
-    from .report.tables import organism_table
+    from .report.study_tables import organism_table
 
     recipe = OrganismRecipe.reasoning() if args.recipe == "reasoning" else OrganismRecipe()
     organism = build_organism(replace(recipe, seed=args.seed), force=args.force, rebuild=args.rebuild)
@@ -286,7 +286,8 @@ def cmd_evaluate(args) -> None:
     from .evaluation.table import evaluate_models
     from .evaluation.targets import paired_tests
     from .io.atomic import atomic_write_json, atomic_write_text
-    from .report.tables import category_table, judge_table, paired_table, parts_table, results_table
+    from .report.judge_tables import judge_table
+    from .report.study_tables import category_table, paired_table, parts_table, results_table
     from .training.lora import apply_adapter, check_adapter
 
     check_output(args.out, "evaluate")
@@ -379,7 +380,7 @@ def cmd_run(args) -> None:
     from .config_file import check_fingerprints
     from .core.prompts import parse_spec
     from .organism import resolve_model_name
-    from .report.tables import results_table
+    from .report.study_tables import results_table
     from .study import run_default
 
     check_output(args.out, "run")
@@ -433,7 +434,7 @@ def cmd_judge(args) -> None:
     from .core.judges import check_judge_spec, parse_judge
     from .evaluation.rejudge import RunAnswers, judged_file_stem, rejudge
     from .io.atomic import add_to_output, atomic_write_json, atomic_write_text
-    from .report.tables import rejudged_table
+    from .report.judge_tables import rejudged_table
 
     check_judge_spec(args.judge, resolve=True)
     answers = RunAnswers.load(args.run)

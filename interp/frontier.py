@@ -47,8 +47,8 @@ from .evaluation.targets import PairedTest, paired_test
 from .io.atomic import atomic_write_json, atomic_write_text
 from .measures.layer_map import LayerMap
 from .report.figures import write_figures
+from .report.frontier_tables import frontier_report
 from .report.plots import plot_frontier
-from .report.tables import frontier_report
 from .study import Plan, make_plans, random_plans, ranked_plan, train_plans
 from .training.restore import RestoreConfig
 

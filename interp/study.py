@@ -56,7 +56,7 @@ from .measures.layer_map import LayerMap
 from .measures.result import AnalysisResult
 from .organism import Organism, OrganismRecipe, build_organism, quick_study_prompts, split_task, study_prompts
 from .report.figures import analysis_figures, study_figures, write_figures
-from .report.tables import organism_table, study_report
+from .report.study_tables import organism_table, study_report
 from .training.lora import apply_adapter, save_adapter
 from .training.restore import PRESETS, Placement, RestoreConfig, RestoreStats, paper_alignment_layers, restore_many
 

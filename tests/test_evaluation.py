@@ -34,7 +34,7 @@ from interp.evaluation.suite import Candidate, EvalRow
 from interp.evaluation.table import evaluate_models
 from interp.evaluation.targets import check_targets, paired_tests
 from interp.io.cache import cache_root
-from interp.report.tables import paired_table, results_table, targets_table
+from interp.report.study_tables import paired_table, results_table, targets_table
 
 
 @pytest.fixture()

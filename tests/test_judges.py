@@ -151,7 +151,8 @@ def test_the_evaluation_table_carries_every_judge_and_the_report_their_agreement
     from interp.core.models import load_model
     from interp.evaluation.suite import Candidate, EvalConfig
     from interp.evaluation.table import evaluate_models
-    from interp.report.tables import judge_table, study_report
+    from interp.report.judge_tables import judge_table
+    from interp.report.study_tables import study_report
 
     tiny = build_tiny(tmp_path / "tiny", "llama")
     model = load_model(tiny)

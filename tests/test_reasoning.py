@@ -14,7 +14,7 @@ from interp.core.models import load_model
 from interp.errors import ConfigError
 from interp.evaluation.suite import Candidate, EvalConfig
 from interp.evaluation.table import evaluate_models
-from interp.report.tables import parts_table, study_report
+from interp.report.study_tables import parts_table, study_report
 
 R1 = ChatFormat.reasoning()
 
