@@ -22,7 +22,8 @@ import sys
 from interp.core.judge import KINDS, judge_answer
 from interp.evaluation.audit import ITEMS, legacy_refusal
 from interp.evaluation.rejudge import RunAnswers
-from interp.io import atomic_write_text, stable_hash
+from interp.io.atomic import atomic_write_text
+from interp.io.hashing import stable_hash
 
 
 def draw(answers: RunAnswers, per_cell: int, seed: int, seen: set[tuple[str, str]]) -> list[dict]:

@@ -20,9 +20,9 @@ from pathlib import Path
 from _common import ROOT
 
 from interp import AnalysisResult
-from interp.evaluation.table import EvalSuite
+from interp.evaluation.suite import EvalSuite
 from interp.frontier import DEFAULT_KS, frontier_plans, run_frontier
-from interp.io import Stopwatch
+from interp.io.stopwatch import Stopwatch
 from interp.organism import OrganismRecipe, build_organism, study_prompts
 
 

@@ -15,8 +15,9 @@ from collections import Counter
 
 from interp.core.judge import judge_answer
 from interp.evaluation.audit import audit_judge, legacy_refusal, load_audit
-from interp.io import atomic_write_text
-from interp.report.tables import audit_table, markdown_table
+from interp.io.atomic import atomic_write_text
+from interp.report.judge_tables import audit_table
+from interp.report.tables import markdown_table
 
 JUDGES = {
     "three-way judge": lambda prompt, answer: judge_answer(answer),

@@ -21,8 +21,9 @@ from _common import ROOT
 
 from interp import AnalysisResult
 from interp.evaluation.stats import discordant, mcnemar_exact, paired_bootstrap
-from interp.evaluation.table import Candidate, EvalSuite, evaluate_models
-from interp.io import atomic_write_json
+from interp.evaluation.suite import Candidate, EvalSuite
+from interp.evaluation.table import evaluate_models
+from interp.io.atomic import atomic_write_json
 from interp.organism import OrganismRecipe, build_organism, study_prompts
 from interp.report.tables import rate_cell
 from interp.study_plans import make_plans, random_plans

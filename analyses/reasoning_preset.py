@@ -23,9 +23,9 @@ from pathlib import Path
 import interp
 from interp.core.generate import find_refusal_tokens
 from interp.default_run import LOOK_SIZES
-from interp.io import atomic_write_json, atomic_write_text
+from interp.io.atomic import atomic_write_json, atomic_write_text
 from interp.measures.layer_map import manual_layer_map
-from interp.report.tables import study_report
+from interp.report.study_tables import study_report
 from interp.training.restore import PRESETS, restore
 
 

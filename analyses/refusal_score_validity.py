@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from interp.evaluation.stats import auroc, bootstrap_interval, wilson_interval
-from interp.io import atomic_write_text
+from interp.io.atomic import atomic_write_text
 from interp.report.tables import JUDGED_SETS, markdown_table, rate_cell
 
 BANDS = (-math.inf, -6.0, -4.0, -2.0, 0.0, 2.0, math.inf)

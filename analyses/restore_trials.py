@@ -21,10 +21,11 @@ from pathlib import Path
 from _common import ROOT
 
 from interp import AnalysisResult
-from interp.evaluation.table import Candidate, evaluate_models
-from interp.io import atomic_write_json
+from interp.evaluation.suite import Candidate
+from interp.evaluation.table import evaluate_models
+from interp.io.atomic import atomic_write_json
 from interp.organism import OrganismRecipe, build_organism, selection_suite, study_prompts
-from interp.report.tables import results_table
+from interp.report.study_tables import results_table
 from interp.study_plans import make_plans
 from interp.study_training import train_plans
 from interp.training.restore import RestoreConfig

@@ -23,7 +23,8 @@ def main() -> None:
 
     from interp.core.chat import ChatFormat
     from interp.core.generate import generate_many
-    from interp.evaluation.table import EvalConfig, _requests
+    from interp.evaluation.suite import EvalConfig
+    from interp.evaluation.table import _requests
     from interp.organism import OrganismRecipe, build_organism, study_prompts
 
     recipe = OrganismRecipe()

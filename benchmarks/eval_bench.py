@@ -117,7 +117,9 @@ def main() -> None:
     from interp.core.bridge import boot_bridge
     from interp.core.generate import Request, generate_many
     from interp.core.models import load_model
-    from interp.evaluation.table import Candidate, EvalConfig, _requests, evaluate_models, kl_to_reference
+    from interp.evaluation.kl import kl_to_reference
+    from interp.evaluation.suite import Candidate, EvalConfig
+    from interp.evaluation.table import _requests, evaluate_models
     from interp.measures.result import AnalysisResult
     from interp.organism import OrganismRecipe, build_organism, study_prompts
     from interp.study_plans import make_plans

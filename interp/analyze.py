@@ -33,16 +33,10 @@ from .core.prompts import (
     without_duplicates,
 )
 from .errors import ConfigError
-from .io import (
-    Stopwatch,
-    atomic_dir,
-    atomic_write_text,
-    cache_root,
-    intact_entry,
-    read_cache_json,
-    stable_hash,
-    write_cache_json,
-)
+from .io.atomic import atomic_dir, atomic_write_text
+from .io.cache import cache_root, intact_entry, read_cache_json, write_cache_json
+from .io.hashing import stable_hash
+from .io.stopwatch import Stopwatch
 from .measures.capture import Activations, CaptureConfig, Positions, capture
 from .measures.causal import CausalSweep, causal_sweep, steering_check
 from .measures.compare import PairActivations, base_refusal_directions, pca_2d
@@ -50,7 +44,7 @@ from .measures.components import attribute, component_hooks, component_map, patc
 from .measures.layer_map import build_layer_map
 from .measures.positions import position_metrics, position_tokens, select_direction
 from .measures.result import AnalysisResult, Projection
-from .report.tables import component_table, per_layer_table, position_table, selection_table
+from .report.analysis_tables import component_table, per_layer_table, position_table, selection_table
 
 SWEEP_VERSION = 2  # bump when the causal sweep's measures change: invalidates cached sweeps
 ANALYSIS_VERSION = 2  # bump when any measure or the ranking changes: invalidates cached analyses

@@ -20,7 +20,8 @@ from pathlib import Path
 from . import distributed
 from .config_file import COMMANDS
 from .errors import ConfigError, InterpError
-from .io import Stopwatch, check_output, output_folder
+from .io.atomic import check_output, output_folder
+from .io.stopwatch import Stopwatch
 
 # --dtype: interp.core.models.DTYPE_CHOICES, written out so the parser needs no torch (tests hold them equal)
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -105,7 +106,7 @@ def _write_config(args, out, pair=None, **models) -> None:
     from dataclasses import asdict
 
     from .config_file import resolved
-    from .io import atomic_write_text
+    from .io.atomic import atomic_write_text
 
     if pair is not None:
         models = {"base": pair.base, "finetuned": pair.finetuned} | models
@@ -153,7 +154,7 @@ def cmd_organism(args) -> None:
     from dataclasses import replace
 
     from .organism import OrganismRecipe, build_organism
-    from .report.tables import organism_table
+    from .report.study_tables import organism_table
 
     recipe = OrganismRecipe.reasoning() if args.recipe == "reasoning" else OrganismRecipe()
     organism = build_organism(replace(recipe, seed=args.seed), force=args.force, rebuild=args.rebuild)
@@ -231,7 +232,7 @@ def cmd_analyze(args) -> None:
 def cmd_restore(args) -> None:
     """LoRA on the layer map's layers of the fine-tuned model; writes the adapter and a merged folder."""
     from .core.prompts import parse_spec, without_duplicates
-    from .io import atomic_write_json
+    from .io.atomic import atomic_write_json
     from .measures.layer_map import LayerMap, manual_layer_map
     from .training.lora import save_adapter, save_merged
     from .training.restore import PRESETS, restore
@@ -281,10 +282,12 @@ def cmd_evaluate(args) -> None:
     from .core.models import check_pair, fresh_copy, load_model
     from .core.prompts import parse_spec
     from .evaluation.rejudge import RunAnswers
-    from .evaluation.table import Candidate, EvalConfig, EvalSuite, evaluate_models
+    from .evaluation.suite import Candidate, EvalConfig, EvalSuite
+    from .evaluation.table import evaluate_models
     from .evaluation.targets import paired_tests
-    from .io import atomic_write_json, atomic_write_text
-    from .report.tables import category_table, judge_table, paired_table, parts_table, results_table
+    from .io.atomic import atomic_write_json, atomic_write_text
+    from .report.judge_tables import judge_table
+    from .report.study_tables import category_table, paired_table, parts_table, results_table
     from .training.lora import apply_adapter, check_adapter
 
     check_output(args.out, "evaluate")
@@ -378,7 +381,7 @@ def cmd_run(args) -> None:
     from .core.prompts import parse_spec
     from .default_run import run_default
     from .organism import resolve_model_name
-    from .report.tables import results_table
+    from .report.study_tables import results_table
 
     check_output(args.out, "run")
     _check_device(args)
@@ -430,8 +433,8 @@ def cmd_judge(args) -> None:
 
     from .core.judges import check_judge_spec, parse_judge
     from .evaluation.rejudge import RunAnswers, judged_file_stem, rejudge
-    from .io import add_to_output, atomic_write_json, atomic_write_text
-    from .report.tables import rejudged_table
+    from .io.atomic import add_to_output, atomic_write_json, atomic_write_text
+    from .report.judge_tables import rejudged_table
 
     check_judge_spec(args.judge, resolve=True)
     answers = RunAnswers.load(args.run)
@@ -754,7 +757,7 @@ def _add_judge_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_parser(sub) -> None:
-    from .evaluation.table import EvalConfig
+    from .evaluation.suite import EvalConfig
 
     d = EvalConfig()
     p = sub.add_parser(

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from . import distributed
 from .errors import ConfigError
-from .io import CACHE_SCHEME
+from .io.cache import CACHE_SCHEME
 
 IGNORED = {"func", "command", "commands", "debug", "config", "expected_fingerprints"}  # not options of a run
 PACKAGES = ("interp", "torch", "transformers", "transformer-lens", "peft", "accelerate", "scikit-learn")

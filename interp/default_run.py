@@ -19,12 +19,15 @@ from .core.models import ModelPair, compute_dtype, load_pair
 from .core.prompts import PromptSet
 from .core.sources import default_model_path
 from .errors import ConfigError
-from .evaluation.table import COLUMNS, EvalConfig, EvalSuite
-from .io import Stopwatch, atomic_write_text, output_folder, stable_hash
+from .evaluation.suite import COLUMNS
+from .evaluation.table import EvalConfig, EvalSuite
+from .io.atomic import atomic_write_text, output_folder
+from .io.hashing import stable_hash
+from .io.stopwatch import Stopwatch
 from .measures.result import AnalysisResult
 from .organism import Organism, OrganismRecipe, build_organism, quick_study_prompts, split_task, study_prompts
 from .report.figures import analysis_figures, study_figures, write_figures
-from .report.tables import organism_table
+from .report.study_tables import organism_table
 from .study import LOOK_BASELINES, StudyConfig, StudyResult, run_study
 from .study_plans import BASELINES
 from .training.restore import RestoreConfig

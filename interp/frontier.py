@@ -41,13 +41,14 @@ from .core.models import ModelPair
 from .core.prompts import PromptSet
 from .errors import ConfigError
 from .evaluation.stats import paired_bootstrap
-from .evaluation.table import Candidate, EvalRow, EvalSuite, evaluate_models
+from .evaluation.suite import Candidate, EvalRow, EvalSuite
+from .evaluation.table import evaluate_models
 from .evaluation.targets import PairedTest, paired_test
-from .io import atomic_write_json, atomic_write_text
+from .io.atomic import atomic_write_json, atomic_write_text
 from .measures.layer_map import LayerMap
 from .report.figures import write_figures
+from .report.frontier_tables import frontier_report
 from .report.plots import plot_frontier
-from .report.tables import frontier_report
 from .study_plans import Plan, make_plans, random_plans, ranked_plan
 from .study_training import train_plans
 from .training.restore import RestoreConfig

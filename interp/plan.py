@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .evaluation.table import EvalConfig
+from .evaluation.suite import EvalConfig
 from .training.restore import RestoreConfig
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

@@ -33,12 +33,14 @@ from .core.prompts import PromptSet
 from .core.sources import save_hf_folder
 from .errors import ConfigError
 from .evaluation.rejudge import RunAnswers
-from .evaluation.table import COLUMNS, Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
+from .evaluation.suite import COLUMNS, Candidate, EvalConfig, EvalRow, EvalSuite
+from .evaluation.table import evaluate_models
 from .evaluation.targets import PairedTest, Target, check_targets, paired_tests
-from .io import Stopwatch, atomic_dir, atomic_write_json, atomic_write_text
+from .io.atomic import atomic_dir, atomic_write_json, atomic_write_text
+from .io.stopwatch import Stopwatch
 from .measures.causal import steering_edits, steering_key
 from .measures.result import AnalysisResult
-from .report.tables import study_report
+from .report.study_tables import study_report
 from .study_plans import BASELINES, make_plans, released_plan
 from .study_training import Restored, train_plans
 from .training.restore import PRESETS, RestoreConfig

@@ -17,7 +17,9 @@ from .core.chat import ChatFormat
 from .core.models import LoadedModel, ModelPair
 from .core.prompts import PromptSet
 from .evaluation.table import Candidate
-from .io import atomic_dir, atomic_write_json, cache_root, intact_entry, stable_hash
+from .io.atomic import atomic_dir, atomic_write_json
+from .io.cache import cache_root, intact_entry
+from .io.hashing import stable_hash
 from .measures.layer_map import LayerMap
 from .study_plans import Plan
 from .training.lora import apply_adapter, save_adapter

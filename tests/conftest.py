@@ -20,7 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 
 from interp.core.models import LoadedModel, ModelPair, load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
-from interp.evaluation.table import EvalConfig, EvalSuite
+from interp.evaluation.suite import EvalConfig, EvalSuite
 from interp.measures.layer_map import LayerMap, manual_layer_map
 
 D_MODEL, D_MLP, N_LAYERS = 64, 176, 4

@@ -418,16 +418,16 @@ def test_an_empty_working_folder_as_out_gets_the_output(world, monkeypatch, tmp_
 
 
 def test_a_failed_final_swap_keeps_the_finished_output_and_says_where(world, capsys, monkeypatch, tmp_path):
-    from interp import io
+    from interp.io import atomic
 
-    put = io._put_in_place
+    put = atomic._put_in_place
 
     def cannot(new, path):  # the final swap into --out fails (every other swap is left alone)
         if path == Path(world["out"]).absolute():
             raise OSError(18, "Invalid cross-device link")
         put(new, path)
 
-    monkeypatch.setattr(io, "_put_in_place", cannot)
+    monkeypatch.setattr(atomic, "_put_in_place", cannot)
     line = _one_line(capsys, [*capture(world), "--out", world["out"]], "it is kept whole at")
     kept = Path(line.rsplit("kept whole at ", 1)[1].strip())
     assert (kept / "activations.safetensors").is_file() or any(kept.rglob("*.safetensors"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from interp.core.sources import default_model_path
-from interp.io import cache_root
+from interp.io.cache import cache_root
 from interp.organism import OrganismRecipe, build_organism
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ def test_reduced_reasoning_organism_builds_and_judges_trace_and_answer(tmp_path,
     """The reasoning recipe end to end on the real default model (reduced): its task data are traces then
     answers, and its measurements judge both parts."""
     from interp.organism.data import reasoning_answer, task_examples
-    from interp.report.tables import organism_table
+    from interp.report.study_tables import organism_table
 
     shared_models = cache_root() / "models"
     shared_models.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from interp.core.generate import Request, behaviour, generate, generate_many
 from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
+from interp.evaluation.kl import first_changed_layer, kl_to_reference
 from interp.evaluation.stats import (
     discordant,
     mcnemar_exact,
@@ -29,10 +30,11 @@ from interp.evaluation.stats import (
     rate_interval,
     wilson_interval,
 )
-from interp.evaluation.table import Candidate, EvalRow, evaluate_models, first_changed_layer, kl_to_reference
+from interp.evaluation.suite import Candidate, EvalRow
+from interp.evaluation.table import evaluate_models
 from interp.evaluation.targets import check_targets, paired_tests
-from interp.io import cache_root
-from interp.report.tables import paired_table, results_table, targets_table
+from interp.io.cache import cache_root
+from interp.report.study_tables import paired_table, results_table, targets_table
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from conftest import layer_map_for, tiny_suite
 
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
-from interp.evaluation.table import EvalRow
+from interp.evaluation.suite import EvalRow
 from interp.frontier import Frontier, frontier_plans, run_frontier
 from interp.report.plots import plot_frontier
 from interp.study_plans import make_plans

@@ -122,7 +122,7 @@ def test_a_folder_without_answers_is_one_line(tmp_path):
 
 def test_interp_judge_writes_rates_and_agreement(tmp_path, capsys):
     from interp.cli import main
-    from interp.io import check_output, output_folder
+    from interp.io.atomic import check_output, output_folder
 
     run = tmp_path / "run"
     with output_folder(run, "run") as staging:

@@ -27,7 +27,7 @@ from interp.core.judges import (
     parse_judge,
 )
 from interp.errors import ConfigError
-from interp.evaluation.table import EvalConfig
+from interp.evaluation.suite import EvalConfig
 
 ANSWERS = [
     "I'm sorry, but I can't help with that.",  # substring: refusal; ends with '.'
@@ -149,8 +149,10 @@ def test_the_evaluation_table_carries_every_judge_and_the_report_their_agreement
     from conftest import QUICK_EVAL, perturbed, tiny_suite
 
     from interp.core.models import load_model
-    from interp.evaluation.table import Candidate, EvalConfig, evaluate_models
-    from interp.report.tables import judge_table, study_report
+    from interp.evaluation.suite import Candidate, EvalConfig
+    from interp.evaluation.table import evaluate_models
+    from interp.report.judge_tables import judge_table
+    from interp.report.study_tables import study_report
 
     tiny = build_tiny(tmp_path / "tiny", "llama")
     model = load_model(tiny)
@@ -197,7 +199,8 @@ def test_d3_two_labels_of_one_classifier_are_two_judges(classifier_dir):
     from conftest import tiny_suite
 
     from interp.core.models import load_model
-    from interp.evaluation.table import Candidate, evaluate_models
+    from interp.evaluation.suite import Candidate
+    from interp.evaluation.table import evaluate_models
 
     model = load_model(build_tiny(classifier_dir.parent / "tiny-for-judges", "llama"))
     same = (f"classifier:{classifier_dir}", f"classifier:{classifier_dir}@REJECTION")  # one judge, two spellings

@@ -1,4 +1,5 @@
-"""The published weight-space methods (``interp.training.peers``) against planted ground truth, on tiny models.
+"""The published weight-space methods (``interp.training.peers``, ``safe_lora`` and ``antidote``) against planted
+ground truth, on tiny models.
 
 Planted weights are dyadic (multiples of 2^-12, small), so sums of them are exact in float32 and the arithmetic
 methods can be checked bit for bit.
@@ -15,19 +16,15 @@ import torch
 from interp.core.models import LINEAR_MODULES, LoadedModel, load_model, model_fingerprint
 from interp.core.prompts import harmful_prompts
 from interp.errors import ConfigError
-from interp.training.peers import (
+from interp.training.antidote import antidote, calibration_ids, input_norms
+from interp.training.peers import interpolate, resta, weight_deltas
+from interp.training.safe_lora import (
     alignment_factor,
     alignment_projection,
-    antidote,
-    calibration_ids,
     cosine_layer_map,
-    input_norms,
-    interpolate,
     projected_cosine,
-    resta,
     safe_lora,
     safe_lora_cosines,
-    weight_deltas,
 )
 
 GRID = 2.0**-12

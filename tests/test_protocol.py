@@ -18,7 +18,7 @@ from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
 from interp.evaluation.stats import spearman
-from interp.evaluation.table import EvalRow, EvalSuite
+from interp.evaluation.suite import EvalRow, EvalSuite
 from interp.protocol import (
     PROTOCOL,
     Protocol,

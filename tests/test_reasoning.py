@@ -12,8 +12,9 @@ from conftest import make_tokenizer, scripted_lm, tiny_suite
 from interp.core.chat import ChatFormat
 from interp.core.models import load_model
 from interp.errors import ConfigError
-from interp.evaluation.table import Candidate, EvalConfig, evaluate_models
-from interp.report.tables import parts_table, study_report
+from interp.evaluation.suite import Candidate, EvalConfig
+from interp.evaluation.table import evaluate_models
+from interp.report.study_tables import parts_table, study_report
 
 R1 = ChatFormat.reasoning()
 

@@ -19,14 +19,9 @@ from hypothesis import strategies as st
 from interp.core.models import load_model, model_fingerprint
 from interp.core.prompts import harmful_prompts, load_prompts
 from interp.errors import OutputExistsError, PromptFormatError
-from interp.io import (
-    CHECKSUMS,
-    atomic_dir,
-    atomic_write_text,
-    intact_entry,
-    read_cache_json,
-    write_cache_json,
-)
+from interp.io.atomic import atomic_dir, atomic_write_text
+from interp.io.cache import intact_entry, read_cache_json, write_cache_json
+from interp.io.hashing import CHECKSUMS
 from interp.measures.capture import CaptureConfig, capture
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -175,7 +170,7 @@ def test_a_damaged_cache_file_reads_as_missing_and_is_removed(tmp_path, capsys, 
 _SLOW_SAVE = """
 import sys, time
 from pathlib import Path
-from interp.io import atomic_dir
+from interp.io.atomic import atomic_dir
 with atomic_dir(Path(sys.argv[1]), marker="meta.json", checksums=True) as tmp:
     (tmp / "meta.json").write_text("new")
     (tmp / "big.bin").write_bytes(b"x" * 1000)
@@ -241,7 +236,7 @@ def test_d27_every_file_of_an_output_follows_the_umask(tmp_path):
     """Review defect D27: safetensors writes its files 0600, whatever the umask."""
     from safetensors.torch import save_file
 
-    from interp.io import output_folder
+    from interp.io.atomic import output_folder
 
     old = os.umask(0o022)
     try:
@@ -417,7 +412,7 @@ def test_a_layer_map_with_a_huge_layer_count_is_refused_without_building_it():
 
 
 def test_a_cache_from_an_earlier_key_scheme_is_named_once_and_a_new_one_is_not(tmp_path, capsys):
-    from interp.io import CACHE_SCHEME, check_cache_scheme
+    from interp.io.cache import CACHE_SCHEME, check_cache_scheme
 
     check_cache_scheme(tmp_path / "new")
     assert capsys.readouterr().err == "" and (tmp_path / "new" / "scheme").read_text() == f"{CACHE_SCHEME}\n"

@@ -52,7 +52,8 @@ def test_bad_sampling_settings_are_refused():
 def test_the_evaluation_table_with_one_seeded_sample_per_prompt(saved_pair):
     from conftest import QUICK_EVAL, tiny_suite
 
-    from interp.evaluation.table import Candidate, EvalConfig, evaluate_models
+    from interp.evaluation.suite import Candidate, EvalConfig
+    from interp.evaluation.table import evaluate_models
 
     def table(sampling):
         config = EvalConfig(**{**QUICK_EVAL.__dict__, "max_new_tokens": 8, "sampling": sampling})

@@ -52,7 +52,8 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..errors import ConfigError
-from ..io import cache_root, read_cache_json, stable_hash, write_cache_json
+from ..io.cache import cache_root, read_cache_json, write_cache_json
+from ..io.hashing import stable_hash
 from .bridge import Edit, intervene, last_logits
 from .chat import ChatFormat, batches
 from .judge import JUDGE_RULES, JUDGE_WINDOW, Behaviour, is_refusal, refusal_log_odds, refusal_token_ids

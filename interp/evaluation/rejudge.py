@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..core.judges import Judge, SubstringJudge, complied
 from ..errors import ConfigError
-from ..io import atomic_write_json_gz, read_json_gz
+from ..io.atomic import atomic_write_json_gz, read_json_gz
 
 ANSWERS_FILE = "answers.json.gz"
 ANSWERS_VERSION = 1

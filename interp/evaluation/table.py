@@ -1,19 +1,15 @@
 """The evaluation table: every model measured on one suite of held-out prompts.
 
-Per model (``EvalRow``): harmful refusal on two harmful sets (the held-out harmful instructions and
-XSTest's unsafe contrast prompts; greedy answers judged by ``interp.core.judge.judge_answer``: refusal,
-compliance or degenerate, the last kept per prompt in ``EvalRow.degenerate``), the logit refusal score
-(log-odds that the first answer token begins a refusal: its mean on harmful prompts in the table, every
-judged prompt's in ``EvalRow.scores``, so the report can measure how well it separates judged refusals),
-over-refusal on harmless and XSTest safe prompts, task accuracy (the last number of the answer equals the
-reference's), and the KL to the fine-tuned model on harmless prompts:
-
-    KL = mean over scored positions of  sum_v p_ft(v) (log p_ft(v) - log p_model(v))
-
-teacher-forced on each harmless prompt followed by the fine-tuned model's own complete greedy answer,
-scored at the last prompt position and every answer position but the last. Every rate keeps its
-per-prompt outcomes, so intervals and paired tests (``interp.evaluation.stats``) can be computed on the
-same prompts. Rows are cached on disk by the model's weights; answers by ``interp.core.generate``.
+Per model (``EvalRow``; the suite, settings and row types are ``interp.evaluation.suite``'s): harmful
+refusal on two harmful sets (the held-out harmful instructions and XSTest's unsafe contrast prompts; greedy
+answers judged by ``interp.core.judge.judge_answer``: refusal, compliance or degenerate, the last kept per
+prompt in ``EvalRow.degenerate``), the logit refusal score (log-odds that the first answer token begins a
+refusal: its mean on harmful prompts in the table, every judged prompt's in ``EvalRow.scores``, so the report
+can measure how well it separates judged refusals), over-refusal on harmless and XSTest safe prompts, task
+accuracy (the last number of the answer equals the reference's), and the KL to the fine-tuned model on
+harmless prompts (``interp.evaluation.kl`` has the formula). Every rate keeps its per-prompt outcomes, so
+intervals and paired tests (``interp.evaluation.stats``) can be computed on the same prompts. Rows are
+cached on disk by the model's weights; answers by ``interp.core.generate``.
 
 ``EvalConfig.stop_at_refusal`` (the default; ``interp run --full`` turns it off) lets the engine stop an
 answer once the judge has called it a refusal; off, every answer runs to its token budget. Either way the
@@ -42,332 +38,23 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 
-import torch
-
-from .. import distributed
-from ..core.bridge import Edit, decoder_layers, intervene, record_block_inputs, resume_at
-from ..core.chat import ChatFormat, tokenize
-from ..core.generate import BATCH_SIZE, ENGINE_VERSION, Request, Sampling, generate, generate_many
+from ..core.chat import ChatFormat
+from ..core.generate import ENGINE_VERSION, Request, generate, generate_many
 from ..core.judge import JUDGE_RULES, JUDGE_WINDOW, Behaviour
-from ..core.judges import Judge, SubstringJudge, check_judge_spec, check_judge_specs, parse_judge
-from ..core.kvcache import kv_cache, prefixed_batch, shared_prefix
+from ..core.judges import Judge, SubstringJudge, parse_judge
 from ..core.models import LoadedModel
-from ..core.prompts import PromptSet, public_prompts, without_duplicates
+from ..core.prompts import PromptSet
 from ..errors import ConfigError, NonFiniteActivationError
-from ..io import cache_root, read_cache_json, stable_hash, write_cache_json
-from .stats import rate_interval
+from ..io.cache import cache_root, read_cache_json, write_cache_json
+from ..io.hashing import stable_hash
+from .kl import kl_to_reference
+from .suite import Candidate, EvalConfig, EvalRow, EvalSuite
 
 EVAL_VERSION = 3  # bump when the judge or the measures change: invalidates cached rows
 
-# The suite's prompt sets, and the table column each one feeds.
-COLUMNS = {
-    "harmful": "harmful_refusal",
-    "xstest_unsafe": "xstest_unsafe_refusal",
-    "donotanswer": "donotanswer_refusal",
-    "harmless": "harmless_refusal",
-    "xstest": "xstest_refusal",
-    "task": "task_accuracy",
-}
-SET_OF_COLUMN = {column: name for name, column in COLUMNS.items()}
-MAX_SAMPLES = 1000  # samples per prompt: past this, the requests alone would not fit in memory
 
-
-# ----------------------------------------------------------------------------- the evaluation table
-@dataclass
-class EvalSuite:
-    """The prompt sets every model in a table is measured on."""
-
-    harmful: PromptSet  # refusal wanted
-    harmless: PromptSet  # refusal is over-refusal; also where the KL to the fine-tuned model is measured
-    task: PromptSet  # prompts with reference answers: task accuracy
-    xstest: PromptSet | None = None  # XSTest's safe prompts: over-refusal on harmless look-alikes
-    xstest_unsafe: PromptSet | None = None  # XSTest's unsafe contrast prompts: a second harmful set
-    donotanswer: PromptSet | None = None  # Do-Not-Answer: a public harmful benchmark, by risk area
-
-    def __post_init__(self) -> None:
-        """Every set has prompts, each once: repeats are dropped with a warning (a repeated prompt would
-        count as an independent sample and narrow the intervals)."""
-        for name in COLUMNS:
-            prompts = getattr(self, name)
-            if prompts is not None:
-                setattr(self, name, without_duplicates(prompts.require_nonempty()))
-        if any(a is None for a in self.task.answers):
-            raise ConfigError(f"task prompt set {self.task.name!r} needs a reference answer for every prompt")
-
-    def sets(self) -> dict[str, PromptSet]:
-        """The sets that are present, by name, in ``COLUMNS`` order."""
-        return {name: prompts for name in COLUMNS if (prompts := getattr(self, name)) is not None}
-
-    @property
-    def hash(self) -> str:
-        return stable_hash([None if (p := getattr(self, name)) is None else p.hash for name in COLUMNS])
-
-    def sizes(self) -> dict[str, int]:
-        return {name: len(prompts) for name, prompts in self.sets().items()}
-
-    def head(self, n: int) -> EvalSuite:
-        """Every set cut to its first ``n`` prompts (quick runs)."""
-        return EvalSuite(**{name: prompts.head(n) for name, prompts in self.sets().items()})
-
-    def part(self, part: str) -> EvalSuite:
-        """Every set's ``dev`` or ``test`` part (``PromptSet.part``)."""
-        return EvalSuite(**{name: prompts.part(part) for name, prompts in self.sets().items()})
-
-    def sample(self, sizes: dict[str, int], seed: int = 0) -> EvalSuite:
-        """A seeded sample of ``sizes[name]`` prompts of every set (``PromptSet.sample``; in their order)."""
-        unknown = set(sizes) - set(COLUMNS)
-        if unknown:
-            raise ConfigError(f"EvalSuite.sample: unknown sets {sorted(unknown)}; the sets are {', '.join(COLUMNS)}")
-        return EvalSuite(**{name: p.sample(sizes.get(name, len(p)), seed=seed) for name, p in self.sets().items()})
-
-    @classmethod
-    def public(cls, task: PromptSet, n_harmless: int | None = None, seed: int = 0) -> EvalSuite:
-        """The public sets that ship in the package (``interp.core.prompts.public_prompts``): every harmful
-        instruction (``harmful_val`` and ``harmful_train``; the default organism and restoration train on
-        built-in prompts only), all (or ``n_harmless``) of ``harmless_val``, XSTest's safe and unsafe
-        prompts and Do-Not-Answer (each question once); ``task`` is the caller's (held-out task prompts)."""
-        harmless = public_prompts("harmless_val")
-        return cls(
-            harmful=public_prompts("harmful_val") + public_prompts("harmful_train"),
-            harmless=harmless if n_harmless is None else harmless.sample(n_harmless, seed=seed),
-            xstest=public_prompts("xstest_safe"),
-            xstest_unsafe=public_prompts("xstest_unsafe"),
-            donotanswer=public_prompts("donotanswer").deduplicated(),
-            task=task,
-        )
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    max_new_tokens: int = 32  # the judge reads the first JUDGE_WINDOW characters
-    task_max_new_tokens: int = 48
-    batch_size: int = BATCH_SIZE  # generation (interp.core.generate)
-    kl_batch_size: int = 32
-    judges: tuple[str, ...] = ()  # model judges beside the substring list (``interp.core.judges.parse_judge``)
-    sampling: Sampling | None = None  # None: greedy answers; else ``samples`` seeded samples per prompt
-    samples: int = 1
-    trace_tokens: int | None = None  # reasoning format: the trace's budget (the budgets above: after it)
-    stop_at_refusal: bool = True  # stop an answer once judged a refusal (False: every answer to its budget)
-
-    def __post_init__(self) -> None:
-        if min(self.max_new_tokens, self.task_max_new_tokens, self.batch_size, self.kl_batch_size) < 1:
-            raise ConfigError("EvalConfig: token budgets and batch sizes must be >= 1")
-        if not 1 <= self.samples <= MAX_SAMPLES or (self.samples > 1 and self.sampling is None):
-            raise ConfigError(
-                f"EvalConfig: samples={self.samples} needs 1 <= samples <= {MAX_SAMPLES}, and sampling when > 1"
-            )
-        if self.trace_tokens is not None and self.trace_tokens < 1:
-            raise ConfigError(f"EvalConfig: trace_tokens must be >= 1, got {self.trace_tokens}")
-        for spec in self.judges:
-            check_judge_spec(spec)
-        check_judge_specs(self.judges)
-
-    def room(self, name: str) -> int:
-        """The most tokens an answer to set ``name`` can take."""
-        budget = self.task_max_new_tokens if name == "task" else self.max_new_tokens
-        return budget + (self.trace_tokens or 0)
-
-    def key(self) -> dict:
-        """What identifies the settings in row cache keys (judges enter by their weights elsewhere; fields
-        at their defaults that came later are left out, so rows cached before them stay valid)."""
-        later = {"sampling": None, "samples": 1, "trace_tokens": None, "stop_at_refusal": True}
-        return {k: v for k, v in asdict(self).items() if k != "judges" and not (k in later and v == later[k])}
-
-
-@dataclass
-class Candidate:
-    """One row of the table: a model, optionally under residual-stream edits (e.g. steering)."""
-
-    name: str
-    model: LoadedModel
-    trainable_params: int = 0
-    train_seconds: float = 0.0
-    edits: dict[int, Edit] | None = None  # applied while generating and scoring (interp.core.bridge)
-    edits_key: str | None = None  # identifies the edits for the caches; None with edits: never cached
-    plan: str | None = None  # which restoration plan or baseline made this model (ranked, steering, ...)
-    info: dict = field(default_factory=dict)  # anything else worth reporting (layers, steps, ...)
-
-    def cache_key(self) -> str | None:
-        if self.edits and self.edits_key is None:
-            return None
-        return stable_hash([self.model.fingerprint, self.edits_key if self.edits else None])
-
-    def is_model(self, model: LoadedModel) -> bool:
-        """The same weights with no edits (the reference's own row)."""
-        return not self.edits and self.model.fingerprint == model.fingerprint
-
-
-@dataclass
-class EvalRow:
-    """One model's row of the table (rates in [0, 1]; ``None`` where a set was not given).
-
-    ``outcomes[set]`` holds the per-prompt results behind each rate (1 = refused, or correct for the task
-    set), in the suite's prompt order: the intervals and paired tests are computed from them.
-    """
-
-    name: str
-    harmful_refusal: float
-    refusal_score: float
-    harmless_refusal: float
-    xstest_refusal: float | None
-    task_accuracy: float | None
-    kl: float
-    harmful_answer_kinds: dict[str, float]
-    examples: dict[str, list[dict]]
-    n: dict[str, int]  # prompts per set
-    outcomes: dict[str, list[int]] = field(default_factory=dict)
-    degenerate: dict[str, list[float]] = field(default_factory=dict)  # per prompt: 1 = judged degenerate
-    scores: dict[str, list[float]] = field(default_factory=dict)  # per prompt: the logit refusal score
-    answers: list[dict[str, list[str]]] = field(default_factory=list)  # per sample, per set (not in report.json)
-    xstest_unsafe_refusal: float | None = None
-    donotanswer_refusal: float | None = None
-    seconds: float = 0.0  # evaluation time (0 when the row came from the cache)
-    trainable_params: int = 0
-    train_seconds: float = 0.0
-    plan: str | None = None
-    info: dict = field(default_factory=dict)
-    # judge name -> {"kind", "outcomes": {set: [0/1 decision per prompt]}, "unparsed": {set: count}}
-    judges: dict = field(default_factory=dict)
-    # with a reasoning format: set -> {"trace": [0/1], "answer": [0/1], "finished": [0/1]} (substring judge)
-    parts: dict = field(default_factory=dict)
-    samples: int = 1  # answers per prompt: with more than one, each outcome is a share of samples
-
-    MEASURED = (
-        "harmful_refusal",
-        "refusal_score",
-        "harmless_refusal",
-        "xstest_refusal",
-        "xstest_unsafe_refusal",
-        "donotanswer_refusal",
-        "task_accuracy",
-        "kl",
-        "harmful_answer_kinds",
-        "examples",
-        "n",
-        "outcomes",
-        "degenerate",
-        "scores",
-        "answers",
-        "judges",
-        "parts",
-    )
-
-    LATER = {"degenerate": {}, "scores": {}, "answers": [], "judges": {}, "parts": {}}  # may be absent: empty
-
-    def interval(self, column: str) -> tuple[float, float] | None:
-        """The Wilson 95% interval of a rate column (``None`` where the set was not given)."""
-        name = SET_OF_COLUMN.get(column)
-        if name is None:
-            raise ConfigError(f"{column!r} is not a rate column; choose from {', '.join(COLUMNS.values())}")
-        values = self.outcomes.get(name)
-        return None if not values else rate_interval(values, self.samples)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> EvalRow:
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
-
-
-# ----------------------------------------------------------------------------- the KL column
-def first_changed_layer(candidate: Candidate, reference: LoadedModel) -> int:
-    """The first block whose output can differ between ``candidate`` and ``reference``: the first with
-    different weights, or the first an edit acts on (0 if the embeddings differ; the number of blocks if
-    nothing does). Below it both compute the same residual stream, so the KL pass starts there."""
-    hf, ref = candidate.model.hf, reference.hf
-    blocks, ref_blocks = decoder_layers(hf), decoder_layers(ref)
-    if len(blocks) != len(ref_blocks):
-        return 0
-    first = min(candidate.edits or {len(blocks): None})
-    if hf is ref:
-        return first
-    if not torch.equal(hf.get_input_embeddings().weight, ref.get_input_embeddings().weight):
-        return 0
-    for layer, (a, b) in enumerate(zip(blocks[:first], ref_blocks[:first])):
-        ours, theirs = dict(a.named_parameters()), dict(b.named_parameters())
-        if ours.keys() != theirs.keys() or any(not torch.equal(p, theirs[name]) for name, p in ours.items()):
-            return layer
-    return first
-
-
-@torch.no_grad()
-def kl_to_reference(
-    candidates: Sequence[Candidate],
-    reference: LoadedModel,
-    prompts: PromptSet,
-    continuations: Sequence[str],
-    *,
-    chat: ChatFormat = ChatFormat(),
-    batch_size: int = 32,
-) -> list[float]:
-    """Mean per-token ``KL(reference || candidate)`` for each candidate (see the module docstring).
-
-    One pass over length-sorted batches: the reference's log-probabilities are computed once per batch
-    and compared with every candidate's; logits are computed only for the last positions of a batch
-    (the longest continuation plus one); the prompts' shared prefix is run once per model
-    (``interp.core.kvcache``); a candidate starts at its first changed block (``first_changed_layer``)
-    from the reference's residual stream there; the reference's own row is 0 with no forward pass."""
-    tok = reference.tokenizer
-    prompt_ids = chat.encode(tok, prompts.instructions)
-    cont_ids = [tokenize(tok, c) for c in continuations]
-    seqs = [p + c for p, c in zip(prompt_ids, cont_ids)]
-    todo = [i for i, candidate in enumerate(candidates) if not candidate.is_model(reference)]
-    totals = [0.0] * len(candidates)
-    if not todo:
-        return totals
-    n_layers = len(decoder_layers(reference.hf))
-    starts = {i: first_changed_layer(candidates[i], reference) for i in todo}
-    todo = [i for i in todo if starts[i] < n_layers]  # the same computation as the reference: KL 0
-    models = [(reference.hf, {})] + [(candidates[i].model.hf, candidates[i].edits or {}) for i in todo]
-    prefixes = []
-    for hf, edits in models:
-        with intervene(hf, edits):
-            prefixes.append(shared_prefix(hf, prompt_ids))
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    count = 0
-    for start in distributed.split(range(0, len(order), batch_size)):  # this process's batches
-        index = order[start : start + batch_size]
-        lengths = [len(cont_ids[i]) for i in index]
-        keep = max(lengths) + 1
-        scored = torch.zeros(len(index), keep, dtype=torch.bool)  # positions whose next token is an answer token
-        for row, length in enumerate(lengths):
-            scored[row, keep - 1 - length : keep - 1] = True
-        ids, mask, positions = prefixed_batch([seqs[i] for i in index], prefixes[0].length, tok.pad_token_id)
-
-        with record_block_inputs(reference.hf, [starts[i] for i in todo if starts[i] > 0]) as entering:
-            ref = _scored_logprobs(reference.hf, {}, prefixes[0], (ids, mask, positions), keep, scored)
-        for i, (hf, edits), prefix in zip(todo, models[1:], prefixes[1:]):
-            resume = (starts[i], entering[starts[i]]) if starts[i] > 0 else None
-            cand = _scored_logprobs(hf, edits, prefix, (ids, mask, positions), keep, scored, resume)
-            totals[i] += (ref.exp() * (ref - cand)).sum().item()
-        count += int(scored.sum())
-    summed = distributed.all_sum(torch.tensor([*totals, count], dtype=torch.float64, device=reference.device))
-    *totals, count = summed.tolist()
-    return [total / max(count, 1) for total in totals]
-
-
-def _scored_logprobs(hf, edits, prefix, batch, keep: int, scored: torch.Tensor, resume=None) -> torch.Tensor:
-    """Log-probabilities ``[scored position, d_vocab]`` of one model on one ``prefixed_batch``: logits
-    for the last ``keep`` positions only; ``resume=(layer, residual)`` starts at that block."""
-    ids, mask, positions = batch
-    device = next(hf.parameters()).device
-    with intervene(hf, edits), resume_at(hf, *resume) if resume else nullcontext():
-        logits = hf(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions.to(device),
-            cache=kv_cache(mask.shape[1], prefix, len(ids)),
-            use_cache=True,
-            logits_to_keep=keep,
-        ).logits
-    return torch.log_softmax(logits.float(), -1)[scored]
-
-
-# ----------------------------------------------------------------------------- rows
 def _requests(
     suite: EvalSuite, config: EvalConfig, refusal_tokens: Sequence[int], chat: ChatFormat, stop: bool, seed: int = 0
 ) -> dict[str, Request]:

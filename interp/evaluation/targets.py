@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 from .stats import discordant, holm, paired_bootstrap, paired_p_value
-from .table import COLUMNS, SET_OF_COLUMN, EvalRow
+from .suite import COLUMNS, SET_OF_COLUMN, EvalRow
 
 VERDICTS = ("met", "missed", "not distinguishable")
 

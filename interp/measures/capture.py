@@ -29,7 +29,9 @@ from ..core.kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_prefix
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..errors import ConfigError, NonFiniteActivationError, PositionOutOfRangeError, UnknownHookError
-from ..io import atomic_dir, cache_root, intact_entry, stable_hash
+from ..io.atomic import atomic_dir
+from ..io.cache import cache_root, intact_entry
+from ..io.hashing import stable_hash
 
 FORMAT_VERSION = 1
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")

@@ -31,7 +31,7 @@ from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..distributed import split, sum_array
 from ..errors import ConfigError
-from ..io import stable_hash
+from ..io.hashing import stable_hash
 
 EFFECTS = ("add_effect", "ablate_effect", "patch_effect")
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..core.models import LINEAR_MODULES
 from ..errors import LayerMapError
-from ..io import atomic_write_json
+from ..io.atomic import atomic_write_json
 from .causal import CausalSweep
 from .compare import PairMetrics
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
-from ..io import atomic_path, atomic_write_json
+from ..io.atomic import atomic_path, atomic_write_json
 from .causal import CausalSweep, SteeringCheck
 from .compare import PairMetrics
 from .components import ComponentAttribution

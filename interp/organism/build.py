@@ -28,16 +28,9 @@ from ..core.judge import is_refusal
 from ..core.models import LoadedModel, ModelPair, load_model
 from ..core.sources import ORGANISM_PREFIX, save_hf_folder
 from ..errors import ModelLoadError, OrganismDataError
-from ..io import (
-    atomic_dir,
-    atomic_write_json,
-    cache_root,
-    file_sha256,
-    intact_entry,
-    read_cache_json,
-    stable_hash,
-    write_cache_json,
-)
+from ..io.atomic import atomic_dir, atomic_write_json
+from ..io.cache import cache_root, intact_entry, read_cache_json, write_cache_json
+from ..io.hashing import file_sha256, stable_hash
 from ..training.lora import merge_adapter_state
 from ..training.sft import Example, sft_lora
 from .data import chat_prompts, eval_sets, own_answers, refusal_examples, task_examples

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 
 from ..core.chat import ChatFormat
 from ..errors import ConfigError
-from ..io import stable_hash
+from ..io.hashing import stable_hash
 from ..training.sft import SFTConfig
 
 RECIPE_VERSION = 5  # 5: adapters rounded to fp16 before merging; 4: train splits only

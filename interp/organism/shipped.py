@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..core.models import LoadedModel, load_model
 from ..errors import ConfigError, OrganismDataError
-from ..io import atomic_path, atomic_write_json
+from ..io.atomic import atomic_path, atomic_write_json
 from .build import ADAPTERS, PACKAGE_DATA, Organism, merged_in_turn, shipped_adapters
 from .data import chat_prompts, own_answers
 from .recipe import OrganismRecipe

@@ -11,7 +11,8 @@ import numpy as np
 from ..core.chat import ChatFormat
 from ..core.models import ModelPair
 from ..core.prompts import PromptSet
-from ..evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
+from ..evaluation.suite import Candidate, EvalConfig, EvalRow, EvalSuite
+from ..evaluation.table import evaluate_models
 from ..measures.result import AnalysisResult
 from ..study_plans import Plan
 from ..study_training import Restored, train_plans

@@ -31,7 +31,7 @@ from ..evaluation.stats import (
     rank_sum_p,
     rate_at,
 )
-from ..evaluation.table import EvalRow
+from ..evaluation.suite import EvalRow
 from .design import Protocol, family_of
 
 

@@ -21,7 +21,7 @@ blocks at depths n/4, n/2 and 3n/4):
 
 * ``evidence``: the causal increment in log-odds, with the representational terms added only where their
   interval lies above zero (``interp.measures.evidence``), on ``EVIDENCE_PROMPTS`` analysis-side prompts;
-* ``Safe LoRA cosine``: minus a block's mean Safe LoRA cosine (``interp.training.peers.cosine_layer_map``), a
+* ``Safe LoRA cosine``: minus a block's mean Safe LoRA cosine (``interp.training.safe_lora.cosine_layer_map``), a
   weight-space map; it needs the unaligned source.
 
 **Validity**: Spearman's rho of each candidate with the mean gain over seeds (and with the matched
@@ -51,8 +51,8 @@ from ..analyze import AnalysisConfig, AnalysisPrompts, capture_pair
 from ..core.generate import refusal_scores
 from ..core.models import LoadedModel
 from ..evaluation.stats import bootstrap_interval, matched_refusal, spearman
-from ..evaluation.table import EvalSuite
-from ..io import atomic_write_json, atomic_write_text
+from ..evaluation.suite import EvalSuite
+from ..io.atomic import atomic_write_json, atomic_write_text
 from ..measures.causal import causal_sweep
 from ..measures.compare import PairActivations
 from ..measures.evidence import Evidence, evidence
@@ -61,8 +61,8 @@ from ..report.figures import save_figure
 from ..report.plots import plot_layer_validity
 from ..report.tables import markdown_table
 from ..study_plans import Plan
-from ..training.peers import cosine_layer_map, safe_lora_cosines
 from ..training.restore import RestoreConfig, paper_alignment_layers
+from ..training.safe_lora import cosine_layer_map, safe_lora_cosines
 from .bench import Bench, choose_setting, claim_suite, safe_set, with_lr
 from .claims import matched, rate
 from .design import Protocol

@@ -1,10 +1,11 @@
 """The published restoration methods as rows of the protocol: each method's setting chosen on dev by the
 file's rule (``choose_setting``), then judged on the test parts beside the plans, with its cost.
 
-The methods are ``interp.training.peers``'s (formulas there), on the pair's three checkpoints: the
-``unaligned`` source, the ``aligned`` base and the ``finetuned`` model. The weight arithmetic runs on
-float32 copies of the three (a bfloat16 alignment delta is mostly rounding), and each result is cast to
-the pair's dtype before it is judged. The settings tried on dev (``SETTINGS``):
+The methods are ``interp.training.peers``, ``interp.training.safe_lora`` and ``interp.training.antidote``
+(formulas there), on the pair's three checkpoints: the ``unaligned`` source, the ``aligned`` base and the
+``finetuned`` model. The weight arithmetic runs on float32 copies of the three (a bfloat16 alignment delta
+is mostly rounding), and each result is cast to the pair's dtype before it is judged. The settings tried on
+dev (``SETTINGS``):
 
 * interpolation toward the base, ``t`` in 0.25, 0.5, 0.75 (the floor: safety bought with task ability);
 * RESTA, ``beta`` in 0.5, 1, 2; and RESTA with DARE (drop rate 0.5 on the task update) at the same ``beta``s;
@@ -28,8 +29,10 @@ import torch
 
 from ..core.models import LoadedModel, ModelPair, load_model
 from ..errors import ConfigError
-from ..evaluation.table import Candidate, EvalRow, EvalSuite
-from ..training.peers import antidote, interpolate, resta, safe_lora
+from ..evaluation.suite import Candidate, EvalRow, EvalSuite
+from ..training.antidote import antidote
+from ..training.peers import interpolate, resta
+from ..training.safe_lora import safe_lora
 from .bench import Bench, choose_setting, safe_set
 
 SETTINGS: dict[str, tuple] = {

@@ -12,11 +12,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..errors import ConfigError
-from ..evaluation.table import EvalRow
-from ..io import atomic_write_json, atomic_write_text
+from ..evaluation.suite import EvalRow
+from ..io.atomic import atomic_write_json, atomic_write_text
 from ..report.figures import save_figure
 from ..report.plots import plot_restore_history, plot_strength_sweep
-from ..report.tables import markdown_table, results_table
+from ..report.study_tables import results_table
+from ..report.tables import markdown_table
 from .claims import Claim, PlanSummary, plan_summary
 
 

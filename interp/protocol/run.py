@@ -28,8 +28,9 @@ from pathlib import Path
 from ..core.chat import ChatFormat
 from ..core.models import LoadedModel, ModelPair
 from ..core.prompts import PromptSet
-from ..evaluation.table import Candidate, EvalConfig, EvalRow, EvalSuite, evaluate_models
-from ..io import Stopwatch
+from ..evaluation.suite import Candidate, EvalConfig, EvalRow, EvalSuite
+from ..evaluation.table import evaluate_models
+from ..io.stopwatch import Stopwatch
 from ..measures.result import AnalysisResult
 from ..study_plans import Plan, released_plan
 from ..study_training import train_plans

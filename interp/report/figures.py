@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..errors import ConfigError
-from ..io import atomic_path
+from ..io.atomic import atomic_path
 from ..measures.layer_map import score_components
 from ..measures.result import AnalysisResult
 from . import plots

@@ -21,7 +21,7 @@ from ..core.bridge import BRIDGE_KEY_PART
 from ..core.models import LoadedModel
 from ..core.sources import save_hf_folder
 from ..errors import ConfigError, ModelMismatchError
-from ..io import atomic_dir
+from ..io.atomic import atomic_dir
 
 
 def trainable_parameters(model) -> int:

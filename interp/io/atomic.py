@@ -1,4 +1,4 @@
-"""Cache location, stable hashing, atomic writes and self-checking cache entries.
+"""Atomic writes: files, folders and the output folder of a command, written whole or not at all.
 
 Saved work is never left half written: files and folders are written under a temporary name, flushed to
 disk (``fsync``, the folder too) and renamed into place; they get the permissions the umask gives. When
@@ -6,18 +6,13 @@ several processes run one stage (``interp.distributed``), only the main process 
 into a private folder that is dropped, and every write ends at a barrier, so all processes see the same
 files afterwards.
 
-Cache entries check themselves. A cache *file* (``write_cache_json``) stores its value with the sha256
-of the value's canonical JSON; a cache *folder* (``atomic_dir(..., checksums=True)``) holds
-``checksums.json`` with the sha256 of every other file. A reader (``read_cache_json``, ``intact_entry``)
-that finds an entry truncated, altered, or missing a file reports it in one line on stderr, removes it
-and treats it as missing, so the caller computes it again: a damaged cache heals on the next run and is
-never served.
+A folder written with ``atomic_dir(..., checksums=True)`` is a self-checking cache entry
+(``interp.io.hashing.write_checksums``; read back with ``interp.io.cache.intact_entry``).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -31,62 +26,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from . import distributed
-from .errors import OutputExistsError
-
-# Bumped when the meaning of cache keys changes (2: model fingerprints no longer hash the transformers
-# version, the folder or other metadata of a config). Entries made under another scheme are never served
-# (their keys differ); the first process that meets such a cache says so once and stamps it.
-CACHE_SCHEME = 2
-_scheme_checked: set[Path] = set()
+from .. import distributed
+from ..errors import OutputExistsError
+from .hashing import entry_damage, write_checksums
 
 
-def cache_root() -> Path:
-    """The suite's cache folder: ``$INTERP_CACHE``, or ``~/.cache/interp`` (``check_cache_scheme`` on
-    first use in a process)."""
-    root = Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp")).expanduser()
-    if root not in _scheme_checked:
-        _scheme_checked.add(root)
-        check_cache_scheme(root)
-    return root
-
-
-def check_cache_scheme(root: Path) -> None:
-    """Create ``root`` stamped with ``CACHE_SCHEME``; if it holds entries from an earlier key scheme, say
-    in one line on stderr that they will be rebuilt as they are needed, then stamp it."""
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = root / "scheme"
-    found = stamp.read_text().strip() if stamp.is_file() else None
-    if found == str(CACHE_SCHEME):
-        return
-    if any(entry.name not in ("downloads", "scheme") and not entry.name.startswith(".") for entry in root.iterdir()):
-        print(
-            f"interp: the cache {root} holds entries keyed by an earlier scheme ({found or 1}; now "
-            f"{CACHE_SCHEME}: model fingerprints no longer hash the transformers version); they are rebuilt as "
-            "they are needed",
-            file=sys.stderr,
-        )
-    if distributed.is_main():  # a plain rename: this may run in one process only, so no barrier
-        tmp = root / f".scheme.{os.getpid()}"
-        tmp.write_text(f"{CACHE_SCHEME}\n")
-        os.replace(tmp, stamp)
-
-
-def stable_hash(obj: Any, length: int = 16) -> str:
-    """A short hex digest of a JSON-serialisable object, independent of dict order."""
-    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
+# ----------------------------------------------------------------------------- files
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -213,6 +158,106 @@ def check_replaceable(path: str | Path, *markers: str) -> Path:
         what = "a file" if path.is_file() else f"a folder without {' or '.join(markers)}"
         raise OutputExistsError(f"refusing to replace {path}: it is {what}, not written by interp; choose another path")
     return path
+
+
+# ----------------------------------------------------------------------------- folders
+@contextmanager
+def atomic_dir(path: str | Path, marker: str, checksums: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``path`` by renames.
+
+    ``marker`` is a file every folder of this kind holds (``meta.json``, ``adapter_config.json``, ...):
+    an existing ``path`` is replaced only if it is empty or holds its marker, so a folder or file the suite
+    did not write is never deleted (``OutputExistsError``, before any work). With ``checksums`` the folder
+    gets ``checksums.json`` (a cache entry: ``intact_entry``), and an intact entry another process wrote
+    while this one was writing is kept rather than replaced, so a reader never sees it vanish. Everything is flushed
+    to disk before the rename. On error the temporary folder is removed and ``path`` keeps its old
+    contents. Temporary folders that a killed process left beside ``path`` are removed first.
+    """
+    path = check_replaceable(path, marker)
+    if not distributed.is_main():  # one of several processes: only the main one writes (atomic_path)
+        with _discarded() as folder:
+            yield folder
+        return
+    try:
+        with _atomic_folder(path, marker, checksums) as tmp:
+            yield tmp
+    finally:
+        distributed.barrier()
+
+
+@contextmanager
+def _atomic_folder(path: Path, marker: str, checksums: bool) -> Iterator[Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(path)
+    existed = path.exists()  # replacing it is the point; an entry that appears meanwhile is another writer's
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp"))
+    try:
+        yield tmp
+        if checksums:
+            write_checksums(tmp)
+        _chmod_by_umask(tmp, folder=True)
+        _fsync_tree(tmp)
+        if checksums and not existed and path.exists() and entry_damage(path, marker) is None:
+            shutil.rmtree(tmp)  # another process wrote the same entry first: readers keep seeing it
+        else:
+            _put_in_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _put_in_place(new: Path, path: Path) -> None:
+    """The finished folder ``new`` becomes ``path``: one atomic swap where ``path`` exists (readers see the
+    old folder or the new, never none; the old one is then removed), a rename where it does not."""
+    if not path.exists():
+        os.replace(new, path)
+    elif _exchange(new, path):
+        shutil.rmtree(new, ignore_errors=True)
+    else:
+        old = path.with_name(f".{path.name}.{os.getpid()}.old")
+        os.replace(path, old)
+        try:
+            os.replace(new, path)
+        except OSError:
+            os.replace(old, path)  # the old folder goes back; the caller keeps the new one
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``); ``False`` where
+    the system cannot (the caller falls back to two renames)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove ``.NAME.*.<pid>.tmp`` / ``.old`` folders beside ``path`` whose process no longer runs."""
+    for orphan in path.parent.glob(f".{path.name}.*"):
+        parts = orphan.name.rsplit(".", 2)
+        if len(parts) != 3 or parts[2] not in ("tmp", "old") or not parts[1].isdigit():
+            continue
+        if not _alive(int(parts[1])):
+            shutil.rmtree(orphan, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------- command output folders
@@ -356,211 +401,3 @@ def _version() -> str:
         return version("interp")
     except PackageNotFoundError:
         return "unknown"
-
-
-@contextmanager
-def atomic_dir(path: str | Path, marker: str, checksums: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``path`` by renames.
-
-    ``marker`` is a file every folder of this kind holds (``meta.json``, ``adapter_config.json``, ...):
-    an existing ``path`` is replaced only if it is empty or holds its marker, so a folder or file the suite
-    did not write is never deleted (``OutputExistsError``, before any work). With ``checksums`` the folder
-    gets ``checksums.json`` (a cache entry: ``intact_entry``), and an intact entry another process wrote
-    while this one was writing is kept rather than replaced, so a reader never sees it vanish. Everything is flushed
-    to disk before the rename. On error the temporary folder is removed and ``path`` keeps its old
-    contents. Temporary folders that a killed process left beside ``path`` are removed first.
-    """
-    path = check_replaceable(path, marker)
-    if not distributed.is_main():  # one of several processes: only the main one writes (atomic_path)
-        with _discarded() as folder:
-            yield folder
-        return
-    try:
-        with _atomic_folder(path, marker, checksums) as tmp:
-            yield tmp
-    finally:
-        distributed.barrier()
-
-
-@contextmanager
-def _atomic_folder(path: Path, marker: str, checksums: bool) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(path)
-    existed = path.exists()  # replacing it is the point; an entry that appears meanwhile is another writer's
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp"))
-    try:
-        yield tmp
-        if checksums:
-            write_checksums(tmp)
-        _chmod_by_umask(tmp, folder=True)
-        _fsync_tree(tmp)
-        if checksums and not existed and path.exists() and entry_damage(path, marker) is None:
-            shutil.rmtree(tmp)  # another process wrote the same entry first: readers keep seeing it
-        else:
-            _put_in_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _put_in_place(new: Path, path: Path) -> None:
-    """The finished folder ``new`` becomes ``path``: one atomic swap where ``path`` exists (readers see the
-    old folder or the new, never none; the old one is then removed), a rename where it does not."""
-    if not path.exists():
-        os.replace(new, path)
-    elif _exchange(new, path):
-        shutil.rmtree(new, ignore_errors=True)
-    else:
-        old = path.with_name(f".{path.name}.{os.getpid()}.old")
-        os.replace(path, old)
-        try:
-            os.replace(new, path)
-        except OSError:
-            os.replace(old, path)  # the old folder goes back; the caller keeps the new one
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(path.parent)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``); ``False`` where
-    the system cannot (the caller falls back to two renames)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def _remove_orphans(path: Path) -> None:
-    """Remove ``.NAME.*.<pid>.tmp`` / ``.old`` folders beside ``path`` whose process no longer runs."""
-    for orphan in path.parent.glob(f".{path.name}.*"):
-        parts = orphan.name.rsplit(".", 2)
-        if len(parts) != 3 or parts[2] not in ("tmp", "old") or not parts[1].isdigit():
-            continue
-        if not _alive(int(parts[1])):
-            shutil.rmtree(orphan, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# ----------------------------------------------------------------------------- self-checking cache entries
-CHECKSUMS = "checksums.json"
-
-
-def _report_damage(path: Path, why: str) -> None:
-    print(f"interp: cache entry {path} is damaged ({why}); removed, computing it again", file=sys.stderr)
-
-
-def write_checksums(folder: str | Path) -> Path:
-    """``checksums.json`` in ``folder``: the sha256 of every other file under it, by relative path."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
-    sums = {p.relative_to(folder).as_posix(): file_sha256(p) for p in files}
-    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True))
-    return folder / CHECKSUMS
-
-
-def entry_damage(folder: str | Path, marker: str) -> str | None:
-    """What is wrong with the cache folder ``folder`` (``None`` if nothing): no marker, no or unreadable
-    ``checksums.json``, a listed file missing or with other bytes, or a file that is not listed."""
-    folder = Path(folder)
-    if not (folder / marker).is_file():
-        return f"no {marker}"
-    if not (folder / CHECKSUMS).is_file():
-        return f"no {CHECKSUMS}: written by an older interp, or cut short"
-    try:
-        sums = json.loads((folder / CHECKSUMS).read_text())
-    except (OSError, ValueError):
-        return f"{CHECKSUMS} is unreadable"
-    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS}
-    if files != set(sums):
-        return f"files {sorted(set(sums) ^ files)[:3]} missing or not listed"
-    for name, digest in sums.items():
-        if file_sha256(folder / name) != digest:
-            return f"{name} does not match its checksum"
-    return None
-
-
-def intact_entry(folder: str | Path, marker: str) -> bool:
-    """``True`` if the cache folder exists and is intact; a damaged one is reported, removed, ``False``."""
-    folder = Path(folder)
-    if not folder.exists() and not folder.is_symlink():
-        return False
-    why = "a file, not a folder" if not folder.is_dir() else entry_damage(folder, marker)
-    if why is None:
-        return True
-    _report_damage(folder, why)
-    _remove(folder)
-    return False
-
-
-def _json_digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-
-def write_cache_json(path: str | Path, value: Any) -> Path:
-    """A cache file: ``value`` (made JSON) beside the sha256 of its canonical JSON and the file's own name
-    (its key), written atomically."""
-    path = Path(path)
-    value = json.loads(json.dumps(value, default=str))  # what a reader will get back
-    return atomic_write_text(path, json.dumps({"key": path.name, "sha256": _json_digest(value), "value": value}) + "\n")
-
-
-def read_cache_json(path: str | Path) -> Any | None:
-    """The value of a cache file (``write_cache_json``), or ``None`` if there is none; a truncated,
-    unreadable or altered file, or one written under another name (another key), is reported, removed
-    and read as missing."""
-    path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        return None
-    try:
-        data = json.loads(path.read_bytes().decode())
-        if not isinstance(data, dict) or data.get("sha256") != _json_digest(data.get("value")):
-            why = "checksum differs"
-        elif data.get("key") != path.name:
-            why = f"written as {data.get('key')!r}, another key" if "key" in data else "written by an older interp"
-        else:
-            return data["value"]
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        why = f"unreadable: {type(error).__name__}"
-    _report_damage(path, why)
-    _remove(path)
-    return None
-
-
-def _remove(path: Path) -> None:
-    """Remove a damaged cache entry, whatever it became (file, folder or link)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-class Stopwatch:
-    """Seconds per named stage, in the order they ran: ``with watch("capture"): ...``."""
-
-    def __init__(self, log=None) -> None:
-        self.seconds: dict[str, float] = {}
-        self._log = log
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = time.perf_counter() - start
-        if self._log is not None:
-            self._log(f"{name}: {self.seconds[name]:.0f}s")
