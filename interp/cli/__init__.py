@@ -17,10 +17,10 @@ import os
 import sys
 from pathlib import Path
 
-from . import distributed
-from .config_file import COMMANDS
-from .errors import ConfigError, InterpError
-from .io import Stopwatch, check_output, output_folder
+from .. import distributed
+from ..config_file import COMMANDS
+from ..errors import ConfigError, InterpError
+from ..io import Stopwatch, check_output, output_folder
 
 # --dtype: interp.core.models.DTYPE_CHOICES, written out so the parser needs no torch (tests hold them equal)
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -55,7 +55,7 @@ def _positive(text: str) -> int:
 def _check_device(args) -> None:
     import torch
 
-    from .core.models import check_quantize, parse_max_memory
+    from ..core.models import check_quantize, parse_max_memory
 
     if getattr(args, "max_memory", None):
         if not args.device_map:
@@ -66,7 +66,7 @@ def _check_device(args) -> None:
     if not getattr(args, "device_map", None):
         _check_device_name(args.device)
     if getattr(args, "dtype", None) == "auto":  # resolved once, so config.toml records what ran
-        from .core.models import compute_dtype
+        from ..core.models import compute_dtype
 
         device = "cuda" if getattr(args, "device_map", None) and torch.cuda.is_available() else args.device
         args.dtype, why = compute_dtype(distributed.device(device))
@@ -91,9 +91,9 @@ def _check_device_name(name: str) -> None:
 def _load_pair(args):
     """The pair the options name, loaded and checked: comparable, and (with a ``--config`` file a run
     wrote) the weights that run used."""
-    from .config_file import check_fingerprints
-    from .core.models import load_pair
-    from .organism import resolve_model_name
+    from ..config_file import check_fingerprints
+    from ..core.models import load_pair
+    from ..organism import resolve_model_name
 
     pair = load_pair(resolve_model_name(args.base), resolve_model_name(args.finetuned), **_model_options(args))
     check_fingerprints(getattr(args, "expected_fingerprints", {}), base=pair.base, finetuned=pair.finetuned)
@@ -104,8 +104,8 @@ def _write_config(args, out, pair=None, **models) -> None:
     """The resolved options and their provenance, as ``config.toml`` in the output folder."""
     from dataclasses import asdict
 
-    from .config_file import resolved
-    from .io import atomic_write_text
+    from ..config_file import resolved
+    from ..io import atomic_write_text
 
     if pair is not None:
         models = {"base": pair.base, "finetuned": pair.finetuned} | models
@@ -118,7 +118,7 @@ def _write_config(args, out, pair=None, **models) -> None:
 
 def _model_options(args) -> dict:
     """Loading options; under ``accelerate launch``, ``--device cuda`` is each process's own GPU."""
-    from .core.models import parse_max_memory
+    from ..core.models import parse_max_memory
 
     return {
         "dtype": args.dtype,
@@ -141,7 +141,7 @@ def _restore_config(args):
     """``RestoreConfig`` from the flags given, over the ``--preset``'s settings (or the defaults)."""
     from dataclasses import replace
 
-    from .training.restore import PRESETS, RestoreConfig
+    from ..training.restore import PRESETS, RestoreConfig
 
     preset = getattr(args, "preset", None)
     base = PRESETS[preset].config if preset else RestoreConfig()
@@ -152,8 +152,8 @@ def _restore_config(args):
 def cmd_organism(args) -> None:
     from dataclasses import replace
 
-    from .organism import OrganismRecipe, build_organism
-    from .report.tables import organism_table
+    from ..organism import OrganismRecipe, build_organism
+    from ..report.tables import organism_table
 
     recipe = OrganismRecipe.reasoning() if args.recipe == "reasoning" else OrganismRecipe()
     organism = build_organism(replace(recipe, seed=args.seed), force=args.force, rebuild=args.rebuild)
@@ -164,13 +164,13 @@ def cmd_organism(args) -> None:
 
 
 def cmd_capture(args) -> None:
-    from .config_file import check_fingerprints
-    from .core.bridge import hook_names
-    from .core.chat import ChatFormat
-    from .core.models import load_model
-    from .core.prompts import parse_spec, without_duplicates
-    from .measures.capture import CaptureConfig, Positions, capture
-    from .organism import resolve_model_name
+    from ..config_file import check_fingerprints
+    from ..core.bridge import hook_names
+    from ..core.chat import ChatFormat
+    from ..core.models import load_model
+    from ..core.prompts import parse_spec, without_duplicates
+    from ..measures.capture import CaptureConfig, Positions, capture
+    from ..organism import resolve_model_name
 
     check_output(args.out, "capture")  # before any work: never replace what interp did not write
     _check_device(args)
@@ -194,9 +194,9 @@ def cmd_capture(args) -> None:
 def cmd_analyze(args) -> None:
     from dataclasses import replace
 
-    from .analyze import AnalysisConfig, AnalysisPrompts, analyze, layer_table
-    from .core.prompts import parse_spec
-    from .report.figures import analysis_figures, write_figures
+    from ..analyze import AnalysisConfig, AnalysisPrompts, analyze, layer_table
+    from ..core.prompts import parse_spec
+    from ..report.figures import analysis_figures, write_figures
 
     check_output(args.out, "analyze")
     _check_device(args)
@@ -230,11 +230,11 @@ def cmd_analyze(args) -> None:
 
 def cmd_restore(args) -> None:
     """LoRA on the layer map's layers of the fine-tuned model; writes the adapter and a merged folder."""
-    from .core.prompts import parse_spec, without_duplicates
-    from .io import atomic_write_json
-    from .measures.layer_map import LayerMap, manual_layer_map
-    from .training.lora import save_adapter, save_merged
-    from .training.restore import PRESETS, restore
+    from ..core.prompts import parse_spec, without_duplicates
+    from ..io import atomic_write_json
+    from ..measures.layer_map import LayerMap, manual_layer_map
+    from ..training.lora import save_adapter, save_merged
+    from ..training.restore import PRESETS, restore
 
     check_output(args.out, "restore")
     _check_device(args)
@@ -276,16 +276,16 @@ def cmd_restore(args) -> None:
 
 def cmd_evaluate(args) -> None:
     """The evaluation table for base, fine-tuned and any restored models or adapters."""
-    from .core.generate import Sampling, find_refusal_tokens
-    from .core.judges import check_judge_spec
-    from .core.models import check_pair, fresh_copy, load_model
-    from .core.prompts import parse_spec
-    from .evaluation.rejudge import RunAnswers
-    from .evaluation.table import Candidate, EvalConfig, EvalSuite, evaluate_models
-    from .evaluation.targets import paired_tests
-    from .io import atomic_write_json, atomic_write_text
-    from .report.tables import category_table, judge_table, paired_table, parts_table, results_table
-    from .training.lora import apply_adapter, check_adapter
+    from ..core.generate import Sampling, find_refusal_tokens
+    from ..core.judges import check_judge_spec
+    from ..core.models import check_pair, fresh_copy, load_model
+    from ..core.prompts import parse_spec
+    from ..evaluation.rejudge import RunAnswers
+    from ..evaluation.table import Candidate, EvalConfig, EvalSuite, evaluate_models
+    from ..evaluation.targets import paired_tests
+    from ..io import atomic_write_json, atomic_write_text
+    from ..report.tables import category_table, judge_table, paired_table, parts_table, results_table
+    from ..training.lora import apply_adapter, check_adapter
 
     check_output(args.out, "evaluate")
     _check_device(args)
@@ -373,12 +373,12 @@ def cmd_evaluate(args) -> None:
 
 def cmd_run(args) -> None:
     """The whole study: organism (or the user's pair) -> analysis -> restoration + baselines -> evaluation."""
-    from .analyze import layer_table
-    from .config_file import check_fingerprints
-    from .core.prompts import parse_spec
-    from .organism import resolve_model_name
-    from .report.tables import results_table
-    from .study import run_default
+    from ..analyze import layer_table
+    from ..config_file import check_fingerprints
+    from ..core.prompts import parse_spec
+    from ..organism import resolve_model_name
+    from ..report.tables import results_table
+    from ..study import run_default
 
     check_output(args.out, "run")
     _check_device(args)
@@ -428,10 +428,10 @@ def cmd_judge(args) -> None:
     """Judge a run's kept answers again, with any judge, without loading the studied models."""
     from dataclasses import asdict
 
-    from .core.judges import check_judge_spec, parse_judge
-    from .evaluation.rejudge import RunAnswers, judged_file_stem, rejudge
-    from .io import add_to_output, atomic_write_json, atomic_write_text
-    from .report.tables import rejudged_table
+    from ..core.judges import check_judge_spec, parse_judge
+    from ..evaluation.rejudge import RunAnswers, judged_file_stem, rejudge
+    from ..io import add_to_output, atomic_write_json, atomic_write_text
+    from ..report.tables import rejudged_table
 
     check_judge_spec(args.judge, resolve=True)
     answers = RunAnswers.load(args.run)
@@ -458,13 +458,13 @@ def cmd_protocol(args) -> None:
     """The pre-registered test of the central claim (interp/data/protocol.toml) on the default pair."""
     from dataclasses import replace
 
-    from .core.models import load_model
-    from .evaluation.table import EvalConfig
-    from .protocol import Protocol, run_protocol
-    from .protocol.bench import Bench
-    from .protocol.layers import layer_validity
-    from .study import prepare
-    from .training.restore import PRESETS, RestoreConfig
+    from ..core.models import load_model
+    from ..evaluation.table import EvalConfig
+    from ..protocol import Protocol, run_protocol
+    from ..protocol.bench import Bench
+    from ..protocol.layers import layer_validity
+    from ..study import prepare
+    from ..training.restore import PRESETS, RestoreConfig
 
     if args.layers and (args.released or args.peers or args.dev_only):
         raise ConfigError("--layers runs the per-block study alone: drop --released, --peers and --dev-only")
@@ -506,7 +506,7 @@ def cmd_protocol(args) -> None:
 
 def cmd_plan(args) -> None:
     """What a study of the pair will need per stage, from the configs alone (no weights loaded)."""
-    from .plan import Calibration, ModelShape, PlanSettings, plan, render
+    from ..plan import Calibration, ModelShape, PlanSettings, plan, render
 
     for name in (args.base, args.finetuned):
         if name.startswith("organism:"):
@@ -574,7 +574,7 @@ def _add_pair_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_restore_options(parser: argparse.ArgumentParser) -> None:
-    from .training.restore import RestoreConfig
+    from ..training.restore import RestoreConfig
 
     d = RestoreConfig()
     parser.add_argument("--steps", type=int, default=None, help=f"restoration training steps (default {d.steps})")
@@ -647,7 +647,7 @@ def _capture_parser(sub) -> None:
 
 
 def _analyze_parser(sub) -> None:
-    from .analyze import AnalysisConfig
+    from ..analyze import AnalysisConfig
 
     d = AnalysisConfig()
     p = sub.add_parser(
@@ -738,7 +738,7 @@ def _add_reasoning_option(parser: argparse.ArgumentParser) -> None:
 
 def _chat(args):
     """The chat format the command's options ask for."""
-    from .core.chat import ChatFormat
+    from ..core.chat import ChatFormat
 
     return ChatFormat.reasoning() if getattr(args, "reasoning", False) else ChatFormat()
 
@@ -754,7 +754,7 @@ def _add_judge_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_parser(sub) -> None:
-    from .evaluation.table import EvalConfig
+    from ..evaluation.table import EvalConfig
 
     d = EvalConfig()
     p = sub.add_parser(
@@ -925,7 +925,7 @@ def _protocol_parser(sub) -> None:
 
 
 def _plan_parser(sub) -> None:
-    from .plan import PlanSettings
+    from ..plan import PlanSettings
 
     d = PlanSettings()
     p = sub.add_parser(
@@ -989,7 +989,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     """The command line, over the ``--config`` file's options where one is given (read and checked first:
     an option the file gives, ``--out`` included, is no longer required on the command line)."""
-    from .config_file import read
+    from ..config_file import read
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -1067,6 +1067,3 @@ def run() -> None:
         os._exit(130)
     raise SystemExit(code)
 
-
-if __name__ == "__main__":
-    run()
