@@ -21,131 +21,7 @@ from .. import distributed
 from ..config_file import COMMANDS
 from ..errors import ConfigError, InterpError
 from ..io import Stopwatch, check_output, output_folder
-
-# --dtype: interp.core.models.DTYPE_CHOICES, written out so the parser needs no torch (tests hold them equal)
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-
-
-# ----------------------------------------------------------------------------- helpers
-def _ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as error:
-        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from error
-
-
-def _floats(text: str, what: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError as error:
-        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from error
-
-
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def _check_device(args) -> None:
-    import torch
-
-    from ..core.models import check_quantize, parse_max_memory
-
-    if getattr(args, "max_memory", None):
-        if not args.device_map:
-            raise ConfigError("--max-memory needs --device-map (it bounds how the map spreads the model)")
-        parse_max_memory(args.max_memory)
-    if getattr(args, "quantize", None):
-        check_quantize(args.quantize)
-    if not getattr(args, "device_map", None):
-        _check_device_name(args.device)
-    if getattr(args, "dtype", None) == "auto":  # resolved once, so config.toml records what ran
-        from ..core.models import compute_dtype
-
-        device = "cuda" if getattr(args, "device_map", None) and torch.cuda.is_available() else args.device
-        args.dtype, why = compute_dtype(distributed.device(device))
-        if distributed.is_main():
-            print(f"compute dtype: {args.dtype} ({why}; --dtype overrides)", flush=True)
-
-
-def _check_device_name(name: str) -> None:
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"--device {name!r} is not a torch device ({error})") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available.get(device.type, False):
-        raise ConfigError(f"--device {name}: this torch build or machine has no {device.type}; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices are visible")
-
-
-def _load_pair(args):
-    """The pair the options name, loaded and checked: comparable, and (with a ``--config`` file a run
-    wrote) the weights that run used."""
-    from ..config_file import check_fingerprints
-    from ..core.models import load_pair
-    from ..organism import resolve_model_name
-
-    pair = load_pair(resolve_model_name(args.base), resolve_model_name(args.finetuned), **_model_options(args))
-    check_fingerprints(getattr(args, "expected_fingerprints", {}), base=pair.base, finetuned=pair.finetuned)
-    return pair
-
-
-def _write_config(args, out, pair=None, **models) -> None:
-    """The resolved options and their provenance, as ``config.toml`` in the output folder."""
-    from dataclasses import asdict
-
-    from ..config_file import resolved
-    from ..io import atomic_write_text
-
-    if pair is not None:
-        models = {"base": pair.base, "finetuned": pair.finetuned} | models
-    values = vars(args).copy()
-    if "lr" in values:  # the restoration options as resolved (flags over the preset or the defaults), seed included
-        values |= {name: value for name, value in asdict(_restore_config(args)).items() if name in values}
-    fingerprints = {k: m.fingerprint for k, m in models.items()}
-    atomic_write_text(Path(out) / "config.toml", resolved(argparse.Namespace(**values), fingerprints))
-
-
-def _model_options(args) -> dict:
-    """Loading options; under ``accelerate launch``, ``--device cuda`` is each process's own GPU."""
-    from ..core.models import parse_max_memory
-
-    return {
-        "dtype": args.dtype,
-        "device": distributed.device(args.device),
-        "device_map": args.device_map,
-        "max_memory": parse_max_memory(args.max_memory) if args.max_memory else None,
-        "quantize": args.quantize,
-    }
-
-
-RESTORE_FLAGS = ("steps", "lr", "batch_size", "teacher", "distance", "retain_scale", "rank", "alpha", "seed")
-
-
-def _restore_flags(args) -> dict:
-    """The restoration options given on the command line (or in ``--config``)."""
-    return {name: getattr(args, name) for name in RESTORE_FLAGS if getattr(args, name, None) is not None}
-
-
-def _restore_config(args):
-    """``RestoreConfig`` from the flags given, over the ``--preset``'s settings (or the defaults)."""
-    from dataclasses import replace
-
-    from ..training.restore import PRESETS, RestoreConfig
-
-    preset = getattr(args, "preset", None)
-    base = PRESETS[preset].config if preset else RestoreConfig()
-    return replace(base, **_restore_flags(args))
+from . import common
 
 
 # ----------------------------------------------------------------------------- stages
@@ -173,21 +49,21 @@ def cmd_capture(args) -> None:
     from ..organism import resolve_model_name
 
     check_output(args.out, "capture")  # before any work: never replace what interp did not write
-    _check_device(args)
+    common.check_device(args)
     prompts = without_duplicates(parse_spec(args.prompts))
     positions = Positions.parse(args.positions)
-    model = load_model(resolve_model_name(args.model), **_model_options(args))
+    model = load_model(resolve_model_name(args.model), **common.model_options(args))
     ChatFormat.check(model.tokenizer, model.name)
     check_fingerprints(args.expected_fingerprints, model=model)
     if args.limit is not None:
         prompts = prompts.head(args.limit)
     hooks = tuple(args.hooks.split(",")) if args.hooks else hook_names(model.n_layers, args.kind)
-    config = CaptureConfig(hooks=hooks, positions=positions, batch_size=args.batch_size, chat=_chat(args))
+    config = CaptureConfig(hooks=hooks, positions=positions, batch_size=args.batch_size, chat=common.chat(args))
     model.check_fits(prompts, config.chat)  # before any forward: every prompt inside the context window
     acts = capture(model, prompts, config)
     with output_folder(args.out, "capture") as out:
         acts.save(out)
-        _write_config(args, out, model=model)
+        common.write_config(args, out, model=model)
     print(f"{tuple(acts.tensor.shape)} [prompt, hook, position, d_model] -> {args.out}")
 
 
@@ -199,7 +75,7 @@ def cmd_analyze(args) -> None:
     from ..report.figures import analysis_figures, write_figures
 
     check_output(args.out, "analyze")
-    _check_device(args)
+    common.check_device(args)
     given = {
         name: parse_spec(spec, label)
         for name, spec, label in (("harmful", args.harmful, 1), ("harmless", args.harmless, 0), ("task", args.task, 0))
@@ -210,17 +86,17 @@ def cmd_analyze(args) -> None:
         k=args.k,
         causal_prompts=args.causal_prompts,
         batch_size=args.batch_size,
-        steer_scales=_floats(args.steer_scales, "--steer-scales"),
+        steer_scales=common.floats(args.steer_scales, "--steer-scales"),
         steer_max_new_tokens=args.max_new_tokens,
-        refusal_tokens=_ints(args.refusal_tokens, "--refusal-tokens") or None,
+        refusal_tokens=common.ints(args.refusal_tokens, "--refusal-tokens") or None,
         components=not args.no_components,
         selection_prompts=args.selection_prompts,
     )
-    pair = _load_pair(args)
+    pair = common.load_pair(args)
     with output_folder(args.out, "analyze") as out:
-        result = analyze(pair, out, config, prompts, chat=_chat(args))
+        result = analyze(pair, out, config, prompts, chat=common.chat(args))
         write_figures(analysis_figures(result), out / "figures")
-        _write_config(args, out, pair)
+        common.write_config(args, out, pair)
     out = Path(args.out)
     print(layer_table(result))
     print(f"selected layers: {result.layer_map.selected_layers}  ->  {out / 'layer_map.json'}")
@@ -237,15 +113,15 @@ def cmd_restore(args) -> None:
     from ..training.restore import PRESETS, restore
 
     check_output(args.out, "restore")
-    _check_device(args)
+    common.check_device(args)
     if args.layer_map is None and not args.preset:
         raise ConfigError("--layer-map is required (a --preset that puts LoRA on every layer can do without)")
     layer_map = LayerMap.load(args.layer_map) if args.layer_map else None
-    config = _restore_config(args)
+    config = common.restore_config(args)
     harmful, retain = (
         without_duplicates(parse_spec(spec, label)) for spec, label in ((args.harmful, 1), (args.retain, 0))
     )
-    pair = _load_pair(args)
+    pair = common.load_pair(args)
     layer_map = layer_map or manual_layer_map(pair.base, pair.finetuned, range(pair.n_layers))
     layers, alignment = PRESETS[args.preset].placement(layer_map) if args.preset else (None, None)
     result = restore(
@@ -257,12 +133,12 @@ def cmd_restore(args) -> None:
         base=pair.base if config.teacher == "base" else None,
         layers=layers,
         alignment=alignment,
-        chat=_chat(args),
+        chat=common.chat(args),
     )
     with output_folder(args.out, "restore") as out:
         save_adapter(result.peft_model, out / "adapter", trained_on=pair.finetuned.fingerprint)
         atomic_write_json(out / "restore_stats.json", result.stats.to_dict())
-        _write_config(args, out, pair)
+        common.write_config(args, out, pair)
         if not args.no_merged:
             save_merged(result.peft_model, pair.finetuned.tokenizer, out / "restored")
     out = Path(args.out)
@@ -288,7 +164,7 @@ def cmd_evaluate(args) -> None:
     from ..training.lora import apply_adapter, check_adapter
 
     check_output(args.out, "evaluate")
-    _check_device(args)
+    common.check_device(args)
     for path in args.adapter:
         if not (Path(path) / "adapter_config.json").is_file():
             raise ConfigError(f"--adapter {path}: not a peft adapter folder (no adapter_config.json in it)")
@@ -305,8 +181,8 @@ def cmd_evaluate(args) -> None:
         )
     if args.limit is not None:
         suite = suite.head(args.limit)
-    tokens = _ints(args.refusal_tokens, "--refusal-tokens")
-    chat = _chat(args)
+    tokens = common.ints(args.refusal_tokens, "--refusal-tokens")
+    chat = common.chat(args)
     sampling = None if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.sample_seed)
     if args.trace_tokens is not None and not args.reasoning:
         raise ConfigError("--trace-tokens needs --reasoning (a trace to budget)")
@@ -321,10 +197,10 @@ def cmd_evaluate(args) -> None:
     )
     for spec in config.judges:
         check_judge_spec(spec, resolve=True)
-    pair = _load_pair(args)
+    pair = common.load_pair(args)
     candidates = [Candidate("base", pair.base, plan="base"), Candidate("finetuned", pair.finetuned, plan="finetuned")]
     for path in args.model:
-        model = load_model(path, **_model_options(args))
+        model = load_model(path, **common.model_options(args))
         check_pair(
             pair.finetuned, model, f"the fine-tuned model and {path}"
         )  # the same tokens and shapes, or the table cannot compare them
@@ -366,7 +242,7 @@ def cmd_evaluate(args) -> None:
             },
         )
         RunAnswers.of_rows(suite, rows, complete=not config.stop_at_refusal).save(out)
-        _write_config(args, out, pair)
+        common.write_config(args, out, pair)
         atomic_write_text(out / "evaluation.md", text + "\n")
     print(text)
 
@@ -381,15 +257,15 @@ def cmd_run(args) -> None:
     from ..study import run_default
 
     check_output(args.out, "run")
-    _check_device(args)
+    common.check_device(args)
     if args.full and args.smoke:
         raise ConfigError("--full and --smoke are two sizes of run: choose one")
     task = parse_spec(args.task, 0) if args.task else None
     own = (args.base, args.finetuned) != ("organism:base", "organism:finetuned")
 
     def finish(folder, run) -> None:  # config.toml with the restoration as it ran (--smoke has its own)
-        resolved = {k: v for k, v in run.study.details["restore_config"].items() if k in RESTORE_FLAGS}
-        _write_config(argparse.Namespace(**(vars(args) | resolved)), folder, run.pair)
+        resolved = {k: v for k, v in run.study.details["restore_config"].items() if k in common.RESTORE_FLAGS}
+        common.write_config(argparse.Namespace(**(vars(args) | resolved)), folder, run.pair)
 
     run = run_default(
         args.out,
@@ -397,17 +273,18 @@ def cmd_run(args) -> None:
         size="full" if args.full else "smoke" if args.smoke else "look",
         k=args.k,
         limit=args.limit,
-        restore=None if args.smoke and not _restore_flags(args) else _restore_config(args),  # smoke: its own
+        # --smoke without restoration flags: the smoke run's own restoration
+        restore=None if args.smoke and not common.restore_flags(args) else common.restore_config(args),
         steer_scale=args.steer_scale,
         cache=not args.no_cache,
         reuse_analysis=args.skip_analysis,
         judges=tuple(args.judge),
         recipe_name=args.recipe,
-        refusal_tokens=_ints(args.refusal_tokens, "--refusal-tokens") or None,
+        refusal_tokens=common.ints(args.refusal_tokens, "--refusal-tokens") or None,
         base=resolve_model_name(args.base) if own else None,
         finetuned=resolve_model_name(args.finetuned) if own else None,
         task=task,
-        load_options=_model_options(args),
+        load_options=common.model_options(args),
         check_pair=lambda pair: check_fingerprints(
             args.expected_fingerprints, base=pair.base, finetuned=pair.finetuned
         ),
@@ -436,7 +313,7 @@ def cmd_judge(args) -> None:
     check_judge_spec(args.judge, resolve=True)
     answers = RunAnswers.load(args.run)
     add_to_output(args.run, "run|evaluate", lambda folder: [])  # checked before the judge loads
-    _check_device(args)
+    common.check_device(args)
     judge = parse_judge(args.judge, device=args.device)
     judged = rejudge(answers, judge)
     note = "" if answers.complete else " (answers stopped at the first refusal: a run without --full)"
@@ -469,12 +346,12 @@ def cmd_protocol(args) -> None:
     if args.layers and (args.released or args.peers or args.dev_only):
         raise ConfigError("--layers runs the per-block study alone: drop --released, --peers and --dev-only")
     check_output(args.out, "protocol")
-    _check_device(args)
+    common.check_device(args)
     protocol = Protocol.load()
     protocol = protocol.tiny() if args.tiny else protocol
     with output_folder(args.out, "protocol") as folder:
         prepared = prepare(folder, size="smoke" if args.tiny else "full", k=protocol.k,
-                           load_options=_model_options(args))  # fmt: skip
+                           load_options=common.model_options(args))  # fmt: skip
         budgets = prepared.recipe.evaluation
         small = EvalConfig(max_new_tokens=budgets.max_new_tokens, task_max_new_tokens=budgets.task_max_new_tokens)
         restore = RestoreConfig(batch_size=4) if args.tiny else RestoreConfig()
@@ -499,7 +376,7 @@ def cmd_protocol(args) -> None:
                 unaligned=load_model(prepared.recipe.source, dtype="float32") if args.peers else None,
             )  # fmt: skip
             seconds = result.seconds
-        _write_config(args, folder, prepared.pair)
+        common.write_config(args, folder, prepared.pair)
     print((Path(args.out) / ("layers.md" if args.layers else "protocol.md")).read_text())
     print("time: " + ", ".join(f"{stage} {s:.0f}s" for stage, s in {**prepared.seconds, **seconds}.items()))
 
@@ -513,7 +390,7 @@ def cmd_plan(args) -> None:
             raise ConfigError(
                 f"plan reads configs only: give the organism's folder ({name} is printed by interp organism)"
             )
-    _check_device(args)
+    common.check_device(args)
     if args.fsdp and args.processes < 2:
         raise ConfigError("--fsdp shards the students over processes: give --processes N with N >= 2")
     settings = PlanSettings(
@@ -535,62 +412,6 @@ def cmd_plan(args) -> None:
 
 
 # ----------------------------------------------------------------------------- the parser
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=DTYPE_CHOICES,
-        help="weights and matmuls; auto: bfloat16 on a device with fast bf16 (AMX/AVX512-BF16 CPU, CUDA), else float32",
-    )
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    parser.add_argument(
-        "--device-map", default=None, help="'auto' to spread a large model over the available devices (accelerate)"
-    )
-    parser.add_argument(
-        "--max-memory",
-        default=None,
-        help="with --device-map: the most each device may hold, e.g. '0=70GiB,1=70GiB,cpu=200GiB'",
-    )
-    parser.add_argument(
-        "--quantize",
-        choices=["4bit", "8bit"],
-        default=None,
-        help="load the weights in 4 or 8 bits (bitsandbytes; CUDA only): for inference stages and LoRA on top",
-    )
-
-
-def _add_pair_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--base",
-        default="organism:base",
-        help="aligned model: 'organism:base' (default pair), hub id, local folder or .gguf",
-    )
-    parser.add_argument(
-        "--finetuned",
-        default="organism:finetuned",
-        help="fine-tuned model: 'organism:finetuned', hub id, local folder or .gguf",
-    )
-    _add_model_options(parser)
-
-
-def _add_restore_options(parser: argparse.ArgumentParser) -> None:
-    from ..training.restore import RestoreConfig
-
-    d = RestoreConfig()
-    parser.add_argument("--steps", type=int, default=None, help=f"restoration training steps (default {d.steps})")
-    parser.add_argument("--lr", type=float, default=None, help=f"default {d.lr:g}")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
-    parser.add_argument(
-        "--teacher",
-        default=None,
-        choices=["base", "reminder"],
-        help=f"base: the aligned model; reminder: the fine-tuned model with a safety reminder (default {d.teacher})",
-    )
-    parser.add_argument("--distance", default=None, choices=["l2", "cosine"], help=f"default {d.distance}")
-    parser.add_argument("--retain-scale", type=float, default=None, help=f"default {d.retain_scale:g}")
-    parser.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank})")
-    parser.add_argument("--alpha", type=int, default=None, help=f"LoRA alpha (default {d.alpha})")
-    parser.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
 
 
 def _organism_parser(sub) -> None:
@@ -635,14 +456,14 @@ def _capture_parser(sub) -> None:
         default="builtin:harmful:val",
         help="builtin:harmful|harmless|general|arithmetic[:train|val|all], or a .json/.jsonl/.csv/.txt file",
     )
-    p.add_argument("--limit", type=_positive, default=None, help="use only the first N prompts")
+    p.add_argument("--limit", type=common.positive, default=None, help="use only the first N prompts")
     p.add_argument("--kind", default="resid_post", help="hook kind at every layer (resid_post, attn_out, mlp_out, ...)")
     p.add_argument("--hooks", default="", help="comma-separated hook names (overrides --kind)")
     p.add_argument("--positions", default="last", help="last, last:K, instruction_mean, or offsets like -5,-1")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", required=True, help="folder to write the activations to")
-    _add_model_options(p)
-    _add_reasoning_option(p)
+    common.add_model_options(p)
+    common.add_reasoning_option(p)
     p.set_defaults(func=cmd_capture)
 
 
@@ -656,11 +477,11 @@ def _analyze_parser(sub) -> None:
         description="Capture both models, measure per layer what fine-tuning suppressed and "
         "amplified, run causal checks, rank layers and export layer_map.json.",
     )
-    _add_pair_options(p)
+    common.add_pair_options(p)
     p.add_argument("--harmful", default="", help="harmful prompts (default: the built-in set)")
     p.add_argument("--harmless", default="", help="harmless prompts (default: the built-in set)")
     p.add_argument("--task", default="", help="task prompts (default: built-in arithmetic)")
-    p.add_argument("--k", type=_positive, default=d.k, help="layers to select for restoration")
+    p.add_argument("--k", type=common.positive, default=d.k, help="layers to select for restoration")
     p.add_argument("--causal-prompts", type=int, default=d.causal_prompts, help="harmful prompts in the causal sweep")
     p.add_argument(
         "--steer-scales",
@@ -688,7 +509,7 @@ def _analyze_parser(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--out", required=True, help="run folder")
-    _add_reasoning_option(p)
+    common.add_reasoning_option(p)
     p.set_defaults(func=cmd_analyze)
 
 
@@ -701,7 +522,7 @@ def _restore_parser(sub) -> None:
         "layers, with a retain loss on everything else. Writes the adapter (peft "
         "format) and a merged Hugging Face folder.",
     )
-    _add_pair_options(p)
+    common.add_pair_options(p)
     p.add_argument(
         "--layer-map",
         default=None,
@@ -722,35 +543,9 @@ def _restore_parser(sub) -> None:
         help="a named recipe: safereact = the released SafeReAct recipe (LoRA r16 on every layer, the reminder "
         "teacher, 400 steps, lr 2e-5, batch 16; README); the flags below override its settings",
     )
-    _add_restore_options(p)
-    _add_reasoning_option(p)
+    common.add_restore_options(p)
+    common.add_reasoning_option(p)
     p.set_defaults(func=cmd_restore)
-
-
-def _add_reasoning_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--reasoning",
-        action="store_true",
-        help="an R1-style reasoning model: prompts end inside <think> (the assistant turn is prefilled with "
-        "'<think>\\n'); the evaluation judges the trace and the final answer (after </think>) apart",
-    )
-
-
-def _chat(args):
-    """The chat format the command's options ask for."""
-    from ..core.chat import ChatFormat
-
-    return ChatFormat.reasoning() if getattr(args, "reasoning", False) else ChatFormat()
-
-
-def _add_judge_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--judge",
-        action="append",
-        default=[],
-        help="a model judge beside the substring list: classifier:PATH_OR_ID[@LABEL] (a refusal classifier) "
-        "or guard:PATH_OR_ID (a Llama Guard style safety judge); repeatable",
-    )
 
 
 def _evaluate_parser(sub) -> None:
@@ -765,7 +560,7 @@ def _evaluate_parser(sub) -> None:
         "base, fine-tuned and any restored models or adapters. Defaults are held-out "
         "prompts: validation splits no stage trains on.",
     )
-    _add_pair_options(p)
+    common.add_pair_options(p)
     p.add_argument("--model", action="append", default=[], help="another model to evaluate (folder/hub id); repeatable")
     p.add_argument(
         "--adapter",
@@ -779,7 +574,7 @@ def _evaluate_parser(sub) -> None:
         help="evaluate on the public sets that ship with interp instead of --harmful/--harmless/--xstest: "
         "all 299 harmful, harmless_val, XSTest safe and unsafe, Do-Not-Answer (the README's suite)",
     )
-    p.add_argument("--n-harmless", type=_positive, default=None, help="harmless prompts sampled with --public")
+    p.add_argument("--n-harmless", type=common.positive, default=None, help="harmless prompts sampled with --public")
     p.add_argument("--harmful", default="builtin:harmful:val")
     p.add_argument("--harmless", default="builtin:harmless:val")
     p.add_argument("--xstest", default="", help="XSTest-like prompt file of safe prompts (optional)")
@@ -787,14 +582,14 @@ def _evaluate_parser(sub) -> None:
         "--donotanswer", default="", help="e.g. public:donotanswer: refusal reported per category (optional)"
     )
     p.add_argument("--task", default="builtin:arithmetic:val", help="task prompts with reference answers")
-    p.add_argument("--limit", type=_positive, default=None, help="first N prompts of each set only")
+    p.add_argument("--limit", type=common.positive, default=None, help="first N prompts of each set only")
     p.add_argument(
         "--refusal-tokens", default="", help="comma-separated token ids (default: read off the base's refusals)"
     )
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    _add_judge_option(p)
-    _add_reasoning_option(p)
+    common.add_judge_option(p)
+    common.add_reasoning_option(p)
     p.add_argument(
         "--temperature", type=float, default=0.0, help="0: greedy answers (default); > 0: seeded samples (--samples)"
     )
@@ -802,14 +597,14 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (with --temperature)")
     p.add_argument(
         "--samples",
-        type=_positive,
+        type=common.positive,
         default=1,
         help="samples per prompt (with --temperature; seeds --sample-seed, +1, ...): rates over samples, "
         "intervals over prompts",
     )
     p.add_argument(
         "--trace-tokens",
-        type=_positive,
+        type=common.positive,
         default=None,
         help="with --reasoning: the trace's own budget; --max-new-tokens then counts after </think> "
         "(default: one budget for the whole answer)",
@@ -848,15 +643,18 @@ def _run_parser(sub) -> None:
         help="the smallest run: the reduced organism (or your pair), 8 prompts per set, 3 restoration steps: "
         "checks that everything works end to end (CI), its numbers mean nothing",
     )
-    p.add_argument("--k", type=_positive, default=3, help="layers to select for restoration")
+    p.add_argument("--k", type=common.positive, default=3, help="layers to select for restoration")
     p.add_argument(
-        "--limit", type=_positive, default=None, help="evaluate on the first N prompts of each set only (quick look)"
+        "--limit",
+        type=common.positive,
+        default=None,
+        help="evaluate on the first N prompts of each set only (quick look)",
     )
     p.add_argument("--skip-analysis", action="store_true", help="reuse the run folder's analysis if present")
     p.add_argument(
         "--steer-scale", type=float, default=1.0, help="multiple of the refusal vector for the steering baseline"
     )
-    _add_judge_option(p)
+    common.add_judge_option(p)
     p.add_argument(
         "--recipe",
         choices=["default", "reasoning"],
@@ -873,8 +671,8 @@ def _run_parser(sub) -> None:
     p.add_argument(
         "--refusal-tokens", default="", help="comma-separated token ids (default: read off the base's refusals)"
     )
-    _add_pair_options(p)
-    _add_restore_options(p)
+    common.add_pair_options(p)
+    common.add_restore_options(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -920,7 +718,7 @@ def _protocol_parser(sub) -> None:
         help="also the published weight-space methods (interpolation, RESTA, Safe LoRA, Antidote), each at its"
         " dev-chosen setting, from the organism's source, base and fine-tuned weights",
     )  # fmt: skip
-    _add_model_options(p)
+    common.add_model_options(p)
     p.set_defaults(func=cmd_protocol)
 
 
@@ -934,17 +732,21 @@ def _plan_parser(sub) -> None:
     )
     p.add_argument("--base", required=True, help="folder with config.json, a config.json, or a cached hub id")
     p.add_argument("--finetuned", required=True, help="as --base")
-    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="as for the study (auto: this device's)")
+    p.add_argument(
+        "--dtype", default="auto", choices=common.DTYPE_CHOICES, help="as for the study (auto: this device's)"
+    )
     p.add_argument("--device", default="cpu", help="where the calibration runs (the device of the study)")
-    p.add_argument("--prompt-tokens", type=_positive, default=d.prompt_tokens, help="longest prompt in a batch")
-    p.add_argument("--plans", type=_positive, default=d.plans, help="restorations trained in lockstep")
-    p.add_argument("--steps", type=_positive, default=d.steps)
-    p.add_argument("--batch-size", type=_positive, default=d.batch_size)
-    p.add_argument("--rank", type=_positive, default=d.rank)
-    p.add_argument("--eval-prompts", type=_positive, default=d.eval_prompts, help="prompts of the evaluation suite")
-    p.add_argument("--eval-models", type=_positive, default=d.eval_models, help="rows of the evaluation table")
-    p.add_argument("--max-new-tokens", type=_positive, default=d.max_new_tokens)
-    p.add_argument("--processes", type=_positive, default=d.processes, help="accelerate launch --num_processes")
+    p.add_argument("--prompt-tokens", type=common.positive, default=d.prompt_tokens, help="longest prompt in a batch")
+    p.add_argument("--plans", type=common.positive, default=d.plans, help="restorations trained in lockstep")
+    p.add_argument("--steps", type=common.positive, default=d.steps)
+    p.add_argument("--batch-size", type=common.positive, default=d.batch_size)
+    p.add_argument("--rank", type=common.positive, default=d.rank)
+    p.add_argument(
+        "--eval-prompts", type=common.positive, default=d.eval_prompts, help="prompts of the evaluation suite"
+    )
+    p.add_argument("--eval-models", type=common.positive, default=d.eval_models, help="rows of the evaluation table")
+    p.add_argument("--max-new-tokens", type=common.positive, default=d.max_new_tokens)
+    p.add_argument("--processes", type=common.positive, default=d.processes, help="accelerate launch --num_processes")
     p.add_argument("--fsdp", action="store_true", help="the restoration's students sharded (an FSDP launch)")
     p.add_argument("--no-calibration", action="store_true", help="no time estimate (nothing runs)")
     p.set_defaults(func=cmd_plan)
@@ -1066,4 +868,3 @@ def run() -> None:
         sys.stderr.flush()
         os._exit(130)
     raise SystemExit(code)
-
