@@ -399,12 +399,12 @@ def test_d21_samples_are_bounded_before_any_request_is_built(world, capsys):
 
 
 def test_d26_a_flag_a_config_file_sets_can_be_turned_off(world, tmp_path):
-    from interp.cli import _parse
+    from interp.cli.parser import parse
 
     (tmp_path / "study.toml").write_text("reasoning = true\n")
-    args = _parse([*evaluate(world), "--config", str(tmp_path / "study.toml"), "--out", world["out"]])
+    args = parse([*evaluate(world), "--config", str(tmp_path / "study.toml"), "--out", world["out"]])
     assert args.reasoning is True
-    args = _parse([*evaluate(world), "--config", str(tmp_path / "study.toml"), "--no-reasoning", "--out", world["out"]])
+    args = parse([*evaluate(world), "--config", str(tmp_path / "study.toml"), "--no-reasoning", "--out", world["out"]])
     assert args.reasoning is False
 
 
@@ -448,11 +448,11 @@ def test_options_are_never_abbreviated(world, capsys, tmp_path):
 
 
 def test_a_no_flag_from_a_config_file_can_be_undone(world, tmp_path):
-    from interp.cli import _parse
+    from interp.cli.parser import parse
 
     (tmp_path / "study.toml").write_text("no_cache = true\n")
     argv = [*evaluate(world), "--config", str(tmp_path / "study.toml"), "--out", world["out"]]
-    assert _parse(argv).no_cache is True and _parse([*argv, "--cache"]).no_cache is False
+    assert parse(argv).no_cache is True and parse([*argv, "--cache"]).no_cache is False
 
 
 def test_an_adapter_is_refused_in_another_dtype_with_the_fix_named(world, capsys, tmp_path):
