@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from interp import cli
-from interp.cli import main
+from interp.cli import common, main
 
 BUILTIN = ["--harmless", "builtin:harmless:val", "--task", "builtin:arithmetic:val"]
 FAST = ["--causal-prompts", "2", "--steer-scales", "1", "--max-new-tokens", "2"]
@@ -190,7 +189,7 @@ def test_an_output_over_the_users_files_is_refused_before_any_work(world, capsys
         monkeypatch.chdir(world["theirs"])
         world = world | {"dot": "."}
     out = world[name] + "/run" if case == "--out under a file" else world[name]
-    monkeypatch.setattr(cli, "_load_pair", lambda args: pytest.fail("loaded models"))
+    monkeypatch.setattr(common, "load_pair", lambda args: pytest.fail("loaded models"))
     argv = {
         "capture": capture(world),
         "analyze": analyze(world),
@@ -207,7 +206,7 @@ def test_ctrl_c_is_one_line_and_exit_130(world, capsys, monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_load_pair", interrupted)
+    monkeypatch.setattr(common, "load_pair", interrupted)
     _one_line(capsys, [*analyze(world), "--out", world["out"]], "interrupted", code=130)
 
 
@@ -220,7 +219,7 @@ def test_a_file_system_error_is_one_line(world, capsys, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device", world["out"])
 
-    monkeypatch.setattr(cli, "_load_pair", full)
+    monkeypatch.setattr(common, "load_pair", full)
     _one_line(capsys, [*analyze(world), "--out", world["out"]], "No space left on device")
 
 
@@ -400,12 +399,12 @@ def test_d21_samples_are_bounded_before_any_request_is_built(world, capsys):
 
 
 def test_d26_a_flag_a_config_file_sets_can_be_turned_off(world, tmp_path):
-    from interp.cli import _parse
+    from interp.cli.parser import parse
 
     (tmp_path / "study.toml").write_text("reasoning = true\n")
-    args = _parse([*evaluate(world), "--config", str(tmp_path / "study.toml"), "--out", world["out"]])
+    args = parse([*evaluate(world), "--config", str(tmp_path / "study.toml"), "--out", world["out"]])
     assert args.reasoning is True
-    args = _parse([*evaluate(world), "--config", str(tmp_path / "study.toml"), "--no-reasoning", "--out", world["out"]])
+    args = parse([*evaluate(world), "--config", str(tmp_path / "study.toml"), "--no-reasoning", "--out", world["out"]])
     assert args.reasoning is False
 
 
@@ -449,11 +448,11 @@ def test_options_are_never_abbreviated(world, capsys, tmp_path):
 
 
 def test_a_no_flag_from_a_config_file_can_be_undone(world, tmp_path):
-    from interp.cli import _parse
+    from interp.cli.parser import parse
 
     (tmp_path / "study.toml").write_text("no_cache = true\n")
     argv = [*evaluate(world), "--config", str(tmp_path / "study.toml"), "--out", world["out"]]
-    assert _parse(argv).no_cache is True and _parse([*argv, "--cache"]).no_cache is False
+    assert parse(argv).no_cache is True and parse([*argv, "--cache"]).no_cache is False
 
 
 def test_an_adapter_is_refused_in_another_dtype_with_the_fix_named(world, capsys, tmp_path):

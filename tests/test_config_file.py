@@ -11,7 +11,8 @@ import torch
 from conftest import layer_map_for
 from safetensors.torch import load_file
 
-from interp.cli import build_parser, main
+from interp.cli import main
+from interp.cli.parser import build_parser
 from interp.config_file import read
 from interp.errors import ConfigError
 

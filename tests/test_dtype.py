@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import layer_map_for, perturbed
 
-from interp import cli
+from interp.cli import common
 from interp.core import models
 from interp.core.bridge import last_logits
 from interp.core.chat import ChatFormat, pad_batch
@@ -44,7 +44,7 @@ def test_auto_loads_the_devices_dtype_and_a_wrong_name_is_one_line(tiny_llama, m
 
 
 def test_the_command_line_offers_the_same_dtypes():
-    assert cli.DTYPE_CHOICES == models.DTYPE_CHOICES
+    assert common.DTYPE_CHOICES == models.DTYPE_CHOICES
 
 
 def test_the_weights_dtype_is_in_the_fingerprint(tiny_llama):

@@ -278,11 +278,12 @@ def test_d25_a_cache_path_replaced_by_a_folder_or_a_file_heals(tmp_path, capsys)
 
 def test_d20_ctrl_c_while_starting_is_one_line_and_exit_130(monkeypatch, capsys):
     from interp import cli
+    from interp.cli import parser
 
     def interrupted():
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "build_parser", interrupted)
+    monkeypatch.setattr(parser, "build_parser", interrupted)
     assert cli.main(["analyze", "--out", "x"]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from interp.analyze import AnalysisPrompts
-from interp.cli import build_parser
+from interp.cli.parser import build_parser
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, parse_spec
 from interp.organism import (
     OrganismRecipe,

@@ -1,0 +1,5 @@
+"""``python -m interp.cli``: the command line (as ``interp`` and ``python -m interp``)."""
+
+from . import run
+
+run()

@@ -1,0 +1,242 @@
+"""``interp organism``, ``interp run`` and ``interp protocol``: the default pair, and the studies of a pair.
+
+``organism`` builds (or loads) the default pair; ``run`` is the whole study, on it or on the user's pair;
+``protocol`` is the pre-registered test of the layer map (interp/data/protocol.toml) on the default pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..io.atomic import check_output, output_folder
+from ..io.stopwatch import Stopwatch
+from . import common
+
+
+def organism_parser(sub) -> None:
+    p = sub.add_parser(
+        "organism",
+        help="build or load the default base/fine-tuned pair (cached)",
+        description="Safety-tune SmolLM2-135M-Instruct into an aligned base, then fine-tune "
+        "it on arithmetic; cache both and print their measured behaviour. The default recipe's two "
+        "fp16 LoRA adapters ship with interp (hash-pinned): the pair is merged from them unless --rebuild.",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--recipe",
+        choices=["default", "reasoning"],
+        default="default",
+        help="reasoning: the task fine-tune answers with a <think> trace, then a short final answer (the shape "
+        "of R1 distillation; trained, not shipped: minutes)",
+    )
+    p.add_argument("--force", action="store_true", help="make the pair again even if cached")
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="train the pair from the recipe instead of merging the shipped adapters, and say whether the "
+        "rebuilt adapters equal the shipped ones (minutes)",
+    )
+    p.set_defaults(func=cmd_organism)
+
+
+def cmd_organism(args) -> None:
+    """The default pair, built or loaded from the cache, and its measured behaviour."""
+    from dataclasses import replace
+
+    from ..organism import OrganismRecipe, build_organism
+    from ..report.study_tables import organism_table
+
+    recipe = OrganismRecipe.reasoning() if args.recipe == "reasoning" else OrganismRecipe()
+    organism = build_organism(replace(recipe, seed=args.seed), force=args.force, rebuild=args.rebuild)
+    print(f"base:      {organism.base_path}\nfinetuned: {organism.finetuned_path}")
+    print(organism_table(organism.manifest))
+    if "metrics_note" in organism.manifest:
+        print(f"({organism.manifest['metrics_note']})")
+
+
+def run_parser(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the whole study, on the embedded default pair or on your own (--base, --finetuned)",
+        description="Build or load the default pair (or load yours: --base, --finetuned), analyze it, export "
+        "the layer map, restore with it, train the baselines, evaluate everything and write one run folder "
+        "with report.md / report.json and figures. Without --full the evaluation is a quick look: a "
+        "seeded sample of every held-out set.",
+    )
+    p.add_argument("--out", default="runs/default", help="run folder")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="evaluate on the whole held-out suite (the README's table) instead of the quick look's sample",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest run: the reduced organism (or your pair), 8 prompts per set, 3 restoration steps: "
+        "checks that everything works end to end (CI), its numbers mean nothing",
+    )
+    p.add_argument("--k", type=common.positive, default=3, help="layers to select for restoration")
+    p.add_argument(
+        "--limit",
+        type=common.positive,
+        default=None,
+        help="evaluate on the first N prompts of each set only (quick look)",
+    )
+    p.add_argument("--skip-analysis", action="store_true", help="reuse the run folder's analysis if present")
+    p.add_argument(
+        "--steer-scale", type=float, default=1.0, help="multiple of the refusal vector for the steering baseline"
+    )
+    common.add_judge_option(p)
+    p.add_argument(
+        "--recipe",
+        choices=["default", "reasoning"],
+        default="default",
+        help="reasoning: study the reasoning organism with the R1 chat format (trace and final answer judged apart)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="retrain adapters and re-evaluate rows even if cached")
+    p.add_argument(
+        "--task",
+        default=None,
+        help="your task's prompts with reference answers (json/jsonl/csv with an 'answer' field; a third is held "
+        "out for task accuracy, the rest retained on); default: the built-in arithmetic problems",
+    )
+    p.add_argument(
+        "--refusal-tokens", default="", help="comma-separated token ids (default: read off the base's refusals)"
+    )
+    common.add_pair_options(p)
+    common.add_restore_options(p)
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args) -> None:
+    """The whole study: organism (or the user's pair) -> analysis -> restoration + baselines -> evaluation."""
+    from ..analyze import layer_table
+    from ..config_file import check_fingerprints
+    from ..core.prompts import parse_spec
+    from ..default_run import run_default
+    from ..organism import resolve_model_name
+    from ..report.study_tables import results_table
+
+    check_output(args.out, "run")
+    common.check_device(args)
+    if args.full and args.smoke:
+        raise ConfigError("--full and --smoke are two sizes of run: choose one")
+    task = parse_spec(args.task, 0) if args.task else None
+    own = (args.base, args.finetuned) != ("organism:base", "organism:finetuned")
+
+    def finish(folder, run) -> None:  # config.toml with the restoration as it ran (--smoke has its own)
+        resolved = {k: v for k, v in run.study.details["restore_config"].items() if k in common.RESTORE_FLAGS}
+        common.write_config(argparse.Namespace(**(vars(args) | resolved)), folder, run.pair)
+
+    run = run_default(
+        args.out,
+        finish=finish,
+        size="full" if args.full else "smoke" if args.smoke else "look",
+        k=args.k,
+        limit=args.limit,
+        # --smoke without restoration flags: the smoke run's own restoration
+        restore=None if args.smoke and not common.restore_flags(args) else common.restore_config(args),
+        steer_scale=args.steer_scale,
+        cache=not args.no_cache,
+        reuse_analysis=args.skip_analysis,
+        judges=tuple(args.judge),
+        recipe_name=args.recipe,
+        refusal_tokens=common.ints(args.refusal_tokens, "--refusal-tokens") or None,
+        base=resolve_model_name(args.base) if own else None,
+        finetuned=resolve_model_name(args.finetuned) if own else None,
+        task=task,
+        load_options=common.model_options(args),
+        check_pair=lambda pair: check_fingerprints(
+            args.expected_fingerprints, base=pair.base, finetuned=pair.finetuned
+        ),
+    )
+    print(layer_table(run.analysis))
+    print(results_table(run.study.rows))
+    for t in run.study.targets:
+        print(f"  [{t.verdict}] {t.target}: {t.value:.4g} (threshold {t.threshold:.4g})")
+    print(
+        f"run folder: {args.out} (report.md, report.json, layer_map.json, adapter/, restored/, figures/ "
+        f"{len(run.figures)} files)"
+    )
+    print("time: " + ", ".join(f"{stage} {s:.0f}s" for stage, s in run.seconds.items()))
+    print(f"total {sum(run.seconds.values()):.0f}s")
+
+
+def protocol_parser(sub) -> None:
+    p = sub.add_parser(
+        "protocol",
+        help="the pre-registered test of the layer map: seeds, random draws, per-plan lr, matched over-refusal",
+        description="Follow interp/data/protocol.toml on the default pair: choose each plan family's learning "
+        "rate on the dev part of the suite, train every plan (ranked, bottom, all layers, random draws) at "
+        "every seed, judge them on the test part, and write the claim table (protocol.md, protocol.json).",
+    )
+    p.add_argument("--out", default="runs/protocol", help="output folder")
+    p.add_argument("--tiny", action="store_true", help="the reduced organism, two seeds, three draws, a few steps (CI)")
+    p.add_argument("--dev-only", action="store_true", help="stop once the learning rates are chosen on dev")
+    p.add_argument(
+        "--layers", action="store_true",
+        help="instead: LoRA on every single block at every seed, judged on dev (the per-block ground truth), and"
+        " how well each candidate ranking predicts it (layers.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--released", action="store_true", help="also train the released SafeReAct recipe for H4 (~23 min here)"
+    )
+    p.add_argument(
+        "--peers", action="store_true",
+        help="also the published weight-space methods (interpolation, RESTA, Safe LoRA, Antidote), each at its"
+        " dev-chosen setting, from the organism's source, base and fine-tuned weights",
+    )  # fmt: skip
+    common.add_model_options(p)
+    p.set_defaults(func=cmd_protocol)
+
+
+def cmd_protocol(args) -> None:
+    """The pre-registered test of the central claim (interp/data/protocol.toml) on the default pair."""
+    from dataclasses import replace
+
+    from ..core.models import load_model
+    from ..default_run import prepare
+    from ..evaluation.table import EvalConfig
+    from ..protocol import Protocol, run_protocol
+    from ..protocol.bench import Bench
+    from ..protocol.layers import layer_validity
+    from ..training.restore import PRESETS, RestoreConfig
+
+    if args.layers and (args.released or args.peers or args.dev_only):
+        raise ConfigError("--layers runs the per-block study alone: drop --released, --peers and --dev-only")
+    check_output(args.out, "protocol")
+    common.check_device(args)
+    protocol = Protocol.load()
+    protocol = protocol.tiny() if args.tiny else protocol
+    with output_folder(args.out, "protocol") as folder:
+        prepared = prepare(folder, size="smoke" if args.tiny else "full", k=protocol.k,
+                           load_options=common.model_options(args))  # fmt: skip
+        budgets = prepared.recipe.evaluation
+        small = EvalConfig(max_new_tokens=budgets.max_new_tokens, task_max_new_tokens=budgets.task_max_new_tokens)
+        restore = RestoreConfig(batch_size=4) if args.tiny else RestoreConfig()
+        released = PRESETS["safereact"].config if args.released else None
+        if released is not None and args.tiny:
+            released = replace(released, steps=2, batch_size=4)
+        evaluation = small if args.tiny else EvalConfig()
+        if args.layers:  # the per-block ground truth on dev, and the candidate rankings against it
+            bench = Bench(prepared.pair, prepared.analysis, prepared.harmful, prepared.retain, evaluation,
+                          prepared.recipe.chat)  # fmt: skip
+            watch = Stopwatch()
+            with watch("single blocks"):
+                unaligned = load_model(prepared.recipe.source, dtype="float32") if prepared.organism else None
+                layer_validity(bench, prepared.suite, protocol=protocol, restore=restore, prompts=prepared.prompts,
+                               unaligned=unaligned).save(folder)  # fmt: skip
+            seconds = watch.seconds
+        else:
+            result = run_protocol(
+                prepared.pair, prepared.analysis, folder, harmful=prepared.harmful, retain=prepared.retain,
+                suite=prepared.suite, protocol=protocol, restore=restore, evaluation=evaluation,
+                chat=prepared.recipe.chat, dev_only=args.dev_only, released=released,
+                unaligned=load_model(prepared.recipe.source, dtype="float32") if args.peers else None,
+            )  # fmt: skip
+            seconds = result.seconds
+        common.write_config(args, folder, prepared.pair)
+    print((Path(args.out) / ("layers.md" if args.layers else "protocol.md")).read_text())
+    print("time: " + ", ".join(f"{stage} {s:.0f}s" for stage, s in {**prepared.seconds, **seconds}.items()))
