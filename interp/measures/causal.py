@@ -211,7 +211,7 @@ def _resume_prefix(
     with resume_after(model.hf, layer, hidden):
         block_outputs(model.hf, inputs, [model.n_layers - 1])
     states = [
-        kv.states[j] if j <= layer else (cache.layers[j].keys, cache.layers[j].values) for j in range(model.n_layers)
+        kv.kv[j] if j <= layer else (cache.layers[j].keys, cache.layers[j].values) for j in range(model.n_layers)
     ]
     return SharedPrefix(kv.length, states)
 

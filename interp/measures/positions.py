@@ -287,7 +287,7 @@ def select_direction(
             copies = [row for _ in range(n_pos) for row in rows]
             each = SharedPrefix(
                 length,
-                [(k.repeat_interleave(len(rows), 0), v.repeat_interleave(len(rows), 0)) for k, v in prefix.states or []]
+                [(k.repeat_interleave(len(rows), 0), v.repeat_interleave(len(rows), 0)) for k, v in prefix.kv or []]
                 or None,
             )
             hidden = add_each(states[layer].repeat(n_pos, 1, 1))
