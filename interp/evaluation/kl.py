@@ -17,7 +17,7 @@ import torch
 from .. import distributed
 from ..core.bridge import decoder_layers, intervene, record_block_inputs, resume_at
 from ..core.chat import ChatFormat, tokenize
-from ..core.kvcache import kv_cache, prefixed_batch, shared_prefix
+from ..core.kvcache import after_prefix, shared_prefix
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from .suite import Candidate
@@ -85,13 +85,14 @@ def kl_to_reference(
         scored = torch.zeros(len(index), keep, dtype=torch.bool)  # positions whose next token is an answer token
         for row, length in enumerate(lengths):
             scored[row, keep - 1 - length : keep - 1] = True
-        ids, mask, positions = prefixed_batch([seqs[i] for i in index], prefixes[0].length, tok.pad_token_id)
-
+        rows = [seqs[i] for i in index]
+        inputs = after_prefix(rows, prefixes[0], tok.pad_token_id, reference.device)
         with record_block_inputs(reference.hf, [starts[i] for i in todo if starts[i] > 0]) as entering:
-            ref = _scored_logprobs(reference.hf, {}, prefixes[0], (ids, mask, positions), keep, scored)
+            ref = _scored_logprobs(reference.hf, {}, inputs, keep, scored)
         for i, (hf, edits), prefix in zip(todo, models[1:], prefixes[1:]):
             resume = (starts[i], entering[starts[i]]) if starts[i] > 0 else None
-            cand = _scored_logprobs(hf, edits, prefix, (ids, mask, positions), keep, scored, resume)
+            inputs = after_prefix(rows, prefix, tok.pad_token_id, next(hf.parameters()).device)
+            cand = _scored_logprobs(hf, edits, inputs, keep, scored, resume)
             totals[i] += (ref.exp() * (ref - cand)).sum().item()
         count += int(scored.sum())
     summed = distributed.all_sum(torch.tensor([*totals, count], dtype=torch.float64, device=reference.device))
@@ -99,18 +100,10 @@ def kl_to_reference(
     return [total / max(count, 1) for total in totals]
 
 
-def _scored_logprobs(hf, edits, prefix, batch, keep: int, scored: torch.Tensor, resume=None) -> torch.Tensor:
-    """Log-probabilities ``[scored position, d_vocab]`` of one model on one ``prefixed_batch``: logits
-    for the last ``keep`` positions only; ``resume=(layer, residual)`` starts at that block."""
-    ids, mask, positions = batch
-    device = next(hf.parameters()).device
+def _scored_logprobs(hf, edits, inputs: dict, keep: int, scored: torch.Tensor, resume=None) -> torch.Tensor:
+    """Log-probabilities ``[scored position, d_vocab]`` of one model on one batch on its shared prefix
+    (``after_prefix``'s ``inputs``): logits for the last ``keep`` positions only; ``resume=(layer,
+    residual)`` starts at that block."""
     with intervene(hf, edits), resume_at(hf, *resume) if resume else nullcontext():
-        logits = hf(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions.to(device),
-            cache=kv_cache(mask.shape[1], prefix, len(ids)),
-            use_cache=True,
-            logits_to_keep=keep,
-        ).logits
+        logits = hf(**inputs, logits_to_keep=keep).logits
     return torch.log_softmax(logits.float(), -1)[scored]

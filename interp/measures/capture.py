@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..core.bridge import PLAIN_KINDS, StopForward, hook_names, parse_hook, read_points, resid_hook
 from ..core.chat import ChatFormat, batches, tokenize
-from ..core.kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_prefix
+from ..core.kvcache import SharedPrefix, after_prefix, shared_prefix
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..errors import ConfigError, NonFiniteActivationError, PositionOutOfRangeError, UnknownHookError
@@ -298,13 +298,8 @@ def capture(
     for chunk in tqdm(todo, desc=f"capture {model.name} / {prompts.name}", disable=not progress):
         batch = chunk.index
         if plain:  # rows [shared prefix][padding][rest]; activations cover the rest
-            ids, mask, positions_ids = prefixed_batch(
-                [token_ids[i] for i in batch], prefix.length, tokenizer.pad_token_id
-            )
-            cache = kv_cache(prefix.length + ids.shape[1], prefix, len(batch))
-            inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_ids}
-            inputs = {k: v.to(device) for k, v in inputs.items()} | {"cache": cache, "use_cache": True}
-        width = ids.shape[1] if plain else chunk.ids.shape[1]  # token j of row i sits at width - length + j
+            inputs = after_prefix([token_ids[i] for i in batch], prefix, tokenizer.pad_token_id, device)
+        width = (inputs["input_ids"] if plain else chunk.ids).shape[1]  # token j of row i sits at width - length + j
         weights = None
         if positions.instruction_mean:
             weights = torch.zeros(len(batch), width)

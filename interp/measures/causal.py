@@ -26,7 +26,7 @@ from ..core.bridge import Edit, ablate_direction, add_vector, block_outputs, las
 from ..core.chat import ChatFormat, batches
 from ..core.generate import Request, behaviour, generate_many, refusal_scores
 from ..core.judge import Behaviour, refusal_log_odds
-from ..core.kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_length
+from ..core.kvcache import SharedPrefix, after_prefix, run_prefix, shared_length
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..distributed import split, sum_array
@@ -132,30 +132,18 @@ def causal_sweep(
     seqs = chat.encode(base.tokenizer, harmful.instructions)
     patched = np.zeros((len(seqs), n_layers))  # [prompt, layer]: log-odds with the base residual patched in
     shared = seqs[0][: shared_length(seqs)]
+    points = [(layer, "resid_post") for layer in layers]
+    pad = base.tokenizer.pad_token_id
     with torch.no_grad():
-        prefix = {"ft": _run_prefix(finetuned, shared), "base": _run_prefix(base, shared)}
-        edited: dict[tuple[str, int], SharedPrefix] = {}
-        mine = split(list(batches(seqs, batch_size, base.tokenizer.pad_token_id)))  # this process's batches
+        prefix = {"ft": run_prefix(finetuned.hf, shared, points), "base": run_prefix(base.hf, shared, points)}
+        edited: dict[tuple[str, int], SharedPrefix] = {}  # the prefix with each intervention, from its block on
+        mine = split(list(batches(seqs, batch_size, pad)))  # this process's batches
         for batch in tqdm(mine, desc="causal sweep", disable=not progress):
-            ids, mask, positions = prefixed_batch(
-                [seqs[i] for i in batch.index], len(shared), base.tokenizer.pad_token_id
-            )
-
-            def after(kv: SharedPrefix, ids=ids, mask=mask, positions=positions) -> dict:
-                cache = kv_cache(len(shared) + ids.shape[1], kv, len(ids))
-                device = base.device
-                return {
-                    "input_ids": ids.to(device),
-                    "attention_mask": mask.to(device),
-                    "position_ids": positions.to(device),
-                    "cache": cache,
-                    "use_cache": True,
-                }
-
-            resid = {
-                "ft": dict(zip(layers, block_outputs(finetuned.hf, after(prefix["ft"][1]), layers))),
-                "base": dict(zip(layers, block_outputs(base.hf, after(prefix["base"][1]), layers))),
-            }
+            rows = [seqs[i] for i in batch.index]
+            resid = {}  # each model's unmodified residual stream after the swept blocks, [batch, rest, d_model]
+            for role, model in (("ft", finetuned), ("base", base)):
+                inputs = after_prefix(rows, prefix[role], pad, model.device)
+                resid[role] = dict(zip(layers, block_outputs(model.hf, inputs, layers)))
             for layer in layers:
                 runs = {  # name: (model, its prefix, the residual it resumes from, the edit)
                     "add_effect": (finetuned, "ft", "ft", add_vector(vectors[layer])),
@@ -164,11 +152,13 @@ def causal_sweep(
                 }
                 for name, (model, own, source, edit) in runs.items():
                     if (name, layer) not in edited:
-                        edited[name, layer] = _resume_prefix(
-                            model, shared, layer, edit(prefix[source][0][layer]), prefix[own][1]
+                        entering = edit(prefix[source].outputs[layer, "resid_post"])
+                        edited[name, layer] = run_prefix(
+                            model.hf, shared, start=layer + 1, below=prefix[own], entering=entering
                         )
+                    inputs = after_prefix(rows, edited[name, layer], pad, model.device)
                     with resume_after(model.hf, layer, edit(resid[source][layer])):
-                        logprobs = torch.log_softmax(last_logits(model.hf, after(edited[name, layer])), -1)
+                        logprobs = torch.log_softmax(last_logits(model.hf, inputs), -1)
                     odds = refusal_log_odds(logprobs, token_ids).float().cpu().numpy()
                     totals[name][layer] += float(odds.sum())
                     if name == "patch_effect":
@@ -190,30 +180,6 @@ def causal_sweep(
         refusal_tokens=[int(t) for t in token_ids],
         patch_by_prompt=by_prompt,
     )
-
-
-def _run_prefix(model: LoadedModel, ids: list[int]) -> tuple[list[torch.Tensor], SharedPrefix]:
-    """The shared prefix through ``model``: its block outputs ``[1, P, d_model]`` at every layer and its
-    keys and values."""
-    cache = kv_cache(len(ids))
-    inputs = {"input_ids": torch.tensor([ids], device=model.device), "cache": cache, "use_cache": True}
-    states = block_outputs(model.hf, inputs, range(model.n_layers))
-    return states, SharedPrefix(len(ids), [(layer.keys, layer.values) for layer in cache.layers])
-
-
-def _resume_prefix(
-    model: LoadedModel, ids: list[int], layer: int, hidden: torch.Tensor, kv: SharedPrefix
-) -> SharedPrefix:
-    """The prefix's keys and values when its residual stream after block ``layer`` is ``hidden``: ``kv``'s
-    up to ``layer``, recomputed after it."""
-    cache = kv_cache(len(ids))
-    inputs = {"input_ids": torch.tensor([ids], device=model.device), "cache": cache, "use_cache": True}
-    with resume_after(model.hf, layer, hidden):
-        block_outputs(model.hf, inputs, [model.n_layers - 1])
-    states = [
-        kv.states[j] if j <= layer else (cache.layers[j].keys, cache.layers[j].values) for j in range(model.n_layers)
-    ]
-    return SharedPrefix(kv.length, states)
 
 
 @dataclass

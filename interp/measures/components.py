@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ..core.bridge import hook_names, last_logits, read_points, replace_output, resume_after
 from ..core.chat import ChatFormat, batches
 from ..core.judge import refusal_log_odds
+from ..core.kvcache import SharedPrefix, after_prefix, run_prefix, shared_length
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..distributed import split, sum_array
@@ -161,25 +162,40 @@ def patch_sweep(
 
     Per batch the base runs once (every component's output, at every position) and the fine-tuned model
     once (its residual stream after every block); each patched run then resumes the fine-tuned model
-    from the block's input, with that one component's output replaced by the base's. Under several
-    processes each runs every N-th batch and the sums are added (``interp.distributed``)."""
+    from the block's input, with that one component's output replaced by the base's. The prompts' shared
+    prefix (the system turn) runs once per model, and once per patched component from its block on
+    (``interp.core.kvcache``). Under several processes each runs every N-th batch and the sums are added
+    (``interp.distributed``)."""
     n_layers = finetuned.n_layers
     layers = list(range(n_layers)) if layers is None else sorted(layers)
     seqs = chat.encode(base.tokenizer, harmful.instructions)
+    pad = base.tokenizer.pad_token_id
     totals = np.zeros((len(COMPONENTS), n_layers))
     plain = 0.0
     points = [(layer, HOOK_KIND[c]) for c in COMPONENTS for layer in layers]
-    mine = split(list(batches(seqs, batch_size, base.tokenizer.pad_token_id)))  # this process's batches
+    inner = [layer for layer in layers if layer > 0]  # the layers entered from a block's output
+    entering_points = [(layer - 1, "resid_post") for layer in inner]
+    shared = seqs[0][: shared_length(seqs)]
+    base_prefix = run_prefix(base.hf, shared, points)
+    ft_prefix = run_prefix(finetuned.hf, shared, entering_points)
+    patched: dict[tuple[int, str], SharedPrefix] = {}  # the prefix with one component patched, from its block on
+    mine = split(list(batches(seqs, batch_size, pad)))  # this process's batches
     for batch in tqdm(mine, desc="component patching", disable=not progress):
-        inputs = batch.to(finetuned.device)
-        written = dict(zip(points, read_points(base.hf, inputs, points)))
-        entering = read_points(finetuned.hf, inputs, [(layer - 1, "resid_post") for layer in layers if layer > 0])
-        entering = dict(zip([layer for layer in layers if layer > 0], entering))
-        plain += float(refusal_log_odds(torch.log_softmax(last_logits(finetuned.hf, inputs), -1), token_ids).sum())
+        rows = [seqs[i] for i in batch.index]
+        written = dict(zip(points, read_points(base.hf, after_prefix(rows, base_prefix, pad, base.device), points)))
+        inputs = after_prefix(rows, ft_prefix, pad, finetuned.device)
+        entering = dict(zip(inner, read_points(finetuned.hf, inputs, entering_points)))
+        logits = last_logits(finetuned.hf, after_prefix(rows, ft_prefix, pad, finetuned.device))
+        plain += float(refusal_log_odds(torch.log_softmax(logits, -1), token_ids).sum())
         for layer in layers:
             for row, c in enumerate(COMPONENTS):
+                kind = HOOK_KIND[c]
+                if (layer, kind) not in patched:
+                    with replace_output(finetuned.hf, layer, kind, base_prefix.outputs[layer, kind]):
+                        patched[layer, kind] = run_prefix(finetuned.hf, shared, start=layer, below=ft_prefix)
+                inputs = after_prefix(rows, patched[layer, kind], pad, finetuned.device)
                 resume = resume_after(finetuned.hf, layer - 1, entering[layer]) if layer > 0 else nullcontext()
-                with resume, replace_output(finetuned.hf, layer, HOOK_KIND[c], written[layer, HOOK_KIND[c]]):
+                with resume, replace_output(finetuned.hf, layer, kind, written[layer, kind]):
                     logprobs = torch.log_softmax(last_logits(finetuned.hf, inputs), -1)
                 totals[row, layer] += float(refusal_log_odds(logprobs, token_ids).sum())
     summed = sum_array(np.append(totals.reshape(-1), plain))  # over every process's prompts

@@ -48,7 +48,7 @@ from ..core.bridge import (
 )
 from ..core.chat import ChatFormat, batches
 from ..core.judge import refusal_log_odds
-from ..core.kvcache import SharedPrefix, kv_cache, prefixed_batch, shared_length, shared_prefix
+from ..core.kvcache import SharedPrefix, after_prefix, run_prefix, shared_length, shared_prefix
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..distributed import collect, split
@@ -244,13 +244,10 @@ def select_direction(
     is_harmful = np.r_[np.ones(len(harmful), bool), np.zeros(len(harmless), bool)]
     every = [b.index for b in batches(seqs, batch_size, pad)]
     gentle = [[len(harmful) + i for i in b.index] for b in batches(seqs[len(harmful) :], batch_size, pad)]
-    length = shared_length(seqs)
+    shared = seqs[0][: shared_length(seqs)]
 
     def inputs(rows: list[int], prefix: SharedPrefix) -> dict:
-        ids, mask, position = prefixed_batch([seqs[i] for i in rows], length, pad)
-        tensors = {"input_ids": ids, "attention_mask": mask, "position_ids": position}
-        cache = kv_cache(length + ids.shape[1], prefix, len(rows))
-        return {k: v.to(device) for k, v in tensors.items()} | {"cache": cache, "use_cache": True}
+        return after_prefix([seqs[i] for i in rows], prefix, pad, device)
 
     def log_softmax(rows: list[int], prefix: SharedPrefix, resume=nullcontext()) -> torch.Tensor:
         with resume:
@@ -276,18 +273,14 @@ def select_direction(
         def add_each(x: torch.Tensor, added=added) -> torch.Tensor:  # x: [position * rows, seq, d_model]
             return x + added.repeat_interleave(len(x) // n_pos, 0)[:, None].to(x.dtype)
 
-        prefix = SharedPrefix()
-        if length:  # the system turn once per position, its keys and values for that position's rows
-            cache = kv_cache(length)
-            with intervene(hf, {layer: add_each}):
-                hf(input_ids=torch.tensor([seqs[0][:length]] * n_pos, device=device), cache=cache, use_cache=True)
-            prefix = SharedPrefix(length, [(entry.keys, entry.values) for entry in cache.layers])
+        with intervene(hf, {layer: add_each}):  # the system turn once per position, for that position's rows
+            prefix = run_prefix(hf, shared, rows=n_pos)
         scores = []
         for rows, states in zip(gentle, resid):
             copies = [row for _ in range(n_pos) for row in rows]
             each = SharedPrefix(
-                length,
-                [(k.repeat_interleave(len(rows), 0), v.repeat_interleave(len(rows), 0)) for k, v in prefix.states or []]
+                prefix.length,
+                [(k.repeat_interleave(len(rows), 0), v.repeat_interleave(len(rows), 0)) for k, v in prefix.kv or []]
                 or None,
             )
             hidden = add_each(states[layer].repeat(n_pos, 1, 1))

@@ -61,12 +61,11 @@ from functools import partial
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from .. import distributed
 from ..core.bridge import block_outputs, decoder_layers, resume_at
 from ..core.chat import SAFEREACT_REMINDER, SAFETY_REMINDER, ChatFormat, tokenize
-from ..core.kvcache import prefixed_batch, shared_length
+from ..core.kvcache import SharedPrefix, after_prefix, run_prefix, shared_length
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..errors import ConfigError, TrainingDivergedError
@@ -319,16 +318,6 @@ def restore(
     return result
 
 
-@dataclass
-class _Prefix:
-    """The tokens every sequence starts with, run once through one model: its block outputs ``[1, P,
-    d_model]`` and its keys and values ``[1, heads, P, head_dim]`` per layer."""
-
-    ids: list[int]
-    states: dict[int, torch.Tensor]
-    kv: list[tuple[torch.Tensor, torch.Tensor]]
-
-
 def _forward(
     model, inputs: dict, layers: Sequence[int], start: int = 0, below: dict[int, torch.Tensor] | None = None
 ) -> dict[int, torch.Tensor]:
@@ -341,37 +330,6 @@ def _forward(
         with resume_at(model, start, below[start - 1]) if start > 0 else nullcontext():
             out.update(zip(ran, block_outputs(model, inputs, ran)))
     return out
-
-
-def _run_prefix(model, ids: list[int], n_layers: int, start: int = 0, below: _Prefix | None = None) -> _Prefix:
-    """``ids`` (the shared prefix) through blocks ``start ..`` of ``model``; the states and keys/values of
-    the blocks below ``start`` come from ``below`` (the frozen model's prefix)."""
-    cache = DynamicCache()
-    device = next(model.parameters()).device
-    inputs = {"input_ids": torch.tensor([ids], device=device), "cache": cache, "use_cache": True}
-    states = _forward(model, inputs, range(n_layers), start, below.states if below else None)
-    kv = [
-        below.kv[layer] if layer < start else (cache.layers[layer].keys, cache.layers[layer].values)
-        for layer in range(n_layers)
-    ]
-    return _Prefix(ids, states, kv)
-
-
-def _after_prefix(model: LoadedModel, seqs: Sequence[Sequence[int]], prefix: _Prefix) -> tuple[dict, torch.Tensor]:
-    """``(forward kwargs, mask [batch, rest])`` for ``seqs`` after their shared ``prefix``: rows ``[prefix]
-    [padding][rest]`` (``interp.core.kvcache.prefixed_batch``), every row's cache starting with the
-    prefix's keys and values (gradients flow into them). The outputs cover the rest."""
-    ids, mask, positions = prefixed_batch(seqs, len(prefix.ids), model.tokenizer.pad_token_id)
-    layers = []
-    for keys, values in prefix.kv:
-        layer = DynamicLayer()
-        layer.update(keys.expand(len(seqs), -1, -1, -1), values.expand(len(seqs), -1, -1, -1))
-        layers.append(layer)
-    cache = DynamicCache()
-    Cache.__init__(cache, layers=layers)
-    device = model.device
-    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
-    return inputs | {"cache": cache, "use_cache": True}, mask[:, len(prefix.ids) :].to(device)
 
 
 def _trainable_copy(hf):
@@ -477,9 +435,11 @@ def restore_many(
     t0 = time.perf_counter()
     shared = student_ids[0][: shared_length(student_ids + teacher_ids + retains)]  # the chat template's system turn
     P = len(shared)
+    every = [(layer, "resid_post") for layer in range(n_layers)]  # the prefix's block outputs, for the losses
+    pad = tok.pad_token_id
     with torch.no_grad():
-        frozen_prefix = _run_prefix(frozen, shared, n_layers)
-        teacher_prefix = _run_prefix(teacher.hf, shared, n_layers) if teacher is not finetuned else frozen_prefix
+        frozen_prefix = run_prefix(frozen, shared, every)
+        teacher_prefix = run_prefix(teacher.hf, shared, every) if teacher is not finetuned else frozen_prefix
     shared_seconds = time.perf_counter() - t0
     for step in tqdm(range(config.steps), desc="restore", disable=not progress):
         t0 = time.perf_counter()
@@ -489,16 +449,16 @@ def restore_many(
         # index[row, student column] = teacher column of the partner token, after the prefix: [batch, s_width]
         index = torch.tensor([_teacher_index(s[P:], t[P:], s_width, t_width) for s, t in zip(s_batch, t_batch)])
         with torch.no_grad():
-            t_inputs, _ = _after_prefix(teacher, t_batch, teacher_prefix)
+            t_inputs = after_prefix(t_batch, teacher_prefix, pad, teacher.device)
             target = {
                 layer: t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
                 for layer, t in _forward(teacher.hf, t_inputs, aligned).items()
             }
-            below = _forward(frozen, _after_prefix(finetuned, s_batch, frozen_prefix)[0], below_harmful)
+            below = _forward(frozen, after_prefix(s_batch, frozen_prefix, pad, finetuned.device), below_harmful)
             picks = distributed.split(rng.sample(range(len(retains)), min(config.batch_size, len(retains))))
             buckets = []  # (rows, the frozen model's block outputs at every layer) per length-sorted sub-batch
             for part in _length_buckets([retains[i] for i in picks], RETAIN_BUCKETS):
-                kept = _forward(frozen, _after_prefix(finetuned, part, frozen_prefix)[0], range(n_layers))
+                kept = _forward(frozen, after_prefix(part, frozen_prefix, pad, finetuned.device), range(n_layers))
                 buckets.append((part, kept))
         w_safety, w_retain = schedule(step, config.steps, config.schedule_span)
         shared_seconds += time.perf_counter() - t0
@@ -506,14 +466,16 @@ def restore_many(
         for student in students:
             t0 = time.perf_counter()
             L = student.start
-            prefix = _run_prefix(student.model, shared, n_layers, L, frozen_prefix)  # with gradients
+            prefix = run_prefix(student.model, shared, every, start=L, below=frozen_prefix)  # with gradients
             ones = torch.ones(1, P, device=finetuned.device)
 
-            def on_prefix(layer: int, reference: _Prefix, rows: int, prefix=prefix, ones=ones) -> torch.Tensor:
+            def on_prefix(layer: int, reference: SharedPrefix, rows: int, prefix=prefix, ones=ones) -> torch.Tensor:
                 """The distance summed over the prefix positions of ``rows`` rows (the same in every row)."""
-                return rows * _distance_sum(prefix.states[layer], reference.states[layer], ones, config.distance)
+                ours, theirs = prefix.outputs[layer, "resid_post"], reference.outputs[layer, "resid_post"]
+                return rows * _distance_sum(ours, theirs, ones, config.distance)
 
-            s_inputs, s_mask = _after_prefix(finetuned, s_batch, prefix)
+            s_inputs = after_prefix(s_batch, prefix, pad, finetuned.device)
+            s_mask = s_inputs["attention_mask"][:, P:]  # [batch, rest]
             hidden = _forward(student.model, s_inputs, student.align, L, below)
             count = distributed.all_sum(len(s_batch) * P + s_mask.sum())  # over the whole batch
             safety = sum(
@@ -525,7 +487,8 @@ def restore_many(
             sums = [on_prefix(layer, frozen_prefix, rows) for layer in range(L, n_layers)]  # below L: exactly 0
             count = rows * P
             for part, kept in buckets:
-                r_inputs, r_mask = _after_prefix(finetuned, part, prefix)
+                r_inputs = after_prefix(part, prefix, pad, finetuned.device)
+                r_mask = r_inputs["attention_mask"][:, P:]
                 outs = _forward(student.model, r_inputs, range(L, n_layers), L, kept)
                 sums = [
                     total + _distance_sum(outs[layer], kept[layer], r_mask, config.distance)
