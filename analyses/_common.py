@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from interp import AnalysisResult, StudyResult, analysis_figures, study_figures, write_figures
+from interp import AnalysisResult, StudyResult
+from interp.report.figures import analysis_figures, study_figures, write_figures
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,8 @@
 
 from _common import args_from
 
-from interp import AnalysisResult, layer_table
+from interp import AnalysisResult
+from interp.tables import layer_table
 
 result = AnalysisResult.load(args_from(__doc__).run)
 print(layer_table(result))

@@ -3,7 +3,8 @@ the paired tests (report.json)."""
 
 from _common import args_from
 
-from interp import StudyResult, paired_table, results_table, targets_table
+from interp import StudyResult
+from interp.tables import paired_table, results_table, targets_table
 
 study = StudyResult.load(args_from(__doc__).run)
 print(results_table(study.rows))
