@@ -28,7 +28,7 @@ from interp.organism import OrganismRecipe, build_organism, study_prompts
 from interp.report.tables import rate_cell
 from interp.study_plans import make_plans, random_plans
 from interp.study_training import train_plans
-from interp.training.restore import RestoreConfig
+from interp.training.restore_config import RestoreConfig
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ given number of steps, evaluated with the R1 format beside the base and the fine
 
 LoRA r16 on every module of every layer, the reminder teacher (the fine-tuned model, adapters off, the
 released reminder in the prompt), alignment at every 5th block and the last, retain on every block,
-weights 10 (1 - t/1.5T) and 10 t/1.5T, lr 2e-5, batch 16 (``interp.training.restore.PRESETS``); only the
+weights 10 (1 - t/1.5T) and 10 t/1.5T, lr 2e-5, batch 16 (``interp.training.restore_config.PRESETS``); only the
 number of steps is changed. Training uses the organism's own restoration prompts under the R1 format
 (``study_prompts``); the evaluation is the quick look's seeded sample of the held-out suite, with a trace
 budget of 64 tokens and 32 after ``</think>``. Writes ``report.md`` (the evaluation table, the trace and
@@ -26,7 +26,8 @@ from interp.default_run import LOOK_SIZES
 from interp.io.atomic import atomic_write_json, atomic_write_text
 from interp.measures.layer_map import manual_layer_map
 from interp.report.study_tables import study_report
-from interp.training.restore import PRESETS, restore
+from interp.training.restore import restore
+from interp.training.restore_config import PRESETS
 
 
 def main() -> None:

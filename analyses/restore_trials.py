@@ -28,7 +28,7 @@ from interp.organism import OrganismRecipe, build_organism, selection_suite, stu
 from interp.report.study_tables import results_table
 from interp.study_plans import make_plans
 from interp.study_training import train_plans
-from interp.training.restore import RestoreConfig
+from interp.training.restore_config import RestoreConfig
 
 
 def main() -> None:

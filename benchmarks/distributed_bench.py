@@ -30,7 +30,8 @@ import sys
 from interp.core.models import load_model
 from interp.core.prompts import harmful_prompts, harmless_prompts
 from interp.measures.layer_map import LayerMap
-from interp.training.restore import Placement, RestoreConfig, restore_many
+from interp.training.restore import restore_many
+from interp.training.restore_config import Placement, RestoreConfig
 
 base, finetuned, layer_map = load_model(sys.argv[1]), load_model(sys.argv[2]), LayerMap.load(sys.argv[3])
 n, top = layer_map.n_layers, tuple(layer_map.selected_layers)

@@ -76,7 +76,8 @@ def restoration_flops(run, steps: int = 2) -> float:
 
     from interp.organism import OrganismRecipe, study_prompts
     from interp.study_plans import make_plans
-    from interp.training.restore import RestoreConfig, restore_many
+    from interp.training.restore import restore_many
+    from interp.training.restore_config import RestoreConfig
 
     harmful, retain, _ = study_prompts(OrganismRecipe())
     plans = make_plans(run.analysis.layer_map, component_map=run.analysis.component_map)

@@ -124,7 +124,7 @@ def main() -> None:
     from interp.organism import OrganismRecipe, build_organism, study_prompts
     from interp.study_plans import make_plans
     from interp.study_training import train_plans
-    from interp.training.restore import RestoreConfig
+    from interp.training.restore_config import RestoreConfig
 
     recipe = OrganismRecipe()
     organism = build_organism(recipe, log=lambda _: None)

@@ -68,7 +68,8 @@ def main() -> None:
     from interp.measures.layer_map import LayerMap
     from interp.organism import OrganismRecipe, build_organism, study_prompts
     from interp.study_plans import make_plans
-    from interp.training.restore import RestoreConfig, restore, restore_many
+    from interp.training.restore import restore, restore_many
+    from interp.training.restore_config import RestoreConfig
 
     recipe = OrganismRecipe()
     pair = build_organism(recipe, log=lambda _: None).load_pair()

@@ -47,7 +47,7 @@ _WHERE = {
     "LayerMap": ".measures.layer_map",
     # restore and evaluate
     "restore": ".training.restore",
-    "RestoreConfig": ".training.restore",
+    "RestoreConfig": ".training.restore_config",
     "RestoreResult": ".training.restore",
     "evaluate_models": ".evaluation.table",
     "EvalSuite": ".evaluation.suite",

@@ -30,7 +30,7 @@ from .report.figures import analysis_figures, study_figures, write_figures
 from .report.study_tables import organism_table
 from .study import LOOK_BASELINES, StudyConfig, StudyResult, run_study
 from .study_plans import BASELINES
-from .training.restore import RestoreConfig
+from .training.restore_config import RestoreConfig
 
 
 @dataclass

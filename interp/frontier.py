@@ -51,7 +51,7 @@ from .report.frontier_tables import frontier_report
 from .report.plots import plot_frontier
 from .study_plans import Plan, make_plans, random_plans, ranked_plan
 from .study_training import train_plans
-from .training.restore import RestoreConfig
+from .training.restore_config import RestoreConfig
 
 DEFAULT_KS = (1, 2, 3, 4, 6, 8)
 WITHIN = 0.05  # "within 5 points of the all-layer recipe"

@@ -47,7 +47,7 @@ import torch
 
 from .errors import ConfigError
 from .evaluation.suite import EvalConfig
-from .training.restore import RestoreConfig
+from .training.restore_config import RestoreConfig
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ACTIVATION_FACTOR = 34  # d-sized tensors kept per token and block for the backward pass (attention + MLP)

@@ -43,7 +43,7 @@ from .measures.result import AnalysisResult
 from .report.study_tables import study_report
 from .study_plans import BASELINES, make_plans, released_plan
 from .study_training import Restored, train_plans
-from .training.restore import PRESETS, RestoreConfig
+from .training.restore_config import PRESETS, RestoreConfig
 
 LOOK_BASELINES = BASELINES[:-1]  # the released recipe (400 steps; about 23 min on 2 CPU cores) runs in --full
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from .errors import ConfigError
 from .measures.layer_map import LayerMap
-from .training.restore import Placement, paper_alignment_layers
+from .training.restore_config import Placement, paper_alignment_layers
 
 # the baselines a study can run beside the ranked plan (``StudyConfig.baselines``; ``steering`` trains none)
 BASELINES = ("all_layers", "random_k", "bottom_k", "components", "steering", "released")

@@ -23,7 +23,8 @@ from .io.hashing import stable_hash
 from .measures.layer_map import LayerMap
 from .study_plans import Plan
 from .training.lora import apply_adapter, save_adapter
-from .training.restore import RestoreConfig, RestoreStats, restore_many
+from .training.restore import RestoreStats, restore_many
+from .training.restore_config import RestoreConfig
 
 RESTORE_CACHE_VERSION = 2  # 2: hidden states are block outputs (before the final norm) at every layer
 

@@ -294,7 +294,8 @@ from interp.core.models import load_model
 from interp.core.prompts import harmful_prompts, harmless_prompts
 from interp.measures.layer_map import LayerMap
 from interp.training.lora import adapter_state
-from interp.training.restore import Placement, RestoreConfig, restore_many
+from interp.training.restore import restore_many
+from interp.training.restore_config import Placement, RestoreConfig
 
 base, finetuned = load_model(sys.argv[1]), load_model(sys.argv[2])
 placements = [Placement((1, 2), (2, 3)), Placement((0, 3), (3,)), Placement((2,), (1, 2))]

@@ -16,7 +16,8 @@ from interp.core.models import compute_dtype, load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
 from interp.measures.capture import CaptureConfig, capture
-from interp.training.restore import RestoreConfig, restore
+from interp.training.restore import restore
+from interp.training.restore_config import RestoreConfig
 from interp.training.sft import Example, SFTConfig, sft_lora
 
 

@@ -14,7 +14,7 @@ from interp.evaluation.suite import EvalRow
 from interp.frontier import Frontier, frontier_plans, run_frontier
 from interp.report.plots import plot_frontier
 from interp.study_plans import make_plans
-from interp.training.restore import RestoreConfig
+from interp.training.restore_config import RestoreConfig
 
 
 def test_frontier_plans_are_ranked_top_k_random_draws_and_all_layers(saved_pair):

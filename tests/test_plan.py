@@ -17,7 +17,8 @@ from interp.errors import ConfigError
 from interp.measures.capture import CaptureConfig, Positions, capture
 from interp.plan import ADAM_BYTES, ModelShape, PlanSettings, plan
 from interp.training.lora import trainable_parameters
-from interp.training.restore import Placement, RestoreConfig, restore_many
+from interp.training.restore import restore_many
+from interp.training.restore_config import Placement, RestoreConfig
 
 SMALL = PlanSettings(
     analysis_prompts={"harmful": 3, "harmless": 2, "task": 2},

@@ -34,7 +34,7 @@ from interp.protocol.peers import SETTINGS
 from interp.study_plans import Plan
 from interp.study_training import train_plans
 from interp.training.lora import apply_adapter
-from interp.training.restore import PRESETS, RestoreConfig, paper_alignment_layers
+from interp.training.restore_config import PRESETS, RestoreConfig, paper_alignment_layers
 
 
 def test_the_protocol_file_is_read_and_checked(tmp_path):

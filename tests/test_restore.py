@@ -18,17 +18,9 @@ from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError, LayerMapError
 from interp.training.lora import save_adapter
-from interp.training.restore import (
-    PRESETS,
-    Placement,
-    RestoreConfig,
-    align_positions,
-    distance,
-    paper_alignment_layers,
-    restore,
-    restore_many,
-    schedule,
-)
+from interp.training.restore import restore, restore_many
+from interp.training.restore_config import PRESETS, Placement, RestoreConfig, paper_alignment_layers
+from interp.training.restore_losses import align_positions, distance, schedule
 
 
 @pytest.fixture()

@@ -23,7 +23,7 @@ from interp.errors import ConfigError, EmptyPromptSetError
 from interp.evaluation.table import EvalConfig, EvalSuite
 from interp.study import StudyConfig, StudyResult, run_study
 from interp.study_plans import make_plans, random_plans, released_plan
-from interp.training.restore import PRESETS, RestoreConfig, paper_alignment_layers
+from interp.training.restore_config import PRESETS, RestoreConfig, paper_alignment_layers
 
 
 @pytest.fixture()

@@ -75,7 +75,7 @@ def add_pair_options(parser: argparse.ArgumentParser) -> None:
 def add_restore_options(parser: argparse.ArgumentParser) -> None:
     """The restoration's settings (``RESTORE_FLAGS``), each None unless given: a flag left out keeps the
     ``--preset``'s setting or ``RestoreConfig``'s default (``restore_config``)."""
-    from ..training.restore import RestoreConfig
+    from ..training.restore_config import RestoreConfig
 
     d = RestoreConfig()
     parser.add_argument("--steps", type=int, default=None, help=f"restoration training steps (default {d.steps})")
@@ -193,7 +193,7 @@ def restore_config(args):
     """``RestoreConfig`` from the flags given, over the ``--preset``'s settings (or the defaults)."""
     from dataclasses import replace
 
-    from ..training.restore import PRESETS, RestoreConfig
+    from ..training.restore_config import PRESETS, RestoreConfig
 
     preset = getattr(args, "preset", None)
     base = PRESETS[preset].config if preset else RestoreConfig()

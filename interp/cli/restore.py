@@ -54,7 +54,8 @@ def cmd_restore(args) -> None:
     from ..io.atomic import atomic_write_json
     from ..measures.layer_map import LayerMap, manual_layer_map
     from ..training.lora import save_adapter, save_merged
-    from ..training.restore import PRESETS, restore
+    from ..training.restore import restore
+    from ..training.restore_config import PRESETS
 
     check_output(args.out, "restore")
     common.check_device(args)

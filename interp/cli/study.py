@@ -202,7 +202,7 @@ def cmd_protocol(args) -> None:
     from ..protocol import Protocol, run_protocol
     from ..protocol.bench import Bench
     from ..protocol.layers import layer_validity
-    from ..training.restore import PRESETS, RestoreConfig
+    from ..training.restore_config import PRESETS, RestoreConfig
 
     if args.layers and (args.released or args.peers or args.dev_only):
         raise ConfigError("--layers runs the per-block study alone: drop --released, --peers and --dev-only")

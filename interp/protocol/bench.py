@@ -16,7 +16,7 @@ from ..evaluation.table import evaluate_models
 from ..measures.result import AnalysisResult
 from ..study_plans import Plan
 from ..study_training import Restored, train_plans
-from ..training.restore import RestoreConfig
+from ..training.restore_config import RestoreConfig
 from .claims import rate
 from .design import Protocol
 

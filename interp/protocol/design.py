@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..measures.result import AnalysisResult
 from ..study_plans import Plan, make_plans, random_plans
-from ..training.restore import paper_alignment_layers
+from ..training.restore_config import paper_alignment_layers
 
 PROTOCOL = Path(__file__).resolve().parent.parent / "data" / "protocol.toml"
 FAMILIES = ("ranked", "bottom", "all_layers", "draws")

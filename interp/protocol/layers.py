@@ -61,7 +61,7 @@ from ..report.figures import save_figure
 from ..report.plots import plot_layer_validity
 from ..report.tables import markdown_table
 from ..study_plans import Plan
-from ..training.restore import RestoreConfig, paper_alignment_layers
+from ..training.restore_config import RestoreConfig, paper_alignment_layers
 from ..training.safe_lora import cosine_layer_map, safe_lora_cosines
 from .bench import Bench, choose_setting, claim_suite, safe_set, with_lr
 from .claims import matched, rate

@@ -35,7 +35,7 @@ from ..measures.result import AnalysisResult
 from ..study_plans import Plan, released_plan
 from ..study_training import train_plans
 from ..training.lora import apply_adapter
-from ..training.restore import RestoreConfig
+from ..training.restore_config import RestoreConfig
 from .bench import Bench, choose_lrs, claim_suite, safe_set, with_lr
 from .claims import claims_of, rate
 from .design import FAMILIES, Protocol, protocol_plans

@@ -1,25 +1,10 @@
 """Restoration (SafeReAct-style): LoRA on the layer map's layers pulls harmful-prompt hidden states back
 toward a safe teacher, while a retain loss keeps everything else where the fine-tuned model had it.
 
-Losses, per training step ``t`` of ``T``:
+The losses (safety and retain, the teacher and how its positions are matched, the distance, the schedule)
+are ``interp.training.restore_losses``'s; the settings, the presets and the placements (where LoRA sits and
+hidden states are aligned) ``interp.training.restore_config``'s. This module trains them:
 
-* safety: on harmful prompts, the distance between the student's hidden states (the fine-tuned model
-  with LoRA) and a frozen teacher's, at the map's alignment layers and every prompt position.
-  Teachers: ``base`` (the aligned model, same prompt) or ``reminder`` (the fine-tuned model with the
-  adapters off and a safety reminder appended to the user turn). With the reminder the teacher's
-  prompt is longer: student position ``i`` is matched to the teacher's position ``i`` while inside the
-  shared prefix (everything up to the end of the instruction), and to the same distance from the end
-  afterwards (the closing template tokens); the reminder's own tokens have no partner.
-* retain: on harmless and task prompts, the distance between the student's and the frozen fine-tuned
-  model's hidden states at every layer and position.
-* hidden states: the residual stream after each block (the decoder layer's output, before the final
-  norm: the same tensor that capture and the causal checks read, ``interp.core.bridge``).
-* distance: L2 norm of the difference per position (default) or ``1 - cosine``, averaged.
-* schedule (linear, as in the paper and circuit breakers): ``w_safety(t) = 1 - t / (sT)`` and
-  ``w_retain(t) = t / (sT)`` with span ``s = schedule_span`` (2 by default; 1.5 in SafeReAct's released
-  code), the retain term scaled by ``retain_scale``; total loss
-  ``loss_scale * (w_safety * safety + w_retain * retain)`` (``loss_scale`` is the released code's
-  ``lorra_alpha``, 10 there, 1 by default).
 * lockstep: ``restore_many`` trains several placements (the study's ranked plan and its baselines) on
   the same batches, so the teacher's pass on the harmful batch and the frozen fine-tuned model's pass
   on the retain batch run once per step for all of them. Every student starts at its lowest LoRA layer
@@ -30,10 +15,6 @@ Losses, per training step ``t`` of ``T``:
   per model and step, their keys and values shared by every row (with gradients) and their positions
   counted once per row in the losses. The
   losses are those of training each placement alone, up to float rounding (a test checks 1e-5).
-* adapters: LoRA of rank ``rank``, scale ``alpha`` and dropout ``dropout`` on the map's target modules.
-  Rank and alpha are restoration settings (``RestoreConfig``); the layer map only suggests them. With
-  dropout > 0 a placement trained in lockstep draws different dropout masks than trained alone.
-* presets (``PRESETS``): ``safereact`` is the released SafeReAct recipe (``Preset``'s docstring).
 * several processes (``accelerate launch``, ``interp.distributed``): data parallel. Every process draws
   the same global batch (the same seeded sampler) and takes every N-th row of it; the loss of a process
   is its rows' share of the batch loss (sums over its rows divided by the whole batch's token count,
@@ -64,158 +45,17 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..core.bridge import block_outputs, decoder_layers, resume_at
-from ..core.chat import SAFEREACT_REMINDER, SAFETY_REMINDER, ChatFormat, tokenize
+from ..core.chat import ChatFormat, tokenize
 from ..core.kvcache import SharedPrefix, after_prefix, run_prefix, shared_length
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..errors import ConfigError, TrainingDivergedError
 from ..measures.layer_map import LayerMap, lora_config
 from .lora import merged, trainable_parameters
+from .restore_config import Placement, RestoreConfig
+from .restore_losses import align_positions, distance_sum, schedule
 
-TEACHERS = ("base", "reminder")
-DISTANCES = ("l2", "cosine")
 RETAIN_BUCKETS = 2  # retain batches run as this many length-sorted sub-batches
-
-
-@dataclass(frozen=True)
-class RestoreConfig:
-    steps: int = 24  # chosen on the selection suite (analyses/restore_trials.py): no more is distinguishable
-    lr: float = 3e-3
-    batch_size: int = 8
-    teacher: str = "base"
-    distance: str = "l2"
-    retain_scale: float = 1.0
-    reminder: str = SAFETY_REMINDER
-    rank: int = 8
-    alpha: int = 16
-    seed: int = 0
-    dropout: float = 0.0  # LoRA dropout
-    loss_scale: float = 1.0  # multiplies the whole loss (SafeReAct's lorra_alpha)
-    schedule_span: float = 2.0  # the weights move linearly over span x steps (module docstring)
-
-    ADDED_LATER = {"dropout": 0.0, "loss_scale": 1.0, "schedule_span": 2.0}
-
-    def key(self) -> dict:
-        """The settings that identify a trained adapter: every field, except fields added after the
-        adapter cache's version 2 while they hold their defaults (adapters cached before stay valid)."""
-        return {k: v for k, v in asdict(self).items() if self.ADDED_LATER.get(k, object()) != v}
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.dropout < 1.0 or not self.loss_scale > 0 or not self.schedule_span >= 1.0:
-            raise ConfigError("RestoreConfig: dropout must be in [0, 1), loss_scale > 0 and schedule_span >= 1")
-        if self.rank < 1 or self.alpha < 1:
-            raise ConfigError(f"RestoreConfig: rank and alpha must be >= 1, got {self.rank} and {self.alpha}")
-        if self.teacher not in TEACHERS:
-            raise ConfigError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
-        if self.distance not in DISTANCES:
-            raise ConfigError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
-        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or self.retain_scale < 0:
-            raise ConfigError("RestoreConfig: steps and batch_size must be >= 1, lr > 0, retain_scale >= 0")
-
-
-def schedule(step: int, steps: int, span: float = 2.0) -> tuple[float, float]:
-    """``(w_safety, w_retain)`` at ``step`` of ``steps`` (module docstring)."""
-    frac = step / (span * steps)
-    return 1.0 - frac, frac
-
-
-def paper_alignment_layers(n_layers: int) -> list[int]:
-    """Every 5th layer and the last (0-based: 4, 9, 14, ..., n_layers - 1)."""
-    return sorted(set(range(4, n_layers, 5)) | {n_layers - 1})
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named restoration recipe: its settings, and where LoRA sits and hidden states are aligned.
-
-    ``safereact``, the released code's recipe (homles11/SafeReAct: ``R17B.sh``,
-    ``src/lorra_safereact_twomodel.py``): LoRA r16, alpha 16, dropout 0.05 on q/k/v/o/gate/up/down of every
-    layer; L2 alignment at every 5th layer and the last; the teacher is the fine-tuned model with the
-    adapters off and the released safety reminder (``SAFEREACT_REMINDER``) in the prompt; L2 retain on
-    every layer against the adapters-off model; weights ``10 (1 - t/1.5T)`` and ``10 t/1.5T``; 400 steps,
-    lr 2e-5, batch 16, seed 42. Where it differs from the release: the reminder ends the user turn rather
-    than preceding the assistant tag; the released loss layers are hidden-state indices 5, 10, ..., 27 of a
-    28-layer model (block outputs 4, 9, ..., 24, 26), here block outputs 4, 9, ... and the last block; the
-    released teacher may be a pruned copy of the model; bf16, ZeRO-1 and gradient checkpointing are not
-    reproduced (``interp`` trains in the models' dtype; ZeRO's role is FSDP's here, module docstring)."""
-
-    name: str
-    config: RestoreConfig
-    every_layer: bool  # LoRA on every layer (else on the layer map's entries)
-    paper_alignment: bool  # align at every 5th layer and the last (else at the layer map's alignment layers)
-
-    def placement(self, layer_map: LayerMap) -> tuple[list[int] | None, list[int] | None]:
-        """``(layers, alignment)`` for ``restore``: ``None`` keeps the layer map's."""
-        n = layer_map.n_layers
-        return (
-            list(range(n)) if self.every_layer else None,
-            paper_alignment_layers(n) if self.paper_alignment else None,
-        )
-
-
-PRESETS = {
-    "safereact": Preset(
-        "safereact",
-        RestoreConfig(
-            steps=400,
-            lr=2e-5,
-            batch_size=16,
-            teacher="reminder",
-            reminder=SAFEREACT_REMINDER,
-            rank=16,
-            alpha=16,
-            dropout=0.05,
-            loss_scale=10.0,
-            schedule_span=1.5,
-            seed=42,
-        ),
-        every_layer=True,
-        paper_alignment=True,
-    )
-}
-
-
-def _distance_sum(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
-    """Sum over masked positions of the per-position distance; ``a``, ``b``: ``[batch, seq, d_model]``, in
-    float32 whatever the models compute in."""
-    a, b = a.float(), b.float()
-    if kind == "l2":
-        per_position = (a - b).norm(dim=-1)
-    else:
-        per_position = 1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)
-    return (per_position * mask).sum()
-
-
-def distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean over masked positions of the per-position distance; ``a``, ``b``: ``[batch, seq, d_model]``."""
-    return _distance_sum(a, b, mask, kind) / mask.sum().clamp(min=1)
-
-
-def align_positions(student: list[int], teacher: list[int]) -> list[int]:
-    """For each student token, the index of its partner in the teacher's (possibly longer) prompt."""
-    shared = 0
-    while shared < min(len(student), len(teacher)) and student[shared] == teacher[shared]:
-        shared += 1
-    shift = len(teacher) - len(student)
-    return [i if i < shared else i + shift for i in range(len(student))]
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where one restoration puts LoRA (``layers``) and where it aligns hidden states (``alignment``).
-    ``modules`` (layer, module names) narrows LoRA to those modules of each layer (a version 2 layer
-    map's entries); empty: every target module of each layer (whole blocks). ``lr`` gives the placement
-    a learning rate of its own (each plan at its tuned lr, trained in lockstep with the others)."""
-
-    layers: tuple[int, ...]
-    alignment: tuple[int, ...]
-    modules: tuple[tuple[int, tuple[str, ...]], ...] = ()
-    lr: float | None = None  # this placement's learning rate (None: the config's)
-
-    @property
-    def start(self) -> int:
-        """The lowest LoRA layer: below it the student's residual stream is the fine-tuned model's."""
-        return min(self.layers)
 
 
 @dataclass
@@ -472,7 +312,7 @@ def restore_many(
             def on_prefix(layer: int, reference: SharedPrefix, rows: int, prefix=prefix, ones=ones) -> torch.Tensor:
                 """The distance summed over the prefix positions of ``rows`` rows (the same in every row)."""
                 ours, theirs = prefix.outputs[layer, "resid_post"], reference.outputs[layer, "resid_post"]
-                return rows * _distance_sum(ours, theirs, ones, config.distance)
+                return rows * distance_sum(ours, theirs, ones, config.distance)
 
             s_inputs = after_prefix(s_batch, prefix, pad, finetuned.device)
             s_mask = s_inputs["attention_mask"][:, P:]  # [batch, rest]
@@ -480,7 +320,7 @@ def restore_many(
             count = distributed.all_sum(len(s_batch) * P + s_mask.sum())  # over the whole batch
             safety = sum(
                 on_prefix(layer, teacher_prefix, len(s_batch))
-                + _distance_sum(hidden[layer], target[layer], s_mask, config.distance)
+                + distance_sum(hidden[layer], target[layer], s_mask, config.distance)
                 for layer in student.align
             ) / (count * len(student.align))
             rows = sum(len(part) for part, _ in buckets)
@@ -491,7 +331,7 @@ def restore_many(
                 r_mask = r_inputs["attention_mask"][:, P:]
                 outs = _forward(student.model, r_inputs, range(L, n_layers), L, kept)
                 sums = [
-                    total + _distance_sum(outs[layer], kept[layer], r_mask, config.distance)
+                    total + distance_sum(outs[layer], kept[layer], r_mask, config.distance)
                     for total, layer in zip(sums, range(L, n_layers))
                 ]
                 count = count + r_mask.sum()
