@@ -17,7 +17,6 @@ from interp.core.chat import SAFEREACT_REMINDER, ChatFormat, pad_batch, tokenize
 from interp.core.models import load_model
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError, LayerMapError
-from interp.training.lora import save_adapter
 from interp.training.restore import restore, restore_many
 from interp.training.restore_config import PRESETS, Placement, RestoreConfig, paper_alignment_layers
 from interp.training.restore_losses import align_positions, distance, schedule
@@ -138,7 +137,9 @@ def test_adapter_round_trips_onto_a_plain_model_after_booting_a_bridge(setup, ti
     naive_keys = load_file(str(tmp_path / "naive" / "adapter_model.safetensors"))
     assert any("_original_component" in k for k in naive_keys)  # the trap is real here
 
-    save_adapter(trained, tmp_path / "adapter")
+    assert (
+        result.save(tmp_path / "adapter", trained_on=finetuned) == tmp_path / "adapter"
+    )  # the typed result saves itself
     keys = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
     assert keys and not any("_original_component" in k for k in keys)
     plain = perturbed(load_model(tiny_llama)).hf  # a fresh, un-bridged copy of the fine-tuned weights

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -51,7 +52,7 @@ from ..core.models import LoadedModel
 from ..core.prompts import PromptSet
 from ..errors import ConfigError, TrainingDivergedError
 from ..measures.layer_map import LayerMap, lora_config
-from .lora import merged, trainable_parameters
+from .lora import merged, save_adapter, trainable_parameters
 from .restore_config import Placement, RestoreConfig
 from .restore_losses import align_positions, distance_sum, schedule
 
@@ -110,6 +111,13 @@ class RestoreResult:
         if self._peft_model is None:
             self._peft_model, self._build = self._build(), None
         return self._peft_model
+
+    def save(self, folder: str | Path, trained_on: LoadedModel | None = None) -> Path:
+        """The adapter in peft's format in ``folder`` (``interp.training.lora.save_adapter``; written
+        atomically), loadable with ``PeftModel.from_pretrained``; with ``trained_on`` (the fine-tuned model)
+        its fingerprint goes into the weights' metadata so ``apply_adapter`` refuses any other model. Save
+        before ``merged``, which uses the adapter up."""
+        return save_adapter(self.peft_model, folder, trained_on=None if trained_on is None else trained_on.fingerprint)
 
     def merged(self, finetuned: LoadedModel, name: str | None = None) -> LoadedModel:
         """The adapter merged into the weights, as a new ``LoadedModel`` (uses up ``peft_model``)."""
