@@ -220,3 +220,11 @@ def test_the_layer_study_alone_is_asked_for_in_one_line(capsys):
     """``--layers`` with the test run's options is one clear line, exit 2, before any model loads."""
     assert cli.main(["protocol", "--layers", "--peers", "--out", "unused"]) == 2
     assert "--layers runs the per-block study alone" in capsys.readouterr().err
+
+
+def test_a_ranking_folder_without_a_layers_study_is_one_line(tmp_path, capsys):
+    """``--ranking`` reads the layers study before any model loads: a folder without one is one line, exit 2."""
+    assert cli.main(["protocol", "--ranking", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read as a layers study" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -188,6 +188,11 @@ def protocol_parser(sub) -> None:
         help="also the published weight-space methods (interpolation, RESTA, Safe LoRA, Antidote), each at its"
         " dev-chosen setting, from the organism's source, base and fine-tuned weights",
     )  # fmt: skip
+    p.add_argument(
+        "--ranking", metavar="FOLDER",
+        help="rank the layers by the candidate a --layers run in FOLDER chose on dev (its layers.json) instead of"
+        " the layer map's score: the ranked plan, bottom-k and the depth-range draws follow it",
+    )  # fmt: skip
     common.add_model_options(p)
     p.set_defaults(func=cmd_protocol)
 
@@ -201,11 +206,15 @@ def cmd_protocol(args) -> None:
     from ..evaluation.table import EvalConfig
     from ..protocol import Protocol, run_protocol
     from ..protocol.bench import Bench
-    from ..protocol.layers import layer_validity
+    from ..protocol.layers import LayerValidity, layer_validity
     from ..training.restore_config import PRESETS, RestoreConfig
 
-    if args.layers and (args.released or args.peers or args.dev_only):
-        raise ConfigError("--layers runs the per-block study alone: drop --released, --peers and --dev-only")
+    if args.layers and (args.released or args.peers or args.dev_only or args.ranking):
+        raise ConfigError("--layers runs the per-block study alone: drop --released, --peers, --dev-only and --ranking")
+    ranking = None
+    if args.ranking:  # read before any model loads: a bad folder is one line
+        study = LayerValidity.load(args.ranking)
+        ranking = (study.chosen, study.candidates[study.chosen])
     check_output(args.out, "protocol")
     common.check_device(args)
     protocol = Protocol.load()
@@ -235,6 +244,7 @@ def cmd_protocol(args) -> None:
                 suite=prepared.suite, protocol=protocol, restore=restore, evaluation=evaluation,
                 chat=prepared.recipe.chat, dev_only=args.dev_only, released=released,
                 unaligned=load_model(prepared.recipe.source, dtype="float32") if args.peers else None,
+                ranking=ranking,
             )  # fmt: skip
             seconds = result.seconds
         common.write_config(args, folder, prepared.pair)

@@ -50,6 +50,7 @@ import torch
 from ..analyze import AnalysisConfig, AnalysisPrompts, capture_pair
 from ..core.generate import refusal_scores
 from ..core.models import LoadedModel
+from ..errors import ConfigError
 from ..evaluation.stats import bootstrap_interval, matched_refusal, spearman
 from ..evaluation.suite import EvalSuite
 from ..io.atomic import atomic_write_json, atomic_write_text
@@ -130,7 +131,12 @@ class LayerValidity:
 
     @classmethod
     def load(cls, folder: str | Path) -> LayerValidity:
-        return cls(**json.loads((Path(folder) / "layers.json").read_text()))
+        """The study a ``--layers`` run saved in ``folder`` (``layers.json``)."""
+        path = Path(folder) / "layers.json"
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as error:
+            raise ConfigError(f"{path} cannot be read as a layers study ({error})") from None
 
 
 def single_block_plans(n_layers: int, alignment: list[int]) -> list[Plan]:
