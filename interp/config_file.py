@@ -37,7 +37,7 @@ from .io.cache import CACHE_SCHEME
 
 IGNORED = {"func", "command", "commands", "debug", "config", "expected_fingerprints"}  # not options of a run
 PACKAGES = ("interp", "torch", "transformers", "transformer-lens", "peft", "accelerate", "scikit-learn")
-COMMANDS = ("organism", "capture", "analyze", "restore", "evaluate", "run", "judge", "protocol", "plan")
+COMMANDS = ("organism", "capture", "analyze", "restore", "evaluate", "run", "judge", "protocol", "plan", "figures")
 # Options that name files or folders (a prompt-set spec may join several with commas).
 PATH_OPTIONS = {"out", "base", "finetuned", "model", "layer_map", "adapter", "prompts", "harmful", "harmless"}
 PATH_OPTIONS |= {"task", "xstest", "retain", "donotanswer", "judge", "run"}

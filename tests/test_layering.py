@@ -30,6 +30,7 @@ LAYERS = {
     "interp.default_run": 7,
     "interp.plan": 7,
     "interp.protocol": 7,
+    "interp.redraw": 7,
     "interp.cli": 8,
     "interp.config_file": 8,
     "interp": 9,

@@ -6,8 +6,9 @@ are resolved here (``interp.organism.resolve_model_name``), never by model loadi
 
 The commands live by stage, each module with its commands' options beside the ``cmd_*`` that reads them:
 ``study`` (organism, run, protocol), ``analyze`` (capture, analyze), ``restore``, ``evaluate`` (evaluate,
-judge) and ``plan``; ``common`` holds the options several commands share, and ``parser`` assembles the
-``interp`` parser. Here: ``main``, which runs a command line, and ``run``, the ``interp`` command.
+judge), ``plan`` and ``figures`` (a run folder's figures and tables, redrawn); ``common`` holds the
+options several commands share, and ``parser`` assembles the ``interp`` parser. Here: ``main``, which
+runs a command line, and ``run``, the ``interp`` command.
 
 Exit codes: 0 done; 2 an expected failure (bad input, a model or file that cannot be read, an output
 that would replace something interp did not write, a file-system error), as one line

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import analyze, evaluate, plan, restore, study
+from . import analyze, evaluate, figures, plan, restore, study
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate.evaluate_parser,
         study.run_parser,
     )
-    for add in (*stages, evaluate.judge_parser, study.protocol_parser, plan.plan_parser):
+    for add in (*stages, evaluate.judge_parser, study.protocol_parser, plan.plan_parser, figures.figures_parser):
         add(sub)
     for command in sub.choices.values():  # every on/off flag can be undone (a --config file's true)
         for action in list(command._actions):
