@@ -5,8 +5,9 @@ plan's depth range (``interp.study_plans.random_plans``; all in lockstep, same b
 and evaluates them with base and fine-tuned on the study's 299 held-out harmful prompts (and a sample of
 harmless prompts and problems, which the table needs). Prints each plan's harmful refusal with its Wilson
 interval and exact McNemar p against the ranked plan, the ranked plan's rank among the draws, and a paired
-bootstrap interval of ranked minus the draws' mean refusal per prompt (their pooled answers). Writes
-``random_distribution.json`` into the run folder.
+bootstrap interval of ranked minus the draws' mean refusal per prompt (their pooled answers;
+``interp.frontier.compare_draws``, as the frontier compares its draws). Writes ``random_distribution.json``
+into the run folder.
 
     python analyses/random_distribution.py [runs/default] [--draws 5]
 """
@@ -17,18 +18,20 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT
 
 from interp import AnalysisResult
-from interp.evaluation.stats import discordant, mcnemar_exact, paired_bootstrap
 from interp.evaluation.suite import Candidate, EvalSuite
 from interp.evaluation.table import evaluate_models
+from interp.evaluation.targets import paired_test
+from interp.frontier import compare_draws
 from interp.io.atomic import atomic_write_json
 from interp.organism import OrganismRecipe, build_organism, study_prompts
 from interp.report.tables import rate_cell
 from interp.study_plans import make_plans, random_plans
 from interp.study_training import train_plans
 from interp.training.restore_config import RestoreConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
@@ -58,32 +61,31 @@ def main() -> None:
         progress=False,
         log=lambda _: None,
     )
-    outcomes = {row.plan: row.outcomes["harmful"] for row in rows}
-    mine = outcomes["ranked"]
-    print(f"harmful prompts: {len(mine)}; ranked layers {list(ranked.layers)}\n")
+    mine = rows[0]  # the ranked plan
+    print(f"harmful prompts: {len(mine.outcomes['harmful'])}; ranked layers {list(ranked.layers)}\n")
     print("| plan | harmful refusal | vs ranked (points) | McNemar p |")
     print("|---|---|---|---|")
     result = {"ranked": list(ranked.layers), "plans": []}
     for row in rows:
-        only_ranked, only_row = discordant(mine, outcomes[row.plan])
-        p = mcnemar_exact(only_ranked, only_row)
-        diff = 100 * (row.harmful_refusal - rows[0].harmful_refusal)
+        p = paired_test(mine, row, "harmful_refusal").p_value  # exact McNemar on the 0/1 outcomes
+        diff = 100 * (row.harmful_refusal - mine.harmful_refusal)
         cell = rate_cell(row.harmful_refusal, row.interval("harmful_refusal"))
         print(f"| {row.name} | {cell} | {diff:+.1f} | {p:.2g} |")
         result["plans"].append(
             {"plan": row.plan, "name": row.name, "harmful_refusal": row.harmful_refusal, "p_vs_ranked": p}
         )
+    by_plan = {row.plan: row for row in rows}
     for label, group in (("all layers", anywhere), (f"layers {min(ranked.layers)}+", late)):
-        rates = sorted(r.harmful_refusal for r in rows if r.plan in {g.key for g in group})
-        pooled = np.mean([outcomes[g.key] for g in group], axis=0)
-        low, high = paired_bootstrap(mine, pooled)
-        beaten = sum(rows[0].harmful_refusal > r for r in rates)
+        draws = [by_plan[g.key] for g in group]
+        versus = compare_draws(mine, draws)
+        rates = sorted(r.harmful_refusal for r in draws)
+        low, high = versus.pooled_interval
         print(
-            f"\nrandom draws from {label}: refusal {', '.join(f'{r:.1%}' for r in rates)}; ranked beats {beaten} of "
-            f"{len(rates)} (median {np.median(rates):.1%}); ranked - pooled draws: "
-            f"{100 * (np.mean(mine) - pooled.mean()):+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]"
+            f"\nrandom draws from {label}: refusal {', '.join(f'{r:.1%}' for r in rates)}; ranked beats "
+            f"{versus.beaten} of {len(rates)} (median {np.median(rates):.1%}); ranked - pooled draws: "
+            f"{100 * versus.pooled:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]"
         )
-        result[label] = {"rates": rates, "beaten": beaten, "pooled_interval": [low, high]}
+        result[label] = {"rates": rates, "beaten": versus.beaten, "pooled_interval": [low, high]}
     atomic_write_json(Path(args.run) / "random_distribution.json", result)
 
 

@@ -22,9 +22,9 @@ Comparisons, paired on the same prompts (``interp.evaluation.stats``), on harmfu
   exact McNemar p. Ranked top-k is **not distinguishable** from the all-layer recipe when the interval
   contains 0, and **within 5 points** of it when the interval's lower end is above -5 points (an
   equivalence margin: "not distinguishable" alone can come from too few prompts).
-* ranked top-k against the random draws of the same ``k``: its rank among them (1 = best), the exact
-  McNemar p against each draw, and against their pooled answers: ranked minus the draws' mean refusal per
-  prompt, with its paired bootstrap interval.
+* ranked top-k against the random draws of the same ``k`` (``compare_draws``): its rank among them
+  (1 = best), the exact McNemar p against each draw, and against their pooled answers: ranked minus the
+  draws' mean refusal per prompt, with its paired bootstrap interval.
 """
 
 from __future__ import annotations
@@ -121,6 +121,35 @@ class KComparison:
 
 
 @dataclass
+class DrawComparison:
+    """A ranked plan's harmful refusal against random draws of as many layers, paired on the same prompts."""
+
+    tests: list[PairedTest]  # the ranked plan against each draw
+    pooled: float  # ranked - the draws' mean refusal per prompt, averaged over the prompts
+    pooled_interval: tuple[float, float]  # its 95% paired bootstrap interval
+    rank: int  # 1 + draws with strictly higher refusal
+    beaten: int  # draws with strictly lower refusal
+
+
+def compare_draws(ranked: EvalRow, draws: Sequence[EvalRow]) -> DrawComparison:
+    """``ranked`` against each of ``draws`` and against their pooled answers, on harmful refusal (without
+    draws the pooled difference and its interval are 0)."""
+    mine = ranked.outcomes["harmful"]
+    pooled, low, high = 0.0, 0.0, 0.0
+    if draws:
+        answers = np.mean([d.outcomes["harmful"] for d in draws], axis=0)
+        pooled = float(np.mean(mine) - answers.mean())
+        low, high = paired_bootstrap(mine, answers)
+    return DrawComparison(
+        tests=[paired_test(ranked, d, "harmful_refusal") for d in draws],
+        pooled=pooled,
+        pooled_interval=(low, high),
+        rank=1 + sum(d.harmful_refusal > ranked.harmful_refusal for d in draws),
+        beaten=sum(ranked.harmful_refusal > d.harmful_refusal for d in draws),
+    )
+
+
+@dataclass
 class Frontier:
     """Every evaluated row of the frontier (``info``: kind, k, layers) and the comparisons built from them."""
 
@@ -144,23 +173,20 @@ class Frontier:
         for ranked in by_kind["ranked"]:
             k = ranked.info["k"]
             draws = [r for r in by_kind.get("random", []) if r.info["k"] == k]
-            mine = ranked.outcomes["harmful"]
             if draws:
-                pooled = np.mean([d.outcomes["harmful"] for d in draws], axis=0)
-                low, high = paired_bootstrap(mine, pooled)
                 points.append(_mean_point(k, draws))
-            else:
-                pooled, low, high = np.asarray(mine, dtype=float), 0.0, 0.0
+            versus = compare_draws(ranked, draws)
+            low, high = versus.pooled_interval
             comparisons.append(
                 KComparison(
                     k=k,
                     ranked=ranked.name,
                     random=[d.name for d in draws],
                     vs_all_layers=paired_test(ranked, full, "harmful_refusal"),
-                    vs_random=[paired_test(ranked, d, "harmful_refusal") for d in draws],
-                    vs_random_pooled=round(float(np.mean(mine) - pooled.mean()), 4),
+                    vs_random=versus.tests,
+                    vs_random_pooled=round(versus.pooled, 4),
                     vs_random_pooled_interval=(round(low, 4), round(high, 4)),
-                    rank=1 + sum(d.harmful_refusal > ranked.harmful_refusal for d in draws),
+                    rank=versus.rank,
                 )
             )
         return cls(rows, sorted(comparisons, key=lambda c: c.k), points)
