@@ -17,13 +17,13 @@ import argparse
 import os
 from pathlib import Path
 
-from _common import ROOT
-
 from interp import AnalysisResult
 from interp.evaluation.suite import EvalSuite
 from interp.frontier import DEFAULT_KS, frontier_plans, run_frontier
 from interp.io.stopwatch import Stopwatch
 from interp.organism import OrganismRecipe, build_organism, study_prompts
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:

@@ -18,8 +18,6 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from _common import ROOT
-
 from interp import AnalysisResult
 from interp.evaluation.suite import Candidate
 from interp.evaluation.table import evaluate_models
@@ -29,6 +27,8 @@ from interp.report.study_tables import results_table
 from interp.study_plans import make_plans
 from interp.study_training import train_plans
 from interp.training.restore_config import RestoreConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
