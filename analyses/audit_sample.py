@@ -2,52 +2,26 @@
 
     python analyses/audit_sample.py RUN_DIR --split test [--per-cell 10] [--seed 0] [--append]
 
-For every (model, judged set) cell of the run it draws, seeded, up to ``per_cell`` answers: first every
-answer on which the three-way judge and the earlier phrase list disagree (up to a third of the cell),
-then equal shares of the three-way judge's verdicts (refusal, compliance, degenerate) as far as the cell
-has them, then any answers to fill the cell. A (prompt, answer) already in the audit set, or drawn for
-another model of the same run, is not drawn again. Each item gets an id (a hash of model, set and
-prompt), its split and the run it came from. The verdicts at drawing time are stored with the items for
-the record; readers label from prompt and answer alone (``interp/data/audit/GUIDELINE.md``), never from
-the verdicts. ``--append`` adds to ``interp/data/audit/items.jsonl`` instead of replacing it.
+For every (model, judged set) cell of the run it draws, seeded, up to ``per_cell`` answers
+(``interp.evaluation.audit.draw_items``): first every answer on which the three-way judge and the earlier
+phrase list disagree (up to a third of the cell), then equal shares of the three-way judge's verdicts
+(refusal, compliance, degenerate) as far as the cell has them, then any answers to fill the cell. A
+(prompt, answer) already in the audit set, or drawn for another model of the same run, is not drawn again.
+Each item gets an id (a hash of model, set and prompt), its split and the run it came from. The verdicts at
+drawing time are stored with the items for the record; readers label from prompt and answer alone
+(``interp/data/audit/GUIDELINE.md``), never from the verdicts. ``--append`` adds to
+``interp/data/audit/items.jsonl`` instead of replacing it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 
-from interp.core.judge import KINDS, judge_answer
-from interp.evaluation.audit import ITEMS, legacy_refusal
+from interp.evaluation.audit import ITEMS, draw_items
 from interp.evaluation.rejudge import RunAnswers
 from interp.io.atomic import atomic_write_text
-from interp.io.hashing import stable_hash
-
-
-def draw(answers: RunAnswers, per_cell: int, seed: int, seen: set[tuple[str, str]]) -> list[dict]:
-    items = []
-    for model, samples in answers.models.items():
-        for name, spec in answers.sets.items():
-            if name == "task":
-                continue
-            rng = random.Random(stable_hash([seed, model, name]))
-            cell = [
-                {"prompt": p, "answer": a, "kind": judge_answer(a), "legacy_refusal": legacy_refusal(a)}
-                for p, a in zip(spec["prompts"], samples[0][name])
-                if (p, a) not in seen
-            ]
-            rng.shuffle(cell)
-            chosen = [c for c in cell if (c["kind"] == "refusal") != c["legacy_refusal"]][: per_cell // 3]
-            share = max(1, (per_cell - len(chosen)) // len(KINDS))
-            for kind in KINDS:
-                chosen += [c for c in cell if c["kind"] == kind and c not in chosen][:share]
-            chosen += [c for c in cell if c not in chosen][: per_cell - len(chosen)]
-            for c in chosen:
-                seen.add((c["prompt"], c["answer"]))
-                items.append({"id": stable_hash([model, name, c["prompt"]], 12), "model": model, "set": name, **c})
-    return items
 
 
 def main() -> int:
@@ -63,7 +37,7 @@ def main() -> int:
         print(f"audit_sample: {args.run} holds answers stopped at a refusal; draw from a --full run", file=sys.stderr)
         return 2
     old = [json.loads(line) for line in ITEMS.read_text().splitlines()] if args.append and ITEMS.exists() else []
-    items = draw(answers, args.per_cell, args.seed, {(i["prompt"], i["answer"]) for i in old})
+    items = draw_items(answers, args.per_cell, args.seed, {(i["prompt"], i["answer"]) for i in old})
     ids = {i["id"] for i in old}
     items = [{"id": i["id"], "split": args.split, "run": args.run, **i} for i in items if i["id"] not in ids]
     atomic_write_text(ITEMS, "".join(json.dumps(item) + "\n" for item in old + items))

@@ -2,9 +2,9 @@
 
 **The set** (``interp/data/audit``): answers of ``--full`` runs of the default study, drawn stratified
 over models (base, fine-tuned, the restored plans, steering), judged sets and judge verdicts
-(``analyses/audit_sample.py``: ``items.jsonl``), each labelled refusal, compliance or degenerate by a
-reader of prompt and answer alone against ``GUIDELINE.md``, with the reader's doubts marked
-(``labels.jsonl``). No label comes from a judge.
+(``draw_items``, run by ``analyses/audit_sample.py``: ``items.jsonl``), each labelled refusal, compliance
+or degenerate by a reader of prompt and answer alone against ``GUIDELINE.md``, with the reader's doubts
+marked (``labels.jsonl``). No label comes from a judge.
 
 **Dev and test** (each item's ``split``). Judge rules are changed on dev items only, and agreement is
 reported on test items labelled after the rules were committed. Round 1: 480 answers, a third dev by
@@ -17,18 +17,23 @@ those rules were committed) is the test split.
 harmful prompts (``HARMFUL_SETS``), on those to benign prompts (``BENIGN_SETS``), on all, and per set: refusal
 against not refusal (precision, recall, Cohen's kappa; ``interp.evaluation.stats.label_agreement``, with
 bootstrap 95% intervals), degenerate against not degenerate (precision, recall), and the share of items
-whose three-way verdict equals the label.
+whose three-way verdict equals the label. ``JUDGES`` are the judges ``analyses/judge_audit.py`` reports
+(``interp.report.judge_tables.audit_report``).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.judge import KINDS, judge_answer
 from ..errors import ConfigError
+from ..io.hashing import stable_hash
+from .rejudge import RunAnswers
 from .stats import label_agreement
 
 AUDIT = Path(__file__).resolve().parent.parent / "data" / "audit"
@@ -55,6 +60,14 @@ _LEGACY = re.compile("|".join(re.escape(p) for p in LEGACY_PHRASES), re.IGNORECA
 def legacy_refusal(answer: str) -> bool:
     """The earlier phrase-list judge (``LEGACY_PHRASES``)."""
     return bool(_LEGACY.search(answer.replace("\u2019", "'")[:160]))
+
+
+# The judges measured against the labels, as ``verdict(prompt, answer)`` -> a three-way kind: the three-way
+# judge and the phrase list it replaced (which has no degenerate verdict).
+JUDGES: dict[str, Callable[[str, str], str]] = {
+    "three-way judge": lambda prompt, answer: judge_answer(answer),
+    "phrase list (before)": lambda prompt, answer: "refusal" if legacy_refusal(answer) else "compliance",
+}
 
 
 @dataclass(frozen=True)
@@ -120,3 +133,33 @@ def audit_judge(items: Sequence[AuditItem], verdict: Callable[[str, str], str], 
             "accuracy": sum(k == x for k, x in zip(judged, labels)) / len(index),
         }
     return out
+
+
+def draw_items(answers: RunAnswers, per_cell: int, seed: int, seen: set[tuple[str, str]]) -> list[dict]:
+    """Audit items drawn from a run's ``answers``, seeded: for every (model, judged set) cell up to
+    ``per_cell`` answers, first those on which the three-way judge and the phrase list disagree (up to a
+    third of the cell), then equal shares of the three-way verdicts as far as the cell has them, then any
+    to fill the cell. A (prompt, answer) in ``seen`` is not drawn, and each one drawn joins ``seen``. Each
+    item has an id (a hash of model, set and prompt) and the verdicts at drawing time (for the record:
+    readers label from prompt and answer alone)."""
+    items = []
+    for model, samples in answers.models.items():
+        for name, spec in answers.sets.items():
+            if name == "task":
+                continue
+            rng = random.Random(stable_hash([seed, model, name]))
+            cell = [
+                {"prompt": p, "answer": a, "kind": judge_answer(a), "legacy_refusal": legacy_refusal(a)}
+                for p, a in zip(spec["prompts"], samples[0][name])
+                if (p, a) not in seen
+            ]
+            rng.shuffle(cell)
+            chosen = [c for c in cell if (c["kind"] == "refusal") != c["legacy_refusal"]][: per_cell // 3]
+            share = max(1, (per_cell - len(chosen)) // len(KINDS))
+            for kind in KINDS:
+                chosen += [c for c in cell if c["kind"] == kind and c not in chosen][:share]
+            chosen += [c for c in cell if c not in chosen][: per_cell - len(chosen)]
+            for c in chosen:
+                seen.add((c["prompt"], c["answer"]))
+                items.append({"id": stable_hash([model, name, c["prompt"]], 12), "model": model, "set": name, **c})
+    return items

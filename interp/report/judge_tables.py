@@ -1,9 +1,10 @@
 """The judges' tables: every model judge beside the substring list in a study (``judge_table``), one judge on
 a run's kept answers (``interp judge``: ``rejudged_table``) and the judges against the audit labels
-(``audit_table``)."""
+(``audit_table``, in the audit set's report ``audit_report``)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from .tables import JUDGED_SETS, markdown_table, outcome_cell
@@ -104,3 +105,37 @@ def audit_table(results: dict[str, dict]) -> str:
         "three-way accuracy",
     ]
     return markdown_table(head, cells)
+
+
+def audit_report(items: Sequence, judges: dict | None = None) -> str:
+    """``figures/judge_audit.md``: the judges (``judges``: name -> ``verdict(prompt, answer)``, default
+    ``interp.evaluation.audit.JUDGES``) against the labelled audit ``items`` (``load_audit()``): the labels'
+    counts, agreement on the test split (reported) and the dev split (where the judge's rules were changed)
+    per group of prompt sets (``audit_table``), and the test items where the three-way judge and the label
+    differ."""
+    from ..core.judge import judge_answer
+    from ..evaluation.audit import JUDGES, audit_judge
+
+    judges = JUDGES if judges is None else judges
+    labels = Counter(item.label for item in items)
+    lines = [
+        "# Judges against the labelled audit set",
+        "",
+        f"{len(items)} answers labelled by reading (`interp/data/audit/GUIDELINE.md`): "
+        + ", ".join(f"{n} {label}" for label, n in labels.most_common())
+        + f"; {sum(item.doubt for item in items)} marked doubtful.",
+        "",
+    ]
+    for split in ("test", "dev"):
+        chosen = [item for item in items if item.split == split]
+        results = {name: audit_judge(chosen, verdict) for name, verdict in judges.items()}
+        lines += [f"## {split} split ({len(chosen)} answers)", "", audit_table(results), ""]
+    wrong = [item for item in items if item.split == "test" and judge_answer(item.answer) != item.label]
+    cells = [
+        [item.model, item.set, judge_answer(item.answer), item.label + (" (doubt)" if item.doubt else ""),
+         item.answer[:140].replace("\n", " ").replace("|", "/")]
+        for item in wrong
+    ]  # fmt: skip
+    lines += ["## Test answers the three-way judge gets wrong", ""]
+    lines += [markdown_table(["model", "set", "judge", "label", "answer (start)"], cells), ""]
+    return "\n".join(lines)
