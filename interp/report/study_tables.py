@@ -1,9 +1,11 @@
 """The tables of evaluation rates: the organism's measurements (stage 0, ``interp.organism``) and the
 restoration study's report (stage 2, ``interp.study``: the evaluation table, targets, paired tests, refusal by
-category, answer kinds, the refusal score against judged refusal, reasoning traces; ``report.md``)."""
+category, answer kinds, the refusal score against judged refusal, reasoning traces; ``report.md``), and what
+the refusal score means in judged refusals (``score_validity_report``)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from ..evaluation.stats import wilson_interval
@@ -203,6 +205,65 @@ def score_table(rows: Sequence) -> str:
         one = {key: cell(row.scores[key], row.outcomes[key]) if key in row.scores else "n/a" for key in SCORE_SETS}
         cells.append([row.name, f"{sum(labels)}/{len(labels)}", cell(scores, labels), one["harmful"], one["xstest"]])
     return markdown_table(["model", "judged refusals", "AUROC, every judged set", "harmful", "XSTest safe"], cells)
+
+
+SCORE_BANDS = (-math.inf, -6.0, -4.0, -2.0, 0.0, 2.0, math.inf)  # of the refusal score, in log-odds
+
+
+def score_validity_report(rows: Sequence, run: str) -> str:
+    """What the logit refusal score means in judged refusals (``figures/refusal_score.md``), from a run's
+    ``EvalRow``s (``run`` names it): per model the AUROC of the score against judged refusal over every
+    judged set, with a bootstrap 95% interval; pooled over models, the judged refusal rate per band of the
+    score (``SCORE_BANDS``, Wilson 95% intervals) and a logistic fit ``P(refusal) = 1 / (1 + exp(-(a + b *
+    score)))``, which turns a change of the score (the causal sweep's unit) into a change of judged refusal."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from ..evaluation.stats import auroc, bootstrap_interval
+
+    keys = [key for key, _ in JUDGED_SETS]
+    cells, pooled_x, pooled_y = [], [], []
+    for row in rows:
+        present = [k for k in keys if k in row.scores]
+        x = np.array([s for k in present for s in row.scores[k]])
+        y = np.array([o for k in present for o in row.outcomes[k]], dtype=int)
+        pooled_x.append(x)
+        pooled_y.append(y)
+        low, high = bootstrap_interval(auroc, x, y, resamples=1000)
+        cells.append([row.name, f"{y.sum()}/{len(y)}", f"{auroc(x, y):.3f} [{low:.3f}, {high:.3f}]"])
+    x, y = np.concatenate(pooled_x), np.concatenate(pooled_y)
+    bands = []
+    for low, high in zip(SCORE_BANDS, SCORE_BANDS[1:]):
+        inside = (x >= low) & (x < high)
+        n, k = int(inside.sum()), int(y[inside].sum())
+        bands.append([f"[{low:g}, {high:g})", str(n), rate_cell(k / n, wilson_interval(k, n)) if n else "n/a"])
+    fit = LogisticRegression(C=1e6).fit(x[:, None], y)
+    a, b = float(fit.intercept_[0]), float(fit.coef_[0, 0])
+
+    def judged(score: float) -> float:
+        return 1 / (1 + math.exp(-(a + b * score)))
+
+    start = next((row.refusal_score for row in rows if row.name == "finetuned"), -2.5)
+    lines = [
+        "# The logit refusal score against judged refusal",
+        "",
+        f"Run: `{run}`; every judged answer of every model ({len(y)}; {int(y.sum())} judged refusals).",
+        "",
+        "## Per model: AUROC of the score against judged refusal",
+        "",
+        markdown_table(["model", "judged refusals", "AUROC [95% bootstrap]"], cells),
+        "",
+        "## Pooled: judged refusal by band of the score",
+        "",
+        markdown_table(["score band (log-odds)", "answers", "judged refusal"], bands),
+        "",
+        f"Logistic fit: P(judged refusal) = 1 / (1 + exp(-({a:+.2f} {b:+.2f} x score))); a judged refusal "
+        f"rate of 50% at score {-a / b:+.2f}, where one unit of the score moves it by about {b / 4 * 100:.0f} "
+        f"points; from the fine-tuned model's mean score on harmful prompts ({start:+.2f}) one unit up takes "
+        f"it from {judged(start):.1%} to {judged(start + 1):.1%}.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def study_report(
