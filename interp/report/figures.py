@@ -1,8 +1,8 @@
 """The figure registry: every figure the suite writes, by name, from typed results.
 
 ``analysis_figures`` draws from an ``AnalysisResult``; ``study_figures`` from the evaluation rows and the
-restorations' loss histories. ``interp analyze``, ``interp run`` and the scripts in ``analyses/`` all go
-through ``write_figures``, so a figure has one name and one look everywhere.
+restorations' loss histories. ``interp analyze``, ``interp run`` and ``interp figures`` (``interp.redraw``) all
+go through ``write_figures``, so a figure has one name and one look everywhere.
 """
 
 from __future__ import annotations
