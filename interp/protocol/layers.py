@@ -125,7 +125,10 @@ class LayerValidity:
         atomic_write_text(folder / "layers.md", layers_report(self))
         gain = np.asarray(self.gain)
         sd = gain.std(0, ddof=1) if len(gain) > 1 else np.zeros(gain.shape[1])
-        fig = plot_layer_validity(gain.mean(0), sd, {name: self.candidates[name] for name in ("score", "gradient")})
+        rhos = {name: self.rho(name)[0] for name in self.candidates}
+        best = sorted((n for n in rhos if n != "score" and rhos[n] == rhos[n]), key=lambda n: -rhos[n])[:3]
+        shown = {f"{name} (rho {rhos[name]:+.2f})": self.candidates[name] for name in ["score", *best]}
+        fig = plot_layer_validity(gain.mean(0), sd, shown)  # the layer map's score and the three best candidates
         save_figure(fig, folder / "figures", "layer_validity")
         plt.close(fig)
 
