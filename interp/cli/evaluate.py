@@ -93,12 +93,9 @@ def cmd_evaluate(args) -> None:
     from ..core.judges import check_judge_spec
     from ..core.models import check_pair, fresh_copy, load_model
     from ..core.prompts import parse_spec
-    from ..evaluation.rejudge import RunAnswers
-    from ..evaluation.table import Candidate, EvalConfig, EvalSuite, evaluate_models
-    from ..evaluation.targets import paired_tests
-    from ..io.atomic import atomic_write_json, atomic_write_text
-    from ..report.judge_tables import judge_table
-    from ..report.study_tables import category_table, paired_table, parts_table, results_table
+    from ..evaluation.suite import Candidate, EvalConfig, EvalSuite
+    from ..evaluation.table import evaluate_models
+    from ..report.evaluation import Evaluation
     from ..training.lora import apply_adapter, check_adapter
 
     check_output(args.out, "evaluate")
@@ -159,30 +156,11 @@ def cmd_evaluate(args) -> None:
         chat=chat,
         cache=not args.no_cache,
     )
-    tests = paired_tests(rows, against=("base", "finetuned"))
-    text = results_table(rows) + "\n\nPaired tests (each row against the base and the fine-tuned model):\n\n"
-    text += paired_table(tests)
-    if suite.donotanswer is not None:
-        text += "\n\nDo-Not-Answer refusal by risk area:\n\n" + category_table(rows, suite.donotanswer.categories)
-    if chat.trace is not None:
-        text += "\n\nReasoning trace and final answer, judged apart (substring list):\n\n" + parts_table(rows)
-    if config.judges:
-        text += "\n\nModel judges beside the substring list (agreement on 'did the model comply?'):\n\n"
-        text += judge_table(rows)
+    result = Evaluation(rows, suite, list(tokens), config, reasoning=chat.trace is not None)
     with output_folder(args.out, "evaluate") as out:
-        atomic_write_json(
-            out / "evaluation.json",
-            {
-                "models": [{k: v for k, v in r.to_dict().items() if k != "answers"} for r in rows],
-                "paired_tests": [t.to_dict() for t in tests],
-                "refusal_tokens": list(tokens),
-                "sizes": suite.sizes(),
-            },
-        )
-        RunAnswers.of_rows(suite, rows, complete=not config.stop_at_refusal).save(out)
+        result.save(out)
         common.write_config(args, out, pair)
-        atomic_write_text(out / "evaluation.md", text + "\n")
-    print(text)
+    print(result.report())
 
 
 def judge_parser(sub) -> None:
