@@ -98,6 +98,11 @@ class LayerValidity:
     def mean_matched(self) -> np.ndarray:
         return np.asarray(self.matched).mean(0)
 
+    def rhos(self) -> dict[str, float]:
+        """Spearman's rho of every candidate with the mean gain (point estimates: no bootstrap)."""
+        y = self.mean_gain
+        return {name: spearman(np.asarray(values, dtype=float), y) for name, values in self.candidates.items()}
+
     def rho(self, name: str, target: str = "gain") -> tuple[float, tuple[float, float]]:
         """Spearman's rho of candidate ``name`` with the mean gain (or ``target="matched"``: the mean
         harmful refusal at the base's over-refusal), and its bootstrap interval over blocks."""
@@ -109,7 +114,7 @@ class LayerValidity:
     def chosen(self) -> str:
         """The candidate the protocol file's [ranking] rule picks: the highest rho with the gain (NaN last;
         ties: the one listed first)."""
-        rhos = {name: self.rho(name)[0] for name in self.candidates}
+        rhos = self.rhos()
         return max(rhos, key=lambda name: -math.inf if math.isnan(rhos[name]) else rhos[name])
 
     def stability(self) -> float:
@@ -125,7 +130,7 @@ class LayerValidity:
         atomic_write_text(folder / "layers.md", layers_report(self))
         gain = np.asarray(self.gain)
         sd = gain.std(0, ddof=1) if len(gain) > 1 else np.zeros(gain.shape[1])
-        rhos = {name: self.rho(name)[0] for name in self.candidates}
+        rhos = self.rhos()
         best = sorted((n for n in rhos if n != "score" and rhos[n] == rhos[n]), key=lambda n: -rhos[n])[:3]
         shown = {f"{name} (rho {rhos[name]:+.2f})": self.candidates[name] for name in ["score", *best]}
         fig = plot_layer_validity(gain.mean(0), sd, shown)  # the layer map's score and the three best candidates
