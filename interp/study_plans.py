@@ -103,6 +103,18 @@ def ranked_plan(layer_map: LayerMap, k: int) -> Plan:
     return Plan(key, f"ranked top-{k} {list(layers)}", layers, tuple(sorted(set(layers) | {n - 1})))
 
 
+def distinct_sets(
+    n_layers: int, k: int, low: int = 0, holding: int | None = None, exclude: Sequence[Sequence[int]] = ()
+) -> int:
+    """How many distinct ``k``-sets of layers ``random_plans`` can draw from ``low .. n_layers - 1`` (each
+    holding ``holding`` if given), none of them in ``exclude``."""
+    pool = [layer for layer in range(low, n_layers) if layer != holding]
+    fixed = set() if holding is None else {holding}
+    drawable = set(pool) | fixed
+    reachable = {tuple(sorted(x)) for x in exclude if len(set(x)) == k and fixed <= set(x) <= drawable}
+    return math.comb(len(pool), k - len(fixed)) - len(reachable)
+
+
 def random_plans(
     layer_map: LayerMap,
     draws: int,
@@ -131,9 +143,7 @@ def random_plans(
     pool = [layer for layer in range(low, n) if layer != holding]
     fixed = [] if holding is None else [holding]
     excluded = [sorted(layers) for layers in exclude]
-    drawable = set(pool) | set(fixed)
-    reachable = [x for x in excluded if len(x) == k and set(fixed) <= set(x) <= drawable]  # sets a draw could hit
-    possible = math.comb(len(pool), k - len(fixed)) - len(reachable)
+    possible = distinct_sets(n, k, low, holding, exclude)
     if draws > possible:
         raise ConfigError(f"random_plans: only {possible} distinct sets of {k} layers, {draws} asked")
     drawn: list[list[int]] = []

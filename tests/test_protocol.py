@@ -6,7 +6,7 @@ import copy
 import itertools
 import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -31,7 +31,7 @@ from interp.protocol import (
 from interp.protocol.bench import Bench
 from interp.protocol.layers import SET_CHECK_TOP, LayerValidity, layer_validity, layers_report, top_k
 from interp.protocol.peers import SETTINGS
-from interp.study_plans import Plan
+from interp.study_plans import Plan, distinct_sets
 from interp.study_training import train_plans
 from interp.training.lora import apply_adapter
 from interp.training.restore_config import PRESETS, RestoreConfig, paper_alignment_layers
@@ -63,6 +63,27 @@ def test_every_plan_aligns_at_the_shared_layers_and_no_draw_repeats(analysed):
     assert all(plan.alignment == shared for plans in families.values() for plan in plans)
     deepest = max(families["ranked"][0].layers)
     assert sum(deepest in plan.layers for plan in families["draws"]) >= 1
+
+
+def test_a_depth_range_without_room_gives_its_draws_to_all_layers(analysed):
+    """Amendment 7: ranked on the last k blocks, the depth range holds no other set that keeps the deepest
+    block, so every draw comes from all layers, still distinct and never the ranked set."""
+    _, analysis = analysed
+    n = analysis.layer_map.n_layers
+    deep_last = replace(analysis, layer_map=analysis.layer_map.reranked(list(range(n)), "depth", 2))
+    protocol = Protocol().tiny()
+    families = protocol_plans(deep_last, protocol)
+    assert families["ranked"][0].layers == (n - 2, n - 1)
+    draws = families["draws"]
+    assert len(draws) == protocol.draws and not any(p.key.startswith("draw-deep") for p in draws)
+    assert len({p.layers for p in draws} | {(n - 2, n - 1)}) == protocol.draws + 1
+
+
+def test_distinct_sets_counts_what_a_draw_can_reach():
+    assert distinct_sets(6, 2) == 15
+    assert distinct_sets(6, 2, low=3, holding=5) == 2  # {3, 5}, {4, 5}
+    assert distinct_sets(6, 2, low=3, holding=5, exclude=[[3, 5], [5, 3], [0, 1]]) == 1  # duplicates count once
+    assert distinct_sets(6, 2, low=4, holding=5, exclude=[[4, 5]]) == 0
 
 
 def _tiny_suite(**more) -> EvalSuite:
@@ -228,3 +249,16 @@ def test_a_ranking_folder_without_a_layers_study_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot be read as a layers study" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_candidate_is_one_line(tmp_path, capsys):
+    """``--candidate`` names one of the study's candidates; another name is one line, exit 2, before any model."""
+    study = LayerValidity(lr=0.01, lr_trials=[], seeds=[0], gain=[[0.1, 0.2]], matched=[[0.5, 0.6]],
+                          over=[[0.1, 0.1]], finetuned=0.3, candidates={"patch effect": [0.0, 1.0]})  # fmt: skip
+    (tmp_path / "layers.json").write_text(json.dumps(asdict(study)))
+    assert cli.main(["protocol", "--ranking", str(tmp_path), "--candidate", "nope", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--candidate 'nope' is not in" in err and "patch effect" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["protocol", "--candidate", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "give the folder too" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -193,6 +193,11 @@ def protocol_parser(sub) -> None:
         help="rank the layers by the candidate a --layers run in FOLDER chose on dev (its layers.json) instead of"
         " the layer map's score: the ranked plan, bottom-k and the depth-range draws follow it",
     )  # fmt: skip
+    p.add_argument(
+        "--candidate", metavar="NAME",
+        help="with --ranking: this candidate of the study (e.g. 'Safe LoRA cosine') instead of the one the protocol"
+        " file's rule chose",
+    )  # fmt: skip
     common.add_model_options(p)
     p.set_defaults(func=cmd_protocol)
 
@@ -211,10 +216,17 @@ def cmd_protocol(args) -> None:
 
     if args.layers and (args.released or args.peers or args.dev_only or args.ranking):
         raise ConfigError("--layers runs the per-block study alone: drop --released, --peers, --dev-only and --ranking")
+    if args.candidate and not args.ranking:
+        raise ConfigError("--candidate names a candidate of a --ranking FOLDER: give the folder too")
     ranking = None
-    if args.ranking:  # read before any model loads: a bad folder is one line
+    if args.ranking:  # read before any model loads: a bad folder or name is one line
         study = LayerValidity.load(args.ranking)
-        ranking = (study.chosen, study.candidates[study.chosen])
+        name = args.candidate or study.chosen
+        if name not in study.candidates:
+            raise ConfigError(
+                f"--candidate {name!r} is not in {args.ranking}/layers.json: one of {sorted(study.candidates)}"
+            )
+        ranking = (name, study.candidates[name])
     check_output(args.out, "protocol")
     common.check_device(args)
     protocol = Protocol.load()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..measures.result import AnalysisResult
-from ..study_plans import Plan, make_plans, random_plans
+from ..study_plans import Plan, distinct_sets, make_plans, random_plans
 from ..training.restore_config import paper_alignment_layers
 
 PROTOCOL = Path(__file__).resolve().parent.parent / "data" / "protocol.toml"
@@ -74,17 +74,12 @@ def protocol_plans(analysis: AnalysisResult, protocol: Protocol) -> dict[str, li
     shared = paper_alignment_layers(n)
     ranked, every, bottom = make_plans(layer_map, ("all_layers", "bottom_k"))
     taken = [list(ranked.layers), list(bottom.layers)]  # the depth range is the narrower pool: drawn first
-    deep = random_plans(
-        layer_map,
-        protocol.draws_in_depth_range,
-        seed=10_000,
-        low=min(ranked.layers),
-        key="draw-deep",
-        holding=max(ranked.layers),
-        exclude=taken,
-    )
+    low, deepest = min(ranked.layers), max(ranked.layers)
+    # amendment 7: a depth range with fewer distinct sets than asked gives all it has; the rest come from all layers
+    in_range = min(protocol.draws_in_depth_range, distinct_sets(n, len(ranked.layers), low, deepest, taken))
+    deep = random_plans(layer_map, in_range, seed=10_000, low=low, key="draw-deep", holding=deepest, exclude=taken)
     taken += [list(p.layers) for p in deep]
-    wide = random_plans(layer_map, protocol.draws - protocol.draws_in_depth_range, key="draw", exclude=taken)
+    wide = random_plans(layer_map, protocol.draws - in_range, key="draw", exclude=taken)
     taken += [list(p.layers) for p in wide]
     draws = wide + deep
     tuning = random_plans(layer_map, protocol.tuning_draws, seed=20_000, key="tune", exclude=taken)

@@ -5,7 +5,8 @@
 1. **Plans**, all aligned at the same plan-independent layers (every 5th layer and the last): the
    layer map's top ``k`` (``ranked``), its ``k`` lowest (``bottom``), every layer (``all_layers``), and
    ``draws`` random ``k``-sets, ``draws_in_depth_range`` of them from the ranked plan's depth range and
-   holding its deepest layer (none equal to the ranked set); three more draws only to choose the draws' lr.
+   holding its deepest layer (none equal to the ranked set; a range with fewer such sets gives all it has and
+   the rest come from all layers); three more draws only to choose the draws' lr.
 2. **A learning rate per family, on dev**: every family at every lr of the grid, seed 0, the short
    budget, in lockstep; judged on the dev parts (``PromptSet.part``) of the harmful, safe and task sets.
    The lr with the highest dev harmful refusal among those whose dev over-refusal is at most the base's
