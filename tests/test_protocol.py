@@ -30,7 +30,7 @@ from interp.protocol import (
 )
 from interp.protocol.bench import Bench
 from interp.protocol.layers import SET_CHECK_TOP, LayerValidity, layer_validity, layers_report, top_k
-from interp.protocol.peers import SETTINGS
+from interp.protocol.peers import DISTILL_LRS, SETTINGS
 from interp.study_plans import Plan, distinct_sets
 from interp.study_training import train_plans
 from interp.training.lora import apply_adapter
@@ -110,13 +110,18 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
     )  # fmt: skip
     assert set(result.lrs) == {"ranked", "bottom", "all_layers", "draws"}
     assert all(lr in Protocol().tiny().lr_grid for lr in result.lrs.values())
-    n_peers = len(SETTINGS)
+    n_peers = len(SETTINGS) + 1  # and self-distillation, one row per seed
     assert sorted(result.rows) == [0, 1] and all(len(rows) == 2 + 3 + 3 + 1 + n_peers for rows in result.rows.values())
     assert all(rows[-1 - n_peers].name == "released SafeReAct recipe" for rows in result.rows.values())  # trained once
-    assert [p["method"] for p in result.peers] == list(SETTINGS)  # each at a setting it tried on dev
-    assert all(p["setting"] in {str(x) for x in SETTINGS[p["method"]]} for p in result.peers)
-    assert len(result.peer_trials) == sum(len(v) for v in SETTINGS.values())
-    assert all(r.plan.startswith("peer:") for r in result.rows[0][-n_peers:])
+    assert [p["method"] for p in result.peers] == [*SETTINGS, "Self-distillation"]  # each at a setting tried on dev
+    assert all(p["setting"] in {str(x) for x in SETTINGS[p["method"]]} for p in result.peers[:-1])
+    assert result.peers[-1]["setting"] in {f"lr {lr:g}" for lr in DISTILL_LRS} and result.peers[-1]["trainable"] > 0
+    assert all(p["peak_mib"] is not None for p in result.peers)
+    assert len(result.peer_trials) == sum(len(v) for v in SETTINGS.values()) + len(DISTILL_LRS)
+    assert all(r.plan.startswith("peer:") for r in result.rows[0][-n_peers:-1])
+    distilled = [rows[-1] for rows in result.rows.values()]  # the same plan at both seeds, two trainings
+    assert all(r.plan.startswith("distill@") for r in distilled) and distilled[0].name == distilled[1].name
+    assert distilled[0].outcomes != distilled[1].outcomes or distilled[0].scores != distilled[1].scores
     test_harmful = len(suite.harmful.part("test"))
     assert all(len(row.outcomes["harmful"]) == test_harmful for rows in result.rows.values() for row in rows)
     claims = {c.name: c for c in result.claims}
@@ -140,6 +145,7 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
     assert all(r.donotanswer_refusal is not None for r in result.full_table) and "full table" in report
     assert "Holm over H1, H2a, H3, H4" in report
     assert "harmful at the base's over-refusal" in report and "3 draws" in report and "Published methods" in report
+    assert "self-distillation" in report and "peak memory added (MiB)" in report
     assert protocol_report(ProtocolResult.load(tmp_path)) == report  # the saved result renders the same report
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -424,3 +425,13 @@ def test_a_cache_from_an_earlier_key_scheme_is_named_once_and_a_new_one_is_not(t
     assert len(err) == 1 and "earlier scheme" in err[0] and "rebuilt" in err[0]
     check_cache_scheme(old)
     assert capsys.readouterr().err == ""
+
+
+def test_peak_memory_sees_a_large_allocation():
+    from interp.io.stopwatch import PeakMemory
+
+    with PeakMemory(interval=0.001) as peak:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        time.sleep(0.05)
+        del block
+    assert 48 < peak.mib < 160

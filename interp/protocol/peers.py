@@ -16,23 +16,34 @@ dev (``SETTINGS``):
   (scores ``|W_ft - W_aligned| n_j``, the top 5%, 10%, 20% or 40% per row returned to the aligned weights),
   the analogue of the release pruning only its adapter (amendment 6).
 
-Cost per method: the seconds to make the model (no training; Antidote includes its calibration pass),
-trainable parameters (none), and what it needs (``NEEDS``).
+**Self-distillation** (``interp.training.self_distill``), the output-space peer of restoration: LoRA SFT on
+the base's answers to the restoration's harmful prompts (and the fine-tuned model's own answers to as many
+retain prompts) at the ranked plan's layers, with restoration's rank, steps and batch; its lr chosen on dev
+(seed 0) from ``DISTILL_LRS`` by the same rule, then trained at every seed and judged on the test parts like
+the plans (one row per seed, not in the claims' Holm family).
+
+Cost per method: the seconds to make the model (Antidote includes its calibration pass; self-distillation
+its teacher's answers and training), trainable parameters (none for the weight-space methods), the peak
+memory making it added (``interp.io.stopwatch.PeakMemory``: resident memory, a lower bound), and what it
+needs (``NEEDS``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..core.models import LoadedModel, ModelPair, load_model
 from ..errors import ConfigError
 from ..evaluation.suite import Candidate, EvalRow, EvalSuite
+from ..io.stopwatch import PeakMemory
 from ..training.antidote import antidote
 from ..training.peers import interpolate, resta
+from ..training.restore_config import RestoreConfig
 from ..training.safe_lora import safe_lora
+from ..training.self_distill import self_distill
 from .bench import Bench, choose_setting, safe_set
 
 SETTINGS: dict[str, tuple] = {
@@ -52,7 +63,9 @@ NEEDS = {
     "Safe LoRA (exact projector)": "unaligned, aligned and fine-tuned weights",
     "Antidote": "fine-tuned weights and harmful prompts",
     "Antidote (task update)": "aligned and fine-tuned weights and harmful prompts",
+    "Self-distillation": "aligned and fine-tuned models, harmful and retain prompts, their answers",
 }
+DISTILL_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
 
 
 @dataclass
@@ -61,8 +74,10 @@ class PeerRow:
 
     method: str
     setting: str
-    seconds: float  # to make the model (no training)
+    seconds: float  # to make the model
     needs: str
+    trainable: int = 0  # parameters trained (0: weight arithmetic only)
+    peak_mib: float | None = None  # peak memory making it added (None: not measured)
 
 
 def _float32(model: LoadedModel) -> LoadedModel:
@@ -79,24 +94,29 @@ def peer_candidates(
     dtype = next(pair.finetuned.hf.parameters()).dtype
     out = []
     for setting in settings or SETTINGS[method]:
-        start = time.perf_counter()
-        if method == "interpolation":
-            model = interpolate(ft, al, setting)
-        elif method.startswith("RESTA"):
-            model = resta(ft, al, un, setting, dare=0.5 if "DARE" in method else None)
-        elif method.startswith("Safe LoRA"):
-            projection = "released" if "released" in method else "exact"
-            select = {"select": "number", "n_modules": 10} if setting == "10 modules" else {"select": "threshold"}
-            model = safe_lora(ft, al, un, projection=projection, threshold=0.5, **select).model
-        else:
-            aligned = al if "task update" in method else None
-            model = antidote(ft, bench.harmful, setting, aligned=aligned, chat=bench.chat)
+        start, peak = time.perf_counter(), PeakMemory()
+        with peak:
+            model = _make(method, setting, ft, al, un, bench)
         seconds = time.perf_counter() - start
         label = f"{method} ({setting:g})" if isinstance(setting, float) else f"{method} ({setting})"
         model = model.with_hf(model.hf.to(dtype), name=label)
         key = f"peer:{method}@{setting}"
-        out.append(Candidate(label, model, train_seconds=seconds, plan=key, info={"setting": str(setting)}))
+        info = {"setting": str(setting), "peak_mib": round(peak.mib, 1)}
+        out.append(Candidate(label, model, train_seconds=seconds, plan=key, info=info))
     return out
+
+
+def _make(method: str, setting, ft: LoadedModel, al: LoadedModel, un: LoadedModel, bench: Bench) -> LoadedModel:
+    """``method`` at ``setting`` on the float32 fine-tuned, aligned and unaligned models."""
+    if method == "interpolation":
+        return interpolate(ft, al, setting)
+    if method.startswith("RESTA"):
+        return resta(ft, al, un, setting, dare=0.5 if "DARE" in method else None)
+    if method.startswith("Safe LoRA"):
+        projection = "released" if "released" in method else "exact"
+        select = {"select": "number", "n_modules": 10} if setting == "10 modules" else {"select": "threshold"}
+        return safe_lora(ft, al, un, projection=projection, threshold=0.5, **select).model
+    return antidote(ft, bench.harmful, setting, aligned=al if "task update" in method else None, chat=bench.chat)
 
 
 def peer_rows(
@@ -114,6 +134,37 @@ def peer_rows(
         setting, tried = choose_setting(method, by_setting, base, ft, safe, margin, key="setting")
         trials += tried
         candidate = next(c for c in candidates if c.info["setting"] == setting)
-        chosen.append(PeerRow(method, setting, round(candidate.train_seconds, 1), NEEDS[method]))
+        seconds, peak = round(candidate.train_seconds, 1), candidate.info["peak_mib"]
+        chosen.append(PeerRow(method, setting, seconds, NEEDS[method], peak_mib=peak))
         picked.append(candidate)
     return chosen, trials, bench.judge(picked, test)[2:]
+
+
+def distill_rows(
+    bench: Bench, layers: list[int], dev: EvalSuite, test: EvalSuite, seeds, restore: RestoreConfig, margin: float
+) -> tuple[PeerRow, list[dict], dict[int, EvalRow]]:
+    """Self-distillation at ``layers`` (module docstring): every lr of ``DISTILL_LRS`` at seed 0 judged on
+    ``dev``, the lr chosen by the file's rule, then every seed at that lr judged on ``test``. Returns its cost
+    row (mean over the seeds), the dev trials and each seed's test row."""
+    name = f"self-distillation {sorted(layers)}"
+
+    def made(seed: int, lr: float) -> Candidate:
+        d = self_distill(bench.pair, bench.harmful, bench.retain, layers, replace(restore, seed=seed), lr=lr,
+                         chat=bench.chat, cache=bench.cache, progress=bench.progress)  # fmt: skip
+        info = {"setting": f"lr {lr:g}", "peak_mib": d.peak_mib, "trainable": d.trainable_params}
+        return Candidate(f"{name} lr {lr:g}", d.model, train_seconds=d.seconds, plan=f"distill@{lr:g}", info=info)
+
+    tried = [made(0, lr) for lr in DISTILL_LRS]
+    rows = bench.judge(tried, dev)
+    by_lr = {c.info["setting"]: [row] for c, row in zip(tried, rows[2:])}
+    setting, trials = choose_setting("Self-distillation", by_lr, rows[0], rows[1], safe_set(dev), margin, "setting")
+    lr = DISTILL_LRS[list(by_lr).index(setting)]
+    del tried, rows
+    chosen = [made(seed, lr) for seed in seeds]
+    judged = bench.judge(chosen, test)[2:]
+    cost = PeerRow(
+        "Self-distillation", setting, round(sum(c.train_seconds for c in chosen) / len(chosen), 1),
+        NEEDS["Self-distillation"], trainable=chosen[0].info["trainable"],
+        peak_mib=max(c.info["peak_mib"] for c in chosen),
+    )  # fmt: skip
+    return cost, trials, dict(zip(seeds, judged))

@@ -108,6 +108,10 @@ def _with_interval(summary: PlanSummary, measure: str) -> str:
     return _pct(summary.mean(measure)) + interval
 
 
+def _mib(peer: dict) -> str:
+    return "n/a" if peer.get("peak_mib") is None else f"{peer['peak_mib']:,.0f}"
+
+
 def _pct(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
 
@@ -201,13 +205,16 @@ def protocol_report(result: ProtocolResult) -> str:
             "",
         ]
     if result.peers:
-        chosen = [[p["method"], p["setting"], f"{p['seconds']:.0f}", "0", p["needs"]] for p in result.peers]
+        chosen = [[p["method"], p["setting"], f"{p['seconds']:.0f}", f"{p.get('trainable', 0):,}", _mib(p),
+                   p["needs"]] for p in result.peers]  # fmt: skip
         tried = [[t["family"], str(t["setting"]), f"{t['harmful']:.1%}", f"{t['safe']:.1%}", f"{t['task']:.1%}",
                   "yes" if t["ok"] else "no"] for t in result.peer_trials]  # fmt: skip
         lines += [
             "Published methods (`interp.protocol.peers`): the setting chosen on dev by the same rule, and the cost:",
             "",
-            markdown_table(["method", "setting", "seconds to make", "trainable params", "needs"], chosen),
+            markdown_table(
+                ["method", "setting", "seconds to make", "trainable params", "peak memory added (MiB)", "needs"], chosen
+            ),  # fmt: skip
             "",
             markdown_table(
                 ["method", "setting", "dev harmful refusal", "dev over-refusal", "dev task", "within the bounds"], tried

@@ -40,7 +40,7 @@ from ..training.restore_config import RestoreConfig
 from .bench import Bench, choose_lrs, claim_suite, safe_set, with_lr
 from .claims import claims_of, rate
 from .design import FAMILIES, Protocol, protocol_plans
-from .peers import peer_rows
+from .peers import distill_rows, peer_rows
 from .report import ProtocolResult
 
 SWEEP_FILLER = 16  # harmless and task prompts in the strength sweep's suite (no claim reads them)
@@ -73,9 +73,10 @@ def run_protocol(
     on this CPU), trained once with LoRA on every layer and judged beside the plans for H4; ``None``: H4
     is not run. ``unaligned``: the checkpoint the base was aligned from (the organism's source): the
     published weight-space methods (``interp.protocol.peers``) join the table, each at its dev-chosen
-    setting; ``None``: they are left out. ``ranking``: ``(name, per-layer values)``, a candidate of the layers
-    study (``LayerValidity.candidates``) that ranks the layers instead of the layer map's score; the ranked
-    plan, bottom-k and the depth-range draws follow it."""
+    setting, and self-distillation, their output-space peer, at every seed; ``None``: they are left out.
+    ``ranking``: ``(name, per-layer values)``, a candidate of the layers study (``LayerValidity.candidates``)
+    that ranks the layers instead of the layer map's score; the ranked plan, bottom-k and the depth-range
+    draws follow it."""
     protocol = protocol or Protocol.load()
     if ranking is not None:
         analysis = replace(analysis, layer_map=analysis.layer_map.reranked(ranking[1], ranking[0], protocol.k))
@@ -124,9 +125,16 @@ def run_protocol(
         with watch("peer methods"):
             chosen, peer_trials, rows = peer_rows(pair, unaligned, bench, claim_suite(suite, "dev"), test,
                                                   protocol.margin)  # fmt: skip
-            peers = [asdict(p) for p in chosen]
             for seed in protocol.seeds:  # deterministic: one row, beside every seed's plans
                 by_seed[seed] += rows
+        with watch("self-distillation"):  # the output-space peer, at the ranked plan's layers, every seed
+            short = replace(restore, steps=protocol.budgets[0])
+            cost, tried, distilled = distill_rows(bench, list(plans["ranked"][0].layers), claim_suite(suite, "dev"),
+                                                  test, protocol.seeds, short, protocol.margin)  # fmt: skip
+            chosen, peer_trials = [*chosen, cost], peer_trials + tried
+            peers = [asdict(p) for p in chosen]
+            for seed in protocol.seeds:
+                by_seed[seed].append(distilled[seed])
     with watch("strength sweep"):
         sweep = _strength_sweep(bench, plans, protocol, restore, test)
     claims = claims_of(by_seed, plans, sweep, safe, protocol)

@@ -61,13 +61,16 @@ class SFTConfig:
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"SFTConfig.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}")
 
-    def lora_config(self) -> LoraConfig:
+    def lora_config(self, layers: Sequence[int] | None = None) -> LoraConfig:
+        """The adapters: every ``target_modules`` module of every block, or of ``layers`` only."""
+        where = {} if layers is None else {"layers_to_transform": sorted(layers), "layers_pattern": "layers"}
         return LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
             lora_dropout=0.0,
             target_modules=list(self.target_modules),
             task_type="CAUSAL_LM",
+            **where,
         )
 
     def to_dict(self) -> dict:
@@ -141,9 +144,11 @@ def sft_lora(
     chat: ChatFormat = ChatFormat(),
     progress: bool = True,
     desc: str = "sft",
+    layers: Sequence[int] | None = None,
 ) -> SFTResult:
     """Train LoRA adapters on ``examples`` for ``config.steps`` steps, round them to
-    ``config.adapter_dtype`` and merge them into the weights (``model.hf`` is used up).
+    ``config.adapter_dtype`` and merge them into the weights (``model.hf`` is used up). ``layers``: adapters
+    on these blocks only (``None``: every block).
 
     The merge goes through ``merge_adapter_state``, as a stored adapter would: the same adapter read back
     from a file gives bit-identical weights.
@@ -157,7 +162,8 @@ def sft_lora(
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     encoded = _encode(model, examples, chat, config.max_answer_tokens)
-    peft_model = get_peft_model(model.hf, config.lora_config())
+    lora = config.lora_config(layers)
+    peft_model = get_peft_model(model.hf, lora)
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
@@ -197,4 +203,4 @@ def sft_lora(
     }
     adapter = adapter_state(peft_model, ADAPTER_DTYPES[config.adapter_dtype])
     plain = model.with_hf(peft_model.unload())  # the weights without the adapter
-    return SFTResult(merge_adapter_state(plain, adapter, config.lora_config()), adapter, stats)
+    return SFTResult(merge_adapter_state(plain, adapter, lora), adapter, stats)
