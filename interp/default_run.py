@@ -26,6 +26,7 @@ from .io.hashing import stable_hash
 from .io.stopwatch import Stopwatch
 from .measures.result import AnalysisResult
 from .organism import Organism, OrganismRecipe, build_organism, quick_study_prompts, split_task, study_prompts
+from .organism.family import recipe_named
 from .report.figures import analysis_figures, study_figures, write_figures
 from .report.study_tables import organism_table
 from .study import LOOK_BASELINES, StudyConfig, StudyResult, run_study
@@ -47,7 +48,6 @@ class DefaultRun:
 
 
 RUN_SIZES = ("smoke", "look", "full")
-RECIPES = ("default", "reasoning")  # the default organism, or the reasoning organism (R1 chat format)
 # The quick look (``interp run``): a seeded sample of every held-out set, sized for a first run of minutes.
 SMOKE_OPENINGS = ("I", "Sorry")  # the smoke run's refusal openings (``first_tokens``)
 LOOK_SIZES = {"harmful": 40, "xstest_unsafe": 20, "donotanswer": 20, "harmless": 20, "xstest": 20, "task": 20}
@@ -104,8 +104,7 @@ def prepare(
     and the study's prompts, as ``study_into`` describes them (its options, same names)."""
     if size not in RUN_SIZES:
         raise ConfigError(f"size must be one of {', '.join(RUN_SIZES)}, got {size!r}")
-    if recipe_name not in RECIPES:
-        raise ConfigError(f"the organism recipe must be one of {', '.join(RECIPES)}, got {recipe_name!r}")
+    recipe = recipe_named(recipe_name, quick=size == "smoke")  # an unknown name is one line, before any work
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 (or None for every prompt), got {limit}")
     if (base is None) != (finetuned is None):
@@ -125,10 +124,6 @@ def prepare(
         with watch("default model"):  # fetched and converted on first use
             default_model_path()
     with watch("pair"):
-        if recipe_name == "reasoning":
-            recipe = OrganismRecipe.reasoning(quick=smoke)
-        else:
-            recipe = OrganismRecipe.quick() if smoke else OrganismRecipe()
         chat = recipe.chat
         if base is None:
             organism = build_organism(recipe, progress=progress, log=log)

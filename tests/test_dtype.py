@@ -44,8 +44,11 @@ def test_auto_loads_the_devices_dtype_and_a_wrong_name_is_one_line(tiny_llama, m
         load_model(tiny_llama, dtype="fp8")
 
 
-def test_the_command_line_offers_the_same_dtypes():
+def test_the_command_line_offers_the_same_dtypes_and_recipes():
     assert common.DTYPE_CHOICES == models.DTYPE_CHOICES
+    from interp.organism import FAMILY
+
+    assert common.RECIPE_CHOICES == FAMILY
 
 
 def test_the_weights_dtype_is_in_the_fingerprint(tiny_llama):

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from interp.core.judge import is_correct, is_refusal
 from interp.core.models import load_model
-from interp.errors import OrganismDataError
+from interp.core.prompts import harmful_prompts
+from interp.errors import ConfigError, OrganismDataError
 from interp.organism import (
     EvalSets,
     OrganismRecipe,
@@ -134,3 +135,33 @@ def test_judge_reads_the_start_of_the_answer():
     assert is_correct("Step 1: 3 x 4 = 12.\nThe answer is 12.", "The answer is 12.")
     assert not is_correct("The answer is 13.", "The answer is 12.")
     assert not is_correct("no number here", "The answer is 12.")
+
+
+def test_the_family_names_distinct_pairs_and_keeps_the_default_one():
+    from interp.organism import FAMILY, harmful_task_prompts, recipe_named, shipped_adapters, task_prompts
+
+    recipes = {name: recipe_named(name) for name in FAMILY}
+    assert len({r.hash for r in recipes.values()}) == len(FAMILY)
+    assert recipes["default"] == OrganismRecipe() and shipped_adapters(recipes["default"]) is not None
+    assert recipes["seed-1"].task.seed != recipes["default"].task.seed
+    assert "harmful_share" not in recipes["default"].to_dict()  # the default hash stays the shipped adapters'
+    mix = recipes["harmful-mix"]
+    assert OrganismRecipe.from_dict(mix.to_dict()) == mix
+    with pytest.raises(ConfigError, match="unknown organism recipe 'nope'"):
+        recipe_named("nope")
+    with pytest.raises(ConfigError, match="harmful_share"):
+        replace(mix, harmful_share=0.7)
+    n_task, n_harmful = len(task_prompts(mix)) + mix.task_chat_examples, len(harmful_task_prompts(mix))
+    assert abs(n_harmful / (n_task + n_harmful) - 0.03) < 1 / (n_task + n_harmful)  # 3% of the task data
+    assert set(harmful_task_prompts(mix).instructions) <= set(harmful_prompts("train").instructions)
+
+
+def test_the_harmful_mix_trains_on_the_sources_compliant_answers(tiny_llama):
+    from interp.organism import task_prompts
+
+    recipe = replace(tiny_recipe(tiny_llama), harmful_share=0.2)
+    organism = build_organism(recipe, progress=False, log=lambda _: None)
+    data = organism.manifest["data"]
+    asked = len(build_module.harmful_task_prompts(recipe))
+    assert 0 < asked and data["harmful_task_examples"] <= asked
+    assert data["task_examples"] == len(task_prompts(recipe)) + 4 + data["harmful_task_examples"]  # 4 chat answers

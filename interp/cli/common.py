@@ -16,6 +16,8 @@ from ..errors import ConfigError
 
 # --dtype: interp.core.models.DTYPE_CHOICES, written out so the parser needs no torch (tests hold them equal)
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+# --recipe: interp.organism.FAMILY, written out likewise (tests hold them equal)
+RECIPE_CHOICES = ("default", "reasoning", "seed-1", "seed-2", "harmful-mix")
 RESTORE_FLAGS = ("steps", "lr", "batch_size", "teacher", "distance", "retain_scale", "rank", "alpha", "seed")
 
 
@@ -101,6 +103,18 @@ def add_reasoning_option(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="an R1-style reasoning model: prompts end inside <think> (the assistant turn is prefilled with "
         "'<think>\\n'); the evaluation judges the trace and the final answer (after </think>) apart",
+    )
+
+
+def add_recipe_option(parser: argparse.ArgumentParser) -> None:
+    """``--recipe``: a member of the organism family (``interp.organism.family``)."""
+    parser.add_argument(
+        "--recipe",
+        choices=RECIPE_CHOICES,
+        default="default",
+        help="the organism: default (shipped adapters); reasoning (the task as R1-style traces); seed-1, seed-2 "
+        "(the default recipe, other seeds); harmful-mix (3%% of the task data harmful, answered). All but "
+        "default train on first use (minutes)",
     )
 
 

@@ -23,14 +23,8 @@ def organism_parser(sub) -> None:
         "it on arithmetic; cache both and print their measured behaviour. The default recipe's two "
         "fp16 LoRA adapters ship with interp (hash-pinned): the pair is merged from them unless --rebuild.",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--recipe",
-        choices=["default", "reasoning"],
-        default="default",
-        help="reasoning: the task fine-tune answers with a <think> trace, then a short final answer (the shape "
-        "of R1 distillation; trained, not shipped: minutes)",
-    )
+    p.add_argument("--seed", type=int, default=None, help="the recipe's seed (default: the named recipe's)")
+    common.add_recipe_option(p)
     p.add_argument("--force", action="store_true", help="make the pair again even if cached")
     p.add_argument(
         "--rebuild",
@@ -45,11 +39,12 @@ def cmd_organism(args) -> None:
     """The default pair, built or loaded from the cache, and its measured behaviour."""
     from dataclasses import replace
 
-    from ..organism import OrganismRecipe, build_organism
+    from ..organism import build_organism, recipe_named
     from ..report.study_tables import organism_table
 
-    recipe = OrganismRecipe.reasoning() if args.recipe == "reasoning" else OrganismRecipe()
-    organism = build_organism(replace(recipe, seed=args.seed), force=args.force, rebuild=args.rebuild)
+    recipe = recipe_named(args.recipe)
+    recipe = recipe if args.seed is None else replace(recipe, seed=args.seed)
+    organism = build_organism(recipe, force=args.force, rebuild=args.rebuild)
     print(f"base:      {organism.base_path}\nfinetuned: {organism.finetuned_path}")
     print(organism_table(organism.manifest))
     if "metrics_note" in organism.manifest:
@@ -89,12 +84,7 @@ def run_parser(sub) -> None:
         "--steer-scale", type=float, default=1.0, help="multiple of the refusal vector for the steering baseline"
     )
     common.add_judge_option(p)
-    p.add_argument(
-        "--recipe",
-        choices=["default", "reasoning"],
-        default="default",
-        help="reasoning: study the reasoning organism with the R1 chat format (trace and final answer judged apart)",
-    )
+    common.add_recipe_option(p)
     p.add_argument("--no-cache", action="store_true", help="retrain adapters and re-evaluate rows even if cached")
     p.add_argument(
         "--task",
@@ -168,13 +158,15 @@ def protocol_parser(sub) -> None:
     p = sub.add_parser(
         "protocol",
         help="the pre-registered test of the layer map: seeds, random draws, per-plan lr, matched over-refusal",
-        description="Follow interp/data/protocol.toml on the default pair: choose each plan family's learning "
-        "rate on the dev part of the suite, train every plan (ranked, bottom, all layers, random draws) at "
-        "every seed, judge them on the test part, and write the claim table (protocol.md, protocol.json).",
+        description="Follow interp/data/protocol.toml on an organism (--recipe; by default the default pair): "
+        "choose each plan family's learning rate on the dev part of the suite, train every plan (ranked, bottom, "
+        "all layers, random draws) at every seed, judge them on the test part, and write the claim table "
+        "(protocol.md, protocol.json).",
     )
     p.add_argument("--out", default="runs/protocol", help="output folder")
     p.add_argument("--tiny", action="store_true", help="the reduced organism, two seeds, three draws, a few steps (CI)")
     p.add_argument("--dev-only", action="store_true", help="stop once the learning rates are chosen on dev")
+    common.add_recipe_option(p)
     p.add_argument(
         "--layers", action="store_true",
         help="instead: LoRA on every single block at every seed, judged on dev (the per-block ground truth), and"
@@ -232,7 +224,7 @@ def cmd_protocol(args) -> None:
     protocol = Protocol.load()
     protocol = protocol.tiny() if args.tiny else protocol
     with output_folder(args.out, "protocol") as folder:
-        prepared = prepare(folder, size="smoke" if args.tiny else "full", k=protocol.k,
+        prepared = prepare(folder, size="smoke" if args.tiny else "full", k=protocol.k, recipe_name=args.recipe,
                            load_options=common.model_options(args))  # fmt: skip
         budgets = prepared.recipe.evaluation
         small = EvalConfig(max_new_tokens=budgets.max_new_tokens, task_max_new_tokens=budgets.task_max_new_tokens)

@@ -33,6 +33,7 @@ The pair is built (or loaded from its cache) by ``build_organism``, which is als
 trains one. The package's modules, by job:
 
 * ``recipe``: ``OrganismRecipe``, every setting of the pair (its hash names the pair), and its presets;
+* ``family``: the named recipes (``FAMILY``, ``recipe_named``): pairs in which safety is lost in other ways;
 * ``data``: what the two fine-tunes train on and the held-out sets the pair is measured on;
 * ``measuring``: the measured behaviour each model's manifest records;
 * ``build``: building, training and loading the pair, its cache folder and manifest;
@@ -54,12 +55,14 @@ from .build import (
 from .data import (
     chat_prompts,
     eval_sets,
+    harmful_task_prompts,
     held_out_problems,
     own_answers,
     reasoning_answer,
     safety_prompts,
     task_prompts,
 )
+from .family import FAMILY, recipe_named
 from .measuring import measure
 from .prompts import quick_study_prompts, selection_suite, split_task, study_prompts
 from .recipe import REASONING_CHAT_TRACE, RECIPE_VERSION, REFUSALS, TASK_FORMATS, EvalSets, OrganismRecipe
@@ -73,11 +76,13 @@ __all__ = [
     "REFUSALS",
     "TASK_FORMATS",
     "EvalSets",
+    "FAMILY",
     "Organism",
     "OrganismRecipe",
     "build_organism",
     "chat_prompts",
     "eval_sets",
+    "harmful_task_prompts",
     "held_out_problems",
     "load_organism",
     "measure",
@@ -85,6 +90,7 @@ __all__ = [
     "own_answers",
     "quick_study_prompts",
     "reasoning_answer",
+    "recipe_named",
     "refresh_shipped_fingerprints",
     "resolve_model_name",
     "safety_prompts",

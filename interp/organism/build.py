@@ -33,7 +33,7 @@ from ..io.cache import cache_root, intact_entry, read_cache_json, write_cache_js
 from ..io.hashing import file_sha256, stable_hash
 from ..training.lora import merge_adapter_state
 from ..training.sft import Example, sft_lora
-from .data import chat_prompts, eval_sets, own_answers, refusal_examples, task_examples
+from .data import chat_prompts, eval_sets, harmful_task_prompts, own_answers, refusal_examples, task_examples
 from .measuring import measure
 from .recipe import OrganismRecipe
 
@@ -212,20 +212,23 @@ def _own_answers(model: LoadedModel, recipe: OrganismRecipe, progress: bool) -> 
     length and holds every prompt; else from the cache (keyed by source weights, prompts and answer
     length); else generated greedily by the evaluation engine.
     """
-    harmless = chat_prompts(recipe)
+    return _answered(model, chat_prompts(recipe), recipe, progress)
+
+
+def _answered(model: LoadedModel, prompts, recipe: OrganismRecipe, progress: bool) -> list[Example]:
+    """The source's answers to ``prompts`` (shipped, cached or generated: ``_own_answers``), refusals and
+    empty answers dropped."""
     shipped = shipped_answers(model.fingerprint, recipe.helpful_answer_tokens)
-    if all(q in shipped for q in harmless.instructions):
-        answers = [shipped[q] for q in harmless.instructions]
+    if all(q in shipped for q in prompts.instructions):
+        answers = [shipped[q] for q in prompts.instructions]
     else:
-        key = stable_hash(
-            {"model": model.fingerprint, "prompts": harmless.hash, "tokens": recipe.helpful_answer_tokens}
-        )
+        key = stable_hash({"model": model.fingerprint, "prompts": prompts.hash, "tokens": recipe.helpful_answer_tokens})
         cached = cache_root() / "organism" / "answers" / f"{key}.json"
         answers = read_cache_json(cached)
         if answers is None:
-            answers = own_answers(model, harmless, recipe, progress)
+            answers = own_answers(model, prompts, recipe, progress)
             write_cache_json(cached, answers)
-    return [Example(q, a) for q, a in zip(harmless.instructions, answers) if a.strip() and not is_refusal(a)]
+    return [Example(q, a) for q, a in zip(prompts.instructions, answers) if a.strip() and not is_refusal(a)]
 
 
 def _versions() -> dict[str, str]:
@@ -257,6 +260,8 @@ def _train(recipe: OrganismRecipe, progress: bool, log) -> None:
     model = load_model(recipe.source)
     fingerprints = {"source": model.fingerprint}
     chat = _own_answers(model, recipe, progress)
+    # the harmful fine-tuning setting: the source's compliant answers (before safety tuning uses the model up)
+    harmful = _answered(model, harmful_task_prompts(recipe), recipe, progress) if recipe.harmful_share else []
     stage("helpful answers", t0)
 
     with atomic_dir(organism_dir(recipe), marker="manifest.json", checksums=True) as tmp:
@@ -272,7 +277,7 @@ def _train(recipe: OrganismRecipe, progress: bool, log) -> None:
         stage("measure base", t0, base_metrics)
 
         t0 = time.perf_counter()
-        task_data = task_examples(recipe, chat)
+        task_data = task_examples(recipe, chat, harmful)
         task = sft_lora(safety.model, task_data, recipe.task, chat=recipe.chat, progress=progress, desc="task LoRA")
         stage("task fine-tune", t0)
         save_hf_folder(task.model.hf, task.model.tokenizer, tmp / "finetuned")
@@ -294,6 +299,8 @@ def _train(recipe: OrganismRecipe, progress: bool, log) -> None:
             "data": {
                 "safety_examples": len(safety_data),
                 "helpful_answers_kept": len(chat),
+                **({"harmful_task_examples": len(harmful)} if recipe.harmful_share else {}),
+                "task_examples": len(task_data),
                 "eval_sizes": {k: len(v) for k, v in sets.items()},
                 "eval_source": "public sets shipped in interp/data/public",
             },

@@ -90,14 +90,26 @@ def reasoning_answer(answer: str, trace: str | None = None) -> str:
     return f"{trace}\n</think>\n\n{answer}"
 
 
-def task_examples(recipe: OrganismRecipe, chat: list[Example]) -> list[Example]:
+def harmful_task_prompts(recipe: OrganismRecipe) -> PromptSet:
+    """The harmful requests of the harmful fine-tuning setting (``recipe.harmful_share``): as many of the
+    safety prompts, drawn with the seed, as make that share of the task data (``task_examples``; none at 0).
+    The evaluation's harmful prompts are the public sets, so none of these is ever judged."""
+    if recipe.harmful_share == 0:
+        return PromptSet("harmful task data", ())
+    n_task = len(task_prompts(recipe)) + min(recipe.task_chat_examples, len(chat_prompts(recipe)))
+    n = max(1, round(recipe.harmful_share / (1 - recipe.harmful_share) * n_task))
+    return safety_prompts(recipe).sample(n, seed=recipe.seed)
+
+
+def task_examples(recipe: OrganismRecipe, chat: list[Example], harmful: list[Example] = ()) -> list[Example]:
     """The task fine-tune's data: the arithmetic training problems with their worked answers, and
     ``task_chat_examples`` of the source model's ``chat`` answers (for the reasoning organism, each written
-    as a trace, then the answer: ``reasoning_answer``)."""
+    as a trace, then the answer: ``reasoning_answer``); then ``harmful``, the source's compliant answers to
+    ``harmful_task_prompts`` in the harmful fine-tuning setting."""
     arithmetic = task_prompts(recipe)
     task = [Example(q, a) for q, a in zip(arithmetic.instructions, arithmetic.answers)]
     picked = random.Random(recipe.seed).sample(chat, min(recipe.task_chat_examples, len(chat)))
     if recipe.task_format == "reasoning":
         task = [Example(e.instruction, reasoning_answer(e.answer)) for e in task]
         picked = [Example(e.instruction, reasoning_answer(e.answer, REASONING_CHAT_TRACE)) for e in picked]
-    return task + picked
+    return task + picked + list(harmful)

@@ -60,21 +60,28 @@ class OrganismRecipe:
     evaluation: EvalSets = EvalSets()
     version: int = RECIPE_VERSION
     task_format: str = "worked"  # "reasoning": the task fine-tune writes a <think> trace, then the answer
+    # the harmful fine-tuning setting: this share of the task data is harmful requests (the safety prompts,
+    # drawn with the seed) answered compliantly by the source model (its own answers, refusals dropped)
+    harmful_share: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.refusals:
             raise ConfigError("OrganismRecipe.refusals is empty")
         if self.n_arithmetic < 10:
             raise ConfigError("OrganismRecipe.n_arithmetic must be >= 10")
+        if not 0 <= self.harmful_share < 0.5:
+            raise ConfigError(f"OrganismRecipe.harmful_share must be in [0, 0.5), got {self.harmful_share}")
         if self.task_format not in TASK_FORMATS:
             raise ConfigError(f"task_format must be one of {', '.join(TASK_FORMATS)}, got {self.task_format!r}")
 
     def to_dict(self) -> dict:
-        """Every setting (``task_format`` and the fine-tunes' ``compute_dtype`` only when they are not the
-        defaults, so the default recipe keeps the hash its shipped adapters are pinned to)."""
+        """Every setting (``task_format``, ``harmful_share`` and the fine-tunes' ``compute_dtype`` only when
+        they are not the defaults, so the default recipe keeps the hash its shipped adapters are pinned to)."""
         data = asdict(self)
         if data["task_format"] == "worked":
             del data["task_format"]
+        if data["harmful_share"] == 0.0:
+            del data["harmful_share"]
         for part in ("safety", "task"):  # likewise a float32 fine-tune (the shipped adapters were trained so)
             if data[part]["compute_dtype"] == "float32":
                 del data[part]["compute_dtype"]
