@@ -165,3 +165,14 @@ def test_the_harmful_mix_trains_on_the_sources_compliant_answers(tiny_llama):
     asked = len(build_module.harmful_task_prompts(recipe))
     assert 0 < asked and data["harmful_task_examples"] <= asked
     assert data["task_examples"] == len(task_prompts(recipe)) + 4 + data["harmful_task_examples"]  # 4 chat answers
+
+
+def test_safety_in_every_weight_leaves_no_adapter(tiny_llama):
+    recipe = replace(tiny_recipe(tiny_llama), safety_full=True, safety=replace(tiny_recipe(tiny_llama).safety, lr=1e-3))
+    organism = build_organism(recipe, progress=False, log=lambda _: None)
+    source, base = weights(tiny_llama), weights(organism.base_path)
+    changed = [k for k in source if not torch.equal(source[k], base[k])]
+    assert len(changed) == len(source)  # every weight moved, the norms' and the embeddings' too
+    assert sorted(organism.manifest["adapters"]["sha256"]) == ["task"]
+    assert not (organism.folder / "adapters" / "safety.safetensors").exists()
+    assert organism.manifest["training"]["safety"]["trainable_params"] == sum(v.numel() for v in source.values())

@@ -32,7 +32,7 @@ from ..io.atomic import atomic_dir, atomic_write_json
 from ..io.cache import cache_root, intact_entry, read_cache_json, write_cache_json
 from ..io.hashing import file_sha256, stable_hash
 from ..training.lora import merge_adapter_state
-from ..training.sft import Example, sft_lora
+from ..training.sft import Example, sft_full, sft_lora
 from .data import chat_prompts, eval_sets, harmful_task_prompts, own_answers, refusal_examples, task_examples
 from .measuring import measure
 from .recipe import OrganismRecipe
@@ -268,10 +268,13 @@ def _train(recipe: OrganismRecipe, progress: bool, log) -> None:
         (tmp / "adapters").mkdir()
         t0 = time.perf_counter()
         safety_data = refusal_examples(recipe) + chat
-        safety = sft_lora(model, safety_data, recipe.safety, progress=progress, desc="safety LoRA")
+        if recipe.safety_full:  # every weight: no adapter to save
+            safety = sft_full(model, safety_data, recipe.safety, progress=progress, desc="safety, every weight")
+        else:
+            safety = sft_lora(model, safety_data, recipe.safety, progress=progress, desc="safety LoRA")
+            save_file(safety.adapter, str(tmp / "adapters" / "safety.safetensors"))
         stage("safety tuning", t0)
         save_hf_folder(safety.model.hf, safety.model.tokenizer, tmp / "base")
-        save_file(safety.adapter, str(tmp / "adapters" / "safety.safetensors"))
         t0 = time.perf_counter()
         base_metrics = measure(safety.model, sets, recipe.evaluation, progress, recipe.chat)
         stage("measure base", t0, base_metrics)
@@ -308,7 +311,11 @@ def _train(recipe: OrganismRecipe, progress: bool, log) -> None:
             "metrics": {"base": base_metrics, "finetuned": finetuned_metrics},
             "adapters": {
                 "source": "trained from the recipe",
-                "sha256": {name: file_sha256(tmp / "adapters" / f"{name}.safetensors") for name in ADAPTERS},
+                "sha256": {
+                    name: file_sha256(tmp / "adapters" / f"{name}.safetensors")
+                    for name in ADAPTERS
+                    if (tmp / "adapters" / f"{name}.safetensors").exists()  # no safety adapter: every weight
+                },
             },
             "fingerprints": fingerprints,
             "versions": _versions(),

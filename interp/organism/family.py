@@ -8,6 +8,8 @@ can be tested on more than one pair (``recipe_named``; ``interp organism --recip
 * ``seed-1``, ``seed-2``: the default recipe with every seed moved (the chat answers kept, the arithmetic
   problems drawn, both fine-tunes' LoRA initialisation and batch order): how stable the map and the claim
   are across builds of the same recipe.
+* ``full-safety``: safety in all the weights: the safety stage fine-tunes every weight (lr 3e-5, fixed
+  before any build, the usual order for full fine-tuning of a small model), so no adapter can be taken out.
 * ``harmful-mix``: the harmful fine-tuning setting the published peers were built for: 3% of the task data
   is harmful requests answered compliantly by the source model (``OrganismRecipe.harmful_share``).
 """
@@ -19,7 +21,7 @@ from dataclasses import replace
 from ..errors import ConfigError
 from .recipe import OrganismRecipe
 
-FAMILY = ("default", "reasoning", "seed-1", "seed-2", "harmful-mix")
+FAMILY = ("default", "reasoning", "seed-1", "seed-2", "full-safety", "harmful-mix")
 
 
 def recipe_named(name: str, quick: bool = False) -> OrganismRecipe:
@@ -34,6 +36,8 @@ def recipe_named(name: str, quick: bool = False) -> OrganismRecipe:
         seed = int(name.removeprefix("seed-"))
         return replace(recipe, seed=seed, safety=replace(recipe.safety, seed=10 * seed),
                        task=replace(recipe.task, seed=10 * seed + 1))  # fmt: skip
+    if name == "full-safety":
+        return replace(recipe, safety_full=True, safety=replace(recipe.safety, lr=3e-5, compute_dtype="bfloat16"))
     if name == "harmful-mix":
         return replace(recipe, harmful_share=0.03)
     return recipe

@@ -63,6 +63,9 @@ class OrganismRecipe:
     # the harmful fine-tuning setting: this share of the task data is harmful requests (the safety prompts,
     # drawn with the seed) answered compliantly by the source model (its own answers, refusals dropped)
     harmful_share: float = 0.0
+    # safety in all the weights: the safety stage fine-tunes every weight (``sft_full``; ``safety``'s LoRA
+    # settings unused), so no removable adapter holds it
+    safety_full: bool = False
 
     def __post_init__(self) -> None:
         if not self.refusals:
@@ -75,13 +78,15 @@ class OrganismRecipe:
             raise ConfigError(f"task_format must be one of {', '.join(TASK_FORMATS)}, got {self.task_format!r}")
 
     def to_dict(self) -> dict:
-        """Every setting (``task_format``, ``harmful_share`` and the fine-tunes' ``compute_dtype`` only when
-        they are not the defaults, so the default recipe keeps the hash its shipped adapters are pinned to)."""
+        """Every setting (``task_format``, ``harmful_share``, ``safety_full`` and the fine-tunes'
+        ``compute_dtype`` only when they are not the defaults, so the default recipe keeps the hash its
+        shipped adapters are pinned to)."""
         data = asdict(self)
         if data["task_format"] == "worked":
             del data["task_format"]
-        if data["harmful_share"] == 0.0:
-            del data["harmful_share"]
+        for name, default in (("harmful_share", 0.0), ("safety_full", False)):
+            if data[name] == default:
+                del data[name]
         for part in ("safety", "task"):  # likewise a float32 fine-tune (the shipped adapters were trained so)
             if data[part]["compute_dtype"] == "float32":
                 del data[part]["compute_dtype"]

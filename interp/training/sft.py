@@ -119,7 +119,7 @@ def _collate(batch, pad_id: int):
 
 
 def _answer_loss(
-    peft_model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    causal_lm, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum, count)``: next-token cross-entropy summed over the answer tokens, and their number,
     computing logits only where there is a label.
@@ -127,7 +127,6 @@ def _answer_loss(
     ``sum / count`` is the model's own ``labels=`` loss, without projecting every prompt position onto
     the vocabulary (a large share of the step on a small model with a 49k vocabulary).
     """
-    causal_lm = peft_model.get_base_model()
     hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [batch, seq, d_model]
     targets = labels[:, 1:]  # [batch, seq - 1]
     keep = targets != -100
@@ -153,19 +152,60 @@ def sft_lora(
     The merge goes through ``merge_adapter_state``, as a stored adapter would: the same adapter read back
     from a file gives bit-identical weights.
     """
+    _check(examples, config, desc)
+    torch.manual_seed(config.seed)
+    encoded = _encode(model, examples, chat, config.max_answer_tokens)
+    lora = config.lora_config(layers)
+    peft_model = get_peft_model(model.hf, lora)
+    peft_model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    stats = _train(peft_model.get_base_model(), params, encoded, config, model, desc, progress)
+    stats["trainable_params"] = trainable_parameters(peft_model)
+    adapter = adapter_state(peft_model, ADAPTER_DTYPES[config.adapter_dtype])
+    plain = model.with_hf(peft_model.unload())  # the weights without the adapter
+    return SFTResult(merge_adapter_state(plain, adapter, lora), adapter, stats)
+
+
+def sft_full(
+    model: LoadedModel,
+    examples: Sequence[Example],
+    config: SFTConfig,
+    *,
+    chat: ChatFormat = ChatFormat(),
+    progress: bool = True,
+    desc: str = "full sft",
+) -> SFTResult:
+    """Train every weight of ``model`` on ``examples`` (full fine-tuning: no adapter, nothing removable; the
+    same loss, batches and schedule as ``sft_lora``; ``config``'s LoRA settings unused). ``model.hf`` is
+    used up; the result's ``adapter`` is empty."""
+    _check(examples, config, desc)
+    torch.manual_seed(config.seed)
+    encoded = _encode(model, examples, chat, config.max_answer_tokens)
+    hf = model.hf
+    hf.train()
+    params = list(hf.parameters())
+    for parameter in params:
+        parameter.requires_grad_(True)
+    stats = _train(hf, params, encoded, config, model, desc, progress)
+    for parameter in params:
+        parameter.requires_grad_(False)
+    stats["trainable_params"] = sum(p.numel() for p in params)
+    return SFTResult(model.with_hf(hf), {}, stats)
+
+
+def _check(examples: Sequence[Example], config: SFTConfig, desc: str) -> None:
     if not examples:
         raise EmptyPromptSetError("fine-tuning was given no examples")
     if config.batch_size < distributed.world():
         raise ConfigError(
             f"{desc}: a batch of {config.batch_size} cannot give each of {distributed.world()} processes a row"
         )
-    torch.manual_seed(config.seed)
+
+
+def _train(causal_lm, params: list, encoded, config: SFTConfig, model: LoadedModel, desc: str, progress: bool) -> dict:
+    """The training loop both fine-tunes share (module docstring): AdamW on ``params``, linear warm-up over 5
+    steps then linear decay, batches drawn from a seeded shuffle of ``encoded``. Returns the run's stats."""
     rng = random.Random(config.seed)
-    encoded = _encode(model, examples, chat, config.max_answer_tokens)
-    lora = config.lora_config(layers)
-    peft_model = get_peft_model(model.hf, lora)
-    peft_model.train()
-    params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / 5) * (1 - step / config.steps)
@@ -182,7 +222,7 @@ def sft_lora(
         rows = [encoded[i] for i in distributed.split(batch)]  # this process's rows (every row on one)
         ids, labels, mask = _collate(rows, model.tokenizer.pad_token_id)
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.compute_dtype == "bfloat16"):
-            total, count = _answer_loss(peft_model, *(t.to(model.device) for t in (ids, mask, labels)))
+            total, count = _answer_loss(causal_lm, *(t.to(model.device) for t in (ids, mask, labels)))
         loss = total / distributed.all_sum(count).clamp(min=1)  # this process's share of the batch loss
         whole = distributed.all_sum(loss.detach().clone()).item()
         if not math.isfinite(whole):
@@ -194,13 +234,9 @@ def sft_lora(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(whole)
-    stats = {
+    return {
         "steps": config.steps,
         "seconds": round(time.perf_counter() - start, 1),
-        "trainable_params": trainable_parameters(peft_model),
         "loss_first": round(losses[0], 4),
         "loss_last": round(sum(losses[-5:]) / len(losses[-5:]), 4),
     }
-    adapter = adapter_state(peft_model, ADAPTER_DTYPES[config.adapter_dtype])
-    plain = model.with_hf(peft_model.unload())  # the weights without the adapter
-    return SFTResult(merge_adapter_state(plain, adapter, lora), adapter, stats)
