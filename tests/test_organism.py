@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 from dataclasses import replace
@@ -176,3 +177,20 @@ def test_safety_in_every_weight_leaves_no_adapter(tiny_llama):
     assert sorted(organism.manifest["adapters"]["sha256"]) == ["task"]
     assert not (organism.folder / "adapters" / "safety.safetensors").exists()
     assert organism.manifest["training"]["safety"]["trainable_params"] == sum(v.numel() for v in source.values())
+
+
+def test_the_mixed_source_adds_a_style_to_the_alignment_delta(tiny_llama):
+    from interp.organism.controls import delta_norms, mixed_source
+
+    recipe = tiny_recipe(tiny_llama)
+    mixed = mixed_source(recipe, log=lambda _: None)
+    source = load_model(tiny_llama, dtype="float32")
+    assert mixed.fingerprint != source.fingerprint
+    assert mixed_source(recipe, log=lambda _: pytest.fail("trained again")).fingerprint == mixed.fingerprint
+    # planted: the base moves one weight by 3, the mixed source another by 4: norms 3, 4 and 5
+    base, planted = copy.deepcopy(source), copy.deepcopy(source)
+    with torch.no_grad():
+        base.hf.model.layers[0].self_attn.q_proj.weight[0, 0] += 3.0
+        planted.hf.model.layers[1].mlp.down_proj.weight[0, 0] += 4.0
+    norms = delta_norms(source, base, planted)
+    assert norms == pytest.approx({"safety": 3.0, "style": 4.0, "mixed delta": 5.0}, abs=1e-5)

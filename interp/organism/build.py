@@ -205,7 +205,7 @@ def shipped_answers(source_fingerprint: str, max_new_tokens: int) -> dict[str, s
 
 
 # ----------------------------------------------------------------------------- training
-def _own_answers(model: LoadedModel, recipe: OrganismRecipe, progress: bool) -> list[Example]:
+def helpful_examples(model: LoadedModel, recipe: OrganismRecipe, progress: bool) -> list[Example]:
     """The source model's own answers to ``chat_prompts(recipe)``, refusals dropped.
 
     Read from the shipped ``answers.json`` when it was made from these source weights with this answer
@@ -216,7 +216,7 @@ def _own_answers(model: LoadedModel, recipe: OrganismRecipe, progress: bool) -> 
 
 
 def _answered(model: LoadedModel, prompts, recipe: OrganismRecipe, progress: bool) -> list[Example]:
-    """The source's answers to ``prompts`` (shipped, cached or generated: ``_own_answers``), refusals and
+    """The source's answers to ``prompts`` (shipped, cached or generated: ``helpful_examples``), refusals and
     empty answers dropped."""
     shipped = shipped_answers(model.fingerprint, recipe.helpful_answer_tokens)
     if all(q in shipped for q in prompts.instructions):
@@ -259,7 +259,7 @@ def _train(recipe: OrganismRecipe, progress: bool, log) -> None:
     t0 = time.perf_counter()
     model = load_model(recipe.source)
     fingerprints = {"source": model.fingerprint}
-    chat = _own_answers(model, recipe, progress)
+    chat = helpful_examples(model, recipe, progress)
     # the harmful fine-tuning setting: the source's compliant answers (before safety tuning uses the model up)
     harmful = _answered(model, harmful_task_prompts(recipe), recipe, progress) if recipe.harmful_share else []
     stage("helpful answers", t0)

@@ -55,6 +55,7 @@ SETTINGS: dict[str, tuple] = {
     "Antidote": (0.01, 0.05, 0.1),
     "Antidote (task update)": (0.05, 0.1, 0.2, 0.4),
 }
+USES_UNALIGNED = ("RESTA", "RESTA + DARE", "Safe LoRA (released)", "Safe LoRA (exact projector)")
 NEEDS = {
     "interpolation": "aligned and fine-tuned weights",
     "RESTA": "unaligned, aligned and fine-tuned weights",
@@ -120,13 +121,14 @@ def _make(method: str, setting, ft: LoadedModel, al: LoadedModel, un: LoadedMode
 
 
 def peer_rows(
-    pair: ModelPair, unaligned: LoadedModel, bench: Bench, dev: EvalSuite, test: EvalSuite, margin: float
-) -> tuple[list[PeerRow], list[dict], list[EvalRow]]:
-    """Every method's settings judged on ``dev``, its setting chosen by the file's rule, then judged on
-    ``test``: the chosen settings, every dev trial, and the test rows (one per method, in ``SETTINGS`` order)."""
+    pair: ModelPair, unaligned: LoadedModel, bench: Bench, dev: EvalSuite, test: EvalSuite, margin: float,
+    methods: tuple[str, ...] = tuple(SETTINGS),
+) -> tuple[list[PeerRow], list[dict], list[EvalRow]]:  # fmt: skip
+    """Every method's (of ``methods``) settings judged on ``dev``, its setting chosen by the file's rule, then
+    judged on ``test``: the chosen settings, every dev trial, and the test rows (one per method, in order)."""
     chosen, trials, picked = [], [], []
     safe = safe_set(dev)
-    for method in SETTINGS:
+    for method in methods:
         candidates = peer_candidates(pair, unaligned, bench, method)
         rows = bench.judge(candidates, dev)
         base, ft = rows[0], rows[1]
