@@ -57,4 +57,3 @@ def delta_norms(source: LoadedModel, base: LoadedModel, mixed: LoadedModel) -> d
         return float(sum(float(d.double().pow(2).sum()) for d in weight_deltas(a, b).values()) ** 0.5)
 
     return {"safety": norm(base, source), "style": norm(mixed, source), "mixed delta": norm(base, mixed)}
-
