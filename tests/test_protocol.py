@@ -29,6 +29,7 @@ from interp.protocol import (
     run_protocol,
 )
 from interp.protocol.bench import Bench
+from interp.protocol.family import family_table, top_decile
 from interp.protocol.layers import SET_CHECK_TOP, LayerValidity, layer_validity, layers_report, top_k
 from interp.protocol.peers import DISTILL_LRS, SETTINGS
 from interp.study_plans import Plan, distinct_sets
@@ -147,6 +148,19 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
     assert "harmful at the base's over-refusal" in report and "3 draws" in report and "Published methods" in report
     assert "self-distillation" in report and "peak memory added (MiB)" in report
     assert protocol_report(ProtocolResult.load(tmp_path)) == report  # the saved result renders the same report
+    table = family_table({"tiny": tmp_path, "other": tmp_path / "missing"})
+    ranked = str(list(families_of(analysis)["ranked"][0].layers))
+    assert f"| tiny | {ranked} |" in table and "| other | (no protocol run) |" in table
+
+
+def families_of(analysis):
+    return protocol_plans(analysis, Protocol().tiny())
+
+
+def test_the_top_decile_bar():
+    """Ranked at or above the 90th percentile of the draws: with 19 draws, rank 1 or 2 at every seed."""
+    assert top_decile({0: 1, 1: 2, 2: 2}, draws=19) and not top_decile({0: 1, 1: 3}, draws=19)
+    assert not top_decile({0: 1}, draws=3)  # four plans: no rank is in the top 10%
 
 
 def _row(name: str, plan: str, harmful: list[float], safe: list[float], refused: list[int], over: list[int]) -> EvalRow:
@@ -268,3 +282,17 @@ def test_an_unknown_candidate_is_one_line(tmp_path, capsys):
     assert cli.main(["protocol", "--candidate", "nope", "--out", str(tmp_path / "o")]) == 2
     assert "give the folder too" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_family_options_are_checked_before_any_model(tmp_path, capsys):
+    """``--recipes`` without ``--family``, ``--family`` with the dev-side options, and a family.md the command
+    did not write: each one line, exit 2, nothing run or written."""
+    assert cli.main(["protocol", "--recipes", "seed-1", "--out", str(tmp_path / "a")]) == 2
+    assert "add --family" in capsys.readouterr().err
+    assert cli.main(["protocol", "--family", "--layers", "--out", str(tmp_path / "b")]) == 2
+    assert "drop --layers" in capsys.readouterr().err
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "family.md").write_text("my notes")
+    assert cli.main(["protocol", "--family", "--out", str(tmp_path / "c")]) == 2
+    assert "was not written by interp protocol --family" in capsys.readouterr().err
+    assert (tmp_path / "c" / "family.md").read_text() == "my notes" and not (tmp_path / "a").exists()

@@ -186,6 +186,12 @@ def protocol_parser(sub) -> None:
         " the layer map's score: the ranked plan, bottom-k and the depth-range draws follow it",
     )  # fmt: skip
     p.add_argument(
+        "--family", action="store_true",
+        help="run the protocol on every organism of the family (or --recipes) into OUT/NAME, skipping those already"
+        " done, then write OUT/family.md: the claim per organism",
+    )  # fmt: skip
+    p.add_argument("--recipes", nargs="+", choices=common.RECIPE_CHOICES, help="with --family: these organisms")
+    p.add_argument(
         "--candidate", metavar="NAME",
         help="with --ranking: this candidate of the study (e.g. 'Safe LoRA cosine') instead of the one the protocol"
         " file's rule chose",
@@ -206,6 +212,10 @@ def cmd_protocol(args) -> None:
     from ..protocol.layers import LayerValidity, layer_validity
     from ..training.restore_config import PRESETS, RestoreConfig
 
+    if args.family:
+        return _family(args)
+    if args.recipes:
+        raise ConfigError("--recipes names the organisms of --family: add --family")
     if args.layers and (args.released or args.peers or args.dev_only or args.ranking):
         raise ConfigError("--layers runs the per-block study alone: drop --released, --peers, --dev-only and --ranking")
     if args.candidate and not args.ranking:
@@ -254,3 +264,32 @@ def cmd_protocol(args) -> None:
         common.write_config(args, folder, prepared.pair)
     print((Path(args.out) / ("layers.md" if args.layers else "protocol.md")).read_text())
     print("time: " + ", ".join(f"{stage} {s:.0f}s" for stage, s in {**prepared.seconds, **seconds}.items()))
+
+
+FAMILY_HEADER = "# The claim across the organism family"
+
+
+def _family(args) -> None:
+    """``interp protocol --family``: the protocol on each organism into OUT/NAME (those with a
+    ``protocol.json`` are kept as they are), then OUT/family.md (``interp.protocol.family``)."""
+    from argparse import Namespace
+
+    from ..io.atomic import atomic_write_text
+    from ..protocol.family import family_table
+
+    if args.layers or args.ranking or args.dev_only:
+        raise ConfigError("--family runs the test protocol on each organism: drop --layers, --ranking and --dev-only")
+    out = Path(args.out)
+    table = out / "family.md"
+    if table.exists() and not table.read_text().startswith(FAMILY_HEADER):
+        raise ConfigError(f"{table} exists and was not written by interp protocol --family: choose another --out")
+    names = args.recipes or list(common.RECIPE_CHOICES)
+    for name in names:
+        if (out / name / "protocol.json").exists():
+            print(f"family: {name} already done in {out / name}")
+            continue
+        cmd_protocol(Namespace(**{**vars(args), "family": False, "recipes": None, "recipe": name,
+                                  "out": str(out / name)}))  # fmt: skip
+    text = f"{FAMILY_HEADER}\n\n`interp protocol --family` on {', '.join(names)}.\n\n"
+    atomic_write_text(table, text + family_table({name: out / name for name in names}) + "\n")
+    print(table.read_text())

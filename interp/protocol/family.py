@@ -1,0 +1,70 @@
+"""The claim across the organism family: one row per organism from its protocol run (``family_table``).
+
+Per organism (``interp protocol --recipe NAME``, one folder each): the ranked plan's layers; its rank among
+each seed's draws on judged harmful refusal (H1) and at the base's over-refusal (H2a), with whether every
+seed's rank is at or above the 90th percentile of the draws (rank <= 10% of the plans compared, the
+issue's bar); the mixed estimates ranked - draws with their 95% intervals and Holm p; ranked - all layers
+(H3) and ranked - the released recipe (H4) with their intervals. Verdicts are the protocol file's. An
+organism whose run is missing is listed as such, never skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..report.tables import markdown_table
+from .report import ProtocolResult
+
+TOP = 10  # "at or above the 90th percentile of the draws": within the best tenth of the plans compared
+
+
+def _points(value: float, interval) -> str:
+    text = f"{100 * value:+.1f}"
+    return text if interval is None else f"{text} [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
+
+
+def top_decile(ranks: Mapping, draws: int) -> bool:
+    """Every seed's rank (1 = best, among the ranked plan and ``draws`` draws) within the top 10%."""
+    return all(rank <= (draws + 1) // TOP for rank in ranks.values())
+
+
+def family_row(name: str, result: ProtocolResult) -> list[str]:
+    claims = {c.name: c for c in result.claims}
+    ranked = (result.ranking or {}).get("selected")
+    if ranked is None:  # a run on the layer map's score: the layers are in the ranked plan's name
+        row = next(r for r in result.rows[min(result.rows)] if (r.plan or "").startswith("ranked@"))
+        ranked = re.search(r"\[[\d, ]+\]", row.name).group(0)
+    cells = [name, str(ranked)]
+    for label in ("H1", "H2a"):
+        claim = claims[label]
+        ranks, draws = claim.detail["ranks"], claim.detail["draws"]
+        ranks_text = ", ".join(str(r) for _, r in sorted(ranks.items(), key=lambda kv: int(kv[0])))
+        bar = "yes" if top_decile(ranks, draws) else "no"
+        cells += [f"{ranks_text} of {draws + 1} ({bar})", _points(claim.estimate, claim.interval),
+                  f"{claim.holm_p:.3g}, {claim.verdict}"]  # fmt: skip
+    for label in ("H3", "H4"):
+        claim = claims.get(label)
+        cells.append("not run" if claim is None else f"{_points(claim.estimate, claim.interval)}, {claim.verdict}")
+    return cells
+
+
+HEAD = [
+    "organism", "ranked layers",
+    "H1 rank per seed (top 10%?)", "H1 ranked - draws (points)", "H1 Holm p, verdict",
+    "H2a rank per seed (top 10%?)", "H2a ranked - draws at matched over-refusal", "H2a Holm p, verdict",
+    "H3 ranked - all layers", "H4 ranked - released recipe",
+]  # fmt: skip
+
+
+def family_table(folders: Mapping[str, str | Path]) -> str:
+    """The markdown table of the family (module docstring): ``folders`` maps each organism's name to its
+    protocol run's folder (``protocol.json``)."""
+    rows = []
+    for name, folder in folders.items():
+        if not (Path(folder) / "protocol.json").exists():
+            rows.append([name, "(no protocol run)", *[""] * (len(HEAD) - 2)])
+            continue
+        rows.append(family_row(name, ProtocolResult.load(folder)))
+    return markdown_table(HEAD, rows)
