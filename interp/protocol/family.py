@@ -10,7 +10,7 @@ organism whose run is missing is listed as such, never skipped.
 
 from __future__ import annotations
 
-import re
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,20 +27,21 @@ def _points(value: float, interval) -> str:
 
 def top_decile(ranks: Mapping, draws: int) -> bool:
     """Every seed's rank (1 = best, among the ranked plan and ``draws`` draws) within the top 10%."""
-    return all(rank <= (draws + 1) // TOP for rank in ranks.values())
+    return all(int(rank) <= (draws + 1) // TOP for rank in ranks.values())
 
 
-def family_row(name: str, result: ProtocolResult) -> list[str]:
+def family_row(name: str, folder: str | Path) -> list[str]:
+    """The family table's row of the protocol run in ``folder`` (module docstring)."""
+    result = ProtocolResult.load(folder)
     claims = {c.name: c for c in result.claims}
     ranked = (result.ranking or {}).get("selected")
-    if ranked is None:  # a run on the layer map's score: the layers are in the ranked plan's name
-        row = next(r for r in result.rows[min(result.rows)] if (r.plan or "").startswith("ranked@"))
-        ranked = re.search(r"\[[\d, ]+\]", row.name).group(0)
+    if ranked is None:  # a run from before rankings were recorded (the layer map's score): its layer map says
+        ranked = json.loads((Path(folder) / "layer_map.json").read_text())["selected_layers"]
     cells = [name, str(ranked)]
     for label in ("H1", "H2a"):
         claim = claims[label]
         ranks, draws = claim.detail["ranks"], claim.detail["draws"]
-        ranks_text = ", ".join(str(r) for _, r in sorted(ranks.items(), key=lambda kv: int(kv[0])))
+        ranks_text = ", ".join(str(int(r)) for _, r in sorted(ranks.items(), key=lambda kv: int(kv[0])))
         bar = "yes" if top_decile(ranks, draws) else "no"
         cells += [f"{ranks_text} of {draws + 1} ({bar})", _points(claim.estimate, claim.interval),
                   f"{claim.holm_p:.3g}, {claim.verdict}"]  # fmt: skip
@@ -58,13 +59,14 @@ HEAD = [
 ]  # fmt: skip
 
 
-def family_table(folders: Mapping[str, str | Path]) -> str:
+def family_table(folders: Mapping[str, str | Path], first: str = "organism") -> str:
     """The markdown table of the family (module docstring): ``folders`` maps each organism's name to its
-    protocol run's folder (``protocol.json``)."""
+    protocol run's folder (``protocol.json``). Runs of one organism with other rankings compare the same way
+    (``first="ranking"``)."""
     rows = []
     for name, folder in folders.items():
         if not (Path(folder) / "protocol.json").exists():
-            rows.append([name, "(no protocol run)", *[""] * (len(HEAD) - 2)])
+            rows.append([name, "(no protocol run)", *[""] * (len(HEAD) - 2)])  # listed, never skipped
             continue
-        rows.append(family_row(name, ProtocolResult.load(folder)))
-    return markdown_table(HEAD, rows)
+        rows.append(family_row(name, folder))
+    return markdown_table([first, *HEAD[1:]], rows)

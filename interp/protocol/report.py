@@ -34,7 +34,7 @@ class ProtocolResult:
     peers: list[dict] = field(default_factory=list)  # per published method: its dev-chosen setting and cost
     peer_trials: list[dict] = field(default_factory=list)  # every method's settings on dev
     full_table: list[EvalRow] = field(default_factory=list)  # the named plans at the first seed, every test set
-    ranking: dict | None = None  # {"name", "selected"}: the ranking the plans came from, if not the layer map's score
+    ranking: dict | None = None  # {"name", "selected"}: the ranking the plans came from (None: older runs, the score)
 
     def save(self, folder: str | Path) -> list[Path]:
         """``protocol.json`` (everything but the answers), ``protocol.md`` and the figures, into ``folder``;
@@ -176,9 +176,8 @@ def protocol_report(result: ProtocolResult) -> str:
         "",
     ]  # fmt: skip
     ranking = [] if result.ranking is None else [
-        f"Ranking: **{result.ranking['name']}** (the layers study's choice on dev), top"
-        f" {len(result.ranking['selected'])} {result.ranking['selected']}; the ranked plan, bottom-k and the"
-        " depth-range draws follow it.",
+        f"Ranking: **{result.ranking['name']}**, top {len(result.ranking['selected'])}"
+        f" {result.ranking['selected']}; the ranked plan, bottom-k and the depth-range draws follow it.",
         "",
     ]  # fmt: skip
     lines = [

@@ -144,8 +144,9 @@ def run_protocol(
     return result
 
 
-def _ranking(ranking, analysis: AnalysisResult) -> dict | None:
-    return None if ranking is None else {"name": ranking[0], "selected": analysis.layer_map.selected_layers}
+def _ranking(ranking, analysis: AnalysisResult) -> dict:
+    name = "layer map score" if ranking is None else ranking[0]
+    return {"name": name, "selected": analysis.layer_map.selected_layers}
 
 
 def _strength_sweep(
