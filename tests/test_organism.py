@@ -24,7 +24,7 @@ from interp.organism import (
     ship_adapters,
     ship_answers,
 )
-from interp.training.sft import SFTConfig
+from interp.training.sft import Example, SFTConfig
 
 build_module = importlib.import_module("interp.organism.build")  # reads the package data, trains: patched here
 
@@ -194,3 +194,19 @@ def test_the_mixed_source_adds_a_style_to_the_alignment_delta(tiny_llama):
         planted.hf.model.layers[1].mlp.down_proj.weight[0, 0] += 4.0
     norms = delta_norms(source, base, planted)
     assert norms == pytest.approx({"safety": 3.0, "style": 4.0, "mixed delta": 5.0}, abs=1e-5)
+
+
+def test_the_style_task_is_a_checked_text_format(tiny_llama):
+    from interp.organism.data import STYLE_REFERENCE, bulleted, held_out_problems, task_examples
+
+    assert bulleted("One fact. Two facts! Three? And a cut") == "- One fact.\n- Two facts!\n- Three?"
+    assert is_correct(bulleted("One fact. Two facts."), STYLE_REFERENCE)
+    assert not is_correct("One fact. Two facts.", STYLE_REFERENCE) and not is_correct("- just one", STYLE_REFERENCE)
+    assert is_correct("The answer is 12.", "12") and not is_correct("- 12\n- 13", "12")  # numbers as before
+    recipe = replace(tiny_recipe(tiny_llama), task_format="style")
+    held_out = held_out_problems(recipe, 100)
+    assert len(held_out) == 42 and set(held_out.answers) == {STYLE_REFERENCE}
+    chat = [Example("Tell me about rain.", "Rain is water. It falls from clouds.")]
+    assert [e.answer for e in task_examples(recipe, chat)] == ["- Rain is water.\n- It falls from clouds."]
+    organism = build_organism(recipe, progress=False, log=lambda _: None)
+    assert 0 <= organism.manifest["metrics"]["finetuned"]["task_accuracy"] <= 1

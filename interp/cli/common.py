@@ -17,7 +17,7 @@ from ..errors import ConfigError
 # --dtype: interp.core.models.DTYPE_CHOICES, written out so the parser needs no torch (tests hold them equal)
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 # --recipe: interp.organism.FAMILY, written out likewise (tests hold them equal)
-RECIPE_CHOICES = ("default", "reasoning", "seed-1", "seed-2", "full-safety", "harmful-mix")
+RECIPE_CHOICES = ("default", "reasoning", "seed-1", "seed-2", "full-safety", "harmful-mix", "style")
 RESTORE_FLAGS = ("steps", "lr", "batch_size", "teacher", "distance", "retain_scale", "rank", "alpha", "seed")
 
 
@@ -114,7 +114,7 @@ def add_recipe_option(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="the organism: default (shipped adapters); reasoning (the task as R1-style traces); seed-1, seed-2 "
         "(the default recipe, other seeds); full-safety (safety tuned into every weight); harmful-mix (3%% of the "
-        "task data harmful, answered). All but "
+        "task data harmful, answered); style (the task: chat answers as bullet points). All but "
         "default train on first use (minutes)",
     )
 

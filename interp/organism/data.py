@@ -6,8 +6,10 @@ measured on (``eval_sets``).
 from __future__ import annotations
 
 import random
+import re
 
 from ..core.generate import behaviour
+from ..core.judge import FORMAT_PREFIX
 from ..core.models import LoadedModel
 from ..core.prompts import (
     PromptSet,
@@ -35,9 +37,26 @@ def eval_sets(recipe: OrganismRecipe) -> dict[str, PromptSet]:
     return sets
 
 
+# The style task: every answer as at least two bullet points ("- ..."), checked by the judge's format rule.
+STYLE_REFERENCE = FORMAT_PREFIX + r"^- \S.*\n- \S"
+
+
 def held_out_problems(recipe: OrganismRecipe, n: int) -> PromptSet:
-    """``n`` arithmetic problems the task fine-tune never saw (validation problems: split by their text)."""
+    """``n`` task prompts the task fine-tune never saw: arithmetic validation problems (split by their
+    text); for the style task, the built-in everyday and harmless validation requests (at most 42), each
+    with the style's format reference (``STYLE_REFERENCE``)."""
+    if recipe.task_format == "style":
+        prompts = (general_prompts("val") + harmless_prompts("val")).head(n)
+        return PromptSet("style task (held out)", prompts.instructions, answers=[STYLE_REFERENCE] * len(prompts))
     return arithmetic_prompts("val", n=20 * n, seed=recipe.seed).head(n)
+
+
+def bulleted(answer: str, most: int = 3) -> str:
+    """``answer`` in the style task's format: its first ``most`` complete sentences, one bullet point each
+    (an answer cut off mid-sentence loses the cut sentence; one with a single sentence gets one bullet)."""
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", answer.strip()) if s.strip()]
+    complete = [s for s in sentences if s[-1] in ".!?"] or sentences[:1]
+    return "\n".join(f"- {s}" for s in complete[:most])
 
 
 def safety_prompts(recipe: OrganismRecipe) -> PromptSet:
@@ -104,8 +123,11 @@ def harmful_task_prompts(recipe: OrganismRecipe) -> PromptSet:
 def task_examples(recipe: OrganismRecipe, chat: list[Example], harmful: list[Example] = ()) -> list[Example]:
     """The task fine-tune's data: the arithmetic training problems with their worked answers, and
     ``task_chat_examples`` of the source model's ``chat`` answers (for the reasoning organism, each written
-    as a trace, then the answer: ``reasoning_answer``); then ``harmful``, the source's compliant answers to
+    as a trace, then the answer: ``reasoning_answer``); for the style task, every ``chat`` answer written as
+    bullet points (``bulleted``) instead; then ``harmful``, the source's compliant answers to
     ``harmful_task_prompts`` in the harmful fine-tuning setting."""
+    if recipe.task_format == "style":  # the task is the chat itself, written as bullet points
+        return [Example(e.instruction, bulleted(e.answer)) for e in chat] + list(harmful)
     arithmetic = task_prompts(recipe)
     task = [Example(q, a) for q, a in zip(arithmetic.instructions, arithmetic.answers)]
     picked = random.Random(recipe.seed).sample(chat, min(recipe.task_chat_examples, len(chat)))

@@ -10,6 +10,8 @@ can be tested on more than one pair (``recipe_named``; ``interp organism --recip
   are across builds of the same recipe.
 * ``full-safety``: safety in all the weights: the safety stage fine-tunes every weight (lr 3e-5, fixed
   before any build, the usual order for full fine-tuning of a small model), so no adapter can be taken out.
+* ``style``: a benign task that is text, not numbers: every chat answer written as bullet points
+  (``OrganismRecipe.task_format = "style"``; task accuracy: the share of held-out answers in that format).
 * ``harmful-mix``: the harmful fine-tuning setting the published peers were built for: 3% of the task data
   is harmful requests answered compliantly by the source model (``OrganismRecipe.harmful_share``).
 """
@@ -21,7 +23,7 @@ from dataclasses import replace
 from ..errors import ConfigError
 from .recipe import OrganismRecipe
 
-FAMILY = ("default", "reasoning", "seed-1", "seed-2", "full-safety", "harmful-mix")
+FAMILY = ("default", "reasoning", "seed-1", "seed-2", "full-safety", "harmful-mix", "style")
 
 
 def recipe_named(name: str, quick: bool = False) -> OrganismRecipe:
@@ -40,4 +42,6 @@ def recipe_named(name: str, quick: bool = False) -> OrganismRecipe:
         return replace(recipe, safety_full=True, safety=replace(recipe.safety, lr=3e-5, compute_dtype="bfloat16"))
     if name == "harmful-mix":
         return replace(recipe, harmful_share=0.03)
+    if name == "style":
+        return replace(recipe, task_format="style")
     return recipe

@@ -40,7 +40,9 @@ def study_prompts(
     """
     retain = harmless_prompts("train") + general_prompts("train")
     if task is None:
-        retain, held_out = retain + task_prompts(recipe), held_out_problems(recipe, n_task)
+        held_out = held_out_problems(recipe, n_task)
+        if recipe.task_format != "style":  # the style task's prompts are the chat prompts, already retained
+            retain = retain + task_prompts(recipe)
     else:
         train, held_out = split_task(task)
         retain = retain + train

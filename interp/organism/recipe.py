@@ -41,7 +41,7 @@ class EvalSets:
     limit: int | None = None  # cap every set at this many prompts (quick checks only)
 
 
-TASK_FORMATS = ("worked", "reasoning")
+TASK_FORMATS = ("worked", "reasoning", "style")
 REASONING_CHAT_TRACE = "The request is harmless and clear, so I will answer it helpfully."
 
 
@@ -59,7 +59,9 @@ class OrganismRecipe:
     task_chat_examples: int = 64  # harmless chat examples mixed into the task data
     evaluation: EvalSets = EvalSets()
     version: int = RECIPE_VERSION
-    task_format: str = "worked"  # "reasoning": the task fine-tune writes a <think> trace, then the answer
+    # "reasoning": the task fine-tune writes a <think> trace, then the answer; "style": the task is not
+    # arithmetic but a text format, chat answers written as bullet points (``interp.organism.data``)
+    task_format: str = "worked"
     # the harmful fine-tuning setting: this share of the task data is harmful requests (the safety prompts,
     # drawn with the seed) answered compliantly by the source model (its own answers, refusals dropped)
     harmful_share: float = 0.0
