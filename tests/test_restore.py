@@ -203,7 +203,8 @@ def test_the_safereact_preset_builds_the_released_configuration(setup, tmp_path)
     assert placed == {(layer, m) for layer in range(4) for m in modules}
     assert len(result.stats.history) == 2 and result.stats.config["dropout"] == 0.05
     # Cached adapters of the default settings keep their key: the new fields enter only when they differ.
-    assert set(RestoreConfig().key()) == set(asdict(RestoreConfig())) - {"dropout", "loss_scale", "schedule_span"}
+    added = {"dropout", "loss_scale", "schedule_span", "harmful_prefill", "safety_positions"}
+    assert set(RestoreConfig().key()) == set(asdict(RestoreConfig())) - added
     assert config.key()["loss_scale"] == 10.0
 
 
@@ -216,7 +217,7 @@ def _plain_restore(finetuned, base, layer_map, harmful, retain, placement, confi
 
     torch.manual_seed(config.seed)
     rng, tok, chat = random.Random(config.seed), finetuned.tokenizer, ChatFormat()
-    harmful_ids = chat.encode(tok, harmful.instructions)
+    harmful_ids = ChatFormat(prefill=config.harmful_prefill).encode(tok, harmful.instructions)
     retains = [tokenize(tok, chat.render(tok, q) + (a or "")) for q, a in zip(retain.instructions, retain.answers)]
     model = get_peft_model(finetuned.hf, layer_map.to_lora_config(config.rank, config.alpha, placement.layers))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
@@ -227,7 +228,11 @@ def _plain_restore(finetuned, base, layer_map, harmful, retain, placement, confi
         with torch.no_grad():
             target = block_outputs(base.hf, batch.to("cpu"), align)
         student = block_outputs(model, batch.to("cpu"), align)
-        safety = sum(distance(s, t, batch.mask, "l2") for s, t in zip(student, target)) / len(align)
+        mask = batch.mask
+        if config.safety_positions:  # the last n positions only (left padding: the last n columns)
+            mask = torch.zeros_like(mask)
+            mask[:, -config.safety_positions :] = 1
+        safety = sum(distance(s, t, mask, "l2") for s, t in zip(student, target)) / len(align)
         batch = pad_batch([retains[i] for i in rng.sample(range(len(retains)), config.batch_size)], 0)
         with torch.no_grad(), model.disable_adapter():
             frozen = block_outputs(model, batch.to("cpu"), every)
@@ -275,6 +280,28 @@ def test_lockstep_losses_equal_each_plan_alone_and_plain_forwards(setup, tiny_ll
                 assert got["retain"] == pytest.approx(want["retain"], abs=1e-5, rel=0)
         assert result.stats.history[0]["retain"] == 0  # LoRA starts as the identity: student == frozen model
         assert result.stats.history[-1]["retain"] > 0  # and training moved it
+
+
+def test_the_safety_loss_can_read_only_the_answer_after_a_closed_trace(setup, tiny_llama):
+    """With a prefill after each harmful prompt (a closed reasoning trace) and the safety loss on its last
+    positions only, the lockstep losses equal the plain computation with that prefill and that mask; the
+    prefill and the restriction enter the adapter cache's key only when set."""
+    base, finetuned, harmful, retain = setup
+    layer_map = layer_map_for(base, finetuned)
+    config = RestoreConfig(
+        steps=3, lr=1e-2, batch_size=6, harmful_prefill="<think>\nok\n</think>\n\n", safety_positions=2
+    )
+    placement = Placement((2, 3), (2, 3))
+    (result,) = restore_many(finetuned, layer_map, harmful, retain, [placement], config, base=base, progress=False)
+    plain = _plain_restore(perturbed(load_model(tiny_llama)), base, layer_map, harmful, retain, placement, config)
+    for got, want in zip(result.stats.history, plain, strict=True):
+        assert got["safety"] == pytest.approx(want["safety"], abs=1e-5, rel=0)
+    every = restore_many(finetuned, layer_map, harmful, retain, [placement], replace(config, safety_positions=0),
+                         base=base, progress=False)[0]  # fmt: skip
+    assert every.stats.history[0]["safety"] != pytest.approx(result.stats.history[0]["safety"])
+    assert "safety_positions" in config.key() and "harmful_prefill" not in RestoreConfig().key()
+    with pytest.raises(ConfigError, match="safety_positions"):
+        RestoreConfig(safety_positions=-1)
 
 
 def test_fsdp_needs_two_retain_rows_per_process(saved_pair, monkeypatch):

@@ -36,7 +36,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -265,8 +265,9 @@ def restore_many(
                 raise ConfigError(f"restore: {name} must be a non-empty list of layers in [0, {layer_map.n_layers})")
     rng = random.Random(config.seed)
     tok = finetuned.tokenizer
-    student_ids = chat.encode(tok, harmful.instructions)
-    teacher_chat = chat if config.teacher == "base" else chat.with_suffix(config.reminder)
+    harmful_chat = replace(chat, prefill=chat.prefill + config.harmful_prefill)
+    student_ids = harmful_chat.encode(tok, harmful.instructions)
+    teacher_chat = harmful_chat if config.teacher == "base" else harmful_chat.with_suffix(config.reminder)
     teacher_ids = teacher_chat.encode(tok, harmful.instructions)
     retains = [tokenize(tok, chat.render(tok, q) + (a or "")) for q, a in zip(retain.instructions, retain.answers)]
     n_layers = layer_map.n_layers
@@ -325,9 +326,13 @@ def restore_many(
             s_inputs = after_prefix(s_batch, prefix, pad, finetuned.device)
             s_mask = s_inputs["attention_mask"][:, P:]  # [batch, rest]
             hidden = _forward(student.model, s_inputs, student.align, L, below)
-            count = distributed.all_sum(len(s_batch) * P + s_mask.sum())  # over the whole batch
+            n = config.safety_positions  # > 0: only the last n positions (left padding: the last n columns)
+            if n:
+                s_mask = torch.zeros_like(s_mask)
+                s_mask[:, -n:] = 1
+            count = distributed.all_sum((0 if n else len(s_batch) * P) + s_mask.sum())  # over the whole batch
             safety = sum(
-                on_prefix(layer, teacher_prefix, len(s_batch))
+                (0 if n else on_prefix(layer, teacher_prefix, len(s_batch)))
                 + distance_sum(hidden[layer], target[layer], s_mask, config.distance)
                 for layer in student.align
             ) / (count * len(student.align))

@@ -40,8 +40,13 @@ class RestoreConfig:
     dropout: float = 0.0  # LoRA dropout
     loss_scale: float = 1.0  # multiplies the whole loss (SafeReAct's lorra_alpha)
     schedule_span: float = 2.0  # the weights move linearly over span x steps (interp.training.restore_losses)
+    # text after each rendered harmful prompt, for student and teacher alike (e.g. a closed reasoning trace,
+    # "<think>" ... "</think>", so that the answer after it is what is aligned)
+    harmful_prefill: str = ""
+    safety_positions: int = 0  # > 0: the safety loss reads only the last n positions of each harmful input
 
-    ADDED_LATER = {"dropout": 0.0, "loss_scale": 1.0, "schedule_span": 2.0}
+    ADDED_LATER = {"dropout": 0.0, "loss_scale": 1.0, "schedule_span": 2.0, "harmful_prefill": "",
+                   "safety_positions": 0}  # fmt: skip
 
     def key(self) -> dict:
         """The settings that identify a trained adapter: every field, except fields added after the
@@ -57,6 +62,8 @@ class RestoreConfig:
             raise ConfigError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
         if self.distance not in DISTANCES:
             raise ConfigError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
+        if self.safety_positions < 0:
+            raise ConfigError(f"RestoreConfig: safety_positions must be >= 0, got {self.safety_positions}")
         if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or self.retain_scale < 0:
             raise ConfigError("RestoreConfig: steps and batch_size must be >= 1, lr > 0, retain_scale >= 0")
 

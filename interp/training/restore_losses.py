@@ -12,6 +12,10 @@ Losses, per training step ``t`` of ``T``:
   prompt is longer: student position ``i`` is matched to the teacher's position ``i`` while inside the
   shared prefix (everything up to the end of the instruction), and to the same distance from the end
   afterwards (the closing template tokens); the reminder's own tokens have no partner.
+  ``harmful_prefill`` is text both see after each harmful prompt (for a reasoning model, a closed trace:
+  ``<think>`` ... ``</think>``), and ``safety_positions = n > 0`` restricts the safety loss to the last
+  ``n`` positions of each harmful input (there, the opening of the final answer), leaving every earlier
+  position, the trace's included, free.
 * retain: on harmless and task prompts, the distance between the student's and the frozen fine-tuned
   model's hidden states at every layer and position.
 * hidden states: the residual stream after each block (the decoder layer's output, before the final
