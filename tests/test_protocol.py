@@ -19,6 +19,7 @@ from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_pr
 from interp.errors import ConfigError
 from interp.evaluation.stats import spearman
 from interp.evaluation.suite import EvalRow, EvalSuite
+from interp.measures.components import COMPONENT_MODULES
 from interp.protocol import (
     PROTOCOL,
     Protocol,
@@ -29,6 +30,7 @@ from interp.protocol import (
     run_protocol,
 )
 from interp.protocol.bench import Bench
+from interp.protocol.components import component_validity, single_component_plans
 from interp.protocol.family import family_table, top_decile
 from interp.protocol.layers import SET_CHECK_TOP, LayerValidity, layer_validity, layers_report, top_k
 from interp.protocol.peers import DISTILL_LRS, SETTINGS
@@ -219,6 +221,24 @@ def test_the_per_block_ground_truth_runs_at_a_tiny_size(analysed, tmp_path):
     assert (tmp_path / "figures" / "layer_validity.png").exists()
 
 
+def test_the_per_component_ground_truth_runs_at_a_tiny_size(analysed, tmp_path):
+    """Every attention and MLP trained alone (its own modules only) at every seed, judged on dev; the
+    component map's choice is placed among them and each candidate gets a rho."""
+    pair, analysis = analysed
+    bench = Bench(pair, analysis, harmful_prompts("train").head(8),
+                  harmless_prompts("train").head(8) + arithmetic_prompts("train", n=20).head(8), QUICK_EVAL,
+                  progress=False, log=lambda _: None)  # fmt: skip
+    plans = single_component_plans(pair.n_layers, [pair.n_layers - 1])
+    assert [p.name for p in plans[:2]] == ["attn 0", "mlp 0"] and plans[1].modules == ((0, COMPONENT_MODULES["mlp"]),)
+    result = component_validity(bench, _tiny_suite(), protocol=Protocol().tiny(), restore=RestoreConfig(batch_size=4))
+    n = 2 * pair.n_layers
+    assert np.asarray(result.gain).shape == (2, n) and len(result.components) == n
+    assert set(result.candidates) == {"component score", "component patch effect"}
+    assert result.chosen and all(1 <= r <= n for r in result.rank_of_chosen())
+    result.save(tmp_path)
+    assert "component map's choice" in (tmp_path / "components.md").read_text()
+
+
 def test_layer_validity_scores_a_planted_ranking():
     """A candidate ordered like the ground truth gets rho 1, its reverse -1; seeds that agree are stable."""
     result = LayerValidity(
@@ -260,7 +280,9 @@ def test_checkpoints_are_cached_with_the_adapter(analysed):
 def test_the_layer_study_alone_is_asked_for_in_one_line(capsys):
     """``--layers`` with the test run's options is one clear line, exit 2, before any model loads."""
     assert cli.main(["protocol", "--layers", "--peers", "--out", "unused"]) == 2
-    assert "--layers runs the per-block study alone" in capsys.readouterr().err
+    assert "--layers runs its study alone" in capsys.readouterr().err
+    assert cli.main(["protocol", "--layers", "--components", "--out", "unused"]) == 2
+    assert "run them one at a time" in capsys.readouterr().err
 
 
 def test_a_ranking_folder_without_a_layers_study_is_one_line(tmp_path, capsys):

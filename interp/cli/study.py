@@ -173,6 +173,11 @@ def protocol_parser(sub) -> None:
         " how well each candidate ranking predicts it (layers.md)",
     )  # fmt: skip
     p.add_argument(
+        "--components", action="store_true",
+        help="instead: LoRA on every single attention and MLP at every seed, judged on dev (the per-component ground"
+        " truth), and how well the component map predicts it (components.md)",
+    )  # fmt: skip
+    p.add_argument(
         "--released", action="store_true", help="also train the released SafeReAct recipe for H4 (~23 min here)"
     )
     p.add_argument(
@@ -209,6 +214,7 @@ def cmd_protocol(args) -> None:
     from ..evaluation.table import EvalConfig
     from ..protocol import Protocol, run_protocol
     from ..protocol.bench import Bench
+    from ..protocol.components import component_validity
     from ..protocol.layers import LayerValidity, layer_validity
     from ..training.restore_config import PRESETS, RestoreConfig
 
@@ -216,8 +222,11 @@ def cmd_protocol(args) -> None:
         return _family(args)
     if args.recipes:
         raise ConfigError("--recipes names the organisms of --family: add --family")
-    if args.layers and (args.released or args.peers or args.dev_only or args.ranking):
-        raise ConfigError("--layers runs the per-block study alone: drop --released, --peers, --dev-only and --ranking")
+    alone = "--layers" if args.layers else "--components" if args.components else None
+    if args.layers and args.components:
+        raise ConfigError("--layers and --components are two studies: run them one at a time")
+    if alone and (args.released or args.peers or args.dev_only or args.ranking):
+        raise ConfigError(f"{alone} runs its study alone: drop --released, --peers, --dev-only and --ranking")
     if args.candidate and not args.ranking:
         raise ConfigError("--candidate names a candidate of a --ranking FOLDER: give the folder too")
     ranking = None
@@ -243,7 +252,14 @@ def cmd_protocol(args) -> None:
         if released is not None and args.tiny:
             released = replace(released, steps=2, batch_size=4)
         evaluation = small if args.tiny else EvalConfig()
-        if args.layers:  # the per-block ground truth on dev, and the candidate rankings against it
+        if args.components:  # the per-component ground truth on dev, and the component map against it
+            bench = Bench(prepared.pair, prepared.analysis, prepared.harmful, prepared.retain, evaluation,
+                          prepared.recipe.chat)  # fmt: skip
+            watch = Stopwatch()
+            with watch("single components"):
+                component_validity(bench, prepared.suite, protocol=protocol, restore=restore).save(folder)
+            seconds = watch.seconds
+        elif args.layers:  # the per-block ground truth on dev, and the candidate rankings against it
             bench = Bench(prepared.pair, prepared.analysis, prepared.harmful, prepared.retain, evaluation,
                           prepared.recipe.chat)  # fmt: skip
             watch = Stopwatch()
@@ -262,7 +278,8 @@ def cmd_protocol(args) -> None:
             )  # fmt: skip
             seconds = result.seconds
         common.write_config(args, folder, prepared.pair)
-    print((Path(args.out) / ("layers.md" if args.layers else "protocol.md")).read_text())
+    report = "layers.md" if args.layers else "components.md" if args.components else "protocol.md"
+    print((Path(args.out) / report).read_text())
     print("time: " + ", ".join(f"{stage} {s:.0f}s" for stage, s in {**prepared.seconds, **seconds}.items()))
 
 
