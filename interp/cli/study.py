@@ -252,6 +252,8 @@ def cmd_protocol(args) -> None:
         if released is not None and args.tiny:
             released = replace(released, steps=2, batch_size=4)
         evaluation = small if args.tiny else EvalConfig()
+        if prepared.recipe.task_format == "reasoning" and not args.tiny:  # room for a trace, then the answer
+            evaluation = replace(evaluation, max_new_tokens=64, task_max_new_tokens=96)
         if args.components:  # the per-component ground truth on dev, and the component map against it
             bench = Bench(prepared.pair, prepared.analysis, prepared.harmful, prepared.retain, evaluation,
                           prepared.recipe.chat)  # fmt: skip
