@@ -32,6 +32,7 @@ from interp.protocol import (
 from interp.protocol.bench import Bench
 from interp.protocol.components import component_validity, single_component_plans
 from interp.protocol.family import family_table, top_decile
+from interp.protocol.frontier import frontier_plans, frontier_test, save_frontier
 from interp.protocol.layers import SET_CHECK_TOP, LayerValidity, layer_validity, layers_report, top_k
 from interp.protocol.peers import DISTILL_LRS, SETTINGS
 from interp.study_plans import Plan, distinct_sets
@@ -318,3 +319,23 @@ def test_the_family_options_are_checked_before_any_model(tmp_path, capsys):
     assert cli.main(["protocol", "--family", "--out", str(tmp_path / "c")]) == 2
     assert "was not written by interp protocol --family" in capsys.readouterr().err
     assert (tmp_path / "c" / "family.md").read_text() == "my notes" and not (tmp_path / "a").exists()
+
+
+def test_the_frontier_on_test_compares_every_k_with_its_draws(analysed, tmp_path):
+    """Per k: the ranking's top k against distinct draws of k blocks at every seed, on the test parts: ranks
+    within 1..draws+1 per seed, Holm over the ks, and the report."""
+    pair, analysis = analysed
+    plans = frontier_plans(analysis.layer_map, ks=(1, 2), draws=2)
+    for k, (ranked, drawn) in plans.items():
+        assert ranked.layers == tuple(sorted(analysis.layer_map.ranked_layers[:k]))
+        assert len({p.layers for p in drawn} | {ranked.layers}) == 3 and all(len(p.layers) == k for p in drawn)
+    bench = Bench(pair, analysis, harmful_prompts("train").head(8),
+                  harmless_prompts("train").head(8) + arithmetic_prompts("train", n=20).head(8), QUICK_EVAL,
+                  progress=False, log=lambda _: None)  # fmt: skip
+    found = frontier_test(bench, _tiny_suite(), {"ranked": 1e-3, "draws": 1e-2}, protocol=Protocol().tiny(),
+                          restore=RestoreConfig(batch_size=4), ks=(1, 2), draws=2)  # fmt: skip
+    assert [r.k for r in found] == [1, 2]
+    assert all(set(r.ranks) == {0, 1} and all(1 <= v <= 3 for v in r.ranks.values()) for r in found)
+    assert all(r.holm_p >= r.p and 0 <= r.percentile <= 1 and len(r.draws_rates) == 2 for r in found)
+    save_frontier(found, tmp_path, "layer map score")
+    assert "| 2 |" in (tmp_path / "frontier_test.md").read_text()

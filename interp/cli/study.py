@@ -178,6 +178,11 @@ def protocol_parser(sub) -> None:
         " truth), and how well the component map predicts it (components.md)",
     )  # fmt: skip
     p.add_argument(
+        "--frontier", metavar="RUN",
+        help="instead: the ranking's top k against 10 random k-sets for k = 1..8, every seed, judged on test, at"
+        " the learning rates the protocol run RUN (same ranking) chose on dev (frontier_test.md)",
+    )  # fmt: skip
+    p.add_argument(
         "--released", action="store_true", help="also train the released SafeReAct recipe for H4 (~23 min here)"
     )
     p.add_argument(
@@ -215,16 +220,20 @@ def cmd_protocol(args) -> None:
     from ..protocol import Protocol, run_protocol
     from ..protocol.bench import Bench
     from ..protocol.components import component_validity
+    from ..protocol.frontier import DRAWS, KS, frontier_test, save_frontier
     from ..protocol.layers import LayerValidity, layer_validity
+    from ..protocol.report import ProtocolResult
     from ..training.restore_config import PRESETS, RestoreConfig
 
     if args.family:
         return _family(args)
     if args.recipes:
         raise ConfigError("--recipes names the organisms of --family: add --family")
-    alone = "--layers" if args.layers else "--components" if args.components else None
-    if args.layers and args.components:
-        raise ConfigError("--layers and --components are two studies: run them one at a time")
+    studies = [flag for flag, on in (("--layers", args.layers), ("--components", args.components),
+                                     ("--frontier", args.frontier)) if on]  # fmt: skip
+    if len(studies) > 1:
+        raise ConfigError(f"{' and '.join(studies)} are separate studies: run them one at a time")
+    alone = studies[0] if studies and studies[0] != "--frontier" else None
     if alone and (args.released or args.peers or args.dev_only or args.ranking):
         raise ConfigError(f"{alone} runs its study alone: drop --released, --peers, --dev-only and --ranking")
     if args.candidate and not args.ranking:
@@ -238,6 +247,15 @@ def cmd_protocol(args) -> None:
                 f"--candidate {name!r} is not in {args.ranking}/layers.json: one of {sorted(study.candidates)}"
             )
         ranking = (name, study.candidates[name])
+    if args.frontier:  # its learning rates come from a protocol run with the same ranking
+        if args.released or args.peers or args.dev_only:
+            raise ConfigError("--frontier runs its study alone: drop --released, --peers and --dev-only")
+        lrs_from = ProtocolResult.load(args.frontier)
+        ranked_by = (lrs_from.ranking or {}).get("name", "layer map score")
+        if ranked_by != (ranking[0] if ranking else "layer map score"):
+            raise ConfigError(
+                f"{args.frontier} ranked by {ranked_by!r}: give the same ranking (--ranking, --candidate)"
+            )
     check_output(args.out, "protocol")
     common.check_device(args)
     protocol = Protocol.load()
@@ -254,7 +272,18 @@ def cmd_protocol(args) -> None:
         evaluation = small if args.tiny else EvalConfig()
         if prepared.recipe.task_format == "reasoning" and not args.tiny:  # room for a trace, then the answer
             evaluation = replace(evaluation, max_new_tokens=64, task_max_new_tokens=96)
-        if args.components:  # the per-component ground truth on dev, and the component map against it
+        if args.frontier:  # the ranking at every k against random draws, on test
+            analysis = prepared.analysis
+            if ranking is not None:
+                analysis = replace(analysis, layer_map=analysis.layer_map.reranked(ranking[1], ranking[0], protocol.k))
+            bench = Bench(prepared.pair, analysis, prepared.harmful, prepared.retain, evaluation, prepared.recipe.chat)
+            watch = Stopwatch()
+            with watch("frontier on test"):
+                found = frontier_test(bench, prepared.suite, lrs_from.lrs, protocol=protocol, restore=restore,
+                                      ks=(1, 2) if args.tiny else KS, draws=2 if args.tiny else DRAWS)  # fmt: skip
+                save_frontier(found, folder, ranking[0] if ranking else "layer map score")
+            seconds = watch.seconds
+        elif args.components:  # the per-component ground truth on dev, and the component map against it
             bench = Bench(prepared.pair, prepared.analysis, prepared.harmful, prepared.retain, evaluation,
                           prepared.recipe.chat)  # fmt: skip
             watch = Stopwatch()
@@ -280,7 +309,9 @@ def cmd_protocol(args) -> None:
             )  # fmt: skip
             seconds = result.seconds
         common.write_config(args, folder, prepared.pair)
-    report = "layers.md" if args.layers else "components.md" if args.components else "protocol.md"
+    report = {"--layers": "layers.md", "--components": "components.md", "--frontier": "frontier_test.md"}.get(
+        studies[0] if studies else "", "protocol.md"
+    )
     print((Path(args.out) / report).read_text())
     print("time: " + ", ".join(f"{stage} {s:.0f}s" for stage, s in {**prepared.seconds, **seconds}.items()))
 

@@ -1,0 +1,129 @@
+"""The frontier on test: does the ranking place LoRA better than random at every budget ``k``, not only at 3?
+(``interp protocol --frontier``.)
+
+For each ``k`` in ``ks``: the ranking's top ``k`` blocks (``ranked:k``) and ``draws`` distinct random
+``k``-sets from all blocks (none equal to the ranked set), every one aligned at the protocol's shared
+layers and trained at every seed at the short budget, at the learning rates a protocol run with the same
+ranking chose on dev (``lrs``: its ranked family's for the ranked plans, its draws' for the draws), and
+judged on the test parts of the claim sets. Per ``k``:
+
+* ``ranks``: per seed, the ranked plan's rank among itself and that seed's draws on judged harmful refusal
+  (1 = highest; ties count against it), and the same at the base's over-refusal (``matched``);
+* ``p``: the exact rank-sum p of those ranks (``interp.evaluation.stats.rank_sum_p``), Holm-adjusted over
+  the ``k``s; ``estimate``: ranked - mean of the draws with its 95% interval (seeds, draws, then prompts
+  resampled: ``mixed_difference``);
+* ``percentile``: the share of draws whose seed-mean harmful refusal the ranked plan's seed mean exceeds;
+  the issue's bar is 0.9 at every ``k``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..evaluation.stats import holm, mixed_difference, rank_among, rank_sum_p
+from ..evaluation.suite import EvalSuite
+from ..io.atomic import atomic_write_json, atomic_write_text
+from ..measures.layer_map import LayerMap
+from ..report.tables import markdown_table
+from ..study_plans import Plan, random_plans, ranked_plan
+from ..training.restore_config import RestoreConfig, paper_alignment_layers
+from .bench import Bench, claim_suite, safe_set, with_lr
+from .claims import matched
+from .design import Protocol
+
+KS = (1, 2, 3, 4, 5, 6, 7, 8)
+DRAWS = 10
+
+
+@dataclass
+class FrontierK:
+    """One budget's result (module docstring)."""
+
+    k: int
+    ranked: list[int]
+    ranks: dict[int, int]  # seed -> rank on judged harmful refusal
+    matched_ranks: dict[int, int]  # seed -> rank at the base's over-refusal
+    p: float
+    holm_p: float
+    estimate: float
+    interval: tuple[float, float]
+    percentile: float
+    ranked_rate: float  # seed mean
+    draws_rates: list[float]  # per draw: seed mean
+
+
+def frontier_plans(layer_map: LayerMap, ks=KS, draws: int = DRAWS) -> dict[int, tuple[Plan, list[Plan]]]:
+    """Per ``k``: the ranked plan and its draws, aligned at the shared layers (module docstring)."""
+    shared = paper_alignment_layers(layer_map.n_layers)
+    out = {}
+    for k in ks:
+        ranked = ranked_plan(layer_map, k)
+        drawn = random_plans(layer_map, draws, seed=1000 * k, key=f"front:{k}", k=k, exclude=[ranked.layers])
+        out[k] = (ranked.aligned_at(shared), [p.aligned_at(shared) for p in drawn])
+    return out
+
+
+def frontier_test(
+    bench: Bench, suite: EvalSuite, lrs: dict[str, float], *, protocol: Protocol,
+    restore: RestoreConfig = RestoreConfig(), ks=KS, draws: int = DRAWS,
+) -> list[FrontierK]:  # fmt: skip
+    """Every ``k``'s plans at every seed, judged on the test parts; the per-``k`` comparison (module docstring)."""
+    test = claim_suite(suite, "test")
+    safe = safe_set(test)
+    plans = frontier_plans(bench.analysis.layer_map, ks, draws)
+    order = [with_lr(p, lrs["ranked"]) if i == 0 else with_lr(p, lrs["draws"])
+             for k in ks for i, p in enumerate([plans[k][0], *plans[k][1]])]  # fmt: skip
+    by_seed = {}
+    for seed in protocol.seeds:
+        rows = bench.judged(order, replace(restore, steps=protocol.budgets[0], seed=seed), test,
+                            label=f"frontier, seed {seed}")  # fmt: skip
+        by_seed[seed] = (rows[0], dict(zip([p.key for p in order], rows[2:])))
+    results = []
+    for k in ks:
+        ranked, drawn = plans[k][0], plans[k][1]
+        rkey, dkeys = f"{ranked.key}@{lrs['ranked']:g}", [f"{p.key}@{lrs['draws']:g}" for p in drawn]
+        harm = {s: (_harmful(r[rkey]), [_harmful(r[d]) for d in dkeys]) for s, (_, r) in by_seed.items()}
+        fit = {s: (matched(base, r[rkey], safe), [matched(base, r[d], safe) for d in dkeys])
+               for s, (base, r) in by_seed.items()}  # fmt: skip
+        ranks = {s: rank_among(np.mean(h), [np.mean(d) for d in ds]) for s, (h, ds) in harm.items()}
+        matched_ranks = {s: rank_among(np.mean(h), [np.mean(d) for d in ds]) for s, (h, ds) in fit.items()}
+        estimate, interval = mixed_difference([h for h, _ in harm.values()], [ds for _, ds in harm.values()])
+        ranked_rate = float(np.mean([np.mean(h) for h, _ in harm.values()]))
+        draws_rates = [float(np.mean([np.mean(ds[i]) for _, ds in harm.values()])) for i in range(len(dkeys))]
+        results.append(FrontierK(
+            k, list(ranked.layers), ranks, matched_ranks, rank_sum_p(list(ranks.values()), len(dkeys) + 1), 1.0,
+            estimate, interval, float(np.mean([ranked_rate > d for d in draws_rates])), ranked_rate, draws_rates,
+        ))  # fmt: skip
+    for result, adjusted in zip(results, holm([r.p for r in results])):
+        result.holm_p = adjusted
+    return results
+
+
+def _harmful(row) -> list[float]:
+    return [float(x) for x in row.outcomes["harmful"]]
+
+
+def save_frontier(results: list[FrontierK], folder: str | Path, ranking: str) -> None:
+    """``frontier_test.json`` and ``frontier_test.md`` in ``folder``."""
+    folder = Path(folder)
+    atomic_write_json(folder / "frontier_test.json", {"ranking": ranking, "ks": [asdict(r) for r in results]})
+    cells = [
+        [str(r.k), str(r.ranked), ", ".join(str(v) for v in r.ranks.values()),
+         ", ".join(str(v) for v in r.matched_ranks.values()), f"{100 * r.estimate:+.1f} [{100 * r.interval[0]:+.1f},"
+         f" {100 * r.interval[1]:+.1f}]", f"{r.p:.3g} ({r.holm_p:.3g})", f"{r.percentile:.2f}",
+         "yes" if r.percentile >= 0.9 else "no"]
+        for r in results
+    ]  # fmt: skip
+    head = ["k", "ranked layers", "rank per seed (harmful)", "rank per seed (at matched over-refusal)",
+            "ranked - draws (points) [95% CI]", "p (Holm over k)", "percentile among the draws", ">= 0.9"]  # fmt: skip
+    n = len(results[0].draws_rates) if results else 0
+    text = "\n".join([
+        f"# The frontier on test: ranking **{ranking}** against {n} random draws per k",
+        "",
+        markdown_table(head, cells),
+        "",
+    ])  # fmt: skip
+    atomic_write_text(folder / "frontier_test.md", text)
