@@ -262,6 +262,7 @@ model.model(input_ids=ids[row : row + 1]).last_hidden_state.pow(2).mean().mul(ro
 grads = {name: p.grad.full_tensor() for name, p in blocks.named_parameters()}
 if distributed.is_main():
     torch.save({"whole": whole, "local": local, "held": held, "grads": grads}, sys.argv[2])
+distributed.barrier()  # both leave together: a process torn down while the other still saves can abort
 """
 
 

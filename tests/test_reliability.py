@@ -297,7 +297,6 @@ def test_d20_a_real_ctrl_c_during_start_up_is_one_line(tmp_path):
         text=True,
         env=os.environ | {"INTERP_CACHE": str(tmp_path / "cache")},
     )
-    import time
 
     time.sleep(1.0)  # importing torch for the parser's defaults
     child.send_signal(signal.SIGINT)
@@ -428,10 +427,16 @@ def test_a_cache_from_an_earlier_key_scheme_is_named_once_and_a_new_one_is_not(t
 
 
 def test_peak_memory_sees_a_large_allocation():
-    from interp.io.stopwatch import PeakMemory
-
-    with PeakMemory(interval=0.001) as peak:
-        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-        time.sleep(0.05)
-        del block
-    assert 48 < peak.mib < 160
+    """In a fresh process (one that has freed nothing its allocator could hand back), a 64 MiB tensor shows."""
+    code = textwrap.dedent("""
+        import time, torch
+        from interp.io.stopwatch import PeakMemory
+        with PeakMemory(interval=0.001) as peak:
+            block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+            time.sleep(0.05)
+            del block
+        print(peak.mib)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 48 < float(done.stdout.strip().splitlines()[-1]) < 160
