@@ -35,7 +35,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..core.chat import ChatFormat
 from ..core.models import LoadedModel, ModelPair, load_model
+from ..core.prompts import PromptSet
 from ..errors import ConfigError
 from ..evaluation.suite import Candidate, EvalRow, EvalSuite
 from ..io.stopwatch import PeakMemory
@@ -81,7 +83,9 @@ class PeerRow:
     peak_mib: float | None = None  # peak memory making it added (None: not measured)
 
 
-def _float32(model: LoadedModel) -> LoadedModel:
+def float32_copy(model: LoadedModel) -> LoadedModel:
+    """``model`` itself if float32, else a float32 copy loaded from its checkpoint (the weight arithmetic's
+    operands: a bfloat16 alignment delta is mostly rounding)."""
     return model if next(model.hf.parameters()).dtype == torch.float32 else load_model(model.path, dtype="float32")
 
 
@@ -91,13 +95,13 @@ def peer_candidates(
     """The method at every setting (or ``settings``), as candidates in the pair's dtype."""
     if method not in SETTINGS:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(SETTINGS)}")
-    ft, al, un = _float32(pair.finetuned), _float32(pair.base), _float32(unaligned)
+    ft, al, un = float32_copy(pair.finetuned), float32_copy(pair.base), float32_copy(unaligned)
     dtype = next(pair.finetuned.hf.parameters()).dtype
     out = []
     for setting in settings or SETTINGS[method]:
         start, peak = time.perf_counter(), PeakMemory()
         with peak:
-            model = _make(method, setting, ft, al, un, bench)
+            model = make_peer(method, setting, ft, al, un, bench.harmful, bench.chat)
         seconds = time.perf_counter() - start
         label = f"{method} ({setting:g})" if isinstance(setting, float) else f"{method} ({setting})"
         model = model.with_hf(model.hf.to(dtype), name=label)
@@ -107,8 +111,12 @@ def peer_candidates(
     return out
 
 
-def _make(method: str, setting, ft: LoadedModel, al: LoadedModel, un: LoadedModel, bench: Bench) -> LoadedModel:
-    """``method`` at ``setting`` on the float32 fine-tuned, aligned and unaligned models."""
+def make_peer(
+    method: str, setting, ft: LoadedModel, al: LoadedModel, un: LoadedModel | None, harmful: PromptSet,
+    chat: ChatFormat = ChatFormat(),
+) -> LoadedModel:  # fmt: skip
+    """``method`` at ``setting`` on the float32 fine-tuned, aligned and unaligned models (``un`` is read only
+    by ``USES_UNALIGNED``); Antidote scores its weights on ``harmful``."""
     if method == "interpolation":
         return interpolate(ft, al, setting)
     if method.startswith("RESTA"):
@@ -117,7 +125,7 @@ def _make(method: str, setting, ft: LoadedModel, al: LoadedModel, un: LoadedMode
         projection = "released" if "released" in method else "exact"
         select = {"select": "number", "n_modules": 10} if setting == "10 modules" else {"select": "threshold"}
         return safe_lora(ft, al, un, projection=projection, threshold=0.5, **select).model
-    return antidote(ft, bench.harmful, setting, aligned=al if "task update" in method else None, chat=bench.chat)
+    return antidote(ft, harmful, setting, aligned=al if "task update" in method else None, chat=chat)
 
 
 def peer_rows(

@@ -94,14 +94,16 @@ def self_distill(
                        harmful.hash, retain.hash, chat.to_dict(), CACHE_VERSION])  # fmt: skip
     folder = cache_root() / "distillations" / key
     lora = config.lora_config(layers)
-    student = pair.finetuned.with_hf(copy.deepcopy(pair.finetuned.hf), name=f"self-distilled {sorted(layers)}")
+    name = f"self-distilled {sorted(layers)}"
     if cache and intact_entry(folder, "stats.json"):
         stats = json.loads((folder / "stats.json").read_text())
-        model = merge_adapter_state(student, load_file(folder / "adapter.safetensors"), lora, name=student.name)
+        student = pair.finetuned.with_hf(copy.deepcopy(pair.finetuned.hf), name=name)
+        model = merge_adapter_state(student, load_file(folder / "adapter.safetensors"), lora, name=name)
         return Distilled(model, stats["seconds_with_answers"], stats["trainable_params"], stats["examples"],
                          stats["peak_mib"], cached=True)  # fmt: skip
     start = time.perf_counter()
-    with PeakMemory() as peak:
+    with PeakMemory() as peak:  # the student's copy, the answers and training
+        student = pair.finetuned.with_hf(copy.deepcopy(pair.finetuned.hf), name=name)
         examples = distillation_examples(pair, harmful, retain, answer_tokens=answer_tokens, seed=restore.seed,
                                          chat=chat, progress=progress)  # fmt: skip
         result = sft_lora(student, examples, config, chat=chat, progress=progress, desc="self-distill", layers=layers)
@@ -112,5 +114,5 @@ def self_distill(
         with atomic_dir(folder, marker="stats.json", checksums=True) as tmp:
             save_file(result.adapter, tmp / "adapter.safetensors")
             atomic_write_json(tmp / "stats.json", stats)
-    model = result.model.with_hf(result.model.hf, name=student.name)
+    model = result.model.with_hf(result.model.hf, name=name)
     return Distilled(model, seconds, result.stats["trainable_params"], len(examples), peak.mib, cached=False)
