@@ -37,8 +37,7 @@ from interp.report.tables import markdown_table
 from interp.training.restore_config import RestoreConfig
 
 HEAD = ["model", "alignment delta", "setting (chosen on dev)", "harmful refusal [95% CI]", "over-refusal (XSTest safe)",
-        "harmful at the base's over-refusal", "task accuracy", "seconds to make", "trainable params",
-        "peak memory added (MiB)"]  # fmt: skip
+        "harmful at the base's over-refusal", "task accuracy", "seconds to make", "trainable params"]  # fmt: skip
 
 
 def _pct(values) -> str:
@@ -46,7 +45,7 @@ def _pct(values) -> str:
     return f"{100 * np.mean(values):.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
-def _cells(name, delta, setting, row, base, safe, cost=("", "", "")) -> list[str]:
+def _cells(name, delta, setting, row, base, safe, cost=("", "")) -> list[str]:
     return [name, delta, setting, _pct(row.outcomes["harmful"]), _pct(row.outcomes[safe]),
             _pct(matched(base, row, safe)), _pct(row.outcomes["task"]), *cost]  # fmt: skip
 
@@ -77,7 +76,7 @@ def main() -> None:
         saved["runs"][label] = {"chosen": [asdict(c) for c in chosen], "trials": trials,
                                 "rows": [r.to_dict() for r in rows]}  # fmt: skip
         for peer, row in zip(chosen, rows):
-            cost = (f"{peer.seconds:.0f}", "0", f"{peer.peak_mib:,.0f}")
+            cost = (f"{peer.seconds:.0f}", "0")
             cells.append(_cells(peer.method, label, peer.setting, row, base, safe, cost))
     layers = list(prepared.analysis.layer_map.selected_layers)
     short = RestoreConfig(steps=protocol.budgets[0])
@@ -85,7 +84,7 @@ def main() -> None:
     saved["runs"]["self-distillation"] = {"chosen": asdict(cost), "trials": trials,
                                           "rows": {s: r.to_dict() for s, r in by_seed.items()}}  # fmt: skip
     for seed, row in by_seed.items():
-        spent = (f"{cost.seconds:.0f}", f"{cost.trainable:,}", f"{cost.peak_mib:,.0f}")
+        spent = (f"{cost.seconds:.0f}", f"{cost.trainable:,}")
         cells.append(_cells(f"self-distillation {layers}, seed {seed}", "", cost.setting, row, base, safe, spent))
     norms = saved.get("norms")
     text = "\n".join([

@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--protocol", default="figures", help="a folder with a protocol run's protocol.json")
     parser.add_argument("--layer-map", default="figures/layer_map.json", help="the pair's layer map")
     parser.add_argument("--released", action="store_true", help="also the released recipe (about 40 min)")
-    parser.add_argument("--out", help="also write the table here (markdown)")
+    parser.add_argument("--out", help="also write the table here (markdown) and the measures beside it (.json)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child: one method's spec as JSON
     args = parser.parse_args()
     if args.one:
@@ -131,11 +131,11 @@ def main() -> None:
 
     import torch
 
-    from interp.io.atomic import atomic_write_text
+    from interp.io.atomic import atomic_write_json, atomic_write_text
     from interp.report.tables import markdown_table
 
     print(f"{len(methods)} methods from {path}, each in a fresh process; threads {torch.get_num_threads()}")
-    rows = []
+    rows, measured = [], {}
     for spec in methods:
         spec = spec | {"layer_map": args.layer_map}
         before = load_average()
@@ -145,6 +145,7 @@ def main() -> None:
         cost = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
         print(f"{spec['method']}: {cost['seconds']:.1f}s, {cost['trainable']:,} trainable, "
               f"{cost['peak_mib']:,.0f} MiB added; {before} -> {load_average()}", flush=True)  # fmt: skip
+        measured[spec["method"]] = cost | {"setting": setting_of(spec)}
         rows.append([spec["method"], setting_of(spec), f"{cost['seconds']:.1f}", f"{cost['trainable']:,}",
                      f"{cost['peak_mib']:,.0f}", cost["needs"]])  # fmt: skip
     table = markdown_table(HEAD, rows)
@@ -154,6 +155,7 @@ def main() -> None:
                 f"process on {torch.get_num_threads()} threads, measured from the pair loaded; "
                 f"{load_average()} at the end.\n\n")  # fmt: skip
         atomic_write_text(args.out, "# What each method costs to make (default pair)\n\n" + note + table + "\n")
+        atomic_write_json(Path(args.out).with_suffix(".json"), {"note": note.strip(), "methods": measured})
 
 
 if __name__ == "__main__":

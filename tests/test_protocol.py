@@ -35,6 +35,7 @@ from interp.protocol.family import family_table, top_decile
 from interp.protocol.frontier import frontier_plans, frontier_test, save_frontier
 from interp.protocol.layers import SET_CHECK_TOP, LayerValidity, layer_validity, layers_report, top_k
 from interp.protocol.peers import DISTILL_LRS, SETTINGS
+from interp.protocol.report import methods_table
 from interp.study_plans import Plan, distinct_sets
 from interp.study_training import train_plans
 from interp.training.lora import apply_adapter
@@ -120,7 +121,6 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
     assert [p["method"] for p in result.peers] == [*SETTINGS, "Self-distillation"]  # each at a setting tried on dev
     assert all(p["setting"] in {str(x) for x in SETTINGS[p["method"]]} for p in result.peers[:-1])
     assert result.peers[-1]["setting"] in {f"lr {lr:g}" for lr in DISTILL_LRS} and result.peers[-1]["trainable"] > 0
-    assert all(p["peak_mib"] is not None for p in result.peers)
     assert len(result.peer_trials) == sum(len(v) for v in SETTINGS.values()) + len(DISTILL_LRS)
     assert all(r.plan.startswith("peer:") for r in result.rows[0][-n_peers:-1])
     distilled = [rows[-1] for rows in result.rows.values()]  # the same plan at both seeds, two trainings
@@ -149,7 +149,15 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
     assert all(r.donotanswer_refusal is not None for r in result.full_table) and "full table" in report
     assert "Holm over H1, H2a, H3, H4" in report
     assert "harmful at the base's over-refusal" in report and "3 draws" in report and "Published methods" in report
-    assert "self-distillation" in report and "peak memory added (MiB)" in report
+    assert "self-distillation" in report and "benchmarks/method_cost.py" in report
+    cost = {"SafeReAct LoRA, ranked layers": {"seconds": 12.0, "trainable": 1234, "peak_mib": 456.0, "needs": "x"},
+            "RESTA": {"seconds": 3.0, "trainable": 0, "peak_mib": 789.0, "needs": "y"}}  # fmt: skip
+    methods = {line.split(" | ")[0].strip("| "): line for line in methods_table(result, cost).splitlines()}
+    ranked_name = next(r.name for r in result.rows[0] if r.plan.startswith("ranked@"))
+    resta_name = next(r.name for r in result.rows[0] if r.plan.startswith("peer:RESTA@"))
+    assert methods[ranked_name].endswith("| 12 | 1,234 | 456 | x |") and "[" in methods[ranked_name]
+    assert methods[resta_name].endswith("| 3 | 0 | 789 | y |")
+    assert methods["base"].endswith("|  |  |  |  |") and any("3 draws (mean" in name for name in methods)
     assert protocol_report(ProtocolResult.load(tmp_path)) == report  # the saved result renders the same report
     table = family_table({"tiny": tmp_path, "other": tmp_path / "missing"})
     ranked = str(list(families_of(analysis)["ranked"][0].layers))
@@ -186,6 +194,28 @@ def test_the_plan_summary_reads_planted_scores():
     assert summaries["ranked"].sd("harmful") == 0.0 and summaries["1 draws"].auroc_interval is None
     low, high = summaries["ranked"].intervals["harmful"]
     assert 0.0 <= low <= 0.75 <= high <= 1.0 and summaries["ranked"].intervals["matched"] == (1.0, 1.0)
+    low, high = summaries["ranked"].intervals["safe"]  # refuses 1 of 4 safe prompts at both seeds
+    assert summaries["ranked"].mean("safe") == 0.25 and 0.0 <= low <= 0.25 <= high <= 1.0 and high - low > 0
+
+
+def test_the_plan_summary_reads_task_accuracy_with_its_interval():
+    """Planted: the ranked plan answers 3 of 4 task prompts at seed 0 and all 4 at seed 1 (mean 0.875); every
+    task resample lies between 0.5 and 1; a plan with every answer right has the interval (1, 1)."""
+
+    def with_task(row, correct):
+        row.outcomes["task"], row.task_accuracy = correct, sum(correct) / len(correct)
+        return row
+
+    rows = {
+        seed: [with_task(_row("base", "base", [0.0] * 4, [0.0] * 4, [0] * 4, [1, 0, 0, 0]), [1] * 4),
+               with_task(_row("ranked", "ranked@0.003", [1.0] * 4, [0.0] * 4, [1] * 4, [0] * 4), correct)]
+        for seed, correct in ((0, [1, 1, 1, 0]), (1, [1, 1, 1, 1]))
+    }  # fmt: skip
+    summaries = {s.name: s for s in plan_summary(rows, "xstest")}
+    assert summaries["ranked"].per_seed["task"] == [0.75, 1.0] and summaries["ranked"].mean("task") == 0.875
+    low, high = summaries["ranked"].intervals["task"]
+    assert 0.5 <= low < 0.875 < high <= 1.0
+    assert summaries["base"].intervals["task"] == (1.0, 1.0)
 
 
 def test_the_per_block_ground_truth_runs_at_a_tiny_size(analysed, tmp_path):

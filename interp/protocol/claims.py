@@ -8,10 +8,11 @@ one-sided at a 5-point margin (the share of bootstrap values, seeds then prompts
 ranked - other at or below -0.05). Holm over the family's p-values.
 
 The per-plan summary (``plan_summary``) is descriptive, beside the pre-registered claims: per plan and
-seed, judged refusal on every claim set, harmful refusal at the base's over-refusal, and the AUROC of the
-refusal score for harmful against safe prompts (how well the restored model separates the two at any
-threshold), each as the mean over seeds with the seed-to-seed SD; for the named plans a 95% interval of
-the seed-mean AUROC from a bootstrap over prompts.
+seed, judged refusal on every claim set, harmful refusal at the base's over-refusal, task accuracy, and the
+AUROC of the refusal score for harmful against safe prompts (how well the restored model separates the two
+at any threshold), each as the mean over seeds with the seed-to-seed SD; for every plan but the draws a 95%
+interval of each seed mean (harmful, matched, over-refusal, task accuracy, AUROC) from a bootstrap over the
+set's prompts.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class PlanSummary:
     family: str
     per_seed: dict[str, list[float]]  # measure -> one value per seed (draws: one per seed and draw)
     auroc_interval: tuple[float, float] | None = None  # of the seed-mean AUROC, prompts resampled
-    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # harmful, matched: prompts resampled
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # harmful, matched, safe, task
 
     def mean(self, measure: str) -> float:
         return float(np.mean(self.per_seed[measure]))
@@ -164,7 +165,7 @@ def _once(family: str) -> bool:
     return family == "released" or family.startswith("peer:")
 
 
-MEASURES = ("harmful", "xstest_unsafe", "safe", "matched", "auroc")
+MEASURES = ("harmful", "xstest_unsafe", "safe", "matched", "auroc", "task")
 
 
 def plan_summary(
@@ -190,6 +191,7 @@ def plan_summary(
                 "safe": rate(row, safe),
                 "matched": float(np.mean(matched(base, row, safe))),
                 "auroc": separation(row, safe),
+                "task": math.nan if row.task_accuracy is None else row.task_accuracy,
             }
             for measure, value in values.items():
                 entry.per_seed[measure].append(value)
@@ -216,4 +218,9 @@ def plan_summary(
         for measure, values in (("harmful", refused), ("matched", at_base)):
             means = values[:, picks].mean(axis=(0, 2))  # the seed-mean rate of each prompt resample
             entry.intervals[measure] = tuple(float(x) for x in np.percentile(means, [2.5, 97.5]))
+        for measure, name in (("safe", safe), ("task", "task")):  # each resampling its own prompts
+            if all(r.outcomes.get(name) for r in rows):
+                values = np.asarray([r.outcomes[name] for r in rows], dtype=float)  # [seed, prompt]
+                means = values[:, rng.integers(0, values.shape[1], (resamples, values.shape[1]))].mean(axis=(0, 2))
+                entry.intervals[measure] = tuple(float(x) for x in np.percentile(means, [2.5, 97.5]))
     return list(out.values())

@@ -23,9 +23,9 @@ retain prompts) at the ranked plan's layers, with restoration's rank, steps and 
 the plans (one row per seed, not in the claims' Holm family).
 
 Cost per method: the seconds to make the model (Antidote includes its calibration pass; self-distillation
-its teacher's answers and training), trainable parameters (none for the weight-space methods), the peak
-memory making it added (``interp.io.stopwatch.PeakMemory``: resident memory, a lower bound), and what it
-needs (``NEEDS``).
+its teacher's answers and training), trainable parameters (none for the weight-space methods) and what it
+needs (``NEEDS``). Memory is measured apart, each method in a fresh process (``benchmarks/method_cost.py``):
+inside a long run, what earlier stages hold and free hides what a method needs.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from ..core.models import LoadedModel, ModelPair, load_model
 from ..core.prompts import PromptSet
 from ..errors import ConfigError
 from ..evaluation.suite import Candidate, EvalRow, EvalSuite
-from ..io.stopwatch import PeakMemory
 from ..training.antidote import antidote
 from ..training.peers import interpolate, resta
 from ..training.restore_config import RestoreConfig
@@ -80,7 +79,6 @@ class PeerRow:
     seconds: float  # to make the model
     needs: str
     trainable: int = 0  # parameters trained (0: weight arithmetic only)
-    peak_mib: float | None = None  # peak memory making it added (None: not measured)
 
 
 def float32_copy(model: LoadedModel) -> LoadedModel:
@@ -99,14 +97,13 @@ def peer_candidates(
     dtype = next(pair.finetuned.hf.parameters()).dtype
     out = []
     for setting in settings or SETTINGS[method]:
-        start, peak = time.perf_counter(), PeakMemory()
-        with peak:
-            model = make_peer(method, setting, ft, al, un, bench.harmful, bench.chat)
+        start = time.perf_counter()
+        model = make_peer(method, setting, ft, al, un, bench.harmful, bench.chat)
         seconds = time.perf_counter() - start
         label = f"{method} ({setting:g})" if isinstance(setting, float) else f"{method} ({setting})"
         model = model.with_hf(model.hf.to(dtype), name=label)
         key = f"peer:{method}@{setting}"
-        info = {"setting": str(setting), "peak_mib": round(peak.mib, 1)}
+        info = {"setting": str(setting)}
         out.append(Candidate(label, model, train_seconds=seconds, plan=key, info=info))
     return out
 
@@ -144,8 +141,7 @@ def peer_rows(
         setting, tried = choose_setting(method, by_setting, base, ft, safe, margin, key="setting")
         trials += tried
         candidate = next(c for c in candidates if c.info["setting"] == setting)
-        seconds, peak = round(candidate.train_seconds, 1), candidate.info["peak_mib"]
-        chosen.append(PeerRow(method, setting, seconds, NEEDS[method], peak_mib=peak))
+        chosen.append(PeerRow(method, setting, round(candidate.train_seconds, 1), NEEDS[method]))
         picked.append(candidate)
     return chosen, trials, bench.judge(picked, test)[2:]
 
@@ -161,7 +157,7 @@ def distill_rows(
     def made(seed: int, lr: float) -> Candidate:
         d = self_distill(bench.pair, bench.harmful, bench.retain, layers, replace(restore, seed=seed), lr=lr,
                          chat=bench.chat, cache=bench.cache, progress=bench.progress)  # fmt: skip
-        info = {"setting": f"lr {lr:g}", "peak_mib": d.peak_mib, "trainable": d.trainable_params}
+        info = {"setting": f"lr {lr:g}", "trainable": d.trainable_params}
         return Candidate(f"{name} lr {lr:g}", d.model, train_seconds=d.seconds, plan=f"distill@{lr:g}", info=info)
 
     tried = [made(0, lr) for lr in DISTILL_LRS]
@@ -175,6 +171,5 @@ def distill_rows(
     cost = PeerRow(
         "Self-distillation", setting, round(sum(c.train_seconds for c in chosen) / len(chosen), 1),
         NEEDS["Self-distillation"], trainable=chosen[0].info["trainable"],
-        peak_mib=max(c.info["peak_mib"] for c in chosen),
     )  # fmt: skip
     return cost, trials, dict(zip(seeds, judged))

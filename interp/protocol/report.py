@@ -108,10 +108,6 @@ def _with_interval(summary: PlanSummary, measure: str) -> str:
     return _pct(summary.mean(measure)) + interval
 
 
-def _mib(peer: dict) -> str:
-    return "n/a" if peer.get("peak_mib") is None else f"{peer['peak_mib']:,.0f}"
-
-
 def _pct(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
 
@@ -152,6 +148,35 @@ def _summary_table(summaries: list[PlanSummary], seeds: list[int]) -> list[str]:
         markdown_table(head, cells),
         "",
     ]
+
+
+COST_OF = {"ranked": "SafeReAct LoRA, ranked layers", "all_layers": "SafeReAct LoRA, every layer",
+           "released": "released SafeReAct recipe", "distill": "Self-distillation"}  # fmt: skip
+
+
+def methods_table(result: ProtocolResult, cost: dict[str, dict]) -> str:
+    """Every method of a protocol run on test beside its cost: per plan (seed means; the draws: their mean
+    and range), harmful refusal, over-refusal, harmful refusal at the base's over-refusal and task accuracy,
+    each with its 95% interval over prompts (``plan_summary``), then seconds to make, trainable parameters,
+    peak memory added and what it needs from ``cost`` (method name -> ``benchmarks/method_cost.py``'s
+    measures; the family's entry of ``COST_OF``, a published method's own name)."""
+    cells = []
+    for s in plan_summary(result.rows, result.safe):
+        if s.family == "draws":
+            harmful = np.asarray(s.per_seed["harmful"]).reshape(len(result.rows), -1).mean(0)
+            name = f"{s.name} (mean; range of the draws' seed means)"
+            rates = [f"{_pct(s.mean('harmful'))} ({_pct(harmful.min())}-{_pct(harmful.max())})",
+                     _pct(s.mean("safe")), _pct(s.mean("matched")), _pct(s.mean("task"))]  # fmt: skip
+        else:
+            name = s.name
+            rates = [_with_interval(s, m) for m in ("harmful", "safe", "matched", "task")]
+        made = cost.get(COST_OF.get(s.family, s.family.removeprefix("peer:")))
+        price = ["", "", "", ""] if made is None else [
+            f"{made['seconds']:.0f}", f"{made['trainable']:,}", f"{made['peak_mib']:,.0f}", made["needs"]]  # fmt: skip
+        cells.append([name, *rates, *price])
+    head = ["method", "harmful refusal", "over-refusal (XSTest safe)", "harmful at the base's over-refusal",
+            "task accuracy", "seconds to make", "trainable params", "peak memory added (MiB)", "needs"]  # fmt: skip
+    return markdown_table(head, cells)
 
 
 def protocol_report(result: ProtocolResult) -> str:
@@ -204,16 +229,15 @@ def protocol_report(result: ProtocolResult) -> str:
             "",
         ]
     if result.peers:
-        chosen = [[p["method"], p["setting"], f"{p['seconds']:.0f}", f"{p.get('trainable', 0):,}", _mib(p),
+        chosen = [[p["method"], p["setting"], f"{p['seconds']:.0f}", f"{p.get('trainable', 0):,}",
                    p["needs"]] for p in result.peers]  # fmt: skip
         tried = [[t["family"], str(t["setting"]), f"{t['harmful']:.1%}", f"{t['safe']:.1%}", f"{t['task']:.1%}",
                   "yes" if t["ok"] else "no"] for t in result.peer_trials]  # fmt: skip
         lines += [
-            "Published methods (`interp.protocol.peers`): the setting chosen on dev by the same rule, and the cost:",
+            "Published methods (`interp.protocol.peers`): the setting chosen on dev by the same rule, and the cost"
+            " (memory, each method in a fresh process: `benchmarks/method_cost.py`):",
             "",
-            markdown_table(
-                ["method", "setting", "seconds to make", "trainable params", "peak memory added (MiB)", "needs"], chosen
-            ),  # fmt: skip
+            markdown_table(["method", "setting", "seconds to make", "trainable params", "needs"], chosen),  # fmt: skip
             "",
             markdown_table(
                 ["method", "setting", "dev harmful refusal", "dev over-refusal", "dev task", "within the bounds"], tried
