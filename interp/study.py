@@ -11,8 +11,10 @@ hidden states are aligned differ:
 * ``components``: LoRA on the ``k`` top-ranked components (attention: q/k/v/o, MLP: gate/up/down of
   one block; the analysis's component map), aligned at their layers and the last: the same number of
   ranked places, steps, rank and data as ``ranked``, with fewer parameters.
-* ``steering``: no training: the base model's refusal vector is added to the fine-tuned model's
-  residual stream at the analysis's best add layer while it generates.
+* ``steering``: no training: the base model's refusal direction is added to the fine-tuned model's
+  residual stream at every position while it generates: the direction selected over (layer, position) as
+  Arditi et al. do (``interp.measures.positions``), after its block; without a selection, the
+  last-position vector at the analysis's best add layer.
 
 The plans are built by ``interp.study_plans`` and trained (in lockstep, cached) by
 ``interp.study_training``; ``interp.default_run`` runs the whole study on the default pair.
@@ -65,11 +67,12 @@ class StudyConfig:
             raise ConfigError("steer_scale must be > 0")
 
 
-def steering_candidate(finetuned: LoadedModel, layer: int, vector, scale: float) -> Candidate:
-    """The steering baseline: ``scale`` times the base refusal vector added after block ``layer``."""
+def steering_candidate(finetuned: LoadedModel, layer: int, vector, scale: float, where: str = "") -> Candidate:
+    """The steering baseline: ``scale`` times the base refusal vector added after block ``layer`` at every
+    position (``where`` names the vector's origin; default: the layer)."""
     vector = np.asarray(vector, dtype=np.float32)
     return Candidate(
-        name=f"steering (layer {layer}, x{scale:g})",
+        name=f"steering ({where or f'layer {layer}'}, x{scale:g})",
         model=finetuned,
         edits=steering_edits(layer, vector, scale),
         edits_key=steering_key(layer, vector, scale),
@@ -185,10 +188,8 @@ def run_study(
             r.candidate(alignment_layers=list(r.plan.alignment), steps=r.stats.steps, adapter_cached=r.cached)
         )
     if "steering" in config.baselines:
-        layer = analysis.steer_layer
-        candidates.append(
-            steering_candidate(pair.finetuned, layer, analysis.refusal_vectors[layer], config.steer_scale)
-        )
+        layer, vector, where = analysis.steering_direction()
+        candidates.append(steering_candidate(pair.finetuned, layer, vector, config.steer_scale, where))
     with watch("evaluate"):
         rows = evaluate_models(
             candidates,

@@ -232,6 +232,12 @@ def test_analyze_writes_a_run_folder(planted, tmp_path, monkeypatch):
     assert sorted({layer for layer, _ in top}) == result.component_map.selected_layers
     assert sum(map(len, result.component_map.modules.values())) < 2 * 7
     assert loaded.selection.to_dict() == result.selection.to_dict()
+    layer, vector, where = loaded.steering_direction()  # the steering baseline: the selected direction
+    if result.selection.selected_layer is None:
+        assert layer == result.steer_layer and where == f"layer {layer}"
+    else:
+        assert layer == result.selection.selected_layer and "selected direction" in where
+        np.testing.assert_array_equal(vector, result.selection.vector)
     assert np.isfinite(result.selection.induce[:, : result.selection.max_layer]).all()
     assert "| component |" in (tmp_path / "run" / "layer_table.md").read_text()
 

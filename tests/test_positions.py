@@ -156,8 +156,28 @@ def test_selection_scores_equal_the_same_edits_on_full_forwards(tiny_llama):
         assert selection.kl[p, layer] == pytest.approx(float(kl), abs=1e-4)
     again = DirectionSelection.from_dict(selection.to_dict())
     assert again.to_dict() == selection.to_dict()
+    assert selection.selected_layer is None and again.vector is None  # random vectors induce no refusal
     with pytest.raises(ConfigError, match="0.8"):
         select_direction(model, vectors, ["-2", "-1"], harmful, harmless, token, layers=[3], progress=False)
+
+
+def test_the_selected_candidate_is_the_steering_vector(tiny_llama):
+    """Planted: the refusal tokens are the first half of the vocabulary and one candidate, (position -1,
+    layer 1), points from the other half's mean unembedding to theirs; the rest are small noise. Ablating
+    the planted one removes the most refusal (lowest bypass), so it is selected and its vector kept."""
+    model = load_model(tiny_llama)
+    harmful, harmless = harmful_prompts("val").head(3), harmless_prompts("val").head(3)
+    vectors = 1e-3 * torch.randn(2, model.n_layers, model.d_model, generator=torch.Generator().manual_seed(1))
+    unembed = model.hf.get_output_embeddings().weight.detach()
+    half = unembed.shape[0] // 2
+    direction = unembed[:half].mean(0) - unembed[half:].mean(0)
+    vectors[1, 1] = 20 * direction / direction.norm()
+    tokens = list(range(half))
+    selection = select_direction(model, vectors.numpy(), ["-2", "-1"], harmful, harmless, tokens, progress=False)
+    assert (selection.selected_position, selection.selected_layer) == ("-1", 1)
+    assert selection.bypass[1, 1] == np.nanmin(selection.bypass)
+    np.testing.assert_array_equal(selection.vector, vectors[1, 1].numpy())
+    np.testing.assert_array_equal(DirectionSelection.from_dict(selection.to_dict()).vector, selection.vector)
 
 
 def test_the_filter_and_the_choice():

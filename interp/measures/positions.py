@@ -135,6 +135,7 @@ class DirectionSelection:
     selected_layer: int | None = None
     selected_position: str | None = None
     kl_max: float = KL_MAX
+    vector: np.ndarray | None = None  # [d_model] r_{l,p} of the selected candidate (the steering baseline's)
 
     @property
     def kept(self) -> np.ndarray:
@@ -159,6 +160,7 @@ class DirectionSelection:
         out = asdict(self)
         for name in ("bypass", "induce", "kl"):
             out[name] = [[None if not np.isfinite(x) else float(x) for x in row] for row in getattr(self, name)]
+        out["vector"] = None if self.vector is None else [float(x) for x in self.vector]
         return out
 
     @classmethod
@@ -167,7 +169,8 @@ class DirectionSelection:
             name: np.array([[np.nan if x is None else x for x in row] for row in data[name]], dtype=float)
             for name in ("bypass", "induce", "kl")
         }
-        return cls(**{**data, **grids})
+        vector = None if data.get("vector") is None else np.asarray(data["vector"], dtype=np.float32)
+        return cls(**{**data, **grids, "vector": vector})
 
 
 def select(
@@ -306,7 +309,7 @@ def select_direction(
     for part in collect([(p, layer, bypass[p, layer], kl[p, layer]) for p, layer in mine]):
         for p, layer, b, k in part:
             bypass[p, layer], kl[p, layer] = b, k
-    return select(
+    selection = select(
         positions,
         bypass,
         induce,
@@ -317,3 +320,7 @@ def select_direction(
         n_harmful=len(harmful),
         n_harmless=len(harmless),
     )
+    if selection.selected_layer is not None:
+        p = list(positions).index(selection.selected_position)
+        selection.vector = vectors[p, selection.selected_layer].cpu().numpy().astype(np.float32)
+    return selection

@@ -69,6 +69,15 @@ class AnalysisResult:
         """The best layer to add the base refusal vector at (largest ``add_effect``)."""
         return self.sweep.best_add_layer
 
+    def steering_direction(self) -> tuple[int, np.ndarray, str]:
+        """The steering baseline's ``(layer, vector, where)``: the refusal direction selected over (layer,
+        position) as Arditi et al. do (``selection``), added after its block; without a selection, the
+        last-position vector at ``steer_layer``."""
+        if self.selection is not None and self.selection.vector is not None:
+            layer, position = self.selection.selected_layer, self.selection.selected_position
+            return layer, self.selection.vector, f"selected direction: layer {layer}, position {position}"
+        return self.steer_layer, self.refusal_vectors[self.steer_layer], f"layer {self.steer_layer}"
+
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
