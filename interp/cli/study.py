@@ -272,32 +272,25 @@ def cmd_protocol(args) -> None:
         evaluation = small if args.tiny else EvalConfig()
         if prepared.recipe.task_format == "reasoning" and not args.tiny:  # room for a trace, then the answer
             evaluation = replace(evaluation, max_new_tokens=64, task_max_new_tokens=96)
-        if args.frontier:  # the ranking at every k against random draws, on test
+        if studies:  # one study alone: the frontier on test, or a ground truth on dev
             analysis = prepared.analysis
             if ranking is not None:
                 analysis = replace(analysis, layer_map=analysis.layer_map.reranked(ranking[1], ranking[0], protocol.k))
             bench = Bench(prepared.pair, analysis, prepared.harmful, prepared.retain, evaluation, prepared.recipe.chat)
             watch = Stopwatch()
-            with watch("frontier on test"):
-                found = frontier_test(bench, prepared.suite, lrs_from.lrs, protocol=protocol, restore=restore,
-                                      ks=(1, 2) if args.tiny else KS, draws=2 if args.tiny else DRAWS)  # fmt: skip
-                save_frontier(found, folder, ranking[0] if ranking else "layer map score")
-            seconds = watch.seconds
-        elif args.components:  # the per-component ground truth on dev, and the component map against it
-            bench = Bench(prepared.pair, prepared.analysis, prepared.harmful, prepared.retain, evaluation,
-                          prepared.recipe.chat)  # fmt: skip
-            watch = Stopwatch()
-            with watch("single components"):
-                component_validity(bench, prepared.suite, protocol=protocol, restore=restore).save(folder)
-            seconds = watch.seconds
-        elif args.layers:  # the per-block ground truth on dev, and the candidate rankings against it
-            bench = Bench(prepared.pair, prepared.analysis, prepared.harmful, prepared.retain, evaluation,
-                          prepared.recipe.chat)  # fmt: skip
-            watch = Stopwatch()
-            with watch("single blocks"):
-                unaligned = load_model(prepared.recipe.source, dtype="float32") if prepared.organism else None
-                layer_validity(bench, prepared.suite, protocol=protocol, restore=restore, prompts=prepared.prompts,
-                               unaligned=unaligned).save(folder)  # fmt: skip
+            if args.frontier:  # the ranking at every k against random draws, on test
+                with watch("frontier on test"):
+                    found = frontier_test(bench, prepared.suite, lrs_from.lrs, protocol=protocol, restore=restore,
+                                          ks=(1, 2) if args.tiny else KS, draws=2 if args.tiny else DRAWS)  # fmt: skip
+                    save_frontier(found, folder, ranking[0] if ranking else "layer map score")
+            elif args.components:  # the per-component ground truth on dev, and the component map against it
+                with watch("single components"):
+                    component_validity(bench, prepared.suite, protocol=protocol, restore=restore).save(folder)
+            else:  # the per-block ground truth on dev, and the candidate rankings against it
+                with watch("single blocks"):
+                    unaligned = load_model(prepared.recipe.source, dtype="float32") if prepared.organism else None
+                    layer_validity(bench, prepared.suite, protocol=protocol, restore=restore,
+                                   prompts=prepared.prompts, unaligned=unaligned).save(folder)  # fmt: skip
             seconds = watch.seconds
         else:
             result = run_protocol(
