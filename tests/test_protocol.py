@@ -29,11 +29,18 @@ from interp.protocol import (
     protocol_report,
     run_protocol,
 )
-from interp.protocol.bench import Bench
+from interp.protocol.bench import Bench, claim_suite
 from interp.protocol.components import component_validity, single_component_plans
 from interp.protocol.family import family_table, top_decile
 from interp.protocol.frontier import frontier_plans, frontier_test, save_frontier
-from interp.protocol.layers import SET_CHECK_TOP, LayerValidity, layer_validity, layers_report, top_k
+from interp.protocol.layers import (
+    SET_CHECK_TOP,
+    LayerValidity,
+    layer_validity,
+    layer_validity_on_test,
+    layers_report,
+    top_k,
+)
 from interp.protocol.peers import DISTILL_LRS, SETTINGS
 from interp.protocol.report import methods_table
 from interp.study_plans import Plan, distinct_sets
@@ -250,6 +257,18 @@ def test_the_per_block_ground_truth_runs_at_a_tiny_size(analysed, tmp_path):
     report = (tmp_path / "layers.md").read_text()
     assert "rho with the gain" in report and "best 3 by matched" in report and "evidence score's terms" in report
     assert (tmp_path / "figures" / "layer_validity.png").exists()
+    # On test: the same trainings (identical losses), judged on the test parts, the dev study's candidates.
+    on_test = layer_validity_on_test(
+        bench, suite, result, protocol=Protocol().tiny(), restore=RestoreConfig(batch_size=4)
+    )
+    for seed in result.seeds:
+        assert bench.histories[f"single blocks on test, seed {seed}"] == bench.histories[f"single blocks, seed {seed}"]
+    ft_test = bench.judge([], claim_suite(suite, "test"))[1].harmful_refusal
+    assert on_test.part == "test" and on_test.finetuned == ft_test and np.asarray(on_test.gain).shape == (2, n)
+    assert on_test.candidates == result.candidates and on_test.lr == result.lr and on_test.chosen == result.chosen
+    on_test.save(tmp_path / "test")
+    assert LayerValidity.load(tmp_path / "test") == on_test
+    assert "(test parts)" in (tmp_path / "test" / "layers.md").read_text()
 
 
 def test_the_per_component_ground_truth_runs_at_a_tiny_size(analysed, tmp_path):
@@ -343,6 +362,7 @@ def test_the_family_options_are_checked_before_any_model(tmp_path, capsys):
     assert cli.main(["protocol", "--recipes", "seed-1", "--out", str(tmp_path / "a")]) == 2
     assert "add --family" in capsys.readouterr().err
     assert cli.main(["protocol", "--family", "--layers", "--out", str(tmp_path / "b")]) == 2
+    assert cli.main(["protocol", "--layers-on-test", str(tmp_path / "none"), "--out", str(tmp_path / "c")]) == 2
     assert "drop --layers" in capsys.readouterr().err
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "family.md").write_text("my notes")

@@ -173,6 +173,11 @@ def protocol_parser(sub) -> None:
         " how well each candidate ranking predicts it (layers.md)",
     )  # fmt: skip
     p.add_argument(
+        "--layers-on-test", metavar="STUDY",
+        help="instead: the same single-block trainings as the --layers study in STUDY (its lr and seeds; cached),"
+        " judged on test, and how well its candidates predict that (layers.md): the ranking's out-of-sample check",
+    )  # fmt: skip
+    p.add_argument(
         "--components", action="store_true",
         help="instead: LoRA on every single attention and MLP at every seed, judged on dev (the per-component ground"
         " truth), and how well the component map predicts it (components.md)",
@@ -221,7 +226,7 @@ def cmd_protocol(args) -> None:
     from ..protocol.bench import Bench
     from ..protocol.components import component_validity
     from ..protocol.frontier import DRAWS, KS, frontier_test, save_frontier
-    from ..protocol.layers import LayerValidity, layer_validity
+    from ..protocol.layers import LayerValidity, layer_validity, layer_validity_on_test
     from ..protocol.report import ProtocolResult
     from ..training.restore_config import PRESETS, RestoreConfig
 
@@ -229,8 +234,9 @@ def cmd_protocol(args) -> None:
         return _family(args)
     if args.recipes:
         raise ConfigError("--recipes names the organisms of --family: add --family")
-    studies = [flag for flag, on in (("--layers", args.layers), ("--components", args.components),
-                                     ("--frontier", args.frontier)) if on]  # fmt: skip
+    chosen = {"--layers": args.layers, "--layers-on-test": args.layers_on_test, "--components": args.components,
+              "--frontier": args.frontier}  # fmt: skip
+    studies = [flag for flag, on in chosen.items() if on]
     if len(studies) > 1:
         raise ConfigError(f"{' and '.join(studies)} are separate studies: run them one at a time")
     alone = studies[0] if studies and studies[0] != "--frontier" else None
@@ -247,6 +253,7 @@ def cmd_protocol(args) -> None:
                 f"--candidate {name!r} is not in {args.ranking}/layers.json: one of {sorted(study.candidates)}"
             )
         ranking = (name, study.candidates[name])
+    dev_study = LayerValidity.load(args.layers_on_test) if args.layers_on_test else None  # one line if bad
     if args.frontier:  # its learning rates come from a protocol run with the same ranking
         if args.released or args.peers or args.dev_only:
             raise ConfigError("--frontier runs its study alone: drop --released, --peers and --dev-only")
@@ -283,6 +290,10 @@ def cmd_protocol(args) -> None:
                     found = frontier_test(bench, prepared.suite, lrs_from.lrs, protocol=protocol, restore=restore,
                                           ks=(1, 2) if args.tiny else KS, draws=2 if args.tiny else DRAWS)  # fmt: skip
                     save_frontier(found, folder, ranking[0] if ranking else "layer map score")
+            elif dev_study is not None:  # the per-block ground truth on test, for the dev study's candidates
+                with watch("single blocks on test"):
+                    layer_validity_on_test(bench, prepared.suite, dev_study, protocol=protocol,
+                                           restore=restore).save(folder)  # fmt: skip
             elif args.components:  # the per-component ground truth on dev, and the component map against it
                 with watch("single components"):
                     component_validity(bench, prepared.suite, protocol=protocol, restore=restore).save(folder)
@@ -302,7 +313,12 @@ def cmd_protocol(args) -> None:
             )  # fmt: skip
             seconds = result.seconds
         common.write_config(args, folder, prepared.pair)
-    report = {"--layers": "layers.md", "--components": "components.md", "--frontier": "frontier_test.md"}.get(
+    report = {
+        "--layers": "layers.md",
+        "--layers-on-test": "layers.md",
+        "--components": "components.md",
+        "--frontier": "frontier_test.md",
+    }.get(  # fmt: skip
         studies[0] if studies else "", "protocol.md"
     )
     print((Path(args.out) / report).read_text())
@@ -320,8 +336,11 @@ def _family(args) -> None:
     from ..io.atomic import atomic_write_text
     from ..protocol.family import family_table
 
-    if args.layers or args.ranking or args.dev_only:
-        raise ConfigError("--family runs the test protocol on each organism: drop --layers, --ranking and --dev-only")
+    extra = [flag for flag, on in (("--layers", args.layers), ("--layers-on-test", args.layers_on_test),
+                                   ("--components", args.components), ("--frontier", args.frontier),
+                                   ("--ranking", args.ranking), ("--dev-only", args.dev_only)) if on]  # fmt: skip
+    if extra:
+        raise ConfigError(f"--family runs the test protocol on each organism: drop {', '.join(extra)}")
     out = Path(args.out)
     table = out / "family.md"
     if table.exists() and not table.read_text().startswith(FAMILY_HEADER):

@@ -28,6 +28,10 @@ blocks at depths n/4, n/2 and 3n/4):
 refusal), its 95% interval from a bootstrap over blocks (``interp.evaluation.stats``); the ground truth's
 own stability is the mean rho between two seeds' gains.
 
+**On test** (``layer_validity_on_test``): the same single-block trainings (the dev study's lr and seeds;
+cached) judged on the test parts, and the dev study's candidates' rho with that gain: the out-of-sample
+check of the ranking chosen on dev.
+
 **Sets** (seed 0, dev): ``greedy`` forward selection (``GREEDY_STEPS`` steps; each trains every one-block
 extension of the current set for ``GREEDY_TRAIN_STEPS`` steps and keeps the one with the highest harmful
 refusal at the base's over-refusal, read from refusal scores alone); and the set check: every pair and
@@ -89,6 +93,8 @@ class LayerValidity:
     evidence: dict | None = None  # interp.measures.evidence.Evidence.to_dict(): every term with its interval
     greedy: list[dict] = field(default_factory=list)  # per step: the set kept, its value, every extension's
     sets: list[dict] = field(default_factory=list)  # the set check: layers, gain, matched (seed 0, dev)
+    part: str = "dev"  # the parts the ground truth was judged on
+    chosen_on_dev: str | None = None  # on test: the candidate the dev study chose
 
     @property
     def mean_gain(self) -> np.ndarray:
@@ -112,8 +118,10 @@ class LayerValidity:
 
     @property
     def chosen(self) -> str:
-        """The candidate the protocol file's [ranking] rule picks: the highest rho with the gain (NaN last;
-        ties: the one listed first)."""
+        """The candidate the protocol file's [ranking] rule picks: the highest dev rho with the gain (NaN
+        last; ties: the one listed first). On test, the dev study's choice."""
+        if self.chosen_on_dev is not None:
+            return self.chosen_on_dev
         rhos = self.rhos()
         return max(rhos, key=lambda name: -math.inf if math.isnan(rhos[name]) else rhos[name])
 
@@ -180,15 +188,7 @@ def layer_validity(
     by_lr = {lr: [r for p, r in zip(tried, rows[2:]) if p.lr == lr] for lr in protocol.lr_grid}
     lr, trials = choose_setting("single block", by_lr, base, ft, safe, protocol.margin)
     bench.log(f"layers: single-block lr on dev {lr:g}")
-    gain, matches, over, gradients = [], [], [], []
-    for seed in seeds:
-        rows = bench.judged([with_lr(p, lr) for p in plans], replace(short, seed=seed), dev,
-                            label=f"single blocks, seed {seed}")  # fmt: skip
-        base, ft, mine = rows[0], rows[1], rows[2:]
-        gain.append([r.harmful_refusal - ft.harmful_refusal for r in mine])
-        matches.append([float(np.mean(matched(base, r, safe))) for r in mine])
-        over.append([rate(r, safe) for r in mine])
-        gradients.append([(r.info.get("first_gradient") or [math.nan] * n)[layer] for layer, r in enumerate(mine)])
+    gain, matches, over, gradients, ft_rate = _ground_truth(bench, plans, lr, seeds, short, dev, "single blocks")
     terms = score_components(analysis.metrics, analysis.sweep)
     candidates = {
         "score": list(analysis.layer_map.scores),
@@ -202,13 +202,54 @@ def layer_validity(
     if unaligned is not None:
         cosines = safe_lora_cosines(bench.pair.finetuned, bench.pair.base, unaligned)
         candidates["Safe LoRA cosine"] = (-cosine_layer_map(cosines, n)).tolist()
-    result = LayerValidity(lr, trials, list(seeds), gain, matches, over, ft.harmful_refusal, candidates,
+    result = LayerValidity(lr, trials, list(seeds), gain, matches, over, ft_rate, candidates,
                            None if found is None else found.to_dict())  # fmt: skip
     if sets:
         align = paper_alignment_layers(n)
         result.greedy = greedy_selection(bench, dev, n, align, lr, replace(restore, steps=GREEDY_TRAIN_STEPS, seed=0))
         result.sets = set_check(bench, dev, result, align, replace(short, seed=0))
     return result
+
+
+def _ground_truth(bench: Bench, plans: list[Plan], lr: float, seeds, short: RestoreConfig, on: EvalSuite,
+                  label: str) -> tuple[list, list, list, list, float]:  # fmt: skip
+    """Every plan at ``lr`` and each seed, judged on ``on``: per seed and plan the gain, the harmful
+    refusal at the base's over-refusal, the over-refusal and the step-0 gradient at the plan's block;
+    and the fine-tuned model's harmful refusal."""
+    safe, n = safe_set(on), len(plans)
+    gain, matches, over, gradients = [], [], [], []
+    for seed in seeds:
+        rows = bench.judged(
+            [with_lr(p, lr) for p in plans], replace(short, seed=seed), on, label=f"{label}, seed {seed}"
+        )
+        base, ft, mine = rows[0], rows[1], rows[2:]
+        gain.append([r.harmful_refusal - ft.harmful_refusal for r in mine])
+        matches.append([float(np.mean(matched(base, r, safe))) for r in mine])
+        over.append([rate(r, safe) for r in mine])
+        gradients.append([(r.info.get("first_gradient") or [math.nan] * n)[layer] for layer, r in enumerate(mine)])
+    return gain, matches, over, gradients, ft.harmful_refusal
+
+
+def layer_validity_on_test(
+    bench: Bench,
+    suite: EvalSuite,
+    dev_study: LayerValidity,
+    *,
+    protocol: Protocol,
+    restore: RestoreConfig = RestoreConfig(),
+) -> LayerValidity:
+    """The ground truth on ``suite``'s test parts for ``dev_study``'s candidates (module docstring): every
+    block at the dev study's lr and seeds, the same trainings, judged on test; no sets."""
+    n = len(dev_study.gain[0])
+    plans = single_block_plans(n, paper_alignment_layers(n))
+    short = replace(restore, steps=protocol.budgets[0])
+    test = claim_suite(suite, "test")
+    gain, matches, over, _, ft_rate = _ground_truth(bench, plans, dev_study.lr, dev_study.seeds, short, test,
+                                                    "single blocks on test")  # fmt: skip
+    return LayerValidity(
+        dev_study.lr, dev_study.lr_trials, list(dev_study.seeds), gain, matches, over, ft_rate, dev_study.candidates,
+        dev_study.evidence, part="test", chosen_on_dev=dev_study.chosen,
+    )  # fmt: skip
 
 
 def measure_evidence(bench: Bench, prompts: AnalysisPrompts) -> Evidence:
@@ -298,11 +339,17 @@ def layers_report(result: LayerValidity) -> str:
                          f"[{low_m:+.2f}, {high_m:+.2f}]", str(top_k(values, 3))])  # fmt: skip
     chosen = result.chosen
     gain, matches, over = (np.asarray(x) for x in (result.gain, result.matched, result.over))
+    choice = (
+        f"By the protocol file's [ranking] rule (the highest dev rho with the gain), the default ranking becomes:"
+        f" **{chosen}**."
+        if result.part == "dev"
+        else f"The ranking chosen on dev: **{chosen}** (rho on test above); the candidates' values are the dev study's."
+    )  # fmt: skip
     lines = [
-        "# Which single block restores best (dev parts)",
+        f"# Which single block restores best ({result.part} parts)",
         "",
         f"LoRA on one block at a time, {len(result.seeds)} seeds (lr {result.lr:g}, chosen on dev); the fine-tuned"
-        f" model refuses {100 * result.finetuned:.1f}% of dev harmful prompts. Ground truth's seed-to-seed"
+        f" model refuses {100 * result.finetuned:.1f}% of {result.part} harmful prompts. Ground truth's seed-to-seed"
         f" stability (mean Spearman between seeds): {result.stability():.2f}. Best three single blocks:"
         f" {top_k(gain.mean(0), 3)} by gain, {top_k(matches.mean(0), 3)} at the base's over-refusal.",
         "",
@@ -318,8 +365,7 @@ def layers_report(result: LayerValidity) -> str:
             validity,
         ),  # fmt: skip
         "",
-        "Intervals: blocks resampled. By the protocol file's [ranking] rule (the highest dev rho with the gain),"
-        f" the default ranking becomes: **{chosen}**.",
+        "Intervals: blocks resampled. " + choice,
         "",
     ]
     lines += _sets_section(result)
