@@ -31,7 +31,7 @@ from interp.protocol import (
 )
 from interp.protocol.bench import Bench, claim_suite
 from interp.protocol.components import component_validity, single_component_plans
-from interp.protocol.family import family_table, top_decile
+from interp.protocol.family import family_table, seed_overlap, top_decile
 from interp.protocol.frontier import frontier_plans, frontier_test, save_frontier
 from interp.protocol.layers import (
     SET_CHECK_TOP,
@@ -166,6 +166,10 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
     assert methods[resta_name].endswith("| 3 | 0 | 789 | y |")
     assert methods["base"].endswith("|  |  |  |  |") and any("3 draws (mean" in name for name in methods)
     assert protocol_report(ProtocolResult.load(tmp_path)) == report  # the saved result renders the same report
+    overlap = seed_overlap({"default": tmp_path, "seed-1": tmp_path, "seed-2": tmp_path / "missing"})
+    k = len(families_of(analysis)["ranked"][0].layers)
+    assert overlap.endswith(f": {k} of {k}.") and "seed-2" not in overlap  # the same run shares every layer
+    assert seed_overlap({"default": tmp_path}) == ""
     table = family_table({"tiny": tmp_path, "other": tmp_path / "missing"})
     ranked = str(list(families_of(analysis)["ranked"][0].layers))
     assert f"| tiny | {ranked} |" in table and "| other | (no protocol run) |" in table

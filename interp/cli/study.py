@@ -334,7 +334,7 @@ def _family(args) -> None:
     from argparse import Namespace
 
     from ..io.atomic import atomic_write_text
-    from ..protocol.family import family_table
+    from ..protocol.family import family_table, seed_overlap
 
     extra = [flag for flag, on in (("--layers", args.layers), ("--layers-on-test", args.layers_on_test),
                                    ("--components", args.components), ("--frontier", args.frontier),
@@ -352,6 +352,8 @@ def _family(args) -> None:
             continue
         cmd_protocol(Namespace(**{**vars(args), "family": False, "recipes": None, "recipe": name,
                                   "out": str(out / name)}))  # fmt: skip
-    text = f"{FAMILY_HEADER}\n\n`interp protocol --family` on {', '.join(names)}.\n\n"
-    atomic_write_text(table, text + family_table({name: out / name for name in names}) + "\n")
+    folders = {name: out / name for name in names}
+    overlap = seed_overlap(folders)
+    text = f"{FAMILY_HEADER}\n\n`interp protocol --family` on {', '.join(names)}.\n\n" + family_table(folders) + "\n"
+    atomic_write_text(table, text + (f"\n{overlap}\n" if overlap else ""))
     print(table.read_text())

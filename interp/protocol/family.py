@@ -6,10 +6,14 @@ seed's rank is at or above the 90th percentile of the draws (rank <= 10% of the 
 issue's bar); the mixed estimates ranked - draws with their 95% intervals and Holm p; ranked - all layers
 (H3) and ranked - the released recipe (H4) with their intervals. Verdicts are the protocol file's. An
 organism whose run is missing is listed as such, never skipped.
+
+The map's stability across the default recipe's seeds (``seed_overlap``): for every two of ``default``,
+``seed-1`` and ``seed-2`` that have a run, how many of the ranked layers they share (|A & B| of k).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,14 +34,32 @@ def top_decile(ranks: Mapping, draws: int) -> bool:
     return all(int(rank) <= (draws + 1) // TOP for rank in ranks.values())
 
 
+def ranked_layers(folder: str | Path, result: ProtocolResult | None = None) -> list[int]:
+    """The ranked plan's layers of the protocol run in ``folder``."""
+    result = result or ProtocolResult.load(folder)
+    ranked = (result.ranking or {}).get("selected")
+    if ranked is None:  # a run from before rankings were recorded (the layer map's score): its layer map says
+        ranked = json.loads((Path(folder) / "layer_map.json").read_text())["selected_layers"]
+    return sorted(ranked)
+
+
+def seed_overlap(folders: Mapping[str, str | Path], seeds=("default", "seed-1", "seed-2")) -> str:
+    """The layers shared by the ranked plans of every two of ``seeds`` with a run (module docstring); ""
+    with fewer than two."""
+    ranked = {name: ranked_layers(folders[name]) for name in seeds
+              if name in folders and (Path(folders[name]) / "protocol.json").exists()}  # fmt: skip
+    if len(ranked) < 2:
+        return ""
+    pairs = [f"{a} {ranked[a]} and {b} {ranked[b]}: {len(set(ranked[a]) & set(ranked[b]))} of {len(ranked[a])}"
+             for a, b in itertools.combinations(ranked, 2)]  # fmt: skip
+    return "Ranked layers shared across the default recipe's seeds: " + "; ".join(pairs) + "."
+
+
 def family_row(name: str, folder: str | Path) -> list[str]:
     """The family table's row of the protocol run in ``folder`` (module docstring)."""
     result = ProtocolResult.load(folder)
     claims = {c.name: c for c in result.claims}
-    ranked = (result.ranking or {}).get("selected")
-    if ranked is None:  # a run from before rankings were recorded (the layer map's score): its layer map says
-        ranked = json.loads((Path(folder) / "layer_map.json").read_text())["selected_layers"]
-    cells = [name, str(ranked)]
+    cells = [name, str(ranked_layers(folder, result))]
     for label in ("H1", "H2a"):
         claim = claims[label]
         ranks, draws = claim.detail["ranks"], claim.detail["draws"]
