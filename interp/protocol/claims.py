@@ -196,6 +196,7 @@ def plan_summary(
             for measure, value in values.items():
                 entry.per_seed[measure].append(value)
     rng = np.random.default_rng(seed)
+    rng_more = np.random.default_rng(seed + 1)  # over-refusal and task: their own stream, the others' unchanged
     for entry in out.values():
         if entry.family == "draws":
             continue
@@ -221,6 +222,6 @@ def plan_summary(
         for measure, name in (("safe", safe), ("task", "task")):  # each resampling its own prompts
             if all(r.outcomes.get(name) for r in rows):
                 values = np.asarray([r.outcomes[name] for r in rows], dtype=float)  # [seed, prompt]
-                means = values[:, rng.integers(0, values.shape[1], (resamples, values.shape[1]))].mean(axis=(0, 2))
+                means = values[:, rng_more.integers(0, values.shape[1], (resamples, values.shape[1]))].mean(axis=(0, 2))
                 entry.intervals[measure] = tuple(float(x) for x in np.percentile(means, [2.5, 97.5]))
     return list(out.values())
