@@ -91,7 +91,7 @@ def measure(spec: dict) -> dict:
             result = restore(pair.finetuned, layer_map, harmful, retain, config, base=pair.base,
                              layers=spec["layers"] if spec["layers"] is not None else range(pair.n_layers),
                              chat=recipe.chat, progress=False)  # fmt: skip
-            trainable, model = result.stats.trainable_params, result.model
+            trainable, model = result.stats.trainable_params, result.merged(pair.finetuned)
     seconds = time.perf_counter() - start
     del model
     if kind == "weights":

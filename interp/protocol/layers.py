@@ -29,8 +29,9 @@ refusal), its 95% interval from a bootstrap over blocks (``interp.evaluation.sta
 own stability is the mean rho between two seeds' gains.
 
 **On test** (``layer_validity_on_test``): the same single-block trainings (the dev study's lr and seeds;
-cached) judged on the test parts, and the dev study's candidates' rho with that gain: the out-of-sample
-check of the ranking chosen on dev.
+cached) judged on the test parts of the sets the ground truth reads (harmful, and XSTest safe for the
+over-refusal and the matched threshold), and the dev study's candidates' rho with that gain: the
+out-of-sample check of the ranking chosen on dev.
 
 **Sets** (seed 0, dev): ``greedy`` forward selection (``GREEDY_STEPS`` steps; each trains every one-block
 extension of the current set for ``GREEDY_TRAIN_STEPS`` steps and keeps the one with the highest harmful
@@ -76,6 +77,7 @@ EVIDENCE_PROMPTS = 64
 GREEDY_STEPS, GREEDY_TRAIN_STEPS = 3, 8
 SET_CHECK_TOP = 6
 SET_CHUNK = 24  # sets trained and judged together (memory: one model copy each)
+UNREAD = 4  # on test: harmless and task prompts judged only because every row has them (never read)
 
 
 @dataclass
@@ -244,6 +246,9 @@ def layer_validity_on_test(
     plans = single_block_plans(n, paper_alignment_layers(n))
     short = replace(restore, steps=protocol.budgets[0])
     test = claim_suite(suite, "test")
+    if test.xstest is not None:  # only the sets the ground truth reads; a table row needs a few of the others
+        test = EvalSuite(harmful=test.harmful, xstest=test.xstest, harmless=test.harmless.head(UNREAD),
+                         task=test.task.head(UNREAD))  # fmt: skip
     gain, matches, over, _, ft_rate = _ground_truth(bench, plans, dev_study.lr, dev_study.seeds, short, test,
                                                     "single blocks on test")  # fmt: skip
     return LayerValidity(
