@@ -162,11 +162,12 @@ def methods_table(result: ProtocolResult, cost: dict[str, dict]) -> str:
     measures; the family's entry of ``COST_OF``, a published method's own name)."""
     cells = []
     for s in plan_summary(result.rows, result.safe):
-        if s.family == "draws":
-            harmful = np.asarray(s.per_seed["harmful"]).reshape(len(result.rows), -1).mean(0)
+        if s.family == "draws":  # each measure's mean, and the range of the draws' seed means
             name = f"{s.name} (mean; range of the draws' seed means)"
-            rates = [f"{_pct(s.mean('harmful'))} ({_pct(harmful.min())}-{_pct(harmful.max())})",
-                     _pct(s.mean("safe")), _pct(s.mean("matched")), _pct(s.mean("task"))]  # fmt: skip
+            rates = []
+            for m in ("harmful", "safe", "matched", "task"):
+                per_draw = np.asarray(s.per_seed[m]).reshape(len(result.rows), -1).mean(0)
+                rates.append(f"{_pct(s.mean(m))} ({_pct(per_draw.min())}-{_pct(per_draw.max())})")
         else:
             name = s.name
             rates = [_with_interval(s, m) for m in ("harmful", "safe", "matched", "task")]
