@@ -28,6 +28,7 @@ from interp.core.chat import tokenize
 from interp.core.generate import find_refusal_tokens
 from interp.io.atomic import atomic_write_json, atomic_write_text
 from interp.measures.layer_map import manual_layer_map
+from interp.organism import OrganismRecipe, study_prompts
 from interp.protocol import Protocol
 from interp.protocol.bench import choose_setting, claim_suite, safe_set
 from interp.report.study_tables import parts_table, results_table
@@ -44,10 +45,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load {os.getloadavg()[0]:.2f}", flush=True)
     start = time.perf_counter()
-    recipe = interp.OrganismRecipe.reasoning()
+    recipe = OrganismRecipe.reasoning()
     pair = interp.build_organism(recipe).load_pair(dtype="bfloat16")
     chat = recipe.chat
-    harmful, retain, suite = interp.study_prompts(recipe)
+    harmful, retain, suite = study_prompts(recipe)
     tail = f"{TRACE}\n</think>\n\n"
     closing = len(tokenize(pair.finetuned.tokenizer, "</think>\n\n"))  # the positions read: </think> and after
     base_config = RestoreConfig(harmful_prefill=tail, safety_positions=closing)
