@@ -8,8 +8,9 @@ trace (``TRACE``, then ``</think>``), and the safety loss reads only the positio
 own positions are left free, so nothing teaches the model to refuse inside it.
 
 LoRA on every block (rank 8), the retain loss as in every restoration. The settings (lr, steps) are
-chosen on the dev parts by the protocol file's rule, with harmful refusal read on the final answer; the
-chosen setting is then judged once on the test parts. Writes ``report.md`` and ``report.json`` into
+chosen on the dev parts by the protocol file's rule, which reads the judge on each whole output (trace
+and answer), not the final answer alone; the chosen setting is then judged once on the test parts, with
+the trace and the final answer reported apart (``parts_table``). Writes ``report.md`` and ``report.json`` into
 ``--out``.
 
     python analyses/reasoning_answer_restore.py [--out runs/reasoning-answer]
@@ -80,7 +81,8 @@ def main() -> None:
         "# The reasoning organism restored on the final answer (alignment after a closed trace)",
         "",
         f"`python analyses/reasoning_answer_restore.py`; chosen on dev: lr {config.lr:g}, {config.steps} steps.",
-        "Test parts; harmful refusal is read on the final answer (after `</think>`).",
+        "Test parts. The first table judges each whole output (trace and answer); the second splits refusal"
+        " into the trace and the final answer (after `</think>`) and counts the traces that closed.",
         "",
         results_table(test),
         "",
