@@ -29,7 +29,8 @@ from interp.protocol import (
     protocol_report,
     run_protocol,
 )
-from interp.protocol.bench import Bench, claim_suite
+from interp.protocol import bench as bench_module
+from interp.protocol.bench import Bench, claim_suite, lockstep_group
 from interp.protocol.components import component_validity, single_component_plans
 from interp.protocol.family import family_table, seed_overlap, top_decile
 from interp.protocol.frontier import frontier_plans, frontier_test, save_frontier
@@ -393,3 +394,28 @@ def test_the_frontier_on_test_compares_every_k_with_its_draws(analysed, tmp_path
     assert all(r.holm_p >= r.p and 0 <= r.percentile <= 1 and len(r.draws_rates) == 2 for r in found)
     save_frontier(found, tmp_path, "layer map score")
     assert "| 2 |" in (tmp_path / "frontier_test.md").read_text()
+
+
+def test_the_bench_trains_and_judges_in_groups_that_fit_in_memory(analysed, monkeypatch):
+    """``lockstep_group``: half the available memory over two copies of the weights per plan, within [1, max];
+    ``Bench.judged`` in groups gives the rows it gives in one group, in the plans' order."""
+    pair, analysis = analysed
+    weights = sum(p.numel() * p.element_size() for p in pair.finetuned.hf.parameters())
+    assert lockstep_group(pair, available=0) == 1
+    assert lockstep_group(pair, available=12 * weights + 1) == 3
+    assert lockstep_group(pair, available=10**15) == bench_module.LOCKSTEP_MAX
+    bench = Bench(pair, analysis, harmful_prompts("train").head(8),
+                  harmless_prompts("train").head(8) + arithmetic_prompts("train", n=20).head(8), QUICK_EVAL,
+                  cache=False, progress=False, log=lambda _: None)  # fmt: skip
+    ranked, drawn = frontier_plans(analysis.layer_map, ks=(2,), draws=4)[2]
+    plans, config, on = (
+        [ranked, *drawn],
+        RestoreConfig(batch_size=4, steps=2, lr=1e-2),
+        claim_suite(_tiny_suite(), "test"),
+    )
+    whole = bench.judged(plans, config, on)
+    monkeypatch.setattr(bench_module, "LOCKSTEP_MAX", 2)
+    grouped = bench.judged(plans, config, on)
+    assert [r.name for r in grouped] == ["base", "finetuned", *[p.name for p in plans]]
+    assert [r.answers for r in grouped] == [r.answers for r in whole]
+    assert [r.outcomes for r in grouped] == [r.outcomes for r in whole]

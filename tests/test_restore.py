@@ -203,7 +203,7 @@ def test_the_safereact_preset_builds_the_released_configuration(setup, tmp_path)
     assert placed == {(layer, m) for layer in range(4) for m in modules}
     assert len(result.stats.history) == 2 and result.stats.config["dropout"] == 0.05
     # Cached adapters of the default settings keep their key: the new fields enter only when they differ.
-    added = {"dropout", "loss_scale", "schedule_span", "harmful_prefill", "safety_positions"}
+    added = {"dropout", "loss_scale", "schedule_span", "harmful_prefill", "safety_positions", "before_answer"}
     assert set(RestoreConfig().key()) == set(asdict(RestoreConfig())) - added
     assert config.key()["loss_scale"] == 10.0
 
@@ -233,6 +233,11 @@ def _plain_restore(finetuned, base, layer_map, harmful, retain, placement, confi
             mask = torch.zeros_like(mask)
             mask[:, -config.safety_positions :] = 1
         safety = sum(distance(s, t, mask, "l2") for s, t in zip(student, target)) / len(align)
+        if config.before_answer == "finetuned":  # every earlier position held at the adapters-off model's states
+            with torch.no_grad(), model.disable_adapter():
+                held = block_outputs(model, batch.to("cpu"), align)
+            before = batch.mask * (1 - mask)
+            safety = safety + sum(distance(s, t, before, "l2") for s, t in zip(student, held)) / len(align)
         batch = pad_batch([retains[i] for i in rng.sample(range(len(retains)), config.batch_size)], 0)
         with torch.no_grad(), model.disable_adapter():
             frozen = block_outputs(model, batch.to("cpu"), every)
@@ -302,6 +307,41 @@ def test_the_safety_loss_can_read_only_the_answer_after_a_closed_trace(setup, ti
     assert "safety_positions" in config.key() and "harmful_prefill" not in RestoreConfig().key()
     with pytest.raises(ConfigError, match="safety_positions"):
         RestoreConfig(safety_positions=-1)
+
+
+def test_the_trace_can_be_held_where_the_finetuned_model_has_it(setup, tiny_llama):
+    """``before_answer="finetuned"``: the lockstep loss equals the plain computation (answer positions to the
+    teacher, every earlier position to the adapters-off model), starts at the answer term alone (LoRA starts
+    as the identity), and keeps the trace's hidden states nearer the fine-tuned model's than leaving them
+    free does."""
+    base, finetuned, harmful, retain = setup
+    layer_map = layer_map_for(base, finetuned)
+    free = RestoreConfig(steps=6, lr=3e-2, batch_size=6, harmful_prefill="<think>\nok\n</think>\n\n",
+                         safety_positions=2)  # fmt: skip
+    held = replace(free, before_answer="finetuned")
+    placement = Placement((0, 1, 2, 3), (1, 3))
+    runs = {c.before_answer: restore_many(finetuned, layer_map, harmful, retain, [placement], c, base=base,
+                                          progress=False)[0] for c in (free, held)}  # fmt: skip
+    assert runs["finetuned"].stats.history[0]["safety"] == pytest.approx(runs["free"].stats.history[0]["safety"])
+    gentle = replace(held, steps=3, lr=1e-2)  # at 3e-2 the loss jumps and rounding grows step by step
+    (lockstep,) = restore_many(finetuned, layer_map, harmful, retain, [placement], gentle, base=base, progress=False)
+    plain = _plain_restore(perturbed(load_model(tiny_llama)), base, layer_map, harmful, retain, placement, gentle)
+    for got, want in zip(lockstep.stats.history, plain, strict=True):
+        assert got["safety"] == pytest.approx(want["safety"], abs=1e-5, rel=0)
+
+    ids = pad_batch(ChatFormat(prefill=free.harmful_prefill).encode(finetuned.tokenizer, harmful.instructions), 0)
+    before = ids.mask.clone()
+    before[:, -2:] = 0
+    reference = block_outputs(finetuned.hf, ids.to("cpu"), [1, 3])
+    drift = {}
+    for name, result in runs.items():
+        states = block_outputs(result.merged(finetuned).hf, ids.to("cpu"), [1, 3])
+        drift[name] = sum(distance(s, t, before, "l2").item() for s, t in zip(states, reference))
+    assert drift["finetuned"] < 0.9 * drift["free"], drift  # 21.4 against 27.5 when written
+    with pytest.raises(ConfigError, match="before_answer"):
+        RestoreConfig(before_answer="finetuned")
+    with pytest.raises(ConfigError, match="before_answer"):
+        RestoreConfig(safety_positions=2, before_answer="teacher")
 
 
 def test_fsdp_needs_two_retain_rows_per_process(saved_pair, monkeypatch):

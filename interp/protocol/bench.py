@@ -55,12 +55,19 @@ class Bench:
     histories: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
 
     def judged(self, plans: list[Plan], config: RestoreConfig, on: EvalSuite, label: str = "") -> list[EvalRow]:
-        """Train ``plans`` (cached, in lockstep) and judge them on ``on`` (``judge``); each plan's row holds
-        its step-0 LoRA gradient per block in ``info["first_gradient"]``."""
-        restored = self.train(plans, config, label)
-        rows = self.judge([r.candidate() for r in restored], on)
-        for row, r in zip(rows[2:], restored):
-            row.info["first_gradient"] = r.stats.first_gradient
+        """Train ``plans`` (cached, in lockstep) and judge them on ``on`` (``judge``), at most
+        ``lockstep_group`` plans at a time (each holds copies of the model until it is judged); each plan's
+        row holds its step-0 LoRA gradient per block in ``info["first_gradient"]``. The rows: the base, the
+        fine-tuned model, then ``plans`` in order."""
+        size = lockstep_group(self.pair)
+        rows: list[EvalRow] = []
+        for start in range(0, len(plans), size):
+            restored = self.train(plans[start : start + size], config, label)
+            judged = self.judge([r.candidate() for r in restored], on)
+            for row, r in zip(judged[2:], restored):
+                row.info["first_gradient"] = r.stats.first_gradient
+            rows = judged if not rows else rows + judged[2:]
+            del restored, judged  # this group's models, before the next group's are made
         return rows
 
     def train(self, plans: list[Plan], config: RestoreConfig, label: str = "") -> list[Restored]:
@@ -82,6 +89,31 @@ class Bench:
             reference=self.pair.finetuned, config=self.evaluation, chat=self.chat, cache=self.cache,
             progress=self.progress, log=self.log,
         )  # fmt: skip
+
+
+LOCKSTEP_MAX = 24  # plans trained together at most: more adds no speed (each student's step is its own)
+
+
+def lockstep_group(pair: ModelPair, available: int | None = None) -> int:
+    """How many plans ``Bench.judged`` trains and judges at once: each holds about two copies of the
+    fine-tuned model's weights (its student while training, then its merged model until judged), and
+    together they may take half the memory ``available`` now (bytes; default: the system's, ``MemAvailable``);
+    at least 1, at most ``LOCKSTEP_MAX``. (88 copies of SmolLM2-135M in bf16 fill 24 GiB.)"""
+    weights = sum(p.numel() * p.element_size() for p in pair.finetuned.hf.parameters())
+    if available is None:
+        available = _available_memory()
+    return max(1, min(LOCKSTEP_MAX, int(available / 2 / (2 * weights))))
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        import psutil
+
+        return int(psutil.virtual_memory().available)
 
 
 def choose_setting(family: str, rows: dict, base: EvalRow, ft: EvalRow, safe: str, margin: float,

@@ -76,7 +76,6 @@ from .design import Protocol
 EVIDENCE_PROMPTS = 64
 GREEDY_STEPS, GREEDY_TRAIN_STEPS = 3, 8
 SET_CHECK_TOP = 6
-SET_CHUNK = 24  # sets trained and judged together (memory: one model copy each)
 UNREAD = 4  # on test: harmless and task prompts judged only because every row has them (never read)
 
 
@@ -316,11 +315,7 @@ def set_check(bench: Bench, dev: EvalSuite, result: LayerValidity, alignment, co
     wanted |= {tuple(sorted(top_k(values, k))) for values in result.candidates.values() for k in (2, 3)}
     wanted |= {tuple(step["set"]) for step in result.greedy if len(step["set"]) in (2, 3)}
     order = sorted(wanted, key=lambda s: (len(s), s))
-    rows = []
-    for start in range(0, len(order), SET_CHUNK):  # a chunk's copies of the model are held at once
-        chunk = [_set_plan(s, alignment, result.lr) for s in order[start : start + SET_CHUNK]]
-        judged = bench.judged(chunk, config, dev, label="set check")
-        rows = judged if not rows else rows + judged[2:]
+    rows = bench.judged([_set_plan(s, alignment, result.lr) for s in order], config, dev, label="set check")
     base, ft, safe = rows[0], rows[1], safe_set(dev)
     return [{"layers": list(s), "gain": r.harmful_refusal - ft.harmful_refusal,
              "matched": float(np.mean(matched(base, r, safe))), "over": rate(r, safe)}

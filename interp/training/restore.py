@@ -303,7 +303,9 @@ def restore_many(
                 layer: t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
                 for layer, t in _forward(teacher.hf, t_inputs, aligned).items()
             }
-            below = _forward(frozen, after_prefix(s_batch, frozen_prefix, pad, finetuned.device), below_harmful)
+            held = aligned if config.before_answer == "finetuned" else []  # the trace's target: the frozen model
+            below = _forward(frozen, after_prefix(s_batch, frozen_prefix, pad, finetuned.device),
+                             sorted(set(below_harmful) | set(held)))  # fmt: skip
             picks = distributed.split(rng.sample(range(len(retains)), min(config.batch_size, len(retains))))
             buckets = []  # (rows, the frozen model's block outputs at every layer) per length-sorted sub-batch
             for part in _length_buckets([retains[i] for i in picks], RETAIN_BUCKETS):
@@ -327,15 +329,24 @@ def restore_many(
             s_mask = s_inputs["attention_mask"][:, P:]  # [batch, rest]
             hidden = _forward(student.model, s_inputs, student.align, L, below)
             n = config.safety_positions  # > 0: only the last n positions (left padding: the last n columns)
+            before = None
             if n:
-                s_mask = torch.zeros_like(s_mask)
-                s_mask[:, -n:] = 1
+                answer = torch.zeros_like(s_mask)
+                answer[:, -n:] = 1
+                before, s_mask = s_mask * (1 - answer), answer
             count = distributed.all_sum((0 if n else len(s_batch) * P) + s_mask.sum())  # over the whole batch
             safety = sum(
                 (0 if n else on_prefix(layer, teacher_prefix, len(s_batch)))
                 + distance_sum(hidden[layer], target[layer], s_mask, config.distance)
                 for layer in student.align
             ) / (count * len(student.align))
+            if config.before_answer == "finetuned":  # the earlier positions held at the frozen model's states
+                count = distributed.all_sum(len(s_batch) * P + before.sum())  # the system turn's positions too
+                safety = safety + sum(
+                    on_prefix(layer, frozen_prefix, len(s_batch))
+                    + distance_sum(hidden[layer], below[layer], before, config.distance)
+                    for layer in student.align
+                ) / (count * len(student.align))
             rows = sum(len(part) for part, _ in buckets)
             sums = [on_prefix(layer, frozen_prefix, rows) for layer in range(L, n_layers)]  # below L: exactly 0
             count = rows * P

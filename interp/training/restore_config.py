@@ -23,6 +23,7 @@ from ..measures.layer_map import LayerMap
 
 TEACHERS = ("base", "reminder")
 DISTANCES = ("l2", "cosine")
+BEFORE_ANSWER = ("free", "finetuned")
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,12 @@ class RestoreConfig:
     # "<think>" ... "</think>", so that the answer after it is what is aligned)
     harmful_prefill: str = ""
     safety_positions: int = 0  # > 0: the safety loss reads only the last n positions of each harmful input
+    # with safety_positions: the harmful input's earlier positions are left free, or held at the frozen
+    # fine-tuned model's states (interp.training.restore_losses)
+    before_answer: str = "free"
 
     ADDED_LATER = {"dropout": 0.0, "loss_scale": 1.0, "schedule_span": 2.0, "harmful_prefill": "",
-                   "safety_positions": 0}  # fmt: skip
+                   "safety_positions": 0, "before_answer": "free"}  # fmt: skip
 
     def key(self) -> dict:
         """The settings that identify a trained adapter: every field, except fields added after the
@@ -64,6 +68,10 @@ class RestoreConfig:
             raise ConfigError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
         if self.safety_positions < 0:
             raise ConfigError(f"RestoreConfig: safety_positions must be >= 0, got {self.safety_positions}")
+        if self.before_answer not in BEFORE_ANSWER:
+            raise ConfigError(f"RestoreConfig: before_answer must be in {BEFORE_ANSWER}, got {self.before_answer!r}")
+        if self.before_answer != "free" and not self.safety_positions:
+            raise ConfigError("RestoreConfig: before_answer needs safety_positions > 0 (the answer's positions)")
         if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or self.retain_scale < 0:
             raise ConfigError("RestoreConfig: steps and batch_size must be >= 1, lr > 0, retain_scale >= 0")
 

@@ -15,7 +15,11 @@ Losses, per training step ``t`` of ``T``:
   ``harmful_prefill`` is text both see after each harmful prompt (for a reasoning model, a closed trace:
   ``<think>`` ... ``</think>``), and ``safety_positions = n > 0`` restricts the safety loss to the last
   ``n`` positions of each harmful input (there, the opening of the final answer), leaving every earlier
-  position, the trace's included, free.
+  position, the trace's included, free (``before_answer = "free"``). With ``before_answer = "finetuned"``
+  the earlier positions (after the shared system turn) are held instead: the safety loss is the mean
+  distance to the teacher over the last ``n`` positions plus the mean distance to the frozen fine-tuned
+  model over all the earlier ones (the system turn's included), at the same layers, so that the trace
+  stays as the fine-tuned model writes it while the answer after it moves.
 * retain: on harmless and task prompts, the distance between the student's and the frozen fine-tuned
   model's hidden states at every layer and position.
 * hidden states: the residual stream after each block (the decoder layer's output, before the final
