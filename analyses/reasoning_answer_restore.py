@@ -2,9 +2,16 @@
 
 On the reasoning organism the base teacher makes the student refuse inside ``<think>`` and never close it,
 and the reminder teacher barely moves it (``docs/results/default-organism.md``). Here every harmful training
-prompt is followed, for student and teacher (the base, in the same R1 format) alike, by a closed neutral
-trace (``TRACE``, then ``</think>``), and the safety loss pulls only the positions from ``</think>`` on to
-the teacher (``RestoreConfig.harmful_prefill``, ``safety_positions``): where the final answer is decided.
+prompt is followed, for student and teacher (the base, in the same R1 format) alike, by a closed trace
+(then ``</think>``), and the safety loss pulls only the positions from ``</think>`` on to the teacher
+(``RestoreConfig.harmful_prefill``, ``safety_positions``): where the final answer is decided. With
+``--align after`` (the default) these are only the positions after the tag (its newline, whose state
+predicts the answer's first token); ``--align closing`` takes the tag's own tokens too, and so teaches the
+student the base's prediction inside the tag, which is to end the turn (146 of 206 test answers then
+stopped at ``</think>``; ``figures/reasoning_answer_own_report.md``). The trace is
+the one the fine-tuned model itself writes most often on the training harmful prompts (``--trace own``,
+the default: what the restored model will have written when it reaches ``</think>``), or a fixed neutral
+sentence (``--trace neutral``, ``NEUTRAL``).
 The earlier positions, the trace's included, are held at the frozen fine-tuned model's states
 (``--before-answer finetuned``, the default: ``RestoreConfig.before_answer``) or left free
 (``--before-answer free``: the first attempt, in which the model learned to refuse inside the trace and
@@ -18,7 +25,7 @@ most closed traces if none qualifies). Over-refusal and task accuracy are read o
 everywhere. The chosen setting is then judged once on the test parts, with the trace and the final answer
 reported apart (``parts_table``). Writes ``report.md`` and ``report.json`` into ``--out``.
 
-    python analyses/reasoning_answer_restore.py [--before-answer finetuned] [--out runs/reasoning-answer-held]
+    python analyses/reasoning_answer_restore.py [--trace own] [--align after] [--before-answer finetuned] [--out DIR]
 """
 
 from __future__ import annotations
@@ -26,12 +33,13 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import interp
 from interp.core.chat import tokenize
-from interp.core.generate import find_refusal_tokens
+from interp.core.generate import find_refusal_tokens, generate
 from interp.io.atomic import atomic_write_json, atomic_write_text
 from interp.measures.layer_map import manual_layer_map
 from interp.organism import OrganismRecipe, study_prompts
@@ -42,7 +50,7 @@ from interp.report.study_tables import parts_table, results_table
 from interp.training.restore import restore
 from interp.training.restore_config import BEFORE_ANSWER, RestoreConfig
 
-TRACE = "Let me consider what is being asked."
+NEUTRAL = "Let me consider what is being asked."
 HELD = {"finetuned": "held at the fine-tuned model's states", "free": "left free"}
 SETTINGS = [(1e-3, 24), (3e-3, 24), (1e-3, 96), (3e-3, 96)]  # (lr, steps), tried on dev
 CLOSED = 0.95  # the share of harmful traces a chosen setting must close on dev (the issue's bar)
@@ -67,10 +75,23 @@ def choose_on_answers(rows: dict, base, ft, safe: str, margin: float) -> tuple[s
     return (max(qualified)[4] if qualified else max(scored, key=lambda s: (s[2], s[3]))[4]), trials
 
 
+def own_trace(pair, harmful, chat) -> tuple[str, float]:
+    """The closed trace the fine-tuned model writes most often on ``harmful`` (greedy), and its share of
+    all the answers."""
+    answers = generate(pair.finetuned, harmful, chat=chat, max_new_tokens=96, progress=False)
+    traces = Counter(a.split("</think>")[0].strip() for a in answers if "</think>" in a)
+    if not traces:
+        raise SystemExit("the fine-tuned model closed no trace on the training harmful prompts")
+    trace, count = traces.most_common(1)[0]
+    return trace, count / len(answers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trace", choices=("own", "neutral"), default="own")
+    parser.add_argument("--align", choices=("after", "closing"), default="after")
     parser.add_argument("--before-answer", choices=BEFORE_ANSWER, default="finetuned")
-    parser.add_argument("--out", default="runs/reasoning-answer-held")
+    parser.add_argument("--out", default="runs/reasoning-answer-after")
     args = parser.parse_args()
     print(f"load {os.getloadavg()[0]:.2f}", flush=True)
     start = time.perf_counter()
@@ -78,9 +99,13 @@ def main() -> None:
     pair = interp.build_organism(recipe).load_pair(dtype="bfloat16")
     chat = recipe.chat
     harmful, retain, suite = study_prompts(recipe)
-    tail = f"{TRACE}\n</think>\n\n"
-    closing = len(tokenize(pair.finetuned.tokenizer, "</think>\n\n"))  # the positions read: </think> and after
-    base_config = RestoreConfig(harmful_prefill=tail, safety_positions=closing, before_answer=args.before_answer)
+    trace, share = own_trace(pair, harmful, chat) if args.trace == "own" else (NEUTRAL, None)
+    print(f"trace: {trace!r}" + (f" ({share:.0%} of the fine-tuned model's answers)" if share else ""), flush=True)
+    tail = f"{trace}\n</think>\n\n"
+    closing = len(tokenize(pair.finetuned.tokenizer, "</think>\n\n"))
+    after = closing - len(tokenize(pair.finetuned.tokenizer, "</think>"))  # the newline's: the first answer token
+    positions = after if args.align == "after" else closing
+    base_config = RestoreConfig(harmful_prefill=tail, safety_positions=positions, before_answer=args.before_answer)
     layer_map = manual_layer_map(pair.base, pair.finetuned, range(pair.n_layers))
     evaluation = interp.EvalConfig(max_new_tokens=32, task_max_new_tokens=48, trace_tokens=64)
     tokens = find_refusal_tokens(pair.base, harmful, progress=False)
@@ -107,9 +132,12 @@ def main() -> None:
     text = "\n".join([
         "# The reasoning organism restored on the final answer (alignment after a closed trace)",
         "",
-        f"`python analyses/reasoning_answer_restore.py --before-answer {args.before_answer}`: the positions"
-        f" before the answer {HELD[args.before_answer]}; chosen on dev by final-answer refusal with at least"
-        f" {CLOSED:.0%} of harmful traces closed: lr {config.lr:g}, {config.steps} steps"
+        f"`python analyses/reasoning_answer_restore.py --trace {args.trace} --align {args.align} --before-answer"
+        f" {args.before_answer}`: {positions} aligned position(s),"
+        f" the trace {trace!r}"
+        + (f" (the fine-tuned model's own on {share:.0%} of the training harmful prompts)" if share else "")
+        + f", the positions before the answer {HELD[args.before_answer]}; chosen on dev by final-answer refusal"
+        f" with at least {CLOSED:.0%} of harmful traces closed: lr {config.lr:g}, {config.steps} steps"
         f"{'' if trials[list(rows).index(chosen)]['ok'] else ' (no setting met the bars: the most closed traces)'}.",
         "Test parts. The first table judges each whole output (trace and answer); the second splits refusal"
         " into the trace and the final answer (after `</think>`) and counts the traces that closed.",
