@@ -3,6 +3,7 @@ mapped layers only, the adapter round-trips onto a plain HF model, and a foreign
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, replace
 
 import pytest
@@ -19,7 +20,7 @@ from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_pr
 from interp.errors import ConfigError, LayerMapError
 from interp.training.restore import restore, restore_many
 from interp.training.restore_config import PRESETS, Placement, RestoreConfig, paper_alignment_layers
-from interp.training.restore_losses import align_positions, distance, schedule
+from interp.training.restore_losses import align_positions, distance, next_token_kl_sum, schedule
 
 
 @pytest.fixture()
@@ -342,6 +343,39 @@ def test_the_trace_can_be_held_where_the_finetuned_model_has_it(setup, tiny_llam
         RestoreConfig(before_answer="finetuned")
     with pytest.raises(ConfigError, match="before_answer"):
         RestoreConfig(safety_positions=2, before_answer="teacher")
+
+
+def test_the_answer_kl_term_reads_the_models_own_next_token_distributions(setup, tiny_llama):
+    """``answer_kl``: at step 0 (LoRA is the identity) the logged KL is the one computed from both models'
+    own forward logits at the answer positions; training with it brings the restored model's first answer
+    token nearer the teacher's than the fine-tuned model's and than training without it does."""
+    base, _, harmful, retain = setup
+    finetuned = perturbed(load_model(tiny_llama), scale=0.5)  # far enough from the base to have a KL to close
+    layer_map = layer_map_for(base, finetuned)
+    plain = RestoreConfig(steps=12, lr=1e-2, batch_size=6, harmful_prefill="<think>\nok\n</think>\n\n",
+                          safety_positions=1, before_answer="finetuned")  # fmt: skip
+    with_kl = replace(plain, answer_kl=10.0)
+    placement = Placement((0, 1, 2, 3), (1, 2))  # the alignment layers leave out the last block
+    runs = {c.answer_kl: restore_many(finetuned, layer_map, harmful, retain, [placement], c, base=base,
+                                      progress=False)[0] for c in (plain, with_kl)}  # fmt: skip
+    ids = pad_batch(ChatFormat(prefill=plain.harmful_prefill).encode(finetuned.tokenizer, harmful.instructions), 0)
+
+    def kl_to_base(hf, rows=slice(None)) -> float:
+        with torch.no_grad():
+            s, t = (m(**ids.to("cpu")).logits[rows, -1].float() for m in (hf, base.hf))
+        return next_token_kl_sum(s, t).item() / s.shape[0]
+
+    picks = random.Random(plain.seed).sample(range(len(harmful)), plain.batch_size)  # step 0's batch
+    first = runs[10.0].stats.history[0]
+    assert first["kl"] == pytest.approx(kl_to_base(finetuned.hf, picks), rel=1e-3)
+    assert "kl" not in runs[0.0].stats.history[0]
+    before = kl_to_base(finetuned.hf)
+    after = {w: kl_to_base(r.merged(finetuned).hf) for w, r in runs.items()}
+    assert after[10.0] < 0.5 * before and after[10.0] < 0.5 * after[0.0], (before, after)  # 0.0035, 0.012, 0.014
+    with pytest.raises(ConfigError, match="answer_kl"):
+        RestoreConfig(answer_kl=1.0)
+    with pytest.raises(ConfigError, match="answer_kl"):
+        RestoreConfig(safety_positions=1, answer_kl=-1.0)
 
 
 def test_fsdp_needs_two_retain_rows_per_process(saved_pair, monkeypatch):

@@ -67,15 +67,26 @@ class StopForward(Exception):
 
 def decoder_layers(hf_model) -> torch.nn.ModuleList:
     """The decoder blocks of a Hugging Face causal LM (also under peft or a booted bridge)."""
+    return _decoder(hf_model).layers
+
+
+def _decoder(hf_model) -> torch.nn.Module:
+    """The module that holds the decoder blocks (``layers``) and the final norm (``norm``)."""
     model = hf_model
     for _ in range(4):  # PeftModel -> LoraModel -> CausalLM -> base model
-        layers = getattr(model, "layers", None)
-        if isinstance(layers, torch.nn.ModuleList):
-            return layers
+        if isinstance(getattr(model, "layers", None), torch.nn.ModuleList):
+            return model
         model = getattr(model, "model", None) or getattr(model, "base_model", None)
         if model is None:
             break
     raise UnknownHookError(f"cannot find the decoder layers of {type(hf_model).__name__}")
+
+
+def unembed(hf_model, resid: torch.Tensor) -> torch.Tensor:
+    """Next-token logits from the residual stream after the last block: the final norm, then the
+    unembedding (``[..., d_model]`` -> ``[..., d_vocab]``, float32); what the model's own forward computes
+    there. Gradients flow when called outside ``torch.no_grad``."""
+    return hf_model.get_output_embeddings()(_decoder(hf_model).norm(resid)).float()
 
 
 def _hidden(output) -> torch.Tensor:

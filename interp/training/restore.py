@@ -45,7 +45,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..core.bridge import block_outputs, decoder_layers, resume_at
+from ..core.bridge import block_outputs, decoder_layers, resume_at, unembed
 from ..core.chat import ChatFormat, tokenize
 from ..core.kvcache import SharedPrefix, after_prefix, run_prefix, shared_length
 from ..core.models import LoadedModel
@@ -54,7 +54,7 @@ from ..errors import ConfigError, TrainingDivergedError
 from ..measures.layer_map import LayerMap, lora_config
 from .lora import merged, save_adapter, trainable_parameters
 from .restore_config import Placement, RestoreConfig
-from .restore_losses import align_positions, distance_sum, schedule
+from .restore_losses import align_positions, distance_sum, next_token_kl_sum, schedule
 
 RETAIN_BUCKETS = 2  # retain batches run as this many length-sorted sub-batches
 
@@ -276,6 +276,8 @@ def restore_many(
 
     students = [_Student(finetuned, layer_map, p, config) for p in placements]
     aligned = sorted({layer for s in students for layer in s.align})
+    last = n_layers - 1
+    logits_from = [last] if config.answer_kl else []  # the last block's output, for the answer's next-token KL
     # the frozen model's block outputs on harmful prompts that students read below their start
     below_harmful = sorted(
         {s.start - 1 for s in students if s.start > 0}
@@ -301,7 +303,7 @@ def restore_many(
             t_inputs = after_prefix(t_batch, teacher_prefix, pad, teacher.device)
             target = {
                 layer: t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
-                for layer, t in _forward(teacher.hf, t_inputs, aligned).items()
+                for layer, t in _forward(teacher.hf, t_inputs, sorted(set(aligned + logits_from))).items()
             }
             held = aligned if config.before_answer == "finetuned" else []  # the trace's target: the frozen model
             below = _forward(frozen, after_prefix(s_batch, frozen_prefix, pad, finetuned.device),
@@ -327,7 +329,7 @@ def restore_many(
 
             s_inputs = after_prefix(s_batch, prefix, pad, finetuned.device)
             s_mask = s_inputs["attention_mask"][:, P:]  # [batch, rest]
-            hidden = _forward(student.model, s_inputs, student.align, L, below)
+            hidden = _forward(student.model, s_inputs, sorted(set(student.align + logits_from)), L, below)
             n = config.safety_positions  # > 0: only the last n positions (left padding: the last n columns)
             before = None
             if n:
@@ -340,6 +342,10 @@ def restore_many(
                 + distance_sum(hidden[layer], target[layer], s_mask, config.distance)
                 for layer in student.align
             ) / (count * len(student.align))
+            if config.answer_kl:  # the answer positions' next-token distributions, to the teacher's
+                kl = next_token_kl_sum(unembed(student.model, hidden[last][:, -n:]),
+                                       unembed(teacher.hf, target[last][:, -n:])) / distributed.all_sum(s_mask.sum())  # fmt: skip
+                safety = safety + config.answer_kl * kl
             if config.before_answer == "finetuned":  # the earlier positions held at the frozen model's states
                 count = distributed.all_sum(len(s_batch) * P + before.sum())  # the system turn's positions too
                 safety = safety + sum(
@@ -374,6 +380,8 @@ def restore_many(
             student.optimizer.zero_grad(set_to_none=True)
             losses = distributed.all_sum(torch.stack([safety.detach(), retain_loss.detach()])).tolist()
             student.history.append({"step": step, "safety": losses[0], "retain": losses[1]})
+            if config.answer_kl:
+                student.history[-1]["kl"] = distributed.all_sum(kl.detach()).item()
             student.seconds += time.perf_counter() - t0
             if step + 1 in checkpoints:
                 student.checkpoints[step + 1] = _adapter_state(student.model)

@@ -48,9 +48,11 @@ class RestoreConfig:
     # with safety_positions: the harmful input's earlier positions are left free, or held at the frozen
     # fine-tuned model's states (interp.training.restore_losses)
     before_answer: str = "free"
+    # with safety_positions: > 0 adds this weight times the next-token KL to the teacher at those positions
+    answer_kl: float = 0.0
 
     ADDED_LATER = {"dropout": 0.0, "loss_scale": 1.0, "schedule_span": 2.0, "harmful_prefill": "",
-                   "safety_positions": 0, "before_answer": "free"}  # fmt: skip
+                   "safety_positions": 0, "before_answer": "free", "answer_kl": 0.0}  # fmt: skip
 
     def key(self) -> dict:
         """The settings that identify a trained adapter: every field, except fields added after the
@@ -72,6 +74,8 @@ class RestoreConfig:
             raise ConfigError(f"RestoreConfig: before_answer must be in {BEFORE_ANSWER}, got {self.before_answer!r}")
         if self.before_answer != "free" and not self.safety_positions:
             raise ConfigError("RestoreConfig: before_answer needs safety_positions > 0 (the answer's positions)")
+        if not self.answer_kl >= 0 or (self.answer_kl and not self.safety_positions):
+            raise ConfigError("RestoreConfig: answer_kl must be >= 0, and > 0 needs safety_positions > 0")
         if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or self.retain_scale < 0:
             raise ConfigError("RestoreConfig: steps and batch_size must be >= 1, lr > 0, retain_scale >= 0")
 

@@ -19,7 +19,10 @@ Losses, per training step ``t`` of ``T``:
   the earlier positions (after the shared system turn) are held instead: the safety loss is the mean
   distance to the teacher over the last ``n`` positions plus the mean distance to the frozen fine-tuned
   model over all the earlier ones (the system turn's included), at the same layers, so that the trace
-  stays as the fine-tuned model writes it while the answer after it moves.
+  stays as the fine-tuned model writes it while the answer after it moves. ``answer_kl = w > 0`` adds to
+  the safety loss ``w`` times the mean over those last ``n`` positions of ``KL(p_teacher || p_student)``,
+  the next-token distributions (the final norm and unembedding of the last block's output): at the last
+  position of a closed trace, the teacher's first answer token.
 * retain: on harmless and task prompts, the distance between the student's and the frozen fine-tuned
   model's hidden states at every layer and position.
 * hidden states: the residual stream after each block (the decoder layer's output, before the final
@@ -57,6 +60,12 @@ def distance_sum(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, kind: str
 def distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
     """Mean over masked positions of the per-position distance; ``a``, ``b``: ``[batch, seq, d_model]``."""
     return distance_sum(a, b, mask, kind) / mask.sum().clamp(min=1)
+
+
+def next_token_kl_sum(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Sum over positions of ``KL(softmax(teacher) || softmax(student))``; logits ``[..., d_vocab]``."""
+    s_log, t_log = torch.log_softmax(student.float(), -1), torch.log_softmax(teacher.float(), -1)
+    return (t_log.exp() * (t_log - s_log)).sum()
 
 
 def align_positions(student: list[int], teacher: list[int]) -> list[int]:
