@@ -343,8 +343,8 @@ def restore_many(
                 for layer in student.align
             ) / (count * len(student.align))
             if config.answer_kl:  # the answer positions' next-token distributions, to the teacher's
-                kl = next_token_kl_sum(unembed(student.model, hidden[last][:, -n:]),
-                                       unembed(teacher.hf, target[last][:, -n:])) / distributed.all_sum(s_mask.sum())  # fmt: skip
+                ours, theirs = unembed(student.model, hidden[last][:, -n:]), unembed(teacher.hf, target[last][:, -n:])
+                kl = next_token_kl_sum(ours, theirs) / distributed.all_sum(s_mask.sum())
                 safety = safety + config.answer_kl * kl
             if config.before_answer == "finetuned":  # the earlier positions held at the frozen model's states
                 count = distributed.all_sum(len(s_batch) * P + before.sum())  # the system turn's positions too
