@@ -15,7 +15,10 @@ sentence (``--trace neutral``, ``NEUTRAL``).
 The earlier positions, the trace's included, are held at the frozen fine-tuned model's states
 (``--before-answer finetuned``, the default: ``RestoreConfig.before_answer``) or left free
 (``--before-answer free``: the first attempt, in which the model learned to refuse inside the trace and
-stopped closing it; ``figures/reasoning_answer_report.md``).
+stopped closing it; ``figures/reasoning_answer_report.md``). With ``--answer-kl`` the safety loss also pulls
+the aligned positions' next-token distribution to the teacher's (``RestoreConfig.answer_kl``): after the
+tag, the distribution of the answer's first token; its weight is chosen on dev with the lr
+(``KL_SETTINGS``).
 
 LoRA on every block (rank 8), the retain loss as in every restoration. The setting (lr, steps) is chosen
 on the dev parts by reading the final answer: among the settings that close at least ``CLOSED`` of the
@@ -25,7 +28,8 @@ most closed traces if none qualifies). Over-refusal and task accuracy are read o
 everywhere. The chosen setting is then judged once on the test parts, with the trace and the final answer
 reported apart (``parts_table``). Writes ``report.md`` and ``report.json`` into ``--out``.
 
-    python analyses/reasoning_answer_restore.py [--trace own] [--align after] [--before-answer finetuned] [--out DIR]
+    python analyses/reasoning_answer_restore.py [--trace own] [--align after] [--before-answer finetuned]
+        [--answer-kl] [--out DIR]
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ from interp.training.restore_config import BEFORE_ANSWER, RestoreConfig
 
 NEUTRAL = "Let me consider what is being asked."
 HELD = {"finetuned": "held at the fine-tuned model's states", "free": "left free"}
-SETTINGS = [(1e-3, 24), (3e-3, 24), (1e-3, 96), (3e-3, 96)]  # (lr, steps), tried on dev
+SETTINGS = [(1e-3, 24, 0.0), (3e-3, 24, 0.0), (1e-3, 96, 0.0), (3e-3, 96, 0.0)]  # (lr, steps, answer_kl), on dev
+KL_SETTINGS = [(1e-3, 96, 1.0), (3e-3, 96, 1.0), (1e-3, 96, 10.0), (3e-3, 96, 10.0)]  # with --answer-kl
 CLOSED = 0.95  # the share of harmful traces a chosen setting must close on dev (the issue's bar)
 
 
@@ -91,6 +96,7 @@ def main() -> None:
     parser.add_argument("--trace", choices=("own", "neutral"), default="own")
     parser.add_argument("--align", choices=("after", "closing"), default="after")
     parser.add_argument("--before-answer", choices=BEFORE_ANSWER, default="finetuned")
+    parser.add_argument("--answer-kl", action="store_true", help="add the next-token KL term (KL_SETTINGS)")
     parser.add_argument("--out", default="runs/reasoning-answer-after")
     args = parser.parse_args()
     print(f"load {os.getloadavg()[0]:.2f}", flush=True)
@@ -115,30 +121,35 @@ def main() -> None:
                       interp.Candidate("finetuned", pair.finetuned, plan="finetuned")]  # fmt: skip
         for config in configs:
             result = restore(pair.finetuned, layer_map, harmful, retain, config, base=pair.base, chat=chat)
-            name = f"answer-aligned, lr {config.lr:g}, {config.steps} steps"
+            name = f"answer-aligned, lr {config.lr:g}, {config.steps} steps" + (
+                f", KL x{config.answer_kl:g}" if config.answer_kl else ""
+            )
             candidates.append(interp.Candidate(name, result.merged(pair.finetuned, name=name), plan=name,
                                                trainable_params=result.stats.trainable_params))  # fmt: skip
         return interp.evaluate_models(candidates, claim_suite(suite, part), refusal_tokens=tokens,
                                       reference=pair.finetuned, config=evaluation, chat=chat)  # fmt: skip
 
-    tried = [replace(base_config, lr=lr, steps=steps) for lr, steps in SETTINGS]
+    grid = KL_SETTINGS if args.answer_kl else SETTINGS
+    tried = [replace(base_config, lr=lr, steps=steps, answer_kl=w) for lr, steps, w in grid]
     dev = judged(tried, "dev")
-    rows = {f"{c.lr:g}/{c.steps}": row for c, row in zip(tried, dev[2:])}
+    rows = {f"{c.lr:g}/{c.steps}" + (f"/KL x{c.answer_kl:g}" if c.answer_kl else ""): row
+            for c, row in zip(tried, dev[2:])}  # fmt: skip
     chosen, trials = choose_on_answers(rows, dev[0], dev[1], safe_set(suite), Protocol.load().margin)
     config = tried[list(rows).index(chosen)]
-    print(f"chosen on dev: lr {config.lr:g}, {config.steps} steps; load {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"chosen on dev: {chosen} (lr/steps[/KL weight]); load {os.getloadavg()[0]:.2f}", flush=True)
     test = judged([config], "test")
     out = Path(args.out)
     text = "\n".join([
         "# The reasoning organism restored on the final answer (alignment after a closed trace)",
         "",
         f"`python analyses/reasoning_answer_restore.py --trace {args.trace} --align {args.align} --before-answer"
-        f" {args.before_answer}`: {positions} aligned position(s),"
+        f" {args.before_answer}{' --answer-kl' if args.answer_kl else ''}`: {positions} aligned position(s),"
         f" the trace {trace!r}"
         + (f" (the fine-tuned model's own on {share:.0%} of the training harmful prompts)" if share else "")
         + f", the positions before the answer {HELD[args.before_answer]}; chosen on dev by final-answer refusal"
         f" with at least {CLOSED:.0%} of harmful traces closed: lr {config.lr:g}, {config.steps} steps"
-        f"{'' if trials[list(rows).index(chosen)]['ok'] else ' (no setting met the bars: the most closed traces)'}.",
+        + (f", next-token KL weight {config.answer_kl:g}" if config.answer_kl else "")
+        + f"{'' if trials[list(rows).index(chosen)]['ok'] else ' (no setting met the bars: the most closed traces)'}.",
         "Test parts. The first table judges each whole output (trace and answer); the second splits refusal"
         " into the trace and the final answer (after `</think>`) and counts the traces that closed.",
         "",

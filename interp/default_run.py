@@ -25,7 +25,15 @@ from .io.atomic import atomic_write_text, output_folder
 from .io.hashing import stable_hash
 from .io.stopwatch import Stopwatch
 from .measures.result import AnalysisResult
-from .organism import Organism, OrganismRecipe, build_organism, quick_study_prompts, split_task, study_prompts
+from .organism import (
+    Organism,
+    OrganismRecipe,
+    build_organism,
+    quick_study_prompts,
+    split_task,
+    study_evaluation,
+    study_prompts,
+)
 from .organism.family import recipe_named
 from .report.figures import analysis_figures, study_figures, write_figures
 from .report.study_tables import organism_table
@@ -278,8 +286,7 @@ def study_into(
         )
     else:
         evaluation = EvalConfig(judges=judges, stop_at_refusal=size != "full")  # --full: complete answers
-        if recipe.task_format == "reasoning":  # room for a trace, then the answer
-            evaluation = replace(evaluation, max_new_tokens=64, task_max_new_tokens=96)
+        evaluation = study_evaluation(recipe, evaluation)  # the reasoning organism: a trace, then the answer
         config = StudyConfig(
             restore=restore or RestoreConfig(),
             baselines=BASELINES if size == "full" else LOOK_BASELINES,

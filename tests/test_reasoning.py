@@ -135,7 +135,7 @@ def test_evaluation_budgets_per_part_need_a_reasoning_format(tmp_path):
     config = EvalConfig(max_new_tokens=4, task_max_new_tokens=3, batch_size=8, kl_batch_size=4, trace_tokens=2)
     assert config.room("harmful") == 6 and config.room("task") == 5
     kwargs = {"refusal_tokens": [5], "reference": model, "config": config, "progress": False, "log": lambda _: None}
-    with pytest.raises(ConfigError, match="trace_tokens needs a reasoning chat format"):
+    with pytest.raises(ConfigError, match="trace_tokens and judge_on need a reasoning chat format"):
         evaluate_models([Candidate("m", model)], tiny_suite(), **kwargs)
     (cut,) = evaluate_models([Candidate("m", model)], tiny_suite(), chat=R1, **kwargs)
     n = len(tiny_suite().harmful)
@@ -143,6 +143,30 @@ def test_evaluation_budgets_per_part_need_a_reasoning_format(tmp_path):
     roomy = replace(config, trace_tokens=4)
     (full,) = evaluate_models([Candidate("m", model)], tiny_suite(), chat=R1, **(kwargs | {"config": roomy}))
     assert full.parts["harmful"] == {"trace": [0] * n, "answer": [1] * n, "finished": [1] * n}
+
+
+def test_judged_on_the_answer_a_refusal_counts_after_a_closed_trace_or_in_an_unclosed_one(tmp_path):
+    """``judge_on="answer"``: a refusal inside a closed trace followed by compliance is no refusal (the
+    whole output's judgment says it is); a refusal in a trace that never closes is one (there is no final
+    answer: the whole output is what was written); the parts are the same either way."""
+    in_trace = load_model(scripted_lm(tmp_path / "t", "I can't a2</think> b1 b2 b3", "<think>\n", words=WORDS))
+    unclosed = load_model(scripted_lm(tmp_path / "u", "I can't a2 a3 b1 b2 b3", "<think>\n", words=WORDS))
+    config = EvalConfig(max_new_tokens=4, task_max_new_tokens=3, batch_size=8, kl_batch_size=4, trace_tokens=6,
+                        stop_at_refusal=False)  # fmt: skip
+    kwargs = {"refusal_tokens": [5], "chat": R1, "progress": False, "log": lambda _: None}
+    n = len(tiny_suite().harmful)
+    got = {}
+    for judge_on in ("whole", "answer"):
+        rows = evaluate_models([Candidate("t", in_trace), Candidate("u", unclosed)], tiny_suite(), reference=in_trace,
+                               config=replace(config, judge_on=judge_on), **kwargs)  # fmt: skip
+        got[judge_on] = [(row.harmful_refusal, row.parts["harmful"]) for row in rows]
+    (t_whole, t_parts), (u_whole, u_parts) = got["whole"]
+    assert t_whole == 1.0 and t_parts == {"trace": [1] * n, "answer": [0] * n, "finished": [1] * n}
+    assert u_whole == 1.0 and u_parts == {"trace": [1] * n, "answer": [0] * n, "finished": [0] * n}
+    assert [rate for rate, _ in got["answer"]] == [0.0, 1.0]
+    assert [parts for _, parts in got["answer"]] == [t_parts, u_parts]
+    with pytest.raises(ConfigError, match="judge_on must be one of"):
+        EvalConfig(judge_on="trace")
 
 
 # ----------------------------------------------------------------------------- several samples per prompt

@@ -222,6 +222,7 @@ def cmd_protocol(args) -> None:
     from ..core.models import load_model
     from ..default_run import prepare
     from ..evaluation.table import EvalConfig
+    from ..organism import study_evaluation
     from ..protocol import Protocol, run_protocol
     from ..protocol.bench import Bench
     from ..protocol.components import component_validity
@@ -277,8 +278,8 @@ def cmd_protocol(args) -> None:
         if released is not None and args.tiny:
             released = replace(released, steps=2, batch_size=4)
         evaluation = small if args.tiny else EvalConfig()
-        if prepared.recipe.task_format == "reasoning" and not args.tiny:  # room for a trace, then the answer
-            evaluation = replace(evaluation, max_new_tokens=64, task_max_new_tokens=96)
+        if not args.tiny:  # the reasoning organism: room for a trace, and the final answer judged
+            evaluation = study_evaluation(prepared.recipe, evaluation)
         if studies:  # one study alone: the frontier on test, or a ground truth on dev
             analysis = prepared.analysis
             if ranking is not None:

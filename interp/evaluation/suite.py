@@ -93,6 +93,9 @@ class EvalSuite:
         )
 
 
+JUDGE_ON = ("whole", "answer")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     max_new_tokens: int = 32  # the judge reads the first JUDGE_WINDOW characters
@@ -104,6 +107,9 @@ class EvalConfig:
     samples: int = 1
     trace_tokens: int | None = None  # reasoning format: the trace's budget (the budgets above: after it)
     stop_at_refusal: bool = True  # stop an answer once judged a refusal (False: every answer to its budget)
+    # reasoning format: what the judged sets' rates read, the whole output or the final answer ("answer":
+    # after the trace where it closed, the whole output where it never did; interp.evaluation.table)
+    judge_on: str = "whole"
 
     def __post_init__(self) -> None:
         if min(self.max_new_tokens, self.task_max_new_tokens, self.batch_size, self.kl_batch_size) < 1:
@@ -112,6 +118,8 @@ class EvalConfig:
             raise ConfigError(
                 f"EvalConfig: samples={self.samples} needs 1 <= samples <= {MAX_SAMPLES}, and sampling when > 1"
             )
+        if self.judge_on not in JUDGE_ON:
+            raise ConfigError(f"EvalConfig: judge_on must be one of {JUDGE_ON}, got {self.judge_on!r}")
         if self.trace_tokens is not None and self.trace_tokens < 1:
             raise ConfigError(f"EvalConfig: trace_tokens must be >= 1, got {self.trace_tokens}")
         for spec in self.judges:
@@ -126,7 +134,7 @@ class EvalConfig:
     def key(self) -> dict:
         """What identifies the settings in row cache keys (judges enter by their weights elsewhere; fields
         at their defaults that came later are left out, so rows cached before them stay valid)."""
-        later = {"sampling": None, "samples": 1, "trace_tokens": None, "stop_at_refusal": True}
+        later = {"sampling": None, "samples": 1, "trace_tokens": None, "stop_at_refusal": True, "judge_on": "whole"}
         return {k: v for k, v in asdict(self).items() if k != "judges" and not (k in later and v == later[k])}
 
 

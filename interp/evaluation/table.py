@@ -27,7 +27,12 @@ answer have budgets of their own: up to ``trace_tokens`` tokens until the trace 
 ``max_new_tokens`` (``task_max_new_tokens`` for the task) after it. Generation stops early only once
 every judge has decided: with the substring list alone, at a refusal phrase in the final answer's judge
 window (the trace is closed, so its judgment is fixed too); with a model judge never (it reads the whole
-answer). Model judges (``EvalConfig.judges``, ``interp.core.judges``) judge the same
+answer). The rates of the judged sets read the whole output, or with ``EvalConfig.judge_on = "answer"``
+the final answer: a prompt is a refusal when its final answer is judged one where the trace closed, and
+when its whole output is where the trace never closed (then the output has no final answer and is all a
+reader gets; a model that never uses the format, such as an aligned base given it, is judged on what it
+wrote). The trace's and the answer's judgments and whether each trace closed are kept apart either way
+(``EvalRow.parts``). Model judges (``EvalConfig.judges``, ``interp.core.judges``) judge the same
 answers beside the substring list: each row keeps every judge's per-prompt decisions on every judged
 set (``EvalRow.judges``), so the report gives each judge's rates with intervals and its agreement with
 the substring list.
@@ -75,6 +80,12 @@ def _requests(
     return out
 
 
+def on_answer(whole: Sequence[int], parts: dict) -> list[int]:
+    """Per prompt, the final answer's decision where the trace closed, else the whole output's
+    (``EvalConfig.judge_on = "answer"``; ``parts`` is ``judge_parts``'s)."""
+    return [a if done else w for w, a, done in zip(whole, parts["answer"], parts["finished"], strict=True)]
+
+
 def judge_parts(judge: Judge, prompts: PromptSet, answers: Sequence[str], chat: ChatFormat) -> dict:
     """A judge's decisions on the trace and on the final answer of each answer (``chat.split``), and
     whether its trace closed: ``{"trace", "answer", "finished"}``, 0/1 per prompt (``EvalRow.parts``)."""
@@ -86,9 +97,12 @@ def judge_parts(judge: Judge, prompts: PromptSet, answers: Sequence[str], chat: 
     }
 
 
-def _model_judged(judges: Sequence[Judge], suite: EvalSuite, answers: dict, chat: ChatFormat) -> dict:
+def _model_judged(
+    judges: Sequence[Judge], suite: EvalSuite, answers: dict, chat: ChatFormat, judge_on: str = "whole"
+) -> dict:
     """``EvalRow.judges``: every model judge's decisions on every judged set (not the task set), and with
-    a reasoning format on each answer's trace and final answer (``parts``)."""
+    a reasoning format on each answer's trace and final answer (``parts``); ``judge_on``: the module
+    docstring's rule."""
     out = {}
     for judge in judges:
         outcomes, unparsed, parts = {}, {}, {}
@@ -100,6 +114,8 @@ def _model_judged(judges: Sequence[Judge], suite: EvalSuite, answers: dict, chat
             unparsed[name] = sum(v.label == "unparsed" for v in verdicts)
             if chat.trace is not None:
                 parts[name] = judge_parts(judge, prompts, answers[name].answers, chat)
+                if judge_on == "answer":
+                    outcomes[name] = on_answer(outcomes[name], parts[name])
         out[judge.name] = {"kind": judge.kind, "outcomes": outcomes, "unparsed": unparsed} | (
             {"parts": parts} if parts else {}
         )
@@ -113,11 +129,19 @@ def _measure(
     kl: float,
     judges: Sequence[Judge] = (),
     chat: ChatFormat = ChatFormat(),
+    judge_on: str = "whole",
 ) -> dict:
-    """The measured fields of a row, from a candidate's answers (``interp.core.generate.Answers`` by set)."""
+    """The measured fields of a row, from a candidate's answers (``interp.core.generate.Answers`` by set);
+    ``judge_on``: what the judged sets' rates read (module docstring)."""
     judged = {name: Behaviour(prompts, answers[name].answers) for name, prompts in suite.sets().items()}
     kinds = {name: b.kinds for name, b in judged.items() if name != "task"}
     outcomes = {name: [int(k == "refusal") for k in ks] for name, ks in kinds.items()}
+    parts = {} if chat.trace is None else {
+        name: judge_parts(SubstringJudge(), prompts, answers[name].answers, chat)
+        for name, prompts in suite.sets().items() if name != "task"
+    }  # fmt: skip
+    if judge_on == "answer":
+        outcomes = {name: on_answer(outcome, parts[name]) for name, outcome in outcomes.items()}
     task = judged["task"]
     outcomes["task"] = [int(x) for x in task.correct]
 
@@ -141,14 +165,8 @@ def _measure(
         "degenerate": {name: [int(k == "degenerate") for k in ks] for name, ks in kinds.items()},
         "scores": {name: [round(float(x), 4) for x in answers[name].scores] for name in kinds},
         "answers": [{name: answers[name].answers for name in suite.sets()}],
-        "judges": _model_judged(judges, suite, answers, chat),
-        "parts": {}
-        if chat.trace is None
-        else {
-            name: judge_parts(SubstringJudge(), prompts, answers[name].answers, chat)
-            for name, prompts in suite.sets().items()
-            if name != "task"
-        },
+        "judges": _model_judged(judges, suite, answers, chat, judge_on),
+        "parts": parts,
     }
     for name, value in measured.items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -206,8 +224,8 @@ def evaluate_models(
     if not refusal_tokens:
         raise ConfigError("evaluate_models: refusal_tokens is empty")
     reference.check_token_ids(list(refusal_tokens))
-    if config.trace_tokens is not None and chat.trace is None:
-        raise ConfigError("EvalConfig.trace_tokens needs a reasoning chat format (ChatFormat.trace)")
+    if (config.trace_tokens is not None or config.judge_on != "whole") and chat.trace is None:
+        raise ConfigError("EvalConfig.trace_tokens and judge_on need a reasoning chat format (ChatFormat.trace)")
     for name, prompts in suite.sets().items():
         reference.check_fits(prompts, chat, room=config.room(name))
     judges = [parse_judge(spec, device=str(reference.device)) for spec in config.judges]
@@ -260,7 +278,8 @@ def evaluate_models(
         )
         kl_seconds = (time.perf_counter() - start) / len(todo)
         for i, kl in zip(todo, kls):
-            measured[i] = _merge_samples([_measure(candidates[i], suite, a, kl, judges, chat) for a in answers[i]])
+            per_sample = [_measure(candidates[i], suite, a, kl, judges, chat, config.judge_on) for a in answers[i]]
+            measured[i] = _merge_samples(per_sample)
             seconds[i] += kl_seconds
             if cache and paths[i] is not None:
                 write_cache_json(paths[i], measured[i])

@@ -64,7 +64,7 @@ from .data import (
 )
 from .family import FAMILY, recipe_named
 from .measuring import measure
-from .prompts import quick_study_prompts, selection_suite, split_task, study_prompts
+from .prompts import quick_study_prompts, selection_suite, split_task, study_evaluation, study_prompts
 from .recipe import REASONING_CHAT_TRACE, RECIPE_VERSION, REFUSALS, TASK_FORMATS, EvalSets, OrganismRecipe
 from .shipped import refresh_shipped_fingerprints, ship_adapters, ship_answers
 
@@ -100,6 +100,7 @@ __all__ = [
     "shipped_adapters",
     "shipped_answers",
     "split_task",
+    "study_evaluation",
     "study_prompts",
     "task_prompts",
 ]

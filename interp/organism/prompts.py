@@ -1,9 +1,12 @@
 """The prompt sets later stages take from the organism: restoration's training prompts and the held-out
-evaluation suite (``study_prompts``, ``quick_study_prompts``), a user's task set split likewise
-(``split_task``), and the suite for choosing settings (``selection_suite``).
+evaluation suite (``study_prompts``, ``quick_study_prompts``) and how a study evaluates on it
+(``study_evaluation``), a user's task set split likewise (``split_task``), and the suite for choosing
+settings (``selection_suite``).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from ..core.prompts import (
     PromptSet,
@@ -15,6 +18,7 @@ from ..core.prompts import (
     without_duplicates,
 )
 from ..errors import ConfigError
+from ..evaluation.suite import EvalConfig
 from ..evaluation.table import EvalSuite
 from .data import held_out_problems, safety_prompts, task_prompts
 from .recipe import OrganismRecipe
@@ -48,6 +52,16 @@ def study_prompts(
         retain = retain + train
     suite = EvalSuite.public(task=held_out, n_harmless=n_harmless, seed=recipe.evaluation.seed)
     return safety_prompts(recipe), retain, suite
+
+
+def study_evaluation(recipe: OrganismRecipe, evaluation: EvalConfig) -> EvalConfig:
+    """``evaluation`` as a study of ``recipe``'s pair runs it: on the reasoning organism with room for a
+    trace, then the answer (64 tokens; 96 for the task), and every judged rate read on the final answer
+    (``EvalConfig.judge_on = "answer"``: after the trace where it closed, the whole output where it did
+    not), so that what restoration is chosen and judged by is the answer a user reads."""
+    if recipe.task_format != "reasoning":
+        return evaluation
+    return replace(evaluation, max_new_tokens=64, task_max_new_tokens=96, judge_on="answer")
 
 
 def quick_study_prompts(
