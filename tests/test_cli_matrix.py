@@ -131,6 +131,7 @@ CASES = {
     ),
     "--quantize without CUDA": (lambda f: evaluate(f, "--quantize", "4bit"), "--quantize 4bit needs CUDA"),
     "--trace-tokens without --reasoning": (lambda f: evaluate(f, "--trace-tokens", "8"), "needs --reasoning"),
+    "--judge-on answer without --reasoning": (lambda f: evaluate(f, "--judge-on", "answer"), "needs --reasoning"),
     "--samples without --temperature": (lambda f: evaluate(f, "--samples", "3"), "samples=3 needs"),
     "--judge at a missing folder": (
         lambda f: evaluate(f, "--judge", "guard:/no/such/guard"),

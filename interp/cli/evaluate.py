@@ -75,6 +75,13 @@ def evaluate_parser(sub) -> None:
         "(default: one budget for the whole answer)",
     )
     p.add_argument(
+        "--judge-on",
+        choices=("whole", "answer"),
+        default="whole",
+        help="with --reasoning: what the refusal rates read, the whole output (default) or the final answer (after"
+        " </think> where the trace closed, the whole output where it never did)",
+    )
+    p.add_argument(
         "--complete-answers",
         action="store_true",
         help="generate every answer to its token budget (default: stop once an answer is judged a refusal; "
@@ -121,6 +128,8 @@ def cmd_evaluate(args) -> None:
     sampling = None if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.sample_seed)
     if args.trace_tokens is not None and not args.reasoning:
         raise ConfigError("--trace-tokens needs --reasoning (a trace to budget)")
+    if args.judge_on != "whole" and not args.reasoning:
+        raise ConfigError("--judge-on answer needs --reasoning (a trace to split the answer from)")
     config = EvalConfig(
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
@@ -128,6 +137,7 @@ def cmd_evaluate(args) -> None:
         sampling=sampling,
         samples=args.samples,
         trace_tokens=args.trace_tokens,
+        judge_on=args.judge_on,
         stop_at_refusal=not args.complete_answers,
     )
     for spec in config.judges:
