@@ -18,7 +18,11 @@ The earlier positions, the trace's included, are held at the frozen fine-tuned m
 stopped closing it; ``figures/reasoning_answer_report.md``). With ``--answer-kl`` the safety loss also pulls
 the aligned positions' next-token distribution to the teacher's (``RestoreConfig.answer_kl``): after the
 tag, the distribution of the answer's first token; its weight is chosen on dev with the lr
-(``KL_SETTINGS``).
+(``KL_SETTINGS``). After this trace the base's first token is mostly a newline (55%), the end of its turn
+(21%) or "1" (18%), and its refusal comes one token later, so ``--teacher-words M`` extends the aligned
+positions along the base's own answer: each training harmful prompt gets the base's first ``M`` greedy
+tokens after the trace (``teacher_words``; ``RestoreConfig.harmful_answers``), and the hidden states and
+next-token distributions are matched at every one of them.
 
 LoRA on every block (rank 8), the retain loss as in every restoration. The setting (lr, steps) is chosen
 on the dev parts by reading the final answer: among the settings that close at least ``CLOSED`` of the
@@ -29,7 +33,7 @@ everywhere. The chosen setting is then judged once on the test parts, with the t
 reported apart (``parts_table``). Writes ``report.md`` and ``report.json`` into ``--out``.
 
     python analyses/reasoning_answer_restore.py [--trace own] [--align after] [--before-answer finetuned]
-        [--answer-kl] [--out DIR]
+        [--answer-kl] [--teacher-words M] [--out DIR]
 """
 
 from __future__ import annotations
@@ -80,6 +84,24 @@ def choose_on_answers(rows: dict, base, ft, safe: str, margin: float) -> tuple[s
     return (max(qualified)[4] if qualified else max(scored, key=lambda s: (s[2], s[3]))[4]), trials
 
 
+def teacher_words(teacher, harmful, chat, m: int) -> tuple[str, ...]:
+    """The teacher's first ``m`` greedy tokens after each prompt of ``harmful`` rendered with ``chat`` (its
+    prefill included), as text, unstripped (a leading newline is the teacher's first token)."""
+    import torch
+
+    from interp.core.chat import batches
+
+    tok = teacher.tokenizer
+    out = [""] * len(harmful)
+    for batch in batches(chat.encode(tok, harmful.instructions), 32, tok.pad_token_id):
+        with torch.no_grad():
+            ids = teacher.hf.generate(input_ids=batch.ids, attention_mask=batch.mask, max_new_tokens=m,
+                                      do_sample=False, pad_token_id=tok.pad_token_id)  # fmt: skip
+        for row, index in enumerate(batch.index):
+            out[index] = tok.decode(ids[row, batch.ids.shape[1] :], skip_special_tokens=True)
+    return tuple(out)
+
+
 def own_trace(pair, harmful, chat) -> tuple[str, float]:
     """The closed trace the fine-tuned model writes most often on ``harmful`` (greedy), and its share of
     all the answers."""
@@ -97,6 +119,8 @@ def main() -> None:
     parser.add_argument("--align", choices=("after", "closing"), default="after")
     parser.add_argument("--before-answer", choices=BEFORE_ANSWER, default="finetuned")
     parser.add_argument("--answer-kl", action="store_true", help="add the next-token KL term (KL_SETTINGS)")
+    parser.add_argument("--teacher-words", type=int, default=0, metavar="M",
+                        help="align along the base's first M greedy answer tokens after the trace too")  # fmt: skip
     parser.add_argument("--out", default="runs/reasoning-answer-after")
     args = parser.parse_args()
     print(f"load {os.getloadavg()[0]:.2f}", flush=True)
@@ -111,7 +135,12 @@ def main() -> None:
     closing = len(tokenize(pair.finetuned.tokenizer, "</think>\n\n"))
     after = closing - len(tokenize(pair.finetuned.tokenizer, "</think>"))  # the newline's: the first answer token
     positions = after if args.align == "after" else closing
-    base_config = RestoreConfig(harmful_prefill=tail, safety_positions=positions, before_answer=args.before_answer)
+    base_config = RestoreConfig(harmful_prefill=tail, safety_positions=positions, before_answer=args.before_answer,
+                                harmful_answers=args.teacher_words > 0)  # fmt: skip
+    if args.teacher_words:
+        words = teacher_words(pair.base, harmful, replace(chat, prefill=chat.prefill + tail), args.teacher_words)
+        harmful = replace(harmful, answers=words)
+        print(f"the base's first {args.teacher_words} tokens, e.g. {words[:3]}", flush=True)
     layer_map = manual_layer_map(pair.base, pair.finetuned, range(pair.n_layers))
     evaluation = interp.EvalConfig(max_new_tokens=32, task_max_new_tokens=48, trace_tokens=64)
     tokens = find_refusal_tokens(pair.base, harmful, progress=False)
@@ -143,7 +172,9 @@ def main() -> None:
         "# The reasoning organism restored on the final answer (alignment after a closed trace)",
         "",
         f"`python analyses/reasoning_answer_restore.py --trace {args.trace} --align {args.align} --before-answer"
-        f" {args.before_answer}{' --answer-kl' if args.answer_kl else ''}`: {positions} aligned position(s),"
+        f" {args.before_answer}{' --answer-kl' if args.answer_kl else ''}"
+        f"{f' --teacher-words {args.teacher_words}' if args.teacher_words else ''}`: {positions} aligned position(s)"
+        + (f" and the base's first {args.teacher_words} answer tokens" if args.teacher_words else "") + ","
         f" the trace {trace!r}"
         + (f" (the fine-tuned model's own on {share:.0%} of the training harmful prompts)" if share else "")
         + f", the positions before the answer {HELD[args.before_answer]}; chosen on dev by final-answer refusal"

@@ -378,6 +378,46 @@ def test_the_answer_kl_term_reads_the_models_own_next_token_distributions(setup,
         RestoreConfig(safety_positions=1, answer_kl=-1.0)
 
 
+def test_harmful_answers_extend_the_aligned_positions_along_each_answer(setup, tiny_llama):
+    """``harmful_answers``: each harmful prompt's own answer follows the prefill; the safety loss and the KL
+    read the prefill's last position and every answer token (step 0's KL equals the one computed from both
+    models' own logits at exactly those positions), and training brings the student's next-token
+    distributions along the answers nearer the teacher's. Without an answer per prompt: one clear error."""
+    base, _, harmful, retain = setup
+    finetuned = perturbed(load_model(tiny_llama), scale=0.5)
+    layer_map = layer_map_for(base, finetuned)
+    words = [" no", " I cannot help", " sorry, not this one", " that is not something"]
+    answered = replace(harmful, answers=tuple(words[i % len(words)] for i in range(len(harmful))))
+    config = RestoreConfig(steps=12, lr=1e-2, batch_size=6, harmful_prefill="<think>\nok\n</think>\n\n",
+                           safety_positions=1, before_answer="finetuned", answer_kl=10.0,
+                           harmful_answers=True)  # fmt: skip
+    (result,) = restore_many(finetuned, layer_map, answered, retain, [Placement((0, 1, 2, 3), (1, 2))], config,
+                             base=base, progress=False)  # fmt: skip
+    chat = ChatFormat(prefill=config.harmful_prefill)
+    tok = finetuned.tokenizer
+
+    def kl_along_answers(hf, rows) -> float:
+        total, count = 0.0, 0
+        for i in rows:
+            prompt = chat.render(tok, answered.instructions[i])
+            ids = torch.tensor([tokenize(tok, prompt + answered.answers[i])])
+            n = 1 + ids.shape[1] - len(tokenize(tok, prompt))  # the prefill's last position and the answer's
+            with torch.no_grad():
+                s, t = (m(input_ids=ids).logits[0, -n:].float() for m in (hf, base.hf))
+            total, count = total + next_token_kl_sum(s, t).item(), count + n
+        return total / count
+
+    picks = random.Random(config.seed).sample(range(len(harmful)), config.batch_size)  # step 0's batch
+    assert result.stats.history[0]["kl"] == pytest.approx(kl_along_answers(finetuned.hf, picks), rel=1e-3)
+    every = range(len(harmful))
+    before, after = kl_along_answers(finetuned.hf, every), kl_along_answers(result.merged(finetuned).hf, every)
+    assert after < 0.5 * before, (before, after)
+    with pytest.raises(ConfigError, match="harmful_answers needs an answer for every prompt"):
+        restore(finetuned, layer_map, harmful, retain, config, base=base, progress=False)
+    with pytest.raises(ConfigError, match="harmful_answers needs safety_positions"):
+        RestoreConfig(harmful_answers=True)
+
+
 def test_fsdp_needs_two_retain_rows_per_process(saved_pair, monkeypatch):
     """Under FSDP every process runs each sharded block once per retain part: a batch that leaves a process
     fewer rows than parts is one clear error before any model is copied."""

@@ -266,9 +266,23 @@ def restore_many(
     rng = random.Random(config.seed)
     tok = finetuned.tokenizer
     harmful_chat = replace(chat, prefill=chat.prefill + config.harmful_prefill)
-    student_ids = harmful_chat.encode(tok, harmful.instructions)
     teacher_chat = harmful_chat if config.teacher == "base" else harmful_chat.with_suffix(config.reminder)
-    teacher_ids = teacher_chat.encode(tok, harmful.instructions)
+    student_ids, teacher_ids = (
+        harmful_chat.encode(tok, harmful.instructions),
+        teacher_chat.encode(tok, harmful.instructions),
+    )
+    answer_tokens = [0] * len(student_ids)  # per harmful prompt: the tokens of its own answer (harmful_answers)
+    if config.harmful_answers:
+        if len(harmful.answers) != len(harmful) or any(a is None for a in harmful.answers):
+            raise ConfigError(f"restore: harmful_answers needs an answer for every prompt of {harmful.name!r}")
+        with_answers = [
+            tokenize(tok, harmful_chat.render(tok, q) + a) for q, a in zip(harmful.instructions, harmful.answers)
+        ]
+        answer_tokens = [len(w) - len(s) for w, s in zip(with_answers, student_ids)]
+        student_ids = with_answers
+        teacher_ids = [
+            tokenize(tok, teacher_chat.render(tok, q) + a) for q, a in zip(harmful.instructions, harmful.answers)
+        ]
     retains = [tokenize(tok, chat.render(tok, q) + (a or "")) for q, a in zip(retain.instructions, retain.answers)]
     n_layers = layer_map.n_layers
     teacher = base if config.teacher == "base" else finetuned  # the reminder teacher: adapters off
@@ -296,6 +310,8 @@ def restore_many(
         t0 = time.perf_counter()
         picks = distributed.split(rng.sample(range(len(student_ids)), min(config.batch_size, len(student_ids))))
         s_batch, t_batch = [student_ids[i] for i in picks], [teacher_ids[i] for i in picks]
+        # per row, the aligned positions at the end (safety_positions > 0): n, and its answer's tokens after them
+        tails = torch.tensor([config.safety_positions + answer_tokens[i] for i in picks])
         s_width, t_width = max(map(len, s_batch)) - P, max(map(len, t_batch)) - P
         # index[row, student column] = teacher column of the partner token, after the prefix: [batch, s_width]
         index = torch.tensor([_teacher_index(s[P:], t[P:], s_width, t_width) for s, t in zip(s_batch, t_batch)])
@@ -330,11 +346,11 @@ def restore_many(
             s_inputs = after_prefix(s_batch, prefix, pad, finetuned.device)
             s_mask = s_inputs["attention_mask"][:, P:]  # [batch, rest]
             hidden = _forward(student.model, s_inputs, sorted(set(student.align + logits_from)), L, below)
-            n = config.safety_positions  # > 0: only the last n positions (left padding: the last n columns)
+            n = int(tails.max()) if config.safety_positions else 0  # > 0: each row's last tails[row] positions
             before = None
-            if n:
-                answer = torch.zeros_like(s_mask)
-                answer[:, -n:] = 1
+            if n:  # left padding: a row's last positions are the batch's last columns
+                columns = torch.arange(s_mask.shape[1], device=s_mask.device)
+                answer = (columns[None, :] >= s_mask.shape[1] - tails[:, None].to(s_mask.device)).to(s_mask.dtype)
                 before, s_mask = s_mask * (1 - answer), answer
             count = distributed.all_sum((0 if n else len(s_batch) * P) + s_mask.sum())  # over the whole batch
             safety = sum(
@@ -344,7 +360,7 @@ def restore_many(
             ) / (count * len(student.align))
             if config.answer_kl:  # the answer positions' next-token distributions, to the teacher's
                 ours, theirs = unembed(student.model, hidden[last][:, -n:]), unembed(teacher.hf, target[last][:, -n:])
-                kl = next_token_kl_sum(ours, theirs) / distributed.all_sum(s_mask.sum())
+                kl = next_token_kl_sum(ours, theirs, s_mask[:, -n:]) / distributed.all_sum(s_mask.sum())
                 safety = safety + config.answer_kl * kl
             if config.before_answer == "finetuned":  # the earlier positions held at the frozen model's states
                 count = distributed.all_sum(len(s_batch) * P + before.sum())  # the system turn's positions too

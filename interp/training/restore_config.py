@@ -50,9 +50,13 @@ class RestoreConfig:
     before_answer: str = "free"
     # with safety_positions: > 0 adds this weight times the next-token KL to the teacher at those positions
     answer_kl: float = 0.0
+    # each harmful prompt's own answer (PromptSet.answers, e.g. the teacher's first words) follows the
+    # prefill for student and teacher alike; with safety_positions its tokens are aligned too
+    harmful_answers: bool = False
 
     ADDED_LATER = {"dropout": 0.0, "loss_scale": 1.0, "schedule_span": 2.0, "harmful_prefill": "",
-                   "safety_positions": 0, "before_answer": "free", "answer_kl": 0.0}  # fmt: skip
+                   "safety_positions": 0, "before_answer": "free", "answer_kl": 0.0,
+                   "harmful_answers": False}  # fmt: skip
 
     def key(self) -> dict:
         """The settings that identify a trained adapter: every field, except fields added after the
@@ -74,6 +78,8 @@ class RestoreConfig:
             raise ConfigError(f"RestoreConfig: before_answer must be in {BEFORE_ANSWER}, got {self.before_answer!r}")
         if self.before_answer != "free" and not self.safety_positions:
             raise ConfigError("RestoreConfig: before_answer needs safety_positions > 0 (the answer's positions)")
+        if self.harmful_answers and not self.safety_positions:
+            raise ConfigError("RestoreConfig: harmful_answers needs safety_positions > 0 (where the answer starts)")
         if not self.answer_kl >= 0 or (self.answer_kl and not self.safety_positions):
             raise ConfigError("RestoreConfig: answer_kl must be >= 0, and > 0 needs safety_positions > 0")
         if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or self.retain_scale < 0:

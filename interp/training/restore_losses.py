@@ -22,7 +22,11 @@ Losses, per training step ``t`` of ``T``:
   stays as the fine-tuned model writes it while the answer after it moves. ``answer_kl = w > 0`` adds to
   the safety loss ``w`` times the mean over those last ``n`` positions of ``KL(p_teacher || p_student)``,
   the next-token distributions (the final norm and unembedding of the last block's output): at the last
-  position of a closed trace, the teacher's first answer token.
+  position of a closed trace, the teacher's first answer token. With ``harmful_answers`` each harmful
+  prompt's own answer text (``PromptSet.answers``: for example the teacher's greedy first words after the
+  trace) follows the prefill for student and teacher alike, and the last ``n`` positions are counted
+  before it: the safety loss (and the KL) then read the last ``n`` positions of the prefill and every
+  answer token, so the teacher's next-token distributions are matched along its own answer.
 * retain: on harmless and task prompts, the distance between the student's and the frozen fine-tuned
   model's hidden states at every layer and position.
 * hidden states: the residual stream after each block (the decoder layer's output, before the final
@@ -62,10 +66,12 @@ def distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, kind: str) ->
     return distance_sum(a, b, mask, kind) / mask.sum().clamp(min=1)
 
 
-def next_token_kl_sum(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Sum over positions of ``KL(softmax(teacher) || softmax(student))``; logits ``[..., d_vocab]``."""
+def next_token_kl_sum(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over (masked) positions of ``KL(softmax(teacher) || softmax(student))``; logits ``[..., d_vocab]``,
+    ``mask`` ``[...]`` (1: counted)."""
     s_log, t_log = torch.log_softmax(student.float(), -1), torch.log_softmax(teacher.float(), -1)
-    return (t_log.exp() * (t_log - s_log)).sum()
+    per_position = (t_log.exp() * (t_log - s_log)).sum(-1)
+    return (per_position if mask is None else per_position * mask).sum()
 
 
 def align_positions(student: list[int], teacher: list[int]) -> list[int]:
