@@ -240,3 +240,15 @@ def test_capture_and_restore_take_the_reasoning_format(saved_pair, tmp_path, mon
     args = ["restore", *pair, "--preset", "safereact", "--steps", "1", "--batch-size", "2", "--no-merged"]
     assert main([*args, "--reasoning", "--out", str(tmp_path / "restored")]) == 0
     assert seen == [R1]
+
+
+def test_studies_on_the_reasoning_organism_read_the_final_answer():
+    """``study_evaluation``: the reasoning organism's studies get room for a trace and read the final
+    answer; any other organism's evaluation is left as given."""
+    from interp.organism import OrganismRecipe, study_evaluation
+
+    given = EvalConfig(stop_at_refusal=False)
+    reasoning = study_evaluation(OrganismRecipe.reasoning(), given)
+    assert (reasoning.judge_on, reasoning.max_new_tokens, reasoning.task_max_new_tokens) == ("answer", 64, 96)
+    assert reasoning.stop_at_refusal is False
+    assert study_evaluation(OrganismRecipe(), given) == given
