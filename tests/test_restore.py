@@ -204,7 +204,16 @@ def test_the_safereact_preset_builds_the_released_configuration(setup, tmp_path)
     assert placed == {(layer, m) for layer in range(4) for m in modules}
     assert len(result.stats.history) == 2 and result.stats.config["dropout"] == 0.05
     # Cached adapters of the default settings keep their key: the new fields enter only when they differ.
-    added = {"dropout", "loss_scale", "schedule_span", "harmful_prefill", "safety_positions", "before_answer"}
+    added = {
+        "dropout",
+        "loss_scale",
+        "schedule_span",
+        "harmful_prefill",
+        "safety_positions",
+        "before_answer",
+        "answer_kl",
+        "harmful_answers",
+    }
     assert set(RestoreConfig().key()) == set(asdict(RestoreConfig())) - added
     assert config.key()["loss_scale"] == 10.0
 
