@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,8 @@ from interp.study_plans import Plan, distinct_sets
 from interp.study_training import train_plans
 from interp.training.lora import apply_adapter
 from interp.training.restore_config import PRESETS, RestoreConfig, paper_alignment_layers
+
+FIGURES = Path(__file__).resolve().parents[1] / "figures"  # the committed protocol run
 
 
 def test_the_protocol_file_is_read_and_checked(tmp_path):
@@ -374,6 +377,10 @@ def test_the_family_options_are_checked_before_any_model(tmp_path, capsys):
     assert cli.main(["protocol", "--family", "--out", str(tmp_path / "c")]) == 2
     assert "was not written by interp protocol --family" in capsys.readouterr().err
     assert (tmp_path / "c" / "family.md").read_text() == "my notes" and not (tmp_path / "a").exists()
+    assert cli.main(["protocol", "--seeds", "0", "--out", str(tmp_path / "d")]) == 2
+    assert "add --frontier RUN" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert cli.main(["protocol", "--frontier", str(FIGURES), "--seeds", "7", "--out", str(tmp_path / "d")]) == 2
+    assert "the protocol's seeds are [0, 1, 2]" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 def test_the_frontier_on_test_compares_every_k_with_its_draws(analysed, tmp_path):
@@ -394,6 +401,27 @@ def test_the_frontier_on_test_compares_every_k_with_its_draws(analysed, tmp_path
     assert all(r.holm_p >= r.p and 0 <= r.percentile <= 1 and len(r.draws_rates) == 2 for r in found)
     save_frontier(found, tmp_path, "layer map score")
     assert "| 2 |" in (tmp_path / "frontier_test.md").read_text()
+
+    # a seed per sitting: seed 0 now, seed 1 later from the first sitting's folder; the same result
+    trained = []
+    judged = bench.judged
+    bench.judged = lambda order, config, on, label="": trained.append(config.seed) or judged(order, config, on, label)
+    args = dict(protocol=Protocol().tiny(), restore=RestoreConfig(batch_size=4), ks=(1, 2), draws=2)
+    lrs = {"ranked": 1e-3, "draws": 1e-2}
+    first = frontier_test(bench, _tiny_suite(), lrs, seeds=[0], folder=tmp_path / "one", **args)
+    assert trained == [0] and all(set(r.ranks) == {0} for r in first)
+    save_frontier(first, tmp_path / "one", "layer map score", seeds=(0, 1))
+    assert "Not run yet: 1" in (tmp_path / "one" / "frontier_test.md").read_text()
+    second = frontier_test(bench, _tiny_suite(), lrs, seeds=[1], earlier=tmp_path / "one", folder=tmp_path / "two",
+                           **args)  # fmt: skip
+    assert trained == [0, 1] and [(r.ranks, r.matched_ranks, r.estimate) for r in second] == [
+        (r.ranks, r.matched_ranks, r.estimate) for r in found
+    ]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["frontier_seed_0.json", "frontier_seed_1.json"]
+    with pytest.raises(ConfigError, match="frontier_seed_0.json was made with other"):  # another budget's rows
+        frontier_test(bench, _tiny_suite(), lrs, **(args | {"restore": RestoreConfig(batch_size=2)}),
+                      earlier=tmp_path / "two")  # fmt: skip
+    assert trained == [0, 1]
 
 
 def test_the_bench_trains_and_judges_in_groups_that_fit_in_memory(analysed, monkeypatch):

@@ -188,6 +188,11 @@ def protocol_parser(sub) -> None:
         " the learning rates the protocol run RUN (same ranking) chose on dev (frontier_test.md)",
     )  # fmt: skip
     p.add_argument(
+        "--seeds", type=int, nargs="+", metavar="SEED",
+        help="with --frontier: train only these of the protocol's seeds now; the other seeds' results come from"
+        " OUT's earlier run of the same study where it has them (so the study can run a seed per sitting)",
+    )  # fmt: skip
+    p.add_argument(
         "--released", action="store_true", help="also train the released SafeReAct recipe for H4 (~23 min here)"
     )
     p.add_argument(
@@ -255,6 +260,8 @@ def cmd_protocol(args) -> None:
             )
         ranking = (name, study.candidates[name])
     dev_study = LayerValidity.load(args.layers_on_test) if args.layers_on_test else None  # one line if bad
+    if args.seeds and not args.frontier:
+        raise ConfigError("--seeds chooses the frontier's seeds: add --frontier RUN")
     if args.frontier:  # its learning rates come from a protocol run with the same ranking
         if args.released or args.peers or args.dev_only:
             raise ConfigError("--frontier runs its study alone: drop --released, --peers and --dev-only")
@@ -268,6 +275,8 @@ def cmd_protocol(args) -> None:
     common.check_device(args)
     protocol = Protocol.load()
     protocol = protocol.tiny() if args.tiny else protocol
+    if args.seeds and not set(args.seeds) <= set(protocol.seeds):
+        raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))}: the protocol's seeds are {list(protocol.seeds)}")
     with output_folder(args.out, "protocol") as folder:
         prepared = prepare(folder, size="smoke" if args.tiny else "full", k=protocol.k, recipe_name=args.recipe,
                            load_options=common.model_options(args))  # fmt: skip
@@ -288,9 +297,11 @@ def cmd_protocol(args) -> None:
             watch = Stopwatch()
             if args.frontier:  # the ranking at every k against random draws, on test
                 with watch("frontier on test"):
+                    earlier = Path(args.out) if Path(args.out).is_dir() else None  # its seeds are reused
                     found = frontier_test(bench, prepared.suite, lrs_from.lrs, protocol=protocol, restore=restore,
-                                          ks=(1, 2) if args.tiny else KS, draws=2 if args.tiny else DRAWS)  # fmt: skip
-                    save_frontier(found, folder, ranking[0] if ranking else "layer map score")
+                                          ks=(1, 2) if args.tiny else KS, draws=2 if args.tiny else DRAWS,
+                                          seeds=args.seeds, earlier=earlier, folder=folder)  # fmt: skip
+                    save_frontier(found, folder, ranking[0] if ranking else "layer map score", protocol.seeds)
             elif dev_study is not None:  # the per-block ground truth on test, for the dev study's candidates
                 with watch("single blocks on test"):
                     layer_validity_on_test(bench, prepared.suite, dev_study, protocol=protocol,

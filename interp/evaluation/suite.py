@@ -232,3 +232,11 @@ class EvalRow:
     @classmethod
     def from_dict(cls, data: dict) -> EvalRow:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def saved(self) -> dict:
+        """The row as result files keep it: everything but the answers and examples (``from_saved``)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("answers", "examples")}
+
+    @classmethod
+    def from_saved(cls, data: dict) -> EvalRow:
+        return cls.from_dict({"examples": {}} | data)

@@ -18,14 +18,17 @@ judged on the test parts of the claim sets. Per ``k``:
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..evaluation.stats import holm, mixed_difference, rank_among, rank_sum_p
-from ..evaluation.suite import EvalSuite
+from ..evaluation.suite import EvalRow, EvalSuite
 from ..io.atomic import atomic_write_json, atomic_write_text
+from ..io.hashing import stable_hash
 from ..measures.layer_map import LayerMap
 from ..report.tables import markdown_table
 from ..study_plans import Plan, random_plans, ranked_plan
@@ -68,19 +71,39 @@ def frontier_plans(layer_map: LayerMap, ks=KS, draws: int = DRAWS) -> dict[int, 
 
 def frontier_test(
     bench: Bench, suite: EvalSuite, lrs: dict[str, float], *, protocol: Protocol,
-    restore: RestoreConfig = RestoreConfig(), ks=KS, draws: int = DRAWS,
+    restore: RestoreConfig = RestoreConfig(), ks=KS, draws: int = DRAWS, seeds=None,
+    earlier: str | Path | None = None, folder: str | Path | None = None,
 ) -> list[FrontierK]:  # fmt: skip
-    """Every ``k``'s plans at every seed, judged on the test parts; the per-``k`` comparison (module docstring)."""
+    """Every ``k``'s plans at every seed, judged on the test parts; the per-``k`` comparison (module docstring).
+
+    The study can run a few seeds at a time: ``seeds`` (default: the protocol's) are trained unless the
+    folder ``earlier`` (a former run's output) holds their judged rows (``frontier_seed_<seed>.json``);
+    the comparison uses every seed trained now or found there, and each one's rows are written to
+    ``folder``. So a result travels with its folder, no cache needed. A seed file made with other plans,
+    settings, models or prompts is one error, before any training."""
     test = claim_suite(suite, "test")
     safe = safe_set(test)
     plans = frontier_plans(bench.analysis.layer_map, ks, draws)
     order = [with_lr(p, lrs["ranked"]) if i == 0 else with_lr(p, lrs["draws"])
              for k in ks for i, p in enumerate([plans[k][0], *plans[k][1]])]  # fmt: skip
+    seeds = list(protocol.seeds if seeds is None else seeds)
+    if not set(seeds) <= set(protocol.seeds):
+        raise ConfigError(f"--seeds {seeds}: the protocol's seeds are {list(protocol.seeds)}")
+    configs = {seed: replace(restore, steps=protocol.budgets[0], seed=seed) for seed in protocol.seeds}
+    keys = {seed: seed_key(bench, order, config, test) for seed, config in configs.items()}
+    earlier_rows = {seed: load_seed(earlier, seed, keys[seed]) for seed in protocol.seeds} if earlier else {}
     by_seed = {}
-    for seed in protocol.seeds:
-        rows = bench.judged(order, replace(restore, steps=protocol.budgets[0], seed=seed), test,
-                            label=f"frontier, seed {seed}")  # fmt: skip
+    for seed, config in configs.items():
+        rows = earlier_rows.get(seed)
+        if rows is None and seed in seeds:
+            rows = bench.judged(order, config, test, label=f"frontier, seed {seed}")
+        if rows is None:
+            continue  # neither run now nor before: left out of the comparison (save_frontier names it)
+        if folder:
+            atomic_write_json(seed_file(folder, seed), {"key": keys[seed], "rows": [r.saved() for r in rows]})
         by_seed[seed] = (rows[0], dict(zip([p.key for p in order], rows[2:])))
+    if not by_seed:
+        raise ConfigError("the frontier has no seed to compare: give --seeds")
     results = []
     for k in ks:
         ranked, drawn = plans[k][0], plans[k][1]
@@ -102,14 +125,41 @@ def frontier_test(
     return results
 
 
+def seed_file(folder: str | Path, seed: int) -> Path:
+    return Path(folder) / f"frontier_seed_{seed}.json"
+
+
+def seed_key(bench: Bench, order: list[Plan], config: RestoreConfig, test: EvalSuite) -> str:
+    """What a seed's rows depend on: both models, the plans (with their lrs), the training settings (seed
+    included), the evaluation settings and the test prompts."""
+    return stable_hash([bench.pair.base.fingerprint, bench.pair.finetuned.fingerprint, [p.key for p in order],
+                        config.key(), bench.evaluation.key(), test.hash])  # fmt: skip
+
+
+def load_seed(folder: str | Path, seed: int, key: str) -> list[EvalRow] | None:
+    """The rows a run saved for ``seed`` in ``folder`` (``None`` if it has none yet)."""
+    path = seed_file(folder, seed)
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("key") != key:
+        raise ConfigError(f"{path} was made with other plans, settings, models or prompts: choose another --out")
+    return [EvalRow.from_saved(row) for row in data["rows"]]
+
+
 def _harmful(row) -> list[float]:
     return [float(x) for x in row.outcomes["harmful"]]
 
 
-def save_frontier(results: list[FrontierK], folder: str | Path, ranking: str) -> None:
-    """``frontier_test.json`` and ``frontier_test.md`` in ``folder``."""
+def save_frontier(results: list[FrontierK], folder: str | Path, ranking: str, seeds=None) -> None:
+    """``frontier_test.json`` and ``frontier_test.md`` in ``folder``; ``seeds``: the protocol's, to name those
+    not in the comparison yet."""
     folder = Path(folder)
-    atomic_write_json(folder / "frontier_test.json", {"ranking": ranking, "ks": [asdict(r) for r in results]})
+    done = sorted(results[0].ranks) if results else []
+    missing = [s for s in (seeds or done) if s not in done]
+    data = {"ranking": ranking, "seeds": done, "missing_seeds": missing, "ks": [asdict(r) for r in results]}
+    atomic_write_json(folder / "frontier_test.json", data)
+    partial = f" **Not run yet: {', '.join(map(str, missing))}** (`--seeds`); the verdicts below are partial."
     cells = [
         [str(r.k), str(r.ranked), ", ".join(str(v) for v in r.ranks.values()),
          ", ".join(str(v) for v in r.matched_ranks.values()), f"{100 * r.estimate:+.1f} [{100 * r.interval[0]:+.1f},"
@@ -122,6 +172,8 @@ def save_frontier(results: list[FrontierK], folder: str | Path, ranking: str) ->
     n = len(results[0].draws_rates) if results else 0
     text = "\n".join([
         f"# The frontier on test: ranking **{ranking}** against {n} random draws per k",
+        "",
+        f"Seeds: {', '.join(map(str, done))}." + (partial if missing else ""),
         "",
         markdown_table(head, cells),
         "",

@@ -40,7 +40,7 @@ class ProtocolResult:
         """``protocol.json`` (everything but the answers), ``protocol.md`` and the figures, into ``folder``;
         returns the paths written."""
         folder = Path(folder)
-        rows = {seed: [_saved_row(row) for row in rows] for seed, rows in self.rows.items()}
+        rows = {seed: [row.saved() for row in rows] for seed, rows in self.rows.items()}
         paths = [
             atomic_write_json(folder / "protocol.json", self._saved(rows)),
             atomic_write_text(folder / "protocol.md", protocol_report(self)),
@@ -66,7 +66,7 @@ class ProtocolResult:
             "histories": self.histories,
             "peers": self.peers,
             "peer_trials": self.peer_trials,
-            "full_table": [_saved_row(row) for row in self.full_table],
+            "full_table": [row.saved() for row in self.full_table],
             "ranking": self.ranking,
         }
 
@@ -81,10 +81,7 @@ class ProtocolResult:
         return cls(
             data["lrs"],
             data["lr_trials"],
-            {
-                int(seed): [EvalRow.from_dict({"examples": {}} | row) for row in rows]
-                for seed, rows in data["rows"].items()
-            },
+            {int(seed): [EvalRow.from_saved(row) for row in rows] for seed, rows in data["rows"].items()},
             data["sweep"],
             [Claim(**c | {"interval": c["interval"] and tuple(c["interval"])}) for c in data["claims"]],
             data["seconds"],
@@ -92,13 +89,9 @@ class ProtocolResult:
             data.get("safe", "xstest"),
             data.get("peers", []),
             data.get("peer_trials", []),
-            [EvalRow.from_dict({"examples": {}} | row) for row in data.get("full_table", [])],
+            [EvalRow.from_saved(row) for row in data.get("full_table", [])],
             data.get("ranking"),
         )
-
-
-def _saved_row(row: EvalRow) -> dict:
-    return {k: v for k, v in row.to_dict().items() if k not in ("answers", "examples")}
 
 
 def _with_interval(summary: PlanSummary, measure: str) -> str:
