@@ -87,19 +87,7 @@ def choose_on_answers(rows: dict, base, ft, safe: str, margin: float) -> tuple[s
 def teacher_words(teacher, harmful, chat, m: int) -> tuple[str, ...]:
     """The teacher's first ``m`` greedy tokens after each prompt of ``harmful`` rendered with ``chat`` (its
     prefill included), as text, unstripped (a leading newline is the teacher's first token)."""
-    import torch
-
-    from interp.core.chat import batches
-
-    tok = teacher.tokenizer
-    out = [""] * len(harmful)
-    for batch in batches(chat.encode(tok, harmful.instructions), 32, tok.pad_token_id):
-        with torch.no_grad():
-            ids = teacher.hf.generate(input_ids=batch.ids, attention_mask=batch.mask, max_new_tokens=m,
-                                      do_sample=False, pad_token_id=tok.pad_token_id)  # fmt: skip
-        for row, index in enumerate(batch.index):
-            out[index] = tok.decode(ids[row, batch.ids.shape[1] :], skip_special_tokens=True)
-    return tuple(out)
+    return tuple(generate(teacher, harmful, chat=chat, max_new_tokens=m, strip=False, progress=False))
 
 
 def own_trace(pair, harmful, chat) -> tuple[str, float]:

@@ -46,7 +46,7 @@ def prompts(n: int = 12):
     return harmful_prompts("val").head(n // 2) + harmless_prompts("val").head(n - n // 2)
 
 
-def hf_greedy(model, text: str, max_new_tokens: int) -> str:
+def hf_greedy(model, text: str, max_new_tokens: int, strip: bool = True) -> str:
     """Hugging Face's own ``generate``, one prompt at a time (no padding): the reference answers."""
     ids = torch.tensor([ChatFormat().encode(model.tokenizer, [text])[0]])
     with torch.no_grad():
@@ -58,7 +58,8 @@ def hf_greedy(model, text: str, max_new_tokens: int) -> str:
             pad_token_id=model.tokenizer.pad_token_id,
             eos_token_id=model.tokenizer.eos_token_id,
         )
-    return model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    text = model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return text.strip() if strip else text
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -67,6 +68,20 @@ def test_the_engine_equals_hugging_face_generate_on_each_prompt_alone(tiny_model
     batch = prompts(10)
     got = generate(model, batch, max_new_tokens=7, batch_size=4, cache=False, progress=False)
     assert got == [hf_greedy(model, text, 7) for text in batch.instructions]
+
+
+def test_unstripped_answers_keep_their_whitespace_and_skip_the_cache(tiny_model_dir):
+    """``strip=False``: Hugging Face's own decode as it is, and never the stripped answers the cache holds."""
+    model = load_model(tiny_model_dir)
+    (newline,) = model.tokenizer.encode("\n", add_special_tokens=False)
+    planted = torch.zeros(model.hf.config.vocab_size)
+    planted[newline] = 1e4  # every greedy token is a newline
+    model.hf.lm_head.register_forward_hook(lambda module, inputs, out: out + planted.to(out.dtype))
+    batch = prompts(6)
+    stripped = generate(model, batch, max_new_tokens=3, batch_size=4, progress=False)  # cached
+    raw = generate(model, batch, max_new_tokens=3, batch_size=4, progress=False, strip=False)
+    assert raw == [hf_greedy(model, text, 3, strip=False) for text in batch.instructions] == ["\n\n\n"] * 6
+    assert stripped == [""] * 6
 
 
 def test_pooled_and_per_set_generation_give_equal_answers(tiny_llama):

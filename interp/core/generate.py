@@ -4,7 +4,7 @@ causal and steering checks.
 **What it computes.** For each prompt, the greedy answer of the plain Hugging Face model (its own
 attention, sdpa where available; never through a booted bridge), with residual-stream ``edits`` applied
 as forward hooks on the decoder layers (``interp.core.bridge.intervene``): ``decode(argmax ...)`` up to
-end-of-sequence or ``max_new_tokens``, special tokens dropped, stripped.
+end-of-sequence or ``max_new_tokens``, special tokens dropped, stripped (unless the request says not to).
 
 **How.** Every prompt of every request in a call is pooled into one queue sorted by token budget and
 length and cut into batches of ``batch_size`` rows. The tokens every prompt starts with (the chat template's system
@@ -100,7 +100,8 @@ class Request:
     """One prompt set to answer: its token budget, whether the judge may stop a row early, the refusal
     tokens whose first-step log-odds to return (``None``: no score), ``sampling`` (``None``: greedy) and,
     with a reasoning format, the trace's own budget (``None``: ``max_new_tokens`` is the whole answer's;
-    else ``max_new_tokens`` counts from the trace's end)."""
+    else ``max_new_tokens`` counts from the trace's end). ``strip=False`` keeps the answer's leading and
+    trailing whitespace (a first token that is a newline, say); such answers are never cached."""
 
     prompts: PromptSet | Sequence[str]
     max_new_tokens: int = 48
@@ -108,6 +109,7 @@ class Request:
     score_tokens: tuple[int, ...] | None = None
     sampling: Sampling | None = None
     trace_tokens: int | None = None
+    strip: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or (self.trace_tokens is not None and self.trace_tokens < 1):
@@ -147,6 +149,7 @@ class _Row:
     generator: torch.Generator | None = None
     trace_budget: int | None = None  # the trace's own budget (Request.trace_tokens)
     closed: int | None = None  # tokens generated when the trace's closing delimiter was complete
+    strip: bool = True  # Request.strip
 
     @property
     def limit(self) -> int:
@@ -204,7 +207,7 @@ def _decode_batch(model: LoadedModel, rows: list[_Row], prefix: SharedPrefix, cl
                 if not done and row.stop_at_refusal and _decided(tokenizer, row, close):
                     done = row.stopped = True
             if done:
-                row.answer = _text(tokenizer, row.tokens)
+                row.answer = _text(tokenizer, row.tokens, row.strip)
         active = [j for j, r in enumerate(present) if rows[r].answer is None]
         if not active:
             return
@@ -224,8 +227,9 @@ def _decode_batch(model: LoadedModel, rows: list[_Row], prefix: SharedPrefix, cl
         ).logits[:, -1]
 
 
-def _text(tokenizer, tokens: Sequence[int]) -> str:
-    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
+def _text(tokenizer, tokens: Sequence[int], strip: bool = True) -> str:
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return text.strip() if strip else text
 
 
 def _closes(tokenizer, tokens: Sequence[int], close: str) -> bool:
@@ -316,14 +320,14 @@ def generate_many(
             raise ConfigError(f"request {r} has no prompts")
         for i, (text, ids) in enumerate(zip(instructions, chat.encode(model.tokenizer, instructions))):
             row = _Row(r, i, text, ids, request.max_new_tokens, request.stop_at_refusal, request.score_tokens)
-            row.trace_budget = request.trace_tokens
+            row.trace_budget, row.strip = request.trace_tokens, request.strip
             if request.sampling is not None:
                 row.sampling, row.generator = request.sampling, request.sampling.generator(text)
             rows.append(row)
     store = _AnswerStore(model, edits_key if edits else "", chat) if cache and (not edits or edits_key) else None
     to_generate, to_score = [], []
     for row in rows:
-        entry = None if store is None else store.get(row)
+        entry = None if store is None or not row.strip else store.get(row)
         if entry is None:
             to_generate.append(row)
             continue
@@ -345,7 +349,7 @@ def generate_many(
         for row, (answer, stopped, score) in zip(order, done):
             row.answer, row.stopped, row.score = answer, stopped, score
     if store is not None and (to_generate or to_score):
-        store.save(to_generate + to_score)
+        store.save([row for row in to_generate + to_score if row.strip])
     out = [Answers([""] * len(request.instructions)) for request in requests]
     for r, request in enumerate(requests):
         if request.score_tokens is not None:
@@ -383,9 +387,11 @@ def generate(
     edits_key: str | None = None,
     cache: bool = True,
     progress: bool = True,
+    strip: bool = True,
 ) -> list[str]:
-    """Greedy completions of each prompt, in the prompts' order (one request of ``generate_many``)."""
-    request = Request(prompts, max_new_tokens, stop_at_refusal)
+    """Greedy completions of each prompt, in the prompts' order (one request of ``generate_many``);
+    ``strip=False`` keeps their surrounding whitespace (``Request``)."""
+    request = Request(prompts, max_new_tokens, stop_at_refusal, strip=strip)
     options = {"chat": chat, "edits": edits, "edits_key": edits_key, "batch_size": batch_size, "cache": cache}
     return generate_many(model, [request], progress=progress, **options)[0].answers
 
