@@ -1,39 +1,53 @@
-"""The claim under each ranking: one row per protocol run of the same organism (``interp.protocol.family``),
-the layer map's score and the rankings of protocol amendment 7 (``interp protocol --ranking``).
+"""The pre-registered claim side by side: one row per protocol run (``interp.protocol.family``). Either runs
+of one organism under different rankings (protocol amendment 7, ``interp protocol --ranking``), or runs of
+different organisms (``--organisms``: the README's per-organism table; ``interp protocol --family`` writes
+the same rows for the organisms it ran, this adds the default pair's run, which lives in ``figures/``).
 
-    python analyses/rankings_table.py "layer map score=runs/protocol-test" "patch effect=runs/protocol-patch" \
+    python analyses/rankings_table.py "layer map score=figures" "patch effect=figures/rankings/patch-effect" \
         [--out figures/rankings.md]
+    python analyses/rankings_table.py --organisms "default=figures" "reasoning=figures/family/reasoning" \
+        --out figures/organisms.md
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from interp.io.atomic import atomic_write_text
 from interp.protocol.family import family_table
 
+TITLES = {
+    "ranking": "# The pre-registered test under each ranking (test parts)",
+    "organism": "# The pre-registered test on each organism (test parts)",
+}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="NAME=FOLDER: a protocol run and the ranking it used")
-    parser.add_argument("--out", default="figures/rankings.md")
+    parser.add_argument("runs", nargs="+", help="NAME=FOLDER: a protocol run and its ranking (or organism)")
+    parser.add_argument("--organisms", action="store_true", help="the runs are of different organisms")
+    parser.add_argument("--out", default=None, help="default: figures/rankings.md (figures/organisms.md)")
     args = parser.parse_args()
     if any("=" not in run for run in args.runs):
         parser.error("every run is NAME=FOLDER")
     folders = dict(run.split("=", 1) for run in args.runs)
+    first = "organism" if args.organisms else "ranking"
+    out = Path(args.out or f"figures/{first}s.md")
+    command = " ".join(["python analyses/rankings_table.py", *(["--organisms"] if args.organisms else []),
+                        *map(shlex.quote, args.runs)])  # fmt: skip
     text = "\n".join([
-        "# The pre-registered test under each ranking (test parts)",
+        TITLES[first],
         "",
-        "`python analyses/rankings_table.py " + " ".join(f'"{run}"' for run in args.runs) + "`: per protocol run,"
-        " the ranked plan's rank among each seed's 19 draws (top 10% = rank 1 or 2), ranked - draws with its 95%"
-        " interval and Holm p at judged refusal (H1) and at the base's over-refusal (H2a), and ranked - all"
-        " layers (H3) and - the released recipe (H4).",
+        f"`{command}`: per protocol run, the ranked plan's rank among each seed's draws (top 10% of the plans"
+        " compared), ranked - draws with its 95% interval and Holm p at judged refusal (H1) and at the base's"
+        " over-refusal (H2a), and ranked - all layers (H3) and - the released recipe (H4).",
         "",
-        family_table(folders, first="ranking"),
+        family_table(folders, first=first),
         "",
     ])  # fmt: skip
-    atomic_write_text(Path(args.out), text)
+    atomic_write_text(out, text)
     print(text)
 
 
