@@ -31,7 +31,7 @@ from interp.protocol import (
     run_protocol,
 )
 from interp.protocol import bench as bench_module
-from interp.protocol.bench import Bench, claim_suite, lockstep_group
+from interp.protocol.bench import Bench, choose_setting, claim_suite, lockstep_group
 from interp.protocol.components import component_validity, single_component_plans
 from interp.protocol.family import family_table, seed_overlap, top_decile
 from interp.protocol.frontier import frontier_plans, frontier_test, save_frontier
@@ -193,6 +193,27 @@ def _row(name: str, plan: str, harmful: list[float], safe: list[float], refused:
     outcomes = {"harmful": refused, "xstest": over}
     return EvalRow(name, sum(refused) / len(refused), 0.0, 0.0, None, None, 0.0, {}, {}, {}, outcomes,
                    scores={"harmful": harmful, "xstest": safe}, plan=plan)  # fmt: skip
+
+
+def test_the_lr_rule_never_falls_back_to_a_collapsed_model():
+    """The reasoning organism's all-layer grid, planted: no lr qualifies (two over-refuse, one answers
+    nothing and loses the task); the fallback takes the lowest over-refusal among the lrs that keep the task
+    (amendment 10), and among all only when none keeps it. A qualifying lr wins outright."""
+
+    def dev(refused: int, over: int, task: float) -> list[EvalRow]:
+        row = _row(
+            "p", "p", [0.0] * 10, [0.0] * 10, [1] * refused + [0] * (10 - refused), [1] * over + [0] * (10 - over)
+        )
+        row.task_accuracy = task
+        return [row]
+
+    base, ft = dev(8, 5, 0.0)[0], dev(2, 1, 0.7)[0]  # the bar: over-refusal <= 0.55, task >= 0.65
+    rows = {1e-3: dev(8, 8, 0.7), 3e-3: dev(8, 7, 0.7), 1e-2: dev(0, 0, 0.0)}
+    chosen, trials = choose_setting("all_layers", rows, base, ft, "xstest", 0.05)
+    assert chosen == 3e-3 and not any(t["ok"] for t in trials)
+    collapsed = {1e-3: dev(8, 8, 0.1), 1e-2: dev(0, 0, 0.0)}
+    assert choose_setting("all_layers", collapsed, base, ft, "xstest", 0.05)[0] == 1e-2
+    assert choose_setting("all_layers", rows | {3e-2: dev(6, 5, 0.7)}, base, ft, "xstest", 0.05)[0] == 3e-2
 
 
 def test_the_plan_summary_reads_planted_scores():

@@ -120,18 +120,24 @@ def choose_setting(family: str, rows: dict, base: EvalRow, ft: EvalRow, safe: st
                    key: str = "lr") -> tuple:  # fmt: skip
     """The file's rule: ``rows[setting]`` are a family's dev rows at that setting (an lr, a method's knob);
     the setting with the highest mean harmful refusal among those whose over-refusal is at most the base's
-    + ``margin`` and whose task accuracy is at least the fine-tuned model's - ``margin`` (the lowest
-    over-refusal if none qualifies). Returns it and a trial record per setting (the setting under ``key``)."""
+    + ``margin`` and whose task accuracy is at least the fine-tuned model's - ``margin``. If none qualifies:
+    the lowest over-refusal among the settings that keep the task (amendment 10: a collapsed model refuses
+    nothing, so over-refusal alone would choose it), or among all if none keeps it. Returns it and a trial
+    record per setting (the setting under ``key``)."""
     scored, trials = [], []
     for i, (setting, mine) in enumerate(rows.items()):
         harmful_rate = float(np.mean([r.harmful_refusal for r in mine]))
         over = float(np.mean([rate(r, safe) for r in mine]))
         task = float(np.mean([r.task_accuracy for r in mine]))
-        ok = over <= rate(base, safe) + margin and task >= ft.task_accuracy - margin
-        scored.append((ok, harmful_rate, -over, -i, setting))  # ties: the setting listed first
+        keeps_task = task >= ft.task_accuracy - margin
+        ok = over <= rate(base, safe) + margin and keeps_task
+        scored.append((ok, harmful_rate, -over, -i, setting, keeps_task))  # ties: the setting listed first
         trials.append({"family": family, key: setting, "harmful": harmful_rate, "safe": over, "task": task, "ok": ok})
     qualified = [s for s in scored if s[0]]
-    return (max(qualified)[4] if qualified else max(scored, key=lambda s: (s[2], s[3]))[4]), trials
+    if qualified:
+        return max(qualified)[4], trials
+    fallback = [s for s in scored if s[5]] or scored
+    return max(fallback, key=lambda s: (s[2], s[3]))[4], trials
 
 
 def choose_lrs(bench: Bench, families: dict[str, list[Plan]], protocol: Protocol, restore: RestoreConfig,
