@@ -179,6 +179,46 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
     assert f"| tiny | {ranked} |" in table and "| other | (no protocol run) |" in table
 
 
+def test_the_protocol_runs_a_seed_per_sitting(analysed, tmp_path, monkeypatch):
+    """``seeds=[0]`` stops after seed 0 with a partial result (claims over seed 0, no sweep); a later run from
+    that folder trains only the missing seed, then the sweep, and equals the run made in one go. A folder
+    made under other settings is one error before any training."""
+    pair, analysis = analysed
+    trained = []
+    judged = Bench.judged
+    monkeypatch.setattr(Bench, "judged", lambda self, plans, config, on, label="": trained.append(
+        (config.seed, config.steps)) or judged(self, plans, config, on, label))  # fmt: skip
+    args = dict(harmful=harmful_prompts("train").head(8),
+                retain=harmless_prompts("train").head(8) + arithmetic_prompts("train", n=20).head(8),
+                suite=_tiny_suite(), protocol=Protocol().tiny(), restore=RestoreConfig(batch_size=4),
+                evaluation=QUICK_EVAL, progress=False, log=lambda _: None)  # fmt: skip
+    first = run_protocol(pair, analysis, tmp_path / "one", seeds=[0], **args)
+    assert trained == [(0, 2), (0, 2)]  # the dev grid, then seed 0
+    assert first.missing_seeds == [1] and sorted(first.rows) == [0] and not first.sweep
+    assert {c.name for c in first.claims} == {"H1", "H2a", "H3"} and first.claims[0].detail["ranks"].keys() == {0}
+    assert "Partial: seeds 1 not run yet" in (tmp_path / "one" / "protocol.md").read_text()
+    assert ProtocolResult.load(tmp_path / "one").missing_seeds == [1]
+    assert "| tiny (partial: seeds 0 of 2) |" in family_table({"tiny": tmp_path / "one"})
+
+    second = run_protocol(pair, analysis, tmp_path / "two", earlier=tmp_path / "one", **args)
+    assert trained == [(0, 2), (0, 2), (1, 2)]  # only seed 1 (the sweep trains apart from the bench's judging)
+    assert second.missing_seeds == [] and second.sweep and second.lrs == first.lrs
+    assert {"lr grid on dev, 2 steps", "2 steps, seed 0", "2 steps, seed 1"} <= set(second.histories)
+    whole = run_protocol(pair, analysis, tmp_path / "whole", **args)
+    assert [(c.name, c.estimate, c.p_value, c.detail.get("ranks")) for c in second.claims] == [
+        (c.name, c.estimate, c.p_value, c.detail.get("ranks")) for c in whole.claims
+    ]
+    kept = sorted(p.name for p in (tmp_path / "two").iterdir() if p.name.startswith("protocol_"))
+    assert kept == ["protocol_lr_grid.json", "protocol_seed_0.json", "protocol_seed_1.json"]
+    trained.clear()
+    with pytest.raises(ConfigError, match="protocol_lr_grid.json was made with other"):  # another batch size's rows
+        run_protocol(pair, analysis, tmp_path / "three", earlier=tmp_path / "two",
+                     **(args | {"restore": RestoreConfig(batch_size=2)}))  # fmt: skip
+    assert trained == [] and not (tmp_path / "three").exists()
+    with pytest.raises(ConfigError, match="the protocol's seeds are"):
+        run_protocol(pair, analysis, tmp_path / "three", seeds=[5], **args)
+
+
 def families_of(analysis):
     return protocol_plans(analysis, Protocol().tiny())
 
@@ -398,8 +438,10 @@ def test_the_family_options_are_checked_before_any_model(tmp_path, capsys):
     assert cli.main(["protocol", "--family", "--out", str(tmp_path / "c")]) == 2
     assert "was not written by interp protocol --family" in capsys.readouterr().err
     assert (tmp_path / "c" / "family.md").read_text() == "my notes" and not (tmp_path / "a").exists()
-    assert cli.main(["protocol", "--seeds", "0", "--out", str(tmp_path / "d")]) == 2
-    assert "add --frontier RUN" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert cli.main(["protocol", "--seeds", "0", "--layers", "--out", str(tmp_path / "d")]) == 2
+    assert "drop --layers" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert cli.main(["protocol", "--seeds", "0", "--dev-only", "--out", str(tmp_path / "d")]) == 2
+    assert "drop --dev-only" in capsys.readouterr().err and not (tmp_path / "d").exists()
     assert cli.main(["protocol", "--frontier", str(FIGURES), "--seeds", "7", "--out", str(tmp_path / "d")]) == 2
     assert "the protocol's seeds are [0, 1, 2]" in capsys.readouterr().err and not (tmp_path / "d").exists()
 

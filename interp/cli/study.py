@@ -189,8 +189,10 @@ def protocol_parser(sub) -> None:
     )  # fmt: skip
     p.add_argument(
         "--seeds", type=int, nargs="+", metavar="SEED",
-        help="with --frontier: train only these of the protocol's seeds now; the other seeds' results come from"
-        " OUT's earlier run of the same study where it has them (so the study can run a seed per sitting)",
+        help="train only these of the protocol's seeds now (the protocol, or --frontier); the other seeds' results"
+        " come from OUT's earlier run of the same study where it has them, so a study can run a seed per sitting."
+        " The protocol stops after them (a partial result); without --seeds it completes: the seeds still missing,"
+        " then the released recipe, full table, published methods and strength sweep",
     )  # fmt: skip
     p.add_argument(
         "--released", action="store_true", help="also train the released SafeReAct recipe for H4 (~23 min here)"
@@ -260,8 +262,8 @@ def cmd_protocol(args) -> None:
             )
         ranking = (name, study.candidates[name])
     dev_study = LayerValidity.load(args.layers_on_test) if args.layers_on_test else None  # one line if bad
-    if args.seeds and not args.frontier:
-        raise ConfigError("--seeds chooses the frontier's seeds: add --frontier RUN")
+    if args.seeds and (alone or args.dev_only):
+        raise ConfigError(f"--seeds chooses the seeds of the protocol or --frontier: drop {alone or '--dev-only'}")
     if args.frontier:  # its learning rates come from a protocol run with the same ranking
         if args.released or args.peers or args.dev_only:
             raise ConfigError("--frontier runs its study alone: drop --released, --peers and --dev-only")
@@ -277,6 +279,7 @@ def cmd_protocol(args) -> None:
     protocol = protocol.tiny() if args.tiny else protocol
     if args.seeds and not set(args.seeds) <= set(protocol.seeds):
         raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))}: the protocol's seeds are {list(protocol.seeds)}")
+    earlier = Path(args.out) if Path(args.out).is_dir() else None  # what a former run kept there is reused
     with output_folder(args.out, "protocol") as folder:
         prepared = prepare(folder, size="smoke" if args.tiny else "full", k=protocol.k, recipe_name=args.recipe,
                            load_options=common.model_options(args))  # fmt: skip
@@ -297,7 +300,6 @@ def cmd_protocol(args) -> None:
             watch = Stopwatch()
             if args.frontier:  # the ranking at every k against random draws, on test
                 with watch("frontier on test"):
-                    earlier = Path(args.out) if Path(args.out).is_dir() else None  # its seeds are reused
                     found = frontier_test(bench, prepared.suite, lrs_from.lrs, protocol=protocol, restore=restore,
                                           ks=(1, 2) if args.tiny else KS, draws=2 if args.tiny else DRAWS,
                                           seeds=args.seeds, earlier=earlier, folder=folder)  # fmt: skip
@@ -321,7 +323,7 @@ def cmd_protocol(args) -> None:
                 suite=prepared.suite, protocol=protocol, restore=restore, evaluation=evaluation,
                 chat=prepared.recipe.chat, dev_only=args.dev_only, released=released,
                 unaligned=load_model(prepared.recipe.source, dtype="float32") if args.peers else None,
-                ranking=ranking,
+                ranking=ranking, seeds=args.seeds, earlier=earlier,
             )  # fmt: skip
             seconds = result.seconds
         common.write_config(args, folder, prepared.pair)
@@ -347,6 +349,7 @@ def _family(args) -> None:
 
     from ..io.atomic import atomic_write_text
     from ..protocol.family import family_table, seed_overlap
+    from ..protocol.report import ProtocolResult
 
     extra = [flag for flag, on in (("--layers", args.layers), ("--layers-on-test", args.layers_on_test),
                                    ("--components", args.components), ("--frontier", args.frontier),
@@ -360,8 +363,10 @@ def _family(args) -> None:
     names = args.recipes or list(common.RECIPE_CHOICES)
     for name in names:
         if (out / name / "protocol.json").exists():
-            print(f"family: {name} already done in {out / name}")
-            continue
+            done = ProtocolResult.load(out / name)
+            if not done.missing_seeds or (args.seeds and set(args.seeds) <= set(done.rows)):
+                print(f"family: {name} already done in {out / name}" + (" (partial)" if done.missing_seeds else ""))
+                continue
         cmd_protocol(Namespace(**{**vars(args), "family": False, "recipes": None, "recipe": name,
                                   "out": str(out / name)}))  # fmt: skip
     folders = {name: out / name for name in names}

@@ -1,18 +1,27 @@
 """What the protocol's stages share: a ``Bench`` that trains plans and judges models against the base and
-the fine-tuned model, the claim sets' parts, and the file's rule for choosing a setting on dev."""
+the fine-tuned model, the claim sets' parts, and the file's rule for choosing a setting on dev.
+
+A stage's judged rows can be kept in its output folder (``Bench.kept``: ``NAME.json``, with the key of
+everything they depend on), so a study longer than one sitting runs a part per sitting and its result
+travels with the folder, no cache needed."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from ..core.chat import ChatFormat
 from ..core.models import ModelPair
 from ..core.prompts import PromptSet
+from ..errors import ConfigError
 from ..evaluation.suite import Candidate, EvalConfig, EvalRow, EvalSuite
 from ..evaluation.table import evaluate_models
+from ..io.atomic import atomic_write_json
+from ..io.hashing import stable_hash
 from ..measures.result import AnalysisResult
 from ..study_plans import Plan
 from ..study_training import Restored, train_plans
@@ -70,6 +79,34 @@ class Bench:
             del restored, judged  # this group's models, before the next group's are made
         return rows
 
+    def kept(
+        self, plans: list[Plan], config: RestoreConfig, on: EvalSuite, name: str, *, earlier: str | Path | None = None,
+        folder: str | Path | None = None, run: bool = True, label: str = "",
+    ) -> list[EvalRow] | None:  # fmt: skip
+        """``judged``, with the rows kept in a file: read from ``earlier``/``NAME.json`` where a former run saved
+        them under the same key (``rows_key``), else judged now if ``run``, else ``None``; then written with
+        the plans' losses to ``folder``/``NAME.json``. A file made under another key is one error."""
+        key = rows_key(self, plans, config, on)
+        run_label = label or f"{config.steps} steps, seed {config.seed}"
+        found = load_rows(earlier, name, key) if earlier else None
+        if found is not None:
+            rows, histories = found
+            self.histories.setdefault(run_label, {}).update(histories)
+        elif run:
+            rows = self.judged(plans, config, on, label)
+        else:
+            return None
+        if folder:
+            losses = self.histories.get(run_label, {})
+            save_rows(folder, name, key, rows, {p.name: losses[p.name] for p in plans if p.name in losses})
+        return rows
+
+    def check_kept(self, units: list[tuple[list[Plan], RestoreConfig, EvalSuite, str]], earlier) -> None:
+        """Every ``(plans, config, on, name)`` whose file ``earlier`` holds was made under its key: checked
+        before any training, so a wrong folder is one error, not one after hours (``kept``)."""
+        for plans, config, on, name in units if earlier else ():
+            load_rows(earlier, name, rows_key(self, plans, config, on))
+
     def train(self, plans: list[Plan], config: RestoreConfig, label: str = "") -> list[Restored]:
         """Train ``plans`` (cached, in lockstep); their losses go to ``histories[label]``."""
         restored = train_plans(plans, self.pair, self.analysis.layer_map, self.harmful, self.retain, config,
@@ -89,6 +126,39 @@ class Bench:
             reference=self.pair.finetuned, config=self.evaluation, chat=self.chat, cache=self.cache,
             progress=self.progress, log=self.log,
         )  # fmt: skip
+
+
+def rows_key(bench: Bench, plans: list[Plan], config: RestoreConfig, on: EvalSuite) -> str:
+    """What judged rows depend on: both models, the chat format, the training prompts, the plans (where
+    each puts LoRA and aligns, at which lr), the training settings (seed included), the evaluation settings
+    and the prompts judged."""
+    return stable_hash([
+        bench.pair.base.fingerprint, bench.pair.finetuned.fingerprint, repr(bench.chat), bench.harmful.hash,
+        bench.retain.hash, [(p.key, p.layers, p.alignment, p.modules) for p in plans], config.key(),
+        bench.evaluation.key(), on.hash,
+    ])  # fmt: skip
+
+
+def rows_file(folder: str | Path, name: str) -> Path:
+    return Path(folder) / f"{name}.json"
+
+
+def save_rows(folder: str | Path, name: str, key: str, rows: list[EvalRow], histories: dict) -> Path:
+    """``rows`` (and the plans' losses) as ``folder``/``NAME.json`` under ``key`` (``load_rows``)."""
+    data = {"key": key, "rows": [r.saved() for r in rows], "histories": histories}
+    return atomic_write_json(rows_file(folder, name), data)
+
+
+def load_rows(folder: str | Path, name: str, key: str) -> tuple[list[EvalRow], dict] | None:
+    """The rows and losses a run saved as ``folder``/``NAME.json`` (``None`` if it has none); one error if
+    they were made under another key."""
+    path = rows_file(folder, name)
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("key") != key:
+        raise ConfigError(f"{path} was made with other plans, settings, models or prompts: choose another --out")
+    return [EvalRow.from_saved(row) for row in data["rows"]], data.get("histories", {})
 
 
 LOCKSTEP_MAX = 24  # plans trained together at most: more adds no speed (each student's step is its own)
@@ -140,14 +210,21 @@ def choose_setting(family: str, rows: dict, base: EvalRow, ft: EvalRow, safe: st
     return max(fallback, key=lambda s: (s[2], s[3]))[4], trials
 
 
-def choose_lrs(bench: Bench, families: dict[str, list[Plan]], protocol: Protocol, restore: RestoreConfig,
-               dev: EvalSuite) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
-    """Every family at every lr of the grid, seed 0, the short budget, in lockstep, judged on ``dev``;
-    each family's lr by ``choose_lr``."""
+LR_GRID = "protocol_lr_grid"  # the dev grid's kept rows
+
+
+def choose_lrs(
+    bench: Bench, families: dict[str, list[Plan]], protocol: Protocol, restore: RestoreConfig, dev: EvalSuite,
+    earlier: str | Path | None = None, folder: str | Path | None = None,
+) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+    """Every family at every lr of the grid, seed 0, the short budget, in lockstep, judged on ``dev`` (the
+    rows kept as ``LR_GRID`` in ``folder``, and read from ``earlier`` if a former run has them); each
+    family's lr by ``choose_setting``."""
     tried = {family: [with_lr(p, lr) for lr in protocol.lr_grid for p in plans] for family, plans in families.items()}
     order = [p for plans in tried.values() for p in plans]
     short = protocol.budgets[0]
-    rows = bench.judged(order, replace(restore, steps=short, seed=0), dev, label=f"lr grid on dev, {short} steps")
+    rows = bench.kept(order, replace(restore, steps=short, seed=0), dev, LR_GRID, earlier=earlier, folder=folder,
+                      label=f"lr grid on dev, {short} steps")  # fmt: skip
     base, ft, by_key = rows[0], rows[1], dict(zip([p.key for p in order], rows[2:]))
     lrs, trials = {}, []
     for family, plans in tried.items():

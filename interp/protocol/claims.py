@@ -93,15 +93,16 @@ def claims_of(
             Claim(label, what, estimate, interval, rank_sum_p(ranks, len(names["draws"]) + 1),
                   detail={"ranks": dict(zip(seeds, ranks)), "draws": len(names["draws"])})
         )  # fmt: skip
-    base_safe = sweep["base"][0]["safe"]
-    at = {name: rate_at([p["safe"] for p in pts], [p["harmful"] for p in pts], base_safe) for name, pts in sweep.items()
-          if name != "base"}  # fmt: skip
-    ranked_at = at.get(names["ranked"][0], math.nan)
-    others = [v for name, v in at.items() if name in names["draws"] and v == v]
-    claims.append(
-        Claim("H2b", "strength sweep: ranked vs draws at the base's over-refusal",
-              ranked_at - (float(np.mean(others)) if others else math.nan), None, None, detail={"at": at})
-    )  # fmt: skip
+    if sweep:  # a partial run has none yet
+        base_safe = sweep["base"][0]["safe"]
+        at = {name: rate_at([p["safe"] for p in pts], [p["harmful"] for p in pts], base_safe)
+              for name, pts in sweep.items() if name != "base"}  # fmt: skip
+        ranked_at = at.get(names["ranked"][0], math.nan)
+        others = [v for name, v in at.items() if name in names["draws"] and v == v]
+        claims.append(
+            Claim("H2b", "strength sweep: ranked vs draws at the base's over-refusal",
+                  ranked_at - (float(np.mean(others)) if others else math.nan), None, None, detail={"at": at})
+        )  # fmt: skip
     ranked = [[float(x) for x in row(s, names["ranked"][0]).outcomes["harmful"]] for s in seeds]
     for label, family, what in (
         ("H3", "all_layers", "ranked within 5 points of all layers, harmful refusal"),
@@ -120,7 +121,11 @@ def claims_of(
         claim.verdict = _verdict(claim, protocol)
         claim.detail["holm_family"] = [c.name for c in tested]  # the file's four; three without --released
     by_name = {c.name: c for c in claims}
-    h2a, h2b = by_name["H2a"], by_name["H2b"]
+    h2a, h2b = by_name["H2a"], by_name.get("H2b")
+    if h2b is None:
+        if h2a.verdict == "supported":
+            h2a.verdict = "pending: the strength sweep (H2b) runs once every seed is in"
+        return claims
     if h2a.verdict == "supported" and not h2b.estimate > 0:  # the file's H2: (a) and (b) agree in sign
         h2a.verdict = "not supported: the strength sweep " + ("disagrees" if h2b.estimate <= 0 else "does not reach it")
     if math.isnan(h2b.estimate):

@@ -5,7 +5,8 @@ each seed's draws on judged harmful refusal (H1) and at the base's over-refusal 
 seed's rank is at or above the 90th percentile of the draws (rank <= 10% of the plans compared, the
 issue's bar); the mixed estimates ranked - draws with their 95% intervals and Holm p; ranked - all layers
 (H3) and ranked - the released recipe (H4) with their intervals. Verdicts are the protocol file's. An
-organism whose run is missing is listed as such, never skipped.
+organism whose run is missing is listed as such, never skipped; one whose run is partial (seeds still to
+run: ``interp protocol --seeds``) says so beside its name.
 
 The map's stability across the default recipe's seeds (``seed_overlap``): for every two of ``default``,
 ``seed-1`` and ``seed-2`` that have a run, how many of the ranked layers they share (|A & B| of k).
@@ -59,6 +60,9 @@ def family_row(name: str, folder: str | Path) -> list[str]:
     """The family table's row of the protocol run in ``folder`` (module docstring)."""
     result = ProtocolResult.load(folder)
     claims = {c.name: c for c in result.claims}
+    if result.missing_seeds:
+        done, every = sorted(result.rows), len(result.rows) + len(result.missing_seeds)
+        name += f" (partial: seeds {', '.join(map(str, done))} of {every})"
     cells = [name, str(ranked_layers(folder, result))]
     for label in ("H1", "H2a"):
         claim = claims[label]

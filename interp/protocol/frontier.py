@@ -18,7 +18,6 @@ judged on the test parts of the claim sets. Per ``k``:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -26,9 +25,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..evaluation.stats import holm, mixed_difference, rank_among, rank_sum_p
-from ..evaluation.suite import EvalRow, EvalSuite
+from ..evaluation.suite import EvalSuite
 from ..io.atomic import atomic_write_json, atomic_write_text
-from ..io.hashing import stable_hash
 from ..measures.layer_map import LayerMap
 from ..report.tables import markdown_table
 from ..study_plans import Plan, random_plans, ranked_plan
@@ -79,8 +77,8 @@ def frontier_test(
     The study can run a few seeds at a time: ``seeds`` (default: the protocol's) are trained unless the
     folder ``earlier`` (a former run's output) holds their judged rows (``frontier_seed_<seed>.json``);
     the comparison uses every seed trained now or found there, and each one's rows are written to
-    ``folder``. So a result travels with its folder, no cache needed. A seed file made with other plans,
-    settings, models or prompts is one error, before any training."""
+    ``folder`` (``Bench.kept``). So a result travels with its folder, no cache needed. A seed file made with
+    other plans, settings, models or prompts is one error, before any training."""
     test = claim_suite(suite, "test")
     safe = safe_set(test)
     plans = frontier_plans(bench.analysis.layer_map, ks, draws)
@@ -90,18 +88,13 @@ def frontier_test(
     if not set(seeds) <= set(protocol.seeds):
         raise ConfigError(f"--seeds {seeds}: the protocol's seeds are {list(protocol.seeds)}")
     configs = {seed: replace(restore, steps=protocol.budgets[0], seed=seed) for seed in protocol.seeds}
-    keys = {seed: seed_key(bench, order, config, test) for seed, config in configs.items()}
-    earlier_rows = {seed: load_seed(earlier, seed, keys[seed]) for seed in protocol.seeds} if earlier else {}
+    bench.check_kept([(order, configs[s], test, f"frontier_seed_{s}") for s in protocol.seeds], earlier)
     by_seed = {}
     for seed, config in configs.items():
-        rows = earlier_rows.get(seed)
-        if rows is None and seed in seeds:
-            rows = bench.judged(order, config, test, label=f"frontier, seed {seed}")
-        if rows is None:
-            continue  # neither run now nor before: left out of the comparison (save_frontier names it)
-        if folder:
-            atomic_write_json(seed_file(folder, seed), {"key": keys[seed], "rows": [r.saved() for r in rows]})
-        by_seed[seed] = (rows[0], dict(zip([p.key for p in order], rows[2:])))
+        rows = bench.kept(order, config, test, f"frontier_seed_{seed}", earlier=earlier, folder=folder,
+                          run=seed in seeds, label=f"frontier, seed {seed}")  # fmt: skip
+        if rows is not None:  # neither run now nor before: left out of the comparison (save_frontier names it)
+            by_seed[seed] = (rows[0], dict(zip([p.key for p in order], rows[2:])))
     if not by_seed:
         raise ConfigError("the frontier has no seed to compare: give --seeds")
     results = []
@@ -123,28 +116,6 @@ def frontier_test(
     for result, adjusted in zip(results, holm([r.p for r in results])):
         result.holm_p = adjusted
     return results
-
-
-def seed_file(folder: str | Path, seed: int) -> Path:
-    return Path(folder) / f"frontier_seed_{seed}.json"
-
-
-def seed_key(bench: Bench, order: list[Plan], config: RestoreConfig, test: EvalSuite) -> str:
-    """What a seed's rows depend on: both models, the plans (with their lrs), the training settings (seed
-    included), the evaluation settings and the test prompts."""
-    return stable_hash([bench.pair.base.fingerprint, bench.pair.finetuned.fingerprint, [p.key for p in order],
-                        config.key(), bench.evaluation.key(), test.hash])  # fmt: skip
-
-
-def load_seed(folder: str | Path, seed: int, key: str) -> list[EvalRow] | None:
-    """The rows a run saved for ``seed`` in ``folder`` (``None`` if it has none yet)."""
-    path = seed_file(folder, seed)
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    if data.get("key") != key:
-        raise ConfigError(f"{path} was made with other plans, settings, models or prompts: choose another --out")
-    return [EvalRow.from_saved(row) for row in data["rows"]]
 
 
 def _harmful(row) -> list[float]:

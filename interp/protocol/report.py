@@ -35,6 +35,7 @@ class ProtocolResult:
     peer_trials: list[dict] = field(default_factory=list)  # every method's settings on dev
     full_table: list[EvalRow] = field(default_factory=list)  # the named plans at the first seed, every test set
     ranking: dict | None = None  # {"name", "selected"}: the ranking the plans came from (None: older runs, the score)
+    missing_seeds: list[int] = field(default_factory=list)  # not run yet: a partial result (``run_protocol``)
 
     def save(self, folder: str | Path) -> list[Path]:
         """``protocol.json`` (everything but the answers), ``protocol.md`` and the figures, into ``folder``;
@@ -68,6 +69,7 @@ class ProtocolResult:
             "peer_trials": self.peer_trials,
             "full_table": [row.saved() for row in self.full_table],
             "ranking": self.ranking,
+            "missing_seeds": self.missing_seeds,
         }
 
     @classmethod
@@ -91,6 +93,7 @@ class ProtocolResult:
             data.get("peer_trials", []),
             [EvalRow.from_saved(row) for row in data.get("full_table", [])],
             data.get("ranking"),
+            data.get("missing_seeds", []),
         )
 
 
@@ -199,9 +202,18 @@ def protocol_report(result: ProtocolResult) -> str:
         f" {result.ranking['selected']}; the ranked plan, bottom-k and the depth-range draws follow it.",
         "",
     ]  # fmt: skip
+    partial = [] if not result.missing_seeds else [
+        f"**Partial: seeds {', '.join(map(str, result.missing_seeds))} not run yet** (`interp protocol --seeds`"
+        f" into this folder). The claims below read the seeds run so far ({', '.join(map(str, sorted(result.rows)))});"
+        " the"
+        " strength sweep (H2b), the released recipe (H4), the full table and the published methods run once"
+        " every seed is in.",
+        "",
+    ]  # fmt: skip
     lines = [
         "# The pre-registered test (interp/data/protocol.toml)",
         "",
+        *partial,
         *ranking,
         markdown_table(head, cells) if cells else "Not run on test yet (--dev-only): the learning rates only.",
         "",

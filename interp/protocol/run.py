@@ -17,6 +17,13 @@
    of one long run (the strength sweep).
 4. **The claims** (``interp.protocol.claims``) and the report (``interp.protocol.report``).
 
+A run can be split over sittings by seed: the dev grid's rows and each seed's test rows are kept in the
+output folder (``protocol_lr_grid.json``, ``protocol_seed_<seed>.json``, each under the key of what it
+depends on: ``Bench.kept``), and a later run into the same folder reads them instead of training. Until
+every seed is in, the result is partial (``ProtocolResult.missing_seeds``): the claims read the seeds so
+far, and the stages made once (the released recipe, the full table, the published methods, the strength
+sweep) wait for a run that completes the seeds.
+
 The "safe" set, whose refusal is over-refusal, is XSTest safe where the suite has it, else harmless.
 """
 
@@ -29,6 +36,7 @@ from pathlib import Path
 from ..core.chat import ChatFormat
 from ..core.models import LoadedModel, ModelPair
 from ..core.prompts import PromptSet
+from ..errors import ConfigError
 from ..evaluation.suite import Candidate, EvalConfig, EvalRow, EvalSuite
 from ..evaluation.table import evaluate_models
 from ..io.stopwatch import Stopwatch
@@ -37,7 +45,7 @@ from ..study_plans import Plan, released_plan
 from ..study_training import train_plans
 from ..training.lora import apply_adapter
 from ..training.restore_config import RestoreConfig
-from .bench import Bench, choose_lrs, claim_suite, safe_set, with_lr
+from .bench import LR_GRID, Bench, choose_lrs, claim_suite, load_rows, rows_key, safe_set, with_lr
 from .claims import claims_of, rate
 from .design import FAMILIES, Protocol, protocol_plans
 from .peers import distill_rows, peer_rows
@@ -63,6 +71,8 @@ def run_protocol(
     released: RestoreConfig | None = None,
     unaligned: LoadedModel | None = None,
     ranking: tuple[str, list[float]] | None = None,
+    seeds: list[int] | None = None,
+    earlier: str | Path | None = None,
     cache: bool = True,
     progress: bool = True,
     log=print,
@@ -76,8 +86,12 @@ def run_protocol(
     setting, and self-distillation, their output-space peer, at every seed; ``None``: they are left out.
     ``ranking``: ``(name, per-layer values)``, a candidate of the layers study (``LayerValidity.candidates``)
     that ranks the layers instead of the layer map's score; the ranked plan, bottom-k and the depth-range
-    draws follow it."""
+    draws follow it. ``seeds``: train only these of the protocol's seeds now, and stop there (partial unless
+    ``earlier`` holds the rest); ``None``: complete the run (every seed, then the stages made once).
+    ``earlier``: a former run's folder whose kept rows are read instead of trained (module docstring)."""
     protocol = protocol or Protocol.load()
+    if seeds is not None and not set(seeds) <= set(protocol.seeds):
+        raise ConfigError(f"--seeds {' '.join(map(str, seeds))}: the protocol's seeds are {list(protocol.seeds)}")
     if ranking is not None:
         analysis = replace(analysis, layer_map=analysis.layer_map.reranked(ranking[1], ranking[0], protocol.k))
         log(f"protocol: ranking {ranking[0]}, top {protocol.k}: {analysis.layer_map.selected_layers}")
@@ -86,10 +100,11 @@ def run_protocol(
     families = protocol_plans(analysis, protocol)
     safe = safe_set(suite)
 
+    test = claim_suite(suite, "test")
+    tuning = {family: families[family] for family in ("ranked", "bottom", "all_layers")} | {"draws": families["tuning"]}
+    _check_earlier(bench, tuning, families, protocol, restore, claim_suite(suite, "dev"), test, earlier)
     with watch("lr on dev"):
-        tuning = {family: families[family] for family in ("ranked", "bottom", "all_layers")}
-        lrs, trials = choose_lrs(bench, tuning | {"draws": families["tuning"]}, protocol, restore,
-                                 claim_suite(suite, "dev"))  # fmt: skip
+        lrs, trials = choose_lrs(bench, tuning, protocol, restore, claim_suite(suite, "dev"), earlier, folder)
         log("protocol: lr per family on dev: " + ", ".join(f"{f} {lr:g}" for f, lr in lrs.items()))
     if dev_only:
         result = ProtocolResult(lrs, trials, {}, {}, [], dict(watch.seconds), bench.histories, safe,
@@ -97,13 +112,23 @@ def run_protocol(
         result.save(folder)
         return result
 
-    test = claim_suite(suite, "test")
     plans = {family: [with_lr(p, lrs[family]) for p in families[family]] for family in FAMILIES}
     order = [p for family in FAMILIES for p in plans[family]]
     by_seed: dict[int, list[EvalRow]] = {}
     with watch("every plan at every seed"):
         for seed in protocol.seeds:
-            by_seed[seed] = bench.judged(order, replace(restore, steps=protocol.budgets[0], seed=seed), test)
+            rows = bench.kept(order, replace(restore, steps=protocol.budgets[0], seed=seed), test, seed_name(seed),
+                              earlier=earlier, folder=folder, run=seeds is None or seed in seeds)  # fmt: skip
+            if rows is not None:
+                by_seed[seed] = rows
+    missing = [seed for seed in protocol.seeds if seed not in by_seed]
+    if missing:  # partial: the claims over the seeds so far; the stages made once wait for the last seed
+        log(f"protocol: seeds {', '.join(map(str, missing))} not run yet: a partial result")
+        claims = claims_of(by_seed, plans, {}, safe, protocol)
+        result = ProtocolResult(lrs, trials, by_seed, {}, claims, dict(watch.seconds), bench.histories, safe,
+                                ranking=_ranking(ranking, analysis), missing_seeds=missing)  # fmt: skip
+        result.save(folder)
+        return result
     if released is not None:
         with watch("released recipe"):
             recipe = released_plan(analysis.layer_map.n_layers)
@@ -142,6 +167,29 @@ def run_protocol(
                             peer_trials, full, _ranking(ranking, analysis))  # fmt: skip
     result.save(folder)
     return result
+
+
+def seed_name(seed: int) -> str:
+    """The kept rows of one seed's plans on test (``Bench.kept``)."""
+    return f"protocol_seed_{seed}"
+
+
+def _check_earlier(bench: Bench, tuning: dict, families: dict, protocol: Protocol, restore: RestoreConfig,
+                   dev: EvalSuite, test: EvalSuite, earlier) -> None:  # fmt: skip
+    """Every file ``earlier`` keeps for this run made under its key, before any training: the dev grid's,
+    and each seed's at the lrs that grid chooses (read from it when it is there)."""
+    if not earlier:
+        return
+    grid = [with_lr(p, lr) for plans in tuning.values() for lr in protocol.lr_grid for p in plans]
+    short = replace(restore, steps=protocol.budgets[0])
+    bench.check_kept([(grid, replace(short, seed=0), dev, LR_GRID)], earlier)
+    found = load_rows(earlier, LR_GRID, rows_key(bench, grid, replace(short, seed=0), dev))
+    if found is None:
+        return  # no grid yet: no seed can have been run from this folder with it
+    quiet = replace(bench, log=lambda line: None, histories={})
+    lrs, _ = choose_lrs(quiet, tuning, protocol, restore, dev, earlier)  # read, not trained
+    order = [with_lr(p, lrs[family]) for family in FAMILIES for p in families[family]]
+    bench.check_kept([(order, replace(short, seed=s), test, seed_name(s)) for s in protocol.seeds], earlier)
 
 
 def _ranking(ranking, analysis: AnalysisResult) -> dict:
