@@ -31,6 +31,7 @@ from interp.protocol import (
     run_protocol,
 )
 from interp.protocol import bench as bench_module
+from interp.protocol import frontier as frontier_module
 from interp.protocol.bench import Bench, choose_setting, claim_suite, lockstep_group
 from interp.protocol.components import component_validity, single_component_plans
 from interp.protocol.family import family_table, seed_overlap, top_decile
@@ -464,6 +465,7 @@ def test_the_frontier_on_test_compares_every_k_with_its_draws(analysed, tmp_path
     assert all(r.holm_p >= r.p and 0 <= r.percentile <= 1 and len(r.draws_rates) == 2 for r in found)
     save_frontier(found, tmp_path, "layer map score")
     assert "| 2 |" in (tmp_path / "frontier_test.md").read_text()
+    assert all(f"| {r.degenerate} of 4 |" in (tmp_path / "frontier_test.md").read_text() for r in found)
 
     # a seed per sitting: seed 0 now, seed 1 later from the first sitting's folder; the same result
     trained = []
@@ -485,6 +487,15 @@ def test_the_frontier_on_test_compares_every_k_with_its_draws(analysed, tmp_path
         frontier_test(bench, _tiny_suite(), lrs, **(args | {"restore": RestoreConfig(batch_size=2)}),
                       earlier=tmp_path / "two")  # fmt: skip
     assert trained == [0, 1]
+
+
+def test_a_draw_is_broken_when_most_of_its_harmful_answers_are_degenerate():
+    row = _row("draw", "draw-1@0.01", [0.0] * 4, [0.0] * 4, [0] * 4, [0] * 4)
+    assert not frontier_module._degenerate(row)  # nothing judged degenerate (or not recorded)
+    row.degenerate = {"harmful": [1, 1, 0, 1]}
+    assert frontier_module._degenerate(row)
+    row.degenerate = {"harmful": [1, 0, 0, 1]}
+    assert not frontier_module._degenerate(row)  # half is not most
 
 
 def test_the_bench_trains_and_judges_in_groups_that_fit_in_memory(analysed, monkeypatch):

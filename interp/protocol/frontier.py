@@ -13,7 +13,10 @@ judged on the test parts of the claim sets. Per ``k``:
   the ``k``s; ``estimate``: ranked - mean of the draws with its 95% interval (seeds, draws, then prompts
   resampled: ``mixed_difference``);
 * ``percentile``: the share of draws whose seed-mean harmful refusal the ranked plan's seed mean exceeds;
-  the issue's bar is 0.9 at every ``k``.
+  the issue's bar is 0.9 at every ``k``;
+* ``degenerate``: how many (seed, draw) models answer most harmful prompts with text the judge calls
+  degenerate (a model broken at the draws' lr: it refuses nothing and solves nothing). They stay in the
+  comparison, as the protocol fixes the draws' lr, and the report names them: they flatter the ranked plan.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class FrontierK:
     percentile: float
     ranked_rate: float  # seed mean
     draws_rates: list[float]  # per draw: seed mean
+    degenerate: int = 0  # (seed, draw) models whose harmful answers are mostly degenerate
 
 
 def frontier_plans(layer_map: LayerMap, ks=KS, draws: int = DRAWS) -> dict[int, tuple[Plan, list[Plan]]]:
@@ -109,13 +113,21 @@ def frontier_test(
         estimate, interval = mixed_difference([h for h, _ in harm.values()], [ds for _, ds in harm.values()])
         ranked_rate = float(np.mean([np.mean(h) for h, _ in harm.values()]))
         draws_rates = [float(np.mean([np.mean(ds[i]) for _, ds in harm.values()])) for i in range(len(dkeys))]
+        broken = sum(_degenerate(r[d]) for _, r in by_seed.values() for d in dkeys)
         results.append(FrontierK(
             k, list(ranked.layers), ranks, matched_ranks, rank_sum_p(list(ranks.values()), len(dkeys) + 1), 1.0,
             estimate, interval, float(np.mean([ranked_rate > d for d in draws_rates])), ranked_rate, draws_rates,
+            broken,
         ))  # fmt: skip
     for result, adjusted in zip(results, holm([r.p for r in results])):
         result.holm_p = adjusted
     return results
+
+
+def _degenerate(row) -> bool:
+    """Most of the row's harmful answers judged degenerate."""
+    judged = row.degenerate.get("harmful") or []
+    return bool(judged) and float(np.mean(judged)) > 0.5
 
 
 def _harmful(row) -> list[float]:
@@ -135,11 +147,12 @@ def save_frontier(results: list[FrontierK], folder: str | Path, ranking: str, se
         [str(r.k), str(r.ranked), ", ".join(str(v) for v in r.ranks.values()),
          ", ".join(str(v) for v in r.matched_ranks.values()), f"{100 * r.estimate:+.1f} [{100 * r.interval[0]:+.1f},"
          f" {100 * r.interval[1]:+.1f}]", f"{r.p:.3g} ({r.holm_p:.3g})", f"{r.percentile:.2f}",
-         "yes" if r.percentile >= 0.9 else "no"]
+         "yes" if r.percentile >= 0.9 else "no", f"{r.degenerate} of {len(r.ranks) * len(r.draws_rates)}"]
         for r in results
     ]  # fmt: skip
     head = ["k", "ranked layers", "rank per seed (harmful)", "rank per seed (at matched over-refusal)",
-            "ranked - draws (points) [95% CI]", "p (Holm over k)", "percentile among the draws", ">= 0.9"]  # fmt: skip
+            "ranked - draws (points) [95% CI]", "p (Holm over k)", "percentile among the draws", ">= 0.9",
+            "draws broken (degenerate answers)"]  # fmt: skip
     n = len(results[0].draws_rates) if results else 0
     text = "\n".join([
         f"# The frontier on test: ranking **{ranking}** against {n} random draws per k",
@@ -147,6 +160,11 @@ def save_frontier(results: list[FrontierK], folder: str | Path, ranking: str, se
         f"Seeds: {', '.join(map(str, done))}." + (partial if missing else ""),
         "",
         markdown_table(head, cells),
+        "",
+        "A broken draw answers most harmful prompts with degenerate text (it refuses nothing and solves nothing:"
+        " the draws' lr, chosen on 3-block draws, is too high for it). Broken draws stay in the comparison, as"
+        " the protocol fixes the lr: they lower the draws' mean and rank below the ranked plan, so where there are"
+        " any the estimate, ranks and percentile flatter the ranked plan.",
         "",
     ])  # fmt: skip
     atomic_write_text(folder / "frontier_test.md", text)

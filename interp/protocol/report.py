@@ -119,11 +119,17 @@ def _summary_table(summaries: list[PlanSummary], seeds: list[int]) -> list[str]:
             or len(s.per_seed["harmful"]) == 1
         ):
             per_seed = [_pct(s.per_seed["harmful"][0])] + [""] * (len(seeds) - 1)
-            sd = "trained once" if s.family == "released" else "(no training)"
+            sd = {"released": "trained once", "base": "(no training)", "finetuned": "(no training)"}.get(
+                s.family, "(no training)" if s.family.startswith("peer:") else "one seed"
+            )
         elif s.family == "draws":  # [seed, draw]: each draw's seed-to-seed SD, then their median
             grid = np.asarray(s.per_seed["harmful"]).reshape(len(seeds), -1)
             per_seed = [f"{_pct(row.mean())} ({_pct(row.min())}-{_pct(row.max())})" for row in grid]
-            sd = f"{100 * float(np.median(grid.std(0, ddof=1))):.1f} (median of the draws')"
+            sd = (
+                f"{100 * float(np.median(grid.std(0, ddof=1))):.1f} (median of the draws')"
+                if len(seeds) > 1
+                else "one seed"
+            )
         else:
             per_seed = [_pct(v) for v in s.per_seed["harmful"]]
             sd = f"{100 * s.sd('harmful'):.1f}"
