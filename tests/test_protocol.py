@@ -197,7 +197,7 @@ def test_the_protocol_runs_a_seed_per_sitting(analysed, tmp_path, monkeypatch):
     assert trained == [(0, 2), (0, 2)]  # the dev grid, then seed 0
     assert first.missing_seeds == [1] and sorted(first.rows) == [0] and not first.sweep
     assert {c.name for c in first.claims} == {"H1", "H2a", "H3"} and first.claims[0].detail["ranks"].keys() == {0}
-    assert "Partial: seeds 1 not run yet" in (tmp_path / "one" / "protocol.md").read_text()
+    assert "Partial: seed 1 not run yet" in (tmp_path / "one" / "protocol.md").read_text()
     assert ProtocolResult.load(tmp_path / "one").missing_seeds == [1]
     assert "| tiny (partial: seeds 0 of 2) |" in family_table({"tiny": tmp_path / "one"})
 

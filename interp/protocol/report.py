@@ -209,7 +209,8 @@ def protocol_report(result: ProtocolResult) -> str:
         "",
     ]  # fmt: skip
     partial = [] if not result.missing_seeds else [
-        f"**Partial: seeds {', '.join(map(str, result.missing_seeds))} not run yet** (`interp protocol --seeds`"
+        f"**Partial: seed{'s' if len(result.missing_seeds) > 1 else ''} {', '.join(map(str, result.missing_seeds))}"
+        " not run yet** (`interp protocol --seeds`"
         f" into this folder). The claims below read the seeds run so far ({', '.join(map(str, sorted(result.rows)))});"
         " the"
         " strength sweep (H2b), the released recipe (H4), the full table and the published methods run once"
