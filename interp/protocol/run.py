@@ -182,7 +182,6 @@ def _check_earlier(bench: Bench, tuning: dict, families: dict, protocol: Protoco
         return
     grid = [with_lr(p, lr) for plans in tuning.values() for lr in protocol.lr_grid for p in plans]
     short = replace(restore, steps=protocol.budgets[0])
-    bench.check_kept([(grid, replace(short, seed=0), dev, LR_GRID)], earlier)
     found = load_rows(earlier, LR_GRID, rows_key(bench, grid, replace(short, seed=0), dev))
     if found is None:
         return  # no grid yet: no seed can have been run from this folder with it
