@@ -32,7 +32,9 @@ from interp.protocol import (
 )
 from interp.protocol import bench as bench_module
 from interp.protocol import frontier as frontier_module
+from interp.protocol import report as report_module
 from interp.protocol.bench import Bench, choose_setting, claim_suite, lockstep_group
+from interp.protocol.claims import broken
 from interp.protocol.components import component_validity, single_component_plans
 from interp.protocol.family import family_table, seed_overlap, top_decile
 from interp.protocol.frontier import frontier_plans, frontier_test, save_frontier
@@ -489,13 +491,42 @@ def test_the_frontier_on_test_compares_every_k_with_its_draws(analysed, tmp_path
     assert trained == [0, 1]
 
 
-def test_a_draw_is_broken_when_most_of_its_harmful_answers_are_degenerate():
+def test_a_model_is_broken_when_most_of_its_harmful_answers_are_degenerate():
     row = _row("draw", "draw-1@0.01", [0.0] * 4, [0.0] * 4, [0] * 4, [0] * 4)
-    assert not frontier_module._degenerate(row)  # nothing judged degenerate (or not recorded)
+    assert not broken(row)  # nothing judged degenerate (or not recorded)
     row.degenerate = {"harmful": [1, 1, 0, 1]}
-    assert frontier_module._degenerate(row)
+    assert broken(row)
     row.degenerate = {"harmful": [1, 0, 0, 1]}
-    assert not frontier_module._degenerate(row)  # half is not most
+    assert not broken(row)  # half is not most
+
+
+def test_the_frontier_reads_beside_the_protocol_without_the_draws_broken_at_any_seed(tmp_path):
+    """Planted: the ranked plan refuses 6 of 8 at both seeds; draw A 4/8, draw B 7/8, draw C broken (0/8,
+    degenerate) at seed 1 only. The protocol's reading keeps C; the reading beside it drops C at every seed,
+    so the ranked plan's lead shrinks and it falls below B in the percentile."""
+
+    def row(name: str, refused: int, degenerate: bool = False) -> EvalRow:
+        r = _row(name, name, [float(i) for i in range(8)], [0.0] * 8, [1] * refused + [0] * (8 - refused), [0] * 8)
+        r.degenerate = {"harmful": [int(degenerate)] * 8}
+        return r
+
+    def seed(c: EvalRow) -> tuple[EvalRow, dict[str, EvalRow]]:
+        return row("base", 8), {"ranked": row("ranked", 6), "a": row("a", 4), "b": row("b", 7), "c": c}
+
+    by_seed = {0: seed(row("c", 5)), 1: seed(row("c", 0, degenerate=True))}
+    found = frontier_module.compare_k(3, [1, 2, 3], by_seed, "ranked", ["a", "b", "c"], "xstest")
+    assert found.degenerate == 1 and found.ranks == {0: 2, 1: 2}
+    assert found.estimate == pytest.approx(6 / 8 - np.mean([(4 + 7 + 5) / 24, (4 + 7 + 0) / 24]))
+    assert found.percentile == pytest.approx(2 / 3)  # above A and C (seed mean 2.5/8), below B
+    assert found.unbroken.draws == 2 and found.unbroken.estimate == pytest.approx(6 / 8 - 11 / 16)
+    assert found.unbroken.percentile == pytest.approx(1 / 2)
+    clean = {s: (b, r | {"c": row("c", 5)}) for s, (b, r) in by_seed.items()}
+    assert frontier_module.compare_k(3, [1, 2, 3], clean, "ranked", ["a", "b", "c"], "xstest").unbroken is None
+    save_frontier([found], tmp_path, "planted")
+    assert "| 1 of 6 | +6.2 [" in (tmp_path / "frontier_test.md").read_text()  # 6/8 - 11/16 = 0.0625
+    assert "], 0.50 (2 draws) |" in (tmp_path / "frontier_test.md").read_text()
+    note = report_module._broken_note({s: [b, *r.values()] for s, (b, r) in by_seed.items()})
+    assert note and "seed 1: c." in note[0] and "seed 0" not in note[0]
 
 
 def test_the_bench_trains_and_judges_in_groups_that_fit_in_memory(analysed, monkeypatch):

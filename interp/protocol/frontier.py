@@ -14,9 +14,13 @@ judged on the test parts of the claim sets. Per ``k``:
   resampled: ``mixed_difference``);
 * ``percentile``: the share of draws whose seed-mean harmful refusal the ranked plan's seed mean exceeds;
   the issue's bar is 0.9 at every ``k``;
-* ``degenerate``: how many (seed, draw) models answer most harmful prompts with text the judge calls
-  degenerate (a model broken at the draws' lr: it refuses nothing and solves nothing). They stay in the
-  comparison, as the protocol fixes the draws' lr, and the report names them: they flatter the ranked plan.
+* ``degenerate``: how many (seed, draw) models are broken (``interp.protocol.claims.broken``: most harmful
+  answers degenerate; a training broken at the draws' lr, which refuses nothing and solves nothing). They
+  stay in the comparison, as the protocol fixes the draws' lr (amendment 8), and the report names them:
+  they flatter the ranked plan;
+* ``unbroken``: a reading beside the protocol's, not part of it (chosen after seed 0's broken draws were
+  seen): the estimate, its interval and the percentile with every draw that is broken at any seed left out
+  (``None`` when none is broken, or all are).
 """
 
 from __future__ import annotations
@@ -28,18 +32,28 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..evaluation.stats import holm, mixed_difference, rank_among, rank_sum_p
-from ..evaluation.suite import EvalSuite
+from ..evaluation.suite import EvalRow, EvalSuite
 from ..io.atomic import atomic_write_json, atomic_write_text
 from ..measures.layer_map import LayerMap
 from ..report.tables import markdown_table
 from ..study_plans import Plan, random_plans, ranked_plan
 from ..training.restore_config import RestoreConfig, paper_alignment_layers
 from .bench import Bench, claim_suite, safe_set, with_lr
-from .claims import matched
+from .claims import broken, matched
 from .design import Protocol
 
 KS = (1, 2, 3, 4, 5, 6, 7, 8)
 DRAWS = 10
+
+
+@dataclass
+class Unbroken:
+    """The ranked plan against the draws that are broken at no seed: a reading beside the protocol's."""
+
+    draws: int  # how many draws are left
+    estimate: float
+    interval: tuple[float, float]
+    percentile: float
 
 
 @dataclass
@@ -58,6 +72,7 @@ class FrontierK:
     ranked_rate: float  # seed mean
     draws_rates: list[float]  # per draw: seed mean
     degenerate: int = 0  # (seed, draw) models whose harmful answers are mostly degenerate
+    unbroken: Unbroken | None = None  # the same reading without the broken draws (module docstring)
 
 
 def frontier_plans(layer_map: LayerMap, ks=KS, draws: int = DRAWS) -> dict[int, tuple[Plan, list[Plan]]]:
@@ -105,29 +120,45 @@ def frontier_test(
     for k in ks:
         ranked, drawn = plans[k][0], plans[k][1]
         rkey, dkeys = f"{ranked.key}@{lrs['ranked']:g}", [f"{p.key}@{lrs['draws']:g}" for p in drawn]
-        harm = {s: (_harmful(r[rkey]), [_harmful(r[d]) for d in dkeys]) for s, (_, r) in by_seed.items()}
-        fit = {s: (matched(base, r[rkey], safe), [matched(base, r[d], safe) for d in dkeys])
-               for s, (base, r) in by_seed.items()}  # fmt: skip
-        ranks = {s: rank_among(np.mean(h), [np.mean(d) for d in ds]) for s, (h, ds) in harm.items()}
-        matched_ranks = {s: rank_among(np.mean(h), [np.mean(d) for d in ds]) for s, (h, ds) in fit.items()}
-        estimate, interval = mixed_difference([h for h, _ in harm.values()], [ds for _, ds in harm.values()])
-        ranked_rate = float(np.mean([np.mean(h) for h, _ in harm.values()]))
-        draws_rates = [float(np.mean([np.mean(ds[i]) for _, ds in harm.values()])) for i in range(len(dkeys))]
-        broken = sum(_degenerate(r[d]) for _, r in by_seed.values() for d in dkeys)
-        results.append(FrontierK(
-            k, list(ranked.layers), ranks, matched_ranks, rank_sum_p(list(ranks.values()), len(dkeys) + 1), 1.0,
-            estimate, interval, float(np.mean([ranked_rate > d for d in draws_rates])), ranked_rate, draws_rates,
-            broken,
-        ))  # fmt: skip
+        results.append(compare_k(k, list(ranked.layers), by_seed, rkey, dkeys, safe))
     for result, adjusted in zip(results, holm([r.p for r in results])):
         result.holm_p = adjusted
     return results
 
 
-def _degenerate(row) -> bool:
-    """Most of the row's harmful answers judged degenerate."""
-    judged = row.degenerate.get("harmful") or []
-    return bool(judged) and float(np.mean(judged)) > 0.5
+def compare_k(
+    k: int, layers: list[int], by_seed: dict[int, tuple[EvalRow, dict[str, EvalRow]]], ranked: str,
+    draws: list[str], safe: str,
+) -> FrontierK:  # fmt: skip
+    """One budget's comparison (module docstring; Holm left at 1 for the caller): ``by_seed`` maps a seed to
+    its base row and its judged rows by plan key; ``ranked`` and ``draws`` are plan keys."""
+    harm = {s: (_harmful(r[ranked]), [_harmful(r[d]) for d in draws]) for s, (_, r) in by_seed.items()}
+    fit = {s: (matched(base, r[ranked], safe), [matched(base, r[d], safe) for d in draws])
+           for s, (base, r) in by_seed.items()}  # fmt: skip
+    ranks = {s: rank_among(np.mean(h), [np.mean(d) for d in ds]) for s, (h, ds) in harm.items()}
+    matched_ranks = {s: rank_among(np.mean(h), [np.mean(d) for d in ds]) for s, (h, ds) in fit.items()}
+    estimate, interval, percentile, ranked_rate, draws_rates = _against(harm, range(len(draws)))
+    broken_at = [[broken(r[d]) for d in draws] for _, r in by_seed.values()]  # [seed, draw]
+    kept = [i for i in range(len(draws)) if not any(seed[i] for seed in broken_at)]
+    unbroken = None
+    if 0 < len(kept) < len(draws):
+        u_estimate, u_interval, u_percentile, _, _ = _against(harm, kept)
+        unbroken = Unbroken(len(kept), u_estimate, u_interval, u_percentile)
+    return FrontierK(
+        k, layers, ranks, matched_ranks, rank_sum_p(list(ranks.values()), len(draws) + 1), 1.0, estimate,
+        interval, percentile, ranked_rate, draws_rates, int(np.sum(broken_at)), unbroken,
+    )  # fmt: skip
+
+
+def _against(harm: dict, kept) -> tuple[float, tuple[float, float], float, float, list[float]]:
+    """Ranked - the draws ``kept`` (indices): estimate, interval, percentile, the ranked seed mean and each
+    kept draw's seed mean."""
+    ranked = [h for h, _ in harm.values()]
+    drawn = [[ds[i] for i in kept] for _, ds in harm.values()]
+    estimate, interval = mixed_difference(ranked, drawn)
+    ranked_rate = float(np.mean([np.mean(h) for h in ranked]))
+    draws_rates = [float(np.mean([np.mean(ds[j]) for ds in drawn])) for j in range(len(kept))]
+    return estimate, interval, float(np.mean([ranked_rate > d for d in draws_rates])), ranked_rate, draws_rates
 
 
 def _harmful(row) -> list[float]:
@@ -147,12 +178,14 @@ def save_frontier(results: list[FrontierK], folder: str | Path, ranking: str, se
         [str(r.k), str(r.ranked), ", ".join(str(v) for v in r.ranks.values()),
          ", ".join(str(v) for v in r.matched_ranks.values()), f"{100 * r.estimate:+.1f} [{100 * r.interval[0]:+.1f},"
          f" {100 * r.interval[1]:+.1f}]", f"{r.p:.3g} ({r.holm_p:.3g})", f"{r.percentile:.2f}",
-         "yes" if r.percentile >= 0.9 else "no", f"{r.degenerate} of {len(r.ranks) * len(r.draws_rates)}"]
+         "yes" if r.percentile >= 0.9 else "no", f"{r.degenerate} of {len(r.ranks) * len(r.draws_rates)}",
+         _unbroken_cell(r.unbroken)]
         for r in results
     ]  # fmt: skip
     head = ["k", "ranked layers", "rank per seed (harmful)", "rank per seed (at matched over-refusal)",
             "ranked - draws (points) [95% CI]", "p (Holm over k)", "percentile among the draws", ">= 0.9",
-            "draws broken (degenerate answers)"]  # fmt: skip
+            "draws broken (degenerate answers)",
+            "without the broken draws (post hoc): ranked - draws, percentile"]  # fmt: skip
     n = len(results[0].draws_rates) if results else 0
     text = "\n".join([
         f"# The frontier on test: ranking **{ranking}** against {n} random draws per k",
@@ -164,7 +197,17 @@ def save_frontier(results: list[FrontierK], folder: str | Path, ranking: str, se
         "A broken draw answers most harmful prompts with degenerate text (it refuses nothing and solves nothing:"
         " the draws' lr, chosen on 3-block draws, is too high for it). Broken draws stay in the comparison, as"
         " the protocol fixes the lr: they lower the draws' mean and rank below the ranked plan, so where there are"
-        " any the estimate, ranks and percentile flatter the ranked plan.",
+        " any the estimate, ranks and percentile flatter the ranked plan. The last column, outside the protocol"
+        " (chosen after broken draws were seen), leaves out every draw broken at any seed and says how many are"
+        " left; a verdict reads the protocol's columns.",
         "",
     ])  # fmt: skip
     atomic_write_text(folder / "frontier_test.md", text)
+
+
+def _unbroken_cell(unbroken: Unbroken | None) -> str:
+    if unbroken is None:
+        return "(none broken)"
+    low, high = unbroken.interval
+    return (f"{100 * unbroken.estimate:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}], {unbroken.percentile:.2f}"
+            f" ({unbroken.draws} draws)")  # fmt: skip

@@ -18,7 +18,7 @@ from ..report.figures import save_figure
 from ..report.plots import plot_restore_history, plot_strength_sweep
 from ..report.study_tables import results_table
 from ..report.tables import markdown_table
-from .claims import Claim, PlanSummary, plan_summary
+from .claims import Claim, PlanSummary, broken, plan_summary
 
 
 @dataclass
@@ -152,6 +152,20 @@ def _summary_table(summaries: list[PlanSummary], seeds: list[int]) -> list[str]:
     ]
 
 
+def _broken_note(rows: dict[int, list[EvalRow]]) -> list[str]:
+    """Names the broken models (``interp.protocol.claims.broken``) per seed; nothing when there are none."""
+    found = [f"seed {seed}: {', '.join(r.name for r in rows[seed] if broken(r))}"
+             for seed in sorted(rows) if any(broken(r) for r in rows[seed])]  # fmt: skip
+    if not found:
+        return []
+    return [
+        f"Broken models (most harmful answers degenerate: they refuse nothing and solve nothing): {'; '.join(found)}."
+        " They stay in every comparison, as the protocol fixes each family's lr; a broken draw lowers the draws'"
+        " mean and so flatters the ranked plan.",
+        "",
+    ]
+
+
 COST_OF = {"ranked": "SafeReAct LoRA, ranked layers", "all_layers": "SafeReAct LoRA, every layer",
            "released": "released SafeReAct recipe", "distill": "Self-distillation"}  # fmt: skip
 
@@ -234,6 +248,7 @@ def protocol_report(result: ProtocolResult) -> str:
     ]
     if result.rows:
         lines += _summary_table(plan_summary(result.rows, result.safe), sorted(result.rows))
+        lines += _broken_note(result.rows)
     if result.full_table:
         lines += [
             "The named plans at the first seed on every test set (amendment 1's full table; Wilson 95% intervals):",
