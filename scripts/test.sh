@@ -8,6 +8,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 ruff check .
 ruff format --check .
 # The documentation site (mkdocs.yml, docs/) builds with --strict: a broken link or API reference fails CI.
-NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
+# Not --quiet: it drops warnings before --strict counts them, so a broken link would pass.
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir "$(mktemp -d)"
 # Notebooks run top to bottom too (nbmake), with QUICK=1: a reduced organism and small prompt sets.
 QUICK=1 python -m pytest -q --nbmake --nbmake-timeout=1800 tests notebooks "$@"
