@@ -503,7 +503,7 @@ def test_a_model_is_broken_when_most_of_its_harmful_answers_are_degenerate():
 def test_the_frontier_reads_beside_the_protocol_without_the_draws_broken_at_any_seed(tmp_path):
     """Planted: the ranked plan refuses 6 of 8 at both seeds; draw A 4/8, draw B 7/8, draw C broken (0/8,
     degenerate) at seed 1 only. The protocol's reading keeps C; the reading beside it drops C at every seed,
-    so the ranked plan's lead shrinks and it falls below B in the percentile."""
+    so the ranked plan's lead shrinks and its percentile falls from 2/3 to 1/2."""
 
     def row(name: str, refused: int, degenerate: bool = False) -> EvalRow:
         r = _row(name, name, [float(i) for i in range(8)], [0.0] * 8, [1] * refused + [0] * (8 - refused), [0] * 8)
