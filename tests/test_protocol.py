@@ -16,6 +16,7 @@ from conftest import QUICK_EVAL, perturbed, small_analysis_prompts
 
 from interp import cli
 from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
+from interp.cli import study as study_cli
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
 from interp.evaluation.stats import spearman
@@ -447,6 +448,16 @@ def test_the_family_options_are_checked_before_any_model(tmp_path, capsys):
     assert "drop --dev-only" in capsys.readouterr().err and not (tmp_path / "d").exists()
     assert cli.main(["protocol", "--frontier", str(FIGURES), "--seeds", "7", "--out", str(tmp_path / "d")]) == 2
     assert "the protocol's seeds are [0, 1, 2]" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_the_family_table_covers_every_organism_run_in_the_folder_not_only_those_run_now(tmp_path):
+    """``--family --recipes seed-2`` into a folder that already holds the reasoning organism's run: family.md
+    lists both (in the family's order); a folder without protocol.json (a run that never finished) is left out."""
+    for name in ("seed-2", "reasoning", "style"):
+        (tmp_path / name).mkdir()
+    for name in ("seed-2", "reasoning"):
+        (tmp_path / name / "protocol.json").write_text("{}")
+    assert study_cli.family_folders(tmp_path) == {"reasoning": tmp_path / "reasoning", "seed-2": tmp_path / "seed-2"}
 
 
 def test_the_frontier_on_test_compares_every_k_with_its_draws(analysed, tmp_path):

@@ -342,6 +342,12 @@ def cmd_protocol(args) -> None:
 FAMILY_HEADER = "# The claim across the organism family"
 
 
+def family_folders(out: Path) -> dict[str, Path]:
+    """Every organism with a protocol run in ``out`` (``OUT/NAME/protocol.json``), in the family's order: the
+    table covers all of them, not only those this call ran."""
+    return {name: out / name for name in common.RECIPE_CHOICES if (out / name / "protocol.json").exists()}
+
+
 def _family(args) -> None:
     """``interp protocol --family``: the protocol on each organism into OUT/NAME (those with a
     ``protocol.json`` are kept as they are), then OUT/family.md (``interp.protocol.family``)."""
@@ -369,8 +375,8 @@ def _family(args) -> None:
                 continue
         cmd_protocol(Namespace(**{**vars(args), "family": False, "recipes": None, "recipe": name,
                                   "out": str(out / name)}))  # fmt: skip
-    folders = {name: out / name for name in names}
+    folders = family_folders(out)
     overlap = seed_overlap(folders)
-    text = f"{FAMILY_HEADER}\n\n`interp protocol --family` on {', '.join(names)}.\n\n" + family_table(folders) + "\n"
+    text = f"{FAMILY_HEADER}\n\n`interp protocol --family` on {', '.join(folders)}.\n\n" + family_table(folders) + "\n"
     atomic_write_text(table, text + (f"\n{overlap}\n" if overlap else ""))
     print(table.read_text())
