@@ -23,26 +23,21 @@ import numpy as np
 
 from interp.evaluation.stats import bootstrap_interval, spearman
 from interp.io.atomic import atomic_write_text
+from interp.protocol.layers import top_k
 from interp.report.tables import markdown_table
 
 RANKINGS = {"layer map score": lambda m: m["scores"], "patch effect": lambda m: m["metrics"]["patch_effect"]}
 
 
-def top(values, k: int) -> list[int]:
-    """The ``k`` blocks with the highest values (NaN counts as lowest), ascending by block."""
-    order = np.argsort(-np.nan_to_num(np.asarray(values, dtype=float), nan=-np.inf), kind="stable")
-    return sorted(int(i) for i in order[:k])
-
-
 def stability(maps: dict[str, dict]) -> str:
     """The markdown tables of the module docstring."""
-    tops = [[name] + [str(top(get(m), 3)) for get in RANKINGS.values()] for name, m in maps.items()]
+    tops = [[name] + [str(top_k(get(m), 3)) for get in RANKINGS.values()] for name, m in maps.items()]
     pairs = []
     for (a, ma), (b, mb) in itertools.combinations(maps.items(), 2):
         for ranking, get in RANKINGS.items():
             x, y = np.nan_to_num(np.asarray(get(ma), dtype=float)), np.nan_to_num(np.asarray(get(mb), dtype=float))
             low, high = bootstrap_interval(spearman, x, y)
-            shared = [len(set(top(x, k)) & set(top(y, k))) for k in (3, 6)]
+            shared = [len(set(top_k(x, k)) & set(top_k(y, k))) for k in (3, 6)]
             pairs.append([f"{a} / {b}", ranking, f"{shared[0]} of 3", f"{shared[1]} of 6",
                           f"{spearman(x, y):+.2f} [{low:+.2f}, {high:+.2f}]"])  # fmt: skip
     return "\n".join([
