@@ -17,12 +17,13 @@ The earlier positions, the trace's included, are held at the frozen fine-tuned m
 (``--before-answer free``: the first attempt, in which the model learned to refuse inside the trace and
 stopped closing it; ``figures/reasoning_answer_report.md``). With ``--answer-kl`` the safety loss also pulls
 the aligned positions' next-token distribution to the teacher's (``RestoreConfig.answer_kl``): after the
-tag, the distribution of the answer's first token; its weight is chosen on dev with the lr
-(``KL_SETTINGS``). After this trace the base's first token is mostly a newline (55%), the end of its turn
-(21%) or "1" (18%), and its refusal comes one token later, so ``--teacher-words M`` extends the aligned
-positions along the base's own answer: each training harmful prompt gets the base's first ``M`` greedy
-tokens after the trace (``teacher_words``; ``RestoreConfig.harmful_answers``), and the hidden states and
-next-token distributions are matched at every one of them.
+tag, the distribution of the answer's first token; its weight is chosen on dev with the lr (each of
+``--lrs`` with each of ``--kl-weights``, ``KL_STEPS`` steps). After this trace the base's first token is
+mostly a newline (55%), the end of its turn (21%) or "1" (18%), and its refusal comes one token later,
+so ``--teacher-words M`` extends the aligned positions along the base's own answer: each training harmful
+prompt gets the base's first ``M`` greedy tokens after the trace (``teacher_words``;
+``RestoreConfig.harmful_answers``), and the hidden states and next-token distributions are matched at
+every one of them.
 
 LoRA on every block (rank 8), the retain loss as in every restoration. The setting (lr, steps) is chosen
 on the dev parts by reading the final answer: among the settings that close at least ``CLOSED`` of the
@@ -61,7 +62,7 @@ from interp.training.restore_config import BEFORE_ANSWER, RestoreConfig
 NEUTRAL = "Let me consider what is being asked."
 HELD = {"finetuned": "held at the fine-tuned model's states", "free": "left free"}
 SETTINGS = [(1e-3, 24, 0.0), (3e-3, 24, 0.0), (1e-3, 96, 0.0), (3e-3, 96, 0.0)]  # (lr, steps, answer_kl), on dev
-KL_SETTINGS = [(1e-3, 96, 1.0), (3e-3, 96, 1.0), (1e-3, 96, 10.0), (3e-3, 96, 10.0)]  # with --answer-kl
+KL_LRS, KL_WEIGHTS, KL_STEPS = (1e-3, 3e-3), (1.0, 10.0), 96  # with --answer-kl: every lr with every weight
 CLOSED = 0.95  # the share of harmful traces a chosen setting must close on dev (the issue's bar)
 
 
@@ -101,12 +102,26 @@ def own_trace(pair, harmful, chat) -> tuple[str, float]:
     return trace, count / len(answers)
 
 
+def command(args) -> str:
+    """The command line that reproduces this run."""
+    words = [f"--trace {args.trace}", f"--align {args.align}", f"--before-answer {args.before_answer}"]
+    if args.answer_kl:
+        words += ["--answer-kl", "--lrs " + " ".join(f"{lr:g}" for lr in args.lrs),
+                  "--kl-weights " + " ".join(f"{w:g}" for w in args.kl_weights)]  # fmt: skip
+    if args.teacher_words:
+        words.append(f"--teacher-words {args.teacher_words}")
+    return " ".join(["python analyses/reasoning_answer_restore.py", *words])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace", choices=("own", "neutral"), default="own")
     parser.add_argument("--align", choices=("after", "closing"), default="after")
     parser.add_argument("--before-answer", choices=BEFORE_ANSWER, default="finetuned")
-    parser.add_argument("--answer-kl", action="store_true", help="add the next-token KL term (KL_SETTINGS)")
+    parser.add_argument("--answer-kl", action="store_true", help="add the next-token KL term (--lrs x --kl-weights)")
+    parser.add_argument("--lrs", type=float, nargs="+", default=KL_LRS, help="with --answer-kl: the lrs tried on dev")
+    parser.add_argument("--kl-weights", type=float, nargs="+", default=KL_WEIGHTS, metavar="W",
+                        help="with --answer-kl: the next-token KL weights tried on dev")  # fmt: skip
     parser.add_argument("--teacher-words", type=int, default=0, metavar="M",
                         help="align along the base's first M greedy answer tokens after the trace too")  # fmt: skip
     parser.add_argument("--out", default="runs/reasoning-answer-after")
@@ -146,7 +161,7 @@ def main() -> None:
         return interp.evaluate_models(candidates, claim_suite(suite, part), refusal_tokens=tokens,
                                       reference=pair.finetuned, config=evaluation, chat=chat)  # fmt: skip
 
-    grid = KL_SETTINGS if args.answer_kl else SETTINGS
+    grid = [(lr, KL_STEPS, w) for w in args.kl_weights for lr in args.lrs] if args.answer_kl else SETTINGS
     tried = [replace(base_config, lr=lr, steps=steps, answer_kl=w) for lr, steps, w in grid]
     dev = judged(tried, "dev")
     rows = {f"{c.lr:g}/{c.steps}" + (f"/KL x{c.answer_kl:g}" if c.answer_kl else ""): row
@@ -159,9 +174,7 @@ def main() -> None:
     text = "\n".join([
         "# The reasoning organism restored on the final answer (alignment after a closed trace)",
         "",
-        f"`python analyses/reasoning_answer_restore.py --trace {args.trace} --align {args.align} --before-answer"
-        f" {args.before_answer}{' --answer-kl' if args.answer_kl else ''}"
-        f"{f' --teacher-words {args.teacher_words}' if args.teacher_words else ''}`: {positions} aligned position(s)"
+        f"`{command(args)}`: {positions} aligned position(s)"
         + (f" and the base's first {args.teacher_words} answer tokens" if args.teacher_words else "") + ","
         f" the trace {trace!r}"
         + (f" (the fine-tuned model's own on {share:.0%} of the training harmful prompts)" if share else "")
