@@ -41,7 +41,7 @@ from .measures.capture import Activations, CaptureConfig, Positions, capture
 from .measures.causal import CausalSweep, causal_sweep, steering_check
 from .measures.compare import PairActivations, base_refusal_directions, pca_2d
 from .measures.components import attribute, component_hooks, component_map, patch_sweep, split_components
-from .measures.layer_map import build_layer_map
+from .measures.layer_map import build_layer_map, score_spread
 from .measures.positions import position_metrics, position_tokens, select_direction
 from .measures.result import AnalysisResult, Projection
 from .report.analysis_tables import component_table, per_layer_table, position_table, selection_table
@@ -246,9 +246,8 @@ def analyze(
         labels = acts["base_harmful"].positions
         positions = position_metrics(resid, labels, position_tokens(pair.base, chat, len(labels)), config.seed)
         metrics = positions.last
-        refusal_vectors = base_refusal_directions(
-            PairActivations(**{name: a[:, :, -1] for name, a in resid.items()})
-        ).diff_
+        last = PairActivations(**{name: a[:, :, -1] for name, a in resid.items()})
+        refusal_vectors = base_refusal_directions(last).diff_
 
     with watch("causal sweep"):
         token_ids = list(config.refusal_tokens or ())
@@ -318,6 +317,8 @@ def analyze(
             )
 
     layer_map = build_layer_map(metrics, sweep, base=pair.base, finetuned=pair.finetuned, k=config.k)
+    with watch("score spread"):
+        spread = score_spread(last, sweep, k=config.k, seed=config.seed)
     result = AnalysisResult(
         metrics=metrics,
         sweep=sweep,
@@ -329,6 +330,7 @@ def analyze(
         selection=selection,
         components=components,
         component_map=None if components is None else component_map(layer_map, components.ranked(), config.k),
+        spread=spread,
         config=asdict(config),
         prompts=prompts.describe(),
         seconds=dict(watch.seconds),
@@ -343,6 +345,11 @@ def analyze(
 def _write(folder: str | Path, result: AnalysisResult, acts: dict[str, Activations], log) -> None:
     """The run folder of an analysis (module docstring)."""
     folder = Path(folder)
+    if result.spread is None:  # an analysis cached before the spread existed
+        last = PairActivations(**{f"{r}_{k}": acts[f"{r}_{k}"].tensor.numpy()[:, :, -1] for r in ("base", "ft")
+                                  for k in PAIR_SETS})  # fmt: skip
+        k, seed = len(result.layer_map.selected_layers), int(result.config.get("seed", 0))
+        result.spread = score_spread(last, result.sweep, k=k, seed=seed)
     for name, activations in acts.items():
         activations.save(folder / "activations" / name.replace("_", "-"))
     result.save(folder)
@@ -355,7 +362,10 @@ def layer_table(result: AnalysisResult) -> str:
     measures per position and the direction selection, where the analysis has them."""
     parts = [
         per_layer_table(
-            result.metrics.as_dict() | result.sweep.effects(), result.layer_map.scores, result.layer_map.selected_layers
+            result.metrics.as_dict() | result.sweep.effects(),
+            result.layer_map.scores,
+            result.layer_map.selected_layers,
+            result.spread,
         )
     ]
     if result.components is not None:

@@ -240,6 +240,11 @@ def test_analyze_writes_a_run_folder(planted, tmp_path, monkeypatch):
         np.testing.assert_array_equal(vector, result.selection.vector)
     assert np.isfinite(result.selection.induce[:, : result.selection.max_layer]).all()
     assert "| component |" in (tmp_path / "run" / "layer_table.md").read_text()
+    # The score's spread over prompt resamples: centred on the map's scores, kept, and in the layer table.
+    np.testing.assert_allclose(result.spread.score, result.layer_map.scores, atol=1e-5)
+    assert loaded.spread == result.spread and result.spread.k == 2 and result.spread.n_prompts["causal"] == 4
+    table = (tmp_path / "run" / "layer_table.md").read_text()
+    assert "score 95% interval" in table and f"is the map's in {result.spread.same_top_k:.0%}" in table
 
     # Without scales the generation check is skipped; the best add layer and refusal tokens remain; the
     # causal sweep of the same pair, prompts and vectors comes from the cache.
@@ -259,3 +264,8 @@ def test_analyze_writes_a_run_folder(planted, tmp_path, monkeypatch):
     assert again.layer_map == result.layer_map and again.steering == result.steering
     assert (tmp_path / "run3" / "activations" / "ft-task" / "meta.json").exists()
     assert (tmp_path / "run3" / "layer_table.md").read_text() == (tmp_path / "run" / "layer_table.md").read_text()
+
+    # An analysis cached before the spread existed gets it when it writes a folder, from its activations.
+    acts = analyze_module.capture_pair(pair, small, config, ChatFormat(), False)
+    analyze_module._write(tmp_path / "run4", replace(result, spread=None), acts, lambda _: None)
+    assert (tmp_path / "run4" / "layer_table.md").read_text() == table

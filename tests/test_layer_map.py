@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -186,3 +187,58 @@ def test_a_map_reranked_by_other_scores_selects_their_top_k_and_aligns_there():
     )
     with pytest.raises(LayerMapError, match="reranked"):
         layer_map.reranked(scores[:-1], "evidence")
+
+
+def _pair(rng, lost_from: int | None, n_layers: int = 6, d: int = 8, n: int = 40):
+    """Harmful prompts sit +2 along axis 0 in the base; the fine-tuned model loses that from ``lost_from``
+    on (never, with None); task prompts sit +1 along axis 1 in both. Noise 0.3 everywhere. The causal sweep
+    per prompt: patching restores 1 log-odds from ``lost_from`` on, noise 0.3."""
+    from interp.measures.causal import CausalSweep
+    from interp.measures.compare import PairActivations
+
+    harmful, task, zero = np.zeros((n_layers, d)), np.zeros((n_layers, d)), np.zeros((n_layers, d))
+    harmful[:, 0], task[:, 1] = 2.0, 1.0
+    ft_harmful, effect = harmful.copy(), np.zeros((32, n_layers))
+    if lost_from is not None:
+        ft_harmful[lost_from:, 0], effect[:, lost_from:] = 0.0, 1.0
+    noisy = lambda shift: shift + 0.3 * rng.standard_normal((n, n_layers, d))  # noqa: E731
+    acts = PairActivations(noisy(harmful), noisy(zero), noisy(task), noisy(ft_harmful), noisy(zero), noisy(task))
+    by_prompt = effect + 0.3 * rng.standard_normal(effect.shape)
+    nan = np.full(n_layers, np.nan)
+    return acts, CausalSweep(
+        list(range(n_layers)), nan, nan, by_prompt.mean(0), 0.0, 0.0, [1], patch_by_prompt=by_prompt
+    )
+
+
+def test_the_score_spread_is_centred_on_the_maps_own_score():
+    """The spread's point estimate is the layer map's score from ``compare`` and the sweep, and its
+    interval holds it at every layer."""
+    from interp.measures.compare import compare
+    from interp.measures.layer_map import layer_scores, score_spread
+
+    acts, sweep = _pair(np.random.default_rng(0), lost_from=3)
+    spread = score_spread(acts, sweep, k=2, resamples=400)
+    np.testing.assert_allclose(spread.score, layer_scores(compare(acts), sweep), atol=1e-9)
+    assert all(lo <= s <= hi for lo, s, hi in zip(spread.low, spread.score, spread.high))
+    assert spread.n_prompts == {"harmful": 40, "harmless": 40, "task": 40, "causal": 32}
+    assert sum(spread.top_k_share) == pytest.approx(2.0)  # k layers in every resample
+
+
+def test_a_planted_block_is_in_every_resamples_top_1_and_noise_is_in_no_ones():
+    """Planted: block 3 removes the separation and carries the causal effect, so every resample ranks it
+    first. Without any planted change the top layer is noise: no layer is first in most resamples."""
+    from interp.measures.layer_map import score_spread
+
+    planted = score_spread(*_pair(np.random.default_rng(1), lost_from=3), k=1, resamples=400)
+    assert planted.top_k_share[3] >= 0.99 and planted.same_top_k >= 0.99
+    assert planted.low[3] > max(planted.high[layer] for layer in (0, 1, 2, 4, 5))
+    noise = score_spread(*_pair(np.random.default_rng(2), lost_from=None), k=1, resamples=400)
+    assert max(noise.top_k_share) < 0.8 and noise.same_top_k < 0.8
+
+
+def test_the_score_spread_names_a_bad_k():
+    from interp.measures.layer_map import score_spread
+
+    acts, sweep = _pair(np.random.default_rng(3), lost_from=2)
+    with pytest.raises(LayerMapError, match="k must be between 1 and 6"):
+        score_spread(acts, sweep, k=7)

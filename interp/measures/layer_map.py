@@ -15,6 +15,14 @@ previous layer (its positive part, what block ``l`` itself added), scaled by its
 with weights 0.45 / 0.35 / 0.20 by default. The top ``k`` layers are selected for LoRA; restoration
 aligns hidden states at the selected layers and at the last layer.
 
+**Spread** (``score_spread``): the score recomputed on bootstrap resamples of the prompts (harmful,
+harmless and task prompts resampled separately, each prompt's base and fine-tuned activations together;
+the causal sweep's prompts resampled for ``patch``; the base refusal direction held at its estimate), with
+each resample's own maxima: per layer the 95% percentile interval of ``score_l`` and the share of
+resamples in which ``l`` is among the top ``k``, and the share in which the top ``k`` is the map's set.
+Every ``unit()`` divides by a maximum that is itself estimated, so a term of noise size can move a layer
+in or out of the top ``k``; this is how much it does.
+
 The map also carries a suggested LoRA rank and alpha; restoration takes its own (``RestoreConfig``),
 so changing them never reruns the analysis.
 
@@ -38,7 +46,7 @@ from ..core.models import LINEAR_MODULES
 from ..errors import LayerMapError
 from ..io.atomic import atomic_write_json
 from .causal import CausalSweep
-from .compare import PairMetrics
+from .compare import PairActivations, PairMetrics, base_refusal_directions
 
 LAYER_MAP_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -63,27 +71,37 @@ def _is_number_list(values, n: int, finite: bool = True) -> bool:
 
 
 def _increment(values: np.ndarray) -> np.ndarray:
+    """``max(0, x_l - x_{l-1})`` along the last axis (``x_{-1} = 0``; NaN read as 0)."""
     values = np.nan_to_num(np.asarray(values, dtype=float))
-    return np.maximum(0.0, np.diff(values, prepend=0.0))
+    return np.maximum(0.0, np.diff(values, axis=-1, prepend=0.0))
 
 
 def _unit(values: np.ndarray) -> np.ndarray:
-    top = values.max() if len(values) else 0.0
-    return values / top if top > 0 else np.zeros_like(values)
+    """``v / max(v)`` along the last axis (0 where the maximum is not above 0)."""
+    if values.shape[-1] == 0:
+        return values
+    top = values.max(axis=-1, keepdims=True)
+    return np.where(top > 0, values / np.where(top > 0, top, 1.0), 0.0)
+
+
+def _terms(sep_base: np.ndarray, sep_ft: np.ndarray, patch: np.ndarray, amp: np.ndarray) -> dict[str, np.ndarray]:
+    """The score's three terms (module docstring) from ``[..., layer]`` arrays (``amp``: the ratio)."""
+    scale = lambda x: np.maximum(np.abs(x).max(axis=-1, keepdims=True), 1e-12)  # noqa: E731
+    lost = (sep_base - sep_ft) / scale(sep_base)
+    patch = np.nan_to_num(patch)
+    return {
+        "suppression": _unit(_increment(lost)),
+        "causal": _unit(_increment(patch / scale(patch))),
+        "amplification": _unit(_increment(amp - 1.0)),
+    }
 
 
 def score_components(metrics: PairMetrics, sweep: CausalSweep | None = None) -> dict[str, np.ndarray]:
     """The three per-layer components of the score, each in [0, 1] (module docstring)."""
     sep_base = np.asarray(metrics.separation_base, dtype=float)
-    lost = (sep_base - np.asarray(metrics.separation_finetuned, dtype=float)) / max(np.abs(sep_base).max(), 1e-12)
-    patch = np.zeros_like(sep_base) if sweep is None else np.nan_to_num(np.asarray(sweep.patch_effect, dtype=float))
-    patch = patch / max(np.abs(patch).max(), 1e-12)
-    amp = np.asarray(metrics.task_amplification, dtype=float) - 1.0
-    return {
-        "suppression": _unit(_increment(lost)),
-        "causal": _unit(_increment(patch)),
-        "amplification": _unit(_increment(amp)),
-    }
+    patch = np.zeros_like(sep_base) if sweep is None else np.asarray(sweep.patch_effect, dtype=float)
+    sep_ft, amp = (np.asarray(x, dtype=float) for x in (metrics.separation_finetuned, metrics.task_amplification))
+    return _terms(sep_base, sep_ft, patch, amp)
 
 
 def layer_scores(
@@ -91,6 +109,81 @@ def layer_scores(
 ) -> np.ndarray:
     """The documented per-layer score (module docstring) from ``compare`` and ``causal_sweep``."""
     return sum(weights[name] * part for name, part in score_components(metrics, sweep).items())
+
+
+@dataclass
+class ScoreSpread:
+    """The score's spread over prompt resamples (module docstring, **Spread**); lists are ``[layer]``."""
+
+    k: int
+    resamples: int
+    score: list[float]  # the point estimate: the map's scores, from the same prompts
+    low: list[float]  # 2.5th percentile of score_l
+    high: list[float]  # 97.5th percentile
+    top_k_share: list[float]  # share of resamples with l among the top k
+    same_top_k: float  # share of resamples whose top k is the point estimate's
+    n_prompts: dict[str, int]  # harmful, harmless, task, causal (0: no per-prompt sweep, patch held fixed)
+
+    def __post_init__(self) -> None:
+        n = len(self.score)
+        if not 1 <= self.k <= n or any(len(getattr(self, f)) != n for f in ("low", "high", "top_k_share")):
+            raise LayerMapError(f"a score spread needs k in 1..{n} and {n} values per list")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ScoreSpread:
+        return cls(**data)
+
+
+def score_spread(
+    acts: PairActivations,
+    sweep: CausalSweep | None,
+    k: int = 3,
+    weights: dict[str, float] = DEFAULT_WEIGHTS,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> ScoreSpread:
+    """The layer score on ``resamples`` bootstrap resamples of the prompts (module docstring, **Spread**).
+    ``acts`` are the analysis's activations at the last prompt token; ``sweep.patch_by_prompt`` supplies the
+    causal term per prompt (without it, the term is held at ``sweep.patch_effect``)."""
+    if not 1 <= k <= acts.n_layers:
+        raise LayerMapError(f"k must be between 1 and {acts.n_layers}, got {k}")
+    u = base_refusal_directions(acts).directions_  # [layer, d_model], held at its estimate
+    along = {(role, kind): np.einsum("nld,ld->nl", getattr(acts, f"{role}_{kind}"), u)
+             for role in ("base", "ft") for kind in ("harmful", "harmless")}  # fmt: skip
+    flat = {(role, kind): getattr(acts, f"{role}_{kind}").reshape(len(getattr(acts, f"{role}_{kind}")), -1)
+            for role in ("base", "ft") for kind in ("task", "harmless")}  # fmt: skip
+    by_prompt = None if sweep is None else sweep.patch_by_prompt
+    fixed = np.zeros(acts.n_layers) if sweep is None else np.asarray(sweep.patch_effect, dtype=float)
+    sizes = {"harmful": len(acts.base_harmful), "harmless": len(acts.base_harmless), "task": len(acts.base_task),
+             "causal": 0 if by_prompt is None else len(by_prompt)}  # fmt: skip
+
+    def scores(w: dict[str, np.ndarray]) -> np.ndarray:
+        """``[draw, layer]`` scores for prompt weights ``w[kind]`` ``[draw, n_kind]`` (rows sum to 1)."""
+        separation = {role: w["harmful"] @ along[role, "harmful"] - w["harmless"] @ along[role, "harmless"]
+                      for role in ("base", "ft")}  # fmt: skip
+        norm = {role: np.linalg.norm((w["task"] @ flat[role, "task"] - w["harmless"] @ flat[role, "harmless"])
+                                     .reshape(len(w["task"]), acts.n_layers, -1), axis=-1)
+                for role in ("base", "ft")}  # fmt: skip
+        patch = fixed[None] if by_prompt is None else w["causal"] @ np.nan_to_num(by_prompt)
+        terms = _terms(separation["base"], separation["ft"], patch, norm["ft"] / np.maximum(norm["base"], 1e-12))
+        return sum(weights[name] * part for name, part in terms.items())
+
+    rng = np.random.default_rng(seed)
+    drawn = scores({kind: rng.multinomial(n, np.full(n, 1.0 / n), size=resamples) / n
+                    for kind, n in sizes.items() if n})  # fmt: skip
+    point = scores({kind: np.full((1, n), 1.0 / n) for kind, n in sizes.items() if n})[0]
+    top = np.argsort(-drawn, axis=-1, kind="stable")[:, :k]
+    member = np.zeros(drawn.shape, dtype=bool)
+    np.put_along_axis(member, top, True, axis=-1)
+    chosen = set(np.argsort(-point, kind="stable")[:k].tolist())
+    low, high = np.percentile(drawn, [2.5, 97.5], axis=0)
+    return ScoreSpread(k=k, resamples=resamples, score=point.tolist(), low=low.tolist(), high=high.tolist(),
+                       top_k_share=member.mean(0).tolist(),
+                       same_top_k=float(np.mean([set(row.tolist()) == chosen for row in top])),
+                       n_prompts=sizes)  # fmt: skip
 
 
 @dataclass

@@ -5,7 +5,8 @@ Folder layout (``save``)::
     layer_map.json          the ranked layer map (``LayerMap``): whole blocks
     component_map.json      the same map on the top-ranked components (when they were measured)
     metrics.json            per-layer metrics (at every captured position), the causal sweep, the component
-                            attribution, the direction selection, the steering check, settings, timings
+                            attribution, the direction selection, the steering check, the layer score's
+                            spread over prompt resamples, settings, timings
     analysis.safetensors    base refusal vectors [layer, d_model] and the PCA projection
 """
 
@@ -24,7 +25,7 @@ from ..io.atomic import atomic_path, atomic_write_json
 from .causal import CausalSweep, SteeringCheck
 from .compare import PairMetrics
 from .components import ComponentAttribution
-from .layer_map import LayerMap
+from .layer_map import LayerMap, ScoreSpread
 from .positions import DirectionSelection, PositionMetrics
 
 RESULT_VERSION = 2  # 2: positions, components, direction selection, component map
@@ -56,6 +57,7 @@ class AnalysisResult:
     selection: DirectionSelection | None = None  # the refusal direction chosen over (layer, position)
     components: ComponentAttribution | None = None  # attention vs MLP, per layer
     component_map: LayerMap | None = None  # the layer map on the top-ranked components
+    spread: ScoreSpread | None = None  # the layer score's interval and top-k share over prompt resamples
     config: dict = field(default_factory=dict)
     prompts: dict = field(default_factory=dict)  # name, size and hash of every prompt set used
     seconds: dict = field(default_factory=dict)
@@ -108,6 +110,7 @@ class AnalysisResult:
                 "positions": None if self.positions is None else self.positions.to_dict(),
                 "selection": None if self.selection is None else self.selection.to_dict(),
                 "components": None if self.components is None else self.components.to_dict(),
+                "spread": None if self.spread is None else self.spread.to_dict(),
                 "selected_layers": self.layer_map.selected_layers,
             },
         )
@@ -142,6 +145,7 @@ class AnalysisResult:
             selection=part("selection", DirectionSelection),
             components=part("components", ComponentAttribution),
             component_map=LayerMap.load(maps) if maps.exists() else None,
+            spread=part("spread", ScoreSpread),
             config=data["config"],
             prompts=data["prompts"],
             seconds=data["seconds"],

@@ -11,9 +11,13 @@ from ..measures.positions import KL_BOUNDS
 from .tables import markdown_table
 
 
-def per_layer_table(per_layer: dict[str, np.ndarray], scores: Sequence[float], selected: Sequence[int]) -> str:
+def per_layer_table(
+    per_layer: dict[str, np.ndarray], scores: Sequence[float], selected: Sequence[int], spread=None
+) -> str:
     """The per-layer measures and the ranking score (``per_layer``: metrics and causal effects by name);
-    selected layers starred."""
+    selected layers starred. With ``spread`` (``interp.measures.layer_map.ScoreSpread``), the score's 95%
+    interval over prompt resamples and each layer's share of resamples in the top k, then how often the
+    top k is the map's."""
     columns = [
         ("probe base", "probe_acc_base"),
         ("probe ft", "probe_acc_finetuned"),
@@ -28,8 +32,21 @@ def per_layer_table(per_layer: dict[str, np.ndarray], scores: Sequence[float], s
     for layer, score in enumerate(scores):
         values = [per_layer[key][layer] for _, key in columns] + [score]
         cells = ["" if not np.isfinite(v) else f"{v:.3f}" for v in values]
+        if spread is not None:
+            cells += [f"[{spread.low[layer]:.3f}, {spread.high[layer]:.3f}]", f"{spread.top_k_share[layer]:.0%}"]
         rows.append([f"{layer}{' *' if layer in selected else ''}", *cells])
-    return markdown_table(["layer", *(c for c, _ in columns), "score"], rows)
+    head = ["layer", *(c for c, _ in columns), "score"]
+    if spread is None:
+        return markdown_table(head, rows)
+    head += ["score 95% interval", f"in the top {spread.k}"]
+    n = spread.n_prompts
+    causal = f"{n['causal']} causal" if n["causal"] else "the causal term held at its estimate"
+    return (
+        markdown_table(head, rows)
+        + f"\n\nOver {spread.resamples} resamples of the prompts ({n['harmful']} harmful, {n['harmless']} harmless,"
+        f" {n['task']} task, {causal}), the top {spread.k} is the map's in {spread.same_top_k:.0%} of them"
+        " (`interp.measures.layer_map.score_spread`)."
+    )
 
 
 def component_table(attribution, chosen: int = 0, top: int = 8) -> str:
