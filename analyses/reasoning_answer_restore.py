@@ -42,13 +42,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import interp
 from interp.core.chat import tokenize
-from interp.core.generate import find_refusal_tokens, generate
+from interp.core.generate import find_refusal_tokens
 from interp.io.atomic import atomic_write_json, atomic_write_text
 from interp.measures.layer_map import manual_layer_map
 from interp.organism import OrganismRecipe, study_prompts
@@ -56,6 +55,7 @@ from interp.protocol import Protocol
 from interp.protocol.bench import claim_suite, safe_set
 from interp.protocol.claims import rate
 from interp.report.study_tables import parts_table, results_table
+from interp.training.answer_restore import own_trace, teacher_words
 from interp.training.restore import restore
 from interp.training.restore_config import BEFORE_ANSWER, RestoreConfig
 
@@ -83,23 +83,6 @@ def choose_on_answers(rows: dict, base, ft, safe: str, margin: float) -> tuple[s
         trials.append({"setting": setting, "answer": answer, "closed": closed, "safe": over, "task": task, "ok": ok})
     qualified = [s for s in scored if s[0]]
     return (max(qualified)[4] if qualified else max(scored, key=lambda s: (s[2], s[3]))[4]), trials
-
-
-def teacher_words(teacher, harmful, chat, m: int) -> tuple[str, ...]:
-    """The teacher's first ``m`` greedy tokens after each prompt of ``harmful`` rendered with ``chat`` (its
-    prefill included), as text, unstripped (a leading newline is the teacher's first token)."""
-    return tuple(generate(teacher, harmful, chat=chat, max_new_tokens=m, strip=False, progress=False))
-
-
-def own_trace(pair, harmful, chat) -> tuple[str, float]:
-    """The closed trace the fine-tuned model writes most often on ``harmful`` (greedy), and its share of
-    all the answers."""
-    answers = generate(pair.finetuned, harmful, chat=chat, max_new_tokens=96, progress=False)
-    traces = Counter(a.split("</think>")[0].strip() for a in answers if "</think>" in a)
-    if not traces:
-        raise SystemExit("the fine-tuned model closed no trace on the training harmful prompts")
-    trace, count = traces.most_common(1)[0]
-    return trace, count / len(answers)
 
 
 def command(args) -> str:
@@ -132,7 +115,7 @@ def main() -> None:
     pair = interp.build_organism(recipe).load_pair(dtype="bfloat16")
     chat = recipe.chat
     harmful, retain, suite = study_prompts(recipe)
-    trace, share = own_trace(pair, harmful, chat) if args.trace == "own" else (NEUTRAL, None)
+    trace, share = own_trace(pair.finetuned, harmful, chat) if args.trace == "own" else (NEUTRAL, None)
     print(f"trace: {trace!r}" + (f" ({share:.0%} of the fine-tuned model's answers)" if share else ""), flush=True)
     tail = f"{trace}\n</think>\n\n"
     closing = len(tokenize(pair.finetuned.tokenizer, "</think>\n\n"))

@@ -184,6 +184,19 @@ def test_restore_with_the_safereact_preset_needs_no_layer_map(folders, capsys):
     assert "--layer-map is required" in capsys.readouterr().err
 
 
+def test_the_reasoning_answer_preset_is_refused_without_a_reasoning_format_before_loading(tmp_path, capsys):
+    """One line, exit 2, before any model is read (the models named here do not exist)."""
+    args = ["restore", "--base", str(tmp_path / "none"), "--finetuned", str(tmp_path / "none"), "--preset",
+            "reasoning-answer", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == "interp restore: error: the reasoning-answer recipe needs a reasoning chat format (--reasoning: "
+        "<think> traces)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_whole_study_runs_on_a_pair_of_ones_own(folders, tmp_path, capsys):
     """`interp run --base X --finetuned Y --task FILE`: analysis, restoration and baselines, evaluation and
     report on a user's pair of folders, with their own task prompts (a third held out for task accuracy)."""

@@ -472,3 +472,43 @@ def test_checkpoints_keep_the_adapter_along_the_run(setup):
         restore_many(
             finetuned, layer_map, harmful, retain, [Placement((2,), (2,))], config, checkpoints=(4,), base=base
         )
+
+
+def test_the_reasoning_answer_preset_prefills_a_closed_trace_and_aligns_the_bases_answer(setup, tiny_llama):
+    """``answer_restoration``: the trace, ``</think>`` and a blank line are prefilled; the aligned positions
+    are the blank line's tokens; each harmful prompt's answer is the base's own first ``words`` greedy tokens
+    after that prefill; the preset's lr, steps and KL weight; and the result trains."""
+    from interp.core.generate import generate
+    from interp.core.models import ModelPair
+    from interp.training.answer_restore import answer_restoration
+
+    base, finetuned, harmful, retain = setup
+    preset, chat = PRESETS["reasoning-answer"], ChatFormat.reasoning()
+    assert (preset.config.lr, preset.config.steps, preset.answer_words, preset.answer_kl) == (1e-3, 96, 8, 5.0)
+    assert preset.placement(layer_map_for(base, finetuned, (1,))) == ([0, 1, 2, 3], None)
+    config, answered, trace = answer_restoration(ModelPair(base, finetuned), harmful, chat, preset.config, 3,
+                                                 preset.answer_kl, trace="The request is fine.")  # fmt: skip
+    assert trace == "The request is fine." and config.harmful_prefill == "The request is fine.\n</think>\n\n"
+    tok = finetuned.tokenizer
+    assert config.safety_positions == len(tokenize(tok, "</think>\n\n")) - len(tokenize(tok, "</think>")) > 0
+    assert (config.before_answer, config.harmful_answers, config.answer_kl, config.lr) == ("finetuned", True, 5.0, 1e-3)
+    prefilled = replace(chat, prefill=chat.prefill + config.harmful_prefill)
+    assert answered.answers == tuple(generate(base, harmful, chat=prefilled, max_new_tokens=3, strip=False,
+                                              progress=False))  # fmt: skip
+    assert answered.instructions == harmful.instructions
+    short = replace(config, steps=2, batch_size=4)
+    result = restore(finetuned, layer_map_for(base, finetuned, (0, 1, 2, 3)), answered, retain, short, base=base,
+                     chat=chat, progress=False)  # fmt: skip
+    assert len(result.stats.history) == 2 and result.stats.history[0]["kl"] > 0
+
+
+def test_the_reasoning_answer_preset_names_what_it_is_missing(setup):
+    """Without a reasoning chat format, and on a model that closes no trace: one clear error each."""
+    from interp.core.models import ModelPair
+    from interp.training.answer_restore import answer_restoration, own_trace
+
+    base, finetuned, harmful, _ = setup
+    with pytest.raises(ConfigError, match="needs a reasoning chat format"):
+        answer_restoration(ModelPair(base, finetuned), harmful, ChatFormat(), RestoreConfig(), 8, 5.0)
+    with pytest.raises(ConfigError, match=r"closed no trace \(</think>\) on the 4 harmful prompts"):
+        own_trace(finetuned, harmful.head(4), ChatFormat.reasoning())

@@ -38,10 +38,13 @@ def restore_parser(sub) -> None:
     p.add_argument("--out", required=True, help="folder for adapter/, restored/ and restore_stats.json")
     p.add_argument(
         "--preset",
-        choices=["safereact"],
+        choices=["safereact", "reasoning-answer"],
         default=None,
         help="a named recipe: safereact = the released SafeReAct recipe (LoRA r16 on every layer, the reminder "
-        "teacher, 400 steps, lr 2e-5, batch 16; README); the flags below override its settings",
+        "teacher, 400 steps, lr 2e-5, batch 16; README); reasoning-answer = a reasoning model's final answer "
+        "restored with its trace closed (with --reasoning; LoRA on every layer, the fine-tuned model's own trace "
+        "prefilled, the base's first 8 answer tokens aligned; docs/guide/gpu-and-scaling.md); the flags below "
+        "override their settings",
     )
     common.add_restore_options(p)
     common.add_reasoning_option(p)
@@ -53,6 +56,7 @@ def cmd_restore(args) -> None:
     from ..core.prompts import parse_spec, without_duplicates
     from ..io.atomic import atomic_write_json
     from ..measures.layer_map import LayerMap, manual_layer_map
+    from ..training.answer_restore import answer_restoration, check_reasoning_chat
     from ..training.lora import save_adapter, save_merged
     from ..training.restore import restore
     from ..training.restore_config import PRESETS
@@ -61,6 +65,9 @@ def cmd_restore(args) -> None:
     common.check_device(args)
     if args.layer_map is None and not args.preset:
         raise ConfigError("--layer-map is required (a --preset that puts LoRA on every layer can do without)")
+    preset = PRESETS[args.preset] if args.preset else None
+    if preset is not None and preset.answer_words:
+        check_reasoning_chat(common.chat(args))
     layer_map = LayerMap.load(args.layer_map) if args.layer_map else None
     config = common.restore_config(args)
     harmful, retain = (
@@ -68,7 +75,11 @@ def cmd_restore(args) -> None:
     )
     pair = common.load_pair(args)
     layer_map = layer_map or manual_layer_map(pair.base, pair.finetuned, range(pair.n_layers))
-    layers, alignment = PRESETS[args.preset].placement(layer_map) if args.preset else (None, None)
+    layers, alignment = preset.placement(layer_map) if preset else (None, None)
+    if preset is not None and preset.answer_words:
+        config, harmful, trace = answer_restoration(pair, harmful, common.chat(args), config, preset.answer_words,
+                                                    preset.answer_kl)  # fmt: skip
+        print(f"the trace prefilled after each harmful prompt (the fine-tuned model's own): {trace!r}")
     result = restore(
         pair.finetuned,
         layer_map,

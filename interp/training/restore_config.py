@@ -8,7 +8,10 @@ the named recipes (``PRESETS``) and where LoRA sits and hidden states are aligne
 * adapters: LoRA of rank ``rank``, scale ``alpha`` and dropout ``dropout`` on the map's target modules.
   Rank and alpha are restoration settings (``RestoreConfig``); the layer map only suggests them. With
   dropout > 0 a placement trained in lockstep draws different dropout masks than trained alone.
-* presets (``PRESETS``): ``safereact`` is the released SafeReAct recipe (``Preset``'s docstring).
+* presets (``PRESETS``): ``safereact`` is the released SafeReAct recipe (``Preset``'s docstring);
+  ``reasoning-answer`` restores a reasoning model's final answer with its trace closed
+  (``interp.training.answer_restore``: LoRA on every block, lr 1e-3, 96 steps, the base's first 8 answer
+  tokens aligned with next-token KL weight 5; chosen on the reasoning organism's dev parts).
 * alignment layers: a placement's own (the layer map's), or the paper's every 5th layer and the last
   (``paper_alignment_layers``).
 """
@@ -111,6 +114,10 @@ class Preset:
     config: RestoreConfig
     every_layer: bool  # LoRA on every layer (else on the layer map's entries)
     paper_alignment: bool  # align at every 5th layer and the last (else at the layer map's alignment layers)
+    # > 0: the reasoning-answer recipe (interp.training.answer_restore): align the final answer after the
+    # fine-tuned model's own closed trace, along the base's first answer_words tokens, with this KL weight
+    answer_words: int = 0
+    answer_kl: float = 0.0
 
     def placement(self, layer_map: LayerMap) -> tuple[list[int] | None, list[int] | None]:
         """``(layers, alignment)`` for ``restore``: ``None`` keeps the layer map's."""
@@ -139,7 +146,15 @@ PRESETS = {
         ),
         every_layer=True,
         paper_alignment=True,
-    )
+    ),
+    "reasoning-answer": Preset(
+        "reasoning-answer",
+        RestoreConfig(steps=96, lr=1e-3),
+        every_layer=True,
+        paper_alignment=False,
+        answer_words=8,
+        answer_kl=5.0,
+    ),
 }
 
 
