@@ -1,8 +1,9 @@
 """How sure is the layer map of its top 3? The score's spread over prompt resamples, per organism.
 
 For each named analysis folder (``interp analyze --out F`` or ``interp run --out F``: it holds
-``metrics.json``, the causal sweep per prompt, and ``activations/``): ``interp.measures.layer_map.
-score_spread`` at the last prompt token, 1000 resamples. Per organism: the map's top 3, each selected
+``metrics.json``, the causal sweep per prompt, and ``activations/``): the analysis's own spread
+(``interp.measures.layer_map.score_spread`` at the last prompt token, 1000 resamples), or computed from the
+folder when the analysis predates it. Per organism: the map's top 3, each selected
 block's share of resamples in which it is in the top 3, the share in which the top 3 is the map's set,
 and every block in the top 3 of at least 5% of resamples with its score and 95% interval. Reads the
 folders only, no model.
@@ -80,7 +81,8 @@ def main() -> None:
         selected = result.layer_map.selected_layers
         if len(selected) != K:
             sys.exit(f"score_spread.py: {name}: the map selects {len(selected)} blocks, not {K}")
-        spreads[name] = selected, score_spread(acts, result.sweep, k=K, weights=result.layer_map.score_weights)
+        kept = result.spread if result.spread is not None and result.spread.k == K else None  # the analysis's own
+        spreads[name] = selected, kept or score_spread(acts, result.sweep, k=K, weights=result.layer_map.score_weights)
     command = shlex.join(["python", "analyses/score_spread.py", *args.runs])
     text = "\n".join([
         f"# The layer map's top {K} under prompt resampling",
