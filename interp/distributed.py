@@ -22,6 +22,15 @@ model's weights over the processes (torch's FSDP2 ``fully_shard`` on every block
 and the block's gradients are summed over the processes as they are computed (reduce-scatter with
 divide factor 1: every process's loss is its rows' share of the batch loss, as without FSDP).
 
+**Leaving.** A launched process ends with ``leave(code)``: after a successful stage all processes meet at
+a barrier (no collective is then pending anywhere), flush their output and exit at once (``os._exit``),
+without interpreter finalization. Left to finalization, gloo's and FSDP's C++ threads are torn down in
+whatever order the interpreter frees them, and on a loaded machine a process aborted there about once in
+14 runs with "terminate called without an active exception" after all its work was done
+(pytorch/pytorch#190489 and #179291). ``interp`` leaves this way; a script of one's own under
+``accelerate launch`` ends with ``distributed.leave(0)``. A process whose stage failed leaves at once,
+without the barrier (the others may never reach it; ``torchrun`` stops them).
+
 On one process (a plain ``interp`` call) every function is the identity, and accelerate is not imported.
 """
 
@@ -64,6 +73,19 @@ def _close() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave(code: int = 0) -> None:
+    """End this process with exit code ``code`` (module docstring, "Leaving"); on one process, return."""
+    if not launched():
+        return
+    import sys
+
+    if code == 0:
+        barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def world() -> int:

@@ -16,6 +16,7 @@ import torch
 from conftest import layer_map_for
 from safetensors.torch import load_file
 
+from interp import distributed
 from interp.core.bridge import decoder_layers
 from interp.core.models import load_model
 from interp.measures.capture import Activations
@@ -207,13 +208,36 @@ def test_the_causal_sweep_and_the_selection_in_two_processes_equal_one(pair_args
     assert chosen[1]["selected_position"] == chosen[0]["selected_position"]
 
 
+LEAVE_SCRIPT = """
+import atexit
+import sys
+from interp import distributed
+
+atexit.register(lambda: print("finalized"))
+print(f"rank {distributed.rank()} done.", end="")  # no newline: only a flush writes it before os._exit
+distributed.leave(int(sys.argv[1]))
+"""
+
+
+def test_a_launched_process_leaves_through_a_barrier_without_finalization(tmp_path):
+    """``distributed.leave``: launched, each process flushes its output and exits with the code, skipping
+    interpreter finalization (the atexit handler never runs); on one process it returns."""
+    script = tmp_path / "leave_run.py"
+    script.write_text(LEAVE_SCRIPT)
+    done = accelerate([str(script), "0"], 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 done." in done.stdout and "rank 1 done." in done.stdout and "finalized" not in done.stdout
+    assert accelerate([str(script), "3"], 2).returncode != 0
+    assert distributed.leave(0) is None
+
+
 SELECTION_SCRIPT = """
 import sys
 import numpy as np
 import torch
 from interp.core.models import load_model
 from interp.core.prompts import harmful_prompts, harmless_prompts
-from interp.distributed import is_main
+from interp.distributed import is_main, leave
 from interp.measures.positions import select_direction
 
 model = load_model(sys.argv[1])
@@ -223,6 +247,7 @@ s = select_direction(model, vectors, ["-2", "-1"], harmful, harmless, [5], batch
 if is_main():
     with open(sys.argv[2], "wb") as file:  # np.save would add .npy to a path
         np.save(file, np.stack([s.induce, s.bypass, s.kl]))
+leave(0)
 """
 
 
@@ -247,6 +272,7 @@ SHARD_SCRIPT = """
 import sys
 import torch
 from interp import distributed
+from interp import distributed
 from interp.core.bridge import decoder_layers
 from interp.core.models import load_model
 
@@ -262,7 +288,7 @@ model.model(input_ids=ids[row : row + 1]).last_hidden_state.pow(2).mean().mul(ro
 grads = {name: p.grad.full_tensor() for name, p in blocks.named_parameters()}
 if distributed.is_main():
     torch.save({"whole": whole, "local": local, "held": held, "grads": grads}, sys.argv[2])
-distributed.barrier()  # both leave together: a process torn down while the other still saves can abort
+distributed.leave(0)  # both leave together, without interpreter finalization (interp.distributed)
 """
 
 
@@ -305,6 +331,7 @@ harmful, retain = harmful_prompts("val"), harmless_prompts("val")
 results = restore_many(finetuned, LayerMap.load(sys.argv[3]), harmful, retain, placements, config, base=base)
 if distributed.is_main():
     torch.save([(r.stats.history, adapter_state(r.peft_model, torch.float32)) for r in results], sys.argv[4])
+distributed.leave(0)
 """
 
 
@@ -337,6 +364,7 @@ config = SFTConfig(steps=4, batch_size=5, lr=1e-3, adapter_dtype="float32")
 result = sft_lora(load_model(sys.argv[1]), examples, config, progress=False)
 if distributed.is_main():
     torch.save({"stats": result.stats, "adapter": result.adapter}, sys.argv[2])
+distributed.leave(0)
 """
 
 

@@ -71,6 +71,7 @@ def run() -> None:
     ran Python code (torch does while it imports), and at a normal exit it would then kill itself with
     SIGINT, caught or not."""
     code = main()
+    distributed.leave(code)  # launched: every process leaves here (interp.distributed, "Leaving")
     if code == 130:
         sys.stdout.flush()
         sys.stderr.flush()
