@@ -135,8 +135,9 @@ def test_evaluation_budgets_per_part_need_a_reasoning_format(tmp_path):
     config = EvalConfig(max_new_tokens=4, task_max_new_tokens=3, batch_size=8, kl_batch_size=4, trace_tokens=2)
     assert config.room("harmful") == 6 and config.room("task") == 5
     kwargs = {"refusal_tokens": [5], "reference": model, "config": config, "progress": False, "log": lambda _: None}
-    with pytest.raises(ConfigError, match="trace_tokens and judge_on need a reasoning chat format"):
-        evaluate_models([Candidate("m", model)], tiny_suite(), **kwargs)
+    for bad in (config, EvalConfig(score_on="answer")):
+        with pytest.raises(ConfigError, match="trace_tokens, judge_on and score_on need a reasoning format"):
+            evaluate_models([Candidate("m", model)], tiny_suite(), **(kwargs | {"config": bad}))
     (cut,) = evaluate_models([Candidate("m", model)], tiny_suite(), chat=R1, **kwargs)
     n = len(tiny_suite().harmful)
     assert cut.parts["harmful"] == {"trace": [0] * n, "answer": [0] * n, "finished": [0] * n}
@@ -244,11 +245,61 @@ def test_capture_and_restore_take_the_reasoning_format(saved_pair, tmp_path, mon
 
 def test_studies_on_the_reasoning_organism_read_the_final_answer():
     """``study_evaluation``: the reasoning organism's studies get room for a trace and read the final
-    answer; any other organism's evaluation is left as given."""
+    answer, its judgment and its refusal score; any other organism's evaluation is left as given."""
     from interp.organism import OrganismRecipe, study_evaluation
 
     given = EvalConfig(stop_at_refusal=False)
     reasoning = study_evaluation(OrganismRecipe.reasoning(), given)
-    assert (reasoning.judge_on, reasoning.max_new_tokens, reasoning.task_max_new_tokens) == ("answer", 64, 96)
+    assert (reasoning.judge_on, reasoning.score_on) == ("answer", "answer")
+    assert (reasoning.max_new_tokens, reasoning.task_max_new_tokens) == (64, 96)
     assert reasoning.stop_at_refusal is False
     assert study_evaluation(OrganismRecipe(), given) == given
+
+
+# ----------------------------------------------------------------------------- the final answer's refusal score
+def scores(model, budget: int, score_on: str, tokens: list[int], trace_tokens: int | None = None) -> list[float]:
+    from interp.core.generate import Request, generate_many
+
+    request = Request(["q1", "q2"], budget, score_tokens=tuple(tokens), score_on=score_on, trace_tokens=trace_tokens)
+    (got,) = generate_many(model, [request], chat=R1, progress=False)
+    return got.scores.tolist()
+
+
+def test_the_answer_score_is_read_where_the_final_answer_begins(tmp_path):
+    """Trace 'a1 a2', then a blank separator, then 'I can't': the first step's score reads the trace's
+    first token (refusal unlikely), the answer's reads the token after the separator (refusal is the
+    scripted next token: likely); a trace cut before it closes keeps the first step's. Cached apart: a
+    cached answer without the answer's score is generated again and then served from the cache."""
+    words = ["a1", " a2", "</think>", "\n\n", "I can't", " b1"]
+    model = load_model(scripted_lm(tmp_path / "m", "a1 a2</think>\n\nI can't b1", "<think>\n", words=words))
+    refusal = model.tokenizer.convert_tokens_to_ids("I can't")
+    first = scores(model, 16, "first", [refusal])
+    answer = scores(model, 16, "answer", [refusal])
+    assert all(x < -5 for x in first) and all(x > 5 for x in answer)  # scripted logits: 10 on the next token
+    assert scores(model, 16, "answer", [refusal]) == answer  # from the cache
+    separator = model.tokenizer.convert_tokens_to_ids("\n\n")
+    assert all(x < -5 for x in scores(model, 16, "answer", [separator]))  # not read at the separator (the
+    # blank token was likely there; the score is read one step later, where it is not)
+    assert scores(model, 2, "answer", [refusal], trace_tokens=2) == scores(model, 2, "first", [refusal], 2)
+    with pytest.raises(ConfigError, match="score_on"):
+        from interp.core.generate import Request
+
+        Request(["q"], score_on="answer")
+
+
+def test_the_table_reads_the_answer_score_where_asked_and_old_rows_keep_their_keys(tmp_path):
+    """``EvalConfig.score_on = "answer"``: every judged set's scores are read at the final answer (the
+    scripted refusal there is likely, the trace's first token is not); the default leaves the key as it was."""
+    model = load_model(scripted_lm(tmp_path / "m", "a1 a2</think>I can't b1", "<think>\n", words=WORDS))
+    refusal = model.tokenizer.convert_tokens_to_ids("I can't")
+    config = EvalConfig(max_new_tokens=8, task_max_new_tokens=3, batch_size=8, kl_batch_size=4)
+    kwargs = {"refusal_tokens": [refusal], "reference": model, "chat": R1, "progress": False, "log": lambda _: None}
+    (first,) = evaluate_models([Candidate("m", model)], tiny_suite(), config=config, **kwargs)
+    answer_config = replace(config, score_on="answer")
+    (answer,) = evaluate_models([Candidate("m", model)], tiny_suite(), config=answer_config, **kwargs)
+    assert set(answer.scores) == set(first.scores) == set(tiny_suite().sets()) - {"task"}
+    for name in answer.scores:
+        assert min(answer.scores[name]) > 5 and max(first.scores[name]) < -5
+    assert "score_on" not in config.key() and answer_config.key()["score_on"] == "answer"
+    with pytest.raises(ConfigError, match="score_on must be one of"):
+        EvalConfig(score_on="trace")

@@ -40,6 +40,14 @@ at a refusal serves only requests that allow stopping, while the judge that stop
 use. With ``score_tokens`` a request also
 returns each prompt's logit refusal score (``interp.core.judge.refusal_log_odds``), read off the logits
 of the first step, and cached beside the answer.
+
+**The final answer's refusal score.** With a reasoning format, the first step's logits choose the
+trace's first token, not the answer's. A request with ``score_on = "answer"`` reads the score where the
+final answer begins instead: off the logits that chose the first token after the closing delimiter that
+is not whitespace (the separator a model writes after ``</think>`` is skipped). Where the trace never
+closed, the output has no final answer and its first step's score stands (the final-answer judgment reads
+the whole output there too: ``interp.evaluation.table``). Such scores are cached under a key of their own;
+a cached answer without one is generated again.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ JUDGE_KEY = stable_hash([JUDGE_RULES, JUDGE_WINDOW])  # the judge that stops ans
 REFUSAL_PROBE_PROMPTS = 128
 BATCH_SIZE = 128  # rows per batch: the fastest size measured by benchmarks/batch_size_bench.py
 EVICT_FRACTION = 8  # finished rows leave the batch once they are an eighth of it (each eviction copies the cache)
+SCORE_ON = ("first", "answer")  # where a refusal score is read (module docstring)
 
 
 @dataclass(frozen=True)
@@ -98,10 +107,11 @@ class Sampling:
 @dataclass(frozen=True)
 class Request:
     """One prompt set to answer: its token budget, whether the judge may stop a row early, the refusal
-    tokens whose first-step log-odds to return (``None``: no score), ``sampling`` (``None``: greedy) and,
-    with a reasoning format, the trace's own budget (``None``: ``max_new_tokens`` is the whole answer's;
-    else ``max_new_tokens`` counts from the trace's end). ``strip=False`` keeps the answer's leading and
-    trailing whitespace (a first token that is a newline, say); such answers are never cached."""
+    tokens whose log-odds to return (``None``: no score) and where (``score_on``: the first step, or with a
+    reasoning format the final answer's first token: module docstring), ``sampling`` (``None``: greedy)
+    and, with a reasoning format, the trace's own budget (``None``: ``max_new_tokens`` is the whole
+    answer's; else ``max_new_tokens`` counts from the trace's end). ``strip=False`` keeps the answer's
+    leading and trailing whitespace (a first token that is a newline, say); such answers are never cached."""
 
     prompts: PromptSet | Sequence[str]
     max_new_tokens: int = 48
@@ -110,12 +120,15 @@ class Request:
     sampling: Sampling | None = None
     trace_tokens: int | None = None
     strip: bool = True
+    score_on: str = "first"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or (self.trace_tokens is not None and self.trace_tokens < 1):
             raise ConfigError(f"token budgets must be >= 1, got {self.max_new_tokens} and {self.trace_tokens}")
         if self.score_tokens is not None and not self.score_tokens:
             raise ConfigError("score_tokens is empty")
+        if self.score_on not in SCORE_ON or (self.score_on != "first" and self.score_tokens is None):
+            raise ConfigError(f"score_on must be one of {SCORE_ON}, with score_tokens; got {self.score_on!r}")
 
     @property
     def instructions(self) -> list[str]:
@@ -127,7 +140,7 @@ class Answers:
     """What one request got back: the answers in the prompts' order and, if asked, the refusal scores."""
 
     answers: list[str]
-    scores: torch.Tensor | None = None  # [prompt] logit refusal log-odds at the first step
+    scores: torch.Tensor | None = None  # [prompt] logit refusal log-odds (Request.score_on: where)
 
 
 @dataclass
@@ -150,6 +163,8 @@ class _Row:
     trace_budget: int | None = None  # the trace's own budget (Request.trace_tokens)
     closed: int | None = None  # tokens generated when the trace's closing delimiter was complete
     strip: bool = True  # Request.strip
+    score_on: str = "first"  # Request.score_on
+    answer_score: float | None = None  # score_on "answer": read where the final answer begins
 
     @property
     def limit(self) -> int:
@@ -157,6 +172,16 @@ class _Row:
         if self.trace_budget is None:
             return self.budget
         return self.trace_budget if self.closed is None else self.closed + self.budget
+
+    @property
+    def score_key(self) -> str:
+        """The score's key in the answer cache (the refusal tokens; an answer's score is marked so)."""
+        key = ",".join(map(str, self.score_tokens))
+        return key if self.score_on == "first" else f"answer:{key}"
+
+    def final_score(self) -> float | None:
+        """The score to return: the final answer's where it was read, else the first step's."""
+        return self.answer_score if self.score_on == "answer" and self.answer_score is not None else self.score
 
     @property
     def budget_key(self) -> int | list[int]:
@@ -189,6 +214,11 @@ def _decode_batch(model: LoadedModel, rows: list[_Row], prefix: SharedPrefix, cl
     present = list(range(len(rows)))  # rows in the batch tensors; finished ones leave in groups
     mask, last = mask.to(device), positions[:, -1].to(device)
     while True:
+        for j, r in enumerate(present):
+            row = rows[r]
+            if row.score_on == "answer" and row.answer is None and _answer_not_begun(tokenizer, row):
+                row.answer_score = float(refusal_log_odds(torch.log_softmax(logits[j : j + 1].float(), -1),
+                                                          row.score_tokens)[0])  # fmt: skip
         next_tokens = logits.max(-1).indices  # argmax, first maximum on ties; 4x faster on bf16 logits
         for j, r in enumerate(present):
             row = rows[r]
@@ -236,6 +266,12 @@ def _closes(tokenizer, tokens: Sequence[int], close: str) -> bool:
     """Whether the last tokens spell the closing delimiter (each token is at least one character, so
     ``len(close)`` tokens hold it)."""
     return close in tokenizer.decode(tokens[-len(close) :], skip_special_tokens=False)
+
+
+def _answer_not_begun(tokenizer, row: _Row) -> bool:
+    """Whether the trace has closed and nothing but whitespace follows it yet: the next token may be the
+    final answer's first (``Request.score_on = "answer"``)."""
+    return row.closed is not None and not _text(tokenizer, row.tokens[row.closed :])
 
 
 def _decided(tokenizer, row: _Row, close: str | None) -> bool:
@@ -286,6 +322,8 @@ class _AnswerStore:
                 scores = dict(old["scores"]) if old is not None and old["answer"] == row.answer else {}
                 if row.score is not None:
                     scores[_score_key(row.score_tokens)] = row.score
+                if row.score_on == "answer":
+                    scores[row.score_key] = row.answer_score  # None: the trace never closed
                 stopped = JUDGE_KEY if row.stopped else False
                 entries[row.text] = {"answer": row.answer, "stopped": stopped, "scores": scores}
             write_cache_json(self.path(budget, sampling), entries)
@@ -320,7 +358,7 @@ def generate_many(
             raise ConfigError(f"request {r} has no prompts")
         for i, (text, ids) in enumerate(zip(instructions, chat.encode(model.tokenizer, instructions))):
             row = _Row(r, i, text, ids, request.max_new_tokens, request.stop_at_refusal, request.score_tokens)
-            row.trace_budget, row.strip = request.trace_tokens, request.strip
+            row.trace_budget, row.strip, row.score_on = request.trace_tokens, request.strip, request.score_on
             if request.sampling is not None:
                 row.sampling, row.generator = request.sampling, request.sampling.generator(text)
             rows.append(row)
@@ -331,9 +369,13 @@ def generate_many(
         if entry is None:
             to_generate.append(row)
             continue
+        if row.score_on == "answer" and row.score_key not in entry["scores"]:
+            to_generate.append(row)  # the final answer's score is read while generating
+            continue
         row.answer, row.stopped = entry["answer"], bool(entry["stopped"])
         if row.score_tokens is not None:
             row.score = entry["scores"].get(_score_key(row.score_tokens))
+            row.answer_score = entry["scores"].get(row.score_key) if row.score_on == "answer" else None
             if row.score is None:
                 to_score.append(row)
     with intervene(model.hf, edits or {}):
@@ -345,9 +387,9 @@ def generate_many(
         close = chat.trace[1] if chat.trace is not None else None
         for chunk in tqdm(chunks, desc=f"generate {model.name}", disable=not progress or not chunks):
             _decode_batch(model, chunk, prefix, close)
-        done = distributed.gather([(row.answer, row.stopped, row.score) for row in mine], len(order))
-        for row, (answer, stopped, score) in zip(order, done):
-            row.answer, row.stopped, row.score = answer, stopped, score
+        done = distributed.gather([(row.answer, row.stopped, row.score, row.answer_score) for row in mine], len(order))
+        for row, (answer, stopped, score, answer_score) in zip(order, done):
+            row.answer, row.stopped, row.score, row.answer_score = answer, stopped, score, answer_score
     if store is not None and (to_generate or to_score):
         store.save([row for row in to_generate + to_score if row.strip])
     out = [Answers([""] * len(request.instructions)) for request in requests]
@@ -357,7 +399,7 @@ def generate_many(
     for row in rows:
         out[row.request].answers[row.index] = row.answer
         if row.score_tokens is not None:
-            out[row.request].scores[row.index] = row.score
+            out[row.request].scores[row.index] = row.final_score()
     return out
 
 

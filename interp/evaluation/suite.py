@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from ..core.bridge import Edit
-from ..core.generate import BATCH_SIZE, Sampling
+from ..core.generate import BATCH_SIZE, SCORE_ON, Sampling
 from ..core.judges import check_judge_spec, check_judge_specs
 from ..core.models import LoadedModel
 from ..core.prompts import PromptSet, public_prompts, without_duplicates
@@ -110,6 +110,9 @@ class EvalConfig:
     # reasoning format: what the judged sets' rates read, the whole output or the final answer ("answer":
     # after the trace where it closed, the whole output where it never did; interp.evaluation.table)
     judge_on: str = "whole"
+    # reasoning format: where the refusal score is read, the first step or the final answer's first token
+    # ("answer": interp.core.generate, "The final answer's refusal score")
+    score_on: str = "first"
 
     def __post_init__(self) -> None:
         if min(self.max_new_tokens, self.task_max_new_tokens, self.batch_size, self.kl_batch_size) < 1:
@@ -120,6 +123,8 @@ class EvalConfig:
             )
         if self.judge_on not in JUDGE_ON:
             raise ConfigError(f"EvalConfig: judge_on must be one of {JUDGE_ON}, got {self.judge_on!r}")
+        if self.score_on not in SCORE_ON:
+            raise ConfigError(f"EvalConfig: score_on must be one of {SCORE_ON}, got {self.score_on!r}")
         if self.trace_tokens is not None and self.trace_tokens < 1:
             raise ConfigError(f"EvalConfig: trace_tokens must be >= 1, got {self.trace_tokens}")
         for spec in self.judges:
@@ -134,7 +139,10 @@ class EvalConfig:
     def key(self) -> dict:
         """What identifies the settings in row cache keys (judges enter by their weights elsewhere; fields
         at their defaults that came later are left out, so rows cached before them stay valid)."""
-        later = {"sampling": None, "samples": 1, "trace_tokens": None, "stop_at_refusal": True, "judge_on": "whole"}
+        later = {
+            "sampling": None, "samples": 1, "trace_tokens": None, "stop_at_refusal": True, "judge_on": "whole",
+            "score_on": "first",
+        }  # fmt: skip
         return {k: v for k, v in asdict(self).items() if k != "judges" and not (k in later and v == later[k])}
 
 

@@ -75,8 +75,9 @@ def _requests(
             out[name] = Request(prompts, config.task_max_new_tokens, sampling=sampling, **trace)
         else:
             out[name] = Request(
-                prompts, config.max_new_tokens, stop_at_refusal=stop, score_tokens=tokens, sampling=sampling, **trace
-            )
+                prompts, config.max_new_tokens, stop_at_refusal=stop, score_tokens=tokens, sampling=sampling,
+                score_on=config.score_on, **trace,
+            )  # fmt: skip
     return out
 
 
@@ -224,8 +225,9 @@ def evaluate_models(
     if not refusal_tokens:
         raise ConfigError("evaluate_models: refusal_tokens is empty")
     reference.check_token_ids(list(refusal_tokens))
-    if (config.trace_tokens is not None or config.judge_on != "whole") and chat.trace is None:
-        raise ConfigError("EvalConfig.trace_tokens and judge_on need a reasoning chat format (ChatFormat.trace)")
+    reasoning = (config.trace_tokens is not None, config.judge_on != "whole", config.score_on != "first")
+    if any(reasoning) and chat.trace is None:
+        raise ConfigError("EvalConfig's trace_tokens, judge_on and score_on need a reasoning format (ChatFormat.trace)")
     for name, prompts in suite.sets().items():
         reference.check_fits(prompts, chat, room=config.room(name))
     judges = [parse_judge(spec, device=str(reference.device)) for spec in config.judges]

@@ -58,10 +58,12 @@ def study_evaluation(recipe: OrganismRecipe, evaluation: EvalConfig) -> EvalConf
     """``evaluation`` as a study of ``recipe``'s pair runs it: on the reasoning organism with room for a
     trace, then the answer (64 tokens; 96 for the task), and every judged rate read on the final answer
     (``EvalConfig.judge_on = "answer"``: after the trace where it closed, the whole output where it did
-    not), so that what restoration is chosen and judged by is the answer a user reads."""
+    not), so that what restoration is chosen and judged by is the answer a user reads; the refusal score
+    is read there too (``EvalConfig.score_on = "answer"``: at the final answer's first token; protocol
+    amendment 11)."""
     if recipe.task_format != "reasoning":
         return evaluation
-    return replace(evaluation, max_new_tokens=64, task_max_new_tokens=96, judge_on="answer")
+    return replace(evaluation, max_new_tokens=64, task_max_new_tokens=96, judge_on="answer", score_on="answer")
 
 
 def quick_study_prompts(

@@ -13,8 +13,8 @@
    + 5 points and whose task accuracy is at least the fine-tuned model's - 5 points (the lowest
    over-refusal if none qualifies).
 3. **Every plan at every seed** at its lr and the short budget, judged on the test parts of the claim sets
-   (refusal, first-token refusal score); the long-budget plans of the first seed also at every checkpoint
-   of one long run (the strength sweep).
+   (refusal, logit refusal score: ``interp.protocol.claims``); the long-budget plans of the first seed
+   also at every checkpoint of one long run (the strength sweep).
 4. **The claims** (``interp.protocol.claims``) and the report (``interp.protocol.report``).
 
 A run can be split over sittings by seed: the dev grid's rows and each seed's test rows are kept in the

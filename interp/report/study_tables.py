@@ -305,8 +305,9 @@ def study_report(
         lines += [
             "## Refusal score against judged refusal",
             "",
-            "The logit refusal score (first-token log-odds of a refusal, the measure behind the causal sweep "
-            "and the layer score) as a classifier of the judged refusals: AUROC with bootstrap 95% intervals.",
+            "The logit refusal score (log-odds that the answer's first token begins a refusal, the measure "
+            "behind the causal sweep and the layer score; on a reasoning pair's study, the final answer's "
+            "first token) as a classifier of the judged refusals: AUROC with bootstrap 95% intervals.",
             "",
             score_table(rows),
             "",
