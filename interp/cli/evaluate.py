@@ -79,7 +79,8 @@ def evaluate_parser(sub) -> None:
         choices=("whole", "answer"),
         default="whole",
         help="with --reasoning: what the refusal rates read, the whole output (default) or the final answer (after"
-        " </think> where the trace closed, the whole output where it never did)",
+        " </think> where the trace closed, the whole output where it never did); with answer the refusal score is"
+        " read at the final answer's first token too",
     )
     p.add_argument(
         "--complete-answers",
@@ -138,6 +139,7 @@ def cmd_evaluate(args) -> None:
         samples=args.samples,
         trace_tokens=args.trace_tokens,
         judge_on=args.judge_on,
+        score_on="answer" if args.judge_on == "answer" else "first",
         stop_at_refusal=not args.complete_answers,
     )
     for spec in config.judges:
