@@ -202,8 +202,8 @@ def test_several_samples_per_prompt_are_shares_of_samples_with_prompt_level_inte
 
 
 def test_the_evaluate_command_with_budgets_per_part_and_several_samples(saved_pair, tmp_path):
-    """``interp evaluate --reasoning --trace-tokens --temperature --samples``: shares of samples in the
-    JSON, the samples named in the table's note."""
+    """``interp evaluate --reasoning --trace-tokens --temperature --samples --judge-on answer``: shares of
+    samples in the JSON, the samples named in the table's note."""
     import json
 
     from interp.cli import main
@@ -211,7 +211,7 @@ def test_the_evaluate_command_with_budgets_per_part_and_several_samples(saved_pa
     out = tmp_path / "out"
     args = ["evaluate", "--base", str(saved_pair.base.path), "--finetuned", str(saved_pair.finetuned.path)]
     args += ["--limit", "3", "--max-new-tokens", "2", "--reasoning", "--trace-tokens", "3", "--refusal-tokens", "5"]
-    assert main([*args, "--temperature", "1.0", "--samples", "2", "--out", str(out)]) == 0
+    assert main([*args, "--temperature", "1.0", "--samples", "2", "--judge-on", "answer", "--out", str(out)]) == 0
     rows = json.loads((out / "evaluation.json").read_text())["models"]
     assert {row["samples"] for row in rows} == {2}
     shares = [x for row in rows for values in row["outcomes"].values() for x in values]
