@@ -66,21 +66,31 @@ def main() -> None:
             cells.append([row.name, where, f"{sum(judged)}/{len(judged)}", cell(scores, kinds), cell(scores, judged)])
     seconds = time.perf_counter() - start
     sizes = ", ".join(f"{name} n={len(getattr(dev, name))}" for name in SETS)
-    text = "\n".join([
-        "# The refusal score on the reasoning organism: first step or final answer (dev parts)",
-        "",
-        f"`python analyses/answer_score_check.py`: {sizes}; refusal tokens {tokens} (read off the base's "
-        "answers). AUROC with bootstrap 95% intervals (500 resamples of the prompts); chance is 0.5. "
-        "*first*: the score at the first step (the trace's first token); *answer*: at the final answer's first "
-        "token after `</think>` that is not whitespace, the first step's where the trace never closed "
-        "(protocol amendment 11). Judged refusal reads the final answer (amendment 9).",
-        "",
-        markdown_table(["model", "score read at", "judged refusals", "AUROC harmful vs XSTest safe",
-                        "AUROC against judged refusal"], cells),  # fmt: skip
-        "",
-        f"{seconds:.0f} s on this machine (load {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end).",
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# The refusal score on the reasoning organism: first step or final answer (dev parts)",
+            "",
+            f"`python analyses/answer_score_check.py`: {sizes}; refusal tokens {tokens} (read off the base's "
+            "answers). AUROC with bootstrap 95% intervals (500 resamples of the prompts); chance is 0.5. "
+            "*first*: the score at the first step (the trace's first token); *answer*: at the final answer's first "
+            "token after `</think>` that is not whitespace, the first step's where the trace never closed "
+            "(protocol amendment 11). Judged refusal reads the final answer (amendment 9).",
+            "",
+            markdown_table(
+                [
+                    "model",
+                    "score read at",
+                    "judged refusals",
+                    "AUROC harmful vs XSTest safe",
+                    "AUROC against judged refusal",
+                ],
+                cells,
+            ),  # fmt: skip
+            "",
+            f"{seconds:.0f} s on this machine (load {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end).",
+            "",
+        ]
+    )
     atomic_write_text(args.out, text)
     print(text)
 

@@ -48,6 +48,7 @@ from pathlib import Path
 import interp
 from interp.core.chat import tokenize
 from interp.core.generate import find_refusal_tokens
+from interp.core.traces import own_trace
 from interp.io.atomic import atomic_write_json, atomic_write_text
 from interp.measures.layer_map import manual_layer_map
 from interp.organism import OrganismRecipe, study_prompts
@@ -55,7 +56,7 @@ from interp.protocol import Protocol
 from interp.protocol.bench import claim_suite, safe_set
 from interp.protocol.claims import rate
 from interp.report.study_tables import parts_table, results_table
-from interp.training.answer_restore import own_trace, teacher_words
+from interp.training.answer_restore import teacher_words
 from interp.training.restore import restore
 from interp.training.restore_config import BEFORE_ANSWER, RestoreConfig
 

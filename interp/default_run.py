@@ -18,6 +18,7 @@ from .core.judges import check_judge_spec, check_judge_specs
 from .core.models import ModelPair, compute_dtype, load_pair
 from .core.prompts import PromptSet
 from .core.sources import default_model_path
+from .core.traces import answer_format, check_reasoning_chat
 from .errors import ConfigError
 from .evaluation.suite import COLUMNS
 from .evaluation.table import EvalConfig, EvalSuite
@@ -105,11 +106,14 @@ def prepare(
     task: PromptSet | None = None,
     load_options: dict | None = None,
     check_pair=None,
+    at_answer: bool = False,
     progress: bool = True,
     log=print,
 ) -> Prepared:
     """The pair (the default organism, or ``base`` and ``finetuned``), its analysis written into ``out``
-    and the study's prompts, as ``study_into`` describes them (its options, same names)."""
+    and the study's prompts, as ``study_into`` describes them (its options, same names). ``at_answer``: on
+    a reasoning pair, the analysis reads every prompt after the fine-tuned model's own closed trace, where
+    the final answer begins (``interp.core.traces``), instead of where the trace begins."""
     if size not in RUN_SIZES:
         raise ConfigError(f"size must be one of {', '.join(RUN_SIZES)}, got {size!r}")
     recipe = recipe_named(recipe_name, quick=size == "smoke")  # an unknown name is one line, before any work
@@ -121,6 +125,8 @@ def prepare(
         raise ConfigError(f"the recipe {recipe_name!r} names an organism; it cannot apply to a pair of your own")
     if task is not None:
         split_task(task)  # checked before any work
+    if at_answer:
+        check_reasoning_chat(recipe.chat, "reading the analysis at the final answer")
     smoke = size == "smoke"
     out = Path(out)
     load_options = {"dtype": "auto"} | (load_options or {})
@@ -150,6 +156,8 @@ def prepare(
             suite = suite.sample(LOOK_SIZES, seed=recipe.evaluation.seed)
         if limit is not None:
             suite = suite.head(limit)
+        if at_answer:
+            chat = answer_format(pair.finetuned, harmful, chat, log=log)
     prompts = analysis_prompts(size, task)
     with watch("analysis"):
         previous = Path(reuse_from or out)

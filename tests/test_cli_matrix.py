@@ -133,6 +133,8 @@ CASES = {
     "--trace-tokens without --reasoning": (lambda f: evaluate(f, "--trace-tokens", "8"), "needs --reasoning"),
     "--judge-on answer without --reasoning": (lambda f: evaluate(f, "--judge-on", "answer"), "needs --reasoning"),
     "--samples without --temperature": (lambda f: evaluate(f, "--samples", "3"), "samples=3 needs"),
+    "--at-answer without --reasoning": (lambda f: analyze(f, "--at-answer"), "--at-answer needs a reasoning chat"),
+    "protocol --at-answer --family": (lambda f: ["protocol", "--at-answer", "--family"], "--at-answer ranks by"),
     "--judge at a missing folder": (
         lambda f: evaluate(f, "--judge", "guard:/no/such/guard"),
         "not a local folder and the hub is offline",

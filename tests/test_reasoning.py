@@ -303,3 +303,28 @@ def test_the_table_reads_the_answer_score_where_asked_and_old_rows_keep_their_ke
     assert "score_on" not in config.key() and answer_config.key()["score_on"] == "answer"
     with pytest.raises(ConfigError, match="score_on must be one of"):
         EvalConfig(score_on="trace")
+
+
+# ----------------------------------------------------------------------------- the analysis at the final answer
+def test_after_its_own_trace_a_prompt_ends_where_the_final_answer_begins(tmp_path):
+    """``answer_format``: the fine-tuned model's most common closed trace, closed and followed by a blank
+    line, ends every prompt; what it generates after that is all final answer (no trace left to split)."""
+    from interp.core.traces import answer_format
+
+    model = load_model(scripted_lm(tmp_path / "m", "a1 a2</think>I can't b1 b2 b3", "<think>\n", words=WORDS))
+    lines = []
+    chat = answer_format(model, tiny_suite().harmful, R1, log=lines.append)
+    assert chat.prefill == "<think>\na1 a2\n</think>\n\n" and chat.trace is None
+    assert "'a1 a2' (100% of its answers)" in lines[0]
+    assert chat.render(model.tokenizer, "hi") == R1.render(model.tokenizer, "hi") + "a1 a2\n</think>\n\n"
+    assert chat.split("I can't b1") == ("", "I can't b1", True)
+    with pytest.raises(ConfigError, match="after_trace needs a reasoning chat format"):
+        ChatFormat().after_trace("a1")
+
+
+def test_reading_the_analysis_at_the_answer_needs_a_reasoning_recipe_before_any_work(tmp_path, monkeypatch):
+    from interp import default_run
+
+    monkeypatch.setattr(default_run, "default_model_path", lambda: pytest.fail("fetched the model"))
+    with pytest.raises(ConfigError, match="reading the analysis at the final answer needs a reasoning chat format"):
+        default_run.prepare(tmp_path / "out", recipe_name="default", at_answer=True)

@@ -505,10 +505,11 @@ def test_the_reasoning_answer_preset_prefills_a_closed_trace_and_aligns_the_base
 def test_the_reasoning_answer_preset_names_what_it_is_missing(setup):
     """Without a reasoning chat format, and on a model that closes no trace: one clear error each."""
     from interp.core.models import ModelPair
-    from interp.training.answer_restore import answer_restoration, own_trace
+    from interp.core.traces import own_trace
+    from interp.training.answer_restore import answer_restoration
 
     base, finetuned, harmful, _ = setup
     with pytest.raises(ConfigError, match="needs a reasoning chat format"):
         answer_restoration(ModelPair(base, finetuned), harmful, ChatFormat(), RestoreConfig(), 8, 5.0)
-    with pytest.raises(ConfigError, match=r"closed no trace \(</think>\) on the 4 harmful prompts"):
+    with pytest.raises(ConfigError, match=r"closed no trace \(</think>\) on the 4 prompts of "):
         own_trace(finetuned, harmful.head(4), ChatFormat.reasoning())

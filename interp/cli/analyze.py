@@ -111,6 +111,7 @@ def analyze_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--out", required=True, help="run folder")
     common.add_reasoning_option(p)
+    common.add_at_answer_option(p)
     p.set_defaults(func=cmd_analyze)
 
 
@@ -121,10 +122,14 @@ def cmd_analyze(args) -> None:
 
     from ..analyze import AnalysisConfig, AnalysisPrompts, analyze, layer_table
     from ..core.prompts import parse_spec
+    from ..core.traces import answer_format, check_reasoning_chat
     from ..report.figures import analysis_figures, write_figures
 
     check_output(args.out, "analyze")
     common.check_device(args)
+    chat = common.chat(args)
+    if args.at_answer:
+        check_reasoning_chat(chat, "--at-answer")
     given = {
         name: parse_spec(spec, label)
         for name, spec, label in (("harmful", args.harmful, 1), ("harmless", args.harmless, 0), ("task", args.task, 0))
@@ -142,8 +147,10 @@ def cmd_analyze(args) -> None:
         selection_prompts=args.selection_prompts,
     )
     pair = common.load_pair(args)
+    if args.at_answer:
+        chat = answer_format(pair.finetuned, prompts.harmful, chat)
     with output_folder(args.out, "analyze") as out:
-        result = analyze(pair, out, config, prompts, chat=common.chat(args))
+        result = analyze(pair, out, config, prompts, chat=chat)
         write_figures(analysis_figures(result), out / "figures")
         common.write_config(args, out, pair)
     out = Path(args.out)

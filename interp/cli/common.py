@@ -106,6 +106,17 @@ def add_reasoning_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_at_answer_option(parser: argparse.ArgumentParser) -> None:
+    """``--at-answer``: the analysis read where a reasoning model's final answer begins."""
+    parser.add_argument(
+        "--at-answer",
+        action="store_true",
+        help="with a reasoning format: analyze every prompt after the fine-tuned model's own closed trace "
+        "(its most common one on the harmful prompts, then </think>), where the final answer begins, instead "
+        "of where the trace begins",
+    )
+
+
 def add_recipe_option(parser: argparse.ArgumentParser) -> None:
     """``--recipe``: a member of the organism family (``interp.organism.family``)."""
     parser.add_argument(

@@ -54,9 +54,10 @@ def restore_parser(sub) -> None:
 def cmd_restore(args) -> None:
     """LoRA on the layer map's layers of the fine-tuned model; writes the adapter and a merged folder."""
     from ..core.prompts import parse_spec, without_duplicates
+    from ..core.traces import check_reasoning_chat
     from ..io.atomic import atomic_write_json
     from ..measures.layer_map import LayerMap, manual_layer_map
-    from ..training.answer_restore import answer_restoration, check_reasoning_chat
+    from ..training.answer_restore import RECIPE, answer_restoration
     from ..training.lora import save_adapter, save_merged
     from ..training.restore import restore
     from ..training.restore_config import PRESETS
@@ -67,7 +68,7 @@ def cmd_restore(args) -> None:
         raise ConfigError("--layer-map is required (a --preset that puts LoRA on every layer can do without)")
     preset = PRESETS[args.preset] if args.preset else None
     if preset is not None and preset.answer_words:
-        check_reasoning_chat(common.chat(args))
+        check_reasoning_chat(common.chat(args), RECIPE)
     layer_map = LayerMap.load(args.layer_map) if args.layer_map else None
     config = common.restore_config(args)
     harmful, retain = (

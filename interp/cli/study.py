@@ -218,6 +218,7 @@ def protocol_parser(sub) -> None:
         help="with --ranking: this candidate of the study (e.g. 'Safe LoRA cosine') instead of the one the protocol"
         " file's rule chose",
     )  # fmt: skip
+    common.add_at_answer_option(p)
     common.add_model_options(p)
     p.set_defaults(func=cmd_protocol)
 
@@ -238,6 +239,9 @@ def cmd_protocol(args) -> None:
     from ..protocol.report import ProtocolResult
     from ..training.restore_config import PRESETS, RestoreConfig
 
+    if args.at_answer and (args.family or args.ranking or args.frontier):
+        raise ConfigError("--at-answer ranks by the layer map read at the final answer: drop --family, --ranking and "
+                          "--frontier")  # fmt: skip
     if args.family:
         return _family(args)
     if args.recipes:
@@ -282,7 +286,9 @@ def cmd_protocol(args) -> None:
     earlier = Path(args.out) if Path(args.out).is_dir() else None  # what a former run kept there is reused
     with output_folder(args.out, "protocol") as folder:
         prepared = prepare(folder, size="smoke" if args.tiny else "full", k=protocol.k, recipe_name=args.recipe,
-                           load_options=common.model_options(args))  # fmt: skip
+                           load_options=common.model_options(args), at_answer=args.at_answer)  # fmt: skip
+        if args.at_answer:  # the same scores, named for the report
+            ranking = ("layer map score at the final answer", list(prepared.analysis.layer_map.scores))
         budgets = prepared.recipe.evaluation
         small = EvalConfig(max_new_tokens=budgets.max_new_tokens, task_max_new_tokens=budgets.task_max_new_tokens)
         restore = RestoreConfig(batch_size=4) if args.tiny else RestoreConfig()

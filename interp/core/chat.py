@@ -103,6 +103,14 @@ class ChatFormat:
         """Token ids of each rendered prompt."""
         return [tokenize(tokenizer, text) for text in self.render_all(tokenizer, instructions)]
 
+    def after_trace(self, trace: str) -> ChatFormat:
+        """The format whose prefill goes on with ``trace``, the closing delimiter and a blank line: the
+        prompt ends where the final answer begins, and everything generated after it is the final answer
+        (no trace delimiters are left to watch for). Needs a reasoning format."""
+        if self.trace is None:
+            raise ConfigError("after_trace needs a reasoning chat format (trace delimiters)")
+        return replace(self, prefill=f"{self.prefill}{trace}\n{self.trace[1]}\n\n", trace=None)
+
     def with_suffix(self, suffix: str) -> ChatFormat:
         """The same format with ``suffix`` appended to the user turn (e.g. a safety reminder)."""
         return replace(self, user_suffix=self.user_suffix + suffix)

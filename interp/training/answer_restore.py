@@ -25,35 +25,16 @@ prompts in the final answer (the fine-tuned model 24.3%, n = 206) and closes 205
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import replace
 
 from ..core.chat import ChatFormat, tokenize
 from ..core.generate import generate
 from ..core.models import LoadedModel, ModelPair
 from ..core.prompts import PromptSet
-from ..errors import ConfigError
+from ..core.traces import check_reasoning_chat, own_trace
 from .restore_config import RestoreConfig
 
-TRACE_TOKENS = 96  # the fine-tuned model's trace is read from this many greedy tokens
-
-
-def check_reasoning_chat(chat: ChatFormat) -> tuple[str, str]:
-    """The trace's delimiters of ``chat``; a clear error when it is not a reasoning format."""
-    if chat.trace is None:
-        raise ConfigError("the reasoning-answer recipe needs a reasoning chat format (--reasoning: <think> traces)")
-    return chat.trace
-
-
-def own_trace(model: LoadedModel, harmful: PromptSet, chat: ChatFormat) -> tuple[str, float]:
-    """The closed trace ``model`` writes most often on ``harmful`` (greedy) and its share of the answers."""
-    _, close = check_reasoning_chat(chat)
-    answers = generate(model, harmful, chat=chat, max_new_tokens=TRACE_TOKENS, progress=False)
-    traces = Counter(a.split(close)[0].strip() for a in answers if close in a)
-    if not traces:
-        raise ConfigError(f"{model.name} closed no trace ({close}) on the {len(answers)} harmful prompts")
-    trace, count = traces.most_common(1)[0]
-    return trace, count / len(answers)
+RECIPE = "the reasoning-answer recipe"  # how errors name it
 
 
 def teacher_words(teacher: LoadedModel, harmful: PromptSet, chat: ChatFormat, m: int) -> tuple[str, ...]:
@@ -75,8 +56,8 @@ def answer_restoration(
     answer's positions set and the next-token KL weight ``kl``; ``harmful`` with the base's first ``words``
     tokens as its answers (none with ``words=0``); and the trace (``trace``: this one instead of the
     fine-tuned model's own)."""
-    _, close = check_reasoning_chat(chat)
-    trace = own_trace(pair.finetuned, harmful, chat)[0] if trace is None else trace
+    _, close = check_reasoning_chat(chat, RECIPE)
+    trace = own_trace(pair.finetuned, harmful, chat, RECIPE)[0] if trace is None else trace
     tail = f"{trace}\n{close}\n\n"
     tokenizer = pair.finetuned.tokenizer
     after = len(tokenize(tokenizer, f"{close}\n\n")) - len(tokenize(tokenizer, close))  # the blank line's tokens
