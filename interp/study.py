@@ -47,7 +47,7 @@ from .study_plans import BASELINES, make_plans, released_plan
 from .study_training import Restored, train_plans
 from .training.restore_config import PRESETS, RestoreConfig
 
-LOOK_BASELINES = BASELINES[:-1]  # the released recipe (400 steps; about 23 min on 2 CPU cores) runs in --full
+LOOK_BASELINES = BASELINES[:-1]  # the released recipe (400 steps; 38-49 min on 2 CPU cores) runs in --full
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,7 @@ def protocol_parser(sub) -> None:
         " then the released recipe, full table, published methods and strength sweep",
     )  # fmt: skip
     p.add_argument(
-        "--released", action="store_true", help="also train the released SafeReAct recipe for H4 (~23 min here)"
+        "--released", action="store_true", help="also train the released SafeReAct recipe for H4 (38-49 min on 2 cores)"
     )
     p.add_argument(
         "--peers", action="store_true",

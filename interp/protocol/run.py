@@ -79,8 +79,8 @@ def run_protocol(
 ) -> ProtocolResult:
     """The protocol on ``pair`` (module docstring), written into ``folder`` (``protocol.md``, ``protocol.json``).
     ``dev_only`` stops after the learning rates are chosen on dev: nothing is read from the test parts.
-    ``released``: the released SafeReAct recipe's settings (``PRESETS["safereact"].config``; about 23 min
-    on this CPU), trained once with LoRA on every layer and judged beside the plans for H4; ``None``: H4
+    ``released``: the released SafeReAct recipe's settings (``PRESETS["safereact"].config``; 38-49 min
+    on 2 CPU cores), trained once with LoRA on every layer and judged beside the plans for H4; ``None``: H4
     is not run. ``unaligned``: the checkpoint the base was aligned from (the organism's source): the
     published weight-space methods (``interp.protocol.peers``) join the table, each at its dev-chosen
     setting, and self-distillation, their output-space peer, at every seed; ``None``: they are left out.
