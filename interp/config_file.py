@@ -18,7 +18,9 @@ resolved (file, flags and defaults; unset options left out; paths made absolute)
 ``fsdp``, ``interp.distributed``), the package versions and the models' weight fingerprints. Running the
 command again with that file (and no other flag) runs it with the same options into the same folder;
 if a model's weights are no longer those the file names (``check_fingerprints``), the run stops in one
-line before any work on them.
+line before any work on them. A run that adds to results kept in its output folder (``interp protocol``
+run a seed per sitting) checks the folder's own file the same way (``folder_run``, ``check_continues``):
+the compute dtype before any model loads, the weights as soon as the pair is loaded.
 """
 
 from __future__ import annotations
@@ -95,14 +97,18 @@ def read(path: str | Path, parser: argparse.ArgumentParser, command: str | None 
                     f"--config {path}: {name!r} is not an option of this command; options: {', '.join(sorted(actions))}"
                 )
             out[dest] = _resolve_paths(dest, _checked(path, name, value, action), path.parent)
-    fingerprints = {}
-    if isinstance(provenance, dict) and provenance.get("fingerprint_scheme") == CACHE_SCHEME:
-        fingerprints = {
-            key.removeprefix("fingerprint_"): str(value)
-            for key, value in provenance.items()
-            if key.startswith("fingerprint_") and key != "fingerprint_scheme"
-        }
-    return ConfigFile(out, fingerprints)
+    return ConfigFile(out, _fingerprints(provenance))
+
+
+def _fingerprints(provenance) -> dict[str, str]:
+    """role -> weight fingerprint, from a ``[provenance]`` table of the current fingerprint scheme."""
+    if not isinstance(provenance, dict) or provenance.get("fingerprint_scheme") != CACHE_SCHEME:
+        return {}
+    return {
+        key.removeprefix("fingerprint_"): str(value)
+        for key, value in provenance.items()
+        if key.startswith("fingerprint_") and key != "fingerprint_scheme"
+    }
 
 
 def _resolve_paths(dest: str, value, folder: Path):
@@ -134,6 +140,43 @@ def check_fingerprints(expected: dict[str, str], **models) -> None:
                 f"the --config file's run used {role} weights with fingerprint {expected[role]}; {model.name} has "
                 f"{model.fingerprint} (other weights, tokenizer or settings): give the models it names, or delete "
                 "its [provenance] table to run on these"
+            )
+
+
+def folder_run(folder: str | Path) -> ConfigFile | None:
+    """What the ``config.toml`` a command wrote in ``folder`` records: its options as written (not checked
+    against a parser) and its models' weight fingerprints; ``None`` where the folder has none."""
+    path = Path(folder) / "config.toml"
+    if not path.is_file():
+        return None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the options of the run that wrote it ({error})") from None
+    provenance = data.pop("provenance", {})
+    return ConfigFile({k: v for k, v in data.items() if not isinstance(v, dict)}, _fingerprints(provenance))
+
+
+def check_continues(folder: str | Path, earlier: ConfigFile | None, dtype: str | None = None, **models) -> None:
+    """``ConfigError`` where a run would add to ``folder`` results that do not fit those kept there: a
+    compute ``dtype`` other than the one ``earlier`` (``folder_run``) records, or a model whose weights are
+    not those it records. Checked before the work that would be thrown away: the dtype before any model
+    loads, the weights as soon as the pair is loaded."""
+    if earlier is None:
+        return
+    was = earlier.options.get("dtype")
+    if dtype is not None and was not in (None, "auto") and was != dtype:
+        raise ConfigError(
+            f"{folder} holds results computed in {was}; this run would compute in {dtype}: add --dtype {was} to "
+            "continue them, or choose another --out"
+        )
+    for role, model in models.items():
+        expected = earlier.fingerprints.get(role)
+        if expected is not None and model is not None and expected != model.fingerprint:
+            raise ConfigError(
+                f"{folder} holds results made with {role} weights {expected}; this run's {role} weights are "
+                f"{model.fingerprint} (an organism trained on first use can come out different on another "
+                "machine): continue the folder where its models were made, or choose another --out"
             )
 
 

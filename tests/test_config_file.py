@@ -157,3 +157,31 @@ def test_the_written_config_reruns_the_same_restoration_and_flags_override_the_f
     assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
     assert main(["restore", "--config", str(study), "--steps", "3", "--out", str(tmp_path / "c")]) == 0
     assert len(json.loads((tmp_path / "c" / "restore_stats.json").read_text())["history"]) == 3
+
+
+class _Weights:
+    def __init__(self, fingerprint: str):
+        self.fingerprint = fingerprint
+
+
+def test_a_run_adding_to_a_folder_must_compute_as_the_folders_run_did(tmp_path):
+    """``folder_run`` reads what a command's ``config.toml`` records; ``check_continues`` refuses a run whose
+    compute dtype or weights differ from it, naming both, and lets the same ones through."""
+    import argparse
+
+    from interp.config_file import check_continues, folder_run, resolved
+
+    assert folder_run(tmp_path) is None
+    check_continues(tmp_path, None, dtype="float32", base=_Weights("b"))  # nothing kept: nothing to fit
+    args = argparse.Namespace(command="protocol", dtype="bfloat16", seeds=[1], out=str(tmp_path))
+    (tmp_path / "config.toml").write_text(resolved(args, {"base": "aaaa", "finetuned": "bbbb"}))
+    kept = folder_run(tmp_path)
+    assert kept.options["dtype"] == "bfloat16" and kept.fingerprints == {"base": "aaaa", "finetuned": "bbbb"}
+    check_continues(tmp_path, kept, dtype="bfloat16", base=_Weights("aaaa"), finetuned=_Weights("bbbb"))
+    with pytest.raises(ConfigError, match="computed in bfloat16; this run would compute in float32: add --dtype bf"):
+        check_continues(tmp_path, kept, dtype="float32")
+    with pytest.raises(ConfigError, match="made with finetuned weights bbbb; this run's finetuned weights are cccc"):
+        check_continues(tmp_path, kept, base=_Weights("aaaa"), finetuned=_Weights("cccc"))
+    (tmp_path / "config.toml").write_text("dtype = \n")
+    with pytest.raises(ConfigError, match="cannot read the options of the run that wrote it"):
+        folder_run(tmp_path)

@@ -563,3 +563,19 @@ def test_the_bench_trains_and_judges_in_groups_that_fit_in_memory(analysed, monk
     assert [r.name for r in grouped] == ["base", "finetuned", *[p.name for p in plans]]
     assert [r.answers for r in grouped] == [r.answers for r in whole]
     assert [r.outcomes for r in grouped] == [r.outcomes for r in whole]
+
+
+def test_a_kept_folder_is_continued_only_in_its_own_dtype_before_any_model(tmp_path, capsys):
+    """The committed full-safety run (partial, computed in bfloat16) continued in float32: one line naming both
+    dtypes and the flag that continues it, exit 2, before any model loads; the folder is left as it was."""
+    import shutil
+
+    folder = tmp_path / "full-safety"
+    shutil.copytree(FIGURES / "family" / "full-safety", folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    argv = ["protocol", "--recipe", "full-safety", "--dtype", "float32", "--out", str(folder)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds results computed in bfloat16; this run would compute in float32: add --dtype bfloat16" in err
+    assert len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before

@@ -227,6 +227,7 @@ def cmd_protocol(args) -> None:
     """The pre-registered test of the central claim (interp/data/protocol.toml) on the default pair."""
     from dataclasses import replace
 
+    from ..config_file import check_continues, folder_run
     from ..core.models import load_model
     from ..default_run import prepare
     from ..evaluation.table import EvalConfig
@@ -284,9 +285,16 @@ def cmd_protocol(args) -> None:
     if args.seeds and not set(args.seeds) <= set(protocol.seeds):
         raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))}: the protocol's seeds are {list(protocol.seeds)}")
     earlier = Path(args.out) if Path(args.out).is_dir() else None  # what a former run kept there is reused
+    kept = folder_run(earlier) if earlier else None
+    check_continues(args.out, kept, dtype=args.dtype)  # the weights are checked once the pair is loaded
+
+    def same_weights(pair) -> None:
+        check_continues(args.out, kept, base=pair.base, finetuned=pair.finetuned)
+
     with output_folder(args.out, "protocol") as folder:
         prepared = prepare(folder, size="smoke" if args.tiny else "full", k=protocol.k, recipe_name=args.recipe,
-                           load_options=common.model_options(args), at_answer=args.at_answer)  # fmt: skip
+                           load_options=common.model_options(args), check_pair=same_weights,
+                           at_answer=args.at_answer)  # fmt: skip
         if args.at_answer:  # the same scores, named for the report
             ranking = ("layer map score at the final answer", list(prepared.analysis.layer_map.scores))
         budgets = prepared.recipe.evaluation
