@@ -96,6 +96,18 @@ def restoration_flops(run, steps: int = 2) -> float:
     return counter.get_total_flops() / steps
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), or the platform's processor string elsewhere."""
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64, help="harmful prompts for the prefill and the answers")
@@ -105,12 +117,13 @@ def main() -> None:
     os.environ["INTERP_CACHE"] = tempfile.mkdtemp(prefix="interp-dtype-bench-")
 
     from interp.core.generate import behaviour
-    from interp.core.models import load_model
+    from interp.core.models import compute_dtype, load_model
     from interp.core.prompts import public_prompts
     from interp.default_run import run_default
     from interp.organism import build_organism
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {load_average()}")
+    print(f"cpu: {cpu_model()}; --dtype auto here: {' ('.join(compute_dtype('cpu'))})")
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     peak = {}
     for what, (m, k, n) in {
