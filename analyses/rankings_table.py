@@ -15,6 +15,7 @@ import argparse
 import shlex
 from pathlib import Path
 
+from interp.config_file import run_dtype
 from interp.io.atomic import atomic_write_text
 from interp.protocol.family import family_table
 
@@ -44,7 +45,7 @@ def main() -> None:
         " compared), ranked - draws with its 95% interval and Holm p at judged refusal (H1) and at the base's"
         " over-refusal (H2a), and ranked - all layers (H3) and - the released recipe (H4).",
         "",
-        family_table(folders, first=first),
+        family_table(folders, first=first, dtypes={name: run_dtype(folder) for name, folder in folders.items()}),
         "",
     ])  # fmt: skip
     atomic_write_text(out, text)

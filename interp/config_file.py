@@ -157,6 +157,12 @@ def folder_run(folder: str | Path) -> ConfigFile | None:
     return ConfigFile({k: v for k, v in data.items() if not isinstance(v, dict)}, _fingerprints(provenance))
 
 
+def run_dtype(folder: str | Path) -> str | None:
+    """The compute dtype the run that wrote ``folder`` recorded (``folder_run``); ``None`` where it has none."""
+    earlier = folder_run(folder)
+    return None if earlier is None else earlier.options.get("dtype")
+
+
 def check_continues(folder: str | Path, earlier: ConfigFile | None, dtype: str | None = None, **models) -> None:
     """``ConfigError`` where a run would add to ``folder`` results that do not fit those kept there: a
     compute ``dtype`` other than the one ``earlier`` (``folder_run``) records, or a model whose weights are

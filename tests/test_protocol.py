@@ -17,6 +17,7 @@ from conftest import QUICK_EVAL, perturbed, small_analysis_prompts
 from interp import cli
 from interp.analyze import AnalysisConfig, AnalysisPrompts, analyze
 from interp.cli import study as study_cli
+from interp.config_file import run_dtype
 from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_prompts
 from interp.errors import ConfigError
 from interp.evaluation.stats import spearman
@@ -458,6 +459,21 @@ def test_the_family_table_covers_every_organism_run_in_the_folder_not_only_those
     for name in ("seed-2", "reasoning"):
         (tmp_path / name / "protocol.json").write_text("{}")
     assert study_cli.family_folders(tmp_path) == {"reasoning": tmp_path / "reasoning", "seed-2": tmp_path / "seed-2"}
+
+
+def test_a_family_row_computed_in_another_dtype_says_so(tmp_path):
+    """Runs in one dtype: no marks. One run in float32 among bfloat16 ones (its config.toml says so): that row
+    names its dtype and a line under the table says what the rest computed in."""
+    family = FIGURES / "family"
+    folders = {"seed-1": family / "seed-1", "seed-2": family / "seed-2", "reasoning": family / "reasoning"}
+    dtypes = {name: run_dtype(folder) for name, folder in folders.items()}
+    assert dtypes == dict.fromkeys(folders, "bfloat16") and run_dtype(tmp_path) is None  # committed runs
+    same = family_table(folders, dtypes=dtypes)
+    assert "bfloat16" not in same and "| seed-2 |" in same
+    mixed = family_table(folders, dtypes={**dtypes, "seed-2": "float32", "missing": "float16"})
+    assert "| seed-2 (float32) |" in mixed and "| seed-1 |" in mixed and "| reasoning |" in mixed
+    assert mixed.endswith("\n\nComputed in bfloat16 except where a row names another dtype.")
+    assert family_table(folders, dtypes={"seed-2": "float32"}) == family_table(folders)  # one dtype known
 
 
 def test_the_frontier_on_test_compares_every_k_with_its_draws(analysed, tmp_path):

@@ -367,6 +367,7 @@ def _family(args) -> None:
     ``protocol.json`` are kept as they are), then OUT/family.md (``interp.protocol.family``)."""
     from argparse import Namespace
 
+    from ..config_file import run_dtype
     from ..io.atomic import atomic_write_text
     from ..protocol.family import family_table, seed_overlap
     from ..protocol.report import ProtocolResult
@@ -391,6 +392,10 @@ def _family(args) -> None:
                                   "out": str(out / name)}))  # fmt: skip
     folders = family_folders(out)
     overlap = seed_overlap(folders)
-    text = f"{FAMILY_HEADER}\n\n`interp protocol --family` on {', '.join(folders)}.\n\n" + family_table(folders) + "\n"
+    text = (
+        f"{FAMILY_HEADER}\n\n`interp protocol --family` on {', '.join(folders)}.\n\n"
+        + family_table(folders, dtypes={name: run_dtype(folder) for name, folder in folders.items()})
+        + "\n"
+    )
     atomic_write_text(table, text + (f"\n{overlap}\n" if overlap else ""))
     print(table.read_text())

@@ -6,7 +6,9 @@ seed's rank is at or above the 90th percentile of the draws (rank <= 10% of the 
 issue's bar); the mixed estimates ranked - draws with their 95% intervals and Holm p; ranked - all layers
 (H3) and ranked - the released recipe (H4) with their intervals. Verdicts are the protocol file's. An
 organism whose run is missing is listed as such, never skipped; one whose run is partial (seeds still to
-run: ``interp protocol --seeds``) says so beside its name.
+run: ``interp protocol --seeds``) says so beside its name. Where the runs were computed in different dtypes
+(a CPU without bf16 units runs in float32), each row outside the commonest dtype names its own beside its
+name, and a line under the table says so: those rows are not the same computation as the others.
 
 The map's stability across the default recipe's seeds (``seed_overlap``): for every two of ``default``,
 ``seed-1`` and ``seed-2`` that have a run, how many of the ranked layers they share (|A & B| of k).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -85,14 +88,24 @@ HEAD = [
 ]  # fmt: skip
 
 
-def family_table(folders: Mapping[str, str | Path], first: str = "organism") -> str:
+def family_table(
+    folders: Mapping[str, str | Path], first: str = "organism", dtypes: Mapping[str, str] | None = None
+) -> str:
     """The markdown table of the family (module docstring): ``folders`` maps each organism's name to its
     protocol run's folder (``protocol.json``). Runs of one organism with other rankings compare the same way
-    (``first="ranking"``)."""
+    (``first="ranking"``). ``dtypes`` maps a name to the dtype its run computed in (its ``config.toml``); the
+    rows outside the commonest one are marked, with a line under the table."""
+    dtypes = {name: dtype for name, dtype in (dtypes or {}).items() if name in folders and dtype}
+    counts = Counter(dtypes.values())
+    usual = counts.most_common(1)[0][0] if len(counts) > 1 else None
     rows = []
     for name, folder in folders.items():
+        label = name if usual is None or dtypes.get(name, usual) == usual else f"{name} ({dtypes[name]})"
         if not (Path(folder) / "protocol.json").exists():
-            rows.append([name, "(no protocol run)", *[""] * (len(HEAD) - 2)])  # listed, never skipped
+            rows.append([label, "(no protocol run)", *[""] * (len(HEAD) - 2)])  # listed, never skipped
             continue
-        rows.append(family_row(name, folder))
-    return markdown_table([first, *HEAD[1:]], rows)
+        rows.append(family_row(label, folder))
+    table = markdown_table([first, *HEAD[1:]], rows)
+    if usual is None:
+        return table
+    return f"{table}\n\nComputed in {usual} except where a row names another dtype."
