@@ -22,6 +22,7 @@ from interp.core.prompts import arithmetic_prompts, harmful_prompts, harmless_pr
 from interp.errors import ConfigError
 from interp.evaluation.stats import spearman
 from interp.evaluation.suite import EvalRow, EvalSuite
+from interp.evaluation.table import evaluate_models
 from interp.measures.components import COMPONENT_MODULES
 from interp.protocol import (
     PROTOCOL,
@@ -35,6 +36,7 @@ from interp.protocol import (
 from interp.protocol import bench as bench_module
 from interp.protocol import frontier as frontier_module
 from interp.protocol import report as report_module
+from interp.protocol import run as run_module
 from interp.protocol.bench import Bench, choose_setting, claim_suite, lockstep_group
 from interp.protocol.claims import broken
 from interp.protocol.components import component_validity, single_component_plans
@@ -118,9 +120,16 @@ def _tiny_suite(**more) -> EvalSuite:
     )
 
 
-def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
+def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path, monkeypatch):
     pair, analysis = analysed
     suite = _tiny_suite(donotanswer=harmful_prompts("train").head(12))
+    at_once = []  # models per evaluation in the strength sweep: the base and one plan's checkpoints
+
+    def counted(candidates, *args, **kwargs):
+        at_once.append(len(candidates))
+        return evaluate_models(candidates, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "evaluate_models", counted)
     result = run_protocol(
         pair, analysis, tmp_path,
         harmful=harmful_prompts("train").head(8),
@@ -149,6 +158,7 @@ def test_the_whole_protocol_runs_at_a_tiny_size(analysed, tmp_path):
     assert claims["H1"].detail["ranks"].keys() == {0, 1} and 0 < claims["H1"].p_value <= 1
     assert all(c.holm_p >= c.p_value for c in claims.values() if c.p_value is not None)
     assert {point["step"] for point in result.sweep[next(iter(n for n in result.sweep if n != "base"))]} == {2, 4}
+    assert len(result.sweep) == 1 + 4 and at_once == [1 + 2] * 4  # ranked, bottom, all layers, 1 draw
     saved = json.loads((tmp_path / "protocol.json").read_text())
     assert [c["name"] for c in saved["claims"]] == ["H1", "H2a", "H2b", "H3", "H4"]
     report = (tmp_path / "protocol.md").read_text()

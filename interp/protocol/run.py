@@ -213,19 +213,23 @@ def _strength_sweep(
                            chat=bench.chat, cache=bench.cache, progress=bench.progress,
                            checkpoints=protocol.checkpoints)  # fmt: skip
     bench.histories[f"{config.steps} steps, seed {config.seed}"] = {r.plan.name: r.stats.history for r in restored}
-    candidates = [Candidate("base", pair.base, plan="base")]
-    for r in restored:
+    kept = [(r.plan, r.checkpoints) for r in restored]
+    del restored  # the merged models: the sweep reads the checkpoints only
+    out: dict[str, list[dict]] = {}
+    for plan, checkpoints in kept:  # one plan's checkpoints at a time: all of them at once can fill the memory
+        candidates = [Candidate("base", pair.base, plan="base")]
         for step in protocol.checkpoints:
             copy = replace(pair.finetuned, hf=deepcopy(pair.finetuned.hf))
-            model = apply_adapter(copy, r.checkpoints[step], name=f"{r.plan.name} @{step}")
-            candidates.append(Candidate(f"{r.plan.name} @{step}", model, plan=f"{r.plan.key}@{step}"))
-    rows = evaluate_models(
-        candidates, test, refusal_tokens=bench.analysis.refusal_tokens, reference=pair.finetuned,
-        config=bench.evaluation, chat=bench.chat, cache=bench.cache, progress=bench.progress, log=bench.log,
-    )  # fmt: skip
-    base = {"step": 0, "harmful": rows[0].harmful_refusal, "safe": rate(rows[0], safe)}
-    out: dict[str, list[dict]] = {"base": [base]}
-    for row in rows[1:]:
-        name, _, step = row.name.rpartition(" @")
-        out.setdefault(name, []).append({"step": int(step), "harmful": row.harmful_refusal, "safe": rate(row, safe)})
+            model = apply_adapter(copy, checkpoints[step], name=f"{plan.name} @{step}")
+            candidates.append(Candidate(f"{plan.name} @{step}", model, plan=f"{plan.key}@{step}"))
+        rows = evaluate_models(
+            candidates, test, refusal_tokens=bench.analysis.refusal_tokens, reference=pair.finetuned,
+            config=bench.evaluation, chat=bench.chat, cache=bench.cache, progress=bench.progress, log=bench.log,
+        )  # fmt: skip
+        out["base"] = [{"step": 0, "harmful": rows[0].harmful_refusal, "safe": rate(rows[0], safe)}]
+        for row in rows[1:]:
+            name, _, step = row.name.rpartition(" @")
+            point = {"step": int(step), "harmful": row.harmful_refusal, "safe": rate(row, safe)}
+            out.setdefault(name, []).append(point)
+        del candidates, rows
     return out
